@@ -1,0 +1,1 @@
+"""Shared building blocks: typed configs, registries, atomic io, feature taps, checkpoints."""

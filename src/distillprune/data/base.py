@@ -1,0 +1,122 @@
+"""Resident data: a split held as tensors (uint8 images or float features) and a loader that
+batches, normalises and augments on the tensors' device, so small-image training is not
+loader-bound (no per-sample Python, no worker processes)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from distillprune.errors import DataError
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) uint8 or float, or (N, D) float
+    y: torch.Tensor | None  # (N,) int64; None for unlabeled data
+
+    def __post_init__(self) -> None:
+        if len(self.x) == 0:
+            raise DataError("data split is empty")
+        if self.y is not None and len(self.y) != len(self.x):
+            raise DataError(f"{len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, n: int | None) -> Split:
+        if n is None or n >= len(self):
+            return self
+        return Split(self.x[:n], None if self.y is None else self.y[:n])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    test: Split
+    num_classes: int
+    classes: list[str]
+    mean: torch.Tensor  # per channel (or per feature), applied after scaling uint8 to [0, 1]
+    std: torch.Tensor
+    name: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def without_labels(self) -> DataBundle:
+        """The same data with training labels withheld (label-free distillation)."""
+        return DataBundle(Split(self.train.x, None), self.test, self.num_classes, self.classes,
+                          self.mean, self.std, self.name)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    dims = [0] + list(range(2, xf.dim())) if xf.dim() == 4 else [0]
+    return xf.mean(dims), xf.std(dims).clamp_min(1e-6)
+
+
+class TensorLoader:
+    """Shuffled mini-batches of a resident split with batched augmentation.
+
+    The order and the augmentation draw from a generator seeded by (seed, epoch), so an epoch
+    is the same whether or not the run was interrupted before it.
+    """
+
+    def __init__(self, split: Split, batch_size: int, mean: torch.Tensor, std: torch.Tensor, *,
+                 shuffle: bool = False, crop_padding: int = 0, hflip: bool = False, drop_last: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu"):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.split = split.to(device)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.crop_padding, self.hflip = crop_padding, hflip
+        self.seed, self.epoch, self.device = seed, 0, torch.device(device)
+        shape = (1, -1, 1, 1) if split.x.dim() == 4 else (1, -1)
+        self.mean = mean.to(self.device).view(shape)
+        self.std = std.to(self.device).view(shape)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        n = len(self.split)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.prepare(self.split.x[idx], gen)
+            yield x, None if self.split.y is None else self.split.y[idx]
+
+    def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self.mean) / self.std
+        if gen is not None and x.dim() == 4:
+            if self.crop_padding:
+                x = random_crop(x, self.crop_padding, gen)
+            if self.hflip:
+                flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return x
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``pad`` and crop back to size at a random offset per sample, in one gather."""
+    b, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = (oy.view(b, 1, 1, 1) + ar_h.view(1, 1, h, 1)).expand(b, c, h, w + 2 * pad)
+    cols = (ox.view(b, 1, 1, 1) + ar_w.view(1, 1, 1, w)).expand(b, c, h, w)
+    return xp.gather(2, rows).gather(3, cols)

@@ -1,0 +1,35 @@
+"""Data options of a recipe."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from distillprune.core.config import StrictModel
+
+
+class AugmentConfig(StrictModel):
+    crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels")
+    hflip: bool = Field(False, description="random horizontal flip")
+
+
+class DataConfig(StrictModel):
+    source: str = Field("digits", description="digits | npz | cifar10_jpeg | cifar10_bin | imagefolder | "
+                                              "torchvision | hf")
+    path: str | None = Field(None, description="file or folder for npz / cifar10_* / imagefolder / hf")
+    name: str | None = Field(None, description="data set name for torchvision / hf")
+    image_size: int | None = Field(None, gt=0, description="imagefolder: resize images to this square size")
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    augment: AugmentConfig = AugmentConfig()
+    limit_train: int | None = Field(None, gt=0, description="use only the first N training samples")
+    limit_test: int | None = Field(None, gt=0, description="use only the first N test samples")
+    labels: bool = Field(True, description="false: withhold training labels (label-free distillation)")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: share held out for testing")
+    seed: int = 0
+
+    @field_validator("source")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from distillprune.data.sources import SOURCES
+
+        SOURCES.get(v)  # raises with the nearest name
+        return v

@@ -1,0 +1,21 @@
+"""The one error type for bad user input; the CLI turns it into one line and exit code 2."""
+
+
+class DistillpruneError(Exception):
+    """Bad input or an unusable state the user can fix (recipe, files, shapes, checkpoints, NaN loss)."""
+
+
+class RecipeError(DistillpruneError):
+    """A recipe that does not validate: unknown keys, wrong types, out-of-range values."""
+
+
+class CheckpointError(DistillpruneError):
+    """A checkpoint that is missing, corrupt, or does not match the model it should rebuild."""
+
+
+class DataError(DistillpruneError):
+    """A data source that is missing, empty, or whose shapes do not fit the model."""
+
+
+class TrainingDiverged(DistillpruneError):
+    """The loss became NaN or infinite."""

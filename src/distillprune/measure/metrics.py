@@ -1,0 +1,54 @@
+"""Model statistics: params, MACs (torch's flop counter), ONNX size, measured latency, accuracy."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from distillprune.export.onnx import onnx_bytes
+from distillprune.measure.latency import LatencyConfig, ort_latency, torch_latency
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    return int(sum(int((p != 0).sum()) if nonzero else p.numel() for p in model.parameters()))
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one sample's forward pass (torch's FLOP counter / 2)."""
+    m = copy.deepcopy(model).float().cpu().eval()
+    with FlopCounterMode(display=False) as counter:
+        m(torch.zeros(1, *input_shape))
+    return int(counter.get_total_flops() // 2)
+
+
+@dataclass
+class ModelStats:
+    params: int
+    nonzero_params: int
+    macs: int
+    onnx_bytes: int
+    latency_ms: dict[str, float] = field(default_factory=dict)  # ort_bs1, ort_bs32, gpu_bs256 ...
+    accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_model(model: nn.Module, input_shape: Sequence[int], latency: LatencyConfig | None = None,
+                  accuracy: float | None = None) -> ModelStats:
+    latency = latency or LatencyConfig()
+    blob = onnx_bytes(model, input_shape)
+    lat: dict[str, float] = {}
+    if latency.enabled:
+        lat = {f"ort_{k}": v for k, v in ort_latency(blob, input_shape, latency).items()}
+        if torch.cuda.is_available():
+            gpu = copy.deepcopy(model)
+            lat[f"gpu_bs{latency.gpu_batch_size}"] = torch_latency(gpu, input_shape, latency.gpu_batch_size,
+                                                                   cfg=latency)
+    return ModelStats(count_params(model), count_params(model, nonzero=True), count_macs(model, input_shape),
+                      len(blob), lat, accuracy)

@@ -1,0 +1,4 @@
+"""The pipeline: recipe stages run in order over one RunState."""
+from distillprune.pipeline.run import compress
+
+__all__ = ["compress"]

@@ -1,0 +1,68 @@
+"""Depth pruning: remove whole residual blocks.
+
+At equal MACs a shallower network is far faster (fewer kernel launches / operator calls), so
+depth is a pruning dimension of its own. A block is removable when its shortcut is the identity
+(same shape in and out); removing it leaves ``x + f(x)`` as ``x``. Blocks are chosen greedily by
+the smallest increase of the distillation loss (KL to the teacher) when skipped.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from distillprune.distill.losses.kd import soft_kl
+from distillprune.errors import DistillpruneError
+
+
+def removable_blocks(model: nn.Module) -> list[str]:
+    """Paths of residual blocks with an identity shortcut (ours, or torchvision-style ``downsample=None``)."""
+    out = []
+    for name, m in model.named_modules():
+        if getattr(m, "removable", False) is True:
+            out.append(name)
+        elif type(m).__name__ in ("BasicBlock", "Bottleneck") and hasattr(m, "downsample") and m.downsample is None:
+            out.append(name)
+    return out
+
+
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, leaf, new)
+
+
+def remove_block(model: nn.Module, path: str) -> None:
+    set_module(model, path, nn.Identity())
+
+
+@torch.no_grad()
+def _kd_loss(model: nn.Module, teacher_logits: Sequence[torch.Tensor], batches: Sequence[torch.Tensor]) -> float:
+    return sum(float(soft_kl(model(x), t, 1.0)) for x, t in zip(batches, teacher_logits)) / len(batches)
+
+
+@torch.no_grad()
+def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor], count: int) -> list[str]:
+    """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``."""
+    candidates = removable_blocks(model)
+    if count > len(candidates):
+        raise DistillpruneError(f"depth.blocks={count} but the model has only {len(candidates)} removable "
+                                f"residual blocks ({', '.join(candidates) or 'none'})")
+    was = model.training
+    model.eval()
+    teacher_logits = [teacher(x) for x in batches]
+    chosen = []
+    for _ in range(count):
+        scores = {}
+        for path in candidates:
+            block = model.get_submodule(path)
+            remove_block(model, path)
+            scores[path] = _kd_loss(model, teacher_logits, batches)
+            set_module(model, path, block)
+        best = min(scores, key=scores.__getitem__)
+        remove_block(model, best)
+        candidates.remove(best)
+        chosen.append(best)
+    model.train(was)
+    return chosen

@@ -1,0 +1,88 @@
+"""Structured (channel) pruning on Torch-Pruning's dependency graph.
+
+Channels are physically removed from every coupled layer (residual adds, concats, groups); the
+history of each step is recorded as ``[module_name, is_out_channel, indices]`` entries, which
+replay on a freshly built model (``replay_channels``) to rebuild a pruned checkpoint.
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from distillprune.errors import DistillpruneError
+from distillprune.prune.config import WidthConfig
+from distillprune.prune.importance import IMPORTANCE
+
+
+def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers whose outputs are the logits: pruning them would change the task."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes] + [
+        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes
+        and m is list(model.modules())[-1]]
+
+
+def ignored(model: nn.Module, patterns: Sequence[str], num_classes: int) -> list[nn.Module]:
+    out = classifier_layers(model, num_classes)
+    for name, m in model.named_modules():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            out.append(m)
+    return out
+
+
+def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_classes: int,
+                 steps: int = 1) -> tp.pruner.BasePruner:
+    """A pruner that reaches ``cfg.ratio`` after ``steps`` calls to ``step()`` (linear schedule)."""
+    return tp.pruner.BasePruner(
+        model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=cfg.ratio,
+        global_pruning=cfg.global_pruning, round_to=cfg.round_to, max_pruning_ratio=cfg.max_ratio,
+        iterative_steps=steps, ignored_layers=ignored(model, cfg.ignore, num_classes),
+    )
+
+
+def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                         loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Sum gradients of ``loss_fn`` over ``batches`` on the model (for Taylor importance)."""
+    model.zero_grad(set_to_none=True)
+    was = model.training
+    model.eval()  # BN in eval: scores should not move the running statistics
+    for x, y in batches:
+        loss_fn(model, x, y).backward()
+    model.train(was)
+
+
+def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
+    """One pruning step; returns the history entries it added."""
+    before = len(pruner.pruning_history())
+    pruner.step()
+    return [[n, bool(o), [int(i) for i in idx]] for n, o, idx in pruner.pruning_history()[before:]]
+
+
+def replay_channels(model: nn.Module, example: torch.Tensor, entries: list[list]) -> None:
+    """Redo recorded channel removals on ``model`` (same architecture as when they were recorded)."""
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    try:
+        dg.load_pruning_history([(n, o, list(idx)) for n, o, idx in entries])
+    except (AttributeError, IndexError, KeyError) as e:
+        raise DistillpruneError(f"pruning history does not fit this model: {e}") from None
+
+
+@torch.no_grad()
+def zero_group(group: tp.Group) -> None:
+    """Zero what removing ``group``'s channels would remove (out-channel weights, biases and BN affine).
+
+    With BN in eval mode, the zeroed channels output exactly 0 downstream, so the masked model
+    computes what the physically pruned one does: the equivalence tests rely on it.
+    """
+    for dep, idxs in group:
+        layer = dep.target.module
+        if getattr(dep.handler, "__name__", "") != "prune_out_channels":
+            continue  # removing input channels needs nothing zeroed: those inputs are zero already
+        idx = torch.as_tensor(list(idxs), dtype=torch.long)
+        if isinstance(layer, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            layer.weight[idx] = 0
+            if layer.bias is not None:
+                layer.bias[idx] = 0

@@ -1,0 +1,197 @@
+"""Recipe = model + data + an ordered list of stages. YAML in, typed configs out (``yaml.safe_load`` only)."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distillprune.core.config import StrictModel, register_union_tags, validate
+from distillprune.core.registry import nearest
+from distillprune.data.config import DataConfig
+from distillprune.errors import RecipeError
+from distillprune.measure.latency import LatencyConfig
+from distillprune.prune.config import DepthConfig, UnstructuredConfig, WidthConfig
+from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
+
+
+class ModelConfig(StrictModel):
+    name: str = Field("digits_cnn", description="zoo name (distillprune models) or torchvision / timm")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments, e.g. widths")
+    checkpoint: str | None = Field(None, description="start from this distillprune checkpoint folder")
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelConfig:
+        from distillprune.models import MODELS
+
+        MODELS.get(self.name)
+        return self
+
+
+class LossSpec(BaseModel):
+    """``{name: kd, weight: 1.0, temperature: 4}``: the options are the loss's constructor arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _options(self) -> LossSpec:
+        from distillprune.distill.losses import LOSSES
+
+        cls = LOSSES.get(self.name)
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        for key in self.model_extra or {}:
+            if key not in params:
+                raise ValueError(f"loss '{self.name}' has no option '{key}'{nearest(key, params)}; "
+                                 f"options: {', '.join(params) or 'none'}")
+        return self
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, **(self.model_extra or {})}
+
+
+class DistillConfig(StrictModel):
+    teacher: str = Field("auto", description="auto: the dense model before pruning; or a checkpoint folder")
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")])
+
+
+class TrainingOptions(StrictModel):
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainStage(TrainingOptions):
+    """Train the current model with cross-entropy (the teacher, usually)."""
+
+    type: Literal["train"]
+    epochs: int = Field(..., ge=1)
+
+
+class DistillStage(TrainingOptions):
+    """Distil a teacher into the current model, or into a new ``student`` model."""
+
+    type: Literal["distill"]
+    epochs: int = Field(..., ge=1)
+    distill: DistillConfig = DistillConfig()
+    student: ModelConfig | None = None
+
+
+class FinetuneStage(TrainingOptions):
+    """Fine-tune the current model; with KD from the dense teacher unless ``distill`` is null."""
+
+    type: Literal["finetune"]
+    epochs: int = Field(..., ge=1)
+    distill: DistillConfig | None = DistillConfig()
+
+
+class PruneStage(TrainingOptions):
+    """Prune while distilling: ``steps`` times, prune a little then train ``epochs_per_step`` with KD."""
+
+    type: Literal["prune"]
+    width: WidthConfig | None = None
+    depth: DepthConfig | None = None
+    unstructured: UnstructuredConfig | None = None
+    steps: int = Field(1, ge=1)
+    epochs_per_step: int = Field(0, ge=0)
+    distill: DistillConfig | None = DistillConfig()
+
+    @model_validator(mode="after")
+    def _something(self) -> PruneStage:
+        if not (self.width or self.depth or self.unstructured):
+            raise ValueError("a prune stage needs at least one of width, depth, unstructured")
+        if self.unstructured and (self.width or self.depth):
+            raise ValueError("put unstructured pruning in its own prune stage: masks do not survive channel removal")
+        return self
+
+
+class EvaluateStage(StrictModel):
+    """Measure the current model (accuracy, params, MACs, size, latency) without changing it."""
+
+    type: Literal["evaluate"]
+
+
+class ExportStage(StrictModel):
+    """Write ONNX and check it against torch."""
+
+    type: Literal["export"]
+    filename: str = "model.onnx"
+    max_abs_diff: float = Field(1e-3, gt=0, description="parity tolerance on the logits")
+
+
+Stage = Annotated[TrainStage | DistillStage | FinetuneStage | PruneStage | EvaluateStage | ExportStage,
+                  Field(discriminator="type")]
+STAGE_TYPES = ("train", "distill", "finetune", "prune", "evaluate", "export")
+register_union_tags(*STAGE_TYPES)
+
+
+class Recipe(StrictModel):
+    name: str = "run"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    measure: LatencyConfig = LatencyConfig()
+    stages: list[Stage] = Field(..., min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_types(cls, data: Any) -> Any:
+        # a clearer message than pydantic's for a misspelt stage type
+        for i, st in enumerate(data.get("stages") or [] if isinstance(data, dict) else []):
+            if isinstance(st, dict) and st.get("type") not in STAGE_TYPES:
+                t = st.get("type")
+                raise ValueError(f"stages.{i}.type: unknown stage type {t!r}{nearest(str(t), list(STAGE_TYPES))}; "
+                                 f"expected one of: {', '.join(STAGE_TYPES)}")
+        return data
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``a.b.0.c=value`` (value parsed as YAML) into the raw recipe dict."""
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set expects key=value, got {ov!r}")
+        node: Any = raw
+        parts = key.split(".")
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise RecipeError(f"--set {key}: '{p}' is not an index of a {len(node)}-item list")
+                if last:
+                    node[int(p)] = yaml.safe_load(value)
+                else:
+                    node = node[int(p)]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = yaml.safe_load(value)
+                else:
+                    node = node.setdefault(p, {})
+                    if node is None:
+                        node = {}
+            else:
+                raise RecipeError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping")
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{p}: a recipe is a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate(Recipe, raw, where=str(path))

@@ -1,0 +1,87 @@
+"""Render a CompressionReport: Markdown table, console table (rich). Nothing here computes results."""
+from __future__ import annotations
+
+from distillprune.report.report import CompressionReport, StageResult
+
+COLUMNS = ["stage", "top-1 %", "params", "MACs", "ONNX size", "ORT bs1 ms", "ORT bs32 ms",
+           "speedup bs1", "speedup bs32", "MAC ratio", "realised/MAC"]
+
+
+def _fmt_int(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def rows(report: CompressionReport) -> list[list[str]]:
+    out = []
+    for s in report.stages:
+        if not s.measured:
+            continue
+        sp1, sp32 = report.speedup(s, "ort_bs1"), report.speedup(s, "ort_bs32")
+        mr = report.mac_ratio(s)
+        best = max((v for v in (sp1, sp32) if v is not None), default=None)
+        out.append([
+            s.name, "-" if s.accuracy is None else f"{s.accuracy:.2f}", _fmt_int(s.params), _fmt_int(s.macs),
+            _fmt_bytes(s.onnx_bytes), _ms(s, "ort_bs1"), _ms(s, "ort_bs32"), _x(sp1), _x(sp32), _x(mr),
+            "-" if best is None or not mr else f"{best / mr:.2f}",
+        ])
+    return out
+
+
+def _ms(s: StageResult, key: str) -> str:
+    return f"{s.latency_ms[key]:.3f}" if key in s.latency_ms else "-"
+
+
+def render_markdown(report: CompressionReport) -> str:
+    env = report.environment
+    lines = [f"# distillprune report: {report.recipe}", "",
+             f"Latency: ONNX Runtime {env.get('onnxruntime', '?')} CPU provider, "
+             f"{env.get('ort_threads', '?')} intra-op thread(s), median of timed windows; "
+             f"machine: {env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch', '?')}.",
+             "Speedups and MAC ratios are relative to the dense model (first measured stage).", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    flags = [(s.name, f) for s in report.stages for f in s.flags]
+    if flags:
+        lines += ["", "## Flags", ""] + [f"- **{n}**: {f}" for n, f in flags]
+    details = [(s.name, s.details) for s in report.stages if s.details]
+    if details:
+        lines += ["", "## Stage details", ""]
+        for n, d in details:
+            lines.append(f"- **{n}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in d.items()))
+    return "\n".join(lines) + "\n"
+
+
+def _short(v: object) -> str:
+    s = str(v)
+    return s if len(s) <= 160 else s[:157] + "..."
+
+
+def print_table(report: CompressionReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"distillprune: {report.recipe}")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c == "stage" else "right")
+    for r in rows(report):
+        table.add_row(*r)
+    console = Console(width=200)
+    console.print(table)
+    for s in report.stages:
+        for f in s.flags:
+            console.print(f"[yellow]flag[/] {s.name}: {f}")

@@ -1,0 +1,32 @@
+"""Options of the one training loop (train, distill, finetune and the training inside prune)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from distillprune.core.config import StrictModel
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class ScheduleConfig(StrictModel):
+    name: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = Field(0.15, ge=0, lt=1, description="onecycle: share of steps spent warming up")
+    final_lr_fraction: float = Field(0.0, ge=0, le=1, description="lr at the end, as a share of the peak lr")
+
+
+class RuntimeConfig(StrictModel):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads for training (None: torch's default)")
+    progress: bool = True
+    tensorboard: bool = True

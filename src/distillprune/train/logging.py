@@ -1,0 +1,38 @@
+"""Run logs: one JSON object per line (metrics.jsonl) and, when available, TensorBoard scalars."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path | None, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl" if run_dir else None
+        self._tb = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                except ImportError:  # tensorboard is a dependency, but a trimmed install may lack it
+                    self._tb = None
+
+    def log(self, tag: str, step: int, values: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        rec = {"time": round(time.time(), 3), "tag": tag, "step": step, **values}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{tag}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

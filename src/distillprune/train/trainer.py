@@ -1,0 +1,191 @@
+"""The one training loop, used by every stage that trains.
+
+AMP (bf16/fp16), channels_last, optional torch.compile, step-based lr schedules, a rich
+progress bar, JSONL/TensorBoard logs, an atomic checkpoint after every epoch and ``resume``
+that continues after the last completed epoch. Each epoch seeds torch and the loader from
+(seed, epoch), so a resumed run reproduces the uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distillprune.core.io import atomic_write, write_json
+from distillprune.data.base import DataBundle, Split, TensorLoader
+from distillprune.errors import CheckpointError, TrainingDiverged
+from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
+from distillprune.train.logging import RunLogger
+from distillprune.train.schedules import lr_factor
+
+
+@dataclass
+class FitSettings:
+    epochs: int
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    grad_clip: float | None = None
+
+
+def resolve_device(runtime: RuntimeConfig) -> torch.device:
+    if runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast(runtime: RuntimeConfig, device: torch.device):
+    if runtime.amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if runtime.amp == "bf16" else torch.float16)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    # no weight decay on BN/bias (1-d) parameters: standard practice, and it keeps BN scales meaningful
+    decay = [p for p in params if p.dim() > 1]
+    rest = [p for p in params if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, batch_size: int = 256,
+             runtime: RuntimeConfig | None = None) -> float:
+    """Top-1 accuracy (in %) on the test split (or ``split``)."""
+    runtime = runtime or RuntimeConfig(progress=False)
+    device = resolve_device(runtime)
+    split = split or data.test
+    if split.y is None:
+        raise ValueError("evaluation needs labels")
+    was_training = model.training
+    model.eval()
+    loader = TensorLoader(split, batch_size, data.mean, data.std, device=device)
+    correct = 0
+    for x, y in loader:
+        with autocast(runtime, device):
+            correct += int((model(x).argmax(1) == y).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(split)
+
+
+def _save(ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer,
+          history: list[dict]) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"objective.{k}": v.detach().contiguous() for k, v in objective.state_dict().items()
+                    if not k.startswith("teacher")})
+    sd = opt.state_dict()
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().contiguous()
+    meta = {"epoch": epoch, "history": history, "param_groups": sd["param_groups"]}
+    atomic_write(ckpt_dir / "last.safetensors", lambda tmp: save_file(tensors, tmp))
+    write_json(ckpt_dir / "last.json", meta)
+
+
+def _load(ckpt_dir: Path, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list]:
+    try:
+        meta = json.loads((ckpt_dir / "last.json").read_text())
+        tensors = load_file(str(ckpt_dir / "last.safetensors"))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")},
+                                  strict=False)
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt or mismatched checkpoint ({e})") from None
+    return int(meta["epoch"]), list(meta["history"])
+
+
+def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn.Module, *,
+        runtime: RuntimeConfig, seed: int = 0, batch_size: int = 64, crop_padding: int = 0, hflip: bool = False,
+        ckpt_dir: Path | None = None, resume: bool = False, logger: RunLogger | None = None,
+        on_step: Callable[[nn.Module], None] | None = None, desc: str = "train") -> list[dict]:
+    """Train ``model`` in place for ``settings.epochs``; returns one record per epoch."""
+    device = resolve_device(runtime)
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    model.to(device)
+    if hasattr(objective, "to_device"):
+        objective.to_device(device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = TensorLoader(data.train, batch_size, data.mean, data.std, shuffle=True, crop_padding=crop_padding,
+                          hflip=hflip, drop_last=len(data.train) > batch_size, seed=seed, device=device)
+    objective.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = list(objective.trainable()) if hasattr(objective, "trainable") else []
+    opt = make_optimizer(params + extra, settings.optimizer)
+    start, history = 0, []
+    if resume and ckpt_dir is not None and (ckpt_dir / "last.json").exists():
+        start, history = _load(ckpt_dir, model, objective, opt)
+    fwd = torch.compile(model) if runtime.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
+    total_steps = settings.epochs * len(loader)
+    from distillprune.train.progress import progress_bar
+
+    with progress_bar(runtime.progress, desc, total_steps, start * len(loader)) as bar:
+        for epoch in range(start, settings.epochs):
+            torch.manual_seed(seed * 7919 + epoch)
+            loader.set_epoch(epoch)
+            rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar)
+            rec["test_acc"] = evaluate(model, data, runtime=runtime) if data.test.y is not None else float("nan")
+            history.append(rec)
+            if logger:
+                logger.log(desc, epoch + 1, rec)
+            if ckpt_dir is not None:
+                _save(ckpt_dir, epoch + 1, model, objective, opt, history)
+    objective.detach()
+    model.eval()
+    return history
+
+
+def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar) -> dict:
+    model.train()
+    t0, seen, loss_sum, correct, labelled = time.perf_counter(), 0, 0.0, 0, 0
+    steps = len(loader)
+    peak = [g.get("initial_lr", settings.optimizer.lr) for g in opt.param_groups]
+    for i, (x, y) in enumerate(loader):
+        f = lr_factor(settings.schedule, epoch * steps + i, settings.epochs * steps)
+        for g, lr in zip(opt.param_groups, peak):
+            g["lr"] = lr * f
+        if runtime.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(runtime, device):
+            loss, logits = objective(fwd, x, y)
+        if not math.isfinite(float(loss)):
+            raise TrainingDiverged(f"loss is {float(loss)} at epoch {epoch + 1}, step {i + 1} "
+                                   f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if settings.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], settings.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        if on_step is not None:
+            on_step(model)
+        seen += len(x)
+        loss_sum += float(loss) * len(x)
+        if y is not None:
+            correct += int((logits.argmax(1) == y).sum())
+            labelled += len(y)
+        bar(1)
+    dt = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+            "train_acc": 100.0 * correct / labelled if labelled else float("nan"),
+            "lr": opt.param_groups[0]["lr"], "seconds": dt, "images_per_s": seen / max(dt, 1e-9)}
