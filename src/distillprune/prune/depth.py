@@ -34,6 +34,10 @@ def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def remove_block(model: nn.Module, path: str) -> None:
+    try:
+        model.get_submodule(path)  # a path that is not there must not silently add a module
+    except AttributeError:
+        raise DistillpruneError(f"no block '{path}' in {type(model).__name__} to remove") from None
     set_module(model, path, nn.Identity())
 
 

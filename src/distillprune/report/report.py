@@ -54,7 +54,7 @@ class CompressionReport:
         base = self.baseline
         if base is not None and result.measured and result is not base:
             for key, ms in result.latency_ms.items():
-                if key in base.latency_ms and ms > base.latency_ms[key] * 1.02:
+                if key in base.latency_ms and ms > base.latency_ms[key] * 1.05:
                     result.flags.append(f"slower than the dense model on {key} "
                                         f"({ms:.3f} ms vs {base.latency_ms[key]:.3f} ms)")
         self.stages.append(result)

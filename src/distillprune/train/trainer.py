@@ -167,8 +167,9 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(runtime, device):
             loss, logits = objective(fwd, x, y)
-        if not math.isfinite(float(loss)):
-            raise TrainingDiverged(f"loss is {float(loss)} at epoch {epoch + 1}, step {i + 1} "
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss is {loss_value} at epoch {epoch + 1}, step {i + 1} "
                                    f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -180,7 +181,7 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
         if on_step is not None:
             on_step(model)
         seen += len(x)
-        loss_sum += float(loss) * len(x)
+        loss_sum += loss_value * len(x)
         if y is not None:
             correct += int((logits.argmax(1) == y).sum())
             labelled += len(y)

@@ -1,0 +1,112 @@
+"""Command line: each command is a few lines over a library call. Bad input: one line, exit code 2."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from distillprune.errors import DistillpruneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress a trained network by distillation + pruning; measured, exported to ONNX.")
+
+
+def _default_out(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool) -> None:
+    from distillprune.pipeline import compress
+    from distillprune.recipes import load_recipe
+    from distillprune.report import print_table
+
+    recipe = load_recipe(recipe_path, overrides)
+    if resume and out is None:
+        raise DistillpruneError("--resume needs --out RUN_FOLDER (the run to continue)")
+    out = out or _default_out(recipe.name)
+    report = compress(recipe, out, resume=resume)
+    print_table(report)
+    typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
+
+
+@app.command()
+def demo(
+    out: Path | None = typer.Option(None, help="run folder (default runs/digits_demo-<time>)"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
+) -> None:
+    """Embedded default: digits data, teacher -> prune+distil -> KD fine-tune -> ONNX, report."""
+    from distillprune.recipes import BUILTIN
+
+    _run(BUILTIN / "digits_demo.yaml", set_, out, False)
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
+    out: Path | None = typer.Option(None, help="run folder (default runs/<name>-<time>)"),
+    resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
+) -> None:
+    """Run a recipe: its stages in order, measured after each; writes report.json/md and ONNX."""
+    _run(recipe, set_, out, resume)
+
+
+@app.command()
+def validate(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
+) -> None:
+    """Strict schema check (unknown keys are errors, with the nearest valid key)."""
+    from distillprune.recipes import load_recipe
+
+    r = load_recipe(recipe, set_)
+    typer.echo(f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)})")
+
+
+@app.command()
+def report(run_folder: Path = typer.Argument(..., help="a run folder (or its report.json)")) -> None:
+    """Render report.md from report.json and print the table."""
+    from distillprune.report import CompressionReport, print_table, write_markdown
+
+    rep = CompressionReport.load(run_folder)
+    folder = run_folder if run_folder.is_dir() else run_folder.parent
+    path = write_markdown(rep, folder)
+    print_table(rep)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("list")
+def list_(family: str = typer.Argument("all", help="models | losses | sources | importance | stages | all")) -> None:
+    """What is registered: models, losses, data sources, importance criteria, stage types."""
+    from distillprune.registries import REGISTRIES
+
+    for name, reg in REGISTRIES.items():
+        if family in ("all", name):
+            typer.echo(f"{name}: {', '.join(reg.names())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except DistillpruneError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Every registry, by family: the CLI, the docs and the contract tests discover methods here."""
+from distillprune.core.registry import Registry
+from distillprune.data.sources import SOURCES
+from distillprune.distill.losses import LOSSES
+from distillprune.models import MODELS
+from distillprune.prune.importance import IMPORTANCE
+
+REGISTRIES: dict[str, Registry] = {
+    "models": MODELS, "losses": LOSSES, "sources": SOURCES, "importance": IMPORTANCE,
+}
+
+
+def _stages() -> Registry:
+    from distillprune.pipeline.stages import RUNNERS
+
+    return RUNNERS
+
+
+REGISTRIES["stages"] = _stages()
