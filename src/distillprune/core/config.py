@@ -30,7 +30,8 @@ class StrictModel(BaseModel):
 def one_line(err: ValidationError) -> str:
     """The first validation error as one line: 'stages.1.width.ratio: Input should be ... (got 3)'."""
     e = err.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in e["loc"] if not _is_union_tag(p))
+    parts = e["loc"]
+    loc = ".".join(str(p) for i, p in enumerate(parts) if not _is_union_tag(p, parts[i - 1] if i else None))
     msg = e["msg"].removeprefix("Value error, ")
     got = ""
     if e["type"] not in ("value_error", "missing") and "input" in e and not isinstance(e["input"], dict):
@@ -40,9 +41,10 @@ def one_line(err: ValidationError) -> str:
     return f"{loc or '<root>'}: {msg}{got}{tail}"
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the tag of a discriminated union (e.g. 'prune') in the location; drop it.
-    return isinstance(part, str) and part in _TAGS
+def _is_union_tag(part: Any, previous: Any = None) -> bool:
+    # pydantic puts the tag of a discriminated union (e.g. 'prune') in the location, right after the list
+    # index; drop it there only: a field may have the same name as a tag (FinetuneStage.distill).
+    return isinstance(part, str) and part in _TAGS and isinstance(previous, int)
 
 
 _TAGS: set[str] = set()

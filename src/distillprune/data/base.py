@@ -87,10 +87,17 @@ class TensorLoader:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        n = len(self.split)
+    def _draw_order(self) -> tuple[torch.Tensor, torch.Generator]:
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        n = len(self.split)
+        return (torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)), gen
+
+    def order(self) -> torch.Tensor:
+        """The epoch's sample order: batch i holds ``order()[i * batch_size:(i + 1) * batch_size]``."""
+        return self._draw_order()[0]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        order, gen = self._draw_order()  # the same generator then draws the augmentation
         order = order.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]

@@ -46,11 +46,13 @@ def _bundle(xtr, ytr, xte, yte, classes: list[str], name: str) -> DataBundle:
     return DataBundle(train, test, len(classes), classes, mean, std, name)
 
 
-def to_nchw(x: np.ndarray) -> torch.Tensor:
-    """(N,H,W) -> (N,1,H,W); NHWC with 1/3/4 channels -> NCHW; (N,D) and NCHW unchanged."""
+def to_nchw(x: np.ndarray, hwc: bool = False) -> torch.Tensor:
+    """(N,H,W) -> (N,1,H,W); NHWC with 1/3/4 channels -> NCHW; (N,D) and NCHW unchanged.
+
+    ``hwc=True``: the images are known to be NHWC (decoded by PIL), whatever their size."""
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    elif x.ndim == 4 and (hwc or (x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4))):
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim not in (2, 4):
         raise DataError(f"inputs must be (N,D), (N,H,W) or (N,C,H,W)/(N,H,W,C), got shape {x.shape}")
@@ -108,7 +110,7 @@ def cifar10_jpeg(cfg: DataConfig) -> DataBundle:
         for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)):
             off = d[f"{split}_offsets"]
             n = len(off) - 1 if limit is None else min(limit, len(off) - 1)
-            out[split] = (to_nchw(_decode_jpegs(d[f"{split}_bytes"], off[: n + 1])),
+            out[split] = (to_nchw(_decode_jpegs(d[f"{split}_bytes"], off[: n + 1]), hwc=True),
                           torch.from_numpy(d[f"{split}_labels"][:n].astype(np.int64)))
         classes = [str(c) for c in d["classes"]]
     except (OSError, KeyError, ValueError) as e:
@@ -169,7 +171,7 @@ def imagefolder(cfg: DataConfig) -> DataBundle:
             raise DataError(f"{root}/{split}: no images")
         if len({a.shape for a in xs}) > 1:
             raise DataError(f"{root}/{split}: images differ in size; set data.image_size")
-        splits[split] = (to_nchw(np.stack(xs)), torch.tensor(ys, dtype=torch.int64))
+        splits[split] = (to_nchw(np.stack(xs), hwc=True), torch.tensor(ys, dtype=torch.int64))
     return _bundle(*splits["train"], *splits["test"], classes, root.name)
 
 
@@ -188,7 +190,7 @@ def torchvision_source(cfg: DataConfig) -> DataBundle:
     for train in (True, False):
         ds = cls(str(root), train=train, download=False)
         xs = np.stack([np.asarray(ds[i][0].convert("RGB")) for i in range(len(ds))])
-        out += [to_nchw(xs), torch.tensor([int(ds[i][1]) for i in range(len(ds))])]
+        out += [to_nchw(xs, hwc=True), torch.tensor([int(ds[i][1]) for i in range(len(ds))])]
     return _bundle(*out, list(getattr(ds, "classes", [])) or [str(i) for i in range(int(out[1].max()) + 1)],
                    cfg.name or "torchvision")
 

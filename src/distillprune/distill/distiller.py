@@ -2,7 +2,10 @@
 
 An objective is called as ``objective(model, x, y) -> (loss, logits)``; ``attach`` installs the
 feature taps (forward hooks) on the current student and builds adapters from a probe batch.
-The teacher is frozen: eval mode, no gradients, forward under ``torch.no_grad``.
+The teacher is frozen: eval mode, no gradients, forward under ``torch.no_grad``. Optional hooks
+the trainer calls when present: ``begin_epoch(loader, epoch, epochs)`` (schedules, teacher cache),
+``check_labels(has_labels)`` (before training), ``trainable()`` (extra parameters to optimise).
+Online (mutual) distillation, where the teacher trains too, is ``distill.mutual.MutualDistiller``.
 """
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillprune.core.taps import FeatureTaps
-from distillprune.distill.losses import LOSSES, DistillLoss, Outputs
-from distillprune.errors import DataError
+from distillprune.distill.cache import TeacherCache
+from distillprune.distill.losses import Outputs
+from distillprune.distill.schedule import Clock, Term, build_term
+from distillprune.errors import DataError, DistillpruneError
 
 
 class CrossEntropy(nn.Module):
@@ -28,6 +33,10 @@ class CrossEntropy(nn.Module):
 
     def detach(self) -> None:
         """Nothing to remove."""
+
+    def check_labels(self, has_labels: bool) -> None:
+        if not has_labels:
+            raise DataError("training without labels needs a teacher (a distill stage with a teacher)")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None):
         if y is None:
@@ -43,25 +52,46 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
+def check_terms(terms: list[Term], has_labels: bool) -> None:
+    """Fail before training when the losses cannot work on this data (label-free needs a teacher loss)."""
+    if has_labels:
+        return
+    need = [t.name for t in terms if t.loss.needs_labels]
+    if need:
+        raise DataError(f"loss {', '.join(need)} needs labels but the training data has none (data.labels: false); "
+                        "label-free distillation works with kd, dist, rkd, pkt, at, fitnet, crd")
+    if not any(t.loss.reads_teacher for t in terms):
+        raise DataError("the training data has no labels and no loss reads the teacher: nothing to learn from "
+                        f"(losses: {', '.join(t.name for t in terms)})")
+
+
+@torch.no_grad()
+def probe_terms(terms: list[Term], s: Outputs, t: Outputs, skip_labelled: bool = False) -> None:
+    """Set up every loss on the probe outputs and evaluate it once, so a shape mismatch fails now."""
+    dummy = t.logits.argmax(1)  # stand-in labels: the probe only checks shapes
+    for term in terms:
+        term.loss.setup(s, t)
+        if not (skip_labelled and term.loss.needs_labels):
+            term.loss(s, t, dummy)
+
+
 class Distiller(nn.Module):
     """Weighted sum of registered distillation losses between a student and a frozen teacher."""
 
-    def __init__(self, teacher: nn.Module, losses: list[tuple[float, DistillLoss]]):
+    def __init__(self, teacher: nn.Module, losses: list[tuple[float, nn.Module]] | list[Term], *,
+                 cache: bool = False):
         super().__init__()
         self.teacher = [freeze(teacher)]  # a list: keep the teacher out of this module's parameters
-        self.weights = [w for w, _ in losses]
-        self.losses = nn.ModuleList(loss for _, loss in losses)
+        self.terms = [t if isinstance(t, Term) else Term(type(t[1]).__name__, t[1], t[0]) for t in losses]
+        self.losses = nn.ModuleList(t.loss for t in self.terms)
+        self.cache = TeacherCache() if cache else None
+        self.clock = Clock()
         self._s_taps: FeatureTaps | None = None
         self._t_taps: FeatureTaps | None = None
 
     @classmethod
-    def from_specs(cls, teacher: nn.Module, specs: list[dict]) -> Distiller:
-        losses = []
-        for spec in specs:
-            spec = dict(spec)
-            name, weight = spec.pop("name"), float(spec.pop("weight", 1.0))
-            losses.append((weight, LOSSES.get(name)(**spec)))
-        return cls(teacher, losses)
+    def from_specs(cls, teacher: nn.Module, specs: list[dict], *, cache: bool = False) -> Distiller:
+        return cls(teacher, [build_term(s) for s in specs], cache=cache)
 
     def _paths(self) -> tuple[list[str], list[str]]:
         pairs = [p for loss in self.losses for p in loss.taps]
@@ -71,13 +101,17 @@ class Distiller(nn.Module):
         s_paths, t_paths = self._paths()
         self.detach()
         self._s_taps, self._t_taps = FeatureTaps(model, s_paths), FeatureTaps(self.teacher[0], t_paths)
-        with torch.no_grad():
-            s_out, t_out = self._outputs(model, probe)
+        was = model.training
+        model.eval()  # the probe must not move the student's BN statistics
+        try:
+            with torch.no_grad():
+                s_out, t_out = self._outputs(model, probe, live=True)
+        finally:
+            model.train(was)
         if s_out.logits.shape != t_out.logits.shape:
             raise DataError(f"student logits {tuple(s_out.logits.shape)} and teacher logits "
                             f"{tuple(t_out.logits.shape)} differ: different numbers of classes?")
-        for loss in self.losses:
-            loss.setup(s_out, t_out)
+        probe_terms(self.terms, s_out, t_out)
 
     def detach(self) -> None:
         for taps in (self._s_taps, self._t_taps):
@@ -85,18 +119,33 @@ class Distiller(nn.Module):
                 taps.remove()
         self._s_taps = self._t_taps = None
 
-    def _outputs(self, model: nn.Module, x: torch.Tensor) -> tuple[Outputs, Outputs]:
-        assert self._s_taps is not None and self._t_taps is not None, "call attach() first"
-        with torch.no_grad():
-            self._t_taps.clear()
-            t = Outputs(self.teacher[0](x), dict(self._t_taps.features))
+    def check_labels(self, has_labels: bool) -> None:
+        check_terms(self.terms, has_labels)
+
+    def begin_epoch(self, loader, epoch: int, epochs: int) -> None:
+        self.clock.begin_epoch(len(loader), epoch, epochs)
+        if self.cache is not None:
+            if self._t_taps is None:
+                raise DistillpruneError("call attach() before begin_epoch()")
+            self.cache.begin_epoch(self.teacher[0], self._t_taps, loader)
+
+    def _outputs(self, model: nn.Module, x: torch.Tensor, live: bool = False) -> tuple[Outputs, Outputs]:
+        if self._s_taps is None or self._t_taps is None:
+            raise DistillpruneError("call attach() before using the Distiller")
+        if self.cache is not None and not live:
+            t = self.cache.lookup(x, self.teacher[0], self._t_taps)
+        else:
+            with torch.no_grad():
+                self._t_taps.clear()
+                t = Outputs(self.teacher[0](x), dict(self._t_taps.features))
         self._s_taps.clear()
         s = Outputs(model(x), dict(self._s_taps.features))
         return s, t
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None):
+        progress = self.clock.tick()
         s, t = self._outputs(model, x)
-        total = sum(w * loss(s, t, y) for w, loss in zip(self.weights, self.losses))
+        total = sum(term.weight_at(progress) * term.loss(s, t, y) for term in self.terms)
         return total, s.logits
 
     def trainable(self) -> Iterator[nn.Parameter]:

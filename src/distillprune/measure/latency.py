@@ -58,15 +58,33 @@ def ort_latency(onnx: str | Path | bytes, input_shape: Sequence[int], cfg: Laten
 
 @torch.no_grad()
 def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: str = "cuda",
-                  dtype: torch.dtype = torch.bfloat16, cfg: LatencyConfig | None = None) -> float:
-    """Eager torch latency in ms (synchronised) on ``device``."""
+                  dtype: torch.dtype = torch.bfloat16, cfg: LatencyConfig | None = None,
+                  mode: str = "eager") -> float:
+    """Torch latency in ms (synchronised). ``mode``: ``eager``, or ``graph`` (one CUDA graph replay:
+    removes the per-kernel launch cost that dominates small nets in eager mode)."""
     cfg = cfg or LatencyConfig()
     model = model.eval().to(device=device, dtype=dtype)
     x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if mode == "graph":
+        if device != "cuda":
+            raise ValueError("CUDA-graph timing needs device='cuda'")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            model(x)
 
-    def run() -> None:
-        model(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        def run() -> None:
+            graph.replay()
+            sync()
+    else:
+        def run() -> None:
+            model(x)
+            sync()
 
     return _time(run, cfg.warmup, cfg.repeats, cfg.min_window_s)

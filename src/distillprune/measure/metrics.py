@@ -47,8 +47,8 @@ def measure_model(model: nn.Module, input_shape: Sequence[int], latency: Latency
     if latency.enabled:
         lat = {f"ort_{k}": v for k, v in ort_latency(blob, input_shape, latency).items()}
         if torch.cuda.is_available():
-            gpu = copy.deepcopy(model)
-            lat[f"gpu_bs{latency.gpu_batch_size}"] = torch_latency(gpu, input_shape, latency.gpu_batch_size,
-                                                                   cfg=latency)
+            for mode in ("eager", "graph"):
+                lat[f"gpu_{mode}_bs{latency.gpu_batch_size}"] = torch_latency(
+                    copy.deepcopy(model), input_shape, latency.gpu_batch_size, cfg=latency, mode=mode)
     return ModelStats(count_params(model), count_params(model, nonzero=True), count_macs(model, input_shape),
                       len(blob), lat, accuracy)

@@ -43,6 +43,12 @@ def compress(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool 
 
     ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle).
     """
+    return execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet).report
+
+
+def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False,
+            model: nn.Module | None = None, data: DataBundle | None = None, quiet: bool = False) -> RunState:
+    """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
     console = Console(quiet=quiet)
     run_path = prepare_run_dir(run_dir, resume)
     torch.manual_seed(recipe.seed)
@@ -76,7 +82,7 @@ def compress(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool 
     if run_path:
         state.report.save(run_path)
         write_markdown(state.report, run_path)
-    return state.report
+    return state
 
 
 def _measure(state: RunState, result: StageResult) -> None:

@@ -14,6 +14,8 @@ from distillprune.distill.losses.kd import soft_kl
 from distillprune.export.onnx import export_onnx, parity
 from distillprune.models import build_model
 from distillprune.pipeline.state import RunState
+from distillprune.auto.search import search
+from distillprune.prune.config import DepthConfig
 from distillprune.prune.depth import choose_blocks
 from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
@@ -111,18 +113,33 @@ def run_prune(st: PruneStage, state: RunState, index: int) -> dict:
     objective = objective_for(state, st.distill, st.label_smoothing)
     example = torch.zeros(1, *state.data.input_shape, device=device)
     details: dict[str, Any] = {}
+    width, depth = st.width, st.depth
+    dense = snapshot(model) if st.target is not None else None  # the reference of the target
+    if st.target is not None:
+        plan = search(model, state.data.input_shape, state.data.num_classes, st.width, st.target,
+                      state.recipe.measure)
+        details["plan"] = plan.to_dict()
+        depth = DepthConfig(blocks=plan.blocks) if plan.blocks else None
+        width = st.width.model_copy(update={"ratio": plan.width_ratio}) if plan.width_ratio > 0 else None
     pruner, masks, hist = None, None, []
     for k in range(st.steps):
-        if k == 0 and st.depth:
-            batches = [x for x, _ in _calib(state, st.depth.calib_batches)]
-            chosen = choose_blocks(model, teacher, batches, st.depth.blocks)
+        if k == 0 and depth:
+            batches = [x for x, _ in _calib(state, depth.calib_batches)]
+            chosen = choose_blocks(model, teacher, batches, depth.blocks)
             state.spec.history += [{"op": "remove_block", "path": p} for p in chosen]
             details["removed_blocks"] = chosen
-        if st.width:
+            if st.target is not None:  # the search assumed other blocks: re-fit the width to the real ones
+                plan = search(model, state.data.input_shape, state.data.num_classes, st.width,
+                              st.target.model_copy(update={"depth_fractions": [0.0]}), state.recipe.measure,
+                              baseline=dense)
+                details["plan"] = {**details["plan"], "width_ratio": plan.width_ratio,
+                                   "macs_ratio": plan.macs_ratio, "speedup": plan.speedup}
+                width = st.width.model_copy(update={"ratio": plan.width_ratio}) if plan.width_ratio > 0 else None
+        if width:
             if pruner is None:
-                pruner = width_pruner(model, example, st.width, state.data.num_classes, st.steps)
-            if st.width.importance in NEEDS_GRADIENTS:
-                accumulate_gradients(model, _calib(state, st.width.taylor_batches), _taylor_loss(teacher))
+                pruner = width_pruner(model, example, width, state.data.num_classes, st.steps)
+            if width.importance in NEEDS_GRADIENTS:
+                accumulate_gradients(model, _calib(state, width.taylor_batches), _taylor_loss(teacher))
             state.spec.history.append({"op": "channels", "entries": prune_step(pruner)})
             model.zero_grad(set_to_none=True)
         if st.unstructured:

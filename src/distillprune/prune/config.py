@@ -11,7 +11,8 @@ from distillprune.core.config import StrictModel
 class WidthConfig(StrictModel):
     """Structured channel pruning that physically removes channels (Torch-Pruning dependency graph)."""
 
-    ratio: float = Field(..., gt=0, lt=1, description="share of channels removed from each prunable group")
+    ratio: float | None = Field(None, gt=0, lt=1, description="share of channels removed from each prunable "
+                                                            "group (searched when the stage has a target)")
     importance: str = Field("l2", description="l1 | l2 | taylor | bn_scale")
     global_pruning: bool = Field(False, description="rank all groups together instead of a uniform ratio")
     round_to: int | None = Field(8, gt=0, description="round kept channels to a multiple (hardware-friendly)")
@@ -53,6 +54,8 @@ class PruneConfig(StrictModel):
     def _something(self) -> PruneConfig:
         if not (self.width or self.depth or self.unstructured):
             raise ValueError("prune needs at least one of width, depth, unstructured")
+        if self.width and self.width.ratio is None:
+            raise ValueError("width.ratio is required (no target to search it from)")
         if self.unstructured and (self.width or self.depth):
             raise ValueError("unstructured pruning goes in its own prune stage (after width/depth), "
                              "because masks do not survive channel removal")

@@ -7,7 +7,8 @@ replay on a freshly built model (``replay_channels``) to rebuild a pruned checkp
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch_pruning as tp
@@ -33,14 +34,30 @@ def ignored(model: nn.Module, patterns: Sequence[str], num_classes: int) -> list
     return out
 
 
+@contextmanager
+def traceable(model: nn.Module) -> Iterator[None]:
+    """Torch-Pruning traces the autograd graph: with frozen parameters (a teacher) or under no_grad it
+    would find no dependencies and silently prune nothing. Unfreeze while tracing, then restore."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_classes: int,
                  steps: int = 1) -> tp.pruner.BasePruner:
     """A pruner that reaches ``cfg.ratio`` after ``steps`` calls to ``step()`` (linear schedule)."""
-    return tp.pruner.BasePruner(
-        model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=cfg.ratio,
-        global_pruning=cfg.global_pruning, round_to=cfg.round_to, max_pruning_ratio=cfg.max_ratio,
-        iterative_steps=steps, ignored_layers=ignored(model, cfg.ignore, num_classes),
-    )
+    with traceable(model):
+        return tp.pruner.BasePruner(
+            model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=cfg.ratio,
+            global_pruning=cfg.global_pruning, round_to=cfg.round_to, max_pruning_ratio=cfg.max_ratio,
+            iterative_steps=steps, ignored_layers=ignored(model, cfg.ignore, num_classes),
+        )
 
 
 def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -63,7 +80,8 @@ def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
 
 def replay_channels(model: nn.Module, example: torch.Tensor, entries: list[list]) -> None:
     """Redo recorded channel removals on ``model`` (same architecture as when they were recorded)."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    with traceable(model):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     try:
         dg.load_pruning_history([(n, o, list(idx)) for n, o, idx in entries])
     except (AttributeError, IndexError, KeyError) as e:

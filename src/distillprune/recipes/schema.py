@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distillprune.auto.search import TargetConfig
 from distillprune.core.config import StrictModel, register_union_tags, validate
 from distillprune.core.registry import nearest
 from distillprune.data.config import DataConfig
@@ -31,15 +32,22 @@ class ModelConfig(StrictModel):
 
 
 class LossSpec(BaseModel):
-    """``{name: kd, weight: 1.0, temperature: 4}``: the options are the loss's constructor arguments."""
+    """``{name: kd, weight: 1.0, temperature: 4}``: the options are the loss's constructor arguments.
+
+    The weight and the loss's schedulable options may be ramps over the stage:
+    ``{name: kd, weight: {start: 0, end: 1}, temperature: {start: 8, end: 2, schedule: cosine}}``.
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str
-    weight: float = Field(1.0, ge=0)
+    weight: float | dict[str, Any] = Field(1.0, description="a number >= 0, or a ramp {start, end, schedule, "
+                                                             "fraction}")
 
     @model_validator(mode="after")
     def _options(self) -> LossSpec:
         from distillprune.distill.losses import LOSSES
+        from distillprune.distill.schedule import build_term
+        from distillprune.errors import DistillpruneError
 
         cls = LOSSES.get(self.name)
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
@@ -47,6 +55,12 @@ class LossSpec(BaseModel):
             if key not in params:
                 raise ValueError(f"loss '{self.name}' has no option '{key}'{nearest(key, params)}; "
                                  f"options: {', '.join(params) or 'none'}")
+        if isinstance(self.weight, (int, float)) and self.weight < 0:
+            raise ValueError(f"loss '{self.name}': weight must be >= 0, got {self.weight}")
+        try:  # build it once: bad option values fail at validation, not at training
+            build_term(self.spec())
+        except (TypeError, DistillpruneError) as e:
+            raise ValueError(f"loss '{self.name}': {e}") from None
         return self
 
     def spec(self) -> dict[str, Any]:
@@ -55,7 +69,22 @@ class LossSpec(BaseModel):
 
 class DistillConfig(StrictModel):
     teacher: str = Field("auto", description="auto: the dense model before pruning; or a checkpoint folder")
+    teachers: list[str] | None = Field(None, description="multi-teacher: checkpoint folders or auto; their logits "
+                                                         "are averaged (weighted by teacher_weights)")
+    teacher_weights: list[float] | None = Field(None, description="weights of the teachers' logits (default equal)")
+    mode: Literal["offline", "mutual"] = Field("offline", description="mutual: the teacher trains too, each net "
+                                                                      "distilling into the other (DML)")
+    peer: ModelConfig | None = Field(None, description="mutual: a fresh network to train alongside the student "
+                                                       "(default: the teacher, trained on)")
+    cache: bool = Field(False, description="compute the teacher's outputs once (needs no random augmentation)")
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")])
+
+    @model_validator(mode="after")
+    def _modes(self) -> DistillConfig:
+        from distillprune.distill.modes import check_distill_config
+
+        check_distill_config(self)
+        return self
 
 
 class TrainingOptions(StrictModel):
@@ -77,8 +106,16 @@ class DistillStage(TrainingOptions):
 
     type: Literal["distill"]
     epochs: int = Field(..., ge=1)
+    generations: int = Field(1, ge=1, description="born-again: each generation's student is the next one's "
+                                                 "teacher; later students restart from a fresh initialisation")
     distill: DistillConfig = DistillConfig()
     student: ModelConfig | None = None
+
+    @model_validator(mode="after")
+    def _generations(self) -> DistillStage:
+        if self.generations > 1 and self.distill.mode == "mutual":
+            raise ValueError("generations (born-again) need an offline teacher; mode: mutual has no frozen teacher")
+        return self
 
 
 class FinetuneStage(TrainingOptions):
@@ -96,6 +133,8 @@ class PruneStage(TrainingOptions):
     width: WidthConfig | None = None
     depth: DepthConfig | None = None
     unstructured: UnstructuredConfig | None = None
+    target: TargetConfig | None = Field(None, description="search width ratio (and depth) to reach a MACs "
+                                                          "ratio or a measured ORT speedup")
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)
     distill: DistillConfig | None = DistillConfig()
@@ -106,6 +145,13 @@ class PruneStage(TrainingOptions):
             raise ValueError("a prune stage needs at least one of width, depth, unstructured")
         if self.unstructured and (self.width or self.depth):
             raise ValueError("put unstructured pruning in its own prune stage: masks do not survive channel removal")
+        if self.target is not None:
+            if self.width is None:
+                raise ValueError("target needs a width block (importance, round_to); its ratio is searched")
+            if self.depth is not None:
+                raise ValueError("with a target, depth is searched: use target.depth_fractions instead of depth")
+        elif self.width is not None and self.width.ratio is None:
+            raise ValueError("width.ratio is required unless the stage has a target")
         return self
 
 
@@ -171,9 +217,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 if last:
                     node[p] = yaml.safe_load(value)
                 else:
-                    node = node.setdefault(p, {})
-                    if node is None:
-                        node = {}
+                    if node.get(p) is None:  # missing or null (``key:`` in YAML): a new mapping in place
+                        node[p] = {}
+                    node = node[p]
             else:
                 raise RecipeError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping")
     return raw

@@ -14,8 +14,13 @@ from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs
 class CELoss(DistillLoss):
     """Plain cross-entropy on the labels (a term to mix in; zero contribution when labels are withheld)."""
 
+    reads_teacher = False
+    schedulable = ("label_smoothing",)
+
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"ce.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor | None) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs
+from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, parse_pairs, same_batch
 from distillprune.errors import DistillpruneError
 
 
@@ -28,11 +28,12 @@ def make_adapter(s: torch.Tensor, t: torch.Tensor) -> nn.Module:
 
 @LOSSES.register("fitnet")
 class FitNetLoss(DistillLoss):
+    zero_when_equal = True
+    example = {"pairs": [["f", "f"]]}
+
     def __init__(self, pairs: list[list[str]] | list[str]):
         super().__init__()
-        if not pairs:
-            raise ValueError("fitnet.pairs needs at least one [student_module, teacher_module] pair")
-        self.taps = [(p, p) if isinstance(p, str) else (p[0], p[1]) for p in pairs]
+        self.taps = parse_pairs(pairs, "fitnet")
         self.adapters = nn.ModuleList()
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
@@ -41,8 +42,10 @@ class FitNetLoss(DistillLoss):
         ).to(student.logits.device)
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor | None) -> torch.Tensor:
+        teacher = teacher.detach()
         total = student.logits.new_zeros(())
         for (s, t), adapt in zip(self.taps, self.adapters):
+            same_batch(student.features[s], teacher.features[t], f"feature '{s}'")
             fs, ft = adapt(student.features[s]), teacher.features[t]
             if fs.dim() == 4 and fs.shape[-2:] != ft.shape[-2:]:
                 fs = F.adaptive_avg_pool2d(fs, ft.shape[-2:])

@@ -1,0 +1,148 @@
+"""Target-driven pruning plans: find how deep and how wide to prune to hit a MACs ratio or a
+*measured* ONNX Runtime speedup.
+
+Latency and MACs depend on the architecture only, so candidates are pruned copies scored
+without training: for each depth option (blocks removed), bisect the width ratio to the smallest
+one meeting the target, then keep the candidate that retains the most MACs (the most capacity).
+For the search, blocks are removed from the end of each stage in turn (in CIFAR-style ResNets
+every block of a stage costs the same); the prune stage then chooses *which* blocks by KD loss.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from distillprune.core.config import StrictModel
+from distillprune.errors import DistillpruneError
+from distillprune.export.onnx import onnx_bytes
+from distillprune.measure.latency import LatencyConfig, ort_latency
+from distillprune.measure.metrics import count_macs
+from distillprune.prune.config import WidthConfig
+from distillprune.prune.depth import remove_block, removable_blocks
+from distillprune.prune.structured import prune_step, width_pruner
+
+
+class TargetConfig(StrictModel):
+    """What the prune stage must reach; the width ratio (and optionally depth) is searched."""
+
+    macs_ratio: float | None = Field(None, gt=1, description="dense MACs / pruned MACs")
+    latency_speedup: float | None = Field(None, gt=1, description="measured ORT CPU speedup at batch_size")
+    batch_size: int = Field(1, gt=0, description="batch size of the latency target")
+    depth_fractions: list[float] = Field(default_factory=lambda: [0.0],
+                                         description="shares of removable blocks to try removing")
+    max_width_ratio: float = Field(0.75, gt=0, lt=1, description="upper end of the width-ratio search")
+
+    @model_validator(mode="after")
+    def _one(self) -> TargetConfig:
+        if (self.macs_ratio is None) == (self.latency_speedup is None):
+            raise ValueError("target needs exactly one of macs_ratio, latency_speedup")
+        if any(not 0 <= f < 1 for f in self.depth_fractions):
+            raise ValueError("target.depth_fractions must be in [0, 1)")
+        return self
+
+
+@dataclass
+class Plan:
+    blocks: int
+    width_ratio: float
+    macs_ratio: float
+    speedup: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _spread(model: nn.Module, count: int) -> list[str]:
+    """``count`` removable blocks taken from the end of each stage in turn."""
+    stages: dict[str, list[str]] = {}
+    for p in removable_blocks(model):
+        stages.setdefault(p.rsplit(".", 1)[0], []).append(p)
+    order, queues = [], [list(reversed(v)) for v in stages.values()]
+    while len(order) < count and any(queues):
+        for q in queues:
+            if q and len(order) < count:
+                order.append(q.pop(0))
+    return order
+
+
+def _candidate(model: nn.Module, shape: Sequence[int], classes: int, blocks: int, ratio: float,
+               width: WidthConfig) -> nn.Module:
+    m = copy.deepcopy(model).cpu().eval()
+    for p in _spread(m, blocks):
+        remove_block(m, p)
+    if ratio > 0:
+        cfg = width.model_copy(update={"ratio": ratio, "importance": "l1"})
+        prune_step(width_pruner(m, torch.zeros(1, *shape), cfg, classes))
+    return m
+
+
+def _max_ratio(model: nn.Module, width: WidthConfig, cap: float) -> float:
+    """Largest ratio that still prunes every layer: past it, rounding to ``round_to`` would leave a layer
+    with no channels and Torch-Pruning skips it, so MACs stop falling monotonically with the ratio."""
+    if not width.round_to:
+        return cap
+    narrowest = min((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
+    if narrowest <= width.round_to:
+        return cap
+    return min(cap, 1.0 - width.round_to / narrowest)
+
+
+class _Scorer:
+    def __init__(self, model: nn.Module, shape: Sequence[int], target: TargetConfig, lat: LatencyConfig):
+        self.shape, self.target = tuple(shape), target
+        self.lat = lat.model_copy(update={"batch_sizes": [target.batch_size], "enabled": True})
+        self.base_macs = count_macs(model, shape)
+        self.base_ms = self._ms(model) if target.latency_speedup else None
+
+    def _ms(self, m: nn.Module) -> float:
+        return next(iter(ort_latency(onnx_bytes(m, self.shape), self.shape, self.lat).values()))
+
+    def score(self, m: nn.Module) -> tuple[float, float | None, bool]:
+        mr = self.base_macs / max(count_macs(m, self.shape), 1)
+        sp = self.base_ms / self._ms(m) if self.base_ms else None
+        ok = sp >= self.target.latency_speedup if sp is not None else mr >= self.target.macs_ratio
+        return mr, sp, ok
+
+
+def search(model: nn.Module, input_shape: Sequence[int], num_classes: int, width: WidthConfig,
+           target: TargetConfig, latency: LatencyConfig | None = None, iters: int = 8,
+           baseline: nn.Module | None = None) -> Plan:
+    """The plan that keeps the most MACs while meeting ``target`` relative to ``baseline`` (default:
+    ``model``). Pass a depth-pruned ``model`` with its dense ``baseline`` to re-fit the width ratio."""
+    lat = (latency or LatencyConfig()).model_copy(update={"repeats": 5, "min_window_s": 0.03})
+    scorer = _Scorer(baseline if baseline is not None else model, input_shape, target, lat)
+    n_removable = len(removable_blocks(model))
+    best: Plan | None = None
+    for frac in dict.fromkeys(target.depth_fractions):
+        blocks = int(round(frac * n_removable))
+        lo, hi = 0.0, _max_ratio(model, width, target.max_width_ratio)
+        m = _candidate(model, input_shape, num_classes, blocks, hi, width)
+        mr, sp, ok = scorer.score(m)
+        if not ok:
+            continue  # even the narrowest candidate at this depth misses the target
+        found = Plan(blocks, hi, mr, sp)
+        m = _candidate(model, input_shape, num_classes, blocks, 0.0, width)
+        mr, sp, ok = scorer.score(m)
+        if ok:
+            found, iters_left = Plan(blocks, 0.0, mr, sp), 0
+        else:
+            iters_left = iters
+        for _ in range(iters_left):
+            mid = (lo + hi) / 2
+            mr, sp, ok = scorer.score(_candidate(model, input_shape, num_classes, blocks, mid, width))
+            if ok:
+                hi, found = mid, Plan(blocks, round(mid, 4), mr, sp)
+            else:
+                lo = mid
+        if best is None or found.macs_ratio < best.macs_ratio:
+            best = found
+    if best is None:
+        raise DistillpruneError(f"no plan reaches the target {target.model_dump(exclude_none=True)} "
+                                f"(width ratio up to {target.max_width_ratio}, depth fractions "
+                                f"{target.depth_fractions}); lower the target or allow more depth")
+    return best
