@@ -102,13 +102,13 @@ def test_loader_is_a_function_of_seed_and_epoch(aug):
     l2.set_epoch(4)
     e4a, e4b = _collect(l1), _collect(l2)
     assert len(e4a) == 7  # ceil(50 / 8)
-    for (xa, ya), (xb, yb) in zip(e4a, e4b):
+    for (xa, ya), (xb, yb) in zip(e4a, e4b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     l1.set_epoch(5)
     assert not torch.equal(torch.cat([y for _, y in _collect(l1)]), torch.cat([y for _, y in e4a]))
     # iterating again gives the same epoch (no hidden state advances)
     l2.set_epoch(4)
-    assert all(torch.equal(a[0], b_[0]) for a, b_ in zip(_collect(l2), e4a))
+    assert all(torch.equal(a[0], b_[0]) for a, b_ in zip(_collect(l2), e4a, strict=True))
     # a different seed gives a different order
     l3 = make(4)
     l3.set_epoch(4)
@@ -395,3 +395,14 @@ def test_truncated_image_is_a_data_error(tmp_path):
     good.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(DataError, match="0.png"):
         load_data(cfg(source="imagefolder", path=str(tmp_path / "tr")))
+
+
+def test_loader_batches_are_row_major_even_with_one_channel():
+    """Channels-last strides on a 1-channel batch sent CPU convs down a oneDNN path that corrupts the heap."""
+    from distillprune.data.base import Split, TensorLoader
+
+    x = torch.empty_strided((16, 1, 8, 8), (64, 1, 8, 1)).normal_()
+    loader = TensorLoader(Split(x, torch.zeros(16, dtype=torch.long)), 8, torch.zeros(1), torch.ones(1),
+                          shuffle=True, crop_padding=1, hflip=True)
+    for xb, _ in loader:
+        assert xb.stride() == (64, 64, 8, 1)

@@ -113,7 +113,27 @@ class TensorLoader:
             if self.hflip:
                 flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-        return x
+        return standard_layout(x)
+
+
+def standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major (NCHW) strides.
+
+    A one-channel batch can carry channels-last strides and still report ``is_contiguous()``;
+    convolutions then run channels-last, and torch 2.13's oneDNN backward for a 1x1 stride-2
+    conv with in_channels % 8 != 0 corrupts the heap in that layout (seen after pruning).
+    """
+    if x.dim() == 4 and x.stride() != _row_major_strides(x.shape):
+        return x.clone(memory_format=torch.contiguous_format)
+    return x
+
+
+def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -116,12 +117,19 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
         ckpt_dir: Path | None = None, resume: bool = False, logger: RunLogger | None = None,
         on_step: Callable[[nn.Module], None] | None = None, desc: str = "train") -> list[dict]:
     """Train ``model`` in place for ``settings.epochs``; returns one record per epoch."""
+    if hasattr(objective, "check_labels"):  # losses that need labels the data lacks fail before training
+        objective.check_labels(data.train.y is not None)
     device = resolve_device(runtime)
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     model.to(device)
     if hasattr(objective, "to_device"):
         objective.to_device(device)
+    if runtime.channels_last and device.type != "cuda":
+        # torch 2.13's oneDNN channels-last conv backward corrupts memory on pruned shapes
+        # (1x1 stride-2, in_channels % 8 != 0); channels_last buys nothing on the CPU anyway
+        warnings.warn("runtime.channels_last is ignored on the CPU", stacklevel=2)
+        runtime = runtime.model_copy(update={"channels_last": False})
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     loader = TensorLoader(data.train, batch_size, data.mean, data.std, shuffle=True, crop_padding=crop_padding,
@@ -142,6 +150,8 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
         for epoch in range(start, settings.epochs):
             torch.manual_seed(seed * 7919 + epoch)
             loader.set_epoch(epoch)
+            if hasattr(objective, "begin_epoch"):  # schedules, teacher-output cache (distill objectives)
+                objective.begin_epoch(loader, epoch, settings.epochs)
             rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar)
             rec["test_acc"] = evaluate(model, data, runtime=runtime) if data.test.y is not None else float("nan")
             history.append(rec)
@@ -156,21 +166,24 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
 
 def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar) -> dict:
     model.train()
-    t0, seen, loss_sum, correct, labelled = time.perf_counter(), 0, 0.0, 0, 0
+    t0, seen, labelled = time.perf_counter(), 0, 0
+    # running sums stay on the device: reading them every step would synchronise a GPU every step
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    check_every = 1 if device.type == "cpu" else 25
     steps = len(loader)
-    peak = [g.get("initial_lr", settings.optimizer.lr) for g in opt.param_groups]
+    peak = settings.optimizer.lr
     for i, (x, y) in enumerate(loader):
         f = lr_factor(settings.schedule, epoch * steps + i, settings.epochs * steps)
-        for g, lr in zip(opt.param_groups, peak):
-            g["lr"] = lr * f
+        for g in opt.param_groups:
+            g["lr"] = peak * f
         if runtime.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(runtime, device):
             loss, logits = objective(fwd, x, y)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"loss is {loss_value} at epoch {epoch + 1}, step {i + 1} "
-                                   f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate")
+        loss_sum += loss.detach().float() * len(x)
+        if (i + 1) % check_every == 0 or i + 1 == steps:
+            _check_finite(loss_sum, epoch, i, opt, exact=check_every == 1)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if settings.grad_clip:
@@ -181,12 +194,21 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
         if on_step is not None:
             on_step(model)
         seen += len(x)
-        loss_sum += loss_value * len(x)
         if y is not None:
-            correct += int((logits.argmax(1) == y).sum())
+            correct += (logits.argmax(1) == y).sum()
             labelled += len(y)
         bar(1)
     dt = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-            "train_acc": 100.0 * correct / labelled if labelled else float("nan"),
+    return {"epoch": epoch + 1, "loss": float(loss_sum) / max(seen, 1),
+            "train_acc": 100.0 * int(correct) / labelled if labelled else float("nan"),
             "lr": opt.param_groups[0]["lr"], "seconds": dt, "images_per_s": seen / max(dt, 1e-9)}
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, opt: torch.optim.Optimizer,
+                  exact: bool = True) -> None:
+    """Raise on a non-finite running loss; ``exact`` is False when it was checked only every few steps."""
+    value = float(loss_sum)
+    if not math.isfinite(value):
+        where = f"step {step + 1}" if exact else f"by step {step + 1}"
+        raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, {where} "
+                               f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate")
