@@ -9,6 +9,7 @@ a sample is then a constant. Lookups follow the loader's sample order for the ep
 cache that fell out of step with the data fails loudly instead of distilling from the wrong
 samples.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,9 +34,11 @@ class TeacherCache:
 
     def begin_epoch(self, teacher: nn.Module, taps: FeatureTaps, loader) -> None:
         if loader.crop_padding or loader.hflip:
-            raise DistillpruneError("the teacher cache needs training inputs that do not change between epochs: "
-                                    f"turn off random augmentation (crop_padding={loader.crop_padding}, "
-                                    f"hflip={loader.hflip}) or set distill.cache: false")
+            raise DistillpruneError(
+                "the teacher cache needs training inputs that do not change between epochs: "
+                f"turn off random augmentation (crop_padding={loader.crop_padding}, "
+                f"hflip={loader.hflip}) or set distill.cache: false"
+            )
         key = (loader.split.x.data_ptr(), tuple(loader.split.x.shape), loader.split.x.device)
         if key != self._key:
             self._build(teacher, taps, loader)
@@ -52,7 +55,7 @@ class TeacherCache:
         x_all = loader.split.x
         for i in range(0, len(x_all), self.chunk):
             taps.clear()
-            logits.append(teacher(loader.prepare(x_all[i:i + self.chunk])))
+            logits.append(teacher(loader.prepare(x_all[i : i + self.chunk])))
             for k, v in taps.features.items():
                 feats.setdefault(k, []).append(v)
         teacher.train(was)
@@ -62,9 +65,11 @@ class TeacherCache:
 
     def lookup(self, x: torch.Tensor, teacher: nn.Module, taps: FeatureTaps) -> Outputs:
         if self._order is None or self.logits is None:
-            raise DistillpruneError("teacher cache used before begin_epoch: the trainer must call "
-                                    "objective.begin_epoch(loader, epoch, epochs)")
-        idx = self._order[self._pos:self._pos + len(x)]
+            raise DistillpruneError(
+                "teacher cache used before begin_epoch: the trainer must call "
+                "objective.begin_epoch(loader, epoch, epochs)"
+            )
+        idx = self._order[self._pos : self._pos + len(x)]
         if len(idx) != len(x):
             raise DistillpruneError(f"teacher cache: batch of {len(x)} past the end of the epoch's order")
         self._pos += len(x)
@@ -80,5 +85,7 @@ class TeacherCache:
         live = teacher(x).float()
         err = float((cached.float() - live).norm() / live.norm().clamp_min(1e-12))
         if err > 0.05:
-            raise DistillpruneError(f"teacher cache is out of step with the data (relative error {err:.3g} on the "
-                                    "epoch's first batch): the inputs or their order changed between epochs")
+            raise DistillpruneError(
+                f"teacher cache is out of step with the data (relative error {err:.3g} on the "
+                "epoch's first batch): the inputs or their order changed between epochs"
+            )

@@ -7,6 +7,7 @@ the trainer calls when present: ``begin_epoch(loader, epoch, epochs)`` (schedule
 ``check_labels(has_labels)`` (before training), ``trainable()`` (extra parameters to optimise).
 Online (mutual) distillation, where the teacher trains too, is ``distill.mutual.MutualDistiller``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,11 +59,15 @@ def check_terms(terms: list[Term], has_labels: bool) -> None:
         return
     need = [t.name for t in terms if t.loss.needs_labels]
     if need:
-        raise DataError(f"loss {', '.join(need)} needs labels but the training data has none (data.labels: false); "
-                        "label-free distillation works with kd, dist, rkd, pkt, at, fitnet, crd")
+        raise DataError(
+            f"loss {', '.join(need)} needs labels but the training data has none (data.labels: false); "
+            "label-free distillation works with kd, dist, rkd, pkt, at, fitnet, crd"
+        )
     if not any(t.loss.reads_teacher for t in terms):
-        raise DataError("the training data has no labels and no loss reads the teacher: nothing to learn from "
-                        f"(losses: {', '.join(t.name for t in terms)})")
+        raise DataError(
+            "the training data has no labels and no loss reads the teacher: nothing to learn from "
+            f"(losses: {', '.join(t.name for t in terms)})"
+        )
 
 
 @torch.no_grad()
@@ -78,8 +83,9 @@ def probe_terms(terms: list[Term], s: Outputs, t: Outputs, skip_labelled: bool =
 class Distiller(nn.Module):
     """Weighted sum of registered distillation losses between a student and a frozen teacher."""
 
-    def __init__(self, teacher: nn.Module, losses: list[tuple[float, nn.Module]] | list[Term], *,
-                 cache: bool = False):
+    def __init__(
+        self, teacher: nn.Module, losses: list[tuple[float, nn.Module]] | list[Term], *, cache: bool = False
+    ):
         super().__init__()
         self.teacher = [freeze(teacher)]  # a list: keep the teacher out of this module's parameters
         self.terms = [t if isinstance(t, Term) else Term(type(t[1]).__name__, t[1], t[0]) for t in losses]
@@ -109,8 +115,10 @@ class Distiller(nn.Module):
         finally:
             model.train(was)
         if s_out.logits.shape != t_out.logits.shape:
-            raise DataError(f"student logits {tuple(s_out.logits.shape)} and teacher logits "
-                            f"{tuple(t_out.logits.shape)} differ: different numbers of classes?")
+            raise DataError(
+                f"student logits {tuple(s_out.logits.shape)} and teacher logits "
+                f"{tuple(t_out.logits.shape)} differ: different numbers of classes?"
+            )
         probe_terms(self.terms, s_out, t_out)
 
     def detach(self) -> None:

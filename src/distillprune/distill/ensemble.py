@@ -6,6 +6,7 @@ Averaging logits (not probabilities) keeps every loss's formula unchanged: the e
 teacher. Feature taps address one member by path, e.g. ``members.0.layer3``; the teachers must
 agree on the number of classes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,4 +35,4 @@ class TeacherEnsemble(nn.Module):
         shapes = {tuple(o.shape) for o in outs}
         if len(shapes) > 1:
             raise DataError(f"the teachers' logits differ in shape: {sorted(shapes)}")
-        return sum(w * o.float() for w, o in zip(self.weights, outs))
+        return sum(w * o.float() for w, o in zip(self.weights, outs, strict=True))

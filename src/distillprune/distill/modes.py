@@ -11,6 +11,7 @@
 - label-free: any of the above on data without labels; losses that need labels fail before
   training (``check_labels``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,19 +41,29 @@ def check_distill_config(cfg: Any) -> None:
         raise ValueError("peer is the second network of mode: mutual")
     if cfg.mode == "mutual":
         if cfg.cache:
-            raise ValueError("mode: mutual trains the teacher, so its outputs cannot be cached (cache: false)")
+            raise ValueError(
+                "mode: mutual trains the teacher, so its outputs cannot be cached (cache: false)"
+            )
         if cfg.teachers is not None:
-            raise ValueError("mode: mutual trains one peer network; teachers (a frozen ensemble) is for offline mode")
+            raise ValueError(
+                "mode: mutual trains one peer network; teachers (a frozen ensemble) is for offline mode"
+            )
 
 
-def make_objective(cfg: Any, teacher: nn.Module, peer: nn.Module | None = None) -> Distiller | MutualDistiller:
+def make_objective(
+    cfg: Any, teacher: nn.Module | None, peer: nn.Module | None = None
+) -> Distiller | MutualDistiller:
     """The objective of a DistillConfig, given its resolved teacher (an ensemble is one module).
 
     In mutual mode the peer is ``peer`` if given, else a trainable copy of ``teacher`` (the
     pipeline's stored teacher is never trained in place)."""
     specs = [s.spec() for s in cfg.losses]
     if cfg.mode == "mutual":
+        if peer is None and teacher is None:
+            raise ValueError("mode: mutual needs a peer network or a teacher to copy")
         return MutualDistiller.from_specs(peer if peer is not None else copy.deepcopy(teacher), specs)
+    if teacher is None:
+        raise ValueError("offline distillation needs a teacher")
     return Distiller.from_specs(teacher, specs, cache=cfg.cache)
 
 

@@ -11,6 +11,7 @@ comes from its own half only, so one optimiser step over both networks equals th
 per-network steps taken on the same batch. The paper's loss (CE + KL(p_peer || p_self) at T = 1)
 is ``losses: [{name: ce}, {name: kd, temperature: 1, alpha: 1}]``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -62,8 +63,10 @@ class MutualDistiller(nn.Module):
             model.train(was)
         self.peer.train()
         if s.logits.shape != p.logits.shape:
-            raise DataError(f"student logits {tuple(s.logits.shape)} and peer logits {tuple(p.logits.shape)} "
-                            "differ: different numbers of classes?")
+            raise DataError(
+                f"student logits {tuple(s.logits.shape)} and peer logits {tuple(p.logits.shape)} "
+                "differ: different numbers of classes?"
+            )
         probe_terms(self.terms, s, p)
         probe_terms(self.peer_terms, p, s)
 

@@ -2,8 +2,10 @@
 
 A recipe gives a number, or a ramp ``{start: 8, end: 2, schedule: cosine, fraction: 1.0}``: the
 value moves from ``start`` to ``end`` over the first ``fraction`` of the stage's steps, then holds.
-Progress is a pure function of the global step, so a resumed run sees the same values.
+Progress is a pure function of the global step, so a resumed run sees the same values. The span
+is one training run (``fit``): a distill stage's epochs, or, in a prune stage, each step's epochs.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +24,9 @@ class Ramp(StrictModel):
     start: float
     end: float
     schedule: Literal["linear", "cosine"] = "linear"
-    fraction: float = Field(1.0, gt=0, le=1, description="reach `end` after this share of the stage, then hold")
+    fraction: float = Field(
+        1.0, gt=0, le=1, description="reach `end` after this share of the stage, then hold"
+    )
 
     def at(self, progress: float) -> float:
         t = min(max(progress / self.fraction, 0.0), 1.0)
@@ -75,8 +79,10 @@ def build_term(spec: dict[str, Any]) -> Term:
         if r is None:
             continue
         if option not in cls.schedulable:
-            raise ValueError(f"loss '{name}': option '{option}' cannot be scheduled; schedulable options: "
-                             f"{', '.join(cls.schedulable) or 'none'}")
+            raise ValueError(
+                f"loss '{name}': option '{option}' cannot be scheduled; schedulable options: "
+                f"{', '.join(cls.schedulable) or 'none'}"
+            )
         ramps[option] = r
     start = {k: (ramps[k].start if k in ramps else v) for k, v in spec.items()}
     if ramps:

@@ -10,6 +10,7 @@ which is the authors' code (``at_loss``) with their beta = 1000 as the default. 
 differ (the map pools over channels, so no adapter is needed); when the spatial sizes differ, the
 larger map is average-pooled to the smaller size before normalising.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,10 @@ def attention_map(a: torch.Tensor, p: float) -> torch.Tensor:
 
 def _check(fs: torch.Tensor, ft: torch.Tensor, path: str) -> None:
     if fs.dim() != 4 or ft.dim() != 4:
-        raise DistillpruneError(f"at needs (B, C, H, W) feature maps; '{path}' gives student {tuple(fs.shape)} "
-                                f"and teacher {tuple(ft.shape)}")
+        raise DistillpruneError(
+            f"at needs (B, C, H, W) feature maps; '{path}' gives student {tuple(fs.shape)} "
+            f"and teacher {tuple(ft.shape)}"
+        )
     same_batch(fs, ft, f"feature '{path}'")
 
 

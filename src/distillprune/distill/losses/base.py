@@ -9,9 +9,12 @@ outputs. Gradients must never reach the teacher: a loss reads ``teacher.detach()
 Class attributes declare the properties the contract tests (tests/contract) check per loss:
 ``zero_when_equal`` (the loss is 0 when the student's outputs equal the teacher's), ``needs_labels``
 (cannot run label-free), ``reads_teacher`` (False only for plain label terms such as ``ce``),
-``schedulable`` (float options a recipe may ramp over a stage; each is an attribute of that name),
+``width_free`` (the student's and the teacher's tensors may differ in width, since the loss compares
+relations within the batch or learns projections: only the batch sizes must match), ``schedulable``
+(float options a recipe may ramp over a stage; each is an attribute of that name),
 ``example`` (constructor options for the contract tests when some option is required).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ class DistillLoss(nn.Module):
     zero_when_equal: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
     reads_teacher: ClassVar[bool] = True
+    width_free: ClassVar[bool] = False
     schedulable: ClassVar[tuple[str, ...]] = ()
     example: ClassVar[dict[str, Any]] = {}
 
@@ -61,7 +65,9 @@ def same_batch(s: torch.Tensor, t: torch.Tensor, what: str) -> None:
 def parse_pairs(pairs: Any, loss: str) -> list[tuple[str, str]]:
     """``[[student_path, teacher_path], ...]`` or ``[path, ...]`` (same path in both nets)."""
     if not pairs or not isinstance(pairs, (list, tuple)):
-        raise ValueError(f"{loss}.pairs needs at least one [student_module, teacher_module] pair, got {pairs!r}")
+        raise ValueError(
+            f"{loss}.pairs needs at least one [student_module, teacher_module] pair, got {pairs!r}"
+        )
     out = []
     for p in pairs:
         if isinstance(p, str):

@@ -1,7 +1,8 @@
 """Cross-entropy on the labels, as a term to mix with distillation losses.
 
-    L = CE(z_s, y)          (0 when labels are withheld)
+L = CE(z_s, y)          (0 when labels are withheld)
 """
+
 from __future__ import annotations
 
 import torch

@@ -21,6 +21,7 @@ no_grad), so it needs no indices; its entries lag the heads by at most N / batch
 are buffers: they are saved in training checkpoints and survive resume. Gradients reach the
 student and both heads, never the teacher network (its features are detached).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,10 +33,16 @@ from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, parse
 
 @LOSSES.register("crd")
 class CRDLoss(DistillLoss):
+    width_free = True
     schedulable = ("temperature",)
 
-    def __init__(self, tap: str | list[str] | None = None, dim: int = 128, queue_size: int = 4096,
-                 temperature: float = 0.07):
+    def __init__(
+        self,
+        tap: str | list[str] | None = None,
+        dim: int = 128,
+        queue_size: int = 4096,
+        temperature: float = 0.07,
+    ):
         super().__init__()
         if dim < 1 or queue_size < 0:
             raise ValueError(f"crd.dim must be >= 1 and crd.queue_size >= 0, got {dim} and {queue_size}")
@@ -45,6 +52,10 @@ class CRDLoss(DistillLoss):
         self.dim, self.queue_size, self.temperature = dim, queue_size, temperature
         self.head_s: nn.Module = nn.Identity()
         self.head_t: nn.Module = nn.Identity()
+        # host-side copies of queue_len / queue_ptr, so a step never waits on the GPU to read them;
+        # None: read the buffers once (after setup, or after a checkpoint was loaded into them)
+        self._fill: tuple[int, int] | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_fill", None))
 
     def _embeddings(self, student: Outputs, teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
         s_path, t_path = self.taps[0] if self.taps else (None, None)
@@ -62,6 +73,7 @@ class CRDLoss(DistillLoss):
         self.register_buffer("queue_t", torch.zeros(n, self.dim, device=device))
         self.register_buffer("queue_len", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long, device=device))
+        self._fill = (0, 0)
 
     def _nce(self, anchor: torch.Tensor, positive: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
         logits = anchor @ positive.t()  # (B, B): the diagonal holds the positives
@@ -74,7 +86,9 @@ class CRDLoss(DistillLoss):
         es, et = self._embeddings(student, teacher.detach())
         v = F.normalize(self.head_s(es), dim=1)
         u = F.normalize(self.head_t(et), dim=1)
-        k = int(self.queue_len)
+        if self._fill is None:
+            self._fill = (int(self.queue_len), int(self.queue_ptr))
+        k = self._fill[0]
         # clones: autograd keeps the negatives for backward, and _enqueue writes the buffers in place
         loss = self._nce(v, u, self.queue_t[:k].clone()) + self._nce(u, v, self.queue_s[:k].clone())
         if self.training and torch.is_grad_enabled() and self.queue_size:
@@ -84,8 +98,10 @@ class CRDLoss(DistillLoss):
     @torch.no_grad()
     def _enqueue(self, v: torch.Tensor, u: torch.Tensor) -> None:
         n, b = self.queue_size, min(len(v), self.queue_size)
-        idx = (int(self.queue_ptr) + torch.arange(b, device=v.device)) % n
+        length, ptr = self._fill or (0, 0)
+        idx = (ptr + torch.arange(b, device=v.device)) % n
         self.queue_s[idx] = v[-b:].to(self.queue_s.dtype)
         self.queue_t[idx] = u[-b:].to(self.queue_t.dtype)
-        self.queue_ptr.fill_((int(self.queue_ptr) + b) % n)
-        self.queue_len.fill_(min(int(self.queue_len) + b, n))
+        self._fill = (min(length + b, n), (ptr + b) % n)
+        self.queue_len.fill_(self._fill[0])
+        self.queue_ptr.fill_(self._fill[1])

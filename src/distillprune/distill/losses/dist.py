@@ -11,6 +11,7 @@ With Y = softmax(Z / T) for the batch (B x C):
 
 eps = 1e-8 in the correlation's denominator, as in the authors' code.
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ Both KLs are averaged over the batch. The paper adds cross-entropy and ramps the
 over the first 20 epochs: in a recipe that is ``[{name: ce}, {name: dkd, weight: {start: 0, end: 1,
 fraction: 0.1}}]``. DKD needs the labels (it cannot run label-free).
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,10 @@ class DKDLoss(DistillLoss):
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor | None) -> torch.Tensor:
         if targets is None:
-            raise DistillpruneError("dkd needs labels (the target class splits TCKD from NCKD); the data has none: "
-                                    "use kd, dist, rkd, pkt, at, fitnet or crd for label-free distillation")
+            raise DistillpruneError(
+                "dkd needs labels (the target class splits TCKD from NCKD); the data has none: "
+                "use kd, dist, rkd, pkt, at, fitnet or crd for label-free distillation"
+            )
         zs, zt = student.logits.float(), teacher.logits.detach().float()
         same_shape(zs, zt)
         if zs.shape[1] < 2:

@@ -6,6 +6,7 @@
 linear layer for vectors (identity when they match). Student maps larger than the teacher's are
 average-pooled to the teacher's size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ from distillprune.errors import DistillpruneError
 
 def make_adapter(s: torch.Tensor, t: torch.Tensor) -> nn.Module:
     if s.dim() != t.dim() or s.dim() not in (2, 4):
-        raise DistillpruneError(f"cannot match student feature {tuple(s.shape)} to teacher feature {tuple(t.shape)}")
+        raise DistillpruneError(
+            f"cannot match student feature {tuple(s.shape)} to teacher feature {tuple(t.shape)}"
+        )
     if s.shape[1] == t.shape[1]:
         return nn.Identity()
     if s.dim() == 4:
@@ -44,7 +47,7 @@ class FitNetLoss(DistillLoss):
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor | None) -> torch.Tensor:
         teacher = teacher.detach()
         total = student.logits.new_zeros(())
-        for (s, t), adapt in zip(self.taps, self.adapters):
+        for (s, t), adapt in zip(self.taps, self.adapters, strict=True):
             same_batch(student.features[s], teacher.features[t], f"feature '{s}'")
             fs, ft = adapt(student.features[s]), teacher.features[t]
             if fs.dim() == 4 and fs.shape[-2:] != ft.shape[-2:]:

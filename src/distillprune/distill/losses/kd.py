@@ -1,4 +1,5 @@
-"""Hinton knowledge distillation (Hinton, Vinyals & Dean, 2015, "Distilling the Knowledge in a Neural Network").
+"""Hinton knowledge distillation (Hinton, Vinyals & Dean, 2015,
+"Distilling the Knowledge in a Neural Network").
 
     L = alpha * T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ) + (1 - alpha) * CE(z_s, y)
 
@@ -15,6 +16,7 @@ so the student has to match the teacher's logit *relations*, not their range (a 
 cannot reach a large teacher's logit magnitudes). The CE term keeps the raw logits. The authors
 use larger KD weights with it (e.g. alpha close to 1 and T around 2).
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +45,13 @@ class KDLoss(DistillLoss):
     zero_when_equal = True
     schedulable = ("temperature", "alpha")
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, label_smoothing: float = 0.0,
-                 standardize: bool = False):
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        label_smoothing: float = 0.0,
+        standardize: bool = False,
+    ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"kd.temperature must be > 0, got {temperature}")

@@ -12,6 +12,7 @@ cosine-similarity kernel; the student matches the teacher's distribution:
 The mean over all B^2 pairs (not the per-row sum) and eps = 1e-7 follow the authors' code. Widths
 may differ: only similarities within the batch are compared.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,6 +32,7 @@ def similarity_distribution(e: torch.Tensor) -> torch.Tensor:
 
 @LOSSES.register("pkt")
 class PKTLoss(DistillLoss):
+    width_free = True
     zero_when_equal = True
 
     def __init__(self, tap: str | list[str] | None = None):

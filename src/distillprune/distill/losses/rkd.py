@@ -13,6 +13,7 @@ penultimate pooled features, or the logits when no ``tap`` is given):
 batch are compared, so the student's and teacher's widths may differ (no adapter). Batches of
 fewer than 2 samples carry no relation and give 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,14 +42,18 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
 
 @LOSSES.register("rkd")
 class RKDLoss(DistillLoss):
+    width_free = True
     zero_when_equal = True
     schedulable = ("distance_weight", "angle_weight")
 
-    def __init__(self, tap: str | list[str] | None = None, distance_weight: float = 25.0,
-                 angle_weight: float = 50.0):
+    def __init__(
+        self, tap: str | list[str] | None = None, distance_weight: float = 25.0, angle_weight: float = 50.0
+    ):
         super().__init__()
         if distance_weight < 0 or angle_weight < 0:
-            raise ValueError(f"rkd weights must be >= 0, got distance {distance_weight}, angle {angle_weight}")
+            raise ValueError(
+                f"rkd weights must be >= 0, got distance {distance_weight}, angle {angle_weight}"
+            )
         self.taps = parse_tap(tap, "rkd")
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 
