@@ -57,6 +57,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
+    ap.add_argument("--depth-fractions", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75],
+                    help="shares of removable blocks the distillprune rows may remove (searched)")
     a = ap.parse_args()
     a.mode = "smoke" if a.smoke else "reduced" if a.reduced else "full"
     if a.smoke:
@@ -133,7 +135,7 @@ def dp_row(a, data, teacher_dir: Path, bs: int, target: dict, seed: int) -> tupl
                  "limit_test": a.limit_test, "augment": {"crop_padding": 4, "hflip": True}},
         "runtime": runtime().model_dump(), "measure": {"enabled": False},
         "stages": [
-            {"type": "prune", "target": {**target, "depth_fractions": [0.0, 0.25, 0.5, 0.75]},
+            {"type": "prune", "target": {**target, "depth_fractions": a.depth_fractions},
              "width": {"importance": "taylor", "round_to": 8}, "steps": steps, "epochs_per_step": per,
              "optimizer": {"lr": 0.05}},
             {"type": "finetune", "epochs": a.epochs - steps * per, "optimizer": {"lr": 0.1}},

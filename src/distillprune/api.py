@@ -46,11 +46,16 @@ def prune_(model: nn.Module, cfg: PruneConfig | dict, example_inputs: torch.Tens
     return out
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, epochs: int = 10,
+def distill(student: nn.Module, teacher: nn.Module | list[nn.Module], data: DataBundle, epochs: int = 10,
             losses: list[dict] | None = None, lr: float = 0.05, batch_size: int = 64,
-            runtime: RuntimeConfig | None = None, seed: int = 0) -> list[dict]:
-    """Distil ``teacher`` into ``student`` in place (Hinton KD by default); returns per-epoch records."""
-    objective = Distiller.from_specs(teacher, losses or [{"name": "kd"}])
+            runtime: RuntimeConfig | None = None, seed: int = 0, cache: bool = False) -> list[dict]:
+    """Distil ``teacher`` (or the mean logits of a list of teachers) into ``student`` in place (Hinton KD
+    by default); ``cache``: compute the teacher's outputs once. Returns per-epoch records."""
+    if isinstance(teacher, (list, tuple)):
+        from distillprune.distill.ensemble import TeacherEnsemble
+
+        teacher = TeacherEnsemble(teacher)
+    objective = Distiller.from_specs(teacher, losses or [{"name": "kd"}], cache=cache)
     settings = FitSettings(epochs, OptimizerConfig(lr=lr), ScheduleConfig())
     return fit(student, data, settings, objective, runtime=runtime or RuntimeConfig(progress=False),
                seed=seed, batch_size=batch_size)

@@ -77,8 +77,32 @@ def report(run_folder: Path = typer.Argument(..., help="a run folder (or its rep
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def bench(
+    models: list[Path] = typer.Argument(..., help="ONNX files (fp32, int8, fp16...) to compare"),
+    data: Path | None = typer.Option(None, help="recipe YAML (its data, normalised as in training) or .npz"),
+    threads: int = typer.Option(1, help="ONNX Runtime intra-op threads (fixed so runs compare)"),
+    batch_sizes: str = typer.Option("1,32", help="comma-separated batch sizes to time"),
+    limit: int | None = typer.Option(None, help="evaluate accuracy on the first N test samples only"),
+) -> None:
+    """ONNX Runtime CPU latency, file size and accuracy of ONNX files, side by side."""
+    from distillprune.measure.bench import accuracy_note, bench_onnx, load_eval_data, render_bench
+    from distillprune.measure.latency import LatencyConfig
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise DistillpruneError(f"--batch-sizes expects integers like 1,32; got {batch_sizes!r}") from None
+    cfg = LatencyConfig(threads=threads, batch_sizes=sizes)
+    rows = bench_onnx(models, load_eval_data(data) if data else None, cfg, limit)
+    typer.echo(render_bench(rows, cfg))
+    typer.echo(f"ONNX Runtime CPU, {threads} thread(s), median of timed windows"
+               + (f"; {accuracy_note(rows)}" if accuracy_note(rows) else ""))
+
+
 @app.command("list")
-def list_(family: str = typer.Argument("all", help="models | losses | sources | importance | stages | all")) -> None:
+def list_(family: str = typer.Argument(
+        "all", help="models | losses | sources | importance | quantizers | stages | all")) -> None:
     """What is registered: models, losses, data sources, importance criteria, stage types."""
     from distillprune.registries import REGISTRIES
 

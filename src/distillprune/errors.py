@@ -19,3 +19,11 @@ class DataError(DistillpruneError):
 
 class TrainingDiverged(DistillpruneError):
     """The loss became NaN or infinite."""
+
+
+class QuantizationError(DistillpruneError):
+    """Quantization cannot proceed: empty calibration set, an unsupported operator, failed parity."""
+
+
+class CompressionError(DistillpruneError):
+    """Low-rank factorization or weight clustering cannot proceed (unsupported layer, bad packed file)."""

@@ -4,9 +4,11 @@ from distillprune.data.sources import SOURCES
 from distillprune.distill.losses import LOSSES
 from distillprune.models import MODELS
 from distillprune.prune.importance import IMPORTANCE
+from distillprune.quant import QUANTIZERS
 
 REGISTRIES: dict[str, Registry] = {
     "models": MODELS, "losses": LOSSES, "sources": SOURCES, "importance": IMPORTANCE,
+    "quantizers": QUANTIZERS,
 }
 
 

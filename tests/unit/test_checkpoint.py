@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from unit_helpers import randomise_bn
 
 from distillprune.core.checkpoint import FORMAT, ArchSpec, load_checkpoint, read_meta, replay, save_checkpoint
 from distillprune.core.io import atomic_write, write_json
@@ -16,7 +17,6 @@ from distillprune.models import build_model
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import remove_block
 from distillprune.prune.structured import prune_step, width_pruner
-from unit_helpers import randomise_bn
 
 KW = {"widths": [8, 16, 16], "blocks": [2, 1, 1]}
 SHAPE = [1, 8, 8]

@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 from torch import nn
+from unit_helpers import randomise_bn, tiny_digits_cnn, tiny_resnet
 
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
-from distillprune.prune.depth import choose_blocks, remove_block, removable_blocks
+from distillprune.prune.depth import choose_blocks, removable_blocks, remove_block
 from distillprune.prune.structured import classifier_layers
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity, prunable_weights
-from unit_helpers import randomise_bn, tiny_digits_cnn, tiny_resnet
 
 
 def resnet33():
@@ -115,7 +115,7 @@ def test_cubic_sparsity_schedule():
     vals = [cubic_sparsity(s, steps, final) for s in range(steps + 1)]
     assert vals[0] == 0.0
     assert vals[-1] == pytest.approx(final)
-    assert all(b > a for a, b in zip(vals, vals[1:]))  # strictly increasing
+    assert all(b > a for a, b in zip(vals, vals[1:], strict=False))  # strictly increasing
     assert cubic_sparsity(5, 10, final) == pytest.approx(final * (1 - 0.5**3))
     # front-loaded: more than half of the final sparsity by the midpoint
     assert vals[5] > final / 2

@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from unit_helpers import TINY_DIGITS, randomise_bn
 
 from distillprune.export.onnx import export_onnx, onnx_bytes, parity, session
 from distillprune.models import build_model
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import remove_block
 from distillprune.prune.structured import prune_step, width_pruner
-from unit_helpers import TINY_DIGITS, randomise_bn
 
 
 def digits_cnn():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from unit_helpers import tiny_digits_cnn
 
 from distillprune.distill.distiller import CrossEntropy, Distiller
 from distillprune.distill.losses import LOSSES, Outputs
@@ -12,7 +13,6 @@ from distillprune.distill.losses.ce import CELoss
 from distillprune.distill.losses.feature import FitNetLoss, make_adapter
 from distillprune.distill.losses.kd import KDLoss, soft_kl
 from distillprune.errors import DataError, DistillpruneError
-from unit_helpers import tiny_digits_cnn
 
 # small, fixed logits (batch 3, 4 classes): different enough that KL and CE are far from 0
 ZS = np.array([[1.0, 2.0, 0.5, -1.0], [0.0, -0.5, 3.0, 1.0], [2.0, 2.0, -2.0, 0.1]])
@@ -257,6 +257,7 @@ def test_cross_entropy_objective_needs_labels():
     ce = CrossEntropy()
     x = torch.randn(3, 1, 8, 8)
     loss, logits = ce(model, x, torch.tensor([0, 1, 2]))
-    assert float(loss.detach()) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]))))
+    expected = torch.nn.functional.cross_entropy(logits.detach(), torch.tensor([0, 1, 2]))
+    assert float(loss.detach()) == pytest.approx(float(expected))
     with pytest.raises(DataError, match="labels"):
         ce(model, x, None)

@@ -8,13 +8,19 @@ import pytest
 import torch
 import torch_pruning as tp
 from torch import nn
+from unit_helpers import randomise_bn, tiny_resnet
 
 from distillprune.errors import DistillpruneError
 from distillprune.measure.metrics import count_params
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.structured import (accumulate_gradients, classifier_layers, prune_step, replay_channels,
-                                           width_pruner, zero_group)
-from unit_helpers import randomise_bn, tiny_resnet
+from distillprune.prune.structured import (
+    accumulate_gradients,
+    classifier_layers,
+    prune_step,
+    replay_channels,
+    width_pruner,
+    zero_group,
+)
 
 EX = torch.zeros(1, 3, 8, 8)
 

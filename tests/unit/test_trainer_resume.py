@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from torch import nn
+from unit_helpers import tiny_digits_cnn
 
 from distillprune.data.base import DataBundle
 from distillprune.distill.distiller import CrossEntropy, Distiller
@@ -14,7 +15,6 @@ from distillprune.models import build_model
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, evaluate, fit
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
-from unit_helpers import tiny_digits_cnn
 
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False)
 BATCH = 32
@@ -77,7 +77,7 @@ def test_resume_after_mid_epoch_interrupt_reproduces_uninterrupted_run(small, tm
 
     resumed, hist, obj = run(small, tmp_path / "cut", resume=True, kind=kind)
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
-    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
     assert [h["test_acc"] for h in hist] == [h["test_acc"] for h in ref_hist]
     assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in ref_hist], abs=1e-6)
@@ -97,7 +97,7 @@ def test_resume_of_a_finished_run_is_a_no_op(small, tmp_path):
     ref, hist, _ = run(small, tmp_path / "r")
     again, hist2, _ = run(small, tmp_path / "r", resume=True)
     assert hist2 == hist
-    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), again.state_dict().values(), strict=True))
 
 
 def test_resume_without_checkpoint_starts_from_scratch(small, tmp_path):
@@ -198,8 +198,8 @@ def test_onecycle_schedule():
     f = [lr_factor(cfg, s, total) for s in range(total + 1)]
     assert f[0] == pytest.approx(0.1)
     assert max(f) == pytest.approx(1.0) and f.index(max(f)) == 20
-    assert all(b >= a for a, b in zip(f[:21], f[1:21]))  # warm-up rises
-    assert all(b <= a for a, b in zip(f[20:], f[21:]))  # then anneals
+    assert all(b >= a for a, b in zip(f[:21], f[1:21], strict=False))  # warm-up rises
+    assert all(b <= a for a, b in zip(f[20:], f[21:], strict=False))  # then anneals
     assert f[-1] == pytest.approx(0.04)
     assert lr_factor(cfg, 500, total) == pytest.approx(0.04)  # clamped past the end
 

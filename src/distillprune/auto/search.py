@@ -23,7 +23,7 @@ from distillprune.export.onnx import onnx_bytes
 from distillprune.measure.latency import LatencyConfig, ort_latency
 from distillprune.measure.metrics import count_macs
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.depth import remove_block, removable_blocks
+from distillprune.prune.depth import removable_blocks, remove_block
 from distillprune.prune.structured import prune_step, width_pruner
 
 

@@ -62,8 +62,12 @@ def replay(model: nn.Module, input_shape: list[int], history: list[dict]) -> Non
             replay_channels(model, torch.zeros(1, *input_shape), op["entries"])
         elif kind == "remove_block":
             remove_block(model, op["path"])
-        elif kind in ("sparsity",):
-            continue  # zeros live in the weights; nothing to rebuild
+        elif kind == "lowrank":
+            from distillprune.lowrank.svd import replay_lowrank
+
+            replay_lowrank(model, op["layer"], int(op["rank"]))
+        elif kind in ("sparsity", "cluster"):
+            continue  # zeros and shared values live in the weights; nothing to rebuild
         else:
             raise CheckpointError(f"unknown pruning history op {kind!r}")
 

@@ -49,7 +49,7 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         cin = widths[0]
-        for s, (w, n) in enumerate(zip(widths, blocks)):
+        for s, (w, n) in enumerate(zip(widths, blocks, strict=True)):
             layers = []
             for i in range(n):
                 layers.append(BasicBlock(cin, w, 2 if (i == 0 and s > 0) else 1))

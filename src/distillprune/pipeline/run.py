@@ -13,6 +13,7 @@ from distillprune.data.base import DataBundle
 from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
 from distillprune.measure.metrics import measure_model
+from distillprune.pipeline.compression_stages import apply_deployed
 from distillprune.pipeline.stages import RUNNERS, new_model
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.recipes.schema import Recipe
@@ -20,7 +21,7 @@ from distillprune.report.report import CompressionReport, StageResult, environme
 from distillprune.train.logging import RunLogger
 from distillprune.train.trainer import evaluate
 
-MEASURED = {"train", "distill", "prune", "finetune", "evaluate"}
+MEASURED = {"train", "distill", "prune", "finetune", "evaluate", "quantize", "lowrank", "cluster"}
 
 
 def prepare_run_dir(run_dir: str | Path | None, resume: bool) -> Path | None:
@@ -72,6 +73,7 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
             result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=details)
             if stage.type in MEASURED:
                 _measure(state, result)
+                apply_deployed(result)  # quantize/cluster rows measure the shipped file
             result.seconds = round(time.perf_counter() - t0, 2)
             state.report.add(result)
             state.complete(index, stage.type)

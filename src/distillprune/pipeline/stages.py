@@ -7,22 +7,33 @@ from typing import Any
 
 import torch
 
+from distillprune.auto.search import search
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint
 from distillprune.core.registry import Registry
-from distillprune.distill.distiller import CrossEntropy, Distiller, snapshot
+from distillprune.distill.distiller import CrossEntropy, freeze, snapshot
+from distillprune.distill.ensemble import TeacherEnsemble
 from distillprune.distill.losses.kd import soft_kl
+from distillprune.distill.modes import make_objective, reinitialised
+from distillprune.distill.mutual import MutualDistiller
 from distillprune.export.onnx import export_onnx, parity
 from distillprune.models import build_model
 from distillprune.pipeline.state import RunState
-from distillprune.auto.search import search
 from distillprune.prune.config import DepthConfig
 from distillprune.prune.depth import choose_blocks
 from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
-from distillprune.recipes.schema import (DistillConfig, DistillStage, ExportStage, FinetuneStage, ModelConfig,
-                                         PruneStage, TrainingOptions, TrainStage)
-from distillprune.train.trainer import FitSettings, fit, resolve_device
+from distillprune.recipes.schema import (
+    DistillConfig,
+    DistillStage,
+    ExportStage,
+    FinetuneStage,
+    ModelConfig,
+    PruneStage,
+    TrainingOptions,
+    TrainStage,
+)
+from distillprune.train.trainer import FitSettings, evaluate, fit, resolve_device
 
 Runner = Callable[[Any, RunState, int], dict]
 RUNNERS: Registry[Runner] = Registry("stage")
@@ -44,21 +55,38 @@ def _summary(history: list[dict]) -> dict:
         return {}
     last = history[-1]
     ips = [h["images_per_s"] for h in history]
-    return {"epochs": len(history), "final_loss": round(last["loss"], 4), "train_images_per_s": round(sum(ips) / len(ips), 1),
+    return {"epochs": len(history), "final_loss": round(last["loss"], 4),
+            "train_images_per_s": round(sum(ips) / len(ips), 1),
             "train_seconds": round(sum(h["seconds"] for h in history), 2)}
 
 
 def resolve_teacher(state: RunState, cfg: DistillConfig) -> torch.nn.Module:
-    if cfg.teacher == "auto":
-        return state.ensure_teacher()
-    model, _, _ = load_checkpoint(cfg.teacher)
-    return snapshot(model)
+    """The frozen teacher: auto (the dense model), a checkpoint, or the weighted ensemble of ``teachers``."""
+    names = cfg.teachers or [cfg.teacher]
+    members = [state.ensure_teacher() if n == "auto" else snapshot(load_checkpoint(n)[0]) for n in names]
+    if len(members) == 1 and cfg.teacher_weights is None:
+        return members[0]
+    return freeze(TeacherEnsemble(members, cfg.teacher_weights))
 
 
-def objective_for(state: RunState, cfg: DistillConfig | None, label_smoothing: float):
+def _peer(state: RunState, cfg: DistillConfig) -> torch.nn.Module | None:
+    if cfg.mode != "mutual" or cfg.peer is None:
+        return None
+    if cfg.peer.checkpoint:
+        return load_checkpoint(cfg.peer.checkpoint)[0]
+    torch.manual_seed(state.recipe.seed + 7919)  # not the student's seed: identical twins stay identical
+    d = state.data
+    return build_model(cfg.peer.name, d.num_classes, d.input_shape, **cfg.peer.kwargs)
+
+
+def objective_for(state: RunState, cfg: DistillConfig | None, label_smoothing: float,
+                  teacher: torch.nn.Module | None = None):
     if cfg is None:
         return CrossEntropy(label_smoothing)
-    return Distiller.from_specs(resolve_teacher(state, cfg), [s.spec() for s in cfg.losses])
+    peer = _peer(state, cfg)
+    if teacher is None and peer is None:
+        teacher = resolve_teacher(state, cfg)
+    return make_objective(cfg, teacher, peer)
 
 
 @RUNNERS.register("train")
@@ -70,11 +98,27 @@ def run_train(st: TrainStage, state: RunState, index: int) -> dict:
 
 @RUNNERS.register("distill")
 def run_distill(st: DistillStage, state: RunState, index: int) -> dict:
-    objective = objective_for(state, st.distill, st.label_smoothing)
-    if st.student is not None:
-        state.model, state.spec = new_model(st.student, state)
-    return {"losses": [s.name for s in st.distill.losses], **_summary(_train(state, st, st.epochs, objective, index,
-                                                                          "distill"))}
+    """Distil; with ``generations`` > 1 (born-again), each generation's student teaches the next one."""
+    details: dict[str, Any] = {"losses": [s.name for s in st.distill.losses], "mode": st.distill.mode}
+    teacher, hist, gens = None, [], []
+    for g in range(1, st.generations + 1):
+        objective = objective_for(state, st.distill, st.label_smoothing, teacher=teacher)
+        if g == 1 and st.student is not None:
+            state.model, state.spec = new_model(st.student, state)
+        elif g > 1:
+            state.model = reinitialised(state.model, state.recipe.seed + g, state.spec)
+        h = _train(state, st, st.epochs, objective, index, "distill", sub="train" if g == 1 else f"gen{g}")
+        hist += h
+        gens.append({"generation": g, "top1": round(h[-1]["test_acc"], 2) if h else None})
+        teacher = snapshot(state.model)
+    details.update(_summary(hist))
+    if st.generations > 1:
+        details["generations"] = gens
+    if isinstance(objective, MutualDistiller) and state.data.test.y is not None:
+        details["peer_top1"] = round(evaluate(objective.peer, state.data, runtime=state.recipe.runtime), 2)
+    if getattr(objective, "cache", None) is not None:
+        details["teacher_cache_seconds"] = round(objective.cache.seconds, 2)
+    return details
 
 
 @RUNNERS.register("finetune")
@@ -100,7 +144,7 @@ def _calib(state: RunState, n: int) -> list[tuple[torch.Tensor, torch.Tensor | N
     device = resolve_device(state.recipe.runtime)
     loader = TensorLoader(d.train, state.recipe.data.batch_size, d.mean, d.std, shuffle=True,
                           seed=state.recipe.seed + 1, device=device)
-    return [b for _, b in zip(range(n), loader)]
+    return [b for _, b in zip(range(n), loader, strict=False)]
 
 
 @RUNNERS.register("prune")
@@ -188,3 +232,7 @@ def run_export(st: ExportStage, state: RunState, index: int) -> dict:
     if par["max_abs_diff"] > st.max_abs_diff:
         raise DistillpruneError(f"ONNX parity failed: max abs diff {par['max_abs_diff']:.2e} > {st.max_abs_diff}")
     return {"onnx": str(path.name), **{k: float(f"{v:.3g}") for k, v in par.items()}}
+
+
+# quantize, lowrank, cluster: registered by their own module (it imports this one)
+from distillprune.pipeline import compression_stages  # noqa: E402,F401

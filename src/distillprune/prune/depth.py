@@ -43,7 +43,7 @@ def remove_block(model: nn.Module, path: str) -> None:
 
 @torch.no_grad()
 def _kd_loss(model: nn.Module, teacher_logits: Sequence[torch.Tensor], batches: Sequence[torch.Tensor]) -> float:
-    return sum(float(soft_kl(model(x), t, 1.0)) for x, t in zip(batches, teacher_logits)) / len(batches)
+    return sum(float(soft_kl(model(x), t, 1.0)) for x, t in zip(batches, teacher_logits, strict=True)) / len(batches)
 
 
 @torch.no_grad()

@@ -9,12 +9,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distillprune.auto.search import TargetConfig
+from distillprune.cluster.config import ClusterConfig
 from distillprune.core.config import StrictModel, register_union_tags, validate
 from distillprune.core.registry import nearest
 from distillprune.data.config import DataConfig
 from distillprune.errors import RecipeError
+from distillprune.lowrank.config import LowRankConfig
 from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.config import DepthConfig, UnstructuredConfig, WidthConfig
+from distillprune.quant.config import QuantConfig
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
 
 
@@ -69,14 +72,14 @@ class LossSpec(BaseModel):
 
 class DistillConfig(StrictModel):
     teacher: str = Field("auto", description="auto: the dense model before pruning; or a checkpoint folder")
-    teachers: list[str] | None = Field(None, description="multi-teacher: checkpoint folders or auto; their logits "
-                                                         "are averaged (weighted by teacher_weights)")
-    teacher_weights: list[float] | None = Field(None, description="weights of the teachers' logits (default equal)")
-    mode: Literal["offline", "mutual"] = Field("offline", description="mutual: the teacher trains too, each net "
-                                                                      "distilling into the other (DML)")
-    peer: ModelConfig | None = Field(None, description="mutual: a fresh network to train alongside the student "
-                                                       "(default: the teacher, trained on)")
-    cache: bool = Field(False, description="compute the teacher's outputs once (needs no random augmentation)")
+    teachers: list[str] | None = Field(
+        None, description="multi-teacher: checkpoint folders or auto, logits averaged by teacher_weights")
+    teacher_weights: list[float] | None = Field(None, description="weights of the teachers' logits")
+    mode: Literal["offline", "mutual"] = Field(
+        "offline", description="mutual: the teacher trains too, each net distilling into the other (DML)")
+    peer: ModelConfig | None = Field(
+        None, description="mutual: a fresh network to train with the student (default: the teacher itself)")
+    cache: bool = Field(False, description="compute the teacher's outputs once (no random augmentation)")
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")])
 
     @model_validator(mode="after")
@@ -106,15 +109,15 @@ class DistillStage(TrainingOptions):
 
     type: Literal["distill"]
     epochs: int = Field(..., ge=1)
-    generations: int = Field(1, ge=1, description="born-again: each generation's student is the next one's "
-                                                 "teacher; later students restart from a fresh initialisation")
+    generations: int = Field(1, ge=1, description="born-again: each generation's student teaches the next, "
+                                                 "which restarts from a fresh initialisation")
     distill: DistillConfig = DistillConfig()
     student: ModelConfig | None = None
 
     @model_validator(mode="after")
     def _generations(self) -> DistillStage:
         if self.generations > 1 and self.distill.mode == "mutual":
-            raise ValueError("generations (born-again) need an offline teacher; mode: mutual has no frozen teacher")
+            raise ValueError("generations (born-again) need an offline teacher; mode: mutual has none")
         return self
 
 
@@ -169,9 +172,51 @@ class ExportStage(StrictModel):
     max_abs_diff: float = Field(1e-3, gt=0, description="parity tolerance on the logits")
 
 
-Stage = Annotated[TrainStage | DistillStage | FinetuneStage | PruneStage | EvaluateStage | ExportStage,
-                  Field(discriminator="type")]
-STAGE_TYPES = ("train", "distill", "finetune", "prune", "evaluate", "export")
+class QATOptions(TrainingOptions):
+    """Quantization-aware training (``method: qat``): KD from the teacher, fake-quant weights/activations."""
+
+    epochs: int = Field(1, ge=1)
+    distill: DistillConfig | None = DistillConfig()
+    observer_fraction: float = Field(0.5, ge=0, le=1, description="share of the steps during which activation "
+                                                                  "ranges still follow the data; frozen after")
+
+
+class QuantizeStage(QuantConfig):
+    """Quantize to an ONNX file (int8 static/dynamic/QAT, fp16/bf16); the stage's row measures that file."""
+
+    type: Literal["quantize"]
+    filename: str | None = Field(None, description="default: model.<method>.onnx in the run folder")
+    qat: QATOptions | None = Field(None, description="method: qat only: epochs, optimizer, distill")
+
+    @model_validator(mode="after")
+    def _qat(self) -> QuantizeStage:
+        if self.method == "qat" and self.qat is None:
+            self.qat = QATOptions()
+        elif self.method != "qat" and self.qat is not None:
+            raise ValueError(f"qat options given but method is {self.method!r}; set method: qat or drop qat")
+        return self
+
+
+class LowrankStage(TrainingOptions, LowRankConfig):
+    """Factorize Linear/Conv layers by truncated SVD, then fine-tune ``epochs`` with KD."""
+
+    type: Literal["lowrank"]
+    epochs: int = Field(0, ge=0)
+    distill: DistillConfig | None = DistillConfig()
+
+
+class ClusterStage(TrainingOptions, ClusterConfig):
+    """k-means weight sharing per layer, centroids fine-tuned ``epochs`` with KD; writes the packed file."""
+
+    type: Literal["cluster"]
+    epochs: int = Field(0, ge=0)
+    distill: DistillConfig | None = DistillConfig()
+
+
+Stage = Annotated[TrainStage | DistillStage | FinetuneStage | PruneStage | EvaluateStage | ExportStage
+                  | QuantizeStage | LowrankStage | ClusterStage, Field(discriminator="type")]
+STAGE_TYPES = ("train", "distill", "finetune", "prune", "evaluate", "export", "quantize", "lowrank",
+               "cluster")
 register_union_tags(*STAGE_TYPES)
 
 

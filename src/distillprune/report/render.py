@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from distillprune.report.report import CompressionReport, StageResult
 
-COLUMNS = ["stage", "top-1 %", "params", "MACs", "ONNX size", "ORT bs1 ms", "ORT bs32 ms",
-           "speedup bs1", "speedup bs32", "MAC ratio", "realised/MAC"]
+COLUMNS = ["stage", "top-1 %", "Δ top-1 pp", "params", "MACs", "file size", "size gain", "ORT bs1 ms",
+           "ORT bs32 ms", "speedup bs1", "speedup bs32", "stage speedup bs1", "MAC ratio", "realised/MAC"]
 
 
 def _fmt_int(n: int | None) -> str:
@@ -26,19 +26,34 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
 def rows(report: CompressionReport) -> list[list[str]]:
+    """One row per measured stage; Δ top-1, size gain and stage speedup are relative to the previous row."""
     out = []
+    prev: StageResult | None = None
     for s in report.stages:
         if not s.measured:
             continue
         sp1, sp32 = report.speedup(s, "ort_bs1"), report.speedup(s, "ort_bs32")
         mr = report.mac_ratio(s)
         best = max((v for v in (sp1, sp32) if v is not None), default=None)
+        delta = None
+        if prev is not None and prev.accuracy is not None and s.accuracy is not None:
+            delta = s.accuracy - prev.accuracy
+        stage_sp = None if prev is None else _ratio(prev.latency_ms.get("ort_bs1"),
+                                                    s.latency_ms.get("ort_bs1"))
         out.append([
-            s.name, "-" if s.accuracy is None else f"{s.accuracy:.2f}", _fmt_int(s.params), _fmt_int(s.macs),
-            _fmt_bytes(s.onnx_bytes), _ms(s, "ort_bs1"), _ms(s, "ort_bs32"), _x(sp1), _x(sp32), _x(mr),
+            s.name + (f" [{s.artefact}]" if s.artefact else ""),
+            "-" if s.accuracy is None else f"{s.accuracy:.2f}",
+            "-" if delta is None else f"{delta:+.2f}", _fmt_int(s.params), _fmt_int(s.macs),
+            _fmt_bytes(s.onnx_bytes), "-" if prev is None else _x(_ratio(prev.onnx_bytes, s.onnx_bytes)),
+            _ms(s, "ort_bs1"), _ms(s, "ort_bs32"), _x(sp1), _x(sp32), _x(stage_sp), _x(mr),
             "-" if best is None or not mr else f"{best / mr:.2f}",
         ])
+        prev = s
     return out
 
 
@@ -51,8 +66,11 @@ def render_markdown(report: CompressionReport) -> str:
     lines = [f"# distillprune report: {report.recipe}", "",
              f"Latency: ONNX Runtime {env.get('onnxruntime', '?')} CPU provider, "
              f"{env.get('ort_threads', '?')} intra-op thread(s), median of timed windows; "
-             f"machine: {env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch', '?')}.",
-             "Speedups and MAC ratios are relative to the dense model (first measured stage).", "",
+             f"machine: {env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
+             f"torch {env.get('torch', '?')}.",
+             "Speedups and MAC ratios are relative to the dense model (first measured stage); Δ top-1, "
+             "size gain and stage speedup to the previous row. A row marked [file] measures that deployed "
+             "file (int8 ONNX, packed clustered weights) instead of the float model's ONNX.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     flags = [(s.name, f) for s in report.stages for f in s.flags]
@@ -78,8 +96,10 @@ def print_table(report: CompressionReport) -> None:
     table = Table(title=f"distillprune: {report.recipe}")
     for c in COLUMNS:
         table.add_column(c, justify="left" if c == "stage" else "right")
+    from rich.markup import escape
+
     for r in rows(report):
-        table.add_row(*r)
+        table.add_row(*(escape(c) for c in r))  # '[model.int8.onnx]' is text, not rich markup
     console = Console(width=200)
     console.print(table)
     for s in report.stages:

@@ -25,6 +25,7 @@ class StageResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # stage-specific: history, parity, epochs...
     flags: list[str] = field(default_factory=list)
+    artefact: str | None = None  # the file this row measures when it is not the float model (int8 ONNX...)
 
     @property
     def measured(self) -> bool:

@@ -1,0 +1,17 @@
+"""Weight clustering (Deep Compression weight sharing): k-means per layer, packed and entropy-coded."""
+
+from distillprune.cluster.config import ClusterConfig
+from distillprune.cluster.kmeans import WeightClustering, cluster_, kmeans_1d
+from distillprune.cluster.pack import load_packed, pack, save_packed, sizes, unpack
+
+__all__ = [
+    "ClusterConfig",
+    "WeightClustering",
+    "cluster_",
+    "kmeans_1d",
+    "load_packed",
+    "pack",
+    "save_packed",
+    "sizes",
+    "unpack",
+]

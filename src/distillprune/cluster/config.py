@@ -1,0 +1,33 @@
+"""Weight-clustering options (the ``cluster`` stage)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from distillprune.core.config import StrictModel
+
+
+class ClusterConfig(StrictModel):
+    """k-means weight sharing per layer (Deep Compression), centroids fine-tuned, packed and entropy-coded."""
+
+    k: int = Field(16, ge=2, le=256, description="clusters (shared values) per layer: 16 -> 4-bit indices")
+    overrides: dict[str, int] = Field(default_factory=dict, description="per-layer k by module-name pattern")
+    layers: list[str] = Field(default_factory=lambda: ["*"], description="module-name patterns to cluster")
+    ignore: list[str] = Field(default_factory=list, description="module-name patterns kept in fp32")
+    init: Literal["linear", "density", "random"] = Field(
+        "linear", description="centroid init; linear (evenly over [min, max]) works best in Deep Compression"
+    )
+    iterations: int = Field(30, ge=1, description="k-means (Lloyd) iterations")
+    keep_zeros: bool = Field(True, description="pruned zeros stay exactly zero (a fixed centroid)")
+    codec: Literal["lzma", "zlib"] = Field("lzma", description="entropy coder for the packed file")
+    filename: str = Field("model.cluster.xz", description="the packed, compressed weights in the run folder")
+
+    @field_validator("overrides")
+    @classmethod
+    def _ks(cls, v: dict[str, int]) -> dict[str, int]:
+        for pat, k in v.items():
+            if not 2 <= k <= 256:
+                raise ValueError(f"overrides[{pat!r}]: k must be in [2, 256], got {k}")
+        return v

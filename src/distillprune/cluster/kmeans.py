@@ -1,0 +1,147 @@
+"""Weight sharing by k-means, per layer (Han et al. 2016, "Deep Compression", sec. 3).
+
+Each Conv2d/Linear weight is replaced by ``codebook[idx]``: k shared values (centroids) and one
+index per weight. Fine-tuning trains the centroids only: the gradient of a centroid is the sum of
+the gradients of the weights that share it (autograd of the gather does exactly that). When a
+layer holds zeros (pruned), they keep a fixed centroid of exactly 0 and the other k - 1 are learned.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from distillprune.cluster.config import ClusterConfig
+from distillprune.core.config import validate
+from distillprune.errors import CompressionError
+
+
+def kmeans_1d(
+    w: torch.Tensor, k: int, init: str = "linear", iterations: int = 30, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on the values of ``w`` (1-D); returns (sorted centroids (k,), index per value)."""
+    w = w.detach().flatten().float()
+    if w.numel() == 0:
+        return w.new_zeros(k), torch.zeros(0, dtype=torch.long, device=w.device)
+    if init == "linear":
+        c = torch.linspace(float(w.min()), float(w.max()), k, device=w.device)
+    elif init == "density":
+        sample = w if w.numel() <= 1 << 20 else w[torch.randperm(w.numel(), device=w.device)[: 1 << 20]]
+        c = torch.quantile(sample, torch.linspace(0, 1, k, device=w.device))
+    else:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        c = w[torch.randint(0, w.numel(), (k,), generator=g).to(w.device)]
+    c = c.sort().values
+    for _ in range(iterations):
+        idx = torch.bucketize(w, (c[1:] + c[:-1]) / 2)  # nearest centroid, as c is sorted
+        sums = torch.zeros_like(c).scatter_add_(0, idx, w)
+        counts = torch.bincount(idx, minlength=k).to(c.dtype)
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), c).sort().values
+        if torch.equal(new, c):
+            break
+        c = new
+    return c, torch.bucketize(w, (c[1:] + c[:-1]) / 2)
+
+
+class SharedWeight(nn.Module):
+    """Parametrization ``weight = table[idx]``; learned: the centroids (the table less its fixed 0)."""
+
+    def __init__(self, idx: torch.Tensor, centroids: torch.Tensor, zero_slot: bool):
+        super().__init__()
+        self.register_buffer("idx", idx)
+        self.zero_slot = zero_slot
+        self._init = centroids
+
+    def forward(self, centroids: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([centroids.new_zeros(1), centroids]) if self.zero_slot else centroids
+        return table[self.idx]
+
+    def right_inverse(self, _weight: torch.Tensor) -> torch.Tensor:
+        return self._init
+
+
+def layer_k(name: str, cfg: ClusterConfig) -> int:
+    for pat, k in cfg.overrides.items():
+        if fnmatch.fnmatchcase(name, pat):
+            return k
+    return cfg.k
+
+
+class WeightClustering:
+    """``apply()`` clusters the chosen layers (parametrized: only centroids train), ``finalize()`` makes the
+    shared weights plain tensors again. ``keep_zero`` re-zeros pruned weights of layers left unclustered."""
+
+    def __init__(self, model: nn.Module, cfg: ClusterConfig | None = None):
+        self.model, self.cfg = model, cfg or ClusterConfig()
+        self.k: dict[str, int] = {}  # layer name -> k
+        self.zero_slot: dict[str, bool] = {}
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def layers(self) -> dict[str, nn.Module]:
+        cfg = self.cfg
+        out = {}
+        for name, m in self.model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and any(
+                fnmatch.fnmatchcase(name, p) for p in cfg.layers
+            ):
+                if not any(fnmatch.fnmatchcase(name, p) for p in cfg.ignore):
+                    out[name] = m
+        if not out:
+            raise CompressionError(
+                f"cluster: no Conv2d/Linear layer matches layers={cfg.layers} "
+                f"(ignore={cfg.ignore}) in {type(self.model).__name__}"
+            )
+        return out
+
+    @torch.no_grad()
+    def apply(self) -> dict[str, int]:
+        chosen = self.layers()
+        for name, m in self.model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and name not in chosen and bool((m.weight == 0).any()):
+                self._masks[name] = m.weight != 0
+        for name, m in chosen.items():
+            if parametrize.is_parametrized(m, "weight"):
+                raise CompressionError(f"cluster: layer '{name}' is already parametrized")
+            k = layer_k(name, self.cfg)
+            w = m.weight.detach()
+            zeros = self.cfg.keep_zeros and bool((w == 0).any())
+            if zeros:
+                nz = w != 0
+                c, i = kmeans_1d(w[nz], k - 1, self.cfg.init, self.cfg.iterations)
+                idx = torch.zeros(w.shape, dtype=torch.long, device=w.device)
+                idx[nz] = i + 1
+            else:
+                c, i = kmeans_1d(w, k, self.cfg.init, self.cfg.iterations)
+                idx = i.view(w.shape)
+            parametrize.register_parametrization(
+                m, "weight", SharedWeight(idx, c.to(w.dtype), zeros), unsafe=True
+            )
+            m.parametrizations.weight[0]._init = None
+            self.k[name], self.zero_slot[name] = k, zeros
+        return dict(self.k)
+
+    @torch.no_grad()
+    def keep_zero(self, _model: nn.Module | None = None) -> None:
+        for name, mask in self._masks.items():
+            w = self.model.get_submodule(name).weight
+            w.mul_(mask.to(w.device, w.dtype))
+
+    def finalize(self) -> dict[str, int]:
+        """Plain weights (each layer holds at most k distinct values); returns {weight tensor name: k}."""
+        for name in self.k:
+            m = self.model.get_submodule(name)
+            if parametrize.is_parametrized(m, "weight"):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        self.keep_zero()
+        return {f"{name}.weight": k for name, k in self.k.items()}
+
+
+def cluster_(model: nn.Module, cfg: ClusterConfig | dict | None = None) -> dict[str, int]:
+    """One-shot clustering in place (no fine-tuning); returns {weight tensor name: k} for ``pack``."""
+    cfg = cfg if isinstance(cfg, ClusterConfig) else validate(ClusterConfig, cfg or {}, where="ClusterConfig")
+    wc = WeightClustering(model, cfg)
+    wc.apply()
+    return wc.finalize()

@@ -1,0 +1,243 @@
+"""Low-rank factorization by truncated SVD.
+
+``W ≈ U_r S_r V_r^T`` (Denton et al. 2014; Jaderberg et al. 2014): a Linear (out x in) becomes
+``Linear(in, r) -> Linear(r, out)``; a k x k Conv2d (cout x cin·k·k) becomes a k x k conv with r
+filters followed by a 1 x 1 conv (r -> cout). sqrt(S) goes to each factor. The factorized layer
+is an ``nn.Sequential`` at the same name, so the replayable history op
+``{"op": "lowrank", "layer": name, "rank": r}`` rebuilds it. A layer is skipped, with the reason,
+when the rounded rank would not save at least ``min_saving`` of its MACs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from distillprune.core.config import validate
+from distillprune.errors import CompressionError
+from distillprune.lowrank.config import LowRankConfig
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    kind: str  # linear | conv
+    full_rank: int
+    rank: int | None = None
+    macs: int = 0
+    macs_after: int | None = None
+    energy_kept: float | None = None
+    skipped: str | None = None  # why it was not factorized
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    # LAPACK's SVD of these small matrices takes milliseconds on one thread, but can take a second with
+    # several threads on a busy machine (threads spinning against each other)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _matrix(m: nn.Module) -> torch.Tensor:
+    return m.weight.detach().float().flatten(1)  # (out, in·k·k)
+
+
+def _match(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _rule(name: str, cfg: LowRankConfig) -> int | float:
+    for pat, v in cfg.overrides.items():
+        if fnmatch.fnmatchcase(name, pat):
+            return v
+    return cfg.energy if cfg.rank_by == "energy" else cfg.ratio
+
+
+def choose_rank(s: torch.Tensor, rule: int | float, rank_by: str, round_to: int) -> int:
+    """Rank from singular values ``s``: a fixed int, or by kept energy / ratio; rounded up to ``round_to``."""
+    full = len(s)
+    if isinstance(rule, int):
+        r = rule
+    elif rank_by == "energy":
+        e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp_min(1e-30)
+        r = int(torch.searchsorted(e, torch.tensor(rule, dtype=torch.float64) - 1e-12)) + 1
+    else:
+        r = math.ceil(rule * full)
+    return min(full, max(round_to, math.ceil(r / round_to) * round_to))
+
+
+def factor_macs(m: nn.Module, rank: int, pixels: int) -> tuple[int, int]:
+    """(MACs before, MACs after) for one sample; ``pixels`` = output positions of a conv (1 for Linear)."""
+    if isinstance(m, nn.Linear):
+        return m.in_features * m.out_features, rank * (m.in_features + m.out_features)
+    k = m.kernel_size[0] * m.kernel_size[1]
+    return pixels * m.in_channels * m.out_channels * k, pixels * rank * (m.in_channels * k + m.out_channels)
+
+
+@torch.no_grad()
+def _pixels(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    out, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(
+                m.register_forward_hook(
+                    lambda _m, _i, o, name=name: out.__setitem__(name, int(o.shape[-1] * o.shape[-2]))
+                )
+            )
+    was = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return out
+
+
+def plan(model: nn.Module, input_shape: tuple[int, ...], cfg: LowRankConfig) -> list[LayerPlan]:
+    """One LayerPlan per candidate layer: the rank it gets, or why it is skipped."""
+    pixels = _pixels(model, input_shape)
+    plans = []
+    for name, m in model.named_modules():
+        if (
+            not isinstance(m, (nn.Linear, nn.Conv2d))
+            or not _match(name, cfg.layers)
+            or _match(name, cfg.ignore)
+        ):
+            continue
+        kind = "linear" if isinstance(m, nn.Linear) else "conv"
+        w = _matrix(m)
+        p = LayerPlan(name, kind, min(w.shape))
+        if kind == "conv" and m.groups != 1:
+            p.skipped = f"grouped convolution (groups={m.groups}): no SVD factorization"
+        elif kind == "conv" and name not in pixels:
+            p.skipped = "not used in the forward pass"
+        if p.skipped:
+            plans.append(p)
+            continue
+        with _one_thread():
+            s = torch.linalg.svdvals(w.cpu())
+        p.rank = choose_rank(s, _rule(name, cfg), cfg.rank_by, cfg.round_to)
+        p.energy_kept = round(float((s[: p.rank] ** 2).sum() / (s**2).sum().clamp_min(1e-30)), 4)
+        p.macs, p.macs_after = factor_macs(m, p.rank, pixels.get(name, 1))
+        if p.rank >= p.full_rank:
+            p.skipped = f"rank {p.rank} (rounded to {cfg.round_to}) is the full rank {p.full_rank}"
+        elif p.macs_after >= p.macs:
+            p.skipped = f"no MAC saving at rank {p.rank} ({p.macs_after} >= {p.macs} MACs)"
+        elif p.macs_after > (1 - cfg.min_saving) * p.macs:
+            p.skipped = (
+                f"saves only {100 * (1 - p.macs_after / p.macs):.0f}% of its MACs at rank {p.rank} "
+                f"(min_saving {100 * cfg.min_saving:.0f}%)"
+            )
+        plans.append(p)
+    return plans
+
+
+def skeleton(m: nn.Module, rank: int) -> nn.Sequential:
+    """The two-layer replacement of ``m`` at ``rank`` (weights uninitialised)."""
+    dev, dt = m.weight.device, m.weight.dtype
+    if isinstance(m, nn.Linear):
+        return nn.Sequential(
+            nn.Linear(m.in_features, rank, bias=False),
+            nn.Linear(rank, m.out_features, bias=m.bias is not None),
+        ).to(dev, dt)
+    if isinstance(m, nn.Conv2d) and m.groups == 1:
+        return nn.Sequential(
+            nn.Conv2d(
+                m.in_channels,
+                rank,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                bias=False,
+                padding_mode=m.padding_mode,
+            ),
+            nn.Conv2d(rank, m.out_channels, 1, bias=m.bias is not None),
+        ).to(dev, dt)
+    raise CompressionError(
+        f"lowrank: cannot factorize a {type(m).__name__}"
+        + (f" with groups={m.groups}" if isinstance(m, nn.Conv2d) else "")
+        + "; supported: Linear and Conv2d (groups=1)"
+    )
+
+
+@torch.no_grad()
+def factorize(m: nn.Module, rank: int) -> nn.Sequential:
+    """Truncated SVD of ``m`` at ``rank``: the two layers, initialised so their product is the best
+    rank-``rank`` approximation of ``m.weight`` (Eckart-Young)."""
+    seq = skeleton(m, rank)
+    with _one_thread():
+        u, s, vh = torch.linalg.svd(_matrix(m).double().cpu(), full_matrices=False)
+    root = s[:rank].sqrt()
+    first = (root[:, None] * vh[:rank]).to(m.weight.device, m.weight.dtype)  # (r, in·k·k)
+    second = (u[:, :rank] * root[None]).to(m.weight.device, m.weight.dtype)  # (out, r)
+    seq[0].weight.copy_(first.view_as(seq[0].weight))
+    seq[1].weight.copy_(second.view_as(seq[1].weight))
+    if m.bias is not None:
+        seq[1].bias.copy_(m.bias)
+    return seq
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> list[dict]:
+    """Factorize the planned layers in place; returns the history ops."""
+    ops = []
+    for p in plans:
+        if p.skipped or p.rank is None:
+            continue
+        _set(model, p.name, factorize(model.get_submodule(p.name), p.rank))
+        ops.append({"op": "lowrank", "layer": p.name, "rank": p.rank})
+    return ops
+
+
+def replay_lowrank(model: nn.Module, layer: str, rank: int) -> None:
+    """Rebuild a factorized layer's structure (the checkpoint's weights are loaded afterwards)."""
+    try:
+        m = model.get_submodule(layer)
+    except AttributeError:
+        raise CompressionError(f"lowrank history: no layer '{layer}' in {type(model).__name__}") from None
+    _set(model, layer, skeleton(m, rank))
+
+
+def lowrank_(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    cfg: LowRankConfig | dict | None = None,
+    history: list[dict] | None = None,
+) -> list[LayerPlan]:
+    """Plan and factorize ``model`` in place; appends the ops to ``history`` (an ArchSpec's) if given."""
+    cfg = cfg if isinstance(cfg, LowRankConfig) else validate(LowRankConfig, cfg or {}, where="LowRankConfig")
+    explicit = [p for p in cfg.layers if "*" not in p and "?" not in p and "[" not in p]
+    mods = dict(model.named_modules())
+    for name in explicit:
+        if name not in mods:
+            raise CompressionError(f"lowrank: no layer '{name}' in {type(model).__name__}")
+        if not isinstance(mods[name], (nn.Linear, nn.Conv2d)):
+            raise CompressionError(
+                f"lowrank: layer '{name}' is a {type(mods[name]).__name__}; "
+                "supported: Linear and Conv2d (groups=1)"
+            )
+    plans = plan(model, input_shape, cfg)
+    ops = apply_plan(model, plans)
+    if history is not None:
+        history.extend(ops)
+    return plans

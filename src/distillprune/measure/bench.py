@@ -1,0 +1,156 @@
+"""``distillprune bench``: ONNX files side by side (fp32 / int8 / fp16): size, measured ONNX Runtime
+CPU latency at fixed threads, and top-1 accuracy on a data set when one is given.
+
+The files take normalised inputs (as exported by distillprune), so the data comes from a recipe
+(its ``data`` block, normalised with the statistics the training used) or an ``.npz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from distillprune.data.base import DataBundle
+from distillprune.errors import DistillpruneError
+from distillprune.measure.latency import LatencyConfig, ort_latency
+
+
+@dataclass
+class OnnxBench:
+    file: str
+    kind: str  # fp32 | int8 (QDQ) | int8 (dynamic) | fp16 | bf16
+    bytes: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    accuracy: float | None = None
+    samples: int | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def onnx_kind(model) -> str:
+    from onnx import TensorProto
+
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}:
+        return "int8 (dynamic)"
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}:
+        return "int8 (QDQ)"
+    types = [i.data_type for i in model.graph.initializer]
+    for t, name in ((TensorProto.FLOAT16, "fp16"), (TensorProto.BFLOAT16, "bf16")):
+        if types.count(t) and types.count(t) >= types.count(TensorProto.FLOAT):
+            return name
+    return "fp32"
+
+
+def input_shape(model) -> tuple[int, ...]:
+    dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
+    if any(not d.HasField("dim_value") for d in dims):
+        raise DistillpruneError(
+            f"the model's input has symbolic dimensions besides the batch: "
+            f"{[d.dim_param or d.dim_value for d in dims]}"
+        )
+    return tuple(int(d.dim_value) for d in dims)
+
+
+def load_eval_data(spec: str | Path) -> DataBundle:
+    """A recipe's data (``.yaml``/``.yml``) or an ``.npz`` with x_train, y_train, x_test, y_test."""
+    from distillprune.data import DataConfig, load_data
+
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml"):
+        from distillprune.recipes import load_recipe
+
+        return load_data(load_recipe(p).data)
+    if p.suffix == ".npz":
+        return load_data(DataConfig(source="npz", path=str(p)))
+    raise DistillpruneError(f"--data expects a recipe (.yaml) or an .npz file, got {p.name!r}")
+
+
+def bench_onnx(
+    paths: Sequence[str | Path],
+    data: DataBundle | None = None,
+    cfg: LatencyConfig | None = None,
+    limit: int | None = None,
+) -> list[OnnxBench]:
+    import onnx
+
+    from distillprune.quant.base import normalised, run_onnx
+
+    cfg = cfg or LatencyConfig()
+    out = []
+    x = y = None
+    if data is not None and data.test.y is not None:
+        n = len(data.test) if limit is None else min(limit, len(data.test))
+        x, y = normalised(data.test.x[:n], data.mean, data.std), data.test.y[:n].numpy()
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise DistillpruneError(f"ONNX file not found: {p}")
+        try:
+            model = onnx.load(str(p), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf decode errors
+            raise DistillpruneError(
+                f"{p}: not an ONNX model ({str(e).splitlines()[0] if str(e) else e!r})"
+            ) from None
+        row = OnnxBench(p.name, onnx_kind(model), p.stat().st_size)
+        shape = input_shape(model)
+        if x is not None and tuple(x.shape[1:]) != shape:
+            raise DistillpruneError(
+                f"{p.name} takes inputs of shape {shape}; the data has {tuple(x.shape[1:])}"
+            )
+        try:
+            row.latency_ms = ort_latency(p, shape, cfg)
+        except Exception as e:  # noqa: BLE001 - ORT has no CPU kernel (bf16) or cannot load the graph
+            row.note = f"ONNX Runtime CPU cannot run it: {str(e).splitlines()[0][:90]}"
+            out.append(row)
+            continue
+        if x is not None:
+            row.accuracy = float(100.0 * (run_onnx(p, x).argmax(1) == y).mean())
+            row.samples = len(x)
+        if row.kind in ("fp16", "bf16"):
+            row.note = "half precision targets GPUs; ORT CPU has no fast fp16 kernels"
+        out.append(row)
+    return out
+
+
+def render_bench(rows: list[OnnxBench], cfg: LatencyConfig) -> str:
+    keys = [f"bs{b}" for b in cfg.batch_sizes]
+    ref = next((r for r in rows if r.kind == "fp32" and r.latency_ms), None)
+    head = (
+        ["file", "kind", "size KiB", "top-1 %"]
+        + [f"ORT {k} ms" for k in keys]
+        + ([f"speedup {k} vs {ref.file}" for k in keys] if ref else [])
+        + ["note"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.file, r.kind, f"{r.bytes / 1024:.1f}", "-" if r.accuracy is None else f"{r.accuracy:.2f}"]
+        cells += [f"{r.latency_ms[k]:.3f}" if k in r.latency_ms else "-" for k in keys]
+        if ref:
+            cells += [
+                f"{ref.latency_ms[k] / r.latency_ms[k]:.2f}x"
+                if k in r.latency_ms and k in ref.latency_ms
+                else "-"
+                for k in keys
+            ]
+        cells.append(r.note)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def accuracy_note(rows: list[OnnxBench]) -> str:
+    n = {r.samples for r in rows if r.samples}
+    return f"accuracy on {n.pop()} test samples" if len(n) == 1 else ""
+
+
+__all__ = [
+    "OnnxBench",
+    "accuracy_note",
+    "bench_onnx",
+    "input_shape",
+    "load_eval_data",
+    "onnx_kind",
+    "render_bench",
+]

@@ -1,0 +1,65 @@
+"""Calibration data: batches of the recipe's training split, fed to ONNX Runtime's calibrators."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+from onnxruntime.quantization import CalibrationDataReader
+
+from distillprune.data.base import DataBundle
+from distillprune.errors import QuantizationError
+from distillprune.quant.base import Batches, normalised
+from distillprune.quant.config import CalibrationConfig
+
+
+def bundle_batches(data: DataBundle, cfg: CalibrationConfig) -> Batches:
+    """``cfg.samples`` training inputs (a seeded random subset), normalised, in ``cfg.batch_size`` batches."""
+    n = min(cfg.samples, len(data.train))
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    x = normalised(data.train.x[order], data.mean, data.std)
+
+    def batches() -> Iterator[np.ndarray]:
+        for i in range(0, len(x), cfg.batch_size):
+            yield x[i : i + cfg.batch_size]
+
+    return batches
+
+
+def tensor_batches(items: Iterable[torch.Tensor | np.ndarray]) -> Batches:
+    """User-given calibration batches (already normalised model inputs)."""
+    xs = [np.asarray(t.detach().cpu().float() if torch.is_tensor(t) else t, dtype=np.float32) for t in items]
+
+    def batches() -> Iterator[np.ndarray]:
+        return iter(xs)
+
+    return batches
+
+
+class BatchReader(CalibrationDataReader):
+    """ONNX Runtime's calibration interface over our batches; refuses an empty calibration set."""
+
+    def __init__(self, batches: Batches, input_name: str = "input"):
+        self.batches, self.input_name = batches, input_name
+        self.count = 0
+        self._it: Iterator[np.ndarray] | None = None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = iter(self.batches())
+        x = next(self._it, None)
+        if x is None:
+            if self.count == 0:
+                raise QuantizationError(
+                    "calibration set is empty: static quantization needs at least one batch "
+                    "of inputs (check calibration.samples and the training split)"
+                )
+            return None
+        if len(x) == 0:
+            return self.get_next()
+        self.count += len(x)
+        return {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    def rewind(self) -> None:
+        self._it, self.count = None, 0

@@ -1,0 +1,65 @@
+"""Dynamic int8 quantization with ONNX Runtime: int8 weights, activations quantized at run time.
+
+No calibration; it pays off on Linear-heavy models (``mlp``, transformer blocks) where the
+MatMul/Gemm weights dominate. Convolutions are left in float unless ``op_types`` asks for them.
+"""
+
+from __future__ import annotations
+
+from distillprune.quant.base import (
+    QUANTIZERS,
+    QuantJob,
+    QuantResult,
+    check_agreement,
+    compare,
+    excluded_nodes,
+    export_float,
+    op_counts,
+    preprocess,
+    run_onnx,
+    run_torch,
+)
+from distillprune.quant.ort_static import qtype, require_weighted_ops
+
+LINEAR_OPS = ["MatMul", "Gemm"]
+
+
+@QUANTIZERS.register("dynamic")
+def dynamic(job: QuantJob) -> QuantResult:
+    from onnxruntime.quantization import quantize_dynamic
+
+    cfg = job.cfg
+    ops = cfg.op_types or LINEAR_OPS
+    fp = export_float(job.model, job.input_shape, job.workdir / "float.onnx")
+    prepared = preprocess(fp, job.workdir / "prepared.onnx")
+    require_weighted_ops(prepared, ops)
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        str(prepared),
+        str(job.out),
+        op_types_to_quantize=ops,
+        per_channel=cfg.per_channel,
+        weight_type=qtype(cfg.weight_type),
+        nodes_to_exclude=excluded_nodes(prepared, cfg.exclude) or None,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    cmp = compare(run_onnx(job.out, job.test_x), run_torch(job.model, job.test_x), job.test_y)
+    counts = op_counts(job.out)
+    res = QuantResult(
+        "dynamic",
+        str(job.out),
+        job.out.stat().st_size,
+        fp.stat().st_size,
+        cmp["agreement"],
+        cmp["max_abs_diff"],
+        cmp["accuracy"],
+        cmp["float_accuracy"],
+        "float model",
+        {
+            "op_types": ops,
+            "per_channel": cfg.per_channel,
+            "integer_nodes": sum(v for k, v in counts.items() if k.endswith("Integer")),
+        },
+    )
+    check_agreement(res, cfg, "exclude the most sensitive layers (exclude: [...]) or use method=static / qat")
+    return res
