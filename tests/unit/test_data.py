@@ -42,8 +42,12 @@ def test_digits_split_depends_on_seed_and_fraction():
 def test_limit_train_and_test(digits_bundle):
     b = load_data(cfg(limit_train=100, limit_test=30))
     assert (len(b.train), len(b.test)) == (100, 30)
-    assert torch.equal(b.train.x, digits_bundle.train.x[:100])
-    assert torch.equal(b.train.y, digits_bundle.train.y[:100])
+    from distillprune.data.base import subset_indices
+
+    idx = torch.from_numpy(subset_indices(digits_bundle.train.y.numpy(), len(digits_bundle.train), 100))
+    assert torch.equal(b.train.x, digits_bundle.train.x[idx])
+    assert torch.equal(b.train.y, digits_bundle.train.y[idx])
+    assert torch.bincount(b.train.y, minlength=10).tolist() == [10] * 10  # class-balanced
 
 
 def test_labels_false_withholds_training_labels_only():
@@ -66,7 +70,9 @@ def test_split_validation():
         Split(torch.zeros(4, 3), torch.zeros(3, dtype=torch.long))
     s = Split(torch.arange(10.0).view(10, 1), torch.arange(10))
     assert s.subset(None) is s and s.subset(20) is s
-    assert len(s.subset(3)) == 3 and s.subset(3).y.tolist() == [0, 1, 2]
+    sub = s.subset(3)
+    assert len(sub) == 3 and len(set(sub.y.tolist())) == 3 and torch.equal(sub.x.view(-1).long(), sub.y)
+    assert torch.equal(s.subset(3).y, sub.y)  # seeded: the same subset every time
 
 
 def test_channel_stats_scale_uint8():
@@ -324,7 +330,8 @@ def test_cifar10_jpeg_limits_decode_only_what_is_used(tmp_path):
     _write_pack(p)
     b = load_data(cfg(source="cifar10_jpeg", path=str(p), limit_train=4, limit_test=2))
     assert (len(b.train), len(b.test)) == (4, 2)
-    assert b.train.y.tolist() == [0, 1, 2, 3]
+    assert sorted(b.train.y.tolist()) == [0, 1, 2, 3]  # one per class of the four
+    assert len(set(b.test.y.tolist())) == 2
 
 
 def test_cifar10_jpeg_errors(tmp_path):
@@ -406,3 +413,19 @@ def test_loader_batches_are_row_major_even_with_one_channel():
                           shuffle=True, crop_padding=1, hflip=True)
     for xb, _ in loader:
         assert xb.stride() == (64, 64, 8, 1)
+
+
+def test_limit_takes_a_class_balanced_subset_of_a_class_sorted_set():
+    """CIFAR packs are sorted by class: "the first N" would be one class and a meaningless 100% top-1."""
+    from distillprune.data.base import subset_indices
+
+    labels = np.repeat(np.arange(10), 50)  # sorted by class
+    idx = subset_indices(labels, len(labels), 100, seed=0)
+    assert len(idx) == 100 and len(set(idx.tolist())) == 100 and np.all(np.diff(idx) > 0)
+    assert np.bincount(labels[idx], minlength=10).tolist() == [10] * 10
+    assert not np.array_equal(idx, subset_indices(labels, len(labels), 100, seed=1))
+    assert np.array_equal(subset_indices(None, 500, 500), np.arange(500))
+    split = Split(torch.arange(500).float().view(-1, 1), torch.from_numpy(labels))
+    sub = split.subset(30)
+    assert torch.bincount(sub.y, minlength=10).tolist() == [3] * 10
+    assert torch.equal(sub.x.view(-1).long(), torch.from_numpy(subset_indices(labels, 500, 30)))

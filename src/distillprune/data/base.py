@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from distillprune.errors import DataError
@@ -25,13 +26,38 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, n: int | None) -> Split:
+    def subset(self, n: int | None, seed: int = 0) -> Split:
+        """``n`` samples, class-balanced when labelled (see :func:`subset_indices`), in data-set order."""
         if n is None or n >= len(self):
             return self
-        return Split(self.x[:n], None if self.y is None else self.y[:n])
+        idx = torch.from_numpy(subset_indices(None if self.y is None else self.y.cpu().numpy(), len(self), n, seed))
+        idx = idx.to(self.x.device)
+        return Split(self.x[idx], None if self.y is None else self.y[idx])
+
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), None if self.y is None else self.y.to(device))
+
+
+
+def subset_indices(labels: np.ndarray | None, total: int, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded subset of ``n`` out of ``total`` samples.
+
+    With labels the subset is class-balanced (classes take turns in a seeded order), so a data set
+    stored sorted by class -- as CIFAR packs often are -- does not collapse to its first classes.
+    """
+    if n >= total:
+        return np.arange(total)
+    perm = np.random.default_rng(seed).permutation(total)
+    if labels is None:
+        return np.sort(perm[:n])
+    lab = np.asarray(labels)[perm]
+    rank = np.empty(total, dtype=np.int64)  # position of each sample among its class, in perm order
+    for c in np.unique(lab):
+        where = np.flatnonzero(lab == c)
+        rank[where] = np.arange(len(where))
+    take = np.lexsort((np.arange(total), rank))[:n]  # round-robin over classes
+    return np.sort(perm[take])
 
 
 @dataclass

@@ -20,8 +20,8 @@ class DataConfig(StrictModel):
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     augment: AugmentConfig = AugmentConfig()
-    limit_train: int | None = Field(None, gt=0, description="use only the first N training samples")
-    limit_test: int | None = Field(None, gt=0, description="use only the first N test samples")
+    limit_train: int | None = Field(None, gt=0, description="use N training samples: a seeded, class-balanced subset")
+    limit_test: int | None = Field(None, gt=0, description="use N test samples: a seeded, class-balanced subset")
     labels: bool = Field(True, description="false: withhold training labels (label-free distillation)")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: share held out for testing")
     seed: int = 0

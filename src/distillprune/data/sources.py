@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from distillprune.core.registry import Registry
-from distillprune.data.base import DataBundle, Split, channel_stats
+from distillprune.data.base import DataBundle, Split, channel_stats, subset_indices
 from distillprune.data.config import DataConfig
 from distillprune.errors import DataError
 
@@ -22,8 +22,8 @@ SOURCES: Registry[Callable[[DataConfig], DataBundle]] = Registry("data source")
 
 def load_data(cfg: DataConfig) -> DataBundle:
     bundle = SOURCES.get(cfg.source)(cfg)
-    bundle.train = bundle.train.subset(cfg.limit_train)
-    bundle.test = bundle.test.subset(cfg.limit_test)
+    bundle.train = bundle.train.subset(cfg.limit_train, cfg.seed)
+    bundle.test = bundle.test.subset(cfg.limit_test, cfg.seed)
     if bundle.train.y is not None and int(bundle.train.y.max()) >= bundle.num_classes:
         raise DataError(f"label {int(bundle.train.y.max())} out of range for {bundle.num_classes} classes")
     return bundle.without_labels() if not cfg.labels else bundle
@@ -93,11 +93,12 @@ def npz(cfg: DataConfig) -> DataBundle:
                    classes or [str(i) for i in range(n)], p.stem)
 
 
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
     from PIL import Image
 
+    idx = np.arange(len(offsets) - 1) if idx is None else idx
     return np.stack([np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-                     for i in range(len(offsets) - 1)])
+                     for i in idx])
 
 
 @SOURCES.register("cifar10_jpeg")
@@ -108,10 +109,12 @@ def cifar10_jpeg(cfg: DataConfig) -> DataBundle:
         d = np.load(p, allow_pickle=False)
         out = {}
         for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)):
-            off = d[f"{split}_offsets"]
-            n = len(off) - 1 if limit is None else min(limit, len(off) - 1)
-            out[split] = (to_nchw(_decode_jpegs(d[f"{split}_bytes"], off[: n + 1]), hwc=True),
-                          torch.from_numpy(d[f"{split}_labels"][:n].astype(np.int64)))
+            off, labels = d[f"{split}_offsets"], d[f"{split}_labels"].astype(np.int64)
+            total = len(off) - 1
+            # decode only the (class-balanced) subset the limit asks for
+            idx = np.arange(total) if limit is None else subset_indices(labels, total, limit, cfg.seed)
+            out[split] = (to_nchw(_decode_jpegs(d[f"{split}_bytes"], off, idx), hwc=True),
+                          torch.from_numpy(labels[idx]))
         classes = [str(c) for c in d["classes"]]
     except (OSError, KeyError, ValueError) as e:
         raise DataError(f"{p}: not a CIFAR-10 JPEG pack ({e})") from None
