@@ -57,6 +57,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the trained model (GPU runs)")
+    ap.add_argument("--throughput-steps", type=int, default=None, help="timed steps of the throughput row")
     ap.add_argument("--depth-fractions", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75],
                     help="shares of removable blocks the distillprune rows may remove (searched)")
     a = ap.parse_args()
@@ -69,10 +71,13 @@ def parse() -> argparse.Namespace:
     return a
 
 
+COMPILE = False  # set from --compile
+
+
 def runtime() -> RuntimeConfig:
     cuda = torch.cuda.is_available()
-    return RuntimeConfig(device="auto", amp="bf16" if cuda else "none", channels_last=cuda, progress=False,
-                         tensorboard=False)
+    return RuntimeConfig(device="auto", amp="bf16" if cuda else "none", channels_last=cuda, compile=COMPILE,
+                         progress=False, tensorboard=False)
 
 
 def settings(epochs: int, lr: float) -> FitSettings:
@@ -149,6 +154,58 @@ def dp_row(a, data, teacher_dir: Path, bs: int, target: dict, seed: int) -> tupl
                    "plan": prune.get("plan")}
 
 
+def plain_eager_throughput(model, data, bs: int, steps: int) -> float:
+    """images/s of a textbook eager loop: data on the host, per-batch crop + flip there, copy to the device,
+    fp32, default memory format, no compile -- the baseline of the trainer-throughput target."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x_all, y_all = data.train.x.cpu(), data.train.y.cpu()
+    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(0, len(x_all), (bs,), generator=gen)
+        x = (x_all[idx].float() / 255.0 - mean) / std
+        x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+        i, j = torch.randint(0, 9, (2,), generator=gen).tolist()
+        x = x[:, :, i:i + 32, j:j + 32]
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(3)
+        x, y = x.to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(max(2, steps // 10)):  # warm-up
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * bs / (time.perf_counter() - t0)
+
+
+def throughput_row(a, data, teacher, bs: int) -> dict:
+    """The small net trained by a plain eager loop (CE) and by distillprune's trainer with KD from the teacher
+    (GPU-resident data, batched augmentation, bf16 + channels_last on CUDA, --compile), same batch size."""
+    steps = a.throughput_steps or (3 if a.mode == "smoke" else 40 if a.mode == "reduced" else 300)
+    torch.manual_seed(0)
+    plain = plain_eager_throughput(build(SIZES[a.mode][1], data)[0], data, bs, steps)
+    sub = copy.copy(data)
+    sub.train = data.train.subset(min(len(data.train), steps * bs))
+    model, _ = build(SIZES[a.mode][1], data)
+    objective = Distiller.from_specs(teacher, [{"name": "kd", "temperature": 4.0, "alpha": 0.9}])
+    hist = fit(model, sub, settings(2, 0.05), objective, runtime=runtime(), seed=0, batch_size=bs,
+               crop_padding=4, hflip=True)
+    ours = hist[-1]["images_per_s"]  # the second epoch: after warm-up (and compilation)
+    return {"plain_img_s": plain, "dp_kd_img_s": ours, "ratio": ours / plain, "batch": bs, "steps": steps}
+
+
 def measure(model, data, a, bs_eval: int) -> dict:
     acc = evaluate(model, data, batch_size=bs_eval, runtime=runtime())
     lat = LatencyConfig(batch_sizes=[1, 32], threads=a.threads, repeats=7 if a.mode != "smoke" else 2,
@@ -158,10 +215,13 @@ def measure(model, data, a, bs_eval: int) -> dict:
 
 
 ROWS = ["small_scratch", "small_kd", "tp_ce", "tp_kd", "dp_2x", "dp_3x", "dp_4x", "dp_speed3x"]
+EXTRA = ["throughput"]  # not a compressed model: trainer images/s against a plain eager loop
 
 
 def main() -> int:
+    global COMPILE
     a = parse()
+    COMPILE = a.compile
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     bs = 256 if torch.cuda.is_available() else 128
@@ -170,11 +230,21 @@ def main() -> int:
     tdir = Path(a.teacher or out / "teacher")
     small, _ = build(SIZES[a.mode][1], data)
     small_macs = count_macs(small, data.input_shape)
-    results = {"teacher": {**measure(teacher, data, a, 1000), "train_s": tinfo.get("seconds"),
-                           "img_s": tinfo.get("images_per_s")}}
+    wanted = ROWS + EXTRA if a.rows == "all" else a.rows.split(",")
+    unknown = sorted(set(wanted) - set(ROWS + EXTRA))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose from {ROWS + EXTRA}")
+    saved = out / "results.json"  # a partial run (--rows) adds its rows to an earlier run's results
+    results = json.loads(saved.read_text()) if a.rows != "all" and saved.exists() else {}
+    results["teacher"] = {**measure(teacher, data, a, 1000), "train_s": tinfo.get("seconds"),
+                          "img_s": tinfo.get("images_per_s")}
     dense_macs = results["teacher"]["macs"]
-    wanted = ROWS if a.rows == "all" else a.rows.split(",")
     for row in wanted:
+        if row == "throughput":
+            results[row] = throughput_row(a, data, teacher, bs)
+            saved.write_text(json.dumps(results, indent=1, default=str))
+            continue
+        results[row] = []
         for seed in range(a.seeds):
             torch.manual_seed(seed)
             if row.startswith("small"):
@@ -187,8 +257,8 @@ def main() -> int:
                 target = {"dp_2x": {"macs_ratio": 2.0}, "dp_3x": {"macs_ratio": dense_macs / small_macs},
                           "dp_4x": {"macs_ratio": 4.0}, "dp_speed3x": {"latency_speedup": 3.0}}[row]
                 model, info = dp_row(a, data, tdir, bs, target, seed)
-            results.setdefault(row, []).append({**measure(model, data, a, 1000), **info})
-            (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+            results[row].append({**measure(model, data, a, 1000), **info})
+            saved.write_text(json.dumps(results, indent=1, default=str))
     print(table(results, a))
     return 0
 
@@ -214,8 +284,13 @@ def table(results: dict, a) -> str:
 
     lines.append(row("teacher", [t]))
     for name in ROWS:
-        if name in results:
+        if results.get(name):
             lines.append(row(name, results[name]))
+    if "throughput" in results:
+        r = results["throughput"]
+        lines += ["", f"Trainer throughput, small net, batch {r['batch']}: plain eager loop (CE) "
+                      f"{r['plain_img_s']:.0f} img/s; distillprune trainer with KD {r['dp_kd_img_s']:.0f} img/s; "
+                      f"ratio {r['ratio']:.2f}x"]
     return "\n".join(lines)
 
 

@@ -122,38 +122,25 @@ def digits_recipe(a: argparse.Namespace) -> dict:
 
 
 def cifar_subset(a: argparse.Namespace):
-    """A class-balanced random subset of the CIFAR-10 pack (the pack is sorted by class, so its first N
-    images are one or a few classes). Random CIFAR-shaped data for --smoke when the pack is absent."""
+    """A seeded, class-balanced subset of the CIFAR-10 pack (the library's ``limit_*``). Random
+    CIFAR-shaped data for --smoke when the pack is absent."""
     import torch
 
+    from distillprune.data import DataConfig, load_data
     from distillprune.data.base import DataBundle, Split, channel_stats
 
-    p, g = Path(a.data), np.random.default_rng(0)
-    if not p.exists():
-        if not a.smoke:
-            sys.exit(f"CIFAR-10 pack not found: {p} (pass --data)")
-        xs = [
-            torch.from_numpy(g.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
-            for n in (a.limit_train, a.limit_test)
-        ]
-        ys = [torch.from_numpy(g.integers(0, 10, n)) for n in (a.limit_train, a.limit_test)]
-        classes = [str(i) for i in range(10)]
-    else:
-        from distillprune.data.sources import _decode_jpegs, to_nchw
-
-        d = np.load(p, allow_pickle=False)
-        xs, ys = [], []
-        for split, n in (("train", a.limit_train), ("test", a.limit_test)):
-            labels, off, blob = d[f"{split}_labels"], d[f"{split}_offsets"], d[f"{split}_bytes"]
-            idx = np.sort(
-                np.concatenate([g.permutation(np.flatnonzero(labels == c))[: n // 10] for c in range(10)])
-            )
-            imgs = [_decode_jpegs(blob, np.array([off[i], off[i + 1]])) for i in idx]
-            xs.append(to_nchw(np.concatenate(imgs), hwc=True))
-            ys.append(torch.from_numpy(labels[idx].astype(np.int64)))
-        classes = [str(c) for c in d["classes"]]
+    p = Path(a.data)
+    if p.exists():
+        return load_data(DataConfig(source="cifar10_jpeg", path=str(p), limit_train=a.limit_train,
+                                    limit_test=a.limit_test))
+    if not a.smoke:
+        sys.exit(f"CIFAR-10 pack not found: {p} (pass --data)")
+    g = np.random.default_rng(0)
+    xs = [torch.from_numpy(g.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)) for n in (a.limit_train, a.limit_test)]
+    ys = [torch.from_numpy(g.integers(0, 10, n)) for n in (a.limit_train, a.limit_test)]
     mean, std = channel_stats(xs[0])
-    return DataBundle(Split(xs[0], ys[0]), Split(xs[1], ys[1]), 10, classes, mean, std, "cifar10-subset")
+    return DataBundle(Split(xs[0], ys[0]), Split(xs[1], ys[1]), 10, [str(i) for i in range(10)], mean, std,
+                      "cifar10-subset")
 
 
 def cifar_recipe(a: argparse.Namespace) -> dict:

@@ -22,7 +22,8 @@ def test_cifar_bench_smoke(tmp_path: Path):
     out = tmp_path / "out"
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "cifar10_resnet56.py"), "--smoke", "--source", "npz", "--data",
-         str(data), "--out", str(out), "--rows", "small_kd,tp_kd,dp_3x,dp_speed3x", "--depth-fractions", "0", "0.5"],
+         str(data), "--out", str(out), "--rows", "small_kd,tp_kd,dp_3x,dp_speed3x,throughput",
+         "--depth-fractions", "0", "0.5"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
@@ -33,3 +34,13 @@ def test_cifar_bench_smoke(tmp_path: Path):
         assert results[row][0]["macs"] < teacher_macs
     assert res.stdout.count("\n| ") >= 5
     assert "| dp_speed3x |" in res.stdout
+    tp = results["throughput"]
+    assert tp["plain_img_s"] > 0 and tp["dp_kd_img_s"] > 0 and "Trainer throughput" in res.stdout
+    # a partial run adds its rows to the earlier results instead of dropping them
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cifar10_resnet56.py"), "--smoke", "--source", "npz", "--data",
+         str(data), "--out", str(out), "--rows", "small_scratch"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    merged = json.loads((out / "results.json").read_text())
+    assert {"small_scratch", "small_kd", "dp_speed3x", "throughput"} <= set(merged)
