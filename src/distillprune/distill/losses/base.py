@@ -86,6 +86,15 @@ def parse_tap(tap: Any, loss: str) -> list[tuple[str, str]]:
     return parse_pairs([tap], loss)
 
 
+def embedding_pair(taps: list[tuple[str, str]], student: Outputs,
+                   teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (B, D) student and teacher embeddings of the first tap (the logits without one), same batch checked."""
+    s_path, t_path = taps[0] if taps else (None, None)
+    es, et = tapped(student, s_path), tapped(teacher, t_path)
+    same_batch(es, et, f"'{s_path or 'logits'}'")
+    return es, et
+
+
 def tapped(out: Outputs, path: str | None) -> torch.Tensor:
     """The tapped feature flattened to (B, D), or the logits when no tap is set."""
     x = out.logits if path is None else out.features[path]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, parse_tap, same_batch, tapped
+from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, embedding_pair, parse_tap
 
 
 @LOSSES.register("crd")
@@ -58,10 +58,7 @@ class CRDLoss(DistillLoss):
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_fill", None))
 
     def _embeddings(self, student: Outputs, teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
-        s_path, t_path = self.taps[0] if self.taps else (None, None)
-        es, et = tapped(student, s_path), tapped(teacher, t_path)
-        same_batch(es, et, f"'{s_path or 'logits'}'")
-        return es, et
+        return embedding_pair(self.taps, student, teacher)
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         es, et = self._embeddings(student, teacher)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, parse_tap, same_batch, tapped
+from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, embedding_pair, parse_tap
 
 EPS = 1e-7
 
@@ -40,10 +40,7 @@ class PKTLoss(DistillLoss):
         self.taps = parse_tap(tap, "pkt")
 
     def _embeddings(self, student: Outputs, teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
-        s_path, t_path = self.taps[0] if self.taps else (None, None)
-        es, et = tapped(student, s_path), tapped(teacher, t_path)
-        same_batch(es, et, f"'{s_path or 'logits'}'")
-        return es, et
+        return embedding_pair(self.taps, student, teacher)
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         self._embeddings(student, teacher)

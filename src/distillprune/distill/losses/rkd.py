@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, parse_tap, same_batch, tapped
+from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, embedding_pair, parse_tap
 
 
 def _distances(e: torch.Tensor) -> torch.Tensor:
@@ -58,10 +58,7 @@ class RKDLoss(DistillLoss):
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 
     def _embeddings(self, student: Outputs, teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
-        s_path, t_path = self.taps[0] if self.taps else (None, None)
-        es, et = tapped(student, s_path), tapped(teacher, t_path)
-        same_batch(es, et, f"'{s_path or 'logits'}'")
-        return es, et
+        return embedding_pair(self.taps, student, teacher)
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         self._embeddings(student, teacher)
