@@ -65,6 +65,9 @@ def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
     cfg = cfg or LatencyConfig()
     model = model.eval().to(device=device, dtype=dtype)
     x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    if device == "cuda" and x.dim() == 4:  # cuDNN's fast half-precision convolutions are NHWC
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if mode == "graph":
         if device != "cuda":
