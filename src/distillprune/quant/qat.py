@@ -115,10 +115,33 @@ class QuantWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_in(x)
+        if self.bn is not None and self.training:
+            return self.act_out(self._train_bn(x))
         w, b = self.folded()
         w = fake_quant_weight(w, self.per_channel)
         y = self.layer._conv_forward(x, w, b) if isinstance(self.layer, nn.Conv2d) else F.linear(x, w, b)
         return self.act_out(y)
+
+    def _train_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """Training with a live BatchNorm (batch statistics, running statistics updated) on the
+        convolution of the quantized *folded* weights, the scheme of Jacob et al. / torch.ao's ConvBn2d.
+
+        Folding with frozen statistics from the first step scales each channel's effective learning
+        rate by (gamma / running_std)^2; on pruned nets with small running variances that made QAT
+        diverge. Here the fold only decides what is quantized; the conv output is un-scaled and
+        normalised by the batch, so training keeps BN's conditioning. In eval mode the exact folded
+        path (what ONNX Runtime runs) is used.
+        """
+        bn = self.bn
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+        factor = gamma * (bn.running_var + bn.eps).rsqrt()
+        shape = (-1, *([1] * (self.layer.weight.dim() - 1)))
+        w = fake_quant_weight(self.layer.weight * factor.view(shape), self.per_channel)
+        safe = torch.where(factor.abs() < 1e-12, torch.ones_like(factor), factor)  # gamma = 0: weights are 0
+        y = self.layer._conv_forward(x, w, None) / safe.view(1, -1, 1, 1)
+        if self.layer.bias is not None:
+            y = y + self.layer.bias.view(1, -1, 1, 1)
+        return bn(y)
 
 
 def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
