@@ -105,6 +105,19 @@ def test_round_to_changes_the_count():
         assert m.layer1[0].conv1.out_channels == want
 
 
+@pytest.mark.parametrize(("ratio", "want16", "want32"), [
+    (0.1, 16, 32),  # 14 -> 16 and 28 -> 32 (rounding down would halve the 16-channel layers: 14 -> 8)
+    (0.3, 8, 24),  # 11 -> 8 and 22 -> 24 (rounding down: 22 -> 16)
+    (0.8, 8, 8),  # 3 -> 8 and 6 -> 8: a layer keeps at least one multiple, never all channels removed
+])
+def test_round_to_rounds_to_the_nearest_multiple(ratio, want16, want32):
+    m = base_model()
+    prune_step(width_pruner(m, EX, WidthConfig(ratio=ratio, round_to=8, max_ratio=0.95), 10))
+    assert m.layer1[0].conv1.out_channels == want16
+    assert m.layer2[0].conv1.out_channels == want32
+    assert m(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
 def test_two_step_schedule_each_step_equals_masked():
     original = base_model(seed=3)
     pruned = copy.deepcopy(original)

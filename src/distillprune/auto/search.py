@@ -81,17 +81,6 @@ def _candidate(model: nn.Module, shape: Sequence[int], classes: int, blocks: int
     return m
 
 
-def _max_ratio(model: nn.Module, width: WidthConfig, cap: float) -> float:
-    """Largest ratio that still prunes every layer: past it, rounding to ``round_to`` would leave a layer
-    with no channels and Torch-Pruning skips it, so MACs stop falling monotonically with the ratio."""
-    if not width.round_to:
-        return cap
-    narrowest = min((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
-    if narrowest <= width.round_to:
-        return cap
-    return min(cap, 1.0 - width.round_to / narrowest)
-
-
 class _Scorer:
     def __init__(self, model: nn.Module, shape: Sequence[int], target: TargetConfig, lat: LatencyConfig):
         self.shape, self.target = tuple(shape), target
@@ -120,7 +109,7 @@ def search(model: nn.Module, input_shape: Sequence[int], num_classes: int, width
     best: Plan | None = None
     for frac in dict.fromkeys(target.depth_fractions):
         blocks = int(round(frac * n_removable))
-        lo, hi = 0.0, _max_ratio(model, width, target.max_width_ratio)
+        lo, hi = 0.0, target.max_width_ratio
         m = _candidate(model, input_shape, num_classes, blocks, hi, width)
         mr, sp, ok = scorer.score(m)
         if not ok:

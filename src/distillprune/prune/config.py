@@ -15,7 +15,8 @@ class WidthConfig(StrictModel):
                                                             "group (searched when the stage has a target)")
     importance: str = Field("l2", description="l1 | l2 | taylor | bn_scale")
     global_pruning: bool = Field(False, description="rank all groups together instead of a uniform ratio")
-    round_to: int | None = Field(8, gt=0, description="round kept channels to a multiple (hardware-friendly)")
+    round_to: int | None = Field(8, gt=0, description="round kept channels to the nearest multiple, at least one "
+                                                            "(hardware-friendly)")
     ignore: list[str] = Field(default_factory=list, description="module names/patterns never pruned; "
                                                                  "the classifier is always kept")
     max_ratio: float = Field(0.9, gt=0, le=1, description="never remove more than this share of a layer")

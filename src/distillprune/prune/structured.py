@@ -49,11 +49,30 @@ def traceable(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(False)
 
 
+class NearestRoundPruner(tp.pruner.BasePruner):
+    """Torch-Pruning's pruner with kept channels rounded to the *nearest* multiple of ``round_to``, at least one.
+
+    Torch-Pruning rounds the kept count *down*: any ratio above 1/16 then halves a 16-channel layer
+    (15 kept -> 8), so on CIFAR-style ResNets (16/32/64 channels) the width ratio asked for and the MACs
+    obtained are far apart, and a layer narrower than ``round_to`` would lose every channel. Rounding to
+    the nearest multiple keeps each layer within ``round_to / 2`` channels of the ratio asked for.
+    """
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        kept = current_channels - n_pruned
+        kept = max(round_to, int(kept / round_to + 0.5) * round_to)
+        return max(current_channels - kept, 0)
+
+
+if not callable(getattr(tp.pruner.BasePruner, "_round_to", None)):  # pragma: no cover - version guard
+    raise ImportError("this torch-pruning has no BasePruner._round_to; install torch-pruning>=1.5,<2")
+
+
 def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_classes: int,
                  steps: int = 1) -> tp.pruner.BasePruner:
     """A pruner that reaches ``cfg.ratio`` after ``steps`` calls to ``step()`` (linear schedule)."""
     with traceable(model):
-        return tp.pruner.BasePruner(
+        return NearestRoundPruner(
             model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=cfg.ratio,
             global_pruning=cfg.global_pruning, round_to=cfg.round_to, max_pruning_ratio=cfg.max_ratio,
             iterative_steps=steps, ignored_layers=ignored(model, cfg.ignore, num_classes),
