@@ -14,6 +14,10 @@ and on each pruned student:
 
   python bench/quant_cluster.py                 # reduced CPU run (CIFAR subset 5000/1000)
   python bench/quant_cluster.py --smoke         # tiny subsets, 1 epoch (tests)
+  # the full run (GPU machine: training on the GPU, ORT latency on its CPU): all of CIFAR-10, the
+  # ResNet-56 teacher that bench/cifar10_resnet56.py trained and kept, no retraining
+  python bench/quant_cluster.py --setups cifar10 --model resnet56 --teacher bench_out/cifar10/teacher \
+      --limit-train 0 --limit-test 0
 Every number printed is measured by this script; nothing is typed in by hand.
 """
 
@@ -50,9 +54,17 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--setups", default="digits,cifar10")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (median)")
-    ap.add_argument("--limit-train", type=int, default=5000, help="CIFAR-10 training images (class-balanced)")
-    ap.add_argument("--limit-test", type=int, default=1000, help="CIFAR-10 test images (class-balanced)")
+    ap.add_argument("--limit-train", type=int, default=5000,
+                    help="CIFAR-10 training images (class-balanced); 0 = all")
+    ap.add_argument("--limit-test", type=int, default=1000, help="CIFAR-10 test images (class-balanced); 0 = all")
+    ap.add_argument("--model", default="resnet20", help="CIFAR-10 teacher architecture (model zoo name)")
+    ap.add_argument("--teacher", default=None,
+                    help="checkpoint folder of a trained CIFAR-10 teacher (e.g. the one bench/cifar10_resnet56.py "
+                         "keeps): start from it instead of training one")
     a = ap.parse_args()
+    a.limit_train, a.limit_test = a.limit_train or None, a.limit_test or None
+    if a.teacher and not (Path(a.teacher) / "model.json").exists():
+        ap.error(f"--teacher {a.teacher}: no distillprune checkpoint there (model.json missing)")
     if a.smoke:
         a.limit_train, a.limit_test, a.rounds = 100, 50, 1
     return a
@@ -136,8 +148,9 @@ def cifar_subset(a: argparse.Namespace):
     if not a.smoke:
         sys.exit(f"CIFAR-10 pack not found: {p} (pass --data)")
     g = np.random.default_rng(0)
-    xs = [torch.from_numpy(g.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)) for n in (a.limit_train, a.limit_test)]
-    ys = [torch.from_numpy(g.integers(0, 10, n)) for n in (a.limit_train, a.limit_test)]
+    sizes = (a.limit_train or 100, a.limit_test or 50)
+    xs = [torch.from_numpy(g.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)) for n in sizes]
+    ys = [torch.from_numpy(g.integers(0, 10, n)) for n in sizes]
     mean, std = channel_stats(xs[0])
     return DataBundle(Split(xs[0], ys[0]), Split(xs[1], ys[1]), 10, [str(i) for i in range(10)], mean, std,
                       "cifar10-subset")
@@ -145,13 +158,14 @@ def cifar_subset(a: argparse.Namespace):
 
 def cifar_recipe(a: argparse.Namespace) -> dict:
     e = (lambda n: 1) if a.smoke else (lambda n: n)
-    model = (
-        {"name": "resnet", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}}
-        if a.smoke
-        else {"name": "resnet20"}
-    )
+    if a.teacher:  # a trained teacher: evaluate it where the train stage would be
+        model, first = {"name": a.model, "checkpoint": a.teacher}, {"type": "evaluate"}
+    else:
+        model = ({"name": "resnet", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}} if a.smoke
+                 else {"name": a.model})
+        first = {"type": "train", "epochs": e(15), "optimizer": {"lr": 0.1}}
     return {
-        "name": "cifar10_resnet20_reduced",
+        "name": f"cifar10_{a.model}",
         "seed": 0,
         "model": model,
         "data": {
@@ -162,7 +176,7 @@ def cifar_recipe(a: argparse.Namespace) -> dict:
         },
         **common(a),
         "stages": [
-            {"type": "train", "epochs": e(15), "optimizer": {"lr": 0.1}},
+            first,
             {
                 "type": "prune",
                 "width": {"ratio": 0.5, "importance": "l2", "round_to": 8},
@@ -388,7 +402,9 @@ def main() -> int:
     import onnxruntime
     import torch
 
-    mode = "smoke (tiny subsets, 1 epoch: numbers meaningless)" if a.smoke else "reduced (CPU)"
+    where = "GPU" if torch.cuda.is_available() else "CPU"
+    mode = ("smoke (tiny subsets, 1 epoch: numbers meaningless)" if a.smoke
+            else f"{'full' if a.limit_train is None else 'reduced'} (training on {where}, ORT on CPU)")
     print(f"# quant_cluster.py: {mode}")
     print(f"command: python {' '.join(sys.argv)}")
     print(
