@@ -48,3 +48,15 @@ def test_latency_plan_is_measured_faster():
 def test_an_unreachable_target_is_a_clear_error():
     with pytest.raises(DistillpruneError, match="no plan reaches the target"):
         search(model(), SHAPE, 10, WIDTH, TargetConfig(macs_ratio=500.0, max_width_ratio=0.5))
+
+
+def test_an_unpruned_candidate_is_not_faster_than_itself():
+    # timing noise once let the dense copy pass a 1.2x latency target: nothing removed means speedup 1
+    import copy
+
+    from distillprune.auto.search import _Scorer
+    from distillprune.measure.latency import LatencyConfig
+
+    m = model()
+    scorer = _Scorer(m, SHAPE, TargetConfig(latency_speedup=1.05), LatencyConfig(repeats=1, min_window_s=0.001))
+    assert scorer.score(copy.deepcopy(m)) == (1.0, 1.0, False)
