@@ -54,6 +54,13 @@ class QuantResult:
     reference: str = "float model"  # what the agreement is measured against
     details: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def measured(cls, method: str, out: Path, float_file: Path, cmp: dict, reference: str = "float model",
+                 details: dict[str, Any] | None = None) -> QuantResult:
+        """A result from the written file, the float ONNX it came from, and ``compare``'s numbers."""
+        return cls(method, str(out), out.stat().st_size, float_file.stat().st_size, cmp["agreement"],
+                   cmp["max_abs_diff"], cmp["accuracy"], cmp["float_accuracy"], reference, details or {})
+
     def to_dict(self) -> dict:
         return asdict(self)
 

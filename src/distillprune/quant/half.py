@@ -118,18 +118,8 @@ def _half(job: QuantJob, kind: str) -> QuantResult:
     n = len(out)
     y = None if job.test_y is None else job.test_y[:n]
     cmp = compare(out, run_torch(job.model, job.test_x[:n]), y)
-    res = QuantResult(
-        kind,
-        str(job.out),
-        job.out.stat().st_size,
-        fp.stat().st_size,
-        cmp["agreement"],
-        cmp["max_abs_diff"],
-        cmp["accuracy"],
-        cmp["float_accuracy"],
-        "float model",
-        {"runner": runner, "parity_samples": n, "target": "GPU (CUDA / TensorRT execution providers)"},
-    )
+    res = QuantResult.measured(kind, job.out, fp, cmp, details={
+        "runner": runner, "parity_samples": n, "target": "GPU (CUDA / TensorRT execution providers)"})
     check_agreement(res, job.cfg, "a layer overflows in half precision; keep the model in float32")
     return res
 

@@ -157,17 +157,8 @@ def static_int8(
     ref = reference if reference is not None else run_torch(model, job.test_x)
     cmp = compare(run_onnx(out, job.test_x), ref, job.test_y)
     ops = op_counts(out)
-    res = QuantResult(
-        job.cfg.method,
-        str(out),
-        out.stat().st_size,
-        (job.workdir / "float.onnx").stat().st_size,
-        cmp["agreement"],
-        cmp["max_abs_diff"],
-        cmp["accuracy"],
-        cmp["float_accuracy"],
-        reference_name,
-        {
+    res = QuantResult.measured(
+        job.cfg.method, out, job.workdir / "float.onnx", cmp, reference_name, details={
             "calibration": job.cfg.calibration.method,
             "calibration_samples": q.calibrated_samples,
             "per_channel": job.cfg.per_channel,
