@@ -148,10 +148,10 @@ def dp_row(a, data, teacher_dir: Path, bs: int, target: dict, seed: int) -> tupl
     t0 = time.perf_counter()
     state = execute(recipe, None, data=data, quiet=True)
     report, model = state.report, state.model
-    fin = report.stages[-1].details
-    prune = report.stages[0].details
-    return model, {"train_s": time.perf_counter() - t0, "img_s": fin.get("train_images_per_s", 0.0),
-                   "plan": prune.get("plan")}
+    fin, prune = report.stages[-1].details, report.stages[0].details
+    img_s = fin.training.train_images_per_s if fin.training else 0.0
+    return model, {"train_s": time.perf_counter() - t0, "img_s": img_s,
+                   "plan": prune.plan.to_dict() if prune.plan else None}
 
 
 def plain_eager_throughput(model, data, bs: int, steps: int) -> float:

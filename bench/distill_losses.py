@@ -220,7 +220,7 @@ def train_teacher(p: dict, a: argparse.Namespace, data) -> tuple[torch.nn.Module
     )
     state = execute(recipe, None, data=data, quiet=True)
     st = state.report.stages[-1]
-    info = {"top1": st.accuracy, "img_s": st.details.get("train_images_per_s")}
+    info = {"top1": st.accuracy, "img_s": st.details.training.train_images_per_s}
     if a.teacher:
         save_checkpoint(
             a.teacher,
@@ -272,10 +272,10 @@ def run_row(
     st = state.report.stages[-1]
     return {
         "top1": st.accuracy,
-        "img_s": st.details.get("train_images_per_s"),
+        "img_s": st.details.training.train_images_per_s,
         "wall_s": time.perf_counter() - t0,
-        "peer_top1": st.details.get("peer_top1"),
-        "cache_s": st.details.get("teacher_cache_seconds"),
+        "peer_top1": getattr(st.details, "peer_top1", None),
+        "cache_s": getattr(st.details, "teacher_cache_seconds", None),
     }
 
 

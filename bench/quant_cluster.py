@@ -269,7 +269,7 @@ def interleaved(files: list[Path], data, a: argparse.Namespace) -> dict[str, dic
 
 
 def quant_table(setup: str, run: Path, report, data, a: argparse.Namespace) -> tuple[list[str], dict]:
-    q = {s.details["file"]: s for s in report.stages if s.type == "quantize"}
+    q = {s.details.path: s for s in report.stages if s.type == "quantize"}
     files = [run / "model.onnx"] + [run / f for f in q if not f.endswith("bf16.onnx")]
     m = interleaved(files, data, a)
     ref = m["model.onnx"]
@@ -290,7 +290,7 @@ def quant_table(setup: str, run: Path, report, data, a: argparse.Namespace) -> t
     out = {}
     for name, r in m.items():
         st = q.get(name)
-        variant = "pruned fp32" if st is None else _variant(st.details)
+        variant = "pruned fp32" if st is None else _variant(st.details.method, st.details.details)
         delta = None if r["accuracy"] is None or ref["accuracy"] is None else r["accuracy"] - ref["accuracy"]
         sp = {k: ref["latency_ms"][k] / r["latency_ms"][k] for k in keys if k in r["latency_ms"]}
         cells = [
@@ -298,7 +298,7 @@ def quant_table(setup: str, run: Path, report, data, a: argparse.Namespace) -> t
             name,
             _f(r["accuracy"]),
             "-" if delta is None else f"{delta:+.2f}",
-            "-" if st is None else f"{100 * st.details['agreement']:.1f}%",
+            "-" if st is None else f"{100 * st.details.agreement:.1f}%",
         ]
         cells += [f"{r['latency_ms'][k]:.3f}" if k in r["latency_ms"] else "-" for k in keys]
         cells += [f"{sp[k]:.2f}x" if k in sp else "-" for k in keys] + [f"{r['bytes'] / 1024:.1f}"]
@@ -307,14 +307,14 @@ def quant_table(setup: str, run: Path, report, data, a: argparse.Namespace) -> t
     return lines, out
 
 
-def _variant(d: dict) -> str:
+def _variant(method: str, d: dict) -> str:
     return {
         "static": f"static int8 ({d.get('calibration')})",
         "dynamic": "dynamic int8",
         "qat": "QAT int8 (KD)",
         "fp16": "fp16",
         "bf16": "bf16",
-    }[d["method"]]
+    }[method]
 
 
 def _f(v: float | None) -> str:
@@ -329,12 +329,12 @@ def cluster_row(setup: str, report) -> tuple[str, dict]:
     base = next(s for s in report.stages if s.type == "evaluate")
     pr = next(s for s in report.stages if s.type == "prune")
     cl = next(s for s in report.stages if s.type == "cluster")
-    d = cl.details
+    d = cl.details.sizes
     loss = base.accuracy - cl.accuracy
     cells = [
         setup,
         _f(base.accuracy),
-        f"{_f(pr.accuracy)} ({100 * pr.details['sparsity']:.0f}% zeros)",
+        f"{_f(pr.accuracy)} ({100 * pr.details.sparsity:.0f}% zeros)",
         _f(cl.accuracy),
         f"{-loss:+.2f}",
         f"{d['dense_fp32_bytes'] / 1024:.1f}",
@@ -359,7 +359,7 @@ def lowrank_row(setup: str, report) -> tuple[str, dict]:
         f"{_fmt_int(base.macs)} -> {_fmt_int(lr.macs)}",
         f"{_fmt_int(base.params)} -> {_fmt_int(lr.params)}",
         " / ".join(f"{sp[k]:.2f}x" for k in sorted(sp, key=lambda k: int(k.split("bs")[1]))),
-        f"{len(lr.details['factorized'])} / {len(lr.details['skipped'])}",
+        f"{len(lr.details.factorized)} / {len(lr.details.skipped)}",
     ]
     return "| " + " | ".join(cells) + " |", {"speedup": sp, "macs": [base.macs, lr.macs]}
 

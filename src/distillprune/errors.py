@@ -27,3 +27,7 @@ class QuantizationError(DistillpruneError):
 
 class CompressionError(DistillpruneError):
     """Low-rank factorization or weight clustering cannot proceed (unsupported layer, bad packed file)."""
+
+
+class ExportError(DistillpruneError):
+    """A model that cannot be exported to ONNX, or an ONNX file that ONNX Runtime cannot load or run."""

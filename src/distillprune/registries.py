@@ -5,17 +5,9 @@ from distillprune.distill.losses import LOSSES
 from distillprune.models import MODELS
 from distillprune.prune.importance import IMPORTANCE
 from distillprune.quant import QUANTIZERS
+from distillprune.recipes.registry import STAGES
 
 REGISTRIES: dict[str, Registry] = {
     "models": MODELS, "losses": LOSSES, "sources": SOURCES, "importance": IMPORTANCE,
-    "quantizers": QUANTIZERS,
+    "quantizers": QUANTIZERS, "stages": STAGES,
 }
-
-
-def _stages() -> Registry:
-    from distillprune.pipeline.stages import RUNNERS
-
-    return RUNNERS
-
-
-REGISTRIES["stages"] = _stages()

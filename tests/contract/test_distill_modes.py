@@ -13,6 +13,7 @@ from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpo
 from distillprune.core.config import validate
 from distillprune.data import DataConfig, load_data
 from distillprune.data.base import TensorLoader
+from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import Distiller
 from distillprune.distill.ensemble import TeacherEnsemble
 from distillprune.distill.losses.kd import soft_kl
@@ -22,8 +23,8 @@ from distillprune.distill.schedule import Clock, Ramp
 from distillprune.errors import DataError, DistillpruneError, RecipeError
 from distillprune.models import build_model
 from distillprune.pipeline import execute
-from distillprune.pipeline import stages as stages_mod
-from distillprune.recipes.schema import DistillConfig, Recipe
+from distillprune.pipeline.state import RunState
+from distillprune.recipes.schema import Recipe
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
 from distillprune.train import trainer as trainer_mod
 
@@ -314,15 +315,15 @@ def test_mutual_recipe_trains_both_and_leaves_the_stored_teacher_alone(teacher_d
     for a, b in zip(state.teacher.state_dict().values(), stored.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)  # the peer was a copy; the pipeline's teacher did not train
     details = state.report.stages[-1].details
-    assert details["mode"] == "mutual" and 0 <= details["peer_top1"] <= 100
+    assert details.mode == "mutual" and 0 <= details.peer_top1 <= 100
 
 
 # ---------------------------------------------------------------- born-again generations
 def test_born_again_generations(teacher_dir, monkeypatch):
     seen = {"teachers": [], "starts": [], "ends": []}
-    real_objective, real_train = stages_mod.objective_for, stages_mod._train
+    real_objective, real_train = RunState.objective, RunState.fit
 
-    def objective_for(state, cfg, ls, teacher=None):
+    def objective(state, cfg, ls, teacher=None):
         seen["teachers"].append(None if teacher is None else copy.deepcopy(teacher.state_dict()))
         return real_objective(state, cfg, ls, teacher=teacher)
 
@@ -332,14 +333,14 @@ def test_born_again_generations(teacher_dir, monkeypatch):
         seen["ends"].append(copy.deepcopy(state.model.state_dict()))
         return out
 
-    monkeypatch.setattr(stages_mod, "objective_for", objective_for)
-    monkeypatch.setattr(stages_mod, "_train", train)
+    monkeypatch.setattr(RunState, "objective", objective)
+    monkeypatch.setattr(RunState, "fit", train)
     state = execute(
         recipe(distill_stage({"losses": [{"name": "kd"}]}, generations=3), teacher_dir=teacher_dir),
         None,
         quiet=True,
     )
-    gens = state.report.stages[-1].details["generations"]
+    gens = state.report.stages[-1].details.generations
     assert [g["generation"] for g in gens] == [1, 2, 3]
     assert seen["teachers"][0] is None  # generation 1: the recipe's teacher (auto)
     for g in (1, 2):
@@ -351,7 +352,7 @@ def test_born_again_generations(teacher_dir, monkeypatch):
 
 
 def test_reinitialised_keeps_a_pruned_architecture(data):
-    from distillprune.api import prune_
+    from distillprune.prune import prune_
 
     model = tiny(TEACHER_KW, 0)
     spec = ArchSpec("digits_cnn", 10, [1, 8, 8], TEACHER_KW)

@@ -54,6 +54,6 @@ def test_digits_recipe_runs(path: Path, tmp_path: Path):
     if any(st.type == "export" for st in recipe.stages):
         assert (tmp_path / "run" / "model.onnx").exists()
         exp = next(s for s in report.stages if s.type == "export")
-        assert exp.details["max_abs_diff"] < 1e-3
+        assert exp.details.max_abs_diff < 1e-3
     if any(st.type == "prune" and (st.width or st.depth) for st in recipe.stages):
         assert report.final.macs < report.baseline.macs

@@ -8,7 +8,7 @@ import torch
 
 from distillprune.core.checkpoint import load_checkpoint
 from distillprune.pipeline import compress
-from distillprune.pipeline import stages as stage_mod
+from distillprune.pipeline import state as state_mod
 from distillprune.recipes.schema import Recipe
 
 RECIPE = {
@@ -36,7 +36,7 @@ def test_resume_mid_stage_matches_uninterrupted(tmp_path: Path, monkeypatch):
     full = compress(recipe, tmp_path / "full", quiet=True)
 
     # interrupt inside the finetune stage, after its first epoch (mid-stage, after a completed stage)
-    real_fit = stage_mod.fit
+    real_fit = state_mod.fit
     calls = {"n": 0}
 
     def flaky_fit(*args, **kwargs):
@@ -48,10 +48,10 @@ def test_resume_mid_stage_matches_uninterrupted(tmp_path: Path, monkeypatch):
             kwargs["on_step"] = boom
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(stage_mod, "fit", flaky_fit)
+    monkeypatch.setattr(state_mod, "fit", flaky_fit)
     with pytest.raises(KeyboardInterrupt):
         compress(recipe, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(stage_mod, "fit", real_fit)
+    monkeypatch.setattr(state_mod, "fit", real_fit)
     assert not (tmp_path / "cut" / "stages" / "03_finetune" / "model.json").exists()
     assert (tmp_path / "cut" / "stages" / "03_finetune" / "train" / "last.json").exists()
 

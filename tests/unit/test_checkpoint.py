@@ -10,12 +10,14 @@ import torch
 from torch import nn
 from unit_helpers import randomise_bn
 
-from distillprune.core.checkpoint import FORMAT, ArchSpec, load_checkpoint, read_meta, replay, save_checkpoint
+from distillprune.core.checkpoint import FORMAT, ArchSpec, load_checkpoint, read_meta, save_checkpoint
+from distillprune.core.history import op_from_dict, replay
 from distillprune.core.io import atomic_write, write_json
 from distillprune.errors import CheckpointError, DistillpruneError
 from distillprune.models import build_model
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import remove_block
+from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.structured import prune_step, width_pruner
 
 KW = {"widths": [8, 16, 16], "blocks": [2, 1, 1]}
@@ -28,11 +30,11 @@ def pruned_model() -> tuple[nn.Module, ArchSpec]:
     model = randomise_bn(build_model("digits_cnn", 10, SHAPE, **KW)).eval()
     spec = ArchSpec("digits_cnn", 10, list(SHAPE), copy.deepcopy(KW))
     remove_block(model, "layer1.1")
-    spec.history.append({"op": "remove_block", "path": "layer1.1"})
+    spec.history.append(RemoveBlockOp("layer1.1"))
     pruner = width_pruner(model, torch.zeros(1, *SHAPE), WidthConfig(ratio=0.5, round_to=4), 10, steps=2)
     for _ in range(2):
-        spec.history.append({"op": "channels", "entries": prune_step(pruner)})
-    spec.history.append({"op": "sparsity", "value": 0.0})  # recorded, nothing to rebuild
+        spec.history.append(ChannelsOp(prune_step(pruner)))
+    spec.history.append(SparsityOp(0.0))  # recorded, nothing to rebuild
     # perturb the weights as training would, so loading must really restore them
     with torch.no_grad():
         for p in model.parameters():
@@ -96,7 +98,7 @@ def test_user_model_needs_base(tmp_path):
     base = build_model("digits_cnn", 10, SHAPE, **KW)
     model = copy.deepcopy(base)
     remove_block(model, "layer1.0")
-    spec = ArchSpec(None, 10, list(SHAPE), history=[{"op": "remove_block", "path": "layer1.0"}])
+    spec = ArchSpec(None, 10, list(SHAPE), history=[RemoveBlockOp("layer1.0")])
     save_checkpoint(tmp_path, model, spec)
     with pytest.raises(CheckpointError, match="base"):
         load_checkpoint(tmp_path)
@@ -160,7 +162,7 @@ def test_weights_that_do_not_fit(tmp_path):
     model, spec = pruned_model()
     # the spec without its channel history rebuilds a wider model: shapes mismatch
     no_channels = ArchSpec(spec.name, spec.num_classes, spec.input_shape, spec.kwargs,
-                           [op for op in spec.history if op["op"] != "channels"])
+                           [op for op in spec.history if op.op != "channels"])
     save_checkpoint(tmp_path / "a", model, no_channels)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(tmp_path / "a")
@@ -183,12 +185,12 @@ def test_history_that_does_not_fit_the_model(tmp_path):
     with pytest.raises(DistillpruneError, match="layer1.1"):
         load_checkpoint(tmp_path / "a")
     bad = ArchSpec(spec.name, spec.num_classes, spec.input_shape, spec.kwargs,
-                   [{"op": "remove_block", "path": "stage9.0"}])
+                   [RemoveBlockOp("stage9.0")])
     save_checkpoint(tmp_path / "b", model, bad)
     with pytest.raises(DistillpruneError, match="stage9.0"):
         load_checkpoint(tmp_path / "b")
     bad = ArchSpec(spec.name, spec.num_classes, spec.input_shape, spec.kwargs,
-                   [{"op": "channels", "entries": [["layer9.conv", True, [0]]]}])
+                   [ChannelsOp([["layer9.conv", True, [0]]])])
     save_checkpoint(tmp_path / "c", model, bad)
     with pytest.raises(DistillpruneError, match="does not fit"):
         load_checkpoint(tmp_path / "c")
@@ -198,10 +200,12 @@ def test_replay_skips_sparsity_and_rejects_unknown_ops():
     torch.manual_seed(0)
     m = build_model("digits_cnn", 10, SHAPE, **KW)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    replay(m, SHAPE, [{"op": "sparsity", "value": 0.5}])
+    replay(m, SHAPE, [op_from_dict({"op": "sparsity", "value": 0.5})])
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
-    with pytest.raises(CheckpointError, match="unknown pruning history op"):
-        replay(m, SHAPE, [{"op": "quantise"}])
+    with pytest.raises(CheckpointError, match="unknown history op 'quantise'"):
+        op_from_dict({"op": "quantise"})
+    with pytest.raises(CheckpointError, match="bad 'sparsity' history entry"):
+        op_from_dict({"op": "sparsity", "valu": 0.5})
 
 
 def test_archspec_dict_roundtrip():

@@ -71,7 +71,7 @@ def test_bit_packing(k: int, bits: int):
 def test_packed_file_round_trips_and_is_8x_smaller(tmp_path: Path):
     model = dp.build_model("resnet20", 10, (3, 16, 16))
     dp.prune_(model, {"unstructured": {"sparsity": 0.5}}, torch.zeros(1, 3, 16, 16), 10)
-    clustered = dp.cluster_(model, {"k": 16})
+    clustered = dp.cluster_(model, {"k": 16}).clustered
     sd = model.state_dict()
     info = save_packed(tmp_path / "m.xz", sd, clustered)
     back = load_packed(tmp_path / "m.xz")
@@ -87,6 +87,6 @@ def test_bad_inputs():
     with pytest.raises(CompressionError, match="not a distillprune"):
         unpack(b"garbage")
     with pytest.raises(CompressionError, match="no Conv2d/Linear layer"):
-        dp.cluster_(trained(), {"layers": ["bn*"]})
+        dp.cluster_(trained(), {"layers": {"include": ["bn*"]}})
     with pytest.raises(CompressionError, match="more than k=4"):
         pack({"w": torch.arange(10.0)}, {"w": 4})

@@ -44,14 +44,14 @@ def _recipe(stages=STAGES) -> Recipe:
 def test_rows_measure_the_deployed_files(tmp_path: Path):
     run = tmp_path / "run"
     state = execute(_recipe(), run, quiet=True)
-    rows = {s.type + ("" if s.type != "quantize" else s.details["method"]): s for s in state.report.stages}
+    rows = {s.type + ("" if s.type != "quantize" else s.details.method): s for s in state.report.stages}
     lr, cl, q8, q16 = rows["lowrank"], rows["cluster"], rows["quantizestatic"], rows["quantizefp16"]
-    assert lr.details["factorized"] and lr.macs < rows["train"].macs
+    assert lr.details.factorized and lr.macs < rows["train"].macs
     assert (
         cl.artefact.startswith("model.cluster.xz")
         and cl.onnx_bytes == (run / "model.cluster.xz").stat().st_size
     )
-    assert cl.details["ratio"] > 4 and cl.details["float_model"]["onnx_bytes"] > cl.onnx_bytes
+    assert cl.details.ratio > 4 and cl.float_model["onnx_bytes"] > cl.onnx_bytes
     assert q8.artefact == "model.int8.onnx" and q8.onnx_bytes == (run / "model.int8.onnx").stat().st_size
     assert set(q8.latency_ms) == {"ort_bs1"} and 0 <= q8.accuracy <= 100
     assert q16.artefact == "model.fp16.onnx" and q16.latency_ms == {}  # GPU format: no CPU timing
@@ -62,7 +62,7 @@ def test_rows_measure_the_deployed_files(tmp_path: Path):
     assert saved["stages"][3]["artefact"] == "model.int8.onnx"
     # the clustered checkpoint rebuilds from its history (lowrank ops) and holds <= 16 values per layer
     model, spec, _ = dp.load_checkpoint(run / "stages" / "03_cluster")
-    assert [op["op"] for op in spec.history].count("lowrank") == len(lr.details["factorized"])
+    assert [op.op for op in spec.history].count("lowrank") == len(lr.details.factorized)
     x = torch.randn(4, 1, 8, 8)
     assert torch.allclose(model(x), state.model.cpu().eval()(x), atol=1e-5)
     packed = dp.cluster.load_packed(run / "model.cluster.xz")
@@ -94,7 +94,7 @@ def test_qat_stage_and_cli_errors(tmp_path: Path):
     }
     report = dp.compress(_recipe([STAGES[0], qat]), tmp_path / "run", quiet=True)
     assert report.stages[-1].artefact == "model.int8-qat.onnx"
-    assert report.stages[-1].details["reference"].startswith("QAT model")
+    assert report.stages[-1].details.reference.startswith("QAT model")
     with pytest.raises(dp.RecipeError, match="qat options given but method is 'static'"):
         _recipe([{"type": "quantize", "method": "static", "qat": {"epochs": 1}}])
     bad = tmp_path / "bad.yaml"
@@ -102,7 +102,7 @@ def test_qat_stage_and_cli_errors(tmp_path: Path):
         "name: bad\ndata: {source: digits, limit_train: 64, limit_test: 32}\n"
         "runtime: {progress: false, tensorboard: false}\nmeasure: {enabled: false}\n"
         "model: {name: mlp, kwargs: {hidden: [16]}}\n"
-        "stages:\n  - {type: quantize, method: static, exclude: [nosuchlayer]}\n"
+        "stages:\n  - {type: quantize, method: static, layers: {exclude: [nosuchlayer]}}\n"
     )
     assert main(["run", str(bad), "--out", str(tmp_path / "bad")]) == 2
     assert main(["run", str(bad), "--set", "stages.0.method=int4"]) == 2

@@ -10,10 +10,10 @@ from pydantic import ValidationError
 from distillprune.core.config import StrictModel, validate
 from distillprune.core.registry import Registry, nearest
 from distillprune.data.config import DataConfig
+from distillprune.distill.config import DistillConfig, LossSpec
 from distillprune.errors import DistillpruneError, RecipeError
 from distillprune.prune.config import PruneConfig, WidthConfig
 from distillprune.recipes import BUILTIN, Recipe, apply_overrides, load_recipe, read_yaml
-from distillprune.recipes.schema import DistillConfig, LossSpec
 
 TRAIN = {"type": "train", "epochs": 1}
 

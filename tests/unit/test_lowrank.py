@@ -65,9 +65,9 @@ def test_plan_skips_layers_that_would_not_save_macs():
 def test_lowrank_history_rebuilds_the_checkpoint(tmp_path: Path):
     model = dp.build_model("resnet20", 10, (3, 16, 16))
     spec = dp.ArchSpec("resnet20", 10, [3, 16, 16])
-    plans = dp.lowrank_(model, (3, 16, 16), {"rank_by": "ratio", "ratio": 0.5}, spec.history)
-    assert spec.history and all(op["op"] == "lowrank" for op in spec.history)
-    assert len(spec.history) == sum(p.skipped is None for p in plans)
+    report = dp.lowrank_(model, (3, 16, 16), {"rank_by": "ratio", "ratio": 0.5}, spec.history)
+    assert spec.history and all(op.op == "lowrank" for op in spec.history)
+    assert len(spec.history) == len(report.factorized) and all(p.skipped for p in report.skipped)
     dp.save_checkpoint(tmp_path / "ck", model, spec)
     again, spec2, _ = dp.load_checkpoint(tmp_path / "ck")
     x = torch.randn(2, 3, 16, 16)
@@ -86,8 +86,8 @@ def test_lowrank_keeps_a_trained_model_close():
 def test_bad_layers_are_refused():
     model = trained()
     with pytest.raises(CompressionError, match="'bn1' is a BatchNorm2d"):
-        dp.lowrank_(model, (1, 8, 8), {"layers": ["bn1"]})
+        dp.lowrank_(model, (1, 8, 8), {"layers": {"include": ["bn1"]}})
     with pytest.raises(CompressionError, match="no layer 'conv9'"):
-        dp.lowrank_(model, (1, 8, 8), {"layers": ["conv9"]})
+        dp.lowrank_(model, (1, 8, 8), {"layers": {"include": ["conv9"]}})
     with pytest.raises(RecipeError, match="overrides"):
         dp.lowrank_(model, (1, 8, 8), {"overrides": {"conv1": 1.5}})

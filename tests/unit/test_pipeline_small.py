@@ -72,9 +72,9 @@ def test_pipeline_prune_stage_is_smaller(run):
     assert report.mac_ratio(prune) > 1.0
     assert 0.0 <= prune.accuracy <= 100.0
     assert "ort_bs1" in prune.latency_ms
-    assert len(prune.details["removed_blocks"]) == 1
-    assert prune.details["removed_blocks"][0] in ("layer1.0", "layer1.1")
-    assert export.details["onnx"] == "model.onnx" and export.details["top1_agreement"] == 1.0
+    assert len(prune.details.removed_blocks) == 1
+    assert prune.details.removed_blocks[0] in ("layer1.0", "layer1.1")
+    assert export.details.onnx == "model.onnx" and export.details.top1_agreement == 1.0
     # the pruned architecture is recorded as replayable history
     meta = json.loads((out / "stages" / "02_prune" / "model.json").read_text())
     ops = [op["op"] for op in meta["arch"]["history"]]
@@ -89,7 +89,7 @@ def test_final_checkpoint_reloads_and_matches_onnx(run):
     assert folders == ["01_train", "02_prune", "03_finetune", "04_export"]
     model, spec, meta = load_checkpoint(out / "stages" / "04_export")
     assert meta["stage"] == 4 and spec.name == "digits_cnn"
-    assert isinstance(model.get_submodule(report.stages[1].details["removed_blocks"][0]), torch.nn.Identity)
+    assert isinstance(model.get_submodule(report.stages[1].details.removed_blocks[0]), torch.nn.Identity)
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x).numpy()
@@ -126,7 +126,7 @@ def test_label_free_prune_runs(tmp_path):
     report = compress(r, tmp_path / "lf", quiet=True)
     (prune,) = report.stages
     assert prune.accuracy is not None  # test labels are kept for measuring
-    assert prune.details["epochs"] == 1 and np.isfinite(prune.details["final_loss"])
+    assert prune.details.training.epochs == 1 and np.isfinite(prune.details.training.final_loss)
     assert (tmp_path / "lf" / "stages" / "01_prune" / "model.json").is_file()
 
 

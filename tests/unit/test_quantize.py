@@ -14,6 +14,7 @@ from torch import nn
 
 import distillprune as dp
 from distillprune.errors import QuantizationError, RecipeError
+from distillprune.quant.base import module_path
 from distillprune.quant.qat import FakeQuant, QuantWrapper, conv_bn_pairs
 
 
@@ -133,8 +134,8 @@ def test_qat_trains_through_a_live_batchnorm():
 )
 def test_pruned_model_quantizes_without_hand_fixes(tmp_path: Path, prune: dict):
     model = trained()
-    info = dp.prune_(model, prune, torch.zeros(1, 1, 8, 8), 10)
-    assert info["history"]
+    report = dp.prune_(model, prune, torch.zeros(1, 1, 8, 8), 10)
+    assert report.history
     res = dp.quantize(model, digits(), {"method": "static"}, tmp_path / "pruned.int8.onnx")
     assert res.agreement >= 0.9, res.render()
 
@@ -174,9 +175,15 @@ def test_unsupported_op_type_is_a_recipe_error():
 
 def test_exclude_that_matches_nothing(tmp_path: Path):
     with pytest.raises(QuantizationError, match="match no layer"):
-        dp.quantize(trained(), digits(), {"exclude": ["layer9.*"]}, tmp_path / "q.onnx")
-    res = dp.quantize(trained(), digits(), {"exclude": ["conv1", "fc"]}, tmp_path / "q.onnx")
+        dp.quantize(trained(), digits(), {"layers": {"exclude": ["layer9.*"]}}, tmp_path / "q.onnx")
+    res = dp.quantize(trained(), digits(), {"layers": {"exclude": ["conv1", "fc"]}}, tmp_path / "q.onnx")
     assert res.agreement >= 0.95
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    kept_float = [n for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] not in dequantized]
+    assert {module_path(n.name) for n in kept_float} == {"conv1", "fc"}  # excluded layers keep float weights
+    only = dp.quantize(trained(), digits(), {"layers": {"include": ["layer1"]}}, tmp_path / "q1.onnx")
+    assert only.details["quantized_nodes"] < res.details["quantized_nodes"]
 
 
 def test_qat_needs_a_traceable_model(tmp_path: Path):

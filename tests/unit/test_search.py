@@ -6,10 +6,10 @@ import pytest
 import torch
 from unit_helpers import tiny_resnet
 
-from distillprune.auto.search import TargetConfig, _candidate, search
 from distillprune.errors import DistillpruneError
 from distillprune.measure.metrics import count_macs
-from distillprune.prune.config import WidthConfig
+from distillprune.prune.config import TargetConfig, WidthConfig
+from distillprune.prune.search import _candidate, search
 
 SHAPE = (3, 8, 8)
 WIDTH = WidthConfig(ratio=None, round_to=8)
@@ -54,8 +54,8 @@ def test_an_unpruned_candidate_is_not_faster_than_itself():
     # timing noise once let the dense copy pass a 1.2x latency target: nothing removed means speedup 1
     import copy
 
-    from distillprune.auto.search import _Scorer
     from distillprune.measure.latency import LatencyConfig
+    from distillprune.prune.search import _Scorer
 
     m = model()
     scorer = _Scorer(m, SHAPE, TargetConfig(latency_speedup=1.05), LatencyConfig(repeats=1, min_window_s=0.001))

@@ -181,12 +181,21 @@ def test_classifier_is_never_pruned():
     assert m(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
-def test_ignore_patterns_keep_layers():
+def test_exclude_patterns_keep_layers():
     m = base_model()
-    cfg = WidthConfig(ratio=0.5, round_to=None, ignore=["layer1.*.conv1"])
+    cfg = WidthConfig(ratio=0.5, round_to=None, layers={"exclude": ["layer1.*.conv1"]})
     prune_step(width_pruner(m, EX, cfg, 10))
     assert m.layer1[0].conv1.out_channels == 16 and m.layer1[1].conv1.out_channels == 16
-    assert m.layer2[0].conv1.out_channels == 16  # not ignored: pruned from 32
+    assert m.layer2[0].conv1.out_channels == 16  # not excluded: pruned from 32
+
+
+def test_include_patterns_and_parents():
+    m = base_model()
+    cfg = WidthConfig(ratio=0.5, round_to=None, layers={"include": ["layer2"]})  # a parent covers its children
+    prune_step(width_pruner(m, EX, cfg, 10))
+    assert m.layer1[0].conv1.out_channels == 16 and m.layer2[0].conv1.out_channels == 16
+    with pytest.raises(DistillpruneError, match="'layer9' matches no layer"):
+        width_pruner(base_model(), EX, WidthConfig(ratio=0.5, layers={"exclude": ["layer9"]}), 10)
 
 
 def test_taylor_importance_with_accumulated_gradients():

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from distillprune.core.config import StrictModel
+from distillprune.core.modules import LayerSelect
 
 
 class ClusterConfig(StrictModel):
@@ -14,8 +15,7 @@ class ClusterConfig(StrictModel):
 
     k: int = Field(16, ge=2, le=256, description="clusters (shared values) per layer: 16 -> 4-bit indices")
     overrides: dict[str, int] = Field(default_factory=dict, description="per-layer k by module-name pattern")
-    layers: list[str] = Field(default_factory=lambda: ["*"], description="module-name patterns to cluster")
-    ignore: list[str] = Field(default_factory=list, description="module-name patterns kept in fp32")
+    layers: LayerSelect = Field(default_factory=LayerSelect, description="layers to cluster; the rest stay fp32")
     init: Literal["linear", "density", "random"] = Field(
         "linear", description="centroid init; linear (evenly over [min, max]) works best in Deep Compression"
     )

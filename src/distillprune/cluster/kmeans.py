@@ -8,7 +8,8 @@ layer holds zeros (pruned), they keep a fixed centroid of exactly 0 and the othe
 
 from __future__ import annotations
 
-import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +17,11 @@ from torch.nn.utils import parametrize
 
 from distillprune.cluster.config import ClusterConfig
 from distillprune.core.config import validate
+from distillprune.core.history import HistoryOp, history_op
+from distillprune.core.modules import first_match, get_module
+from distillprune.core.reporting import Details, details_type
 from distillprune.errors import CompressionError
+from distillprune.train.config import TrainSummary
 
 
 def kmeans_1d(
@@ -64,10 +69,33 @@ class SharedWeight(nn.Module):
 
 
 def layer_k(name: str, cfg: ClusterConfig) -> int:
-    for pat, k in cfg.overrides.items():
-        if fnmatch.fnmatchcase(name, pat):
-            return k
-    return cfg.k
+    k = first_match(name, cfg.overrides)
+    return cfg.k if k is None else k
+
+
+@history_op
+@dataclass(frozen=True)
+class ClusterOp(HistoryOp):
+    """Weights shared through k-means codebooks (the shared values live in the weights: nothing to rebuild)."""
+
+    op = "cluster"
+    weights_only = True
+    k: int
+    layers: int
+
+
+@details_type
+@dataclass
+class ClusterReport(Details):
+    """The clustered weight tensors with their k, and (after packing) the file sizes."""
+
+    kind = "cluster"
+    k: int
+    clustered: dict[str, int] = field(default_factory=dict)  # weight tensor name -> k
+    zeros_kept: int = 0  # layers whose pruned zeros stayed exact zeros
+    sizes: dict[str, Any] = field(default_factory=dict)  # from ``cluster.pack.sizes`` / ``save_packed``
+    ratio: float | None = None  # dense fp32 bytes / packed file bytes
+    training: TrainSummary | None = None
 
 
 class WeightClustering:
@@ -81,18 +109,12 @@ class WeightClustering:
         self._masks: dict[str, torch.Tensor] = {}
 
     def layers(self) -> dict[str, nn.Module]:
-        cfg = self.cfg
-        out = {}
-        for name, m in self.model.named_modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and any(
-                fnmatch.fnmatchcase(name, p) for p in cfg.layers
-            ):
-                if not any(fnmatch.fnmatchcase(name, p) for p in cfg.ignore):
-                    out[name] = m
+        out = self.cfg.layers.select(self.model, (nn.Conv2d, nn.Linear))
         if not out:
+            sel = self.cfg.layers
             raise CompressionError(
-                f"cluster: no Conv2d/Linear layer matches layers={cfg.layers} "
-                f"(ignore={cfg.ignore}) in {type(self.model).__name__}"
+                f"cluster: no Conv2d/Linear layer matches layers.include={sel.include} "
+                f"(exclude={sel.exclude}) in {type(self.model).__name__}"
             )
         return out
 
@@ -126,22 +148,27 @@ class WeightClustering:
     @torch.no_grad()
     def keep_zero(self, _model: nn.Module | None = None) -> None:
         for name, mask in self._masks.items():
-            w = self.model.get_submodule(name).weight
+            w = get_module(self.model, name).weight
             w.mul_(mask.to(w.device, w.dtype))
 
     def finalize(self) -> dict[str, int]:
         """Plain weights (each layer holds at most k distinct values); returns {weight tensor name: k}."""
         for name in self.k:
-            m = self.model.get_submodule(name)
+            m = get_module(self.model, name)
             if parametrize.is_parametrized(m, "weight"):
                 parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
         self.keep_zero()
         return {f"{name}.weight": k for name, k in self.k.items()}
 
 
-def cluster_(model: nn.Module, cfg: ClusterConfig | dict | None = None) -> dict[str, int]:
-    """One-shot clustering in place (no fine-tuning); returns {weight tensor name: k} for ``pack``."""
+def cluster_(model: nn.Module, cfg: ClusterConfig | dict | None = None,
+             history: list[HistoryOp] | None = None) -> ClusterReport:
+    """One-shot clustering in place (no fine-tuning); ``report.clustered`` ({weight tensor name: k}) is what
+    ``pack`` / ``save_packed`` take."""
     cfg = cfg if isinstance(cfg, ClusterConfig) else validate(ClusterConfig, cfg or {}, where="ClusterConfig")
     wc = WeightClustering(model, cfg)
     wc.apply()
-    return wc.finalize()
+    clustered = wc.finalize()
+    if history is not None:
+        history.append(ClusterOp(cfg.k, len(clustered)))
+    return ClusterReport(cfg.k, clustered, sum(wc.zero_slot.values()))

@@ -1,75 +1,69 @@
 """Checkpoints without pickle: ``model.safetensors`` (weights) + ``model.json``.
 
-``model.json`` holds the architecture spec (a zoo name and its kwargs), the replayable pruning
-history, and whatever the caller adds (resolved recipe, metrics). Loading builds the base model
-from the zoo, replays the history (channel removals, removed blocks), then loads the weights:
-a pruned model comes back from data alone.
+``model.json`` holds the architecture spec (where the base model comes from and its arguments), the
+replayable history (typed ops, see ``core.history``), and whatever the caller adds (resolved recipe,
+metrics). Loading builds the base model through the builder registered for the spec's ``source``,
+replays the history, then loads the weights: a pruned model comes back from data alone.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distillprune.core.history import HistoryOp, op_from_dict, replay
 from distillprune.core.io import atomic_write, write_json
-from distillprune.errors import CheckpointError
+from distillprune.core.registry import Registry
+from distillprune.errors import CheckpointError, DistillpruneError
 
 FORMAT = "distillprune/1"
+
+#: source name -> builder of the unpruned base model of a spec (the model zoo registers "zoo")
+ARCH_BUILDERS: Registry[Callable[[ArchSpec], nn.Module]] = Registry("architecture source")
 
 
 @dataclass
 class ArchSpec:
-    name: str | None  # zoo name; None for a user model (pass ``base`` when loading)
+    name: str | None  # the model's name in its source (zoo name); None for a model only the caller can build
     num_classes: int
     input_shape: list[int]
     kwargs: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[HistoryOp] = field(default_factory=list)
+    source: str = "zoo"
+
+    def base(self) -> nn.Module:
+        """The unpruned base model, built by the spec's source."""
+        if self.name is None:
+            raise CheckpointError("checkpoint holds a user model: pass the unpruned model as base")
+        return ARCH_BUILDERS.get(self.source)(self)
 
     def build(self, base: nn.Module | None = None) -> nn.Module:
-        from distillprune.models import build_model
+        return replay(base if base is not None else self.base(), self.input_shape, self.history)
 
-        if base is None:
-            if self.name is None:
-                raise CheckpointError("checkpoint holds a user model: pass the unpruned model as base")
-            base = build_model(self.name, self.num_classes, self.input_shape, **self.kwargs)
-        replay(base, self.input_shape, self.history)
-        return base
+    def record(self, *ops: HistoryOp) -> None:
+        self.history.extend(ops)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
+                "kwargs": dict(self.kwargs), "history": [op.to_dict() for op in self.history],
+                "source": self.source}
 
     @classmethod
-    def from_dict(cls, d: dict) -> ArchSpec:
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        if not isinstance(d, dict):
+            raise CheckpointError(f"bad architecture spec: expected a mapping, got {type(d).__name__}")
+        d = dict(d)
+        history = [op_from_dict(h) for h in d.pop("history", []) or []]
         try:
-            return cls(**d)
+            return cls(**d, history=history)
         except TypeError as e:
             raise CheckpointError(f"bad architecture spec: {e}") from None
-
-
-def replay(model: nn.Module, input_shape: list[int], history: list[dict]) -> None:
-    from distillprune.prune.depth import remove_block
-    from distillprune.prune.structured import replay_channels
-
-    for op in history:
-        kind = op.get("op")
-        if kind == "channels":
-            replay_channels(model, torch.zeros(1, *input_shape), op["entries"])
-        elif kind == "remove_block":
-            remove_block(model, op["path"])
-        elif kind == "lowrank":
-            from distillprune.lowrank.svd import replay_lowrank
-
-            replay_lowrank(model, op["layer"], int(op["rank"]))
-        elif kind in ("sparsity", "cluster"):
-            continue  # zeros and shared values live in the weights; nothing to rebuild
-        else:
-            raise CheckpointError(f"unknown pruning history op {kind!r}")
 
 
 def save_checkpoint(folder: str | Path, model: nn.Module, spec: ArchSpec, **meta: Any) -> Path:
@@ -80,16 +74,17 @@ def save_checkpoint(folder: str | Path, model: nn.Module, spec: ArchSpec, **meta
     return folder
 
 
-def read_meta(folder: str | Path) -> dict:
+def read_meta(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not (folder / "model.json").exists():
         raise CheckpointError(f"not a distillprune checkpoint (no model.json): {folder}")
     try:
-        meta = json.loads((folder / "model.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{folder / 'model.json'}: unreadable ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder / 'model.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{folder / 'model.json'}: format {got!r}, expected {FORMAT!r}")
     return meta
 
 
@@ -97,8 +92,11 @@ def load_checkpoint(folder: str | Path, base: nn.Module | None = None) -> tuple[
     """Rebuild the model of a checkpoint folder; returns (model, spec, meta)."""
     folder = Path(folder)
     meta = read_meta(folder)
-    spec = ArchSpec.from_dict(meta["arch"])
-    model = spec.build(base)
+    spec = ArchSpec.from_dict(meta.get("arch"))
+    try:
+        model = spec.build(base)
+    except DistillpruneError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
     try:
         state = load_file(str(folder / "model.safetensors"))
     except (OSError, SafetensorError) as e:

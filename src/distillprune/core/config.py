@@ -1,11 +1,11 @@
 """Typed configs: pydantic models that reject unknown keys with the nearest valid key."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
 
-from distillprune.core.registry import nearest
+from distillprune.core.registry import Registry, nearest
 from distillprune.errors import RecipeError
 
 
@@ -60,3 +60,12 @@ def validate(cls: type[BaseModel], data: Any, where: str = "") -> Any:
     except ValidationError as err:
         prefix = f"{where}: " if where else ""
         raise RecipeError(f"{prefix}{one_line(err)}") from None
+
+
+def registered(registry: Registry[Any]) -> Any:
+    """A ``str`` field type whose value must be a name in ``registry`` (checked when validated, so the
+    error carries the field's location and the nearest registered name)::
+
+        importance: registered(IMPORTANCE) = "l2"
+    """
+    return Annotated[str, AfterValidator(registry.check)]

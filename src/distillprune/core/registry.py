@@ -43,6 +43,26 @@ class Registry(Generic[T]):
                 f"expected one of: {', '.join(sorted(self._items))}"
             ) from None
 
+    def unregister(self, name: str) -> T:
+        """Remove a registration (for tests that register a toy method and clean up after themselves)."""
+        return self._items.pop(name)
+
+    @property
+    def version(self) -> tuple[str, ...]:
+        """Changes whenever the registered names change (for caches built from the registry)."""
+        return tuple(self._items)
+
+    def check(self, name: str) -> str:
+        """``name`` if registered, else ``ValueError`` with the nearest names (a pydantic validator reports it
+        with its location in the recipe)."""
+        if name not in self._items:
+            raise ValueError(f"unknown {self.family} '{name}'{nearest(str(name), list(self._items))}; "
+                             f"expected one of: {', '.join(sorted(self._items))}")
+        return name
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(n, self._items[n]) for n in self.names()]
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

@@ -74,10 +74,30 @@ class DataBundle:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
+    def inputs(self, split: str = "test", n: int | None = None) -> np.ndarray:
+        """The first ``n`` normalised inputs of a split as float32 numpy (for ONNX Runtime)."""
+        x = getattr(self, split).x
+        x = x if n is None else x[:n]
+        return normalize(x.cpu(), self.mean.cpu(), self.std.cpu()).numpy().astype(np.float32)
+
+    def labels(self, split: str = "test", n: int | None = None) -> np.ndarray | None:
+        y = getattr(self, split).y
+        if y is None:
+            return None
+        return (y if n is None else y[:n]).cpu().numpy()
+
     def without_labels(self) -> DataBundle:
         """The same data with training labels withheld (label-free distillation)."""
         return DataBundle(Split(self.train.x, None), self.test, self.num_classes, self.classes,
                           self.mean, self.std, self.name)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Model inputs as the trainer sees them: uint8 scaled to [0, 1], then standardised per channel (or
+    per feature for (N, D) inputs). The one owner of input normalisation."""
+    xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    shape = (1, -1, 1, 1) if xf.dim() == 4 else (1, -1)
+    return (xf - mean.to(xf.device).view(shape)) / std.to(xf.device).view(shape)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,9 +122,7 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.hflip = crop_padding, hflip
         self.seed, self.epoch, self.device = seed, 0, torch.device(device)
-        shape = (1, -1, 1, 1) if split.x.dim() == 4 else (1, -1)
-        self.mean = mean.to(self.device).view(shape)
-        self.std = std.to(self.device).view(shape)
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -131,8 +149,7 @@ class TensorLoader:
             yield x, None if self.split.y is None else self.split.y[idx]
 
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        x = (x - self.mean) / self.std
+        x = normalize(x, self.mean, self.std)
         if gen is not None and x.dim() == 4:
             if self.crop_padding:
                 x = random_crop(x, self.crop_padding, gen)

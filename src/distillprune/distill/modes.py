@@ -15,49 +15,47 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from distillprune.distill.distiller import Distiller
+from distillprune.core.checkpoint import ArchSpec, load_checkpoint
+from distillprune.distill.config import DistillConfig
+from distillprune.distill.distiller import CrossEntropy, Distiller, freeze, snapshot
+from distillprune.distill.ensemble import TeacherEnsemble
 from distillprune.distill.mutual import MutualDistiller
 
+Objective = CrossEntropy | Distiller | MutualDistiller
 
-def check_distill_config(cfg: Any) -> None:
-    """Cross-field rules of DistillConfig (raises ValueError, which pydantic reports with the location)."""
-    if cfg.teachers is not None:
-        if not cfg.teachers:
-            raise ValueError("teachers: give at least one checkpoint folder (or auto)")
-        if "teacher" in cfg.model_fields_set:
-            raise ValueError("give either teacher or teachers, not both")
-    if cfg.teacher_weights is not None:
-        n = len(cfg.teachers or [cfg.teacher])
-        if len(cfg.teacher_weights) != n:
-            raise ValueError(f"teacher_weights has {len(cfg.teacher_weights)} weights for {n} teacher(s)")
-        if any(w < 0 for w in cfg.teacher_weights) or sum(cfg.teacher_weights) <= 0:
-            raise ValueError(f"teacher_weights must be >= 0 with a positive sum, got {cfg.teacher_weights}")
-    if cfg.peer is not None and cfg.mode != "mutual":
-        raise ValueError("peer is the second network of mode: mutual")
-    if cfg.mode == "mutual":
-        if cfg.cache:
-            raise ValueError(
-                "mode: mutual trains the teacher, so its outputs cannot be cached (cache: false)"
-            )
-        if cfg.teachers is not None:
-            raise ValueError(
-                "mode: mutual trains one peer network; teachers (a frozen ensemble) is for offline mode"
-            )
+
+def resolve_teacher(cfg: DistillConfig, auto: Callable[[], nn.Module]) -> nn.Module:
+    """The frozen teacher of ``cfg``: ``auto`` (the caller's default, e.g. the dense model), a checkpoint
+    folder, or the weighted ensemble of ``teachers``."""
+    names = cfg.teachers or [cfg.teacher]
+    members = [auto() if n == "auto" else snapshot(load_checkpoint(n)[0]) for n in names]
+    if len(members) == 1 and cfg.teacher_weights is None:
+        return members[0]
+    return freeze(TeacherEnsemble(members, cfg.teacher_weights))
+
+
+def objective_for(cfg: DistillConfig | None, label_smoothing: float, teacher: Callable[[], nn.Module],
+                  peer: nn.Module | None = None) -> Objective:
+    """Cross-entropy when ``cfg`` is None, else the distillation objective of ``cfg``; ``teacher`` is called
+    only when the objective needs one."""
+    if cfg is None:
+        return CrossEntropy(label_smoothing)
+    return make_objective(cfg, teacher() if peer is None else None, peer)
 
 
 def make_objective(
-    cfg: Any, teacher: nn.Module | None, peer: nn.Module | None = None
+    cfg: DistillConfig, teacher: nn.Module | None, peer: nn.Module | None = None
 ) -> Distiller | MutualDistiller:
     """The objective of a DistillConfig, given its resolved teacher (an ensemble is one module).
 
     In mutual mode the peer is ``peer`` if given, else a trainable copy of ``teacher`` (the
     pipeline's stored teacher is never trained in place)."""
-    specs = [s.spec() for s in cfg.losses]
+    specs = cfg.loss_specs()
     if cfg.mode == "mutual":
         if peer is None and teacher is None:
             raise ValueError("mode: mutual needs a peer network or a teacher to copy")
@@ -67,7 +65,7 @@ def make_objective(
     return Distiller.from_specs(teacher, specs, cache=cfg.cache)
 
 
-def reinitialised(model: nn.Module, seed: int, spec: Any = None) -> nn.Module:
+def reinitialised(model: nn.Module, seed: int, spec: ArchSpec | None = None) -> nn.Module:
     """A fresh copy of ``model``'s architecture: rebuilt from its spec (zoo init, pruning replayed)
     when it has one, else a deep copy with every layer's ``reset_parameters``."""
     torch.manual_seed(seed)

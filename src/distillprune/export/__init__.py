@@ -1,4 +1,13 @@
-"""Export to deployment formats."""
-from distillprune.export.onnx import export_onnx, onnx_bytes, parity, session
+"""Export to deployment formats, and running what was exported."""
+from distillprune.export.onnx import (
+    compare,
+    export_onnx,
+    onnx_accuracy,
+    onnx_bytes,
+    parity,
+    run_onnx,
+    run_torch,
+    session,
+)
 
-__all__ = ["export_onnx", "onnx_bytes", "parity", "session"]
+__all__ = ["compare", "export_onnx", "onnx_accuracy", "onnx_bytes", "parity", "run_onnx", "run_torch", "session"]

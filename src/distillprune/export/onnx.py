@@ -1,4 +1,5 @@
-"""ONNX export with a dynamic batch axis and a numeric parity check against torch."""
+"""ONNX export with a dynamic batch axis, and the one owner of running ONNX files: ONNX Runtime sessions,
+batched logits, comparison with the torch model (agreement, max abs difference, accuracy)."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from distillprune.core.io import atomic_write
-from distillprune.errors import DistillpruneError
+from distillprune.errors import DistillpruneError, ExportError
 
 OPSET = 17
 
@@ -55,10 +56,49 @@ def session(path_or_bytes: str | Path | bytes, threads: int = 1):
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
+def run_onnx(path_or_bytes: str | Path | bytes, x: np.ndarray, batch: int = 256, threads: int = 1) -> np.ndarray:
+    """Logits of an ONNX model on ``x`` (normalised float32 inputs), batched, on ONNX Runtime's CPU provider."""
+    try:
+        sess = session(path_or_bytes, threads)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        raise ExportError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return np.concatenate([sess.run(None, {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
 @torch.no_grad()
-def parity(model: nn.Module, path_or_bytes: str | Path | bytes, x: torch.Tensor) -> dict[str, float]:
+def run_torch(model: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Logits of ``model`` (eval mode, CPU, fp32) on ``x``, batched."""
+    model = copy.deepcopy(model).float().cpu().eval()
+    return np.concatenate(
+        [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))).float().numpy()
+         for i in range(0, len(x), batch)])
+
+
+def compare(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None = None) -> dict[str, float | None]:
+    """Top-1 agreement of ``out`` with ``ref``, max abs logit difference, and both accuracies (%) with labels."""
+    out, ref = out.astype(np.float32), ref.astype(np.float32)
+    res: dict[str, float | None] = {
+        "agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(out - ref).max()),
+        "accuracy": None,
+        "float_accuracy": None,
+    }
+    if y is not None:
+        res["accuracy"] = float(100.0 * (out.argmax(1) == y).mean())
+        res["float_accuracy"] = float(100.0 * (ref.argmax(1) == y).mean())
+    return res
+
+
+def parity(model: nn.Module, path_or_bytes: str | Path | bytes, x: torch.Tensor | np.ndarray) -> dict[str, float]:
     """Max abs difference of logits and top-1 agreement between torch and ONNX Runtime on ``x``."""
-    ref = copy.deepcopy(model).float().cpu().eval()(x.float().cpu()).numpy()
-    out = session(path_or_bytes).run(None, {"input": x.float().cpu().numpy()})[0]
-    return {"max_abs_diff": float(np.abs(out - ref).max()),
-            "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
+    xn = x.float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float32)
+    cmp = compare(run_onnx(path_or_bytes, xn), run_torch(model, xn))
+    return {"max_abs_diff": float(cmp["max_abs_diff"] or 0.0), "top1_agreement": float(cmp["agreement"] or 0.0)}
+
+
+def onnx_accuracy(path_or_bytes: str | Path | bytes, x: np.ndarray, y: np.ndarray | None) -> float | None:
+    """Top-1 (%) of an ONNX model on normalised inputs ``x`` with labels ``y`` (None without labels)."""
+    if y is None:
+        return None
+    return float(100.0 * (run_onnx(path_or_bytes, x).argmax(1) == y).mean())

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from distillprune.core.config import StrictModel
+from distillprune.core.modules import LayerSelect
 
 
 class LowRankConfig(StrictModel):
@@ -23,8 +24,7 @@ class LowRankConfig(StrictModel):
     min_saving: float = Field(
         0.1, ge=0, lt=1, description="skip a layer whose MACs would drop by less than this"
     )
-    layers: list[str] = Field(default_factory=lambda: ["*"], description="module-name patterns to factorize")
-    ignore: list[str] = Field(default_factory=list, description="module-name patterns never factorized")
+    layers: LayerSelect = Field(default_factory=LayerSelect, description="layers to factorize (Linear, Conv2d)")
     overrides: dict[str, int | float] = Field(
         default_factory=dict,
         description="per-layer pattern: an int is a fixed rank, a float the energy/ratio",

@@ -4,24 +4,27 @@
 ``Linear(in, r) -> Linear(r, out)``; a k x k Conv2d (cout x cin·k·k) becomes a k x k conv with r
 filters followed by a 1 x 1 conv (r -> cout). sqrt(S) goes to each factor. The factorized layer
 is an ``nn.Sequential`` at the same name, so the replayable history op
-``{"op": "lowrank", "layer": name, "rank": r}`` rebuilds it. A layer is skipped, with the reason,
+``LowRankOp(layer, rank)`` rebuilds it. A layer is skipped, with the reason,
 when the rounded rank would not save at least ``min_saving`` of its MACs.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from distillprune.core.config import validate
-from distillprune.errors import CompressionError
+from distillprune.core.history import HistoryOp, history_op
+from distillprune.core.modules import first_match, get_module, set_module
+from distillprune.core.reporting import Details, details_type
+from distillprune.errors import CompressionError, DistillpruneError
 from distillprune.lowrank.config import LowRankConfig
+from distillprune.train.config import TrainSummary
 
 
 @dataclass
@@ -55,15 +58,9 @@ def _matrix(m: nn.Module) -> torch.Tensor:
     return m.weight.detach().float().flatten(1)  # (out, in·k·k)
 
 
-def _match(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _rule(name: str, cfg: LowRankConfig) -> int | float:
-    for pat, v in cfg.overrides.items():
-        if fnmatch.fnmatchcase(name, pat):
-            return v
-    return cfg.energy if cfg.rank_by == "energy" else cfg.ratio
+    v = first_match(name, cfg.overrides)
+    return v if v is not None else (cfg.energy if cfg.rank_by == "energy" else cfg.ratio)
 
 
 def choose_rank(s: torch.Tensor, rule: int | float, rank_by: str, round_to: int) -> int:
@@ -112,13 +109,7 @@ def plan(model: nn.Module, input_shape: tuple[int, ...], cfg: LowRankConfig) -> 
     """One LayerPlan per candidate layer: the rank it gets, or why it is skipped."""
     pixels = _pixels(model, input_shape)
     plans = []
-    for name, m in model.named_modules():
-        if (
-            not isinstance(m, (nn.Linear, nn.Conv2d))
-            or not _match(name, cfg.layers)
-            or _match(name, cfg.ignore)
-        ):
-            continue
+    for name, m in cfg.layers.select(model, (nn.Linear, nn.Conv2d)).items():
         kind = "linear" if isinstance(m, nn.Linear) else "conv"
         w = _matrix(m)
         p = LayerPlan(name, kind, min(w.shape))
@@ -193,40 +184,58 @@ def factorize(m: nn.Module, rank: int) -> nn.Sequential:
     return seq
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+@history_op
+@dataclass(frozen=True)
+class LowRankOp(HistoryOp):
+    """A layer factorized at ``rank`` (its two-layer structure is rebuilt; the weights are loaded after)."""
+
+    op = "lowrank"
+    layer: str
+    rank: int
+
+    def replay(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        try:
+            m = get_module(model, self.layer)
+        except DistillpruneError:
+            raise CompressionError(f"lowrank history: no layer '{self.layer}' in {type(model).__name__}") from None
+        set_module(model, self.layer, skeleton(m, self.rank))
 
 
-def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> list[dict]:
+@details_type
+@dataclass
+class LowRankReport(Details):
+    """The layers factorized (rank, kept energy, MACs before and after) and those skipped, with why."""
+
+    kind = "lowrank"
+    factorized: list[LayerPlan] = field(default_factory=list)
+    skipped: list[LayerPlan] = field(default_factory=list)
+    training: TrainSummary | None = None
+
+    @property
+    def layer_macs_saved(self) -> int:
+        return int(sum(p.macs - (p.macs_after or p.macs) for p in self.factorized))
+
+
+def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> list[LowRankOp]:
     """Factorize the planned layers in place; returns the history ops."""
     ops = []
     for p in plans:
         if p.skipped or p.rank is None:
             continue
-        _set(model, p.name, factorize(model.get_submodule(p.name), p.rank))
-        ops.append({"op": "lowrank", "layer": p.name, "rank": p.rank})
+        set_module(model, p.name, factorize(get_module(model, p.name), p.rank))
+        ops.append(LowRankOp(p.name, p.rank))
     return ops
-
-
-def replay_lowrank(model: nn.Module, layer: str, rank: int) -> None:
-    """Rebuild a factorized layer's structure (the checkpoint's weights are loaded afterwards)."""
-    try:
-        m = model.get_submodule(layer)
-    except AttributeError:
-        raise CompressionError(f"lowrank history: no layer '{layer}' in {type(model).__name__}") from None
-    _set(model, layer, skeleton(m, rank))
 
 
 def lowrank_(
     model: nn.Module,
     input_shape: tuple[int, ...],
     cfg: LowRankConfig | dict | None = None,
-    history: list[dict] | None = None,
-) -> list[LayerPlan]:
+    history: list[HistoryOp] | None = None,
+) -> LowRankReport:
     """Plan and factorize ``model`` in place; appends the ops to ``history`` (an ArchSpec's) if given."""
     cfg = cfg if isinstance(cfg, LowRankConfig) else validate(LowRankConfig, cfg or {}, where="LowRankConfig")
-    explicit = [p for p in cfg.layers if "*" not in p and "?" not in p and "[" not in p]
+    explicit = [p for p in cfg.layers.include if "*" not in p and "?" not in p and "[" not in p]
     mods = dict(model.named_modules())
     for name in explicit:
         if name not in mods:
@@ -240,4 +249,4 @@ def lowrank_(
     ops = apply_plan(model, plans)
     if history is not None:
         history.extend(ops)
-    return plans
+    return LowRankReport([p for p in plans if not p.skipped], [p for p in plans if p.skipped])

@@ -77,14 +77,14 @@ def bench_onnx(
 ) -> list[OnnxBench]:
     import onnx
 
-    from distillprune.quant.base import normalised, run_onnx
+    from distillprune.export.onnx import onnx_accuracy
 
     cfg = cfg or LatencyConfig()
     out = []
     x = y = None
     if data is not None and data.test.y is not None:
         n = len(data.test) if limit is None else min(limit, len(data.test))
-        x, y = normalised(data.test.x[:n], data.mean, data.std), data.test.y[:n].numpy()
+        x, y = data.inputs("test", n), data.labels("test", n)
     for p in map(Path, paths):
         if not p.is_file():
             raise DistillpruneError(f"ONNX file not found: {p}")
@@ -107,7 +107,7 @@ def bench_onnx(
             out.append(row)
             continue
         if x is not None:
-            row.accuracy = float(100.0 * (run_onnx(p, x).argmax(1) == y).mean())
+            row.accuracy = onnx_accuracy(p, x, y)
             row.samples = len(x)
         if row.kind in ("fp16", "bf16"):
             row.note = "half precision targets GPUs; ORT CPU has no fast fp16 kernels"

@@ -9,19 +9,17 @@ from rich.console import Console
 from torch import nn
 
 from distillprune.core.checkpoint import ArchSpec
+from distillprune.core.reporting import Deployed
 from distillprune.data.base import DataBundle
 from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
 from distillprune.measure.metrics import measure_model
-from distillprune.pipeline.compression_stages import apply_deployed
-from distillprune.pipeline.stages import RUNNERS, new_model
 from distillprune.pipeline.state import RunState, probe_shapes, restore
+from distillprune.recipes.registry import STAGES
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
 from distillprune.train.logging import RunLogger
 from distillprune.train.trainer import evaluate
-
-MEASURED = {"train", "distill", "prune", "finetune", "evaluate", "quantize", "lowrank", "cluster"}
 
 
 def prepare_run_dir(run_dir: str | Path | None, resume: bool) -> Path | None:
@@ -61,7 +59,7 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     if model is not None:
         state.model = model
     else:
-        state.model, state.spec = new_model(recipe.model, state)
+        state.model, state.spec = state.new_model(recipe.model)
     probe_shapes(state.model, data, recipe.model.name if model is None else type(model).__name__)
     done = restore(state) if (resume and run_path) else 0
     try:
@@ -69,11 +67,13 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
             if index <= done:
                 continue
             t0 = time.perf_counter()
-            details = RUNNERS.get(stage.type)(stage, state, index)
-            result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=details)
-            if stage.type in MEASURED:
+            definition = STAGES.get(stage.type)
+            outcome = definition.run(stage, state, index)
+            result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
+            if definition.measured:
                 _measure(state, result)
-                apply_deployed(result)  # quantize/cluster rows measure the shipped file
+                if outcome.deployed is not None:
+                    _stand_for(result, outcome.deployed)  # quantize/cluster rows measure the shipped file
             result.seconds = round(time.perf_counter() - t0, 2)
             state.report.add(result)
             state.complete(index, stage.type)
@@ -96,3 +96,17 @@ def _measure(state: RunState, result: StageResult) -> None:
     result.params, result.nonzero_params, result.macs = stats.params, stats.nonzero_params, stats.macs
     result.onnx_bytes = stats.onnx_bytes
     result.latency_ms = {k: round(v, 4) for k, v in stats.latency_ms.items()}
+
+
+def _stand_for(result: StageResult, dep: Deployed) -> None:
+    """Let the stage's deployed artefact stand for the stage in its report row; the float model's numbers
+    are kept in ``result.float_model``."""
+    result.float_model = {"accuracy": result.accuracy, "onnx_bytes": result.onnx_bytes,
+                          "latency_ms": dict(result.latency_ms)}
+    result.artefact = dep.artefact
+    if dep.bytes is not None:
+        result.onnx_bytes = dep.bytes
+    if dep.latency_ms is not None:
+        result.latency_ms = dep.latency_ms
+    if dep.accuracy is not None:
+        result.accuracy = round(dep.accuracy, 2)

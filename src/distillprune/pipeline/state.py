@@ -1,10 +1,13 @@
-"""What flows between stages: the current model with its spec, the dense teacher, data, report."""
+"""What flows between stages: the current model with its spec, the dense teacher, data, report; and the
+small services stage adapters share (training with per-epoch checkpoints, teachers, new models)."""
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,10 +15,19 @@ from torch import nn
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.io import write_json
 from distillprune.data.base import DataBundle
+from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
-from distillprune.recipes.schema import Recipe
+from distillprune.distill.modes import Objective, objective_for, resolve_teacher
+from distillprune.errors import CheckpointError, DataError, RecipeError
+from distillprune.models.config import ModelConfig
+from distillprune.models.zoo import build_model
 from distillprune.report.report import CompressionReport
+from distillprune.train.config import TrainingOptions
 from distillprune.train.logging import RunLogger
+from distillprune.train.trainer import FitSettings, fit, resolve_device
+
+if TYPE_CHECKING:
+    from distillprune.recipes.schema import Recipe
 
 
 @dataclass
@@ -31,9 +43,21 @@ class RunState:
     teacher: nn.Module | None = None
     teacher_spec: ArchSpec | None = None
 
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.recipe.runtime)
+
     def stage_dir(self, index: int, kind: str) -> Path | None:
         return self.run_dir / "stages" / f"{index:02d}_{kind}" if self.run_dir else None
 
+    def output_path(self, name: str, where: str) -> Path | None:
+        """``run_dir / name`` for a file a recipe names (None without a run folder); a name that would leave
+        the run folder is an error (``where`` names the recipe key)."""
+        if self.run_dir is None:
+            return None
+        return confined(self.run_dir, name, where)
+
+    # -- teachers and objectives -------------------------------------------------------------------------
     def set_teacher(self, model: nn.Module, spec: ArchSpec) -> None:
         self.teacher, self.teacher_spec = snapshot(model), copy.deepcopy(spec)
         if self.run_dir:
@@ -46,14 +70,72 @@ class RunState:
         assert self.teacher is not None
         return self.teacher
 
+    def resolve_teacher(self, cfg: DistillConfig) -> nn.Module:
+        return resolve_teacher(cfg, self.ensure_teacher)
+
+    def peer(self, cfg: DistillConfig) -> nn.Module | None:
+        """Mutual mode's second network when the recipe names one (else the objective copies the teacher)."""
+        if cfg.mode != "mutual" or cfg.peer is None:
+            return None
+        if cfg.peer.checkpoint:
+            return load_checkpoint(cfg.peer.checkpoint)[0]
+        torch.manual_seed(self.recipe.seed + 7919)  # not the student's seed: identical twins stay identical
+        d = self.data
+        return build_model(cfg.peer.name, d.num_classes, d.input_shape, **cfg.peer.kwargs)
+
+    def objective(self, cfg: DistillConfig | None, label_smoothing: float,
+                  teacher: nn.Module | None = None) -> Objective:
+        """The training objective of a stage's ``distill`` block (cross-entropy when it is null)."""
+        peer = self.peer(cfg) if cfg is not None else None
+        return objective_for(cfg, label_smoothing, (lambda: teacher) if teacher is not None
+                             else (lambda: self.resolve_teacher(cfg)), peer)  # type: ignore[arg-type]
+
+    # -- training ----------------------------------------------------------------------------------------
+    def fit(self, opts: TrainingOptions, epochs: int, objective: nn.Module, index: int, tag: str,
+            sub: str = "train", on_step: Callable[[nn.Module], None] | None = None) -> list[dict]:
+        """Train the current model with the recipe's data and runtime; checkpoints every epoch under the
+        stage's folder, so ``--resume`` continues inside a stage."""
+        r, d = self.recipe, self.recipe.data
+        ckpt = self.stage_dir(index, tag)
+        return fit(self.model, self.data, FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip),
+                   objective, runtime=r.runtime, seed=r.seed + index, batch_size=d.batch_size,
+                   crop_padding=d.augment.crop_padding, hflip=d.augment.hflip,
+                   ckpt_dir=ckpt / sub if ckpt else None, resume=self.resume, logger=self.logger,
+                   on_step=on_step, desc=f"{index}:{tag}" + (f"/{sub}" if sub != "train" else ""))
+
+    def steps_per_epoch(self) -> int:
+        n, bs = len(self.data.train), self.recipe.data.batch_size
+        return n // bs if n > bs else 1
+
+    # -- models ------------------------------------------------------------------------------------------
+    def new_model(self, cfg: ModelConfig) -> tuple[nn.Module, ArchSpec]:
+        if cfg.checkpoint:
+            model, spec, _ = load_checkpoint(cfg.checkpoint)
+            return model, spec
+        d = self.data
+        torch.manual_seed(self.recipe.seed)
+        model = build_model(cfg.name, d.num_classes, d.input_shape, **cfg.kwargs)
+        return model, ArchSpec(cfg.name, d.num_classes, list(d.input_shape), dict(cfg.kwargs))
+
     def complete(self, index: int, kind: str) -> None:
         """Persist the model after a finished stage and the report so far (the resume point)."""
         if not self.run_dir:
             return
-        save_checkpoint(self.stage_dir(index, kind), self.model, self.spec,
+        save_checkpoint(self.stage_dir(index, kind), self.model, self.spec,  # type: ignore[arg-type]
                         recipe=self.recipe.model_dump(mode="json"), stage=index)
         self.report.save(self.run_dir)
         write_json(self.run_dir / "state.json", {"completed": index, "kind": kind})
+
+
+def confined(root: Path, name: str, where: str) -> Path:
+    """``root / name``, refusing absolute paths and paths that leave ``root`` (``..``, symlinks)."""
+    p = Path(name)
+    if not name or p.is_absolute() or ".." in p.parts:
+        raise RecipeError(f"{where}: {name!r} must be a relative path inside the run folder")
+    out = root / p
+    if not out.resolve().is_relative_to(root.resolve()):
+        raise RecipeError(f"{where}: {name!r} resolves outside the run folder")
+    return out
 
 
 def restore(state: RunState) -> int:
@@ -62,19 +144,22 @@ def restore(state: RunState) -> int:
     f = state.run_dir / "state.json"
     if not f.exists():
         return 0
-    done = json.loads(f.read_text())
-    state.model, state.spec, _ = load_checkpoint(state.stage_dir(done["completed"], done["kind"]))
+    try:
+        done = json.loads(f.read_text(encoding="utf-8"))
+        completed, kind = int(done["completed"]), str(done["kind"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f}: corrupt run state ({e}); delete the run folder or choose another --out") \
+            from None
+    state.model, state.spec, _ = load_checkpoint(state.stage_dir(completed, kind))  # type: ignore[arg-type]
     state.report = CompressionReport.load(state.run_dir)
     if (state.run_dir / "teacher" / "model.json").exists():
         t, state.teacher_spec, _ = load_checkpoint(state.run_dir / "teacher")
         state.teacher = snapshot(t)
-    return int(done["completed"])
+    return completed
 
 
 def probe_shapes(model: nn.Module, data: DataBundle, name: str) -> None:
     """Fail early, in one line, when the data's inputs or classes do not fit the model."""
-    from distillprune.errors import DataError
-
     x = data.train.x[:2].float()
     try:
         with torch.no_grad():

@@ -1,11 +1,20 @@
-"""Pruning options of a recipe (the ``prune`` stage and ``distillprune.prune_``)."""
+"""Pruning options: the ``prune`` stage of a recipe and ``distillprune.prune_`` take the same PruneConfig."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from distillprune.core.config import StrictModel
+from distillprune.core.config import StrictModel, registered
+from distillprune.core.modules import LayerSelect
+from distillprune.distill.config import DistillConfig
+from distillprune.prune.importance import IMPORTANCE
+from distillprune.train.config import TrainingOptions
+
+if TYPE_CHECKING:
+    ImportanceName = str
+else:
+    ImportanceName = registered(IMPORTANCE)
 
 
 class WidthConfig(StrictModel):
@@ -13,22 +22,14 @@ class WidthConfig(StrictModel):
 
     ratio: float | None = Field(None, gt=0, lt=1, description="share of channels removed from each prunable "
                                                             "group (searched when the stage has a target)")
-    importance: str = Field("l2", description="l1 | l2 | taylor | bn_scale")
+    importance: ImportanceName = Field("l2", description="l1 | l2 | taylor | bn_scale")
     global_pruning: bool = Field(False, description="rank all groups together instead of a uniform ratio")
     round_to: int | None = Field(8, gt=0, description="round kept channels to the nearest multiple, at least one "
                                                             "(hardware-friendly)")
-    ignore: list[str] = Field(default_factory=list, description="module names/patterns never pruned; "
-                                                                 "the classifier is always kept")
+    layers: LayerSelect = Field(default_factory=LayerSelect,
+                                description="layers that may lose channels (the classifier is always kept)")
     max_ratio: float = Field(0.9, gt=0, le=1, description="never remove more than this share of a layer")
     taylor_batches: int = Field(4, gt=0, description="batches of gradients for taylor importance")
-
-    @field_validator("importance")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from distillprune.prune.importance import IMPORTANCE
-
-        IMPORTANCE.get(v)
-        return v
 
 
 class DepthConfig(StrictModel):
@@ -44,20 +45,54 @@ class UnstructuredConfig(StrictModel):
     sparsity: float = Field(..., gt=0, lt=1)
     scope: Literal["global", "layer"] = "global"
     schedule: Literal["cubic", "oneshot"] = "cubic"
+    layers: LayerSelect = Field(default_factory=LayerSelect, description="layers to sparsify")
 
 
-class PruneConfig(StrictModel):
+class TargetConfig(StrictModel):
+    """What pruning must reach; the width ratio (and optionally depth) is searched."""
+
+    macs_ratio: float | None = Field(None, gt=1, description="dense MACs / pruned MACs")
+    latency_speedup: float | None = Field(None, gt=1, description="measured ORT CPU speedup at batch_size")
+    batch_size: int = Field(1, gt=0, description="batch size of the latency target")
+    depth_fractions: list[float] = Field(default_factory=lambda: [0.0],
+                                         description="shares of removable blocks to try removing")
+    max_width_ratio: float = Field(0.75, gt=0, lt=1, description="upper end of the width-ratio search")
+
+    @model_validator(mode="after")
+    def _one(self) -> TargetConfig:
+        if (self.macs_ratio is None) == (self.latency_speedup is None):
+            raise ValueError("target needs exactly one of macs_ratio, latency_speedup")
+        if any(not 0 <= f < 1 for f in self.depth_fractions):
+            raise ValueError("target.depth_fractions must be in [0, 1)")
+        return self
+
+
+class PruneConfig(TrainingOptions):
+    """Prune while distilling: ``steps`` times, prune a little then train ``epochs_per_step`` with KD from the
+    dense teacher. ``target`` searches the width ratio (and depth) that reaches a MACs ratio or a measured
+    speedup. The training options (optimizer, schedule...) apply to the epochs between steps."""
+
     width: WidthConfig | None = None
     depth: DepthConfig | None = None
     unstructured: UnstructuredConfig | None = None
+    target: TargetConfig | None = Field(None, description="search width ratio (and depth) to reach a MACs "
+                                                          "ratio or a measured ORT speedup")
+    steps: int = Field(1, ge=1)
+    epochs_per_step: int = Field(0, ge=0)
+    distill: DistillConfig | None = Field(default_factory=DistillConfig,
+                                          description="KD between steps (null: cross-entropy)")
 
     @model_validator(mode="after")
     def _something(self) -> PruneConfig:
         if not (self.width or self.depth or self.unstructured):
             raise ValueError("prune needs at least one of width, depth, unstructured")
-        if self.width and self.width.ratio is None:
-            raise ValueError("width.ratio is required (no target to search it from)")
         if self.unstructured and (self.width or self.depth):
-            raise ValueError("unstructured pruning goes in its own prune stage (after width/depth), "
-                             "because masks do not survive channel removal")
+            raise ValueError("put unstructured pruning in its own prune stage: masks do not survive channel removal")
+        if self.target is not None:
+            if self.width is None:
+                raise ValueError("target needs a width block (importance, round_to); its ratio is searched")
+            if self.depth is not None:
+                raise ValueError("with a target, depth is searched: use target.depth_fractions instead of depth")
+        elif self.width is not None and self.width.ratio is None:
+            raise ValueError("width.ratio is required unless the stage has a target")
         return self

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from distillprune.core.modules import set_module
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
 
@@ -27,18 +28,13 @@ def removable_blocks(model: nn.Module) -> list[str]:
     return out
 
 
-def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, new)
-
-
-def remove_block(model: nn.Module, path: str) -> None:
+def remove_block(model: nn.Module, path: str) -> nn.Module:
+    """Replace the block at ``path`` by the identity; returns the block."""
     try:
         model.get_submodule(path)  # a path that is not there must not silently add a module
     except AttributeError:
         raise DistillpruneError(f"no block '{path}' in {type(model).__name__} to remove") from None
-    set_module(model, path, nn.Identity())
+    return set_module(model, path, nn.Identity())
 
 
 @torch.no_grad()

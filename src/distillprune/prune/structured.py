@@ -6,7 +6,6 @@ replay on a freshly built model (``replay_channels``) to rebuild a pruned checkp
 """
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -14,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from distillprune.core.modules import LayerSelect
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.importance import IMPORTANCE
@@ -26,12 +26,10 @@ def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
         and m is list(model.modules())[-1]]
 
 
-def ignored(model: nn.Module, patterns: Sequence[str], num_classes: int) -> list[nn.Module]:
-    out = classifier_layers(model, num_classes)
-    for name, m in model.named_modules():
-        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            out.append(m)
-    return out
+def ignored(model: nn.Module, layers: LayerSelect, num_classes: int) -> list[nn.Module]:
+    """Torch-Pruning's ``ignored_layers``: the classifier and every leaf the selection leaves out."""
+    layers.check(model, "width.layers")
+    return classifier_layers(model, num_classes) + layers.excluded(model)
 
 
 @contextmanager
@@ -75,7 +73,7 @@ def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_
         return NearestRoundPruner(
             model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=cfg.ratio,
             global_pruning=cfg.global_pruning, round_to=cfg.round_to, max_pruning_ratio=cfg.max_ratio,
-            iterative_steps=steps, ignored_layers=ignored(model, cfg.ignore, num_classes),
+            iterative_steps=steps, ignored_layers=ignored(model, cfg.layers, num_classes),
         )
 
 

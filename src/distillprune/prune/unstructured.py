@@ -10,20 +10,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distillprune.core.modules import LayerSelect
+
 
 def cubic_sparsity(step: int, steps: int, final: float) -> float:
     t = min(max(step, 0), steps) / max(steps, 1)
     return final * (1.0 - (1.0 - t) ** 3)
 
 
-def prunable_weights(model: nn.Module, skip: list[nn.Module]) -> dict[str, nn.Parameter]:
-    return {f"{name}.weight": m.weight for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(m is s for s in skip)}
+def prunable_weights(model: nn.Module, skip: list[nn.Module],
+                     layers: LayerSelect | None = None) -> dict[str, nn.Parameter]:
+    chosen = (layers or LayerSelect()).select(model, (nn.Conv2d, nn.Linear))
+    return {f"{name}.weight": m.weight for name, m in chosen.items() if not any(m is s for s in skip)}
 
 
 class MagnitudeMasks:
-    def __init__(self, model: nn.Module, scope: str = "global", skip: list[nn.Module] | None = None):
-        self.weights = prunable_weights(model, skip or [])
+    def __init__(self, model: nn.Module, scope: str = "global", skip: list[nn.Module] | None = None,
+                 layers: LayerSelect | None = None):
+        self.weights = prunable_weights(model, skip or [], layers)
         self.scope = scope
         self.masks: dict[str, torch.Tensor] = {}
 

@@ -7,12 +7,13 @@ One entry point, ``quantize(model, data, config)``, dispatched by ``config.metho
 from distillprune.quant import half, ort_dynamic, ort_static, qat  # noqa: F401  (registration)
 from distillprune.quant.api import default_filename, make_job, quantize
 from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult
-from distillprune.quant.config import CalibrationConfig, QuantConfig
+from distillprune.quant.config import CalibrationConfig, QATOptions, QuantConfig
 from distillprune.quant.ort_static import StaticInt8
 
 __all__ = [
     "QUANTIZERS",
     "CalibrationConfig",
+    "QATOptions",
     "QuantConfig",
     "QuantJob",
     "QuantResult",

@@ -14,9 +14,10 @@ from torch import nn
 from distillprune.core.config import validate
 from distillprune.data.base import DataBundle
 from distillprune.errors import QuantizationError
-from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult, normalised
+from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult
 from distillprune.quant.calibration import bundle_batches, tensor_batches
-from distillprune.quant.config import QuantConfig
+from distillprune.quant.config import QATOptions, QuantConfig
+from distillprune.train.config import RuntimeConfig
 
 SUFFIX = {"static": "int8", "dynamic": "int8-dynamic", "qat": "int8-qat", "fp16": "fp16", "bf16": "bf16"}
 
@@ -36,7 +37,7 @@ def make_job(
     input_shape: tuple[int, ...] | None = None,
     teacher: nn.Module | None = None,
     train: Callable[..., list[dict]] | None = None,
-    qat: Any = None,
+    qat: QATOptions | None = None,
     train_steps: int = 0,
 ) -> QuantJob:
     """Calibration from ``calibration`` (normalised batches) or else the training split of ``data``;
@@ -49,8 +50,7 @@ def make_job(
         raise QuantizationError("quantize needs data (a DataBundle) or calibration batches")
     if data is not None:
         n = min(cfg.parity_samples, len(data.test))
-        test_x = normalised(data.test.x[:n], data.mean, data.std)
-        test_y = None if data.test.y is None else data.test.y[:n].numpy()
+        test_x, test_y = data.inputs("test", n), data.labels("test", n)
         shape = tuple(data.input_shape)
     else:
         xs = list(batches())
@@ -76,8 +76,8 @@ def quantize(
     *,
     calibration: Iterable[torch.Tensor | np.ndarray] | None = None,
     teacher: nn.Module | None = None,
-    qat: Any = None,
-    runtime: Any = None,
+    qat: QATOptions | dict[str, Any] | None = None,
+    runtime: RuntimeConfig | None = None,
     batch_size: int = 64,
     seed: int = 0,
 ) -> QuantResult:
@@ -118,24 +118,19 @@ def quantize(
 def _qat_trainer(
     model: nn.Module,
     data: DataBundle,
-    qat: Any,
+    qat: QATOptions | dict[str, Any] | None,
     teacher: nn.Module | None,
-    runtime: Any,
+    runtime: RuntimeConfig | None,
     batch_size: int,
     seed: int,
-):
-    from distillprune.distill.distiller import CrossEntropy, Distiller, snapshot
-    from distillprune.recipes.schema import QATOptions
-    from distillprune.train.config import RuntimeConfig
+) -> tuple[Callable[..., list[dict]], int, QATOptions]:
+    from distillprune.distill.distiller import snapshot
+    from distillprune.distill.modes import objective_for
     from distillprune.train.trainer import FitSettings, fit
 
     opts = qat if isinstance(qat, QATOptions) else validate(QATOptions, qat or {}, where="qat options")
-    teacher = teacher if teacher is not None else snapshot(model)
-    objective = (
-        Distiller.from_specs(teacher, [s.spec() for s in opts.distill.losses])
-        if opts.distill
-        else CrossEntropy(opts.label_smoothing)
-    )
+    frozen = teacher if teacher is not None else snapshot(model)
+    objective = objective_for(opts.distill, opts.label_smoothing, lambda: frozen)
     runtime = runtime or RuntimeConfig(progress=False, tensorboard=False, device="cpu")
 
     def train(m: nn.Module, on_step) -> list[dict]:

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from distillprune.core.registry import Registry
-from distillprune.errors import QuantizationError
-from distillprune.quant.config import QuantConfig
+from distillprune.core.modules import LayerSelect, matches
+from distillprune.core.reporting import Details, details_type
+from distillprune.errors import ExportError, QuantizationError
+from distillprune.export.onnx import compare, export_onnx, run_torch
+from distillprune.export.onnx import run_onnx as _run_onnx
+from distillprune.quant.config import QATOptions, QuantConfig
+from distillprune.quant.registry import QUANTIZERS
 
 Batches = Callable[[], Iterable[np.ndarray]]
+__all__ = ["QUANTIZERS", "Batches", "QuantJob", "QuantResult", "check_agreement", "compare", "excluded_nodes",
+           "export_float", "op_counts", "preprocess", "run_onnx", "run_torch"]
 
 
 @dataclass
@@ -36,13 +41,15 @@ class QuantJob:
     test_x: np.ndarray  # normalised inputs for the parity check
     test_y: np.ndarray | None = None  # labels, for accuracy
     teacher: nn.Module | None = None  # QAT: distil from this model
-    train: Callable[..., list[dict]] | None = None  # QAT: train(model, objective, on_step) -> history
-    qat: Any = None  # QAT: the stage's QATOptions (epochs, optimizer, observer_fraction...)
+    train: Callable[[nn.Module, Callable[[nn.Module], None]], list[dict]] | None = None  # QAT: train(model, on_step)
+    qat: QATOptions | None = None  # QAT: epochs, optimizer, observer_fraction...
     train_steps: int = 0  # QAT: optimizer steps ``train`` will take (for the observer schedule)
 
 
+@details_type
 @dataclass
-class QuantResult:
+class QuantResult(Details):
+    kind = "quantize"
     method: str
     path: str
     bytes: int
@@ -61,9 +68,6 @@ class QuantResult:
         return cls(method, str(out), out.stat().st_size, float_file.stat().st_size, cmp["agreement"],
                    cmp["max_abs_diff"], cmp["accuracy"], cmp["float_accuracy"], reference, details or {})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def render(self) -> str:
         acc = (
             ""
@@ -78,20 +82,10 @@ class QuantResult:
 
 
 Quantizer = Callable[[QuantJob], QuantResult]
-QUANTIZERS: Registry[Quantizer] = Registry("quantization method")
-
-
-def quantizable_ops() -> list[str]:
-    """ONNX op types ONNX Runtime's QDQ quantizer knows."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
 def export_float(model: nn.Module, input_shape: Sequence[int], path: Path) -> Path:
     """Float ONNX (BatchNorm folded into convolutions by the exporter)."""
-    from distillprune.export.onnx import export_onnx
-
     return export_onnx(model, input_shape, path)
 
 
@@ -121,58 +115,39 @@ def module_path(node_name: str) -> str:
     return path
 
 
-def excluded_nodes(onnx_path: Path, patterns: Sequence[str]) -> list[str]:
-    """ONNX node names matching ``patterns`` (by node name or by the torch module that made them)."""
-    if not patterns:
+def excluded_nodes(onnx_path: Path, layers: LayerSelect) -> list[str]:
+    """ONNX node names the selection leaves in float: a node is selected when its name or the torch module
+    that made it is selected (patterns of ``layers.include`` / ``layers.exclude``)."""
+    if layers.include == ["*"] and not layers.exclude:
         return []
     import onnx
 
     names = [n.name for n in onnx.load(str(onnx_path)).graph.node]
-    out, unmatched = [], []
-    for pat in patterns:
-        hit = [n for n in names if fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(module_path(n), pat)]
-        (out.extend(hit) if hit else unmatched.append(pat))
+    unmatched = [p for p in layers.include + layers.exclude
+                 if p != "*" and not any(fnmatch.fnmatchcase(n, p) or matches(module_path(n), [p]) for n in names)]
     if unmatched:
         mods = sorted({module_path(n) for n in names} - {""})
         raise QuantizationError(
-            f"exclude: {', '.join(map(repr, unmatched))} match no layer; "
+            f"layers: {', '.join(map(repr, unmatched))} match no layer; "
             f"layers: {', '.join(mods[:12])}{' ...' if len(mods) > 12 else ''}"
         )
-    return sorted(set(out))
+
+    def hit(n: str, patterns: list[str]) -> bool:
+        mp = module_path(n)
+        return any(fnmatch.fnmatchcase(n, p) for p in patterns) or bool(mp and matches(mp, patterns))
+
+    def kept(n: str) -> bool:
+        return hit(n, layers.include) and not hit(n, layers.exclude)
+
+    return sorted(n for n in names if not kept(n))
 
 
 def run_onnx(path_or_bytes: str | Path | bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Logits of an ONNX file on ``x`` (float32 NCHW/ND), batched, on ONNX Runtime's CPU provider."""
-    from distillprune.export.onnx import session
-
+    """Logits of an ONNX file (QuantizationError when ONNX Runtime cannot load it)."""
     try:
-        sess = session(path_or_bytes)
-    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise QuantizationError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
-    return np.concatenate([sess.run(None, {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
-
-
-@torch.no_grad()
-def run_torch(model: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    model = model.eval().cpu()
-    return np.concatenate(
-        [model(torch.from_numpy(x[i : i + batch])).float().numpy() for i in range(0, len(x), batch)]
-    )
-
-
-def compare(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None) -> dict[str, float | None]:
-    """Agreement (share of equal top-1), max abs logit difference, and accuracies (%) when labels exist."""
-    out, ref = out.astype(np.float32), ref.astype(np.float32)
-    res: dict[str, float | None] = {
-        "agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
-        "max_abs_diff": float(np.abs(out - ref).max()),
-        "accuracy": None,
-        "float_accuracy": None,
-    }
-    if y is not None:
-        res["accuracy"] = float(100.0 * (out.argmax(1) == y).mean())
-        res["float_accuracy"] = float(100.0 * (ref.argmax(1) == y).mean())
-    return res
+        return _run_onnx(path_or_bytes, x, batch)
+    except ExportError as e:
+        raise QuantizationError(str(e)) from None
 
 
 def check_agreement(res: QuantResult, cfg: QuantConfig, hint: str) -> None:
@@ -191,10 +166,3 @@ def op_counts(path: Path) -> dict[str, int]:
     for n in onnx.load(str(path)).graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
-    """Model inputs as the trainer sees them: uint8 scaled to [0, 1], then per-channel standardised."""
-    xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    shape = (1, -1, 1, 1) if xf.dim() == 4 else (1, -1)
-    return ((xf - mean.view(shape)) / std.view(shape)).numpy().astype(np.float32)

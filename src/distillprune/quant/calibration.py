@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from onnxruntime.quantization import CalibrationDataReader
 
-from distillprune.data.base import DataBundle
+from distillprune.data.base import DataBundle, normalize
 from distillprune.errors import QuantizationError
-from distillprune.quant.base import Batches, normalised
+from distillprune.quant.base import Batches
 from distillprune.quant.config import CalibrationConfig
 
 
@@ -18,7 +18,7 @@ def bundle_batches(data: DataBundle, cfg: CalibrationConfig) -> Batches:
     """``cfg.samples`` training inputs (a seeded random subset), normalised, in ``cfg.batch_size`` batches."""
     n = min(cfg.samples, len(data.train))
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
-    x = normalised(data.train.x[order], data.mean, data.std)
+    x = normalize(data.train.x[order].cpu(), data.mean.cpu(), data.std.cpu()).numpy().astype(np.float32)
 
     def batches() -> Iterator[np.ndarray]:
         for i in range(0, len(x), cfg.batch_size):

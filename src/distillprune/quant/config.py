@@ -8,12 +8,28 @@ calibrated), ``dynamic`` (int8 weights, activations quantized at run time), ``qa
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
-from distillprune.core.config import StrictModel
+from distillprune.core.config import StrictModel, registered
+from distillprune.core.modules import LayerSelect
 from distillprune.core.registry import nearest
+from distillprune.distill.config import DistillConfig
+from distillprune.quant.registry import QUANTIZERS
+from distillprune.train.config import TrainingOptions
+
+if TYPE_CHECKING:
+    QuantizerName = str
+else:
+    QuantizerName = registered(QUANTIZERS)
+
+
+def quantizable_ops() -> list[str]:
+    """ONNX op types ONNX Runtime's QDQ quantizer knows."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
 class CalibrationConfig(StrictModel):
@@ -29,7 +45,7 @@ class CalibrationConfig(StrictModel):
 
 
 class QuantConfig(StrictModel):
-    method: str = Field("static", description="static | dynamic | qat | fp16 | bf16")
+    method: QuantizerName = Field("static", description="static | dynamic | qat | fp16 | bf16")
     calibration: CalibrationConfig = CalibrationConfig()
     per_channel: bool = Field(True, description="one weight scale per output channel")
     activation_type: Literal["uint8", "int8"] = Field(
@@ -37,27 +53,18 @@ class QuantConfig(StrictModel):
     )
     weight_type: Literal["int8", "uint8"] = "int8"
     op_types: list[str] | None = Field(None, description="ONNX op types to quantize (default: all supported)")
-    exclude: list[str] = Field(
-        default_factory=list, description="torch module names or ONNX node names (patterns) kept in float"
+    layers: LayerSelect = Field(
+        default_factory=LayerSelect,
+        description="layers to quantize, by torch module name or ONNX node name patterns; the rest stay float",
     )
     min_agreement: float = Field(0.9, ge=0, le=1, description="required top-1 agreement with the float model")
     parity_samples: int = Field(512, gt=0, description="test samples for the parity check")
-
-    @field_validator("method")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from distillprune.quant import QUANTIZERS
-
-        QUANTIZERS.get(v)
-        return v
 
     @field_validator("op_types")
     @classmethod
     def _ops(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             return v
-        from distillprune.quant.base import quantizable_ops
-
         ok = quantizable_ops()
         for op in v:
             if op not in ok:
@@ -66,3 +73,12 @@ class QuantConfig(StrictModel):
                     f"supported: {', '.join(ok)}"
                 )
         return v
+
+
+class QATOptions(TrainingOptions):
+    """Quantization-aware training (``method: qat``): KD from the teacher, fake-quant weights/activations."""
+
+    epochs: int = Field(1, ge=1)
+    distill: DistillConfig | None = Field(default_factory=DistillConfig)
+    observer_fraction: float = Field(0.5, ge=0, le=1, description="share of the steps during which activation "
+                                                                  "ranges still follow the data; frozen after")

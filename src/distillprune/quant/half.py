@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillprune.errors import QuantizationError
+from distillprune.errors import ExportError, QuantizationError
 from distillprune.quant.base import (
     QUANTIZERS,
     QuantJob,
@@ -96,11 +96,11 @@ def half_onnx(src, dst, kind: str = "fp16"):
 
 def run_any(path, x: np.ndarray, limit: int) -> tuple[np.ndarray, str]:
     """Logits from ONNX Runtime's CPU provider, or from ONNX's reference evaluator where ORT has no kernel."""
-    from distillprune.quant.base import run_onnx
+    from distillprune.export.onnx import run_onnx
 
     try:
         return run_onnx(path, x), "onnxruntime"
-    except QuantizationError:
+    except ExportError:
         from onnx.reference import ReferenceEvaluator
 
         ev = ReferenceEvaluator(str(path))

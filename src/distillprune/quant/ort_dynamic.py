@@ -40,7 +40,7 @@ def dynamic(job: QuantJob) -> QuantResult:
         op_types_to_quantize=ops,
         per_channel=cfg.per_channel,
         weight_type=qtype(cfg.weight_type),
-        nodes_to_exclude=excluded_nodes(prepared, cfg.exclude) or None,
+        nodes_to_exclude=excluded_nodes(prepared, cfg.layers) or None,
         extra_options={"MatMulConstBOnly": True},
     )
     cmp = compare(run_onnx(job.out, job.test_x), run_torch(job.model, job.test_x), job.test_y)
@@ -52,5 +52,5 @@ def dynamic(job: QuantJob) -> QuantResult:
             "integer_nodes": sum(v for k, v in counts.items() if k.endswith("Integer")),
         },
     )
-    check_agreement(res, cfg, "exclude the most sensitive layers (exclude: [...]) or use method=static / qat")
+    check_agreement(res, cfg, "exclude the most sensitive layers (layers: {exclude: [...]}) or use method=static / qat")
     return res

@@ -135,7 +135,7 @@ class StaticInt8:
             per_channel=cfg.per_channel,
             activation_type=qtype(cfg.activation_type),
             weight_type=qtype(cfg.weight_type),
-            nodes_to_exclude=excluded_nodes(self.prepared, cfg.exclude) or None,
+            nodes_to_exclude=excluded_nodes(self.prepared, cfg.layers) or None,
             calibrate_method=calib_method(cfg.calibration.method),
             calibration_cache_path=str(self.ranges),
         )
@@ -176,7 +176,7 @@ def static(job: QuantJob) -> QuantResult:
     check_agreement(
         res,
         job.cfg,
-        "try calibration.method=percentile, more calibration.samples, exclude "
+        "try calibration.method=percentile, more calibration.samples, layers.exclude "
         "the first/last layer, or method=qat",
     )
     return res

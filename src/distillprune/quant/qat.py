@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillprune.core.modules import set_module
 from distillprune.errors import QuantizationError
 from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult, check_agreement, run_torch
 
@@ -168,11 +169,6 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
-
-
 class FakeQuant:
     """Wraps a model in place (``wrap``) and restores its own modules (``unwrap``)."""
 
@@ -188,9 +184,9 @@ class FakeQuant:
                 bn_name = pairs.get(name)
                 bn = mods[bn_name] if bn_name else None
                 self.wrapped[name] = (m, bn_name, bn)
-                _set(self.model, name, QuantWrapper(m, bn, self.per_channel, self.signed))
+                set_module(self.model, name, QuantWrapper(m, bn, self.per_channel, self.signed))
                 if bn_name:
-                    _set(self.model, bn_name, nn.Identity())
+                    set_module(self.model, bn_name, nn.Identity())
         if not self.wrapped:
             raise QuantizationError(
                 f"qat: {type(self.model).__name__} has no Conv2d or Linear layer to quantize"
@@ -199,9 +195,9 @@ class FakeQuant:
 
     def unwrap(self) -> None:
         for name, (layer, bn_name, bn) in self.wrapped.items():
-            _set(self.model, name, layer)
+            set_module(self.model, name, layer)
             if bn_name:
-                _set(self.model, bn_name, bn)
+                set_module(self.model, bn_name, bn)
         self.wrapped = {}
 
     def observers(self) -> list[ActQuant]:

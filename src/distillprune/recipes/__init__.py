@@ -1,8 +1,10 @@
-"""Recipe schema and the recipes shipped inside the package."""
+"""Recipe schema, the stage registry, and the recipes shipped inside the package."""
 from pathlib import Path
 
-from distillprune.recipes.schema import Recipe, apply_overrides, load_recipe, read_yaml
+from distillprune.recipes.registry import STAGES, StageDef, StageOutcome, register_stage
+from distillprune.recipes.schema import Recipe, StageConfig, apply_overrides, load_recipe, read_yaml
 
 BUILTIN = Path(__file__).parent / "builtin"
 
-__all__ = ["Recipe", "apply_overrides", "load_recipe", "read_yaml", "BUILTIN"]
+__all__ = ["BUILTIN", "STAGES", "Recipe", "StageConfig", "StageDef", "StageOutcome", "apply_overrides",
+           "load_recipe", "read_yaml", "register_stage"]

@@ -76,11 +76,12 @@ def render_markdown(report: CompressionReport) -> str:
     flags = [(s.name, f) for s in report.stages for f in s.flags]
     if flags:
         lines += ["", "## Flags", ""] + [f"- **{n}**: {f}" for n, f in flags]
-    details = [(s.name, s.details) for s in report.stages if s.details]
+    details = [(s.name, s.details_dict()) for s in report.stages if s.details]
     if details:
         lines += ["", "## Stage details", ""]
         for n, d in details:
-            lines.append(f"- **{n}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in d.items()))
+            shown = {k: v for k, v in d.items() if v not in (None, [], {})}
+            lines.append(f"- **{n}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in shown.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from distillprune.core.io import write_json, write_text
+from distillprune.core.reporting import Details, details_from_dict, to_jsonable
 from distillprune.errors import DistillpruneError
 
 
@@ -23,9 +24,28 @@ class StageResult:
     macs: int | None = None
     onnx_bytes: int | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)  # stage-specific: history, parity, epochs...
+    details: Details | dict[str, Any] | None = None  # the stage's typed report (a dict for older reports)
     flags: list[str] = field(default_factory=list)
     artefact: str | None = None  # the file this row measures when it is not the float model (int8 ONNX...)
+    float_model: dict[str, Any] | None = None  # with an artefact: the float model's accuracy, bytes, latency
+
+    def details_dict(self) -> dict[str, Any]:
+        """The details as a plain mapping (for rendering), whatever their type."""
+        if isinstance(self.details, Details):
+            return {k: v for k, v in self.details.to_dict().items() if k != "kind"}
+        return dict(self.details or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["details"] = self.details.to_dict() if isinstance(self.details, Details) else self.details
+        return to_jsonable(d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageResult:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["details"] = details_from_dict(kw.get("details"))
+        return cls(**kw)
 
     @property
     def measured(self) -> bool:
@@ -70,12 +90,16 @@ class CompressionReport:
         b = self.baseline
         return b.macs / s.macs if b and b.macs and s.macs else None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "environment": self.environment,
+                "stages": [s.to_dict() for s in self.stages], "baseline_index": self.baseline_index,
+                "version": self.version}
 
     @classmethod
-    def from_dict(cls, d: dict) -> CompressionReport:
-        stages = [StageResult(**s) for s in d.get("stages", [])]
+    def from_dict(cls, d: dict[str, Any]) -> CompressionReport:
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+        stages = [StageResult.from_dict(s) for s in d.get("stages", [])]
         return cls(d["recipe"], d.get("environment", {}), stages, d.get("baseline_index"), d.get("version", 1))
 
     def save(self, run_dir: str | Path) -> Path:
@@ -86,8 +110,8 @@ class CompressionReport:
         p = Path(path)
         p = p / "report.json" if p.is_dir() else p
         try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            return cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise DistillpruneError(f"{p}: not a readable report.json ({e})") from None
 
 

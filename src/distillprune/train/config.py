@@ -1,6 +1,7 @@
 """Options of the one training loop (train, distill, finetune and the training inside prune)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
@@ -30,3 +31,34 @@ class RuntimeConfig(StrictModel):
     threads: int | None = Field(None, gt=0, description="torch intra-op threads for training (None: torch's default)")
     progress: bool = True
     tensorboard: bool = True
+
+
+class TrainingOptions(StrictModel):
+    """How a stage that trains optimises (train, distill, finetune, the training inside prune, QAT...)."""
+
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+@dataclass
+class TrainSummary:
+    """What a training run did, for reports: epochs, last loss, throughput and time."""
+
+    epochs: int
+    final_loss: float
+    train_images_per_s: float
+    train_seconds: float
+    final_test_acc: float | None = None
+
+    @classmethod
+    def of(cls, history: list[dict]) -> TrainSummary | None:
+        """The summary of ``fit``'s per-epoch records (None when nothing was trained)."""
+        if not history:
+            return None
+        ips = [h["images_per_s"] for h in history]
+        acc = history[-1].get("test_acc")
+        return cls(len(history), round(history[-1]["loss"], 4), round(sum(ips) / len(ips), 1),
+                   round(sum(h["seconds"] for h in history), 2),
+                   None if acc is None or acc != acc else round(acc, 2))

@@ -15,36 +15,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from distillprune.core.config import StrictModel
 from distillprune.errors import DistillpruneError
 from distillprune.export.onnx import onnx_bytes
 from distillprune.measure.latency import LatencyConfig, ort_latency
 from distillprune.measure.metrics import count_macs
-from distillprune.prune.config import WidthConfig
+from distillprune.prune.config import TargetConfig, WidthConfig
 from distillprune.prune.depth import removable_blocks, remove_block
 from distillprune.prune.structured import prune_step, width_pruner
-
-
-class TargetConfig(StrictModel):
-    """What the prune stage must reach; the width ratio (and optionally depth) is searched."""
-
-    macs_ratio: float | None = Field(None, gt=1, description="dense MACs / pruned MACs")
-    latency_speedup: float | None = Field(None, gt=1, description="measured ORT CPU speedup at batch_size")
-    batch_size: int = Field(1, gt=0, description="batch size of the latency target")
-    depth_fractions: list[float] = Field(default_factory=lambda: [0.0],
-                                         description="shares of removable blocks to try removing")
-    max_width_ratio: float = Field(0.75, gt=0, lt=1, description="upper end of the width-ratio search")
-
-    @model_validator(mode="after")
-    def _one(self) -> TargetConfig:
-        if (self.macs_ratio is None) == (self.latency_speedup is None):
-            raise ValueError("target needs exactly one of macs_ratio, latency_speedup")
-        if any(not 0 <= f < 1 for f in self.depth_fractions):
-            raise ValueError("target.depth_fractions must be in [0, 1)")
-        return self
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""Distillation options: the ``distill`` block of a stage, and ``distillprune.distill``'s config."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distillprune.core.config import StrictModel
+from distillprune.core.registry import nearest
+from distillprune.distill.losses import LOSSES
+from distillprune.distill.schedule import build_term
+from distillprune.errors import DistillpruneError
+from distillprune.models.config import ModelConfig
+
+
+class LossSpec(BaseModel):
+    """``{name: kd, weight: 1.0, temperature: 4}``: the options are the loss's constructor arguments.
+
+    The weight and the loss's schedulable options may be ramps over the stage:
+    ``{name: kd, weight: {start: 0, end: 1}, temperature: {start: 8, end: 2, schedule: cosine}}``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float | dict[str, Any] = Field(1.0, description="a number >= 0, or a ramp {start, end, schedule, "
+                                                             "fraction}")
+
+    @model_validator(mode="after")
+    def _options(self) -> LossSpec:
+        cls = LOSSES.get(LOSSES.check(self.name))
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        for key in self.model_extra or {}:
+            if key not in params:
+                raise ValueError(f"loss '{self.name}' has no option '{key}'{nearest(key, params)}; "
+                                 f"options: {', '.join(params) or 'none'}")
+        if isinstance(self.weight, (int, float)) and self.weight < 0:
+            raise ValueError(f"loss '{self.name}': weight must be >= 0, got {self.weight}")
+        try:  # build it once: bad option values fail at validation, not at training
+            build_term(self.spec())
+        except (TypeError, DistillpruneError) as e:
+            raise ValueError(f"loss '{self.name}': {e}") from None
+        return self
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, **(self.model_extra or {})}
+
+
+class DistillConfig(StrictModel):
+    teacher: str = Field("auto", description="auto: the dense model before pruning; or a checkpoint folder")
+    teachers: list[str] | None = Field(
+        None, description="multi-teacher: checkpoint folders or auto, logits averaged by teacher_weights")
+    teacher_weights: list[float] | None = Field(None, description="weights of the teachers' logits")
+    mode: Literal["offline", "mutual"] = Field(
+        "offline", description="mutual: the teacher trains too, each net distilling into the other (DML)")
+    peer: ModelConfig | None = Field(
+        None, description="mutual: a fresh network to train with the student (default: the teacher itself)")
+    cache: bool = Field(False, description="compute the teacher's outputs once (no random augmentation)")
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")])
+
+    @model_validator(mode="after")
+    def _modes(self) -> DistillConfig:
+        if self.teachers is not None:
+            if not self.teachers:
+                raise ValueError("teachers: give at least one checkpoint folder (or auto)")
+            if "teacher" in self.model_fields_set:
+                raise ValueError("give either teacher or teachers, not both")
+        if self.teacher_weights is not None:
+            n = len(self.teachers or [self.teacher])
+            if len(self.teacher_weights) != n:
+                raise ValueError(f"teacher_weights has {len(self.teacher_weights)} weights for {n} teacher(s)")
+            if any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
+                raise ValueError(f"teacher_weights must be >= 0 with a positive sum, got {self.teacher_weights}")
+        if self.peer is not None and self.mode != "mutual":
+            raise ValueError("peer is the second network of mode: mutual")
+        if self.mode == "mutual":
+            if self.cache:
+                raise ValueError("mode: mutual trains the teacher, so its outputs cannot be cached (cache: false)")
+            if self.teachers is not None:
+                raise ValueError("mode: mutual trains one peer network; teachers (a frozen ensemble) is for "
+                                 "offline mode")
+        return self
+
+    def loss_specs(self) -> list[dict[str, Any]]:
+        return [s.spec() for s in self.losses]

@@ -1,0 +1,55 @@
+"""``distillprune.prune_``: prune a model in place, optionally while distilling (the recipe's prune stage)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distillprune.core.checkpoint import ArchSpec
+from distillprune.core.config import validate
+from distillprune.data.base import DataBundle
+from distillprune.measure.latency import LatencyConfig
+from distillprune.prune.config import PruneConfig
+from distillprune.prune.session import PruneReport, PruneSession, Trainer
+from distillprune.train.config import RuntimeConfig
+from distillprune.train.trainer import FitSettings, fit, resolve_device
+
+
+def prune_(model: nn.Module, cfg: PruneConfig | dict[str, Any], example_inputs: torch.Tensor | None = None,
+           num_classes: int | None = None, *, teacher: nn.Module | None = None, data: DataBundle | None = None,
+           spec: ArchSpec | None = None, runtime: RuntimeConfig | None = None, latency: LatencyConfig | None = None,
+           batch_size: int = 64, seed: int = 0, train_seed: int | None = None, crop_padding: int = 0,
+           hflip: bool = False) -> PruneReport:
+    """Prune ``model`` in place as the recipe's ``prune`` stage does; returns a :class:`PruneReport`.
+
+    ``cfg``: a PruneConfig or its dict (``{"width": {"ratio": 0.5}, "depth": {"blocks": 2}, "steps": 2,
+    "epochs_per_step": 3, "target": {"latency_speedup": 2.0}}``). With ``data`` it prunes while distilling:
+    blocks and Taylor importance are scored on seeded training batches, and each step is followed by
+    ``epochs_per_step`` epochs of KD from ``teacher`` (default: a frozen copy of ``model`` as it is now).
+    Without data, ``example_inputs`` is the one calibration batch and nothing trains (one-shot pruning).
+    ``spec`` (if given) receives the replayable history, so ``save_checkpoint`` can rebuild the model.
+    ``seed`` seeds the calibration batches, ``train_seed`` (default ``seed``) the training between steps.
+    """
+    cfg = cfg if isinstance(cfg, PruneConfig) else validate(PruneConfig, cfg, where="prune config")
+    runtime = runtime or RuntimeConfig(progress=False, tensorboard=False)
+    trainer = None
+    if data is not None and cfg.epochs_per_step:
+        trainer = fit_trainer(cfg, data, runtime, seed if train_seed is None else train_seed, batch_size,
+                              crop_padding, hflip)
+    session = PruneSession(model, cfg, data=data, teacher=teacher, example_inputs=example_inputs,
+                           num_classes=num_classes, history=spec.history if spec is not None else None,
+                           trainer=trainer, latency=latency, device=resolve_device(runtime),
+                           batch_size=batch_size, seed=seed)
+    return session.run()
+
+
+def fit_trainer(cfg: PruneConfig, data: DataBundle, runtime: RuntimeConfig, seed: int, batch_size: int,
+                crop_padding: int = 0, hflip: bool = False) -> Trainer:
+    """The session's trainer over the library's ``fit`` (no checkpoints)."""
+    def train(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
+        settings = FitSettings(epochs, cfg.optimizer, cfg.schedule, cfg.grad_clip)
+        return fit(model, data, settings, objective, runtime=runtime, seed=seed, batch_size=batch_size,
+                   crop_padding=crop_padding, hflip=hflip, on_step=on_step, desc=f"prune/{tag}")
+
+    return train

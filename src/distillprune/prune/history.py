@@ -1,0 +1,55 @@
+"""The pruning family's history ops: what a checkpoint replays to rebuild a pruned architecture."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from distillprune.core.history import HistoryOp, history_op
+from distillprune.prune.depth import remove_block
+from distillprune.prune.structured import replay_channels
+
+
+@history_op
+@dataclass(frozen=True)
+class ChannelsOp(HistoryOp):
+    """Channels removed by one width-pruning step: ``[module_name, is_out_channels, indices]`` entries
+    (Torch-Pruning's pruning history)."""
+
+    op = "channels"
+    entries: list[list]
+
+    def replay(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        replay_channels(model, torch.zeros(1, *input_shape), self.entries)
+
+    def removed(self) -> dict[str, int]:
+        """Output channels removed per layer by this step."""
+        out: dict[str, int] = {}
+        for name, is_out, idx in self.entries:
+            if is_out:
+                out[name] = out.get(name, 0) + len(idx)
+        return out
+
+
+@history_op
+@dataclass(frozen=True)
+class RemoveBlockOp(HistoryOp):
+    """A residual block replaced by the identity."""
+
+    op = "remove_block"
+    path: str
+
+    def replay(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        remove_block(model, self.path)
+
+
+@history_op
+@dataclass(frozen=True)
+class SparsityOp(HistoryOp):
+    """Unstructured sparsity made permanent (zeros live in the weights: nothing to rebuild)."""
+
+    op = "sparsity"
+    weights_only = True
+    value: float

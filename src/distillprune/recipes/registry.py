@@ -1,0 +1,68 @@
+"""The stage registry: each stage type is one module that registers its config class and its runner.
+
+``@register_stage(MyStageConfig)`` on a runner ``(cfg, state, index) -> StageOutcome`` is all a new stage
+needs: the recipe's stage union, ``distillprune list``, the README's stage table and the contract tests
+are built from this registry. The config's ``type: Literal["name"]`` field names the stage.
+"""
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distillprune.core.config import StrictModel, register_union_tags
+from distillprune.core.registry import Registry
+from distillprune.core.reporting import Deployed, Details
+
+if TYPE_CHECKING:
+    from distillprune.pipeline.state import RunState
+
+
+@dataclass
+class StageOutcome:
+    """What a stage runner returns: its typed report, and the artefact it ships when that is not the float
+    model (its report row then measures the artefact)."""
+
+    details: Details | None = None
+    deployed: Deployed | None = None
+
+
+Runner = Callable[[Any, "RunState", int], StageOutcome]
+
+
+@dataclass(frozen=True)
+class StageDef:
+    name: str
+    config: type[StrictModel]
+    run: Runner
+    measured: bool  # measure the model after the stage (accuracy, params, MACs, latency)
+
+    @property
+    def summary(self) -> str:
+        """The first paragraph of the config's docstring: the stage's one-line description."""
+        doc = (self.config.__doc__ or "").strip()
+        return " ".join(doc.split("\n\n")[0].split())
+
+
+STAGES: Registry[StageDef] = Registry("stage")
+
+
+def stage_name(config: type[StrictModel]) -> str:
+    field = config.model_fields.get("type")
+    args = typing.get_args(field.annotation) if field is not None else ()
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise TypeError(f"{config.__name__} needs a field type: Literal['<stage name>']")
+    return args[0]
+
+
+def register_stage(config: type[StrictModel], *, measured: bool = True) -> Callable[[Runner], Runner]:
+    """Register ``config`` (whose ``type`` literal names the stage) with the decorated runner."""
+    name = stage_name(config)
+
+    def deco(run: Runner) -> Runner:
+        STAGES.register(name)(StageDef(name, config, run, measured))
+        register_union_tags(name)
+        return run
+
+    return deco

@@ -1,0 +1,21 @@
+"""The typed report of a plain training or fine-tuning stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distillprune.core.reporting import Details, details_type
+from distillprune.train.config import TrainSummary
+
+
+@details_type
+@dataclass
+class TrainReport(Details):
+    """A training run: its summary, and whether it distilled from a teacher."""
+
+    kind = "train"
+    training: TrainSummary | None = None
+    kd: bool = False
+
+    @classmethod
+    def of(cls, history: list[dict], kd: bool = False) -> TrainReport:
+        return cls(TrainSummary.of(history), kd)
