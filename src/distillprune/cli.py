@@ -100,12 +100,28 @@ def bench(
                + (f"; {accuracy_note(rows)}" if accuracy_note(rows) else ""))
 
 
+def stage_table() -> str:
+    """The README's stage table, from the stage registry (each stage config's docstring)."""
+    from distillprune.recipes.registry import STAGES
+
+    rows = [f"| `{n}` | {STAGES.get(n).summary} |" for n in STAGES.in_order()]
+    return "\n".join(["| stage | what it does |", "|---|---|", *rows]) + "\n"
+
+
 @app.command("list")
 def list_(family: str = typer.Argument(
-        "all", help="models | losses | sources | importance | quantizers | stages | all")) -> None:
-    """What is registered: models, losses, data sources, importance criteria, stage types."""
+        "all", help="models | losses | sources | importance | quantizers | stages | all"),
+        markdown: bool = typer.Option(False, "--markdown", help="stages: the README's table")) -> None:
+    """What is registered: models, losses, data sources, importance criteria, quantizers, stage types."""
     from distillprune.registries import REGISTRIES
 
+    if family != "all" and family not in REGISTRIES:
+        raise DistillpruneError(f"no registry '{family}'; expected one of: all, {', '.join(REGISTRIES)}")
+    if markdown:
+        if family != "stages":
+            raise DistillpruneError("--markdown renders the stage table: distillprune list stages --markdown")
+        typer.echo(stage_table(), nl=False)
+        return
     for name, reg in REGISTRIES.items():
         if family in ("all", name):
             typer.echo(f"{name}: {', '.join(reg.names())}")

@@ -7,15 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distillprune.core.registry import nearest
-from distillprune.errors import DistillpruneError
-
-
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    mods = dict(model.named_modules())
-    if path not in mods:
-        raise DistillpruneError(f"no module '{path}' in {type(model).__name__}{nearest(path, list(mods))}")
-    return mods[path]
+from distillprune.core.modules import get_module
 
 
 class FeatureTaps:

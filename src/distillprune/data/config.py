@@ -1,9 +1,17 @@
 """Data options of a recipe."""
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import TYPE_CHECKING
 
-from distillprune.core.config import StrictModel
+from pydantic import Field
+
+from distillprune.core.config import StrictModel, registered
+from distillprune.data.registry import SOURCES
+
+if TYPE_CHECKING:
+    SourceName = str
+else:
+    SourceName = registered(SOURCES)
 
 
 class AugmentConfig(StrictModel):
@@ -12,7 +20,7 @@ class AugmentConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    source: str = Field("digits", description="digits | npz | cifar10_jpeg | cifar10_bin | imagefolder | "
+    source: SourceName = Field("digits", description="digits | npz | cifar10_jpeg | cifar10_bin | imagefolder | "
                                               "torchvision | hf")
     path: str | None = Field(None, description="file or folder for npz / cifar10_* / imagefolder / hf")
     name: str | None = Field(None, description="data set name for torchvision / hf")
@@ -25,11 +33,3 @@ class DataConfig(StrictModel):
     labels: bool = Field(True, description="false: withhold training labels (label-free distillation)")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: share held out for testing")
     seed: int = 0
-
-    @field_validator("source")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from distillprune.data.sources import SOURCES
-
-        SOURCES.get(v)  # raises with the nearest name
-        return v

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distillprune.core.registry import Registry
 from distillprune.data.base import DataBundle, Split, channel_stats, subset_indices
 from distillprune.data.config import DataConfig
+from distillprune.data.registry import SOURCES
 from distillprune.errors import DataError
-
-SOURCES: Registry[Callable[[DataConfig], DataBundle]] = Registry("data source")
 
 
 def load_data(cfg: DataConfig) -> DataBundle:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -9,3 +11,26 @@ from distillprune.core.registry import Registry
 
 Builder = Callable[..., nn.Module]
 MODELS: Registry[Builder] = Registry("model")
+
+
+@dataclass(frozen=True)
+class ModelExample:
+    """How the contract tests build a model of the zoo: an input shape, kwargs, and the importable module
+    an optional extra provides (the test skips, naming the extra, when it is missing)."""
+
+    input_shape: tuple[int, ...] = (3, 16, 16)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    requires: str | None = None
+
+
+def with_example(input_shape: tuple[int, ...] = (3, 16, 16), requires: str | None = None,
+                 **kwargs: Any) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        fn.example = ModelExample(tuple(input_shape), kwargs, requires)  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+def example_of(name: str) -> ModelExample:
+    return getattr(MODELS.get(name), "example", ModelExample())

@@ -11,7 +11,7 @@ from torch import nn
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
 from distillprune.errors import DistillpruneError
 from distillprune.models.mlp import MLP
-from distillprune.models.registry import MODELS, Builder
+from distillprune.models.registry import MODELS, Builder, with_example
 from distillprune.models.resnet import ResNet, cifar_resnet
 
 
@@ -28,6 +28,7 @@ for _d in (20, 32, 44, 56, 110):
 
 
 @MODELS.register("digits_cnn")
+@with_example((1, 8, 8), widths=[8, 16, 16], blocks=[1, 1, 1])
 def digits_cnn(
     num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (32, 64, 128),
     blocks: Sequence[int] = (2, 2, 2),
@@ -37,6 +38,7 @@ def digits_cnn(
 
 
 @MODELS.register("resnet")
+@with_example((3, 16, 16), widths=[8, 16, 16], blocks=[1, 2, 1])
 def resnet(
     num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (16, 32, 64),
     blocks: Sequence[int] = (3, 3, 3),
@@ -46,6 +48,7 @@ def resnet(
 
 
 @MODELS.register("mlp")
+@with_example((1, 8, 8), hidden=[32, 16])
 def mlp(num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (256, 128)) -> nn.Module:
     """Flatten, then Linear+ReLU layers."""
     return MLP(math.prod(input_shape), tuple(hidden), num_classes)
@@ -67,12 +70,12 @@ def _external(module: str, extra: str, make: Callable[[Any, str, int, dict], nn.
     return build
 
 
-MODELS.register("torchvision")(
+MODELS.register("torchvision")(with_example((3, 32, 32), "torchvision", arch="resnet18")(
     _external("torchvision.models", "vision", lambda lib, a, n, kw: lib.get_model(a, weights=None, num_classes=n, **kw))
-)
-MODELS.register("timm")(
+))
+MODELS.register("timm")(with_example((3, 32, 32), "timm", arch="resnet18")(
     _external("timm", "vision", lambda lib, a, n, kw: lib.create_model(a, pretrained=False, num_classes=n, **kw))
-)
+))
 
 
 def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwargs: Any) -> nn.Module:

@@ -7,7 +7,7 @@ This module only composes: each family owns its config (``models.ModelConfig``, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, ClassVar, Union
 
 import yaml
 from pydantic import Field, SerializeAsAny, model_validator
@@ -23,8 +23,10 @@ from distillprune.train.config import RuntimeConfig
 
 
 class StageConfig(StrictModel):
-    """Base of every stage's config: ``type`` names the registered stage."""
+    """Base of every stage's config: ``type`` names the registered stage; ``example`` holds the options the
+    contract tests run it with (after one training epoch on a tiny model)."""
 
+    example: ClassVar[dict[str, Any]] = {}
     type: str
 
 

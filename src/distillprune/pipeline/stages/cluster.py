@@ -1,7 +1,7 @@
 """``cluster``: k-means weight sharing per layer, centroids fine-tuned with KD; writes the packed file."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -21,6 +21,8 @@ class ClusterStage(StageConfig, TrainingOptions, ClusterConfig):
     """Deep-Compression weight sharing: k-means per layer (`k` 16/32/256), centroids fine-tuned with KD for
     `epochs`, pruned zeros kept zero; the packed file (indices + codebooks, lzma/zlib) is written and its
     size reported next to the dense size."""
+
+    example: ClassVar[dict[str, Any]] = {"epochs": 1, "k": 16}
 
     type: Literal["cluster"]
     epochs: int = Field(0, ge=0)

@@ -1,7 +1,7 @@
-"""``distill``: distil a teacher into the current model or into a new ``student``; born-again generations."""
+"""``distill``: distil a teacher into the current model or into a new `student`; born-again generations."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
@@ -20,11 +20,13 @@ from distillprune.train.trainer import evaluate
 
 
 class DistillStage(StageConfig, TrainingOptions):
-    """Distillation into the current model or a new ``student``: losses `kd` (optionally with logit
+    """Distillation into the current model or a new `student`: losses `kd` (optionally with logit
     standardisation), `fitnet` (automatic adapters), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, as
     weighted sums whose weights and temperatures can follow linear/cosine ramps; modes: `teachers: [...]`
     (weighted multi-teacher), `mode: mutual` (online, both nets train), `generations: N` (born-again),
     `cache: true` (teacher outputs computed once), label-free (`data.labels: false`)."""
+
+    example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
     type: Literal["distill"]
     epochs: int = Field(..., ge=1)

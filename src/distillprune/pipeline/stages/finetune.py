@@ -1,7 +1,7 @@
 """``finetune``: train the current model, with KD from the dense teacher unless ``distill`` is null."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -14,7 +14,9 @@ from distillprune.train.report import TrainReport
 
 
 class FinetuneStage(StageConfig, TrainingOptions):
-    """Fine-tuning with KD from the dense teacher (plain cross-entropy with ``distill: null``)."""
+    """Fine-tuning with KD from the dense teacher (plain cross-entropy with `distill: null`)."""
+
+    example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
     type: Literal["finetune"]
     epochs: int = Field(..., ge=1)

@@ -1,7 +1,7 @@
 """``lowrank``: truncated-SVD factorization of Linear/Conv layers, then KD fine-tuning."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,8 @@ class LowrankStage(StageConfig, TrainingOptions, LowRankConfig):
     """Truncated SVD of Linear (W = UV) and Conv (k x k conv with r filters + 1x1 conv) layers, rank per layer
     by kept `energy` or `ratio`, rounded up to `round_to` (8); layers where it would not save `min_saving`
     of their MACs are skipped and listed with the reason; then KD fine-tuning for `epochs`."""
+
+    example: ClassVar[dict[str, Any]] = {"epochs": 1, "energy": 0.9, "round_to": 4}
 
     type: Literal["lowrank"]
     epochs: int = Field(0, ge=0)

@@ -1,7 +1,7 @@
 """``prune``: prune while distilling (``prune.PruneSession``), with the pipeline's checkpointing trainer."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from distillprune.pipeline.state import RunState
 from distillprune.prune.config import PruneConfig
@@ -12,10 +12,12 @@ from distillprune.recipes.schema import StageConfig
 
 class PruneStage(StageConfig, PruneConfig):
     """`steps` times: prune a little (`depth`: remove residual blocks chosen by the smallest KD-loss
-    increase; `width`: Torch-Pruning dependency-graph channel removal, importance `l1`/`l2`/`taylor`/
-    `bn_scale`, uniform or global, `round_to: 8` by default; or `unstructured`: global/layer magnitude
+    increase; `width`: Torch-Pruning dependency-graph channel removal, importance `l1`/`l2`/`taylor`/`bn_scale`
+   , uniform or global, `round_to: 8` by default; or `unstructured`: global/layer magnitude
     masks on a cubic schedule), then train `epochs_per_step` with KD from the dense teacher; `target`
     searches the plan that reaches a MACs ratio or a measured speedup."""
+
+    example: ClassVar[dict[str, Any]] = {"width": {"ratio": 0.5, "round_to": 4}, "epochs_per_step": 1}
 
     type: Literal["prune"]
 

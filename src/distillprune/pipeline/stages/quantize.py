@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 from torch import nn
@@ -20,10 +20,12 @@ HALF = ("fp16", "bf16")
 
 
 class QuantizeStage(StageConfig, QuantConfig):
-    """`static` int8 through ONNX Runtime (QDQ, per-channel weights, calibration `minmax`/`percentile`/
-    `entropy` on the recipe's data), `dynamic` int8, `qat` (fake-quant training with KD, exported to the same
+    """`static` int8 through ONNX Runtime (QDQ, per-channel weights, calibration `minmax`/`percentile`/`entropy`
+    on the recipe's data), `dynamic` int8, `qat` (fake-quant training with KD, exported to the same
     QDQ form), `fp16`/`bf16` ONNX; every file is checked against the float model (top-1 agreement >=
     `min_agreement`) and timed; the stage's row measures that file."""
+
+    example: ClassVar[dict[str, Any]] = {"method": "dynamic", "min_agreement": 0.0}
 
     type: Literal["quantize"]
     filename: str | None = Field(None, description="default: model.<method>.onnx in the run folder")

@@ -1,7 +1,7 @@
 """``train``: cross-entropy training of the current model; the result becomes the default KD teacher."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,8 @@ from distillprune.train.report import TrainReport
 
 class TrainStage(StageConfig, TrainingOptions):
     """Cross-entropy training; the result becomes the default KD teacher."""
+
+    example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
     type: Literal["train"]
     epochs: int = Field(..., ge=1)
