@@ -124,7 +124,8 @@ def test_label_free_prune_runs(tmp_path):
     r = recipe(data={"source": "digits", "limit_train": 128, "batch_size": 64, "labels": False},
                stages=[{"type": "prune", "width": {"ratio": 0.5, "round_to": 4}, "steps": 1, "epochs_per_step": 1}])
     report = compress(r, tmp_path / "lf", quiet=True)
-    (prune,) = report.stages
+    inp, prune = report.stages
+    assert inp.name == "0:input" and report.baseline is inp  # the model as it entered: every speedup's reference
     assert prune.accuracy is not None  # test labels are kept for measuring
     assert prune.details.training.epochs == 1 and np.isfinite(prune.details.training.final_loss)
     assert (tmp_path / "lf" / "stages" / "01_prune" / "model.json").is_file()

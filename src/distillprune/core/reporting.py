@@ -47,6 +47,8 @@ class Deployed:
     bytes: int | None = None
     latency_ms: dict[str, float] | None = None  # None: keep the float model's; {}: not measurable here
     accuracy: float | None = None
+    speedups: dict[str, float] = dataclasses.field(default_factory=dict)  # paired with the dense model
+    spread: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def to_jsonable(obj: Any) -> Any:

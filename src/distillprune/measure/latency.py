@@ -4,9 +4,11 @@ Median of ``repeats`` timed windows after ``warmup`` runs; threads fixed so numb
 """
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,10 @@ class LatencyConfig(StrictModel):
     warmup: int = Field(10, ge=0)
     repeats: int = Field(7, gt=0, description="timed windows; the median is reported")
     min_window_s: float = Field(0.05, gt=0, description="each timed window runs at least this long")
+    pairs: int = Field(5, ge=1, description="a compressed model is timed back to back with the dense model this "
+                                            "many times; its speedup is the median of the pairs' ratios")
+    max_spread: float = Field(0.25, gt=0, description="flag a speedup whose pairs spread (max - min) / median "
+                                                      "more than this: too noisy to resolve")
     gpu_batch_size: int = 256
 
 
@@ -54,6 +60,57 @@ def ort_latency(onnx: str | Path | bytes, input_shape: Sequence[int], cfg: Laten
         x = np.random.default_rng(0).standard_normal((bs, *input_shape)).astype(np.float32)
         out[f"bs{bs}"] = _time(lambda x=x: sess.run(None, {"input": x}), cfg.warmup, cfg.repeats, cfg.min_window_s)
     return out
+
+
+@dataclass
+class PairedTiming:
+    """A model timed back to back with a reference (the dense model): robust to a machine whose load drifts."""
+
+    ms: float  # median latency of the model over the pairs
+    ref_ms: float  # median latency of the reference
+    speedup: float  # median over the pairs of ref_ms / ms
+    spread: tuple[float, float]  # min and max of the pairs' speedups
+
+    @property
+    def relative_spread(self) -> float:
+        lo, hi = self.spread
+        return (hi - lo) / self.speedup if self.speedup else float("inf")
+
+
+class OrtTimer:
+    """ONNX Runtime sessions kept open, so models can be timed back to back (in pairs) without rebuilding them."""
+
+    def __init__(self, cfg: LatencyConfig):
+        self.cfg = cfg
+        self._sessions: dict[str, object] = {}
+        self._inputs: dict[tuple, np.ndarray] = {}
+
+    def _session(self, onnx: str | Path | bytes):
+        key = hashlib.sha1(onnx).hexdigest() if isinstance(onnx, bytes) else str(onnx)
+        if key not in self._sessions:
+            self._sessions[key] = session(onnx, threads=self.cfg.threads)
+        return self._sessions[key]
+
+    def ms(self, onnx: str | Path | bytes, input_shape: Sequence[int], batch_size: int,
+           repeats: int | None = None) -> float:
+        sess = self._session(onnx)
+        key = (batch_size, *input_shape)
+        if key not in self._inputs:
+            self._inputs[key] = np.random.default_rng(0).standard_normal(key).astype(np.float32)
+        x = self._inputs[key]
+        return _time(lambda: sess.run(None, {"input": x}), self.cfg.warmup, repeats or self.cfg.repeats,
+                     self.cfg.min_window_s)
+
+    def paired(self, onnx: str | Path | bytes, ref: str | Path | bytes, input_shape: Sequence[int],
+               batch_size: int, pairs: int | None = None) -> PairedTiming:
+        """Time ``onnx`` and ``ref`` alternately ``pairs`` times (3 windows each): median speedup and spread."""
+        ms, ref_ms = [], []
+        for _ in range(pairs or self.cfg.pairs):
+            ref_ms.append(self.ms(ref, input_shape, batch_size, repeats=3))
+            ms.append(self.ms(onnx, input_shape, batch_size, repeats=3))
+        ratios = [r / m for r, m in zip(ref_ms, ms, strict=True)]
+        return PairedTiming(statistics.median(ms), statistics.median(ref_ms), statistics.median(ratios),
+                            (min(ratios), max(ratios)))
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Run a recipe: stages in order, a measurement after each, a checkpoint after each (resume point)."""
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from distillprune.core.reporting import Deployed
 from distillprune.data.base import DataBundle
 from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
-from distillprune.measure.metrics import measure_model
+from distillprune.export.onnx import onnx_bytes
+from distillprune.measure.latency import torch_latency
+from distillprune.measure.metrics import count_macs, count_params
 from distillprune.pipeline.state import RunState, probe_shapes, restore
+from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
@@ -61,8 +65,13 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     else:
         state.model, state.spec = state.new_model(recipe.model)
     probe_shapes(state.model, data, recipe.model.name if model is None else type(model).__name__)
+    state.timer = StageTimer(recipe.measure, tuple(data.input_shape), run_path)
     done = restore(state) if (resume and run_path) else 0
+    if done and state.report.baseline is not None:
+        state.timer.restore(state.report.baseline.name)
     try:
+        if done == 0 and recipe.stages[0].type not in ("train", "evaluate"):  # those measure it themselves
+            _measure_input(state, console)
         for index, stage in enumerate(recipe.stages, start=1):
             if index <= done:
                 continue
@@ -87,15 +96,38 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     return state
 
 
+def _measure_input(state: RunState, console: Console) -> None:
+    """Row 0: the model as it enters the run (a user's trained model), the dense baseline of every speedup."""
+    result = StageResult(0, "0:input", "input", 0.0)
+    t0 = time.perf_counter()
+    _measure(state, result)
+    result.seconds = round(time.perf_counter() - t0, 2)
+    state.report.add(result)
+    console.print(f"[green]measured[/] {result.name}" + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy
+                                                         is not None else ""))
+
+
 def _measure(state: RunState, result: StageResult) -> None:
+    """Accuracy, params, MACs, ONNX size and latency (back to back with the dense model) of the current model."""
     model = state.model.eval()
     acc = evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime) \
         if state.data.test.y is not None else None
-    stats = measure_model(model.cpu(), state.data.input_shape, state.recipe.measure, accuracy=acc)
+    cpu, shape = model.cpu(), tuple(state.data.input_shape)
+    blob = onnx_bytes(cpu, shape)
     result.accuracy = None if acc is None else round(acc, 2)
-    result.params, result.nonzero_params, result.macs = stats.params, stats.nonzero_params, stats.macs
-    result.onnx_bytes = stats.onnx_bytes
-    result.latency_ms = {k: round(v, 4) for k, v in stats.latency_ms.items()}
+    result.params, result.nonzero_params = count_params(cpu), count_params(cpu, nonzero=True)
+    result.macs, result.onnx_bytes = count_macs(cpu, shape), len(blob)
+    timing = state.timer.time(blob, result.name, architecture_key(cpu))
+    result.latency_ms, result.speedups, result.latency_spread = timing.latency_ms, timing.speedups, timing.spread
+    result.timing = timing.how or None
+    m = state.recipe.measure
+    if m.enabled and torch.cuda.is_available():
+        for mode in ("eager", "graph"):
+            result.latency_ms[f"gpu_{mode}_bs{m.gpu_batch_size}"] = round(
+                torch_latency(copy.deepcopy(cpu), shape, m.gpu_batch_size, cfg=m, mode=mode), 4)
+    base = state.report.baseline
+    mac_ratio = base.macs / result.macs if base is not None and base.macs and result.macs else None
+    result.flags += state.timer.flags(timing, mac_ratio)
 
 
 def _stand_for(result: StageResult, dep: Deployed) -> None:
@@ -107,6 +139,7 @@ def _stand_for(result: StageResult, dep: Deployed) -> None:
     if dep.bytes is not None:
         result.onnx_bytes = dep.bytes
     if dep.latency_ms is not None:
-        result.latency_ms = dep.latency_ms
+        result.latency_ms, result.speedups, result.latency_spread = dep.latency_ms, dep.speedups, dep.spread
+        result.timing = "the deployed file, paired with the dense model" if dep.speedups else None
     if dep.accuracy is not None:
         result.accuracy = round(dep.accuracy, 2)

@@ -27,6 +27,7 @@ from distillprune.train.logging import RunLogger
 from distillprune.train.trainer import FitSettings, fit, resolve_device
 
 if TYPE_CHECKING:
+    from distillprune.pipeline.timing import StageTimer
     from distillprune.recipes.schema import Recipe
 
 
@@ -42,6 +43,7 @@ class RunState:
     resume: bool = False
     teacher: nn.Module | None = None
     teacher_spec: ArchSpec | None = None
+    timer: StageTimer | None = None  # set by the runner: times every stage against the dense baseline
 
     @property
     def device(self) -> torch.device:

@@ -3,8 +3,8 @@ prune-while-distilling (``PruneSession``) and its verb ``prune_``; target-driven
 from distillprune.prune import history as _history  # noqa: F401  (registers the history ops)
 from distillprune.prune.api import prune_
 from distillprune.prune.config import DepthConfig, PruneConfig, TargetConfig, UnstructuredConfig, WidthConfig
-from distillprune.prune.search import Plan, search
+from distillprune.prune.planner import Candidate, Plan, plan_target
 from distillprune.prune.session import PruneReport, PruneSession
 
-__all__ = ["DepthConfig", "Plan", "PruneConfig", "PruneReport", "PruneSession", "TargetConfig",
-           "UnstructuredConfig", "WidthConfig", "prune_", "search"]
+__all__ = ["Candidate", "DepthConfig", "Plan", "PruneConfig", "PruneReport", "PruneSession", "TargetConfig",
+           "UnstructuredConfig", "WidthConfig", "plan_target", "prune_"]

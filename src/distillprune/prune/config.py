@@ -49,14 +49,21 @@ class UnstructuredConfig(StrictModel):
 
 
 class TargetConfig(StrictModel):
-    """What pruning must reach; the width ratio (and optionally depth) is searched."""
+    """What pruning must reach: a measured ONNX Runtime speedup or a MACs ratio. The planner searches how many
+    residual blocks to remove and how wide each channel group stays, and keeps the plan with the best
+    estimated accuracy (``prune.planner``)."""
 
     macs_ratio: float | None = Field(None, gt=1, description="dense MACs / pruned MACs")
     latency_speedup: float | None = Field(None, gt=1, description="measured ORT CPU speedup at batch_size")
     batch_size: int = Field(1, gt=0, description="batch size of the latency target")
-    depth_fractions: list[float] = Field(default_factory=lambda: [0.0],
-                                         description="shares of removable blocks to try removing")
-    max_width_ratio: float = Field(0.75, gt=0, lt=1, description="upper end of the width-ratio search")
+    depth_fractions: list[float] = Field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5],
+                                         description="shares of the removable blocks to try removing")
+    tolerance: float = Field(0.1, gt=0, le=1, description="accept a measured speedup in [target, target * (1 + "
+                                                          "tolerance)]; the planner aims at the middle")
+    refits: int = Field(2, ge=0, description="re-plans of a depth option whose measured speedup misses the band")
+    val_samples: int = Field(1000, gt=0, description="training samples held out to estimate each plan's accuracy")
+    calib_samples: int = Field(512, gt=0, description="training samples for block scores, Taylor costs and "
+                                                      "BatchNorm re-estimation")
 
     @model_validator(mode="after")
     def _one(self) -> TargetConfig:
@@ -79,6 +86,8 @@ class PruneConfig(TrainingOptions):
                                                           "ratio or a measured ORT speedup")
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)
+    bn_recalibration: int = Field(0, ge=0, description="after each cut, re-estimate BatchNorm statistics on "
+                                                        "this many training batches (0: off)")
     distill: DistillConfig | None = Field(default_factory=DistillConfig,
                                           description="KD between steps (null: cross-entropy)")
 

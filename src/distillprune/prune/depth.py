@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from distillprune.core.modules import set_module
-from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
 
 
@@ -38,31 +37,21 @@ def remove_block(model: nn.Module, path: str) -> nn.Module:
 
 
 @torch.no_grad()
-def _kd_loss(model: nn.Module, teacher_logits: Sequence[torch.Tensor], batches: Sequence[torch.Tensor]) -> float:
-    return sum(float(soft_kl(model(x), t, 1.0)) for x, t in zip(batches, teacher_logits, strict=True)) / len(batches)
-
-
-@torch.no_grad()
 def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor], count: int) -> list[str]:
-    """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``."""
+    """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``.
+
+    Scored by ``prune.blocks.BlockScorer`` (torch.fx with cached activations, lazy-greedy)."""
+    from distillprune.prune.blocks import BlockScorer
+
     candidates = removable_blocks(model)
     if count > len(candidates):
         raise DistillpruneError(f"depth.blocks={count} but the model has only {len(candidates)} removable "
                                 f"residual blocks ({', '.join(candidates) or 'none'})")
     was = model.training
     model.eval()
-    teacher_logits = [teacher(x) for x in batches]
-    chosen = []
-    for _ in range(count):
-        scores = {}
-        for path in candidates:
-            block = model.get_submodule(path)
-            remove_block(model, path)
-            scores[path] = _kd_loss(model, teacher_logits, batches)
-            set_module(model, path, block)
-        best = min(scores, key=scores.__getitem__)
-        remove_block(model, best)
-        candidates.remove(best)
-        chosen.append(best)
+    scorer = BlockScorer(model, candidates, batches, [teacher(x) for x in batches])
+    chosen = scorer.greedy(count)
+    for p in chosen:
+        remove_block(model, p)
     model.train(was)
     return chosen

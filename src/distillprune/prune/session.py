@@ -25,17 +25,19 @@ from torch import nn
 
 from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, details_type
-from distillprune.data.base import DataBundle, TensorLoader
+from distillprune.data.base import DataBundle, TensorLoader, normalize, standard_layout
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.distill.modes import Objective, objective_for
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
+from distillprune.prune.blocks import remove_blocks
 from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
 from distillprune.prune.depth import choose_blocks
+from distillprune.prune.groups import apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.importance import NEEDS_GRADIENTS
-from distillprune.prune.search import Plan, search
+from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrate_bn
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
 from distillprune.train.config import TrainSummary
@@ -57,6 +59,7 @@ class PruneReport(Details):
     plan: Plan | None = None
     sparsity: float | None = None
     training: TrainSummary | None = None
+    log: list[str] = field(default_factory=list)  # what the planner decided, step by step
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []  # the ops this run added (not part of the JSON report)
@@ -98,7 +101,6 @@ class PruneSession:
         self.width: WidthConfig | None = cfg.width
         self.depth: DepthConfig | None = cfg.depth
         self.report = PruneReport(cfg.steps)
-        self._dense: nn.Module | None = None
         self._pruner = None
         self._masks: MagnitudeMasks | None = None
         self._records: list[dict] = []
@@ -116,12 +118,10 @@ class PruneSession:
         self.teacher.to(self.device)
         self.objective = objective_for(cfg.distill, cfg.label_smoothing, lambda: self.teacher, self._peer)
         if cfg.target is not None:
-            self._dense = snapshot(self.model)  # the reference of the target
-            self.plan = search(self.model, self.input_shape, self.num_classes, cfg.width, cfg.target,
-                               self.latency)
+            assert cfg.width is not None
+            self.plan = plan_target(self.model, self.teacher, cfg.target, cfg.width, self.plan_inputs(),
+                                    self.num_classes, self.latency, taylor_loss(self.teacher), self.log)
             self.report.plan = self.plan
-            self.depth = DepthConfig(blocks=self.plan.blocks) if self.plan.blocks else None
-            self.width = self._width_at(self.plan.width_ratio)
         return self.plan
 
     def step(self, k: int) -> None:
@@ -131,10 +131,15 @@ class PruneSession:
         if k != self._done:
             raise DistillpruneError(f"PruneSession.step({k}): the next step is {self._done}")
         cfg = self.cfg
-        if k == 0 and self.depth:
-            self._remove_blocks(self.depth)
-        if self.width:
-            self._width_step()
+        if self.plan is not None:
+            self._planned_step(k)
+        else:
+            if k == 0 and self.depth:
+                self._remove_blocks(self.depth)
+            if self.width:
+                self._width_step()
+        if cfg.bn_recalibration and (self.plan is not None or self.width or (k == 0 and self.depth)):
+            recalibrate_bn(self.model, [x for x, _ in self.calibration(cfg.bn_recalibration)])
         if cfg.unstructured:
             self._sparsity_step(k)
         if cfg.epochs_per_step:
@@ -163,9 +168,56 @@ class PruneSession:
         self.history.append(op)
         self.report.history.append(op)
 
-    def _width_at(self, ratio: float) -> WidthConfig | None:
-        assert self.cfg.width is not None
-        return self.cfg.width.model_copy(update={"ratio": ratio}) if ratio > 0 else None
+    def log(self, message: str) -> None:
+        self.report.log.append(message)
+
+    def plan_inputs(self) -> PlanInputs:
+        """Calibration batches and a disjoint validation split, both from the training data (never the test
+        set); without data, the example inputs serve as both."""
+        assert self.cfg.target is not None
+        if self.data is None:
+            assert self.example is not None
+            ex = self.example.to(self.device)
+            return PlanInputs([(ex, None)], [(ex, None)], ex[:1])
+        t, split = self.cfg.target, self.data.train
+        perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(self.seed + 11))
+        n_val = min(t.val_samples, len(split) // 4)
+        val, cal = perm[:n_val], perm[n_val: n_val + t.calib_samples]
+        return PlanInputs(self._batches(cal), self._batches(val),
+                          normalize(split.x[:1], self.data.mean, self.data.std).to(self.device))
+
+    def _batches(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        assert self.data is not None
+        d, out = self.data, []
+        for i in range(0, len(idx), self.batch_size):
+            j = idx[i: i + self.batch_size].to(d.train.x.device)
+            x = standard_layout(normalize(d.train.x[j], d.mean, d.std)).to(self.device)
+            out.append((x, None if d.train.y is None else d.train.y[j].to(self.device)))
+        return out
+
+    def _planned_step(self, k: int) -> None:
+        """Step ``k`` of a planned prune: the planned blocks first, then every group a share of the way to
+        its planned width (all of it on the last step)."""
+        assert self.plan is not None and self.cfg.width is not None and self.teacher is not None
+        if k == 0 and self.plan.blocks:
+            remove_blocks(self.model, self.plan.blocks)
+            for p in self.plan.blocks:
+                self._record(RemoveBlockOp(p))
+            self.report.removed_blocks += self.plan.blocks
+        frac, step = (k + 1) / self.cfg.steps, self.cfg.width.round_to or 1
+        keep = {}
+        for root, (kept, size) in self.plan.widths.items():
+            want = size - (size - kept) * frac
+            keep[root] = kept if k + 1 == self.cfg.steps else max(kept, int(round(want / step)) * step)
+        if self.cfg.width.importance in NEEDS_GRADIENTS:
+            accumulate_gradients(self.model, self.calibration(self.cfg.width.taylor_batches), taylor_loss(self.teacher))
+        example = torch.zeros(1, *self.input_shape, device=self.device)
+        op = apply_widths(self.model, example, self.cfg.width, self.num_classes, keep)
+        self.model.zero_grad(set_to_none=True)
+        if op is not None:
+            self._record(op)
+            for name, n in op.removed().items():
+                self.report.channels_removed[name] = self.report.channels_removed.get(name, 0) + n
 
     def calibration(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """``n`` shuffled, normalised training batches (seeded), or the example inputs without data."""
@@ -184,13 +236,6 @@ class PruneSession:
         for p in chosen:
             self._record(RemoveBlockOp(p))
         self.report.removed_blocks += chosen
-        if self.cfg.target is not None:  # the search assumed other blocks: re-fit the width to the real ones
-            assert self.cfg.width is not None and self.plan is not None
-            target = self.cfg.target.model_copy(update={"depth_fractions": [0.0]})
-            refit = search(self.model, self.input_shape, self.num_classes, self.cfg.width, target, self.latency,
-                           baseline=self._dense)
-            self.plan = self.report.plan = Plan(self.plan.blocks, refit.width_ratio, refit.macs_ratio, refit.speedup)
-            self.width = self._width_at(refit.width_ratio)
 
     def _width_step(self) -> None:
         assert self.width is not None and self.teacher is not None

@@ -43,8 +43,8 @@ def rows(report: CompressionReport) -> list[list[str]]:
         delta = None
         if prev is not None and prev.accuracy is not None and s.accuracy is not None:
             delta = s.accuracy - prev.accuracy
-        stage_sp = None if prev is None else _ratio(prev.latency_ms.get("ort_bs1"),
-                                                    s.latency_ms.get("ort_bs1"))
+        prev_sp = None if prev is None else report.speedup(prev, "ort_bs1")
+        stage_sp = None if prev is None or sp1 is None or prev_sp is None else sp1 / prev_sp
         out.append([
             s.name + (f" [{s.artefact}]" if s.artefact else ""),
             "-" if s.accuracy is None else f"{s.accuracy:.2f}",
@@ -68,9 +68,11 @@ def render_markdown(report: CompressionReport) -> str:
              f"{env.get('ort_threads', '?')} intra-op thread(s), median of timed windows; "
              f"machine: {env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
              f"torch {env.get('torch', '?')}.",
-             "Speedups and MAC ratios are relative to the dense model (first measured stage); Δ top-1, "
-             "size gain and stage speedup to the previous row. A row marked [file] measures that deployed "
-             "file (int8 ONNX, packed clustered weights) instead of the float model's ONNX.", "",
+             "Speedups and MAC ratios are relative to the dense model (the first measured row), each stage "
+             "timed back to back with it (median of pairs; a stage that kept the architecture reuses the "
+             "previous timing); Δ top-1, size gain and stage speedup are relative to the previous row. A row "
+             "marked [file] measures that deployed file (int8 ONNX, packed clustered weights) instead of the "
+             "float model's ONNX.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     flags = [(s.name, f) for s in report.stages for f in s.flags]

@@ -28,6 +28,9 @@ class StageResult:
     flags: list[str] = field(default_factory=list)
     artefact: str | None = None  # the file this row measures when it is not the float model (int8 ONNX...)
     float_model: dict[str, Any] | None = None  # with an artefact: the float model's accuracy, bytes, latency
+    speedups: dict[str, float] = field(default_factory=dict)  # vs the dense model, timed back to back (median)
+    latency_spread: dict[str, list[float]] = field(default_factory=dict)  # min, max of the pairs' speedups
+    timing: str | None = None  # how the latency was obtained ("paired with 0:input", "reused from 2:prune" ...)
 
     def details_dict(self) -> dict[str, Any]:
         """The details as a plain mapping (for rendering), whatever their type."""
@@ -75,12 +78,15 @@ class CompressionReport:
         base = self.baseline
         if base is not None and result.measured and result is not base:
             for key, ms in result.latency_ms.items():
-                if key in base.latency_ms and ms > base.latency_ms[key] * 1.05:
-                    result.flags.append(f"slower than the dense model on {key} "
-                                        f"({ms:.3f} ms vs {base.latency_ms[key]:.3f} ms)")
+                sp = self.speedup(result, key)
+                if sp is not None and sp < 1 / 1.05:
+                    result.flags.append(f"slower than the dense model on {key} ({ms:.3f} ms, speedup {sp:.2f}x)")
         self.stages.append(result)
 
     def speedup(self, s: StageResult, key: str) -> float | None:
+        """The measured speedup over the dense model: the back-to-back (paired) one when the stage has it."""
+        if key in s.speedups:
+            return s.speedups[key]
         b = self.baseline
         if b is None or key not in b.latency_ms or key not in s.latency_ms:
             return None

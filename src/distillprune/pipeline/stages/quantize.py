@@ -10,7 +10,6 @@ from torch import nn
 
 from distillprune.core.reporting import Deployed
 from distillprune.export.onnx import onnx_accuracy
-from distillprune.measure.latency import ort_latency
 from distillprune.pipeline.state import RunState
 from distillprune.quant import QUANTIZERS, QATOptions, QuantConfig, default_filename, make_job
 from distillprune.recipes.registry import StageOutcome, register_stage
@@ -62,13 +61,13 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
         out = state.output_path(name, f"stages.{index - 1}.filename") or Path(tmp) / name
         job = make_job(state.model, cfg, out, workdir, data=state.data, train=train, qat=st.qat, train_steps=steps)
         res = QUANTIZERS.get(cfg.method)(job)
-        m = state.recipe.measure
-        measure_cpu = m.enabled and cfg.method not in HALF  # fp16/bf16 target GPUs: ORT CPU timings mislead
-        latency = {f"ort_{k}": round(v, 4) for k, v in ort_latency(out, state.data.input_shape, m).items()} \
-            if measure_cpu else {}
+        measure_cpu = state.recipe.measure.enabled and cfg.method not in HALF  # half targets GPUs: CPU timings mislead
+        timing = state.timer.time(out.read_bytes(), f"{index}:quantize") if measure_cpu and state.timer else None
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
         acc = onnx_accuracy(out, state.data.inputs("test"), state.data.labels("test")) if on_ort else res.accuracy
     if cfg.method in HALF:
         res.details["latency"] = "not measured on CPU (half precision targets GPUs)"
     res.path = name
-    return StageOutcome(res, Deployed(name, res.bytes, latency, acc))
+    deployed = Deployed(name, res.bytes, timing.latency_ms if timing else {}, acc,
+                        timing.speedups if timing else {}, timing.spread if timing else {})
+    return StageOutcome(res, deployed)

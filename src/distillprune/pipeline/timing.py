@@ -1,0 +1,90 @@
+"""Latency you can trust on a busy machine: every stage is timed back to back with the dense model.
+
+The first measured model of a run (the input model, or the trained teacher) is the baseline; its ONNX file is
+kept (``baseline.onnx`` in the run folder, so a resumed run times against the same graph). Every later
+stage, and every deployed artefact (an int8 file), is timed in pairs alternating with the baseline; the
+row's speedup is the median of the pairs' ratios, with their min-max spread. A stage that did not change
+the architecture (fine-tuning, sparsity, clustering: the same dense kernels) reuses the previous timing
+instead of reporting noise as a "stage speedup".
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from distillprune.core.io import atomic_write
+from distillprune.measure.latency import LatencyConfig, OrtTimer, ort_latency
+
+
+def architecture_key(model: nn.Module) -> str:
+    """Module types and tensor shapes: equal keys time the same (dense kernels ignore the values)."""
+    parts = [f"{n}:{type(m).__name__}" for n, m in model.named_modules()]
+    parts += [f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class Timing:
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    speedups: dict[str, float] = field(default_factory=dict)
+    spread: dict[str, list[float]] = field(default_factory=dict)
+    how: str = ""
+
+
+class StageTimer:
+    """Times the run's models against its baseline (see the module docstring)."""
+
+    def __init__(self, cfg: LatencyConfig, input_shape: tuple[int, ...], run_dir: Path | None):
+        self.cfg, self.input_shape, self.run_dir = cfg, tuple(input_shape), run_dir
+        self.timer = OrtTimer(cfg)
+        self.baseline: bytes | None = None
+        self.baseline_name = ""
+        self.last: tuple[str, Timing, str] | None = None  # (architecture key, its timing, stage name)
+
+    def restore(self, baseline_name: str) -> None:
+        """On resume: the baseline file the run wrote."""
+        f = self.run_dir / "baseline.onnx" if self.run_dir else None
+        if f is not None and f.is_file():
+            self.baseline, self.baseline_name = f.read_bytes(), baseline_name
+
+    def time(self, onnx: bytes, name: str, arch: str | None = None) -> Timing:
+        """The timing of a stage's ONNX graph (``arch``: its architecture key, for reuse)."""
+        if not self.cfg.enabled:
+            return Timing()
+        if self.baseline is None:
+            self.baseline, self.baseline_name = onnx, name
+            if self.run_dir is not None:
+                atomic_write(self.run_dir / "baseline.onnx", lambda tmp: Path(tmp).write_bytes(onnx))
+            t = Timing({f"ort_bs{k[2:]}": v for k, v in ort_latency(onnx, self.input_shape, self.cfg).items()},
+                       how="baseline")
+        elif arch is not None and self.last is not None and self.last[0] == arch:
+            prev = self.last[1]
+            t = Timing(dict(prev.latency_ms), dict(prev.speedups), dict(prev.spread),
+                       f"reused from {self.last[2]} (same architecture)")
+        else:
+            t = Timing(how=f"paired with {self.baseline_name} ({self.cfg.pairs} pairs)")
+            for bs in self.cfg.batch_sizes:
+                p = self.timer.paired(onnx, self.baseline, self.input_shape, bs)
+                key = f"ort_bs{bs}"
+                t.latency_ms[key] = round(p.ms, 4)
+                t.speedups[key] = round(p.speedup, 4)
+                t.spread[key] = [round(v, 4) for v in p.spread]
+        if arch is not None:
+            self.last = (arch, t, name)
+        return t
+
+    def flags(self, t: Timing, mac_ratio: float | None) -> list[str]:
+        """Timings a reader should not trust: a speedup above the MAC ratio, or pairs too spread to resolve."""
+        out = []
+        for key, sp in t.speedups.items():
+            if mac_ratio and sp > 1.1 * mac_ratio:
+                out.append(f"{key}: measured speedup {sp:.2f}x exceeds the MAC ratio {mac_ratio:.2f}x by >10% "
+                           "(noisy timing or a runtime effect worth checking)")
+            lo, hi = t.spread.get(key, [sp, sp])
+            if sp and (hi - lo) / sp > self.cfg.max_spread:
+                out.append(f"{key}: speedup pairs spread {lo:.2f}x-{hi:.2f}x: too noisy to resolve "
+                           f"(> {100 * self.cfg.max_spread:.0f}% of the median)")
+        return out

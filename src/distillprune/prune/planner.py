@@ -1,0 +1,315 @@
+"""Target-driven plans: how many residual blocks to remove and how wide each channel group stays, to reach a
+*measured* ONNX Runtime speedup (or a MACs ratio) while keeping the most accuracy.
+
+For each depth option (a number of blocks, from ``target.depth_fractions``):
+
+1. the blocks are the greedy prefix of one lazy-greedy choice by KD loss (``prune.blocks.BlockScorer``:
+   torch.fx with cached activations, so choosing 13 of ResNet-56's 27 blocks costs a few forwards);
+2. each coupled channel group is priced: its channels' first-order KD-loss cost (Taylor: |w * dL/dw|
+   of the KD loss on calibration batches) against the milliseconds it saves, read from a latency lookup
+   table of the layer shapes that occur (``prune.latency_table``); NetAdapt-style, the group whose next cut
+   of ``round_to`` channels costs the least accuracy per millisecond is shrunk until the predicted latency
+   meets the target -- non-uniform widths, no export per step;
+3. the candidate is built, its BatchNorm statistics re-estimated, and its accuracy estimated on a
+   validation split carved from the *training* data (KD loss and top-1 against the teacher; never the test
+   set); its speedup is measured end to end, back to back with the dense model (median of pairs). A
+   candidate that misses the target band refits the latency model with that measurement and is re-planned.
+
+The plan is the candidate with the lowest estimated KD loss among those in the band
+``[target, target * (1 + tolerance)]`` (a plan that overshoots throws away accuracy); the report lists every
+candidate with its measured latency and estimate.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from distillprune.errors import DistillpruneError
+from distillprune.export.onnx import onnx_bytes
+from distillprune.measure.latency import LatencyConfig, OrtTimer
+from distillprune.measure.metrics import count_macs
+from distillprune.prune.blocks import BlockScorer, remove_blocks
+from distillprune.prune.config import TargetConfig, WidthConfig
+from distillprune.prune.depth import removable_blocks
+from distillprune.prune.groups import Group, apply_widths, channel_groups, taylor_costs
+from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class Candidate:
+    """One plan the search built and measured."""
+
+    label: str
+    blocks: int
+    macs: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    speedup: float | None = None  # measured, back to back with the dense model (median of pairs)
+    spread: list[float] | None = None  # min and max of the pairs' speedups
+    macs_ratio: float | None = None
+    est_top1: float | None = None  # validation top-1 (%) before fine-tuning, BN re-estimated
+    est_kd: float | None = None  # validation KD loss to the teacher (lower is better)
+    in_band: bool = False
+    chosen: bool = False
+
+
+@dataclass
+class Plan:
+    """What to remove: blocks, and each channel group's kept width (root layer -> [kept, original])."""
+
+    target: dict[str, float]
+    blocks: list[str] = field(default_factory=list)
+    widths: dict[str, list[int]] = field(default_factory=dict)
+    macs_ratio: float = 1.0
+    speedup: float | None = None
+    achieved: float | None = None  # the measured speedup (latency target) or the MACs ratio (MACs target)
+    est_top1: float | None = None
+    est_kd: float | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    seconds: float = 0.0
+    lut_entries: int = 0
+    note: str | None = None
+
+    def keep(self) -> dict[str, int]:
+        return {root: kept for root, (kept, _) in self.widths.items()}
+
+
+class _Predictor:
+    """Latency (ms, LUT) or MACs of a model described by its layer shapes."""
+
+    def __init__(self, table: LatencyTable | None):
+        self.table = table
+
+    def cost(self, shape: LayerShape) -> float:
+        return self.table.ms(shape) if self.table is not None else float(shape.macs())
+
+    def total(self, shapes: dict[str, LayerShape]) -> float:
+        return sum(self.cost(s) for s in shapes.values())
+
+
+def greedy_widths(groups: Sequence[Group], shapes: dict[str, LayerShape], predictor: _Predictor,
+                  goal: float) -> tuple[dict[str, int], float]:
+    """Shrink, one ``round_to`` step at a time, the group whose next cut costs the least KD loss per unit of
+    predicted cost saved, until the predicted total meets ``goal``. Returns (kept width per group root, the
+    predicted total)."""
+    size = {g.root: g.size for g in groups}
+    cin = {n: s.cin for n, s in shapes.items()}
+    cout = {n: s.cout for n, s in shapes.items()}
+    total = predictor.total(shapes)
+
+    def next_size(g: Group) -> int:
+        s = size[g.root]
+        return max(g.min_keep, ((s - 1) // g.step) * g.step)
+
+    def delta(g: Group, new: int) -> float:
+        k = size[g.root] - new
+        saved = 0.0
+        touched = set(g.outputs) | set(g.inputs)
+        for name in touched & shapes.keys():
+            before = shapes[name].resized(cin[name], cout[name])
+            after = before.resized(cin[name] - (k if name in g.inputs else 0),
+                                   cout[name] - (k if name in g.outputs else 0))
+            saved += predictor.cost(before) - predictor.cost(after)
+        return saved
+
+    while total > goal:
+        best: tuple[float, Group, int, float] | None = None
+        for g in groups:
+            new = next_size(g)
+            if new >= size[g.root]:
+                continue
+            saved = delta(g, new)
+            if saved <= 0:
+                continue
+            done = g.size - size[g.root]
+            cost = sum(g.cost[c] for c in g.order[done: done + size[g.root] - new]) if g.cost else 0.0
+            score = cost / saved
+            if best is None or score < best[0]:
+                best = (score, g, new, saved)
+        if best is None:
+            break  # nothing left to cut
+        _, g, new, saved = best
+        k = size[g.root] - new
+        for name in set(g.outputs) & shapes.keys():
+            cout[name] -= k
+        for name in set(g.inputs) & shapes.keys():
+            cin[name] -= k
+        size[g.root] = new
+        total -= saved
+    return size, total
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm running statistics (cumulative average) on ``batches``: after a cut, the
+    statistics of the layers downstream no longer match their inputs."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or not batches:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    was = model.training
+    model.train()
+    for x in batches:
+        model(x)
+    for bn, m in zip(bns, momenta, strict=True):
+        bn.momentum = m
+    model.train(was)
+
+
+@torch.no_grad()
+def estimate(model: nn.Module, batches: Sequence[Batch],
+             teacher_logits: Sequence[torch.Tensor]) -> tuple[float, float | None]:
+    """(KD loss at T=1 to the teacher, top-1 % when labelled) on the validation batches."""
+    from distillprune.distill.losses.kd import soft_kl
+
+    was = model.training
+    model.eval()
+    kd, correct, n, labelled = 0.0, 0, 0, True
+    for (x, y), t in zip(batches, teacher_logits, strict=True):
+        out = model(x)
+        kd += float(soft_kl(out, t, 1.0)) * len(x)
+        n += len(x)
+        if y is None:
+            labelled = False
+        else:
+            correct += int((out.argmax(1) == y).sum())
+    model.train(was)
+    return kd / max(n, 1), (100.0 * correct / n if labelled and n else None)
+
+
+@dataclass
+class PlanInputs:
+    """What the planner reads: calibration batches (block scores, Taylor costs, BN re-estimation) and a
+    disjoint validation split of the training data (the accuracy estimate)."""
+
+    calibration: list[Batch]
+    validation: list[Batch]
+    example: torch.Tensor  # one input, for tracing
+
+
+def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, width: WidthConfig,
+                inputs: PlanInputs, num_classes: int, latency: LatencyConfig | None,
+                loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
+                log: Callable[[str], None] = lambda s: None) -> Plan:
+    """The plan for ``model`` (unchanged; work happens on copies). See the module docstring."""
+    t0 = time.perf_counter()
+    input_shape = tuple(inputs.example.shape[1:])
+    dense = copy.deepcopy(model).eval()
+    teacher.eval()
+    with torch.no_grad():
+        t_cal = [teacher(x) for x, _ in inputs.calibration]
+        t_val = [teacher(x) for x, _ in inputs.validation]
+    lat = (latency or LatencyConfig()).model_copy(update={"enabled": True})
+    timed = target.latency_speedup is not None
+    goal_ratio = float(target.latency_speedup or target.macs_ratio)  # type: ignore[arg-type]
+    plan = Plan({k: v for k, v in target.model_dump().items()
+                 if k in ("latency_speedup", "macs_ratio", "batch_size") and v is not None})
+
+    cpu_dense = copy.deepcopy(dense).cpu()
+    dense_macs = count_macs(cpu_dense, input_shape)
+    table = LatencyTable(lat, target.batch_size) if timed else None
+    predictor = _Predictor(table)
+    timer = OrtTimer(lat) if timed else None
+    dense_onnx = onnx_bytes(cpu_dense, input_shape) if timed else b""
+    dense_shapes = layer_shapes(dense, input_shape)
+    if timed:
+        assert table is not None and timer is not None
+        dense_ms = timer.ms(dense_onnx, input_shape, target.batch_size)
+        table.fit(table.raw(dense_shapes.values()), dense_ms)
+    else:
+        dense_ms = float(dense_macs)
+
+    blocks = removable_blocks(dense)
+    counts = sorted({int(round(f * len(blocks))) for f in target.depth_fractions})
+    order: list[str] = []
+    if counts and counts[-1] > 0:
+        scorer = BlockScorer(dense, blocks, [x for x, _ in inputs.calibration], t_cal)
+        order = scorer.greedy(counts[-1])
+        log(f"blocks by KD loss: {order} ({scorer.evaluations} evaluations)")
+
+    aim = goal_ratio * (1 + target.tolerance / 2) if timed else goal_ratio
+    band = (goal_ratio, goal_ratio * (1 + target.tolerance))
+    finals: list[tuple[Candidate, dict[str, list[int]]]] = []  # the last candidate of each depth, its widths
+    for d in counts:
+        base = copy.deepcopy(dense)
+        remove_blocks(base, order[:d])
+        dg, groups = channel_groups(base, inputs.example, width, num_classes)
+        taylor_costs(base, dg, groups, inputs.calibration, loss_fn)
+        shapes = layer_shapes(base, input_shape)
+        tried: list[tuple[Candidate, dict[str, list[int]]]] = []
+        for attempt in range(target.refits + 1):
+            goal = (dense_ms / aim - table.c0) / table.k if table is not None else dense_ms / aim
+            keep, predicted = greedy_widths(groups, shapes, predictor, goal)
+            cand, achieved = _build(base, keep, d, attempt, inputs, width, num_classes, t_val, dense_macs,
+                                    input_shape, target, timer, table, dense_onnx, dense_ms)
+            cand.in_band = band[0] <= achieved <= band[1]
+            plan.candidates.append(cand)
+            tried.append((cand, {g.root: [keep[g.root], g.size] for g in groups}))
+            log(f"candidate {cand.label}: speedup {cand.speedup} macs x{cand.macs_ratio} est top-1 "
+                f"{cand.est_top1} kd {cand.est_kd} (predicted {predicted:.4g})")
+            if cand.in_band or not timed:
+                break
+            if achieved < band[0] and all(keep[g.root] <= g.min_keep for g in groups):
+                break  # nothing left to cut at this depth
+        in_band = [t for t in tried if t[0].in_band]
+        finals.append(in_band[0] if in_band else min(tried, key=lambda t: abs(_achieved(t[0], timed) - aim)))
+    return _choose(plan, finals, order, band[0], timed, t0, table)
+
+
+def _achieved(c: Candidate, timed: bool) -> float:
+    return (c.speedup if timed else c.macs_ratio) or 0.0
+
+
+def _build(base: nn.Module, keep: dict[str, int], d: int, attempt: int, inputs: PlanInputs, width: WidthConfig,
+           num_classes: int, t_val: Sequence[torch.Tensor], dense_macs: int, input_shape: tuple[int, ...],
+           target: TargetConfig, timer: OrtTimer | None, table: LatencyTable | None, dense_onnx: bytes,
+           dense_ms: float) -> tuple[Candidate, float]:
+    """Cut a copy of ``base`` to ``keep``, re-estimate its BatchNorm, estimate its accuracy, measure it."""
+    model = copy.deepcopy(base)
+    apply_widths(model, inputs.example, width, num_classes, keep)
+    recalibrate_bn(model, [x for x, _ in inputs.calibration])
+    est_kd, est_top1 = estimate(model, inputs.validation, t_val)
+    cpu = copy.deepcopy(model).cpu().eval()
+    macs = count_macs(cpu, input_shape)
+    cand = Candidate(f"{d} blocks removed" + (f", refit {attempt}" if attempt else ""), d, macs,
+                     macs_ratio=round(dense_macs / max(macs, 1), 3),
+                     est_top1=None if est_top1 is None else round(est_top1, 2), est_kd=round(est_kd, 5))
+    if timer is None or table is None:
+        return cand, dense_macs / max(macs, 1)
+    pair = timer.paired(onnx_bytes(cpu, input_shape), dense_onnx, input_shape, target.batch_size)
+    cand.latency_ms = {f"ort_bs{target.batch_size}": round(pair.ms, 4)}
+    cand.speedup, cand.spread = round(pair.speedup, 3), [round(v, 3) for v in pair.spread]
+    # the measurement (as ms of the dense model's first timing, so load drift cancels) refits the predictor
+    table.fit(table.raw(layer_shapes(model, input_shape).values()), dense_ms / pair.speedup)
+    return cand, pair.speedup
+
+
+def _choose(plan: Plan, finals: list[tuple[Candidate, dict[str, list[int]]]], order: list[str], lo: float,
+            timed: bool, t0: float, table: LatencyTable | None) -> Plan:
+    meeting = [f for f in finals if f[0].in_band] or [f for f in finals if _achieved(f[0], timed) >= lo]
+    if not meeting:
+        got = max((_achieved(c, timed) for c, _ in finals), default=None)
+        raise DistillpruneError(f"no plan reaches the target {plan.target} (best measured: {got}); allow more "
+                                "depth (target.depth_fractions), a larger width.max_ratio, or lower the target")
+    best, widths = min(meeting, key=lambda f: f[0].est_kd if f[0].est_kd is not None else float("inf"))
+    best.chosen = True
+    plan.blocks = order[: best.blocks]
+    plan.widths = widths
+    plan.macs_ratio = best.macs_ratio or 1.0
+    plan.speedup = best.speedup
+    plan.achieved = _achieved(best, timed)
+    plan.est_top1, plan.est_kd = best.est_top1, best.est_kd
+    if not best.in_band:
+        plan.note = "no candidate landed inside the target band; the closest above the target was taken"
+    plan.seconds = round(time.perf_counter() - t0, 2)
+    plan.lut_entries = table.measured if table is not None else 0
+    return plan
