@@ -6,14 +6,14 @@ import copy
 
 import pytest
 import torch
-from unit_helpers import randomise_bn, random_bundle, tiny_resnet
+from unit_helpers import random_bundle, randomise_bn, tiny_resnet
 
 import distillprune as dp
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
 from distillprune.prune.blocks import BlockScorer
-from distillprune.prune.config import TargetConfig, WidthConfig
+from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import removable_blocks
 from distillprune.prune.groups import apply_widths, channel_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
