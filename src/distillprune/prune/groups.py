@@ -85,15 +85,19 @@ def channel_groups(model: nn.Module, example: torch.Tensor, width: WidthConfig, 
     return dg, out
 
 
-def taylor_costs(model: nn.Module, dg: tp.DependencyGraph, groups: Sequence[Group],
-                 batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
-                 loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]) -> None:
-    """Fill each group's ``cost``: |w * dL/dw| summed over the group's coupled parameters per channel
-    (first-order estimate of the KD-loss increase of removing it; comparable across groups)."""
+def gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+              loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]) -> None:
+    """Accumulate the KD loss's gradients on every parameter (Taylor costs and taylor importance read them)."""
     from distillprune.prune.structured import accumulate_gradients
 
     with traceable(model):
         accumulate_gradients(model, batches, loss_fn)
+
+
+def taylor_costs(dg: tp.DependencyGraph, groups: Sequence[Group]) -> None:
+    """Fill each group's ``cost`` from the gradients on the model (see :func:`gradients`): |w * dL/dw| summed
+    over the group's coupled parameters per channel, a first-order estimate of the KD-loss increase of
+    removing it, comparable across groups."""
     taylor = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
     by_name = {n: m for m, n in _names(dg).items()}
     for grp in groups:
@@ -102,7 +106,6 @@ def taylor_costs(model: nn.Module, dg: tp.DependencyGraph, groups: Sequence[Grou
         with torch.no_grad():
             imp = taylor(g)
         grp.cost = [0.0] * grp.size if imp is None else imp.float().abs().cpu().tolist()
-    model.zero_grad(set_to_none=True)
 
 
 def apply_widths(model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int,

@@ -36,7 +36,7 @@ from distillprune.measure.metrics import count_macs
 from distillprune.prune.blocks import BlockScorer, remove_blocks
 from distillprune.prune.config import TargetConfig, WidthConfig
 from distillprune.prune.depth import removable_blocks
-from distillprune.prune.groups import Group, apply_widths, channel_groups, taylor_costs
+from distillprune.prune.groups import Group, apply_widths, channel_groups, gradients, taylor_costs
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
@@ -242,8 +242,9 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
     for d in counts:
         base = copy.deepcopy(dense)
         remove_blocks(base, order[:d])
+        gradients(base, inputs.calibration, loss_fn)  # kept on the copies: taylor importance reads them too
         dg, groups = channel_groups(base, inputs.example, width, num_classes)
-        taylor_costs(base, dg, groups, inputs.calibration, loss_fn)
+        taylor_costs(dg, groups)
         shapes = layer_shapes(base, input_shape)
         tried: list[tuple[Candidate, dict[str, list[int]]]] = []
         for attempt in range(target.refits + 1):
@@ -276,6 +277,7 @@ def _build(base: nn.Module, keep: dict[str, int], d: int, attempt: int, inputs: 
     """Cut a copy of ``base`` to ``keep``, re-estimate its BatchNorm, estimate its accuracy, measure it."""
     model = copy.deepcopy(base)
     apply_widths(model, inputs.example, width, num_classes, keep)
+    model.zero_grad(set_to_none=True)
     recalibrate_bn(model, [x for x, _ in inputs.calibration])
     est_kd, est_top1 = estimate(model, inputs.validation, t_val)
     cpu = copy.deepcopy(model).cpu().eval()
