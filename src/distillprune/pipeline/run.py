@@ -12,7 +12,7 @@ from distillprune.core.checkpoint import ArchSpec
 from distillprune.data.base import DataBundle
 from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
-from distillprune.measure.metrics import measure_model
+from distillprune.measure.metrics import layer_widths, measure_model
 from distillprune.pipeline.compression_stages import apply_deployed
 from distillprune.pipeline.stages import RUNNERS, new_model
 from distillprune.pipeline.state import RunState, probe_shapes, restore
@@ -96,3 +96,4 @@ def _measure(state: RunState, result: StageResult) -> None:
     result.params, result.nonzero_params, result.macs = stats.params, stats.nonzero_params, stats.macs
     result.onnx_bytes = stats.onnx_bytes
     result.latency_ms = {k: round(v, 4) for k, v in stats.latency_ms.items()}
+    result.widths = layer_widths(model)
