@@ -84,7 +84,19 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     if run_path:
         state.report.save(run_path)
         write_markdown(state.report, run_path)
+        _write_html(state.report, run_path, console)
     return state
+
+
+def _write_html(report: CompressionReport, run_path: Path, console: Console) -> None:
+    """report.html is a view of report.json (already saved): a rendering failure must not fail the run."""
+    from distillprune.report.html import write_html
+
+    try:
+        write_html(report, run_path)
+    except Exception as e:  # noqa: BLE001 - any plotting error; the data is safe and re-renderable
+        console.print(f"[yellow]warning[/] report.html not written ({type(e).__name__}: {e}); "
+                      f"render it later with: distillprune report {run_path} --html")
 
 
 def _measure(state: RunState, result: StageResult) -> None:
