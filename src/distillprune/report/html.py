@@ -97,13 +97,14 @@ def _pareto_section(report: CompressionReport) -> str:
     if not figs:
         return '<p class="note">No stage was measured with latency (measure.enabled: false, or no measured stage).</p>'
     notes = []
-    if plans(report):
+    if any(p.candidates for p in plans(report)):
         notes.append(f"<p>Triangles: {escape(CANDIDATES_LABEL)} — pruned copies the target search timed, scored "
                      "before any training, so they sit below what the fine-tuned stages reach; the star is the "
                      "plan the prune stage used; the dotted line is the target latency (dense latency / target "
                      "speedup).</p>")
-        notes.append("<details><summary>Target search: every candidate</summary>" + _candidates_table(report)
-                     + "</details>")
+    if plans(report):
+        notes.append("<details><summary>Target search: the plan and every candidate</summary>"
+                     + _candidates_table(report) + "</details>")
     return f'<div class="grid">{"".join(figs)}</div>' + "".join(notes)
 
 

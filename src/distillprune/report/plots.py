@@ -90,7 +90,8 @@ def plans(report: CompressionReport) -> list[Plan]:
         p = s.details.get("plan")
         if isinstance(p, dict):
             cands = [c for c in p.get("candidates") or [] if isinstance(c, dict)]
-            achieved = p.get("achieved", p.get("speedup"))
+            # older plans name no ``achieved``: their measured speedup, else their MAC ratio
+            achieved = p["achieved"] if "achieved" in p else (p.get("speedup") or p.get("macs_ratio"))
             out.append(Plan(s.name, dict(p.get("target") or {}), achieved, cands))
     return out
 
@@ -170,7 +171,12 @@ def accuracy_latency_svg(report: CompressionReport, key: str) -> str | None:
     base = report.baseline
     if base is not None and key in base.latency_ms:
         _speedup_axis(ax, base.latency_ms[key])
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()  # stages first, in run order; then the other series
+    stage_labels = [stage_label(s) + (" (dense)" if s is report.baseline else "") for s, _, _ in pts]
+    order = sorted(range(len(labels)), key=lambda i: (stage_labels.index(labels[i]) if labels[i] in stage_labels
+                                                      else len(stage_labels) + i))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=2,
+               frameon=False)
     return to_svg(fig, f"pareto-{key}", f"top-1 against measured latency, {latency_label(key)}")
 
 
