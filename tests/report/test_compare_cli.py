@@ -13,7 +13,15 @@ from distillprune.cli import main
 from distillprune.errors import DistillpruneError
 from distillprune.report import print_table
 from distillprune.report.compare import COLUMNS as COMPARE_COLUMNS
-from distillprune.report.compare import compare_rows, environment_differences, load_runs, print_compare
+from distillprune.report.compare import (
+    compare_rows,
+    environment_differences,
+    latency_notes,
+    load_runs,
+    print_compare,
+    recipe_differences,
+    write_compare,
+)
 from distillprune.report.render import COLUMNS, render_markdown
 from distillprune.report.report import cpu_info, environment
 
@@ -149,3 +157,25 @@ def test_environment_names_libraries():
 def test_load_errors_are_distillprune_errors(tmp_path):
     with pytest.raises(DistillpruneError):
         load_runs([tmp_path / "x", tmp_path / "y"])
+
+
+def test_compare_lists_recipe_differences(two_runs, tmp_path):
+    a, b = two_runs
+    meta = b / "stages" / "04_finetune" / "model.json"
+    d = json.loads(meta.read_text())
+    d["recipe"]["stages"][1]["width"] = {"ratio": 0.3}
+    d["recipe"]["seed"] = 1
+    meta.write_text(json.dumps(d))
+    runs = load_runs(two_runs)
+    assert recipe_differences(runs) == [["seed", "0", "1"], ["stages.1.width.ratio", "-", "0.3"]]
+    html = write_compare(runs, tmp_path / "c.html").read_text()
+    assert "<h2>Recipe differences</h2>" in html and "stages.1.width.ratio" in html
+
+
+def test_compare_notes_the_same_dense_model_timed_apart(two_runs):
+    a, b = two_runs
+    rep = json.loads((b / "report.json").read_text())
+    rep["stages"][0]["latency_ms"]["ort_bs1"] = 0.45  # the dense model again, on a busier machine
+    (b / "report.json").write_text(json.dumps(rep))
+    (note,) = latency_notes(load_runs(two_runs))
+    assert "0.300 ms (a) vs 0.450 ms (b) on ort_bs1" in note

@@ -79,6 +79,62 @@ def environment_differences(runs: Sequence[RunData]) -> list[str]:
     return out
 
 
+def latency_notes(runs: Sequence[RunData], tolerance: float = 0.10) -> list[str]:
+    """Runs whose dense models have the same MACs yet were timed more than ``tolerance`` apart: the same
+    network, so the gap is the machine (load, frequency), and speedups compare better than milliseconds."""
+    out = []
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            ba, bb = a.report.baseline, b.report.baseline
+            if ba is None or bb is None or ba.macs != bb.macs:
+                continue
+            for key in sorted(set(ba.latency_ms) & set(bb.latency_ms)):
+                x, y = ba.latency_ms[key], bb.latency_ms[key]
+                if max(x, y) > (1 + tolerance) * min(x, y):
+                    out.append(f"the same dense model ({_fmt_int(ba.macs)} MACs) measured {x:.3f} ms ({a.label}) vs "
+                               f"{y:.3f} ms ({b.label}) on {key}: compare speedups rather than milliseconds")
+    return out
+
+
+def _flatten(d: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(d, dict):
+        items = d.items()
+    elif isinstance(d, list) and any(isinstance(v, (dict, list)) for v in d):
+        items = ((str(i), v) for i, v in enumerate(d))
+    else:
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in items:
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def recipe_differences(runs: Sequence[RunData]) -> list[list[str]]:
+    """[key, value in run 1, value in run 2, ...] for every resolved recipe value that differs."""
+    flat = [_flatten(r.recipe) if r.recipe else None for r in runs]
+    if any(f is None for f in flat):
+        return []
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    missing = object()
+    rows = []
+    for k in keys:
+        vals = [f.get(k, missing) for f in flat]
+        if any(v != vals[0] for v in vals):
+            rows.append([k, *("-" if v is missing else str(v) for v in vals)])
+    return rows
+
+
+def _recipes_html(runs: Sequence[RunData]) -> str:
+    if any(r.recipe is None for r in runs):
+        return ('<p class="note">Not every run folder carries its recipe (stage checkpoints): '
+                + ", ".join(escape(r.label) for r in runs if r.recipe is None) + ".</p>")
+    rows = recipe_differences(runs)
+    if not rows:
+        return '<p class="note">The resolved recipes are identical.</p>'
+    return ("<p>Every resolved recipe value (defaults included) that is not the same in all runs.</p>"
+            + table(["recipe key", *(r.label for r in runs)], rows, text_cols=tuple(range(len(runs) + 1))))
+
+
 def _keys(runs: Sequence[RunData]) -> list[str]:
     keys: list[str] = []
     for r in runs:
@@ -91,6 +147,7 @@ def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) ->
     diffs = environment_differences(runs)
     warn = ("<p class=\"flag\">Measured differently, so absolute latencies do not compare: "
             + "; ".join(escape(d) for d in diffs) + ".</p>") if diffs else ""
+    warn += "".join(f'<p class="flag">Note: {escape(n)}.</p>' for n in latency_notes(runs))
     figs = [figure(compare_svg(pairs, k), f"Top-1 against measured latency, {escape(latency_label(k))}: each run's "
                    "stages joined in run order (square: its dense model, large dot: its final stage).",
                    f"No run has a stage with both accuracy and {k} latency.") for k in _keys(runs)]
@@ -111,6 +168,7 @@ def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) ->
     env_keys = list(dict.fromkeys(k for r in runs for k in r.report.environment))
     env_rows = [[k, *(_env(r, k) for r in runs)] for k in env_keys]
     sections = [("overlay", "Accuracy vs measured latency", overlay), ("runs", "Runs", runs_html),
+                ("recipes", "Recipe differences", _recipes_html(runs)),
                 ("environment", "Environments", table(["", *(r.label for r in runs)], env_rows,
                                                       text_cols=tuple(range(len(runs) + 1))))]
     header = (f"<h1>distillprune: {len(runs)} runs compared</h1><p class=\"muted\">"
@@ -147,3 +205,5 @@ def print_compare(runs: Sequence[RunData], wide: bool = False, console=None) -> 
     console.print(t)
     for d in environment_differences(runs):
         console.print(f"[yellow]measured differently[/] {rich_escape(d)}")
+    for n in latency_notes(runs):
+        console.print(f"[yellow]note[/] {rich_escape(n)}")

@@ -34,8 +34,8 @@ figure { margin:10px 0; }
 svg.fig { width:100%; height:auto; display:block; }
 .scroll { overflow-x:auto; }
 table { border-collapse:collapse; font-size:13px; margin:8px 0; font-variant-numeric:tabular-nums; }
-th, td { border-bottom:1px solid var(--line); padding:4px 8px; text-align:right; white-space:nowrap; }
-th { background:var(--band); white-space:normal; vertical-align:bottom; min-width:4.5em; }
+th, td { border-bottom:1px solid var(--line); padding:4px 6px; text-align:right; white-space:nowrap; }
+th { background:var(--band); white-space:normal; vertical-align:bottom; }
 th:first-child, td:first-child, td.text { text-align:left; }
 td.text { white-space:normal; overflow-wrap:break-word; }
 th.text { text-align:left; }

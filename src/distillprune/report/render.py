@@ -66,7 +66,7 @@ def render_markdown(report: CompressionReport) -> str:
     lines = [f"# distillprune report: {report.recipe}", "",
              f"Latency: ONNX Runtime {env.get('onnxruntime', '?')} CPU provider, "
              f"{env.get('ort_threads', '?')} intra-op thread(s), median of timed windows; "
-             f"machine: {env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
+             f"machine: {env.get('cpu_model') or env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
              f"torch {env.get('torch', '?')}.",
              "Speedups and MAC ratios are relative to the dense model (first measured stage); Δ top-1, "
              "size gain and stage speedup to the previous row. A row marked [file] measures that deployed "
