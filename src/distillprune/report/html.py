@@ -21,6 +21,7 @@ from distillprune.report.plots import (
     accuracy_latency_svg,
     latency_keys,
     latency_label,
+    latency_spread,
     plans,
     stage_bars_svg,
 )
@@ -109,8 +110,6 @@ def _pareto_section(report: CompressionReport) -> str:
 
 
 def _has_spread(report: CompressionReport, key: str) -> bool:
-    from distillprune.report.plots import latency_spread
-
     return any(latency_spread(s, key) for s in report.stages)
 
 
