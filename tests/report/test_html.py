@@ -200,3 +200,13 @@ def test_layer_widths_of_a_depth_and_width_pruned_model():
     model.layer2[0].conv1 = torch.nn.Conv2d(8, 12, 3)  # stands in for a width-pruned layer
     after = layer_widths(model)
     assert "layer1.1.conv1" not in after and after["layer2.0.conv1"] == 12
+
+
+def test_gpu_latencies_get_their_own_plots_and_bars():
+    rep = synthetic_report()
+    for s in rep.stages:
+        if s.measured:
+            s.latency_ms.update({"gpu_graph_bs256": 2.0 / s.index, "gpu_eager_bs256": 3.0 / s.index})
+    assert latency_keys(rep) == ["ort_bs1", "ort_bs32", "gpu_eager_bs256", "gpu_graph_bs256"]
+    figs = figures(render_html(rep))
+    assert {"pareto-gpu_eager_bs256", "pareto-gpu_graph_bs256", "stage-bars"} <= set(figs)

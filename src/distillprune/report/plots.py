@@ -27,8 +27,11 @@ def latency_label(key: str) -> str:
 
 
 def short_latency_label(key: str) -> str:
-    """'ort_bs1' -> 'ORT CPU bs1'; for panel titles."""
-    return latency_label(key).replace("ONNX Runtime CPU", "ORT CPU").replace(", batch ", " bs")
+    """'ort_bs1' -> 'ORT CPU bs1', 'gpu_graph_bs256' -> 'GPU graph bs256'; for panel titles."""
+    m = re.fullmatch(r"(ort|gpu_eager|gpu_graph)_bs(\d+)", key)
+    if not m:
+        return key
+    return {"ort": "ORT CPU", "gpu_eager": "GPU eager", "gpu_graph": "GPU graph"}[m.group(1)] + f" bs{m.group(2)}"
 
 
 def latency_keys(report: CompressionReport) -> list[str]:
@@ -218,7 +221,7 @@ def _bar_panels(report: CompressionReport) -> list[tuple[str, Callable[[StageRes
     panels: list = [("parameters", lambda s: s.params, _fmt_count), ("MACs", lambda s: s.macs, _fmt_count),
                     ("ONNX file size", lambda s: s.onnx_bytes, _fmt_bytes)]
     for key in latency_keys(report):
-        panels.append((f"latency ms, {short_latency_label(key)}", lambda s, k=key: s.latency_ms.get(k),
+        panels.append((f"{short_latency_label(key)} latency, ms", lambda s, k=key: s.latency_ms.get(k),
                        lambda v: f"{v:.3g}"))
     if base is not None and base.accuracy is not None:
         panels.append(("top-1 change vs dense, pp",
