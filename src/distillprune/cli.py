@@ -17,7 +17,10 @@ def _default_out(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool) -> None:
+WIDE = typer.Option(False, "--wide", help="print every column of the table, not the compact view")
+
+
+def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool, wide: bool = False) -> None:
     from distillprune.pipeline import compress
     from distillprune.recipes import load_recipe
     from distillprune.report import print_table
@@ -27,19 +30,22 @@ def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool
         raise DistillpruneError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = out or _default_out(recipe.name)
     report = compress(recipe, out, resume=resume)
-    print_table(report)
+    print_table(report, wide=wide)
     typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
+    if (out / "report.html").is_file():
+        typer.echo(f"report: {out / 'report.html'}  (open it in a browser)")
 
 
 @app.command()
 def demo(
     out: Path | None = typer.Option(None, help="run folder (default runs/digits_demo-<time>)"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
+    wide: bool = WIDE,
 ) -> None:
     """Embedded default: digits data, teacher -> prune+distil -> KD fine-tune -> ONNX, report."""
     from distillprune.recipes import BUILTIN
 
-    _run(BUILTIN / "digits_demo.yaml", set_, out, False)
+    _run(BUILTIN / "digits_demo.yaml", set_, out, False, wide)
 
 
 @app.command()
@@ -48,9 +54,10 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
     out: Path | None = typer.Option(None, help="run folder (default runs/<name>-<time>)"),
     resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
+    wide: bool = WIDE,
 ) -> None:
-    """Run a recipe: its stages in order, measured after each; writes report.json/md and ONNX."""
-    _run(recipe, set_, out, resume)
+    """Run a recipe: its stages in order, measured after each; writes report.json/md/html and ONNX."""
+    _run(recipe, set_, out, resume, wide)
 
 
 @app.command()
@@ -66,14 +73,38 @@ def validate(
 
 
 @app.command()
-def report(run_folder: Path = typer.Argument(..., help="a run folder (or its report.json)")) -> None:
-    """Render report.md from report.json and print the table."""
+def report(
+    run_folder: Path = typer.Argument(..., help="a run folder (or its report.json)"),
+    html: bool = typer.Option(False, "--html", help="also render report.html (plots, widths, curves)"),
+    wide: bool = WIDE,
+) -> None:
+    """Render report.md (and with --html report.html) from report.json and print the table."""
     from distillprune.report import CompressionReport, print_table, write_markdown
+    from distillprune.report.run_folder import run_folder as folder_of
 
+    folder = folder_of(run_folder) if run_folder.is_dir() or not run_folder.exists() else run_folder.parent
     rep = CompressionReport.load(run_folder)
-    folder = run_folder if run_folder.is_dir() else run_folder.parent
-    path = write_markdown(rep, folder)
-    print_table(rep)
+    paths = [write_markdown(rep, folder)]
+    if html:
+        from distillprune.report.html import write_html
+
+        paths.append(write_html(rep, folder))
+    print_table(rep, wide=wide)
+    typer.echo("wrote " + ", ".join(map(str, paths)))
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run folders to compare (two or more)"),
+    out: Path = typer.Option(Path("compare.html"), help="the page to write"),
+    wide: bool = WIDE,
+) -> None:
+    """Overlay several runs on the accuracy-vs-latency plane: one HTML page and a console table."""
+    from distillprune.report.compare import load_runs, print_compare, write_compare
+
+    loaded = load_runs(runs)
+    path = write_compare(loaded, out)
+    print_compare(loaded, wide=wide)
     typer.echo(f"wrote {path}")
 
 

@@ -132,7 +132,10 @@ def test_demo_tiny_then_report(tmp_path):
     res = run_cli("demo", "--out", str(out), *TINY)
     assert res.returncode == 0, res.stderr
     assert "speedup" in res.stdout and (out / "model.onnx").exists()
+    assert res.stdout.strip().splitlines()[-1].startswith(f"report: {out / 'report.html'}")
     (out / "report.md").unlink()
-    res = run_cli("report", str(out))
+    (out / "report.html").unlink()
+    res = run_cli("report", str(out), "--html")
     assert res.returncode == 0, res.stderr
     assert "| 3:finetune |" in (out / "report.md").read_text()
+    assert 'data-figure="widths"' in (out / "report.html").read_text()

@@ -83,6 +83,20 @@ def test_pipeline_prune_stage_is_smaller(run):
 
 
 @pytest.mark.slow
+def test_pipeline_records_widths_and_writes_html(run):
+    out, report = run
+    train, prune, finetune, _ = report.stages
+    removed = prune.details.removed_blocks[0]
+    assert f"{removed}.conv1" in train.widths and f"{removed}.conv1" not in prune.widths
+    assert prune.widths["conv1"] < train.widths["conv1"] and prune.widths == finetune.widths
+    assert train.widths["fc"] == 10 == prune.widths["fc"]  # the classifier keeps its classes
+    assert CompressionReport.load(out).stages[1].widths == prune.widths
+    html = (out / "report.html").read_text()
+    for fig in ("pareto-ort_bs1", "stage-bars", "widths", "curves"):
+        assert f'data-figure="{fig}"' in html, fig
+
+
+@pytest.mark.slow
 def test_final_checkpoint_reloads_and_matches_onnx(run):
     out, report = run
     folders = sorted(p.name for p in (out / "stages").iterdir())

@@ -17,6 +17,20 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
     return int(sum(int((p != 0).sum()) if nonzero else p.numel() for p in model.parameters()))
 
 
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Out-channels of every Conv and out-features of every Linear layer, by module name (model order).
+
+    Comparing two stages shows what pruning cut: a narrower layer lost channels, a missing one was
+    removed with its block (depth pruning replaces the block by an Identity)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = int(m.out_channels)
+        elif isinstance(m, nn.Linear):
+            out[name] = int(m.out_features)
+    return out
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one sample's forward pass (torch's FLOP counter / 2)."""

@@ -16,7 +16,7 @@ from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
 from distillprune.export.onnx import onnx_bytes
 from distillprune.measure.latency import torch_latency
-from distillprune.measure.metrics import count_macs, count_params
+from distillprune.measure.metrics import count_macs, count_params, layer_widths
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES
@@ -93,6 +93,7 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     if run_path:
         state.report.save(run_path)
         write_markdown(state.report, run_path)
+        _write_html(state.report, run_path, console)
     return state
 
 
@@ -105,6 +106,17 @@ def _measure_input(state: RunState, console: Console) -> None:
     state.report.add(result)
     console.print(f"[green]measured[/] {result.name}" + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy
                                                          is not None else ""))
+
+
+def _write_html(report: CompressionReport, run_path: Path, console: Console) -> None:
+    """report.html is a view of report.json (already saved): a rendering failure must not fail the run."""
+    from distillprune.report.html import write_html
+
+    try:
+        write_html(report, run_path)
+    except Exception as e:  # noqa: BLE001 - any plotting error; the data is safe and re-renderable
+        console.print(f"[yellow]warning[/] report.html not written ({type(e).__name__}: {e}); "
+                      f"render it later with: distillprune report {run_path} --html")
 
 
 def _measure(state: RunState, result: StageResult) -> None:
@@ -128,6 +140,7 @@ def _measure(state: RunState, result: StageResult) -> None:
     base = state.report.baseline
     mac_ratio = base.macs / result.macs if base is not None and base.macs and result.macs else None
     result.flags += state.timer.flags(timing, mac_ratio)
+    result.widths = layer_widths(cpu)
 
 
 def _stand_for(result: StageResult, dep: Deployed) -> None:

@@ -66,7 +66,7 @@ def render_markdown(report: CompressionReport) -> str:
     lines = [f"# distillprune report: {report.recipe}", "",
              f"Latency: ONNX Runtime {env.get('onnxruntime', '?')} CPU provider, "
              f"{env.get('ort_threads', '?')} intra-op thread(s), median of timed windows; "
-             f"machine: {env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
+             f"machine: {env.get('cpu_model') or env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
              f"torch {env.get('torch', '?')}.",
              "Speedups and MAC ratios are relative to the dense model (the first measured row), each stage "
              "timed back to back with it (median of pairs; a stage that kept the architecture reuses the "
@@ -92,19 +92,31 @@ def _short(v: object) -> str:
     return s if len(s) <= 160 else s[:157] + "..."
 
 
-def print_table(report: CompressionReport) -> None:
+# The default console table: what fits an 80-column terminal. (column in COLUMNS, its short header)
+COMPACT = [("stage", "stage"), ("top-1 %", "top-1"), ("Δ top-1 pp", "Δ pp"), ("params", "params"),
+           ("MACs", "MACs"), ("ORT bs1 ms", "bs1 ms"), ("speedup bs1", "speedup"), ("realised/MAC", "real/MAC")]
+
+
+def print_table(report: CompressionReport, wide: bool = False, console=None) -> None:
+    """The report as a console table: the compact columns, or all of them with ``wide``.
+
+    Rich fits the table to the terminal's width (wrapping cells when it must); nothing is forced."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"distillprune: {report.recipe}")
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c == "stage" else "right")
-    from rich.markup import escape
-
-    for r in rows(report):
+    cols = [(c, c) for c in COLUMNS] if wide else COMPACT
+    pick = [COLUMNS.index(c) for c, _ in cols]
+    data = [[r[i] for i in pick] for r in rows(report)]
+    table = Table(title=f"distillprune: {report.recipe}", caption=None if wide else
+                  "speedup: bs1 vs dense; real/MAC: best speedup / MAC ratio; --wide: all columns")
+    for c, header in cols:
+        # "fold": on a narrow terminal a cell wraps, it is never cut short with an ellipsis
+        table.add_column(header, justify="left" if c == "stage" else "right", overflow="fold")
+    for r in data:
         table.add_row(*(escape(c) for c in r))  # '[model.int8.onnx]' is text, not rich markup
-    console = Console(width=200)
+    console = console or Console()
     console.print(table)
     for s in report.stages:
         for f in s.flags:
-            console.print(f"[yellow]flag[/] {s.name}: {f}")
+            console.print(f"[yellow]flag[/] {escape(s.name)}: {escape(f)}")

@@ -31,6 +31,7 @@ class StageResult:
     speedups: dict[str, float] = field(default_factory=dict)  # vs the dense model, timed back to back (median)
     latency_spread: dict[str, list[float]] = field(default_factory=dict)  # min, max of the pairs' speedups
     timing: str | None = None  # how the latency was obtained ("paired with 0:input", "reused from 2:prune" ...)
+    widths: dict[str, int] = field(default_factory=dict)  # out-channels/-features of each Conv/Linear, by name
 
     def details_dict(self) -> dict[str, Any]:
         """The details as a plain mapping (for rendering), whatever their type."""
@@ -121,13 +122,53 @@ class CompressionReport:
             raise DistillpruneError(f"{p}: not a readable report.json ({e})") from None
 
 
+# CPU features that decide which ONNX Runtime / oneDNN kernels run (int8 needs VNNI to be fast).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+LIBRARIES = ("torch", "onnxruntime", "onnx", "torch-pruning", "numpy", "distillprune")
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """CPU model name and the performance-relevant flags, from /proc/cpuinfo where there is one."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    out: dict[str, Any] = {"cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+    if fields.get("model name"):
+        out["cpu_model"] = fields["model name"]
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name.replace("-", "_")] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def environment() -> dict[str, Any]:
     import onnxruntime
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-           "cpu_count": __import__("os").cpu_count()}
+           "cpu_count": __import__("os").cpu_count(), **cpu_info(), "torch_threads": torch.get_num_threads()}
+    env.update({k: v for k, v in library_versions().items() if k not in env})
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
