@@ -28,6 +28,7 @@ import torch_pruning as tp
 
 import distillprune as dp
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
+from distillprune.core.reporting import to_jsonable
 from distillprune.data import DataConfig, load_data
 from distillprune.distill.distiller import CrossEntropy, Distiller
 from distillprune.measure import LatencyConfig, count_macs, measure_model
@@ -148,10 +149,11 @@ def dp_row(a, data, teacher_dir: Path, bs: int, target: dict, seed: int) -> tupl
     t0 = time.perf_counter()
     state = execute(recipe, None, data=data, quiet=True)
     report, model = state.report, state.model
-    fin, prune = report.stages[-1].details, report.stages[0].details
+    fin = report.stages[-1].details
+    prune = next(s for s in report.stages if s.type == "prune").details
     img_s = fin.training.train_images_per_s if fin.training else 0.0
     return model, {"train_s": time.perf_counter() - t0, "img_s": img_s,
-                   "plan": prune.plan.to_dict() if prune.plan else None}
+                   "plan": to_jsonable(prune.plan) if prune.plan else None}
 
 
 def plain_eager_throughput(model, data, bs: int, steps: int) -> float:

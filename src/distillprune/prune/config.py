@@ -61,8 +61,8 @@ class TargetConfig(StrictModel):
     tolerance: float = Field(0.1, gt=0, le=1, description="accept a measured speedup in [target, target * (1 + "
                                                           "tolerance)]; the planner aims at the middle")
     refits: int = Field(2, ge=0, description="re-plans of a depth option whose measured speedup misses the band")
-    val_samples: int = Field(1000, gt=0, description="training samples held out to estimate each plan's accuracy")
-    calib_samples: int = Field(512, gt=0, description="training samples for block scores, Taylor costs and "
+    val_samples: int = Field(500, gt=0, description="training samples held out to estimate each plan's accuracy")
+    calib_samples: int = Field(256, gt=0, description="training samples for block scores, Taylor costs and "
                                                       "BatchNorm re-estimation")
 
     @model_validator(mode="after")

@@ -204,6 +204,7 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
     t0 = time.perf_counter()
     input_shape = tuple(inputs.example.shape[1:])
     dense = copy.deepcopy(model).eval()
+    dense.requires_grad_(True)
     teacher.eval()
     with torch.no_grad():
         t_cal = [teacher(x) for x, _ in inputs.calibration]
@@ -239,10 +240,13 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
     aim = goal_ratio * (1 + target.tolerance / 2) if timed else goal_ratio
     band = (goal_ratio, goal_ratio * (1 + target.tolerance))
     finals: list[tuple[Candidate, dict[str, list[int]]]] = []  # the last candidate of each depth, its widths
+    # one backward pass on the dense model: every depth option reads its Taylor costs (and taylor importance)
+    # from these gradients, restricted to the layers it keeps
+    gradients(dense, inputs.calibration, loss_fn)
     for d in counts:
         base = copy.deepcopy(dense)
         remove_blocks(base, order[:d])
-        gradients(base, inputs.calibration, loss_fn)  # kept on the copies: taylor importance reads them too
+        _copy_grads(dense, base)
         dg, groups = channel_groups(base, inputs.example, width, num_classes)
         taylor_costs(dg, groups)
         shapes = layer_shapes(base, input_shape)
@@ -266,6 +270,14 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
     return _choose(plan, finals, order, band[0], timed, t0, table)
 
 
+def _copy_grads(src: nn.Module, dst: nn.Module) -> None:
+    """deepcopy drops ``.grad``; the copies need them (Taylor costs, taylor importance): copy by name."""
+    grads = {n: p.grad for n, p in src.named_parameters()}
+    for n, p in dst.named_parameters():
+        g = grads.get(n)
+        p.grad = None if g is None or g.shape != p.shape else g.clone()
+
+
 def _achieved(c: Candidate, timed: bool) -> float:
     return (c.speedup if timed else c.macs_ratio) or 0.0
 
@@ -276,6 +288,7 @@ def _build(base: nn.Module, keep: dict[str, int], d: int, attempt: int, inputs: 
            dense_ms: float) -> tuple[Candidate, float]:
     """Cut a copy of ``base`` to ``keep``, re-estimate its BatchNorm, estimate its accuracy, measure it."""
     model = copy.deepcopy(base)
+    _copy_grads(base, model)
     apply_widths(model, inputs.example, width, num_classes, keep)
     model.zero_grad(set_to_none=True)
     recalibrate_bn(model, [x for x, _ in inputs.calibration])
