@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from distillprune.cli import main
 
-EXAMPLES = int(os.environ.get("DISTILLPRUNE_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("DISTILLPRUNE_FUZZ_EXAMPLES", "60"))
 
 BASE: dict[str, Any] = {
     "name": "fuzz",
@@ -152,8 +152,8 @@ def data_files(draw: st.DrawFn, damaged: bool) -> tuple[str, dict[str, Any] | by
         "x_train": rng.random((96, 1, 4, 4), dtype=np.float32), "y_train": rng.integers(0, 4, 96),
         "x_test": rng.random((24, 1, 4, 4), dtype=np.float32), "y_test": rng.integers(0, 4, 24),
     }
-    kind = draw(st.sampled_from(["truncate", "text", "dtype", "dtype", "nan", "nan", "labels", "labels", "empty",
-                                 "shape", "missing", "length", "uint8"])) if damaged else "good"
+    kind = draw(st.sampled_from(["truncate", "flip", "flip", "text", "dtype", "dtype", "nan", "nan", "labels",
+                                 "labels", "empty", "shape", "missing", "length", "uint8"])) if damaged else "good"
     key = draw(st.sampled_from(sorted(arrays)))
     if kind == "dtype":
         arrays[key] = draw(st.sampled_from([
@@ -180,6 +180,8 @@ def data_files(draw: st.DrawFn, damaged: bool) -> tuple[str, dict[str, Any] | by
     elif kind == "uint8":
         arrays["x_train"] = (arrays["x_train"] * 255).astype(np.uint8)
         arrays["x_test"] = (arrays["x_test"] * 255).astype(np.uint8)
+    if kind == "flip":  # overwrite a few bytes anywhere: headers, member data, the zip directory
+        return kind, (arrays, draw(st.integers(0, 10**6)), draw(st.binary(min_size=1, max_size=8)))
     if kind in ("truncate", "text"):
         return kind, draw(st.integers(0, 4000)) if kind == "truncate" else b"x_train,y_train\n1,2\n"
     return kind, arrays
@@ -199,6 +201,14 @@ def _write_data(folder: Path, spec: tuple[str, Any]) -> None:
     f = folder / "data.npz"
     if kind == "text":
         f.write_bytes(payload)
+        return
+    if kind == "flip":
+        arrays, at, junk = payload
+        np.savez(f, **arrays)
+        raw = bytearray(f.read_bytes())
+        at %= len(raw)
+        raw[at:at + len(junk)] = junk
+        f.write_bytes(bytes(raw))
         return
     if kind == "truncate":
         arrays = {"x_train": np.zeros((96, 1, 4, 4), np.float32), "y_train": np.zeros(96, np.int64),

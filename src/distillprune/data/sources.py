@@ -21,7 +21,12 @@ from distillprune.errors import DataError
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    bundle = SOURCES.get(cfg.source)(cfg)
+    try:
+        bundle = SOURCES.get(cfg.source)(cfg)
+    except (ValueError, TypeError, IndexError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # a source that trips over its files: the data's fault as far as the user can tell; say which
+        raise DataError(f"data source '{cfg.source}'" + (f" at {cfg.path}" if cfg.path else "")
+                        + f" cannot be read: {type(e).__name__}: {_first_line(e)}") from None
     bundle.train = bundle.train.subset(cfg.limit_train, cfg.seed)
     bundle.test = bundle.test.subset(cfg.limit_test, cfg.seed)
     check_bundle(bundle, f"data '{cfg.path or cfg.source}'")
@@ -67,6 +72,10 @@ def digits(cfg: DataConfig) -> DataBundle:
 
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
+    n_test = int(np.ceil(cfg.test_fraction * len(x)))
+    if not 10 <= n_test <= len(x) - 10:
+        raise DataError(f"data.test_fraction {cfg.test_fraction} holds out {n_test} of {len(x)} digits; each split "
+                        "needs at least one image of each of the 10 classes (use 0.006 .. 0.994)")
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=cfg.test_fraction, random_state=cfg.seed,
                                           stratify=d.target)
     return _bundle(torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte),
