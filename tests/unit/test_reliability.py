@@ -426,3 +426,10 @@ def test_epoch_checkpoint_carries_its_own_record(tmp_path):
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert load_file(str(cut / "last.safetensors"))
+
+
+def test_sizes_the_data_bounds_fail_validation():
+    with pytest.raises(RecipeError, match="data.augment.crop_padding: 100 pixels around 8x8 images"):
+        preflight(recipe(data={**TINY["data"], "augment": {"crop_padding": 100}}), _digits())
+    with pytest.raises(RecipeError, match=r"measure.batch_sizes: a batch of 1000000000 inputs .* GiB"):
+        preflight(recipe(measure={"enabled": False, "batch_sizes": [10**9]}), _digits())

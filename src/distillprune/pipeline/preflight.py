@@ -8,6 +8,7 @@ Each failure is one ``DistillpruneError`` line naming the recipe key.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ def preflight(recipe: Recipe, data: DataBundle, *, base_model: bool = True) -> N
 def _preflight(recipe: Recipe, data: DataBundle, base_model: bool) -> None:
     check_runtime(recipe)
     check_filenames(recipe)
+    check_sizes(recipe, data)
     for where, cfg in model_configs(recipe):
         if where == "model" and not base_model:
             continue
@@ -111,6 +113,24 @@ def check_runtime(recipe: Recipe) -> None:
     for where, n in (("runtime.threads", rt.threads), ("measure.threads", getattr(recipe.measure, "threads", None))):
         if isinstance(n, int) and n > most:
             raise RecipeError(f"{where}: {n} threads on a machine with {os.cpu_count()} CPUs; expected at most {most}")
+
+
+def check_sizes(recipe: Recipe, data: DataBundle) -> None:
+    """Options whose size the data bounds: padding no larger than the images, measurement batches that fit
+    in memory (they are random inputs, not bounded by the data set)."""
+    shape = tuple(data.input_shape)
+    pad = recipe.data.augment.crop_padding
+    if len(shape) == 3 and pad > max(shape[1:]):
+        raise RecipeError(f"data.augment.crop_padding: {pad} pixels around {shape[1]}x{shape[2]} images; expected "
+                          f"at most {max(shape[1:])}")
+    have = _memory_bytes()
+    sample = 4 * math.prod(shape)
+    for where, sizes in (("measure.batch_sizes", recipe.measure.batch_sizes),
+                         ("measure.gpu_batch_size", [getattr(recipe.measure, "gpu_batch_size", 1)])):
+        for bs in sizes:
+            if have and bs * sample > have // 4:
+                raise RecipeError(f"{where}: a batch of {bs} inputs of shape {shape} needs "
+                                  f"{bs * sample / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB")
 
 
 def check_filenames(recipe: Recipe) -> None:
