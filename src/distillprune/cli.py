@@ -1,12 +1,15 @@
-"""Command line: each command is a few lines over a library call. Bad input: one line, exit code 2."""
+"""Command line: each command is a few lines over a library call. Bad input: one line, exit code 2
+(the exit codes are documented in ``distillprune.boundary``)."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
 
 import typer
 
+from distillprune.boundary import note_run, run_cli
 from distillprune.errors import DistillpruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -14,13 +17,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _default_out(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"  # the recipe's name stays under runs/
+    return Path("runs") / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 WIDE = typer.Option(False, "--wide", help="print every column of the table, not the compact view")
 
 
-def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool, wide: bool = False) -> None:
+def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool, wide: bool = False,
+         command: list[str] | None = None) -> None:
     from distillprune.pipeline import compress
     from distillprune.recipes import load_recipe
     from distillprune.report import print_table
@@ -29,7 +34,9 @@ def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool
     if resume and out is None:
         raise DistillpruneError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = out or _default_out(recipe.name)
-    report = compress(recipe, out, resume=resume)
+    sets = [a for ov in overrides for a in ("--set", ov)]
+    note_run(out, [*(command or ["distillprune", "run", str(recipe_path)]), *sets, "--out", str(out), "--resume"])
+    report = compress(recipe, out, resume=resume)  # checks --out before any work
     print_table(report, wide=wide)
     typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
     if (out / "report.html").is_file():
@@ -40,12 +47,13 @@ def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool
 def demo(
     out: Path | None = typer.Option(None, help="run folder (default runs/digits_demo-<time>)"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
+    resume: bool = typer.Option(False, help="continue the demo run in --out where it stopped"),
     wide: bool = WIDE,
 ) -> None:
     """Embedded default: digits data, teacher -> prune+distil -> KD fine-tune -> ONNX, report."""
     from distillprune.recipes import BUILTIN
 
-    _run(BUILTIN / "digits_demo.yaml", set_, out, False, wide)
+    _run(BUILTIN / "digits_demo.yaml", set_, out, resume, wide, ["distillprune", "demo"])
 
 
 @app.command()
@@ -65,11 +73,17 @@ def validate(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
 ) -> None:
-    """Strict schema check (unknown keys are errors, with the nearest valid key)."""
+    """Strict schema check (unknown keys are errors, with the nearest valid key), then what a run would hit
+    before training: the data loads, every model builds (meta device) and fits it, the device exists."""
+    from distillprune.data.sources import load_data
+    from distillprune.pipeline.preflight import preflight
     from distillprune.recipes import load_recipe
 
     r = load_recipe(recipe, set_)
-    typer.echo(f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)})")
+    data = load_data(r.data)
+    preflight(r, data)
+    typer.echo(f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)}; data {tuple(data.input_shape)}, "
+               f"{data.num_classes} classes)")
 
 
 @app.command()
@@ -117,6 +131,7 @@ def bench(
     limit: int | None = typer.Option(None, help="evaluate accuracy on the first N test samples only"),
 ) -> None:
     """ONNX Runtime CPU latency, file size and accuracy of ONNX files, side by side."""
+    from distillprune.core.config import validate
     from distillprune.measure.bench import accuracy_note, bench_onnx, load_eval_data, render_bench
     from distillprune.measure.latency import LatencyConfig
 
@@ -124,7 +139,9 @@ def bench(
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:
         raise DistillpruneError(f"--batch-sizes expects integers like 1,32; got {batch_sizes!r}") from None
-    cfg = LatencyConfig(threads=threads, batch_sizes=sizes)
+    if limit is not None and limit < 1:
+        raise DistillpruneError(f"--limit expects a number of samples >= 1; got {limit}")
+    cfg = validate(LatencyConfig, {"threads": threads, "batch_sizes": sizes}, where="bench options")
     rows = bench_onnx(models, load_eval_data(data) if data else None, cfg, limit)
     typer.echo(render_bench(rows, cfg))
     typer.echo(f"ONNX Runtime CPU, {threads} thread(s), median of timed windows"
@@ -159,24 +176,9 @@ def list_(family: str = typer.Argument(
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        app(args=argv, standalone_mode=False)
-    except DistillpruneError as e:
-        typer.echo(f"error: {e}", err=True)
-        return 2
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return 2
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        raise
-    return 0
+    """The ``distillprune`` command: exit 0 done, 2 bad input or usage, 130 interrupted, 1 a bug (one line
+    and the path of the full traceback); see ``distillprune.boundary``."""
+    return run_cli(app, argv)
 
 
 if __name__ == "__main__":

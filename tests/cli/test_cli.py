@@ -2,12 +2,11 @@
 overwrites or half-writes what is already on disk."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_command, cli_env
 
 from distillprune.cli import main
 from distillprune.recipes import BUILTIN
@@ -20,9 +19,7 @@ TINY = ["--set", "data.limit_train=200", "--set", "data.limit_test=80", "--set",
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "distillprune.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, env=cli_env(), timeout=300)
 
 
 def write(p: Path, text: str) -> Path:
@@ -37,6 +34,16 @@ def assert_clean_error(res: subprocess.CompletedProcess, *needles: str) -> None:
     assert len(lines) == 1, res.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def test_usage_errors_in_the_real_command():
+    # the old fallback imported click (not a dependency): every usage error ended in two tracebacks, exit 1
+    assert_clean_error(run_cli("run"), "Missing argument", "distillprune run --help")
+    assert_clean_error(run_cli("run", str(DEMO), "--bogus"), "No such option: --bogus")
+    assert_clean_error(run_cli("frobnicate"), "No such command 'frobnicate'")
+    res = run_cli()
+    assert res.returncode == 2 and "Usage: distillprune" in res.stdout
+    assert_clean_error(res, "no command given")
 
 
 def test_validate_ok(capsys):

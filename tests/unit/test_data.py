@@ -58,8 +58,10 @@ def test_labels_false_withholds_training_labels_only():
 
 
 def test_unknown_source_suggests_the_nearest():
+    from distillprune.core.config import validate
+
     with pytest.raises(DistillpruneError, match="did you mean 'digits'"):
-        cfg(source="digitz")
+        validate(DataConfig, {"source": "digitz"})  # DataConfig(...) raises pydantic's ValidationError
 
 
 # ---------------------------------------------------------------- Split / bundle

@@ -59,11 +59,21 @@ class ArchSpec:
         if not isinstance(d, dict):
             raise CheckpointError(f"bad architecture spec: expected a mapping, got {type(d).__name__}")
         d = dict(d)
+        if not isinstance(d.get("history", []) or [], list):
+            raise CheckpointError(f"bad architecture spec: history is a {type(d['history']).__name__}, expected a list")
         history = [op_from_dict(h) for h in d.pop("history", []) or []]
         try:
-            return cls(**d, history=history)
+            spec = cls(**d, history=history)
         except TypeError as e:
             raise CheckpointError(f"bad architecture spec: {e}") from None
+        shape, n = spec.input_shape, spec.num_classes
+        if (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)
+                or not isinstance(n, int) or n < 1 or not isinstance(spec.kwargs, dict)
+                or not isinstance(spec.name, (str, type(None))) or not isinstance(spec.source, str)):
+            raise CheckpointError(f"bad architecture spec: input_shape {shape!r:.60}, num_classes {n!r:.20}, "
+                                  f"kwargs {spec.kwargs!r:.60}, name {spec.name!r:.30}; expected positive integers, "
+                                  "a mapping and a name")
+        return spec
 
 
 def save_checkpoint(folder: str | Path, model: nn.Module, spec: ArchSpec, **meta: Any) -> Path:
@@ -97,6 +107,9 @@ def load_checkpoint(folder: str | Path, base: nn.Module | None = None) -> tuple[
         model = spec.build(base)
     except DistillpruneError as e:
         raise CheckpointError(f"{folder}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:  # damaged history
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{folder}: the architecture does not rebuild from model.json ({first})") from None
     try:
         state = load_file(str(folder / "model.safetensors"))
     except (OSError, SafetensorError) as e:

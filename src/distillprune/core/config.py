@@ -38,7 +38,7 @@ def one_line(err: ValidationError) -> str:
         got = f" (got {e['input']!r})"
     more = len(err.errors()) - 1
     tail = f" [+{more} more]" if more else ""
-    return f"{loc or '<root>'}: {msg}{got}{tail}"
+    return f"{loc}: {msg}{got}{tail}" if loc else f"{msg}{got}{tail}"  # a root validator names its own keys
 
 
 def _is_union_tag(part: Any, previous: Any = None) -> bool:

@@ -24,7 +24,7 @@ class DataConfig(StrictModel):
                                               "torchvision | hf")
     path: str | None = Field(None, description="file or folder for npz / cifar10_* / imagefolder / hf")
     name: str | None = Field(None, description="data set name for torchvision / hf")
-    image_size: int | None = Field(None, gt=0, description="imagefolder: resize images to this square size")
+    image_size: int | None = Field(None, gt=0, le=8192, description="imagefolder: resize images to this square size")
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     augment: AugmentConfig = AugmentConfig()

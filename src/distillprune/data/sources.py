@@ -6,23 +6,30 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from distillprune.data.base import DataBundle, Split, channel_stats, subset_indices
+from distillprune.data.checks import check_bundle, check_inputs, class_count, labels_to_int
 from distillprune.data.config import DataConfig
 from distillprune.data.registry import SOURCES
 from distillprune.errors import DataError
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    bundle = SOURCES.get(cfg.source)(cfg)
+    try:
+        bundle = SOURCES.get(cfg.source)(cfg)
+    except (ValueError, TypeError, IndexError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # a source that trips over its files: the data's fault as far as the user can tell; say which
+        raise DataError(f"data source '{cfg.source}'" + (f" at {cfg.path}" if cfg.path else "")
+                        + f" cannot be read: {type(e).__name__}: {_first_line(e)}") from None
     bundle.train = bundle.train.subset(cfg.limit_train, cfg.seed)
     bundle.test = bundle.test.subset(cfg.limit_test, cfg.seed)
-    if bundle.train.y is not None and int(bundle.train.y.max()) >= bundle.num_classes:
-        raise DataError(f"label {int(bundle.train.y.max())} out of range for {bundle.num_classes} classes")
+    check_bundle(bundle, f"data '{cfg.path or cfg.source}'")
     return bundle.without_labels() if not cfg.labels else bundle
 
 
@@ -65,6 +72,10 @@ def digits(cfg: DataConfig) -> DataBundle:
 
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
+    n_test = int(np.ceil(cfg.test_fraction * len(x)))
+    if not 10 <= n_test <= len(x) - 10:
+        raise DataError(f"data.test_fraction {cfg.test_fraction} holds out {n_test} of {len(x)} digits; each split "
+                        "needs at least one image of each of the 10 classes (use 0.006 .. 0.994)")
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=cfg.test_fraction, random_state=cfg.seed,
                                           stratify=d.target)
     return _bundle(torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte),
@@ -75,19 +86,65 @@ def digits(cfg: DataConfig) -> DataBundle:
 def npz(cfg: DataConfig) -> DataBundle:
     """An .npz with x_train, y_train, x_test, y_test (optional 'classes'); images NHWC or NCHW."""
     p = _need_path(cfg)
-    try:
-        with np.load(p, allow_pickle=False) as d:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(d.files)
-            if missing:
-                raise DataError(f"{p}: missing arrays {sorted(missing)}; found {sorted(d.files)}")
-            arrs = {k: d[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            classes = [str(c) for c in d["classes"]] if "classes" in d.files else None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p}: not a readable .npz file ({e})") from None
-    ytr, yte = (torch.from_numpy(arrs[k].astype(np.int64)) for k in ("y_train", "y_test"))
-    n = int(max(ytr.max(), yte.max())) + 1
+    with open_npz(p) as d:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(d.files)
+        if missing:
+            raise DataError(f"{p}: missing arrays {sorted(missing)}; found {sorted(d.files)}")
+        arrs = {k: npz_array(d, k, p) for k in ("x_train", "y_train", "x_test", "y_test")}
+        classes = [str(c) for c in npz_array(d, "classes", p).reshape(-1)] if "classes" in d.files else None
+    for split in ("train", "test"):
+        x, y = arrs[f"x_{split}"], arrs[f"y_{split}"]
+        check_inputs(x, f"{p}: x_{split}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{p}: y_{split} has shape {y.shape}; expected one label per sample of x_{split} "
+                            f"({len(x)},)")
+    ytr, yte = (torch.from_numpy(labels_to_int(arrs[k], f"{p}: {k}")) for k in ("y_train", "y_test"))
+    n = class_count(int(max(ytr.max(), yte.max())), str(p))
+    if classes is not None and len(classes) < n:
+        raise DataError(f"{p}: labels go up to {n - 1} but 'classes' names {len(classes)} classes")
     return _bundle(to_nchw(arrs["x_train"]), ytr, to_nchw(arrs["x_test"]), yte,
                    classes or [str(i) for i in range(n)], p.stem)
+
+
+#: what numpy raises on a damaged .npz (a truncated or corrupt zip member, a bad .npy header)
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError)
+
+
+def open_npz(p: Path):  # type: ignore[no-untyped-def]
+    """``np.load`` of an .npz, refusing anything else first (np.load would try a non-zip file as a pickle)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{p}: a single .npy array; expected an .npz archive (numpy.savez) of x_train, y_train, "
+                        "x_test, y_test")
+    if not head.startswith(b"PK"):
+        raise DataError(f"{p}: not a readable .npz file: it starts with {head!r}, but an .npz is a zip archive "
+                        "of .npy arrays (numpy.savez)")
+    try:
+        return np.load(p, allow_pickle=False)
+    except NPZ_ERRORS as e:
+        raise DataError(f"{p}: not a readable .npz file (truncated or corrupt: {_first_line(e)})") from None
+
+
+def npz_array(d, key: str, p: Path) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """One array of an open .npz; a damaged member or an object array is a one-line DataError."""
+    try:
+        return np.asarray(d[key])
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise DataError(f"{p}: array '{key}' holds Python objects; expected numeric arrays "
+                            "(object arrays are never unpickled)") from None
+        raise DataError(f"{p}: array '{key}' is unreadable (truncated or corrupt: {_first_line(e)})") from None
+    except NPZ_ERRORS as e:
+        raise DataError(f"{p}: array '{key}' is unreadable (truncated or corrupt: {_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
@@ -102,8 +159,8 @@ def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, idx: np.ndarray | None 
 def cifar10_jpeg(cfg: DataConfig) -> DataBundle:
     """The JPEG pack of CIFAR-10 (``{split}_bytes``, ``{split}_offsets``, ``{split}_labels``, ``classes``)."""
     p = _need_path(cfg)
+    d = open_npz(p)
     try:
-        d = np.load(p, allow_pickle=False)
         out = {}
         for split, limit in (("train", cfg.limit_train), ("test", cfg.limit_test)):
             off, labels = d[f"{split}_offsets"], d[f"{split}_labels"].astype(np.int64)
@@ -113,8 +170,8 @@ def cifar10_jpeg(cfg: DataConfig) -> DataBundle:
             out[split] = (to_nchw(_decode_jpegs(d[f"{split}_bytes"], off, idx), hwc=True),
                           torch.from_numpy(labels[idx]))
         classes = [str(c) for c in d["classes"]]
-    except (OSError, KeyError, ValueError) as e:
-        raise DataError(f"{p}: not a CIFAR-10 JPEG pack ({e})") from None
+    except NPZ_ERRORS as e:
+        raise DataError(f"{p}: not a CIFAR-10 JPEG pack ({_first_line(e)})") from None
     return _bundle(*out["train"], *out["test"], classes, "cifar10")
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from distillprune.export.onnx import session
 
 class LatencyConfig(StrictModel):
     enabled: bool = True
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 32], min_length=1)
     threads: int = Field(1, gt=0, description="ONNX Runtime intra-op threads (fixed so runs compare)")
     warmup: int = Field(10, ge=0)
     repeats: int = Field(7, gt=0, description="timed windows; the median is reported")

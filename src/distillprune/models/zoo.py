@@ -81,8 +81,11 @@ MODELS.register("timm")(with_example((3, 32, 32), "timm", arch="resnet18")(
 def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwargs: Any) -> nn.Module:
     try:
         return MODELS.get(name)(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
-    except TypeError as e:
-        raise DistillpruneError(f"model '{name}': bad kwargs {kwargs}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, KeyError, ZeroDivisionError,
+            OverflowError) as e:  # a builder that cannot make sense of its kwargs (or of the data's shape)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DistillpruneError(f"model '{name}': bad kwargs {kwargs} for inputs {tuple(input_shape)} and "
+                                f"{num_classes} classes: {first}") from None
 
 
 @ARCH_BUILDERS.register("zoo")

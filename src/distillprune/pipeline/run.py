@@ -12,11 +12,14 @@ from torch import nn
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.reporting import Deployed
 from distillprune.data.base import DataBundle
+from distillprune.data.checks import check_bundle
 from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
 from distillprune.export.onnx import onnx_bytes
 from distillprune.measure.latency import torch_latency
 from distillprune.measure.metrics import count_macs, count_params, layer_widths
+from distillprune.pipeline import rundir
+from distillprune.pipeline.preflight import preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES
@@ -26,18 +29,9 @@ from distillprune.train.logging import RunLogger
 from distillprune.train.trainer import evaluate
 
 
-def prepare_run_dir(run_dir: str | Path | None, resume: bool) -> Path | None:
-    if run_dir is None:
-        return None
-    p = Path(run_dir)
-    if resume:
-        if not (p / "state.json").exists() and not (p / "stages").exists():
-            raise DistillpruneError(f"--resume: no run to resume in {p}")
-    elif p.exists() and any(p.iterdir()):
-        raise DistillpruneError(f"run folder {p} already exists and is not empty; pass --resume to continue it "
-                                "or choose another --out")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+def prepare_run_dir(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None) -> Path | None:
+    """Check and create the run folder before any work (rules in ``pipeline.rundir``)."""
+    return rundir.prepare(run_dir, resume, recipe)
 
 
 def compress(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False,
@@ -53,9 +47,13 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
             model: nn.Module | None = None, data: DataBundle | None = None, quiet: bool = False) -> RunState:
     """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
     console = Console(quiet=quiet)
-    run_path = prepare_run_dir(run_dir, resume)
+    run_path = prepare_run_dir(run_dir, resume, recipe)
     torch.manual_seed(recipe.seed)
-    data = data or load_data(recipe.data)
+    if data is None:
+        data = load_data(recipe.data)
+    else:
+        check_bundle(data, "data")
+    preflight(recipe, data, base_model=model is None)
     env = {**environment(), "ort_threads": recipe.measure.threads}
     report = CompressionReport(recipe.name, env)
     state = RunState(recipe, data, nn.Identity(), ArchSpec(None, data.num_classes, list(data.input_shape)),
@@ -77,7 +75,12 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
                 continue
             t0 = time.perf_counter()
             definition = STAGES.get(stage.type)
-            outcome = definition.run(stage, state, index)
+            try:
+                outcome = definition.run(stage, state, index)
+            except DistillpruneError as e:  # say which stage: names in a message may be the stage's
+                if not str(e).startswith("stages."):
+                    e.args = (f"stages.{index - 1} ({stage.type}): {e}", *e.args[1:])
+                raise
             result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
             if definition.measured:
                 _measure(state, result)

@@ -3,7 +3,7 @@ small services stage adapters share (training with per-epoch checkpoints, teache
 from __future__ import annotations
 
 import copy
-import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +18,10 @@ from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for, resolve_teacher
-from distillprune.errors import CheckpointError, DataError, RecipeError
+from distillprune.errors import DataError, RecipeError
 from distillprune.models.config import ModelConfig
 from distillprune.models.zoo import build_model
+from distillprune.pipeline.rundir import RESERVED, read_state
 from distillprune.report.report import CompressionReport
 from distillprune.train.config import TrainingOptions
 from distillprune.train.logging import RunLogger
@@ -132,28 +133,31 @@ class RunState:
 def confined(root: Path, name: str, where: str) -> Path:
     """``root / name``, refusing absolute paths and paths that leave ``root`` (``..``, symlinks)."""
     p = Path(name)
-    if not name or p.is_absolute() or ".." in p.parts:
-        raise RecipeError(f"{where}: {name!r} must be a relative path inside the run folder")
+    if (not name or "\0" in name or p.is_absolute() or ".." in p.parts or not p.parts
+            or name.endswith(("/", os.sep))):
+        raise RecipeError(f"{where}: {name!r} must be a relative file path inside the run folder")
+    if p.parts[0] in RESERVED:
+        raise RecipeError(f"{where}: {name!r} would overwrite the run's own files; choose another name "
+                          f"(reserved: {', '.join(sorted(RESERVED))})")
     out = root / p
     if not out.resolve().is_relative_to(root.resolve()):
         raise RecipeError(f"{where}: {name!r} resolves outside the run folder")
+    if out.is_dir():
+        raise RecipeError(f"{where}: {name!r} is a folder in the run folder; expected a file name")
     return out
 
 
 def restore(state: RunState) -> int:
     """Load the last completed stage of ``state.run_dir``; returns the number of completed stages."""
     assert state.run_dir is not None
-    f = state.run_dir / "state.json"
-    if not f.exists():
+    done = read_state(state.run_dir, state.recipe)
+    if done is None or done[0] == 0:
         return 0
-    try:
-        done = json.loads(f.read_text(encoding="utf-8"))
-        completed, kind = int(done["completed"]), str(done["kind"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{f}: corrupt run state ({e}); delete the run folder or choose another --out") \
-            from None
+    completed, kind = done
     state.model, state.spec, _ = load_checkpoint(state.stage_dir(completed, kind))  # type: ignore[arg-type]
     state.report = CompressionReport.load(state.run_dir)
+    # killed between saving the report and state.json: the report may hold the stage being redone
+    state.report.stages = [s for s in state.report.stages if s.index <= completed]
     if (state.run_dir / "teacher" / "model.json").exists():
         t, state.teacher_spec, _ = load_checkpoint(state.run_dir / "teacher")
         state.teacher = snapshot(t)

@@ -31,6 +31,13 @@ class WidthConfig(StrictModel):
     max_ratio: float = Field(0.9, gt=0, le=1, description="never remove more than this share of a layer")
     taylor_batches: int = Field(4, gt=0, description="batches of gradients for taylor importance")
 
+    @model_validator(mode="after")
+    def _within_max(self) -> WidthConfig:
+        if self.ratio is not None and self.ratio > self.max_ratio:
+            raise ValueError(f"ratio {self.ratio} is above max_ratio {self.max_ratio}, the most any layer may "
+                             "lose; lower ratio or raise max_ratio")
+        return self
+
 
 class DepthConfig(StrictModel):
     """Remove whole residual blocks, chosen by the smallest KD-loss increase when skipped."""

@@ -138,6 +138,8 @@ class PruneSession:
                 self._remove_blocks(self.depth)
             if self.width:
                 self._width_step()
+                if k == cfg.steps - 1 and not any(self.report.channels_removed.values()):
+                    raise DistillpruneError(nothing_removed(self.width))
         if cfg.bn_recalibration and (self.plan is not None or self.width or (k == 0 and self.depth)):
             recalibrate_bn(self.model, [x for x, _ in self.calibration(cfg.bn_recalibration)])
         if cfg.unstructured:
@@ -257,6 +259,13 @@ class PruneSession:
             self._masks = MagnitudeMasks(self.model, u.scope, classifier_layers(self.model, self.num_classes),
                                          u.layers)
         self._masks.update(u.sparsity if u.schedule == "oneshot" else cubic_sparsity(k + 1, self.cfg.steps, u.sparsity))
+
+
+def nothing_removed(width: WidthConfig) -> str:
+    """Why a width-pruning request that removed no channel is an error, and what to change."""
+    return (f"width pruning with ratio {width.ratio} and round_to {width.round_to} removes no channel: every "
+            "prunable layer keeps all its channels after rounding (or width.layers selects no prunable layer); "
+            "raise width.ratio or lower width.round_to")
 
 
 def taylor_loss(teacher: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]:

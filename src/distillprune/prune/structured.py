@@ -68,11 +68,16 @@ if not callable(getattr(tp.pruner.BasePruner, "_round_to", None)):  # pragma: no
 
 def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_classes: int,
                  steps: int = 1) -> tp.pruner.BasePruner:
-    """A pruner that reaches ``cfg.ratio`` after ``steps`` calls to ``step()`` (linear schedule)."""
+    """A pruner that reaches ``cfg.ratio`` after ``steps`` calls to ``step()`` (linear schedule).
+
+    Every layer keeps at least one channel (``round_to`` without rounding is 1) and loses at most
+    ``cfg.max_ratio`` of them: Torch-Pruning skips a layer that a ratio would empty, so without these
+    bounds a larger ratio could remove *less* (0.99 removed nothing where 0.9 removed 90%)."""
+    ratio = min(float(cfg.ratio or 0.0), cfg.max_ratio)
     with traceable(model):
         return NearestRoundPruner(
-            model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=cfg.ratio,
-            global_pruning=cfg.global_pruning, round_to=cfg.round_to, max_pruning_ratio=cfg.max_ratio,
+            model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=ratio,
+            global_pruning=cfg.global_pruning, round_to=cfg.round_to or 1, max_pruning_ratio=cfg.max_ratio,
             iterative_steps=steps, ignored_layers=ignored(model, cfg.layers, num_classes),
         )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Union
 
-import yaml
 from pydantic import Field, SerializeAsAny, model_validator
 
 from distillprune.core.config import StrictModel, validate
@@ -19,6 +18,7 @@ from distillprune.errors import RecipeError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.models.config import ModelConfig
 from distillprune.recipes.registry import STAGES
+from distillprune.recipes.yaml_io import parse_yaml, read_text
 from distillprune.train.config import RuntimeConfig
 
 
@@ -44,7 +44,8 @@ class Recipe(StrictModel):
     def _stage_types(cls, data: Any) -> Any:
         # a clearer message than pydantic's for a misspelt stage type
         names = STAGES.names()
-        for i, st in enumerate(data.get("stages") or [] if isinstance(data, dict) else []):
+        stages = data.get("stages") if isinstance(data, dict) else None
+        for i, st in enumerate(stages if isinstance(stages, list) else []):
             if isinstance(st, dict) and st.get("type") not in names:
                 t = st.get("type")
                 raise ValueError(f"stages.{i}.type: unknown stage type {t!r}{nearest(str(t), names)}; "
@@ -87,15 +88,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for i, p in enumerate(parts):
             last = i == len(parts) - 1
             if isinstance(node, list):
-                if not p.isdigit() or int(p) >= len(node):
+                if not (p.isascii() and p.isdigit()) or int(p) >= len(node):
                     raise RecipeError(f"--set {key}: '{p}' is not an index of a {len(node)}-item list")
                 if last:
-                    node[int(p)] = yaml.safe_load(value)
+                    node[int(p)] = parse_yaml(value, f"--set {key}")
                 else:
                     node = node[int(p)]
             elif isinstance(node, dict):
                 if last:
-                    node[p] = yaml.safe_load(value)
+                    node[p] = parse_yaml(value, f"--set {key}")
                 else:
                     if node.get(p) is None:  # missing or null (``key:`` in YAML): a new mapping in place
                         node[p] = {}
@@ -107,12 +108,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"recipe not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = parse_yaml(read_text(p), str(p))
     if not isinstance(raw, dict):
         raise RecipeError(f"{p}: a recipe is a mapping at the top level, got {type(raw).__name__}")
     return raw

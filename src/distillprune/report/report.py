@@ -5,7 +5,8 @@ import json
 import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from distillprune.core.io import write_json, write_text
 from distillprune.core.reporting import Details, details_from_dict, to_jsonable
@@ -46,8 +47,11 @@ class StageResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageResult:
+        if not isinstance(d, dict):
+            raise TypeError(f"a stage is a JSON object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
+        check_field_types(cls, kw, f"stage {kw.get('index', '?')}")
         kw["details"] = details_from_dict(kw.get("details"))
         return cls(**kw)
 
@@ -106,6 +110,9 @@ class CompressionReport:
     def from_dict(cls, d: dict[str, Any]) -> CompressionReport:
         if not isinstance(d, dict):
             raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+        check_field_types(cls, {k: v for k, v in d.items() if k != "stages"}, "report")
+        if not isinstance(d.get("stages", []), list):
+            raise TypeError(f"'stages' is a list of stages, got {type(d['stages']).__name__}")
         stages = [StageResult.from_dict(s) for s in d.get("stages", [])]
         return cls(d["recipe"], d.get("environment", {}), stages, d.get("baseline_index"), d.get("version", 1))
 
@@ -117,9 +124,14 @@ class CompressionReport:
         p = Path(path)
         p = p / "report.json" if p.is_dir() else p
         try:
-            return cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise DistillpruneError(f"{p}: not a readable report.json ({e})") from None
+            report = cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
+            from distillprune.report.render import render_markdown
+
+            render_markdown(report)  # a report that loads also renders (types inside details included)
+            return report
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+                AttributeError, IndexError, RecursionError) as e:
+            raise DistillpruneError(f"{p}: not a readable report.json ({type(e).__name__}: {e})") from None
 
 
 # CPU features that decide which ONNX Runtime / oneDNN kernels run (int8 needs VNNI to be fast).
@@ -178,3 +190,34 @@ def write_markdown(report: CompressionReport, run_dir: str | Path) -> Path:
     from distillprune.report.render import render_markdown
 
     return write_text(Path(run_dir) / "report.md", render_markdown(report))
+
+
+def check_field_types(cls: type, values: dict[str, Any], where: str) -> None:
+    """TypeError naming the first of ``values`` whose JSON type does not fit ``cls``'s field (a report.json
+    edited by hand or damaged); fields typed otherwise than below are not checked here."""
+    hints = get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not _fits(value, hints[key]):
+            want = getattr(hints[key], "__name__", None) or str(hints[key])
+            raise TypeError(f"{where}: '{key}' is {value!r:.80}, expected {want}")
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(_fits(v, args[1]) for v in value.values()))
+    return True

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -90,13 +90,16 @@ def _save(ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, op
             if torch.is_tensor(v):
                 tensors[f"opt.{pid}.{k}"] = v.detach().contiguous()
     meta = {"epoch": epoch, "history": history, "param_groups": sd["param_groups"]}
-    atomic_write(ckpt_dir / "last.safetensors", lambda tmp: save_file(tensors, tmp))
+    # the metadata travels inside the one atomically written file: a kill between two files would pair
+    # epoch k+1's weights with epoch k's record (last.json is a readable copy)
+    atomic_write(ckpt_dir / "last.safetensors",
+                 lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta, default=_plain)}))
     write_json(ckpt_dir / "last.json", meta)
 
 
 def _load(ckpt_dir: Path, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list]:
     try:
-        meta = json.loads((ckpt_dir / "last.json").read_text())
+        meta = _meta(ckpt_dir)
         tensors = load_file(str(ckpt_dir / "last.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")},
@@ -107,9 +110,28 @@ def _load(ckpt_dir: Path, model: nn.Module, objective: nn.Module, opt: torch.opt
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        return int(meta["epoch"]), list(meta["history"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError, SafetensorError) as e:
         raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt or mismatched checkpoint ({e})") from None
-    return int(meta["epoch"]), list(meta["history"])
+
+
+def _meta(ckpt_dir: Path) -> dict:
+    """The epoch checkpoint's record: from inside last.safetensors, else (older checkpoints) last.json."""
+    with safe_open(str(ckpt_dir / "last.safetensors"), framework="pt") as f:
+        inside = (f.metadata() or {}).get("meta")
+    meta = json.loads(inside if inside is not None else (ckpt_dir / "last.json").read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint record is a {type(meta).__name__}, expected a mapping")
+    return meta
+
+
+def _plain(o: object) -> object:
+    return o.item() if hasattr(o, "item") else str(o)
+
+
+def has_checkpoint(ckpt_dir: Path) -> bool:
+    """Whether ``ckpt_dir`` holds an epoch checkpoint to resume from."""
+    return (ckpt_dir / "last.safetensors").exists()
 
 
 def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn.Module, *,
@@ -139,7 +161,7 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
     extra = list(objective.trainable()) if hasattr(objective, "trainable") else []
     opt = make_optimizer(params + extra, settings.optimizer)
     start, history = 0, []
-    if resume and ckpt_dir is not None and (ckpt_dir / "last.json").exists():
+    if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
         start, history = _load(ckpt_dir, model, objective, opt)
     fwd = torch.compile(model) if runtime.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")

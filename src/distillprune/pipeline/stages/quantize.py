@@ -1,6 +1,7 @@
 """``quantize``: an int8 (static / dynamic / QAT) or fp16 / bf16 ONNX file; the stage's row measures it."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -8,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
+from distillprune.core.io import atomic_write
 from distillprune.core.reporting import Deployed
 from distillprune.export.onnx import onnx_accuracy
 from distillprune.pipeline.state import RunState
@@ -58,13 +60,16 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
 
     with tempfile.TemporaryDirectory(prefix="dp-quantize-") as tmp:
         workdir = state.stage_dir(index, "quantize") or Path(tmp)
-        out = state.output_path(name, f"stages.{index - 1}.filename") or Path(tmp) / name
+        final = state.output_path(name, f"stages.{index - 1}.filename")
+        out = Path(tmp) / Path(name).name  # moved into the run folder once it has passed its checks
         job = make_job(state.model, cfg, out, workdir, data=state.data, train=train, qat=st.qat, train_steps=steps)
         res = QUANTIZERS.get(cfg.method)(job)
         measure_cpu = state.recipe.measure.enabled and cfg.method not in HALF  # half targets GPUs: CPU timings mislead
         timing = state.timer.time(out.read_bytes(), f"{index}:quantize") if measure_cpu and state.timer else None
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
         acc = onnx_accuracy(out, state.data.inputs("test"), state.data.labels("test")) if on_ort else res.accuracy
+        if final is not None:
+            atomic_write(final, lambda t: shutil.copyfile(out, t))
     if cfg.method in HALF:
         res.details["latency"] = "not measured on CPU (half precision targets GPUs)"
     res.path = name

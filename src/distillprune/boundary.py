@@ -1,0 +1,177 @@
+"""The CLI's one error boundary: whatever happens, the user gets one line on stderr and a known exit code.
+
+=====  ==========================================================================================
+code   meaning
+=====  ==========================================================================================
+0      done
+1      an internal error (a bug in distillprune): one line, and the full traceback written to
+       ``<run folder>/error.log`` when a run folder exists, else to a temporary file
+2      bad input the user can fix: recipe, ``--set``, data, checkpoint, run folder, usage (unknown
+       command or option, missing argument), a NaN loss; one line saying what was received, what was
+       expected and where
+130    interrupted (Ctrl-C): one line saying how to resume; the last completed checkpoint is intact
+=====  ==========================================================================================
+
+stderr carries only that line; Python warnings are printed to stdout as one ``warning: ...`` line each.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+
+from distillprune.errors import DistillpruneError
+
+EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Current:
+    """What the boundary needs to know about the command in progress (set by the CLI's commands)."""
+
+    run_dir: Path | None = None
+    resume_command: list[str] | None = None
+
+
+current = _Current()
+
+
+def note_run(run_dir: Path, resume_command: list[str]) -> None:
+    """Tell the boundary where the command's run folder is and which command resumes it."""
+    current.run_dir, current.resume_command = Path(run_dir), resume_command
+
+
+def interrupted_message() -> str:
+    run, cmd = current.run_dir, current.resume_command
+    if run is None or cmd is None or not (run / "run.json").is_file():
+        return "interrupted before any run folder was written; nothing to resume (run the command again)"
+    return (f"interrupted; completed stages and epochs are saved in {run}; resume with: "
+            f"{shlex.join(cmd)}")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (messages quoting library errors can span several)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+# typer >= 0.20 vendors click (typer._click); older versions use click itself. Find the exception bases
+# through typer's public names, so neither click nor a private module is imported.
+def _base(cls: type, name: str) -> type:
+    return next((c for c in cls.__mro__ if c.__name__ == name), cls)
+
+
+_CLICK_ERROR = _base(typer.BadParameter, "ClickException")
+_USAGE_ERROR = _base(typer.BadParameter, "UsageError")
+
+
+def _usage_line(e: Any) -> str:
+    ctx = getattr(e, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None and isinstance(e, _USAGE_ERROR) else ""
+    return f"error: {one_line(e.format_message())}{where}"
+
+
+def run_cli(app: Callable[..., Any], argv: list[str] | None) -> int:
+    """Run the typer ``app`` on ``argv`` (``sys.argv[1:]`` if None) inside the boundary; returns the exit code."""
+    current.run_dir = current.resume_command = None
+    try:
+        with _warnings_to_stdout():
+            rv = app(args=argv, prog_name="distillprune", standalone_mode=False)
+    except DistillpruneError as e:
+        return _say(f"error: {one_line(str(e)) or type(e).__name__}", EXIT_USER)
+    except KeyboardInterrupt:
+        return _say(interrupted_message(), EXIT_INTERRUPTED)
+    except _CLICK_ERROR as e:  # usage: unknown command or option, missing argument, bad option value
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help text (typer's rich help printed it already)
+            if e.format_message().strip():
+                typer.echo(e.format_message())
+            return _say("error: no command given (the commands are listed above)", EXIT_USER)
+        return _say(_usage_line(e), EXIT_USER)
+    except typer.Exit as e:  # --help, or a command that exits with a code
+        return int(getattr(e, "exit_code", 0) or 0)
+    except typer.Abort:
+        return _say(interrupted_message(), EXIT_INTERRUPTED)
+    except ValidationError as e:  # a config built from user values outside the recipe path
+        from distillprune.core.config import one_line as first_error
+
+        return _say(f"error: {one_line(first_error(e))}", EXIT_USER)
+    except MemoryError:
+        return _say("error: out of memory; lower data.batch_size or use a smaller model or data.limit_train",
+                    EXIT_USER)
+    except OSError as e:  # the file system refused: permissions, a full disk, a path that is a folder...
+        if e.filename is not None or e.strerror:
+            return _say(f"error: {_os_line(e)}", EXIT_USER)
+        return _internal(e)
+    except Exception as e:  # noqa: BLE001 - the boundary: anything else is a bug, reported with its trace
+        return _internal(e)
+    if rv == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into Exit(130), returned as the result
+        return _say(interrupted_message(), EXIT_INTERRUPTED)
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _say(line: str, code: int) -> int:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    print(line, file=sys.stderr, flush=True)
+    return code
+
+
+def _os_line(e: OSError) -> str:
+    what = e.strerror or type(e).__name__
+    files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{files}: {what}" if files else what
+
+
+def _internal(e: BaseException) -> int:
+    """A bug: one line naming it and the file that holds the full traceback."""
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    path = _write_trace(text)
+    where = f"full traceback in {path}" if path else "the traceback could not be written anywhere"
+    summary = one_line(f"{type(e).__name__}: {e}")[:300]
+    return _say(f"internal error (a bug in distillprune, please report it): {summary}; {where}", EXIT_BUG)
+
+
+def _write_trace(text: str) -> Path | None:
+    run = current.run_dir
+    if run is not None and (run / "run.json").is_file():  # a run folder of ours, not any folder
+        try:
+            with open(run / "error.log", "a", encoding="utf-8") as f:
+                f.write(text)
+            return run / "error.log"
+        except OSError:
+            pass
+    try:
+        fd, name = tempfile.mkstemp(prefix="distillprune-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return Path(name)
+    except OSError:
+        return None
+
+
+class _warnings_to_stdout:
+    """Python warnings as one ``warning: ...`` line on stdout, so stderr holds only the error line."""
+
+    def __enter__(self) -> None:
+        self._saved = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            try:
+                print(f"warning: {one_line(str(message))}", file=sys.stdout, flush=True)
+            except (OSError, ValueError):
+                pass
+
+        warnings.showwarning = show
+
+    def __exit__(self, *exc: object) -> None:
+        warnings.showwarning = self._saved

@@ -1,0 +1,257 @@
+"""Checks that catch, before anything trains, what a run would otherwise hit stages later: every model the
+recipe names (the model, students, peers) builds and fits the data -- built on the meta device, so no
+memory or time is spent on weights --, checkpoints named as teachers or models fit the data, the device
+exists, the runtime's thread counts are sane and output file names stay in the run folder.
+
+``distillprune validate`` and every run (``pipeline.execute``) call :func:`preflight` once the data is loaded.
+Each failure is one ``DistillpruneError`` line naming the recipe key.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from distillprune.core.checkpoint import ArchSpec, read_meta
+from distillprune.data.base import DataBundle
+from distillprune.errors import CheckpointError, DataError, DistillpruneError, RecipeError
+from distillprune.models.config import ModelConfig
+from distillprune.models.zoo import build_model
+from distillprune.pipeline.state import confined
+from distillprune.recipes.schema import Recipe
+
+#: models with more parameters than this are not built on the CPU when the meta device cannot run them
+CPU_FALLBACK_PARAMS = 50_000_000
+
+
+def preflight(recipe: Recipe, data: DataBundle, *, base_model: bool = True) -> None:
+    """Raise one line for the first thing in ``recipe`` that cannot run on ``data`` (see the module doc).
+
+    ``base_model=False`` skips ``recipe.model`` (the run builds it right away and probes it itself).
+    Torch's CPU random state is left as it was (building a model draws from it)."""
+    with torch.random.fork_rng(devices=[]):
+        _preflight(recipe, data, base_model)
+
+
+def _preflight(recipe: Recipe, data: DataBundle, base_model: bool) -> None:
+    check_runtime(recipe)
+    check_filenames(recipe)
+    check_sizes(recipe, data)
+    for where, cfg in model_configs(recipe):
+        if where == "model" and not base_model:
+            continue
+        check_model(cfg, data, where)
+    for where, path in teacher_checkpoints(recipe):
+        check_checkpoint(path, data, where)
+    check_pruning(recipe, data)
+
+
+#: stage types that leave the model's layers as they are (after any other, the prune dry-run stops)
+KEEP_LAYERS = ("train", "distill", "finetune", "evaluate", "export")
+
+
+def check_pruning(recipe: Recipe, data: DataBundle) -> None:
+    """Dry-run the first prune stage (without a target) on the model it will meet, when the stages before it
+    leave the layers alone: more blocks than the model can lose, or a width request that removes no
+    channel, is an error now, not after the stages before it have trained."""
+    from distillprune.prune.depth import removable_blocks
+    from distillprune.prune.session import nothing_removed
+    from distillprune.prune.structured import prune_step, width_pruner
+
+    current = recipe.model
+    for i, st in enumerate(recipe.stages):
+        current = getattr(st, "student", None) or current
+        if st.type == "prune" and getattr(st, "target", None) is None:
+            model = None if current.checkpoint else _cpu_model(current, data)
+            if model is None:
+                return
+            depth, width = getattr(st, "depth", None), getattr(st, "width", None)
+            if depth is not None and depth.blocks > len(removable_blocks(model)):
+                blocks = removable_blocks(model)
+                raise RecipeError(f"stages.{i}.depth.blocks: {depth.blocks} blocks to remove but model "
+                                  f"'{current.name}' has {len(blocks)} removable residual blocks "
+                                  f"({', '.join(blocks) or 'none'})")
+            if width is not None and width.ratio is not None:
+                cfg = width.model_copy(update={"importance": "l1"})  # the count does not depend on the scores
+                try:
+                    pruner = width_pruner(model, torch.zeros(1, *data.input_shape), cfg, data.num_classes, st.steps)
+                    removed = any(entry[2] for _ in range(st.steps) for entry in prune_step(pruner))
+                except DistillpruneError as e:  # e.g. a width.layers pattern that names no layer
+                    raise RecipeError(f"stages.{i} ({st.type}): {e}") from None
+                if not removed:
+                    raise RecipeError(f"stages.{i}.width: {nothing_removed(width)} (checked on model "
+                                      f"'{current.name}')")
+            return  # the model has changed: later stages would need the pruned one
+        if st.type not in KEEP_LAYERS:
+            return
+
+
+def _cpu_model(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
+    try:
+        with torch.device("meta"):
+            n = _params(build_model(cfg.name, data.num_classes, tuple(data.input_shape), **cfg.kwargs))
+    except Exception:  # noqa: BLE001 - check_model has judged this model already
+        n = 0
+    if n > CPU_FALLBACK_PARAMS:
+        return None
+    return build_model(cfg.name, data.num_classes, tuple(data.input_shape), **cfg.kwargs)
+
+
+def check_runtime(recipe: Recipe) -> None:
+    rt = recipe.runtime
+    if rt.device == "cuda" and not torch.cuda.is_available():
+        why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise RecipeError(f"runtime.device: 'cuda' but CUDA is not available ({why}; torch {torch.__version__}); "
+                          "use device: auto or cpu")
+    most = max(64, 8 * (os.cpu_count() or 1))
+    for where, n in (("runtime.threads", rt.threads), ("measure.threads", getattr(recipe.measure, "threads", None))):
+        if isinstance(n, int) and n > most:
+            raise RecipeError(f"{where}: {n} threads on a machine with {os.cpu_count()} CPUs; expected at most {most}")
+
+
+def check_sizes(recipe: Recipe, data: DataBundle) -> None:
+    """Options whose size the data bounds: padding no larger than the images, measurement batches that fit
+    in memory (they are random inputs, not bounded by the data set)."""
+    shape = tuple(data.input_shape)
+    pad = recipe.data.augment.crop_padding
+    if len(shape) == 3 and pad > max(shape[1:]):
+        raise RecipeError(f"data.augment.crop_padding: {pad} pixels around {shape[1]}x{shape[2]} images; expected "
+                          f"at most {max(shape[1:])}")
+    have = _memory_bytes()
+    sample = 4 * math.prod(shape)
+    for where, sizes in (("measure.batch_sizes", recipe.measure.batch_sizes),
+                         ("measure.gpu_batch_size", [getattr(recipe.measure, "gpu_batch_size", 1)])):
+        for bs in sizes:
+            if have and bs * sample > have // 4:
+                raise RecipeError(f"{where}: a batch of {bs} inputs of shape {shape} needs "
+                                  f"{bs * sample / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB")
+
+
+def check_filenames(recipe: Recipe) -> None:
+    """Every ``filename`` a stage names stays inside the run folder (checked again when written)."""
+    root = Path("/distillprune-run-folder")  # syntactic check: absolute, '..', reserved names
+    for i, st in enumerate(recipe.stages):
+        name = getattr(st, "filename", None)
+        if isinstance(name, str):
+            confined(root, name, f"stages.{i}.filename")
+
+
+def model_configs(node: Any, where: str = "") -> Iterator[tuple[str, ModelConfig]]:
+    """Every ModelConfig in a recipe, with its location (``model``, ``stages.2.student``...)."""
+    if isinstance(node, ModelConfig):
+        yield where, node
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from model_configs(getattr(node, name), f"{where}.{name}" if where else name)
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from model_configs(v, f"{where}.{i}")
+
+
+def teacher_checkpoints(recipe: Recipe) -> Iterator[tuple[str, str]]:
+    """``(location, folder)`` of every teacher checkpoint a stage's ``distill`` block names."""
+    for i, st in enumerate(recipe.stages):
+        for block_name in ("distill", "qat"):
+            block = getattr(st, block_name, None)
+            block = getattr(block, "distill", block) if block_name == "qat" else block
+            if block is None:
+                continue
+            teacher = getattr(block, "teacher", "auto")
+            if isinstance(teacher, str) and teacher != "auto":
+                yield f"stages.{i}.{block_name}.teacher", teacher
+            for j, t in enumerate(getattr(block, "teachers", None) or []):
+                if isinstance(t, str) and t != "auto":
+                    yield f"stages.{i}.{block_name}.teachers.{j}", t
+
+
+def check_checkpoint(folder: str, data: DataBundle, where: str) -> None:
+    try:
+        meta = read_meta(folder)
+        spec = ArchSpec.from_dict(meta.get("arch"))
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    if tuple(spec.input_shape) != tuple(data.input_shape) or spec.num_classes != data.num_classes:
+        raise DataError(f"{where}: checkpoint {folder} is a model for inputs {tuple(spec.input_shape)} and "
+                        f"{spec.num_classes} classes, but the data has inputs {tuple(data.input_shape)} and "
+                        f"{data.num_classes} classes")
+
+
+def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
+    """``cfg`` builds and maps the data's inputs to one logit per class (meta device first, else CPU)."""
+    if cfg.checkpoint:
+        check_checkpoint(cfg.checkpoint, data, f"{where}.checkpoint")
+        return
+    shape, classes = tuple(data.input_shape), data.num_classes
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.name, classes, shape, **cfg.kwargs)
+    except DistillpruneError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    except Exception:  # noqa: BLE001 - a builder that cannot build on the meta device: try the CPU below
+        model = None
+    if model is not None:
+        _check_size(model, cfg, where)
+        try:
+            out = _forward(model, shape, torch.device("meta"))
+        except Exception:  # noqa: BLE001 - an op without a meta kernel, or a real mismatch: the CPU decides
+            out = None
+        if out is not None:
+            _check_output(out, cfg, data, where)
+            return
+        if _params(model) > CPU_FALLBACK_PARAMS:
+            return  # too big to build twice; the run's own probe checks it
+    try:
+        model = build_model(cfg.name, classes, shape, **cfg.kwargs)
+    except DistillpruneError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    try:
+        out = _forward(model, shape, torch.device("cpu"))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise DataError(f"{where}: data inputs of shape {shape} do not fit model '{cfg.name}': "
+                        f"{_first_line(e)}") from None
+    _check_output(out, cfg, data, where)
+
+
+def _forward(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.zeros(2, *shape, device=device))
+
+
+def _check_output(out: Any, cfg: ModelConfig, data: DataBundle, where: str) -> None:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"{where}: model '{cfg.name}' (kwargs {cfg.kwargs}) outputs {got} per sample, but the data "
+                        f"has {data.num_classes} classes (expected ({data.num_classes},) logits)")
+
+
+def _check_size(model: nn.Module, cfg: ModelConfig, where: str) -> None:
+    need = 4 * _params(model)
+    have = _memory_bytes()
+    if have and need > have:
+        raise RecipeError(f"{where}: model '{cfg.name}' with kwargs {cfg.kwargs} has {_params(model):.3g} parameters "
+                          f"({need / 2**30:.1f} GiB of fp32 weights), more than this machine's "
+                          f"{have / 2**30:.1f} GiB of memory")
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+

@@ -1,0 +1,174 @@
+"""The run folder's life cycle: checked before any work, marked as ours, re-runnable until a stage
+completes, resumable after.
+
+* ``run.json`` marks a folder as a distillprune run and records the recipe it started with; ``state.json``
+  records the last completed stage (written last, after that stage's checkpoint and the report).
+* A new run needs a new or empty folder, or a run folder of ours that never completed a stage (its
+  leftovers are cleared and it starts again). A folder with completed stages needs ``--resume``.
+* ``--resume`` continues after the last completed stage, with the recipe the run started with (stages not
+  started yet may be changed or appended; ``name``, ``runtime`` and ``measure`` may change).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distillprune.core.io import write_json
+from distillprune.errors import CheckpointError, DistillpruneError
+
+if TYPE_CHECKING:
+    from distillprune.recipes.schema import Recipe
+
+MARKER = "run.json"
+STATE = "state.json"
+FORMAT = "distillprune-run/1"
+#: what a run writes besides the recipe's named output files (cleared when a never-completed run starts over)
+RUN_FILES = ("stages", "teacher", "tb", "metrics.jsonl", "report.json", "report.md", "report.html", STATE,
+             "error.log")
+#: names a recipe's output ``filename`` may not take: the run's own files
+RESERVED = frozenset(RUN_FILES) | {MARKER}
+#: recipe sections that may change when resuming (how it runs and is measured, not what it computes)
+MAY_CHANGE = ("name", "runtime", "measure")
+
+
+class RunFolderError(DistillpruneError):
+    """An ``--out`` folder that cannot hold this run (a file, not writable, another run's folder...)."""
+
+
+def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None) -> Path | None:
+    """Check (and create) the run folder before any work; see the module docstring for the rules."""
+    if run_dir is None:
+        return None
+    p = Path(run_dir)
+    if p.exists() and not p.is_dir():
+        raise RunFolderError(f"--out {p} is a file; expected a run folder (new, empty, or a run to --resume)")
+    if resume:
+        if not p.is_dir() or not is_run_folder(p):
+            raise RunFolderError(f"--resume: no run to resume in {p} (no {MARKER} or {STATE})")
+        if recipe is not None:
+            check_same_recipe(p, recipe)
+    elif p.is_dir() and _entries(p):
+        if not is_run_folder(p):
+            raise RunFolderError(f"run folder {p} already exists and is not empty (and is not a distillprune run "
+                                 "folder); choose another --out")
+        done = completed(p)
+        if done:
+            raise RunFolderError(f"run folder {p} already exists and holds a run with {done} completed stage(s); "
+                                 "pass --resume to continue it or choose another --out")
+        _clear(p)  # a run that never completed a stage starts over, without ceremony
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot create run folder {p}: {e.strerror or e}") from None
+    _check_writable(p)
+    if recipe is not None and not (resume and (p / MARKER).exists()):
+        write_json(p / MARKER, {"format": FORMAT, "recipe": recipe.model_dump(mode="json")})
+    return p
+
+
+def is_run_folder(p: Path) -> bool:
+    return (p / MARKER).is_file() or (p / STATE).is_file() or (p / "stages").is_dir()
+
+
+def completed(p: Path) -> int:
+    """How many stages the run in ``p`` completed (0 when none or no readable state)."""
+    try:
+        return int(json.loads((p / STATE).read_text(encoding="utf-8"))["completed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def read_state(run_dir: Path, recipe: Recipe) -> tuple[int, str] | None:
+    """``(completed, kind)`` of ``state.json``, checked against the recipe; None when there is none."""
+    f = run_dir / STATE
+    if not f.exists():
+        return None
+    try:
+        done = json.loads(f.read_text(encoding="utf-8"))
+        index, kind = done["completed"], done["kind"]
+        if not isinstance(index, int) or isinstance(index, bool) or not isinstance(kind, str):
+            raise TypeError(f"expected {{'completed': <int>, 'kind': <str>}}, got {done!r}"[:200])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        why = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(f"{f}: corrupt run state ({why}); delete the run folder or choose another --out") \
+            from None
+    n = len(recipe.stages)
+    if not 0 <= index <= n:
+        raise CheckpointError(f"{f}: says {index} stages completed but the recipe has {n}; resume with the "
+                              "recipe the run started with")
+    if index and recipe.stages[index - 1].type != kind:
+        raise CheckpointError(f"{f}: stage {index} completed as '{kind}' but the recipe's stage {index} is "
+                              f"'{recipe.stages[index - 1].type}'; resume with the recipe the run started with")
+    return index, kind
+
+
+def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume with a recipe that computes something else than the one the run started with."""
+    f = run_dir / MARKER
+    if not f.is_file():
+        return  # a run folder written before run.json existed
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))["recipe"]
+        if not isinstance(old, dict):
+            raise TypeError("'recipe' is not a mapping")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f}: corrupt run marker ({e}); delete the run folder or choose another --out") \
+            from None
+    new = recipe.model_dump(mode="json")
+    done = completed(run_dir)
+    if any((run_dir / "stages").glob(f"{done + 1:02d}_*")):
+        done += 1  # the stage in progress: its epoch checkpoints hold its options' results
+    for key in sorted(set(old) | set(new)):
+        if key in MAY_CHANGE:
+            continue
+        a, b = old.get(key), new.get(key)
+        if key == "stages" and isinstance(a, list) and isinstance(b, list):
+            a, b = a[:done], b[:done]  # stages not started yet may be changed or appended
+        diff = _first_difference(a, b, key)
+        if diff is not None:
+            raise RunFolderError(f"--resume: the recipe differs from the one {run_dir} started with at {diff}; "
+                                 "resume with the same recipe and --set values (name, runtime and measure may change)")
+
+
+def _first_difference(a: Any, b: Any, where: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}")
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            d = _first_difference(x, y, f"{where}.{i}")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else f"{where} ({a!r} then, {b!r} now)"[:300]
+
+
+def _entries(p: Path) -> list[str]:
+    try:
+        return os.listdir(p)
+    except OSError as e:
+        raise RunFolderError(f"run folder {p} cannot be read: {e.strerror or e}") from None
+
+
+def _clear(p: Path) -> None:
+    for name in RUN_FILES:
+        f = p / name
+        if f.is_dir() and not f.is_symlink():
+            shutil.rmtree(f)
+        elif f.exists() or f.is_symlink():
+            f.unlink()
+
+
+def _check_writable(p: Path) -> None:
+    probe = p / ".distillprune-write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(f"run folder {p} is not writable: {e.strerror or e}") from None
