@@ -99,6 +99,7 @@ def kd_finetune(model: nn.Module, teacher: nn.Module, data: DataBundle, *, epoch
     seconds = sum(h["seconds"] for h in hist)
     images = sum(h["images_per_s"] * h["seconds"] for h in hist)
     return {"top1": hist[-1]["test_acc"], "train_s": seconds, "img_s": images / max(seconds, 1e-9),
+            "img_s_last_epoch": hist[-1]["images_per_s"],
             "epochs": epochs, "final_loss": hist[-1]["loss"], "teacher_speed": vars(objective.teacher_speed)}
 
 
@@ -171,13 +172,14 @@ def mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and all(r.get(k) is not None for r in runs):
             out[k] = sum(r[k] for r in runs) / len(runs)
     if "latency" in first:
-        out["latency"] = {}
-        for bs, d in first["latency"].items():
-            ds = [r["latency"][bs] for r in runs]
-            out["latency"][bs] = {k: (min if k.endswith("_min") else max if k.endswith("_max") else
-                                      lambda v: sum(v) / len(v))([x[k] for x in ds]) for k in d}
+        out["latency"] = {bs: {k: _combine(k, [r["latency"][bs][k] for r in runs]) for k in d}
+                          for bs, d in first["latency"].items()}
     out["n"] = len(runs)
     return out
+
+
+def _combine(key: str, values: list[float]) -> float:
+    return min(values) if key.endswith("_min") else max(values) if key.endswith("_max") else sum(values) / len(values)
 
 
 Column = tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]

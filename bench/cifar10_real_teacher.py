@@ -86,6 +86,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=1, help="seeds of the distillprune rows")
     ap.add_argument("--rows", default="all", help=f"comma list of {ROWS}, or all")
     ap.add_argument("--out", default="bench_out/real_teacher")
+    ap.add_argument("--runs-dir", default=None, help="run folders of the distillprune rows (default: OUT/runs)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
     ap.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
     ap.add_argument("--pairs", type=int, default=5, help="side-by-side latency pairs per batch size")
@@ -112,6 +113,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if a.quick:
         a.limit_train, a.limit_test = a.limit_train or 192, a.limit_test or 64
         a.pairs, a.trainer_steps, a.trainer_rounds = min(a.pairs, 2), min(a.trainer_steps, 2), 1
+        a.epochs = 1
     return a
 
 
@@ -229,7 +231,7 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
 
 
 def dp_row(key: str, ctx: dict, a, seed: int) -> dict:
-    run_dir = Path(a.out) / "runs" / f"{key}_seed{seed}"
+    run_dir = Path(a.runs_dir or Path(a.out) / "runs") / f"{key}_seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     with Timer() as wall:
         state = execute(dp_recipe(DP[key], a, seed, ctx["spec"].name), run_dir, data=ctx["data"], quiet=True)
@@ -252,7 +254,7 @@ def trainer_row(ctx: dict, a) -> dict:
     student, info = tp_prune_to(ctx["teacher"], ctx["shape"], a.mac_target, None, 6 if a.quick else 12)
     r = trainer_line(ctx["teacher"], student, ctx["data"], batch_size=a.batch_size, steps=a.trainer_steps,
                      rounds=a.trainer_rounds, lr=a.lr, runtime=ctx["rt"], compile_teacher=a.trainer_compile,
-                     teacher_name=ctx["spec"].name, warmup=not a.quick)
+                     teacher_name=ctx["spec"].name, warmup=not (a.quick or a.gpu), unfolded=not a.gpu)
     return {**r, "student": f"row 1's network (Torch-Pruning L2 ratio {info['tp_ratio']}, "
                             f"{ctx['teacher_macs'] / size_of(student, ctx['shape'])['macs']:.2f}x fewer MACs)"}
 
