@@ -124,6 +124,7 @@ def side_by_side(candidate: bytes | str | Path, reference: bytes | str | Path, i
     base = cfg or LatencyConfig(warmup=5, repeats=5, min_window_s=0.1)
     out = {}
     for bs in batch_sizes:
+        load = os.getloadavg()[0]  # how busy the machine was: the spread says how much that mattered
         lc = base.model_copy(update={"batch_sizes": [bs], "threads": threads})
         cand, ref = [], []
         for i in range(pairs):
@@ -134,7 +135,7 @@ def side_by_side(candidate: bytes | str | Path, reference: bytes | str | Path, i
         out[f"bs{bs}"] = {"ms": statistics.median(cand), "ms_min": min(cand), "ms_max": max(cand),
                           "ref_ms": statistics.median(ref), "ref_ms_min": min(ref), "ref_ms_max": max(ref),
                           "speedup": statistics.median(ratios), "speedup_min": min(ratios),
-                          "speedup_max": max(ratios), "pairs": pairs}
+                          "speedup_max": max(ratios), "pairs": pairs, "load1": round(load, 2)}
     return out
 
 

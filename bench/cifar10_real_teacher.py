@@ -60,6 +60,7 @@ import distillprune as dp
 from distillprune.core.config import validate
 from distillprune.data import DataConfig, load_data
 from distillprune.errors import DistillpruneError
+from distillprune.export.onnx import export_onnx
 from distillprune.measure.latency import LatencyConfig, torch_latency
 from distillprune.pipeline import execute
 from distillprune.recipes.schema import Recipe
@@ -101,6 +102,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="teacher row: also evaluate with the normalisation the model was trained with")
     ap.add_argument("--gpu", action="store_true", help="train on CUDA (bf16, channels-last, compile); GPU latency")
     ap.add_argument("--budget-s", type=float, default=None, help="start no new row after this many seconds")
+    ap.add_argument("--retime", action="store_true",
+                    help="re-time the --rows already in the results side by side (no training): for a quieter machine")
     ap.add_argument("--quick", action="store_true", help="a few hundred images, tiny budget: no claims (tests)")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
@@ -130,16 +133,21 @@ def latency_cfg(a: argparse.Namespace) -> LatencyConfig:
 
 
 # ------------------------------------------------------------------------------------------- students
+def tp_prune(teacher: torch.nn.Module, shape: tuple, ratio: float, round_to: int | None) -> torch.nn.Module:
+    """Torch-Pruning's own API on a copy: L2 group magnitude, one uniform ``ratio``, classifier kept."""
+    m = copy.deepcopy(teacher).cpu().eval().requires_grad_(True)  # TP traces autograd: unfreeze the copy
+    tp.pruner.MetaPruner(m, torch.zeros(1, *shape), importance=tp.importance.GroupMagnitudeImportance(p=2),
+                         pruning_ratio=ratio, ignored_layers=[m.fc], round_to=round_to).step()
+    return m
+
+
 def tp_prune_to(teacher: torch.nn.Module, shape: tuple, mac_ratio: float, round_to: int | None, iters: int = 12):
-    """Torch-Pruning's own API: L2 group magnitude, one uniform ratio bisected to ``mac_ratio`` fewer MACs."""
+    """``tp_prune`` with the ratio bisected to ``mac_ratio`` fewer MACs (the smallest ratio that reaches it)."""
     dense = size_of(teacher, shape)["macs"]
-    example = torch.zeros(1, *shape)
     lo, hi, best = 0.0, 0.9, None
     for _ in range(iters):
         mid = (lo + hi) / 2
-        m = copy.deepcopy(teacher).cpu().eval().requires_grad_(True)  # TP traces autograd: unfreeze the copy
-        tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                             pruning_ratio=mid, ignored_layers=[m.fc], round_to=round_to).step()
+        m = tp_prune(teacher, shape, mid, round_to)
         if dense / size_of(m, shape)["macs"] >= mac_ratio:
             hi, best = mid, (m, mid)
         else:
@@ -162,10 +170,11 @@ def dropped_layers(teacher: torch.nn.Module, data, keep: int):
 
 
 # ------------------------------------------------------------------------------------------- measuring
-def latency_vs_teacher(model: torch.nn.Module, ctx: dict, a) -> dict:
-    lat = side_by_side(onnx_of(model, ctx["shape"]), ctx["teacher_onnx"], ctx["shape"], pairs=a.pairs,
-                       threads=a.ort_threads, cfg=latency_cfg(a))
-    if a.gpu and torch.cuda.is_available():
+def latency_vs_teacher(model: torch.nn.Module | None, onnx, ctx: dict, a) -> dict:
+    """ONNX Runtime CPU side by side with the teacher; on a GPU also CUDA-graph latency (needs ``model``)."""
+    lat = side_by_side(onnx, ctx["teacher_onnx"], ctx["shape"], pairs=a.pairs, threads=a.ort_threads,
+                       cfg=latency_cfg(a))
+    if a.gpu and torch.cuda.is_available() and model is not None:
         lat["gpu_bs256"] = gpu_side_by_side(model, ctx["teacher"], ctx["shape"], a.pairs)
     return lat
 
@@ -191,11 +200,11 @@ def teacher_row(ctx: dict, a) -> dict:
         d.mean, d.std = (torch.tensor(v) for v in STATED_NORM)
         rec["top1_stated_norm"] = evaluate(t, d, batch_size=500, runtime=ctx["rt"])
         rec["norm_computed"] = [ctx["data"].mean.tolist(), ctx["data"].std.tolist()]
-    rec["latency"] = latency_vs_teacher(t, ctx, a)  # the teacher against itself: the noise floor
+    rec["latency"] = latency_vs_teacher(t, ctx["teacher_onnx"], ctx, a)  # against itself: the noise floor
     return rec
 
 
-def peer_row(key: str, ctx: dict, a) -> dict:
+def peer_row(key: str, ctx: dict, a, seed: int = 0) -> dict:
     t, data, shape = ctx["teacher"], ctx["data"], ctx["shape"]
     if key == "drop":
         model, info = dropped_layers(t, data, a.keep_blocks)
@@ -204,7 +213,9 @@ def peer_row(key: str, ctx: dict, a) -> dict:
     rec = {**info, **size_of(model, shape), "top1_before": evaluate(model, data, batch_size=500, runtime=ctx["rt"])}
     rec.update(kd_finetune(model, t, data, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, runtime=ctx["rt"],
                            compile_teacher=a.gpu))
-    rec["latency"] = latency_vs_teacher(model.cpu().float(), ctx, a)
+    onnx = export_onnx(model.cpu().float(), shape, Path(a.out) / "onnx" / f"{key}_seed{seed}.onnx")
+    rec["onnx"] = str(onnx)
+    rec["latency"] = latency_vs_teacher(model, onnx, ctx, a)
     return rec
 
 
@@ -243,10 +254,8 @@ def dp_row(key: str, ctx: dict, a, seed: int) -> dict:
            "top1_before": prune.accuracy, "top1": fine.accuracy, **size_of(state.model, ctx["shape"]),
            "train_s": train_s, "img_s": images / max(train_s, 1e-9), "prune_stage_s": prune.seconds,
            "pipeline_s": wall.seconds, "epochs": a.epochs}
-    rec["latency"] = side_by_side(run_dir / "model.onnx", ctx["teacher_onnx"], ctx["shape"], pairs=a.pairs,
-                                  threads=a.ort_threads, cfg=latency_cfg(a))
-    if a.gpu and torch.cuda.is_available():
-        rec["latency"]["gpu_bs256"] = gpu_side_by_side(state.model, ctx["teacher"], ctx["shape"], a.pairs)
+    rec["onnx"] = str(run_dir / "model.onnx")
+    rec["latency"] = latency_vs_teacher(state.model, rec["onnx"], ctx, a)
     return rec
 
 
@@ -317,6 +326,11 @@ def table(results: dict) -> str:
                  f"{t['top1_stated_norm']:.2f}%.")
     if notes:
         text += "\n\nRows without a result: " + "; ".join(notes)
+    loads = [d["load1"] for _, r in rows for d in r.get("latency", {}).values() if "load1" in d]
+    if loads:
+        text += (f"\n\nLatency: ONNX Runtime CPU, 1 intra-op thread, each row timed back to back with the teacher "
+                 f"in {t['latency']['bs1']['pairs']} pairs (median, min-max); the teacher row is the teacher "
+                 f"against itself (the noise floor). 1-min load average when timed: {min(loads):.1f}-{max(loads):.1f}.")
     if "trainer" in results:
         r = results["trainer"][0]
         text += "\n\n" + render_trainer_line(r, r["student"])
@@ -333,6 +347,32 @@ def context(a) -> dict:
             "teacher_onnx": onnx_of(teacher, shape), "teacher_macs": size_of(teacher, shape)["macs"]}
 
 
+def onnx_for(key: str, rec: dict, ctx: dict, a):
+    """A row's ONNX file, or its architecture rebuilt from the record (latency depends on nothing else)."""
+    if key == "teacher":
+        return ctx["teacher_onnx"]
+    if rec.get("onnx") and Path(rec["onnx"]).is_file():
+        return rec["onnx"]
+    if key == "drop":
+        model = dropped_layers(ctx["teacher"], ctx["data"], rec["blocks_per_stage"])[0]
+    elif key in ("tp_l2", "tp_l2_r8"):
+        model = tp_prune(ctx["teacher"], ctx["shape"], rec["tp_ratio"], rec["round_to"])
+    else:
+        raise SystemExit(f"--retime: {key} has no ONNX file ({rec.get('onnx')}) to time")
+    if size_of(model, ctx["shape"])["macs"] != rec["macs"]:
+        raise SystemExit(f"--retime: the rebuilt {key} does not match the recorded one (MACs differ)")
+    return onnx_of(model, ctx["shape"])
+
+
+def retime(results: dict, wanted: list[str], ctx: dict, a) -> None:
+    for key in wanted:
+        for rec in results.get(key, []) if key != "trainer" else []:
+            if "error" not in rec:
+                rec["latency"] = latency_vs_teacher(None, onnx_for(key, rec, ctx, a), ctx, a)
+                rec["retimed"] = time.strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{key} seed {rec['seed']}: bs1 {rec['latency']['bs1']['speedup']:.2f}x", flush=True)
+
+
 def run_row(key: str, seed: int, ctx: dict, a) -> dict:
     if key == "teacher":
         return teacher_row(ctx, a)
@@ -340,7 +380,7 @@ def run_row(key: str, seed: int, ctx: dict, a) -> dict:
         return trainer_row(ctx, a)
     if key in PEERS:
         torch.manual_seed(seed)
-        return peer_row(key, ctx, a)
+        return peer_row(key, ctx, a, seed)
     try:
         return dp_row(key, ctx, a, seed)
     except DistillpruneError as e:  # e.g. a target no plan reaches: the table says so
@@ -361,12 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     path = out / "results.json"
     results = load_results(path)
     ctx = context(a)
-    results["setup"] = {"machine": machine(), "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
-                        "train_images": len(ctx["data"].train), "test_images": len(ctx["data"].test),
-                        "threads": a.threads, "ort_threads": a.ort_threads, "pairs": a.pairs, "gpu": a.gpu,
-                        "quick": a.quick, "command": " ".join(sys.argv)}
+    results["retime_setup" if a.retime else "setup"] = {
+        "machine": machine(), "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
+        "train_images": len(ctx["data"].train), "test_images": len(ctx["data"].test), "threads": a.threads,
+        "ort_threads": a.ort_threads, "pairs": a.pairs, "gpu": a.gpu, "quick": a.quick, "command": " ".join(sys.argv)}
     if "teacher" not in wanted and "teacher" not in results:
         wanted = ["teacher", *wanted]  # every table needs the teacher row
+    if a.retime:
+        retime(results, wanted, ctx, a)
+        save_results(path, results)
+        wanted = []
     longest = 0.0  # the longest row so far: a row is started only if one as long still fits the budget
     for key in wanted:
         for seed in range(a.seeds if key in DP else 1):

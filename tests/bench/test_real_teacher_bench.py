@@ -63,10 +63,15 @@ def test_quick_peer_rows_trainer_line_and_merge(inputs):
     assert tl["img_s"]["plain"] > 0 and tl["img_s"]["distillprune"] > 0 and tl["ratio"] > 0
     table = (out / "table.md").read_text()
     assert table.startswith("quick: no claims") and table.count("\n| ") >= 5 and "Trainer line" in table
-    # a partial run adds its rows to the earlier results instead of dropping them
-    run(inputs, out, "--rows", "drop")
+    # a partial run adds its rows to the earlier results instead of dropping them; --retime re-times rows
+    # without training, from the saved ONNX file or (tp_l2 here) the architecture rebuilt from the record
+    Path(results["tp_l2"][0]["onnx"]).unlink()
+    run(inputs, out, "--rows", "tp_l2,drop", "--retime")
     merged = json.loads((out / "results.json").read_text())
     assert {"teacher", "trainer", "tp_l2", "tp_l2_r8", "drop"} <= set(merged) and len(merged["drop"]) == 1
+    for key in ("tp_l2", "drop"):
+        assert merged[key][0]["retimed"] and merged[key][0]["top1"] == results[key][0]["top1"]
+    assert "retimed" not in merged["tp_l2_r8"][0]
 
 
 @pytest.mark.slow
