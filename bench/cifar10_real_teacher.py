@@ -20,6 +20,8 @@ table is printed and written to ``OUT/table.md``.
 
   python bench/cifar10_real_teacher.py                      # everything, E = 1, CPU
   python bench/cifar10_real_teacher.py --rows teacher,trainer,tp_l2,tp_l2_r8,drop
+  python bench/cifar10_real_teacher.py --rows tp_l2,drop --retime    # re-time rows (no training), e.g. when
+                                                                     # the machine is quieter than it was
   python bench/cifar10_real_teacher.py --quick --source npz --data tiny.npz --teacher tiny_ckpt  # no claims
 GPU (``--gpu``, see bench/gpu.sh): bf16, channels-last, torch.compile, data on the GPU, larger E, plus
 CUDA-graph latency at batch 256 (side by side with the teacher).
@@ -65,6 +67,7 @@ from distillprune.measure.latency import LatencyConfig, torch_latency
 from distillprune.pipeline import execute
 from distillprune.recipes.schema import Recipe
 from distillprune.train import RuntimeConfig, evaluate
+from distillprune.train.trainer import resolve_device
 
 PEERS = ["tp_l2", "tp_l2_r8", "drop"]
 DP = {"dp_2x": 2.0, "dp_3x": 3.0, "dp_4x": 4.0}
@@ -87,7 +90,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=1, help="seeds of the distillprune rows")
     ap.add_argument("--rows", default="all", help=f"comma list of {ROWS}, or all")
     ap.add_argument("--out", default="bench_out/real_teacher")
-    ap.add_argument("--runs-dir", default=None, help="run folders of the distillprune rows (default: OUT/runs)")
+    ap.add_argument("--runs-dir", default=None, help="the rows' ONNX files and run folders (default: OUT/runs)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
     ap.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
     ap.add_argument("--pairs", type=int, default=5, help="side-by-side latency pairs per batch size")
@@ -191,14 +194,24 @@ def gpu_side_by_side(model, teacher, shape, pairs: int) -> dict:
             "speedup": sorted(ratios)[len(ratios) // 2], "speedup_min": min(ratios), "speedup_max": max(ratios)}
 
 
+def runs_dir(a) -> Path:
+    """Where rows keep their ONNX files (and the distillprune rows their run folders)."""
+    return Path(a.runs_dir or Path(a.out) / "runs")
+
+
+def top1(model: torch.nn.Module, data, ctx: dict) -> float:
+    """The library's evaluation, on the device the rows train on (bf16 autocast on a GPU)."""
+    return evaluate(model.to(resolve_device(ctx["rt"])), data, batch_size=500, runtime=ctx["rt"])
+
+
 def teacher_row(ctx: dict, a) -> dict:
     t = ctx["teacher"]
-    rec = {"name": ctx["spec"].name, "top1": evaluate(t, ctx["data"], batch_size=500, runtime=ctx["rt"]),
+    rec = {"name": ctx["spec"].name, "top1": top1(t, ctx["data"], ctx),
            **size_of(t, ctx["shape"])}
     if a.check_norm:
         d = copy.copy(ctx["data"])
         d.mean, d.std = (torch.tensor(v) for v in STATED_NORM)
-        rec["top1_stated_norm"] = evaluate(t, d, batch_size=500, runtime=ctx["rt"])
+        rec["top1_stated_norm"] = top1(t, d, ctx)
         rec["norm_computed"] = [ctx["data"].mean.tolist(), ctx["data"].std.tolist()]
     rec["latency"] = latency_vs_teacher(t, ctx["teacher_onnx"], ctx, a)  # against itself: the noise floor
     return rec
@@ -210,10 +223,10 @@ def peer_row(key: str, ctx: dict, a, seed: int = 0) -> dict:
         model, info = dropped_layers(t, data, a.keep_blocks)
     else:
         model, info = tp_prune_to(t, shape, a.mac_target, 8 if key == "tp_l2_r8" else None, 6 if a.quick else 12)
-    rec = {**info, **size_of(model, shape), "top1_before": evaluate(model, data, batch_size=500, runtime=ctx["rt"])}
+    rec = {**info, **size_of(model, shape), "top1_before": top1(model, data, ctx)}
     rec.update(kd_finetune(model, t, data, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, runtime=ctx["rt"],
                            compile_teacher=a.gpu))
-    onnx = export_onnx(model.cpu().float(), shape, Path(a.out) / "onnx" / f"{key}_seed{seed}.onnx")
+    onnx = export_onnx(model.cpu().float(), shape, runs_dir(a) / f"{key}_seed{seed}.onnx")
     rec["onnx"] = str(onnx)
     rec["latency"] = latency_vs_teacher(model, onnx, ctx, a)
     return rec
@@ -242,7 +255,7 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
 
 
 def dp_row(key: str, ctx: dict, a, seed: int) -> dict:
-    run_dir = Path(a.runs_dir or Path(a.out) / "runs") / f"{key}_seed{seed}"
+    run_dir = runs_dir(a) / f"{key}_seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     with Timer() as wall:
         state = execute(dp_recipe(DP[key], a, seed, ctx["spec"].name), run_dir, data=ctx["data"], quiet=True)
@@ -422,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             longest = max(longest, tm.seconds if key != "teacher" else 0.0)
             add_run(results, key, {**rec, "row_s": tm.seconds}, seed=seed)
             save_results(path, results)
+            write_table(out / "table.md", table(results))  # a run cut short still leaves its table
             print(f"[{time.perf_counter() - t_start:7.0f} s] {key} seed {seed} done in {tm.seconds:.0f} s"
                   + (f": top-1 {rec['top1']:.2f}%" if rec.get("top1") is not None else "")
                   + (f" ({rec['error']})" if "error" in rec else ""), flush=True)
