@@ -56,6 +56,9 @@ class DistillConfig(StrictModel):
     peer: ModelConfig | None = Field(
         None, description="mutual: a fresh network to train with the student (default: the teacher itself)")
     cache: bool = Field(False, description="compute the teacher's outputs once (no random augmentation)")
+    fold_teacher: bool = Field(True, description="run a checked copy of the frozen teacher with its BatchNorm "
+                                                 "folded into the convolutions (faster, same outputs)")
+    compile_teacher: bool = Field(False, description="torch.compile that copy (no feature taps); pays on long runs")
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")])
 
     @model_validator(mode="after")

@@ -2,7 +2,9 @@
 
 An objective is called as ``objective(model, x, y) -> (loss, logits)``; ``attach`` installs the
 feature taps (forward hooks) on the current student and builds adapters from a probe batch.
-The teacher is frozen: eval mode, no gradients, forward under ``torch.no_grad``. Optional hooks
+The teacher is frozen: eval mode, no gradients, forward under ``torch.no_grad`` (not
+``inference_mode``: its outputs are saved for the student's backward, which inference tensors
+refuse), by default through a BatchNorm-folded, checked copy (``distill.fast_teacher``). Optional hooks
 the trainer calls when present: ``begin_epoch(loader, epoch, epochs)`` (schedules, teacher cache),
 ``check_labels(has_labels)`` (before training), ``trainable()`` (extra parameters to optimise).
 Online (mutual) distillation, where the teacher trains too, is ``distill.mutual.MutualDistiller``.
@@ -19,6 +21,7 @@ from torch import nn
 
 from distillprune.core.taps import FeatureTaps
 from distillprune.distill.cache import TeacherCache
+from distillprune.distill.fast_teacher import TeacherSpeed, fast_teacher
 from distillprune.distill.losses import Outputs
 from distillprune.distill.schedule import Clock, Term, build_term
 from distillprune.errors import DataError, DistillpruneError
@@ -84,7 +87,8 @@ class Distiller(nn.Module):
     """Weighted sum of registered distillation losses between a student and a frozen teacher."""
 
     def __init__(
-        self, teacher: nn.Module, losses: list[tuple[float, nn.Module]] | list[Term], *, cache: bool = False
+        self, teacher: nn.Module, losses: list[tuple[float, nn.Module]] | list[Term], *, cache: bool = False,
+        fold_teacher: bool = True, compile_teacher: bool = False,
     ):
         super().__init__()
         self.teacher = [freeze(teacher)]  # a list: keep the teacher out of this module's parameters
@@ -94,10 +98,27 @@ class Distiller(nn.Module):
         self.clock = Clock()
         self._s_taps: FeatureTaps | None = None
         self._t_taps: FeatureTaps | None = None
+        self.fold_teacher, self.compile_teacher = fold_teacher, compile_teacher
+        self.teacher_speed = TeacherSpeed()
+        self._fast: list = []  # [(key, module to call, module the taps attach to)], built once per device
 
     @classmethod
-    def from_specs(cls, teacher: nn.Module, specs: list[dict], *, cache: bool = False) -> Distiller:
-        return cls(teacher, [build_term(s) for s in specs], cache=cache)
+    def from_specs(cls, teacher: nn.Module, specs: list[dict], *, cache: bool = False, **speed: bool) -> Distiller:
+        return cls(teacher, [build_term(s) for s in specs], cache=cache, **speed)
+
+    def _teacher_for(self, t_paths: list[str], probe: torch.Tensor) -> nn.Module:
+        """The module the teacher's taps attach to (built once per tap set and device)."""
+        key = (tuple(t_paths), probe.device, self.fold_teacher, self.compile_teacher)
+        if not self._fast or self._fast[0][0] != key:
+            call, root, self.teacher_speed = fast_teacher(self.teacher[0], t_paths, probe, fold=self.fold_teacher,
+                                                          compile=self.compile_teacher)
+            self._fast = [(key, call, root)]
+        return self._fast[0][2]
+
+    @property
+    def _t_call(self) -> nn.Module:
+        """The teacher's forward: its fast copy once attached (not a submodule: never trained or saved)."""
+        return self._fast[0][1] if self._fast else self.teacher[0]
 
     def _paths(self) -> tuple[list[str], list[str]]:
         pairs = [p for loss in self.losses for p in loss.taps]
@@ -106,7 +127,8 @@ class Distiller(nn.Module):
     def attach(self, model: nn.Module, probe: torch.Tensor) -> None:
         s_paths, t_paths = self._paths()
         self.detach()
-        self._s_taps, self._t_taps = FeatureTaps(model, s_paths), FeatureTaps(self.teacher[0], t_paths)
+        t_root = self._teacher_for(t_paths, probe)
+        self._s_taps, self._t_taps = FeatureTaps(model, s_paths), FeatureTaps(t_root, t_paths)
         was = model.training
         model.eval()  # the probe must not move the student's BN statistics
         try:
@@ -135,17 +157,17 @@ class Distiller(nn.Module):
         if self.cache is not None:
             if self._t_taps is None:
                 raise DistillpruneError("call attach() before begin_epoch()")
-            self.cache.begin_epoch(self.teacher[0], self._t_taps, loader)
+            self.cache.begin_epoch(self._t_call, self._t_taps, loader)
 
     def _outputs(self, model: nn.Module, x: torch.Tensor, live: bool = False) -> tuple[Outputs, Outputs]:
         if self._s_taps is None or self._t_taps is None:
             raise DistillpruneError("call attach() before using the Distiller")
         if self.cache is not None and not live:
-            t = self.cache.lookup(x, self.teacher[0], self._t_taps)
+            t = self.cache.lookup(x, self._t_call, self._t_taps)
         else:
             with torch.no_grad():
                 self._t_taps.clear()
-                t = Outputs(self.teacher[0](x), dict(self._t_taps.features))
+                t = Outputs(self._t_call(x), dict(self._t_taps.features))
         self._s_taps.clear()
         s = Outputs(model(x), dict(self._s_taps.features))
         return s, t

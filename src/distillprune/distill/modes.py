@@ -62,7 +62,8 @@ def make_objective(
         return MutualDistiller.from_specs(peer if peer is not None else copy.deepcopy(teacher), specs)
     if teacher is None:
         raise ValueError("offline distillation needs a teacher")
-    return Distiller.from_specs(teacher, specs, cache=cfg.cache)
+    return Distiller.from_specs(teacher, specs, cache=cfg.cache, fold_teacher=cfg.fold_teacher,
+                                compile_teacher=cfg.compile_teacher)
 
 
 def reinitialised(model: nn.Module, seed: int, spec: ArchSpec | None = None) -> nn.Module:
