@@ -33,7 +33,7 @@ $(VSTAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(VPY) || $(PYTHON) -m venv $(VISION)
 	$(VPY) -m pip install -q --upgrade pip
 	bash scripts/install_torch.sh $(VPY) vision
-	$(VPY) -c "import torch, torchvision; print(f'torch=={torch.__version__}'); print(f'torchvision=={torchvision.__version__}')" > $(VISION)/pins.txt
+	$(VPY) -c "from importlib.metadata import version as v; print(f'torch=={v(\"torch\")}\ntorchvision=={v(\"torchvision\")}')" > $(VISION)/pins.txt
 	$(VPY) -m pip install -q -e '.[vision,dev]' -c $(VISION)/pins.txt
 	touch $(VSTAMP)
 

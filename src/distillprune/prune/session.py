@@ -57,6 +57,7 @@ class PruneReport(Details):
     plan: Plan | None = None
     sparsity: float | None = None
     training: TrainSummary | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # width: layer groups left alone, and why
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []  # the ops this run added (not part of the JSON report)
@@ -197,6 +198,7 @@ class PruneSession:
         if self._pruner is None:
             example = torch.zeros(1, *self.input_shape, device=self.device)
             self._pruner = width_pruner(self.model, example, self.width, self.num_classes, self.cfg.steps)
+            self.report.skipped = [g.to_dict() for g in self._pruner.skipped]
         if self.width.importance in NEEDS_GRADIENTS:
             accumulate_gradients(self.model, self.calibration(self.width.taylor_batches), taylor_loss(self.teacher))
         op = ChannelsOp(prune_step(self._pruner))
