@@ -147,3 +147,26 @@ class MlpMixer(nn.Module):
 
 ZOO = {"concat_grouped": ConcatGrouped, "depthwise": Depthwise, "custom_layer": CustomLayer,
        "squeeze_excite": SqueezeExcite, "mlp_mixer": MlpMixer}
+
+
+class Plain(nn.Module):
+    """No identity residual: the only shortcut changes shape (a strided 1x1 conv), so depth has nothing to cut."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = cbr(3, 16)
+        self.body = nn.Sequential(cbr(16, 32, stride=2), nn.Conv2d(32, 32, 3, 1, 1))
+        self.short = nn.Conv2d(16, 32, 1, 2)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(self.body(x) + self.short(x))
+        return self.fc(x.mean((2, 3)))
+
+
+ZOO["plain"] = Plain
+#: residual blocks each net has (found in its graph); 0: depth pruning must say why
+RESIDUALS = {"concat_grouped": ["block"], "depthwise": ["blocks.0", "blocks.2", "blocks.3"],
+             "custom_layer": ["body1", "body2"], "squeeze_excite": ["layer.0", "layer.1", "layer2.0"],
+             "mlp_mixer": ["blocks.0.token_mlp", "blocks.0.mlp", "blocks.1.token_mlp", "blocks.1.mlp"], "plain": []}

@@ -18,7 +18,7 @@ from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.recipes.registry import STAGES
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
-from distillprune.train.logging import RunLogger
+from distillprune.train.logging import RunLogger, attach_run_log
 from distillprune.train.trainer import evaluate
 
 
@@ -62,6 +62,7 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
         state.model, state.spec = state.new_model(recipe.model)
     probe_shapes(state.model, data, recipe.model.name if model is None else type(model).__name__)
     done = restore(state) if (resume and run_path) else 0
+    detach = attach_run_log(run_path)
     try:
         for index, stage in enumerate(recipe.stages, start=1):
             if index <= done:
@@ -81,6 +82,7 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
                           + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else ""))
     finally:
         state.logger.close()
+        detach()
     if run_path:
         state.report.save(run_path)
         write_markdown(state.report, run_path)

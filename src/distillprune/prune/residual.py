@@ -19,6 +19,7 @@ notes; a block class that marks itself ``removable`` (or a ``BasicBlock``/``Bott
 from __future__ import annotations
 
 import operator
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -150,8 +151,31 @@ def _size(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+_CACHE: OrderedDict[str, tuple[list[Residual], list[str]]] = OrderedDict()
+
+
+def _key(model: nn.Module) -> str:
+    # the architecture as text: every module's path, class and constructor arguments (a deep copy of a model,
+    # as the plan search makes for each candidate, has the same key)
+    classes = ";".join(f"{n}:{type(m).__module__}.{type(m).__qualname__}" for n, m in model.named_modules())
+    return classes + "\n" + repr(model)
+
+
 def find_residuals(model: nn.Module) -> tuple[list[Residual], list[str]]:
     """The removable residual branches of ``model`` in module order, and notes on what could not be read."""
+    key = _key(model)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        found, notes = _CACHE[key]
+        return [Residual(r.path, r.kind, list(r.chain)) for r in found], list(notes)
+    result = _find(model)
+    _CACHE[key] = result
+    if len(_CACHE) > 16:
+        _CACHE.popitem(last=False)
+    return [Residual(r.path, r.kind, list(r.chain)) for r in result[0]], list(result[1])
+
+
+def _find(model: nn.Module) -> tuple[list[Residual], list[str]]:
     found: list[Residual] = []
     notes: list[str] = []
     module_blocks: set[str] = set()
@@ -176,6 +200,8 @@ def find_residuals(model: nn.Module) -> tuple[list[Residual], list[str]]:
             if not chain:
                 continue
             full = [f"{name}.{c}" if name else c for c in chain]
+            if any(isinstance(model.get_submodule(p), ZeroBranch) for p in full):
+                continue  # already removed
             if len(full) == 1 and full[0] in module_blocks:
                 continue
             biggest = max(full, key=lambda p: _size(model.get_submodule(p)))

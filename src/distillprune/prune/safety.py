@@ -10,7 +10,6 @@ error names the group, the pattern and the fix.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -86,33 +85,81 @@ def prunable_groups(pruner: tp.pruner.BasePruner, ignored: list[nn.Module] | Non
                                          root_module_types=pruner.root_module_types))
 
 
-def _restore(model: nn.Module, backup: nn.Module) -> None:
-    # the caller holds ``model``: give the same object its old state back (every submodule, parameter, buffer)
-    model.__dict__.clear()
-    model.__dict__.update(backup.__dict__)
+Snapshot = list[tuple[nn.Module, dict, dict, dict, dict]]
 
 
-def transactional_step(pruner: tp.pruner.BasePruner, model: nn.Module, example: torch.Tensor | None) -> None:
-    """``pruner.step()``, group by group; on failure the model is restored and one line names the group."""
+def _snapshot(model: nn.Module) -> Snapshot:
+    # Torch-Pruning replaces parameters and buffers by new, smaller tensors and rewrites attributes
+    # (in_channels...): keeping each module's attribute dicts (shallow copies) is enough to undo a step, and
+    # the modules stay the same objects, so the pruner's dependency graph stays valid for a retry
+    return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+
+
+def _restore(snapshot: Snapshot) -> None:
+    for m, attrs, params, buffers, modules in snapshot:
+        m.__dict__.clear()
+        m.__dict__.update(attrs)
+        m.__dict__.update(_parameters=dict(params), _buffers=dict(buffers), _modules=dict(modules))
+
+
+def _find_culprit(pruner: tp.pruner.BasePruner) -> tp.Group | None:
+    """The group whose scoring fails (Torch-Pruning scores every group before cutting any)."""
+    for group in prunable_groups(pruner):
+        try:
+            pruner.estimate_importance(group)
+            pruner._get_channel_groups(group)
+        except Exception:  # noqa: BLE001 - whatever it raised during the step
+            return group
+    return None
+
+
+def transactional_step(pruner: tp.pruner.BasePruner, model: nn.Module, example: torch.Tensor | None,
+                       retries: int = 8) -> None:
+    """``pruner.step()`` group by group, all or nothing. When Torch-Pruning fails on a group (or the model no
+    longer runs after it), the model is restored, that group is skipped (``pruner.skipped``, with the error)
+    and the step is retried; when the failing group cannot be found, or after ``retries`` skips, the model is
+    restored and one line names the group, the pattern and the fix."""
     names = names_of(model)
-    backup = copy.deepcopy(model)
-    group = None
     was = model.training
-    try:
-        for group in pruner.step(interactive=True):
-            group.prune()
-            if example is not None:  # after each group, so a failure names the group that broke the model
-                model.eval()
-                with torch.no_grad():
-                    model(example)
-                model.train(was)
-    except Exception as e:  # noqa: BLE001 - Torch-Pruning and the model's forward raise anything
-        what = describe(group, names) if group is not None else "?"
-        root = names.get(root_of(group), "?") if group is not None else "?"
-        pattern = unsupported(group, names) if group is not None else None
-        _restore(model, backup)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WidthPruningError(
-            f"width pruning failed on the layer group of `{root}` ({what})"
-            + (f": {pattern}" if pattern else "") + f" [{type(e).__name__}: {first}]; the model is restored "
-            f"unchanged; fix: keep that group out with width.layers.exclude: ['{root}']") from None
+    for attempt in range(retries + 1):
+        snapshot, history, step = _snapshot(model), len(pruner.DG._pruning_history), pruner.current_step
+        cutting = None
+        try:
+            for group in pruner.step(interactive=True):
+                cutting = group
+                group.prune()
+                if example is not None:  # after each group, so a failure names the group that broke the model
+                    model.eval()
+                    with torch.no_grad():
+                        model(example)
+                    model.train(was)
+                cutting = None
+            return
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning and the model's forward raise anything
+            _restore(snapshot)
+            model.train(was)
+            del pruner.DG._pruning_history[history:]
+            pruner.current_step = step
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            culprit = cutting if cutting is not None else _find_culprit(pruner)
+            if culprit is None or attempt == retries:
+                _fail(culprit, names, error)
+            assert culprit is not None
+            pattern = unsupported(culprit, names)
+            root = root_of(culprit)
+            pruner.ignored_layers.append(root)
+            pruner.skipped.append(SkippedGroup(names.get(root, "?"), (pattern + "; " if pattern else "")
+                                               + f"Torch-Pruning failed on it ({error}), so it was left whole"))
+
+
+def _fail(group: tp.Group | None, names: dict[nn.Module, str], error: str) -> None:
+    if group is None:
+        raise WidthPruningError(f"width pruning failed ({error}) and no single layer group is to blame; the model "
+                                "is restored unchanged; fix: narrow width.layers to the layers that should lose "
+                                "channels")
+    root = names.get(root_of(group), "?")
+    pattern = unsupported(group, names)
+    raise WidthPruningError(
+        f"width pruning failed on the layer group of `{root}` ({describe(group, names)})"
+        + (f": {pattern}" if pattern else "") + f" [{error}]; the model is restored unchanged; fix: keep that "
+        f"group out with width.layers.exclude: ['{root}']")

@@ -198,10 +198,10 @@ class PruneSession:
         if self._pruner is None:
             example = torch.zeros(1, *self.input_shape, device=self.device)
             self._pruner = width_pruner(self.model, example, self.width, self.num_classes, self.cfg.steps)
-            self.report.skipped = [g.to_dict() for g in self._pruner.skipped]
         if self.width.importance in NEEDS_GRADIENTS:
             accumulate_gradients(self.model, self.calibration(self.width.taylor_batches), taylor_loss(self.teacher))
         op = ChannelsOp(prune_step(self._pruner))
+        self.report.skipped = [g.to_dict() for g in self._pruner.skipped]
         self._record(op)
         for name, n in op.removed().items():
             self.report.channels_removed[name] = self.report.channels_removed.get(name, 0) + n

@@ -80,7 +80,7 @@ def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_
             iterative_steps=steps, ignored_layers=ignored(model, cfg.layers, num_classes),
         )
         _check_selection(pruner, model, cfg.layers, num_classes)
-        pruner.skipped = skip_unsupported(pruner, model)
+        pruner.skipped = skip_unsupported(pruner, model)  # grows when a step has to skip a failing group
     pruner.example = example
     return pruner
 
