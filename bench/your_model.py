@@ -38,15 +38,15 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--out", default="bench_out/your_model")
-    ap.add_argument("--reduced", action="store_true", help="CPU-sized: 10k/2k images, 15 teacher + 6 row epochs")
+    ap.add_argument("--reduced", action="store_true", help="CPU-sized: 4k/1k images, 8 teacher + 4 row epochs")
     ap.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch (tests)")
     a = ap.parse_args()
     if a.smoke:
         a.teacher_epochs, a.epochs, a.steps = 1, 1, 1
         a.limit_train, a.limit_test = a.limit_train or 128, a.limit_test or 64
     elif a.reduced:
-        a.teacher_epochs, a.epochs = 15, 6
-        a.limit_train, a.limit_test = a.limit_train or 10000, a.limit_test or 2000
+        a.teacher_epochs, a.epochs = 8, 4
+        a.limit_train, a.limit_test = a.limit_train or 4000, a.limit_test or 1000
     return a
 
 
