@@ -30,9 +30,9 @@ from distillprune.report import CompressionReport
 
 __all__ = [
     "ArchSpec", "CheckpointError", "CompressionReport", "DataBundle", "DataConfig", "DataError",
-    "DistillpruneError", "ExportError", "Recipe", "RecipeError", "TrainingDiverged", "build_model", "compress", "make_model",
-    "export_onnx", "load_checkpoint", "load_data", "load_recipe", "measure_model", "parity", "save_checkpoint",
-    "__version__",
+    "DistillpruneError", "ExportError", "Recipe", "RecipeError", "TrainingDiverged", "build_model", "compress",
+    "make_model", "export_onnx", "load_checkpoint", "load_data", "load_recipe", "measure_model", "parity",
+    "save_checkpoint", "__version__",
     # distillation and pruning
     "DistillConfig", "DistillReport", "PruneConfig", "PruneReport", "PruneSession", "distill", "prune_",
     # quantization, low rank, clustering

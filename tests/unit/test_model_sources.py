@@ -81,7 +81,6 @@ def test_bad_python_targets_are_one_line(net_file, target, match):
 
 
 def test_python_target_may_be_the_class_itself():
-    from unit_helpers import tiny_digits_cnn  # noqa: F401  (a module-level function of an importable module)
     import unit_helpers
 
     model, spec = dp.make_model({"python": unit_helpers.tiny_digits_cnn}, 10, (1, 8, 8))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from distillprune.core.io import atomic_write
-from distillprune.errors import DistillpruneError, ExportError
+from distillprune.errors import ExportError
 
 OPSET = 17
 

@@ -104,8 +104,8 @@ def fold_small_pool(model: nn.Module, input_shape: Sequence[int]) -> FoldPoolOp 
     try:
         ref = model(x)
     finally:
-        for h in hooks:
-            h.remove()
+        for handle in hooks:
+            handle.remove()
     names = [n for n, _ in model.named_modules()]
     for name, pool in pools:
         if name not in seen:

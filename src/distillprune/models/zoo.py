@@ -8,8 +8,8 @@ from typing import Any
 from torch import nn
 
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
-from distillprune.errors import DistillpruneError
 from distillprune.core.extras import import_extra
+from distillprune.errors import DistillpruneError
 from distillprune.models.mlp import MLP
 from distillprune.models.registry import MODELS, Builder, with_example
 from distillprune.models.resnet import ResNet, cifar_resnet

@@ -19,8 +19,8 @@ from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for, resolve_teacher
 from distillprune.errors import CheckpointError, DataError, RecipeError
-from distillprune.models.config import ModelConfig
 from distillprune.models.build import make_model
+from distillprune.models.config import ModelConfig
 from distillprune.report.report import CompressionReport
 from distillprune.train.config import TrainingOptions
 from distillprune.train.logging import RunLogger
