@@ -36,9 +36,9 @@ class ModelConfig(StrictModel):
     def _one_source(self) -> ModelConfig:
         if self.checkpoint is not None:
             extra = [k for k in ("python", "weights", "head") if getattr(self, k) is not None]
-            if extra or "name" in self.model_fields_set or self.kwargs:
-                raise ValueError("checkpoint is a whole model (architecture + weights): give it alone, without "
-                                 + ", ".join(extra or ["name/kwargs"]))
+            if extra:  # (a name next to a checkpoint is only a label: the checkpoint knows its architecture)
+                raise ValueError("checkpoint is a whole model (architecture + weights): give it without "
+                                 + ", ".join(extra))
         if self.python is not None:
             if "name" in self.model_fields_set:
                 raise ValueError("give either name (a registered model) or python (your own class), not both")
