@@ -40,6 +40,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--out", default="bench_out/your_model")
     ap.add_argument("--reduced", action="store_true", help="CPU-sized: 4k/1k images, 8 teacher + 4 row epochs")
     ap.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch (tests)")
+    ap.add_argument("--side-by-side", action="store_true", help="re-time every row's ONNX back to back at the end")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the side-by-side timing")
     a = ap.parse_args()
     if a.smoke:
         a.teacher_epochs, a.epochs, a.steps = 1, 1, 1
@@ -103,7 +105,49 @@ def main() -> int:
             r[row] = run(recipe, out / arch / row)
             write_json(results_file, results)
     print(table(results, a))
+    if a.side_by_side:
+        side = side_by_side(out, results, a.rounds)
+        write_json(out / "side_by_side.json", side)
+        print(side_table(side))
     return 0
+
+
+def side_by_side(out: Path, results: dict, rounds: int) -> dict:
+    """ORT CPU latency of each arch's rows timed back to back, ``rounds`` times (median): on a loaded machine
+    rows measured minutes apart are not comparable."""
+    import statistics
+
+    from distillprune.core.checkpoint import load_checkpoint
+    from distillprune.export.onnx import onnx_bytes
+    from distillprune.measure.latency import LatencyConfig, ort_latency
+
+    lat = LatencyConfig(batch_sizes=[1, 32], threads=1, repeats=3)
+    side: dict = {}
+    for arch, rows in results.items():
+        folders = {"dense": out / arch / "dense" / "stages" / "01_train",
+                   **{r: out / arch / r / "stages" / "01_prune" for r in ("width", "depth") if r in rows}}
+        onnx = {}
+        for row, folder in folders.items():
+            model, spec, _ = load_checkpoint(folder)
+            onnx[row] = onnx_bytes(model, spec.input_shape)
+        shape = spec.input_shape
+        times: dict[str, dict[str, list[float]]] = {r: {"bs1": [], "bs32": []} for r in onnx}
+        for _ in range(rounds):
+            for row, data in onnx.items():
+                for k, v in ort_latency(data, shape, lat).items():
+                    times[row][k].append(v)
+        side[arch] = {row: {k: round(statistics.median(v), 3) for k, v in t.items()} for row, t in times.items()}
+    return side
+
+
+def side_table(side: dict) -> str:
+    lines = ["| model | row | ORT bs1 ms | ORT bs32 ms | speedup bs1 | speedup bs32 |", "|---|---|---|---|---|---|"]
+    for arch, rows in side.items():
+        d = rows["dense"]
+        for row, ms in rows.items():
+            lines.append(f"| {arch} | {row} | {ms['bs1']:.3f} | {ms['bs32']:.2f} | {d['bs1'] / ms['bs1']:.2f}x | "
+                         f"{d['bs32'] / ms['bs32']:.2f}x |")
+    return "\n".join(lines)
 
 
 def table(results: dict, a: argparse.Namespace) -> str:
