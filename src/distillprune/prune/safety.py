@@ -118,22 +118,24 @@ def transactional_step(pruner: tp.pruner.BasePruner, model: nn.Module, example: 
     """``pruner.step()`` group by group, all or nothing. When Torch-Pruning fails on a group (or the model no
     longer runs after it), the model is restored, that group is skipped (``pruner.skipped``, with the error)
     and the step is retried; when the failing group cannot be found, or after ``retries`` skips, the model is
-    restored and one line names the group, the pattern and the fix."""
+    restored and one line names the group, the pattern and the fix.
+
+    The model runs once after the step; only when that fails is the step redone with a run after every group,
+    to find the group that broke it (a run per group would cost more than the cut itself)."""
     names = names_of(model)
     was = model.training
-    for attempt in range(retries + 1):
+    checked, skips = False, 0
+    while True:
         snapshot, history, step = _snapshot(model), len(pruner.DG._pruning_history), pruner.current_step
         cutting = None
         try:
             for group in pruner.step(interactive=True):
                 cutting = group
                 group.prune()
-                if example is not None:  # after each group, so a failure names the group that broke the model
-                    model.eval()
-                    with torch.no_grad():
-                        model(example)
-                    model.train(was)
+                if checked:
+                    _run(model, example, was)
                 cutting = None
+            _run(model, example, was)
             return
         except Exception as e:  # noqa: BLE001 - Torch-Pruning and the model's forward raise anything
             _restore(snapshot)
@@ -142,14 +144,27 @@ def transactional_step(pruner: tp.pruner.BasePruner, model: nn.Module, example: 
             pruner.current_step = step
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             culprit = cutting if cutting is not None else _find_culprit(pruner)
-            if culprit is None or attempt == retries:
+            if culprit is None and not checked and example is not None:
+                checked = True  # the model broke somewhere in the step: redo it group by group to find where
+                continue
+            if culprit is None or skips == retries:
                 _fail(culprit, names, error)
             assert culprit is not None
+            skips += 1
             pattern = unsupported(culprit, names)
             root = root_of(culprit)
             pruner.ignored_layers.append(root)
             pruner.skipped.append(SkippedGroup(names.get(root, "?"), (pattern + "; " if pattern else "")
                                                + f"Torch-Pruning failed on it ({error}), so it was left whole"))
+
+
+def _run(model: nn.Module, example: torch.Tensor | None, was: bool) -> None:
+    if example is None:
+        return
+    model.eval()
+    with torch.no_grad():
+        model(example)
+    model.train(was)
 
 
 def _fail(group: tp.Group | None, names: dict[nn.Module, str], error: str) -> None:
