@@ -4,7 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+VISION  := .venv-vision
+VPY     := $(VISION)/bin/python
+VSTAMP  := $(VISION)/.installed
+
+.PHONY: demo test lint clean vision vision-env
 
 $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,5 +26,21 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
+# The optional torchvision/timm venv (not needed by `make test` or CI): torch and torchvision as one matched
+# pair (scripts/install_torch.sh), then the package with its [vision] extra pinned to that pair, so pip can
+# never swap the torch build underneath.
+$(VSTAMP): pyproject.toml scripts/install_torch.sh
+	test -x $(VPY) || $(PYTHON) -m venv $(VISION)
+	$(VPY) -m pip install -q --upgrade pip
+	bash scripts/install_torch.sh $(VPY) vision
+	$(VPY) -c "from importlib.metadata import version as v; print(f'torch=={v(\"torch\")}\ntorchvision=={v(\"torchvision\")}')" > $(VISION)/pins.txt
+	$(VPY) -m pip install -q -e '.[vision,dev]' -c $(VISION)/pins.txt
+	touch $(VSTAMP)
+
+vision-env: $(VSTAMP)
+
+vision: $(VSTAMP)
+	$(VPY) -m pytest -q -m vision
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VISION) runs .pytest_cache

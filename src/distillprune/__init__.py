@@ -21,7 +21,7 @@ from distillprune.errors import (
 from distillprune.export import export_onnx, parity
 from distillprune.lowrank import LowRankConfig, LowRankReport, lowrank_
 from distillprune.measure import measure_model
-from distillprune.models import build_model
+from distillprune.models import build_model, make_model
 from distillprune.pipeline import compress
 from distillprune.prune import PruneConfig, PruneReport, PruneSession, prune_
 from distillprune.quant import QuantConfig, QuantResult, quantize
@@ -31,8 +31,8 @@ from distillprune.report import CompressionReport
 __all__ = [
     "ArchSpec", "CheckpointError", "CompressionReport", "DataBundle", "DataConfig", "DataError",
     "DistillpruneError", "ExportError", "Recipe", "RecipeError", "TrainingDiverged", "build_model", "compress",
-    "export_onnx", "load_checkpoint", "load_data", "load_recipe", "measure_model", "parity", "save_checkpoint",
-    "__version__",
+    "make_model", "export_onnx", "load_checkpoint", "load_data", "load_recipe", "measure_model", "parity",
+    "save_checkpoint", "__version__",
     # distillation and pruning
     "DistillConfig", "DistillReport", "PruneConfig", "PruneReport", "PruneSession", "distill", "prune_",
     # quantization, low rank, clustering

@@ -119,7 +119,7 @@ def test_final_checkpoint_reloads_and_matches_onnx(run):
 def test_second_run_into_non_empty_folder_refuses(run):
     out, _ = run
     before = (out / "report.json").read_text()
-    with pytest.raises(DistillpruneError, match="not empty"):
+    with pytest.raises(DistillpruneError, match="already exists and holds a run with .* completed stage"):
         compress(recipe(), out, quiet=True)
     assert (out / "report.json").read_text() == before
 

@@ -135,6 +135,19 @@ def test_macs_plan_lands_in_the_band_and_is_applied():
     assert len(set(widths.values())) > 1  # non-uniform widths
 
 
+def test_planned_prune_re_estimates_batchnorm_as_the_planner_assumed():
+    s, _ = _session({"macs_ratio": 2.0, "depth_fractions": [0.0]})
+    s.run()  # bn_recalibration 0: the plan's calib_samples (64 = 2 batches of 32) re-estimate the statistics
+    again = copy.deepcopy(s.model)
+    recalibrate_bn(again, [x for x, _ in s.calibration(2)])
+    bns = [(a, b) for a, b in zip(s.model.modules(), again.modules(), strict=True)
+           if isinstance(a, torch.nn.BatchNorm2d)]
+    assert bns
+    for a, b in bns:
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+
+
 def test_latency_plan_is_measured_against_the_dense_model():
     # 32x32 inputs: an 8x8 toy net at batch 1 is all per-operator overhead, which width cannot remove
     s, _ = _session({"latency_speedup": 1.3, "depth_fractions": [0.0, 0.5], "refits": 2}, shape=(3, 32, 32))

@@ -36,11 +36,16 @@ class ArchSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     history: list[HistoryOp] = field(default_factory=list)
     source: str = "zoo"
+    #: where the base came from, for its source to rebuild and check it (python: the file and its sha256;
+    #: weights: the file the run started from)
+    ref: dict[str, Any] = field(default_factory=dict)
 
     def base(self) -> nn.Module:
         """The unpruned base model, built by the spec's source."""
         if self.name is None:
-            raise CheckpointError("checkpoint holds a user model: pass the unpruned model as base")
+            raise CheckpointError("checkpoint holds a model given as an object in Python: pass the unpruned model "
+                                  "as base=, or build it with model.python / distillprune.make_model so the "
+                                  "checkpoint records where its class comes from")
         return ARCH_BUILDERS.get(self.source)(self)
 
     def build(self, base: nn.Module | None = None) -> nn.Module:
@@ -52,7 +57,7 @@ class ArchSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
                 "kwargs": dict(self.kwargs), "history": [op.to_dict() for op in self.history],
-                "source": self.source}
+                "source": self.source, **({"ref": dict(self.ref)} if self.ref else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
@@ -86,6 +91,9 @@ def save_checkpoint(folder: str | Path, model: nn.Module, spec: ArchSpec, **meta
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
+    if folder.is_file():
+        raise CheckpointError(f"{folder} is a file, not a distillprune checkpoint folder; for a state_dict "
+                              f"(.pt / .safetensors) give it as weights: {{name: ..., weights: {folder}}}")
     if not (folder / "model.json").exists():
         raise CheckpointError(f"not a distillprune checkpoint (no model.json): {folder}")
     try:

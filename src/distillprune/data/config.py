@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distillprune.core.config import StrictModel, registered
 from distillprune.data.registry import SOURCES
@@ -17,6 +17,21 @@ else:
 class AugmentConfig(StrictModel):
     crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels")
     hflip: bool = Field(False, description="random horizontal flip")
+
+
+class NormalizeConfig(StrictModel):
+    """The input statistics a model was trained with (per channel, after scaling uint8 to [0, 1])."""
+
+    mean: list[float] = Field(..., min_length=1, description="per-channel mean, e.g. [0.4914, 0.4822, 0.4465]")
+    std: list[float] = Field(..., min_length=1, description="per-channel std, e.g. [0.2470, 0.2435, 0.2616]")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeConfig:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"normalize: {len(self.mean)} means but {len(self.std)} stds")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"normalize.std must be > 0, got {self.std}")
+        return self
 
 
 class DataConfig(StrictModel):
@@ -33,3 +48,5 @@ class DataConfig(StrictModel):
     labels: bool = Field(True, description="false: withhold training labels (label-free distillation)")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: share held out for testing")
     seed: int = 0
+    normalize: NormalizeConfig | None = Field(None, description="the mean/std your model was trained with "
+                                                                "(default: computed from the training split)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distillprune.core.extras import import_extra
 from distillprune.data.base import DataBundle, Split, channel_stats, subset_indices
 from distillprune.data.checks import check_bundle, check_inputs, class_count, labels_to_int
 from distillprune.data.config import DataConfig
@@ -29,8 +30,19 @@ def load_data(cfg: DataConfig) -> DataBundle:
                         + f" cannot be read: {type(e).__name__}: {_first_line(e)}") from None
     bundle.train = bundle.train.subset(cfg.limit_train, cfg.seed)
     bundle.test = bundle.test.subset(cfg.limit_test, cfg.seed)
+    if cfg.normalize is not None:
+        bundle.mean, bundle.std = given_stats(cfg, len(bundle.mean))
     check_bundle(bundle, f"data '{cfg.path or cfg.source}'")
     return bundle.without_labels() if not cfg.labels else bundle
+
+
+def given_stats(cfg: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data.normalize`` as tensors, checked against the data's channel (or feature) count."""
+    assert cfg.normalize is not None
+    n = len(cfg.normalize.mean)
+    if n != channels:
+        raise DataError(f"data.normalize gives {n} means/stds but the inputs have {channels} channels")
+    return torch.tensor(cfg.normalize.mean), torch.tensor(cfg.normalize.std)
 
 
 def _need_path(cfg: DataConfig) -> Path:
@@ -235,10 +247,7 @@ def imagefolder(cfg: DataConfig) -> DataBundle:
 @SOURCES.register("torchvision")
 def torchvision_source(cfg: DataConfig) -> DataBundle:
     """A torchvision data set class by name (e.g. CIFAR10) from data.path; download is never attempted."""
-    try:
-        import torchvision.datasets as tvd
-    except ImportError:
-        raise DataError("data source 'torchvision' needs: pip install 'distillprune[vision]'") from None
+    tvd = import_extra("torchvision.datasets", "vision", "data source 'torchvision'")
     root = _need_path(cfg)
     cls = getattr(tvd, cfg.name or "", None)
     if cls is None:
@@ -255,10 +264,7 @@ def torchvision_source(cfg: DataConfig) -> DataBundle:
 @SOURCES.register("hf")
 def hf(cfg: DataConfig) -> DataBundle:
     """A Hugging Face ``datasets`` data set saved with ``save_to_disk`` at data.path (columns image/img, label)."""
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("data source 'hf' needs: pip install 'distillprune[hf]'") from None
+    datasets = import_extra("datasets", "hf", "data source 'hf'")
     dd = datasets.load_from_disk(str(_need_path(cfg)))
     out = []
     for split in ("train", "test"):

@@ -47,9 +47,13 @@ class LossSpec(BaseModel):
 
 
 class DistillConfig(StrictModel):
-    teacher: str = Field("auto", description="auto: the dense model before pruning; or a checkpoint folder")
-    teachers: list[str] | None = Field(
-        None, description="multi-teacher: checkpoint folders or auto, logits averaged by teacher_weights")
+    teacher: str | ModelConfig = Field(
+        "auto", description="auto: the dense model before pruning; a checkpoint folder; or a model with its trained "
+                            "weights ({name: torchvision, kwargs: {arch: resnet18}, weights: r18.pt}, "
+                            "{python: my_net.py:MyNet, weights: ...})")
+    teachers: list[str | ModelConfig] | None = Field(
+        None, description="multi-teacher: checkpoint folders, models with weights, or auto, logits averaged by "
+                          "teacher_weights")
     teacher_weights: list[float] | None = Field(None, description="weights of the teachers' logits")
     mode: Literal["offline", "mutual"] = Field(
         "offline", description="mutual: the teacher trains too, each net distilling into the other (DML)")
@@ -63,6 +67,12 @@ class DistillConfig(StrictModel):
 
     @model_validator(mode="after")
     def _modes(self) -> DistillConfig:
+        for t in self.teachers or [self.teacher]:
+            if isinstance(t, ModelConfig):
+                if t.checkpoint is None and t.weights is None:
+                    raise ValueError("a teacher model needs its trained weights (weights: PATH) or a checkpoint")
+                if t.head is not None:
+                    raise ValueError("a teacher's classifier must come from its weights: drop head")
         if self.teachers is not None:
             if not self.teachers:
                 raise ValueError("teachers: give at least one checkpoint folder (or auto)")

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -25,18 +25,31 @@ from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import CrossEntropy, Distiller, freeze, snapshot
 from distillprune.distill.ensemble import TeacherEnsemble
 from distillprune.distill.mutual import MutualDistiller
+from distillprune.errors import DistillpruneError
+from distillprune.models.build import make_model
+from distillprune.models.config import ModelConfig
 
 Objective = CrossEntropy | Distiller | MutualDistiller
 
 
-def resolve_teacher(cfg: DistillConfig, auto: Callable[[], nn.Module]) -> nn.Module:
+def resolve_teacher(cfg: DistillConfig, auto: Callable[[], nn.Module], num_classes: int | None = None,
+                    input_shape: Sequence[int] | None = None) -> nn.Module:
     """The frozen teacher of ``cfg``: ``auto`` (the caller's default, e.g. the dense model), a checkpoint
-    folder, or the weighted ensemble of ``teachers``."""
+    folder, a model with its trained weights (built for ``num_classes`` and ``input_shape``), or the
+    weighted ensemble of ``teachers``."""
     names = cfg.teachers or [cfg.teacher]
-    members = [auto() if n == "auto" else snapshot(load_checkpoint(n)[0]) for n in names]
+    members = [auto() if n == "auto" else snapshot(_teacher(n, num_classes, input_shape)) for n in names]
     if len(members) == 1 and cfg.teacher_weights is None:
         return members[0]
     return freeze(TeacherEnsemble(members, cfg.teacher_weights))
+
+
+def _teacher(ref: str | ModelConfig, num_classes: int | None, input_shape: Sequence[int] | None) -> nn.Module:
+    if isinstance(ref, str):
+        return load_checkpoint(ref)[0]
+    if ref.checkpoint is None and (num_classes is None or input_shape is None):
+        raise DistillpruneError("a teacher given as a model needs num_classes and input_shape to be built")
+    return make_model(ref, num_classes or 0, input_shape or (), where="distill.teacher")[0]
 
 
 def objective_for(cfg: DistillConfig | None, label_smoothing: float, teacher: Callable[[], nn.Module],

@@ -2,10 +2,15 @@
 batched logits, comparison with the torch model (agreement, max abs difference, accuracy)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import logging
+import os
+import sys
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +18,98 @@ import torch
 from torch import nn
 
 from distillprune.core.io import atomic_write
-from distillprune.errors import DistillpruneError, ExportError
+from distillprune.errors import ExportError
 
 OPSET = 17
 
 
+#: model class -> the exporter that worked for it ("torchscript" | "dynamo"): later exports of the same
+#: architecture (each stage's measurement, the search's candidates) go straight to it
+_WORKS: dict[str, str] = {}
+log = logging.getLogger("distillprune.export")
+
+
 def onnx_bytes(model: nn.Module, input_shape: Sequence[int]) -> bytes:
-    """Serialise ``model`` (eval mode, CPU, fp32) to ONNX with input 'input' and output 'logits'."""
+    """Serialise ``model`` (eval mode, CPU, fp32) to ONNX with input 'input' and output 'logits'.
+
+    The TorchScript exporter is ~30x faster than the dynamo one for small nets and gives the same graph; where
+    it fails (e.g. an adaptive pool whose output size is not a factor of its input, as VGG at 32x32) the dynamo
+    exporter is used, and remembered for that model class. What the exporters print (graph dumps, progress
+    lines) goes to the ``distillprune.export`` logger (a run's ``run.log``), not to the console.
+    """
     model = copy.deepcopy(model).float().cpu().eval()
     x = torch.zeros(1, *input_shape)
+    key = f"{type(model).__module__}.{type(model).__qualname__}"
+    order = ["dynamo", "torchscript"] if _WORKS.get(key) == "dynamo" else ["torchscript", "dynamo"]
+    errors = []
+    for how in order:
+        with _quiet() as out:
+            try:
+                data = _EXPORTERS[how](model, x)
+            except Exception as e:  # noqa: BLE001 - any failure of one exporter: try the other
+                data, err = None, e
+        if out.text:
+            log.debug("ONNX export (%s) of %s printed:\n%s", how, key, out.text)
+        if data is not None:
+            _WORKS[key] = how
+            return data
+        errors.append(f"{how}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        log.debug("ONNX export (%s) of %s failed: %s", how, key, err)
+    raise ExportError(f"ONNX export of {type(model).__name__} failed ({'; '.join(errors)})")
+
+
+def _torchscript(model: nn.Module, x: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            # The TorchScript exporter is ~30x faster than the dynamo one for these small nets and gives
-            # the same graph; fall back to dynamo where it is gone.
-            torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        except Exception:  # noqa: BLE001 - any failure of the legacy path: try the supported exporter
-            buf = io.BytesIO()
-            prog = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
-                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
-            if prog is None:
-                raise DistillpruneError("ONNX export failed") from None
-            prog.save(buf)
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return buf.getvalue()
+
+
+def _dynamo(model: nn.Module, x: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
+                                 dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    if prog is None:
+        raise ExportError("the dynamo exporter returned nothing")
+    prog.save(buf)
+    return buf.getvalue()
+
+
+_EXPORTERS = {"torchscript": _torchscript, "dynamo": _dynamo}
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[_Captured]:
+    """Capture everything written to stdout/stderr meanwhile, from Python and from C++ (file descriptors)."""
+    got = _Captured()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        try:
+            for fd in (1, 2):
+                os.dup2(tmp.fileno(), fd)
+            with contextlib.redirect_stdout(io.StringIO()) as so, contextlib.redirect_stderr(io.StringIO()) as se:
+                try:
+                    yield got
+                finally:
+                    py = so.getvalue() + se.getvalue()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, dup in saved.items():
+                os.dup2(dup, fd)
+                os.close(dup)
+            tmp.seek(0)
+            got.text = (py if "py" in locals() else "") + tmp.read().decode("utf-8", "replace")
 
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> Path:

@@ -1,9 +1,9 @@
-"""Where a recipe's model (or student, peer) comes from."""
+"""Where a recipe's model (or student, peer, teacher) comes from."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distillprune.core.config import StrictModel, registered
 from distillprune.models.registry import MODELS
@@ -14,7 +14,35 @@ else:
     ModelName = registered(MODELS)
 
 
+class HeadConfig(StrictModel):
+    """A new classifier for a pretrained network (transfer learning): the file's classifier is not loaded."""
+
+    num_classes: int | None = Field(None, gt=0, description="classes of the new classifier (default: the data's)")
+    fold_pool: bool = Field(True, description="fold an adaptive pool that enlarges small feature maps into the "
+                                              "next Linear (VGG at 32x32: 25088x4096 -> 512x4096, same outputs)")
+
+
 class ModelConfig(StrictModel):
     name: ModelName = Field("digits_cnn", description="zoo name (distillprune models) or torchvision / timm")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments, e.g. widths")
     checkpoint: str | None = Field(None, description="start from this distillprune checkpoint folder")
+    python: str | None = Field(None, description="your own class or factory: 'path/to/file.py:Name' (or "
+                                                 "'package.module:Name'), called with kwargs")
+    weights: str | None = Field(None, description="a state_dict to load: .pt/.pth (torch.load weights_only) or "
+                                                  ".safetensors")
+    head: HeadConfig | None = Field(None, description="replace the classifier (pretrained weights, new classes)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.checkpoint is not None:
+            extra = [k for k in ("python", "weights", "head") if getattr(self, k) is not None]
+            if extra:  # (a name next to a checkpoint is only a label: the checkpoint knows its architecture)
+                raise ValueError("checkpoint is a whole model (architecture + weights): give it without "
+                                 + ", ".join(extra))
+        if self.python is not None:
+            if "name" in self.model_fields_set:
+                raise ValueError("give either name (a registered model) or python (your own class), not both")
+            target, sep, attr = self.python.rpartition(":")
+            if not sep or not target or not attr:
+                raise ValueError(f"python: expected 'path/to/file.py:ClassOrFactory', got {self.python!r}")
+        return self

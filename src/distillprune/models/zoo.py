@@ -1,7 +1,6 @@
 """The zoo's builders, registered in MODELS. Each takes (num_classes, input_shape, **kwargs)."""
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -9,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
+from distillprune.core.extras import import_extra
 from distillprune.errors import DistillpruneError
 from distillprune.models.mlp import MLP
 from distillprune.models.registry import MODELS, Builder, with_example
@@ -56,12 +56,7 @@ def mlp(num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (2
 
 def _external(module: str, extra: str, make: Callable[[Any, str, int, dict], nn.Module]) -> Builder:
     def build(num_classes: int, input_shape: Sequence[int], arch: str = "", **kw: Any) -> nn.Module:
-        try:
-            lib = importlib.import_module(module)
-        except ImportError:
-            raise DistillpruneError(
-                f"model source '{module}' needs the optional extra: pip install 'distillprune[{extra}]'"
-            ) from None
+        lib = import_extra(module, extra, f"model '{module.split('.')[0]}'")
         if not arch:
             raise DistillpruneError(f"model '{module}' needs kwargs.arch (e.g. resnet18)")
         return make(lib, arch, num_classes, kw)

@@ -22,7 +22,7 @@ from distillprune.core.checkpoint import ArchSpec, read_meta
 from distillprune.data.base import DataBundle
 from distillprune.errors import CheckpointError, DataError, DistillpruneError, RecipeError
 from distillprune.models.config import ModelConfig
-from distillprune.models.zoo import build_model
+from distillprune.models.build import make_model
 from distillprune.pipeline.state import confined
 from distillprune.recipes.schema import Recipe
 
@@ -95,12 +95,12 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
 def _cpu_model(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
     try:
         with torch.device("meta"):
-            n = _params(build_model(cfg.name, data.num_classes, tuple(data.input_shape), **cfg.kwargs))
+            n = _params(_arch(cfg, data.num_classes, tuple(data.input_shape)))
     except Exception:  # noqa: BLE001 - check_model has judged this model already
         n = 0
     if n > CPU_FALLBACK_PARAMS:
         return None
-    return build_model(cfg.name, data.num_classes, tuple(data.input_shape), **cfg.kwargs)
+    return _arch(cfg, data.num_classes, tuple(data.input_shape))
 
 
 def check_runtime(recipe: Recipe) -> None:
@@ -182,15 +182,22 @@ def check_checkpoint(folder: str, data: DataBundle, where: str) -> None:
                         f"{data.num_classes} classes")
 
 
+def _arch(cfg: ModelConfig, classes: int, shape: tuple[int, ...]) -> nn.Module:
+    """The architecture a model config builds (zoo name or your class, new head), without its weights file."""
+    return make_model(cfg, classes, shape, load_weights_file=False)[0]
+
+
 def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
     """``cfg`` builds and maps the data's inputs to one logit per class (meta device first, else CPU)."""
     if cfg.checkpoint:
         check_checkpoint(cfg.checkpoint, data, f"{where}.checkpoint")
         return
+    if cfg.weights and not Path(cfg.weights).expanduser().is_file():
+        raise RecipeError(f"{where}.weights: no file {cfg.weights}")
     shape, classes = tuple(data.input_shape), data.num_classes
     try:
         with torch.device("meta"):
-            model = build_model(cfg.name, classes, shape, **cfg.kwargs)
+            model = _arch(cfg, classes, shape)
     except DistillpruneError as e:
         raise RecipeError(f"{where}: {e}") from None
     except Exception:  # noqa: BLE001 - a builder that cannot build on the meta device: try the CPU below
@@ -207,13 +214,13 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
         if _params(model) > CPU_FALLBACK_PARAMS:
             return  # too big to build twice; the run's own probe checks it
     try:
-        model = build_model(cfg.name, classes, shape, **cfg.kwargs)
+        model = _arch(cfg, classes, shape)
     except DistillpruneError as e:
         raise RecipeError(f"{where}: {e}") from None
     try:
         out = _forward(model, shape, torch.device("cpu"))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise DataError(f"{where}: data inputs of shape {shape} do not fit model '{cfg.name}': "
+        raise DataError(f"{where}: data inputs of shape {shape} do not fit model '{cfg.python or cfg.name}': "
                         f"{_first_line(e)}") from None
     _check_output(out, cfg, data, where)
 
@@ -227,7 +234,7 @@ def _forward(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> 
 def _check_output(out: Any, cfg: ModelConfig, data: DataBundle, where: str) -> None:
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"{where}: model '{cfg.name}' (kwargs {cfg.kwargs}) outputs {got} per sample, but the data "
+        raise DataError(f"{where}: model '{cfg.python or cfg.name}' (kwargs {cfg.kwargs}) outputs {got} per sample, but the data "
                         f"has {data.num_classes} classes (expected ({data.num_classes},) logits)")
 
 
@@ -235,7 +242,7 @@ def _check_size(model: nn.Module, cfg: ModelConfig, where: str) -> None:
     need = 4 * _params(model)
     have = _memory_bytes()
     if have and need > have:
-        raise RecipeError(f"{where}: model '{cfg.name}' with kwargs {cfg.kwargs} has {_params(model):.3g} parameters "
+        raise RecipeError(f"{where}: model '{cfg.python or cfg.name}' with kwargs {cfg.kwargs} has {_params(model):.3g} parameters "
                           f"({need / 2**30:.1f} GiB of fp32 weights), more than this machine's "
                           f"{have / 2**30:.1f} GiB of memory")
 

@@ -25,7 +25,7 @@ from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
-from distillprune.train.logging import RunLogger
+from distillprune.train.logging import RunLogger, attach_run_log
 from distillprune.train.trainer import evaluate
 
 
@@ -67,6 +67,7 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     done = restore(state) if (resume and run_path) else 0
     if done and state.report.baseline is not None:
         state.timer.restore(state.report.baseline.name)
+    detach = attach_run_log(run_path)
     try:
         if done == 0 and recipe.stages[0].type not in ("train", "evaluate"):  # those measure it themselves
             _measure_input(state, console)
@@ -93,6 +94,7 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
                           + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else ""))
     finally:
         state.logger.close()
+        detach()
     if run_path:
         state.report.save(run_path)
         write_markdown(state.report, run_path)

@@ -19,8 +19,8 @@ from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for, resolve_teacher
 from distillprune.errors import DataError, RecipeError
+from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
-from distillprune.models.zoo import build_model
 from distillprune.pipeline.rundir import RESERVED, read_state
 from distillprune.report.report import CompressionReport
 from distillprune.train.config import TrainingOptions
@@ -74,17 +74,15 @@ class RunState:
         return self.teacher
 
     def resolve_teacher(self, cfg: DistillConfig) -> nn.Module:
-        return resolve_teacher(cfg, self.ensure_teacher)
+        return resolve_teacher(cfg, self.ensure_teacher, self.data.num_classes, self.data.input_shape)
 
     def peer(self, cfg: DistillConfig) -> nn.Module | None:
         """Mutual mode's second network when the recipe names one (else the objective copies the teacher)."""
         if cfg.mode != "mutual" or cfg.peer is None:
             return None
-        if cfg.peer.checkpoint:
-            return load_checkpoint(cfg.peer.checkpoint)[0]
         torch.manual_seed(self.recipe.seed + 7919)  # not the student's seed: identical twins stay identical
         d = self.data
-        return build_model(cfg.peer.name, d.num_classes, d.input_shape, **cfg.peer.kwargs)
+        return make_model(cfg.peer, d.num_classes, d.input_shape, where="distill.peer")[0]
 
     def objective(self, cfg: DistillConfig | None, label_smoothing: float,
                   teacher: nn.Module | None = None) -> Objective:
@@ -111,14 +109,10 @@ class RunState:
         return n // bs if n > bs else 1
 
     # -- models ------------------------------------------------------------------------------------------
-    def new_model(self, cfg: ModelConfig) -> tuple[nn.Module, ArchSpec]:
-        if cfg.checkpoint:
-            model, spec, _ = load_checkpoint(cfg.checkpoint)
-            return model, spec
+    def new_model(self, cfg: ModelConfig, where: str = "model") -> tuple[nn.Module, ArchSpec]:
         d = self.data
         torch.manual_seed(self.recipe.seed)
-        model = build_model(cfg.name, d.num_classes, d.input_shape, **cfg.kwargs)
-        return model, ArchSpec(cfg.name, d.num_classes, list(d.input_shape), dict(cfg.kwargs))
+        return make_model(cfg, d.num_classes, d.input_shape, where=where)
 
     def complete(self, index: int, kind: str) -> None:
         """Persist the model after a finished stage and the report so far (the resume point)."""

@@ -19,8 +19,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from distillprune.core.modules import get_module, set_module
+from distillprune.core.modules import set_module
 from distillprune.distill.losses.kd import soft_kl
+from distillprune.prune.depth import _affected, remove_block
+from distillprune.prune.residual import residual_at
 
 
 class _Tracer(fx.Tracer):
@@ -43,6 +45,8 @@ class BlockScorer:
         self.removed: list[str] = []
         self.evaluations = 0
         self.gm: fx.GraphModule | None = None
+        if any((r := residual_at(model, b)) is not None and r.kind != "module" for b in self.blocks):
+            return  # a residual branch inside a parent's forward is not one node of the graph: full forwards
         try:
             graph = _Tracer(set(blocks)).trace(model)
             self.gm = fx.GraphModule(model, graph)
@@ -117,7 +121,10 @@ class BlockScorer:
         self.evaluations += 1
         skip = set(self.removed) | {block}
         if self.gm is None:
-            kept = {p: set_module(self.model, p, nn.Identity()) for p in skip}
+            kept: dict[str, nn.Module] = {}
+            for p in skip:
+                kept.update(_affected(self.model, p))
+                remove_block(self.model, p)
             try:
                 outs = [self.model(x) for x in self.batches]
             finally:
@@ -157,6 +164,6 @@ class BlockScorer:
 
 
 def remove_blocks(model: nn.Module, paths: Sequence[str]) -> None:
+    """Remove the residual blocks (or branches) at ``paths`` (``prune.depth.remove_block``)."""
     for p in paths:
-        get_module(model, p)  # fails in one line when the path is not there
-        set_module(model, p, nn.Identity())
+        remove_block(model, p)

@@ -94,7 +94,8 @@ class PruneConfig(TrainingOptions):
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)
     bn_recalibration: int = Field(0, ge=0, description="after each cut, re-estimate BatchNorm statistics on "
-                                                        "this many training batches (0: off)")
+                                                        "this many training batches (0: off; with a target, "
+                                                        "the planner's calib_samples)")
     distill: DistillConfig | None = Field(default_factory=DistillConfig,
                                           description="KD between steps (null: cross-entropy)")
 

@@ -60,6 +60,7 @@ class PruneReport(Details):
     sparsity: float | None = None
     training: TrainSummary | None = None
     log: list[str] = field(default_factory=list)  # what the planner decided, step by step
+    skipped: list[dict[str, str]] = field(default_factory=list)  # width: layer groups left alone, and why
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []  # the ops this run added (not part of the JSON report)
@@ -140,8 +141,11 @@ class PruneSession:
                 self._width_step()
                 if k == cfg.steps - 1 and not any(self.report.channels_removed.values()):
                     raise DistillpruneError(nothing_removed(self.width))
-        if cfg.bn_recalibration and (self.plan is not None or self.width or (k == 0 and self.depth)):
-            recalibrate_bn(self.model, [x for x, _ in self.calibration(cfg.bn_recalibration)])
+        recal = cfg.bn_recalibration
+        if self.plan is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
+            recal = max(1, -(-cfg.target.calib_samples // self.batch_size))
+        if recal and (self.plan is not None or self.width or (k == 0 and self.depth)):
+            recalibrate_bn(self.model, [x for x, _ in self.calibration(recal)])
         if cfg.unstructured:
             self._sparsity_step(k)
         if cfg.epochs_per_step:
@@ -247,6 +251,7 @@ class PruneSession:
         if self.width.importance in NEEDS_GRADIENTS:
             accumulate_gradients(self.model, self.calibration(self.width.taylor_batches), taylor_loss(self.teacher))
         op = ChannelsOp(prune_step(self._pruner))
+        self.report.skipped = [g.to_dict() for g in self._pruner.skipped]
         self._record(op)
         for name, n in op.removed().items():
             self.report.channels_removed[name] = self.report.channels_removed.get(name, 0) + n

@@ -17,6 +17,7 @@ from distillprune.core.modules import LayerSelect
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.importance import IMPORTANCE
+from distillprune.prune.safety import prunable_groups, skip_unsupported, transactional_step
 
 
 def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
@@ -72,14 +73,32 @@ def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_
 
     Every layer keeps at least one channel (``round_to`` without rounding is 1) and loses at most
     ``cfg.max_ratio`` of them: Torch-Pruning skips a layer that a ratio would empty, so without these
-    bounds a larger ratio could remove *less* (0.99 removed nothing where 0.9 removed 90%)."""
+    bounds a larger ratio could remove *less* (0.99 removed nothing where 0.9 removed 90%). Layer groups
+    Torch-Pruning would cut wrongly are skipped before anything is cut (``pruner.skipped``: what and why);
+    a ``width.layers`` selection that leaves no group to prune is an error."""
     ratio = min(float(cfg.ratio or 0.0), cfg.max_ratio)
     with traceable(model):
-        return NearestRoundPruner(
+        pruner = NearestRoundPruner(
             model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=ratio,
             global_pruning=cfg.global_pruning, round_to=cfg.round_to or 1, max_pruning_ratio=cfg.max_ratio,
             iterative_steps=steps, ignored_layers=ignored(model, cfg.layers, num_classes),
         )
+        _check_selection(pruner, model, cfg.layers, num_classes)
+        pruner.skipped = skip_unsupported(pruner, model)  # grows when a step has to skip a failing group
+    pruner.example = example
+    return pruner
+
+
+def _check_selection(pruner: tp.pruner.BasePruner, model: nn.Module, layers: LayerSelect, num_classes: int) -> None:
+    if prunable_groups(pruner):
+        return
+    if layers == LayerSelect():
+        return  # nothing in the model can lose channels (e.g. one Linear): the step removes nothing
+    everything = prunable_groups(pruner, [m for c in classifier_layers(model, num_classes) for m in c.modules()])
+    if everything:
+        raise DistillpruneError(
+            f"width.layers (include {layers.include}, exclude {layers.exclude}) leaves none of the "
+            f"{len(everything)} prunable layer groups of {type(model).__name__}: nothing would be pruned")
 
 
 def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -94,9 +113,10 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
 
 
 def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
-    """One pruning step; returns the history entries it added."""
+    """One pruning step, all or nothing (on failure the model is restored and the error names the layer
+    group); returns the history entries it added."""
     before = len(pruner.pruning_history())
-    pruner.step()
+    transactional_step(pruner, pruner.model, getattr(pruner, "example", None))
     return [[n, bool(o), [int(i) for i in idx]] for n, o, idx in pruner.pruning_history()[before:]]
 
 

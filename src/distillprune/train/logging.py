@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +38,23 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def attach_run_log(run_dir: str | Path | None) -> Callable[[], None]:
+    """Send the library's diagnostics (the ``distillprune`` loggers: exporter output, ...) to ``run_dir/run.log``
+    for the duration of a run; returns the function that detaches it."""
+    if run_dir is None:
+        return lambda: None
+    lib = logging.getLogger("distillprune")
+    handler = logging.FileHandler(Path(run_dir) / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    level = lib.level
+    lib.addHandler(handler)
+    lib.setLevel(logging.DEBUG)
+
+    def detach() -> None:
+        lib.removeHandler(handler)
+        lib.setLevel(level)
+        handler.close()
+
+    return detach
