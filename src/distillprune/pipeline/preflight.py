@@ -21,8 +21,8 @@ from torch import nn
 from distillprune.core.checkpoint import ArchSpec, read_meta
 from distillprune.data.base import DataBundle
 from distillprune.errors import CheckpointError, DataError, DistillpruneError, RecipeError
-from distillprune.models.config import ModelConfig
 from distillprune.models.build import make_model
+from distillprune.models.config import ModelConfig
 from distillprune.pipeline.state import confined
 from distillprune.recipes.schema import Recipe
 
@@ -234,16 +234,16 @@ def _forward(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> 
 def _check_output(out: Any, cfg: ModelConfig, data: DataBundle, where: str) -> None:
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"{where}: model '{cfg.python or cfg.name}' (kwargs {cfg.kwargs}) outputs {got} per sample, but the data "
-                        f"has {data.num_classes} classes (expected ({data.num_classes},) logits)")
+        raise DataError(f"{where}: model '{cfg.python or cfg.name}' (kwargs {cfg.kwargs}) outputs {got} per "
+                        f"sample, but the data has {data.num_classes} classes (expected ({data.num_classes},) logits)")
 
 
 def _check_size(model: nn.Module, cfg: ModelConfig, where: str) -> None:
     need = 4 * _params(model)
     have = _memory_bytes()
     if have and need > have:
-        raise RecipeError(f"{where}: model '{cfg.python or cfg.name}' with kwargs {cfg.kwargs} has {_params(model):.3g} parameters "
-                          f"({need / 2**30:.1f} GiB of fp32 weights), more than this machine's "
+        raise RecipeError(f"{where}: model '{cfg.python or cfg.name}' with kwargs {cfg.kwargs} has "
+                          f"{_params(model):.3g} parameters ({need / 2**30:.1f} GiB of fp32 weights), more than this machine's "
                           f"{have / 2**30:.1f} GiB of memory")
 
 
