@@ -25,10 +25,17 @@ def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool
     recipe = load_recipe(recipe_path, overrides)
     if resume and out is None:
         raise DistillpruneError("--resume needs --out RUN_FOLDER (the run to continue)")
-    out = out or _default_out(recipe.name)
+    out = out or _default_out(recipe.name)  # under torchrun, rank 0's name is used by all
     report = compress(recipe, out, resume=resume)
-    print_table(report)
-    typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
+    if _rank() == 0:
+        print_table(report)
+        typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
+
+
+def _rank() -> int:
+    from distillprune.train.distributed import rank
+
+    return rank()
 
 
 @app.command()
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except DistillpruneError as e:
-        typer.echo(f"error: {e}", err=True)
+        rank = _rank()  # under torchrun every rank reports; rank 0 without a prefix
+        typer.echo(f"{f'rank {rank}: ' if rank else ''}error: {e}", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

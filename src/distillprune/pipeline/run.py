@@ -1,4 +1,10 @@
-"""Run a recipe: stages in order, a measurement after each, a checkpoint after each (resume point)."""
+"""Run a recipe: stages in order, a measurement after each, a checkpoint after each (resume point).
+
+Under torchrun every rank runs this loop: stages that change the model run on every rank (training is
+data-parallel, pruning decisions come from rank 0), stages that only read it (export, evaluate,
+post-training quantization) and the measurements run on rank 0 while the others wait; rank 0 alone
+writes the run folder, and after each stage the ranks check that they hold the same architecture.
+"""
 from __future__ import annotations
 
 import time
@@ -15,11 +21,12 @@ from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
 from distillprune.measure.metrics import measure_model
 from distillprune.pipeline.state import RunState, probe_shapes, restore
-from distillprune.recipes.registry import STAGES
+from distillprune.recipes.registry import STAGES, StageOutcome
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
+from distillprune.train import distributed as ddp
 from distillprune.train.logging import RunLogger
-from distillprune.train.trainer import evaluate
+from distillprune.train.trainer import evaluate, resolve_device
 
 
 def prepare_run_dir(run_dir: str | Path | None, resume: bool) -> Path | None:
@@ -48,8 +55,17 @@ def compress(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool 
 def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False,
             model: nn.Module | None = None, data: DataBundle | None = None, quiet: bool = False) -> RunState:
     """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
-    console = Console(quiet=quiet)
-    run_path = prepare_run_dir(run_dir, resume)
+    with ddp.process_group(resolve_device(recipe.runtime)):  # torchrun's group (NCCL/gloo), else nothing
+        return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet)
+
+
+def _execute(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, model: nn.Module | None,
+             data: DataBundle | None, quiet: bool) -> RunState:
+    console = Console(quiet=quiet or not ddp.is_rank0())
+    # rank 0 names and creates the folder (a default name holds the time: ranks could disagree)
+    run_dir = ddp.broadcast_json(None if run_dir is None else str(run_dir))
+    run_path = ddp.once(lambda: prepare_run_dir(run_dir, resume), encode=lambda p: p and str(p),
+                        decode=lambda p: p and Path(p))
     torch.manual_seed(recipe.seed)
     data = data or load_data(recipe.data)
     env = {**environment(), "ort_threads": recipe.measure.threads}
@@ -62,26 +78,30 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
         state.model, state.spec = state.new_model(recipe.model)
     probe_shapes(state.model, data, recipe.model.name if model is None else type(model).__name__)
     done = restore(state) if (resume and run_path) else 0
+    ddp.barrier()  # every rank has read the run folder before rank 0 writes to it again
     try:
         for index, stage in enumerate(recipe.stages, start=1):
             if index <= done:
                 continue
             t0 = time.perf_counter()
             definition = STAGES.get(stage.type)
-            outcome = definition.run(stage, state, index)
+            every_rank = stage.changes_model()  # else rank 0 alone: export, evaluate, post-training quantization
+            outcome = definition.run(stage, state, index) if every_rank or ddp.is_rank0() else StageOutcome()
             result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
-            if definition.measured:
+            if definition.measured and ddp.is_rank0():  # measured alone: other ranks would skew the latency
                 _measure(state, result)
                 if outcome.deployed is not None:
                     _stand_for(result, outcome.deployed)  # quantize/cluster rows measure the shipped file
             result.seconds = round(time.perf_counter() - t0, 2)
             state.report.add(result)
             state.complete(index, stage.type)
+            ddp.barrier()
+            ddp.check_same_architecture(state.model, state.spec.history, f"after stage {result.name}")
             console.print(f"[green]done[/] {result.name} in {result.seconds:.1f}s"
                           + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else ""))
     finally:
         state.logger.close()
-    if run_path:
+    if run_path and ddp.is_rank0():
         state.report.save(run_path)
         write_markdown(state.report, run_path)
     return state

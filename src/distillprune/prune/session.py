@@ -38,6 +38,7 @@ from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.search import Plan, search
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
+from distillprune.train import distributed as ddp
 from distillprune.train.config import TrainSummary
 
 #: ``trainer(model, objective, epochs, tag, on_step) -> per-epoch records``: how the session trains between
@@ -117,8 +118,9 @@ class PruneSession:
         self.objective = objective_for(cfg.distill, cfg.label_smoothing, lambda: self.teacher, self._peer)
         if cfg.target is not None:
             self._dense = snapshot(self.model)  # the reference of the target
-            self.plan = search(self.model, self.input_shape, self.num_classes, cfg.width, cfg.target,
-                               self.latency)
+            # measured on rank 0 alone under torchrun, and shared: every rank follows one plan
+            self.plan = ddp.once(lambda: search(self.model, self.input_shape, self.num_classes, cfg.width,
+                                                cfg.target, self.latency), Plan.to_dict, lambda d: Plan(**d))
             self.report.plan = self.plan
             self.depth = DepthConfig(blocks=self.plan.blocks) if self.plan.blocks else None
             self.width = self._width_at(self.plan.width_ratio)
@@ -131,17 +133,28 @@ class PruneSession:
         if k != self._done:
             raise DistillpruneError(f"PruneSession.step({k}): the next step is {self._done}")
         cfg = self.cfg
-        if k == 0 and self.depth:
-            self._remove_blocks(self.depth)
-        if self.width:
-            self._width_step()
-        if cfg.unstructured:
+        # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
+        ddp.replicate(lambda: self._cut(k), self.history, self._replay, self.report)
+        ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")
+        if cfg.unstructured:  # magnitude masks: the weights, hence the masks, are the same on every rank
             self._sparsity_step(k)
         if cfg.epochs_per_step:
             assert self.trainer is not None
             on_step = self._masks.apply if self._masks else None
             self._records += self.trainer(self.model, self.objective, cfg.epochs_per_step, f"step{k + 1}", on_step)
         self._done += 1
+
+    def _cut(self, k: int) -> None:
+        if k == 0 and self.depth:
+            self._remove_blocks(self.depth)
+        if self.width:
+            self._width_step()
+
+    def _replay(self, op: HistoryOp) -> None:
+        """Redo another rank's cut here (torch-pruning traces the model on the CPU)."""
+        op.replay(self.model.cpu(), self.input_shape)
+        self.model.to(self.device)
+        self._record(op)
 
     def finish(self) -> PruneReport:
         if self._masks is not None:

@@ -15,6 +15,7 @@ from distillprune.pipeline.state import RunState
 from distillprune.quant import QUANTIZERS, QATOptions, QuantConfig, default_filename, make_job
 from distillprune.recipes.registry import StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
+from distillprune.train import distributed as ddp
 
 HALF = ("fp16", "bf16")
 
@@ -39,6 +40,9 @@ class QuantizeStage(StageConfig, QuantConfig):
             raise ValueError(f"qat options given but method is {self.method!r}; set method: qat or drop qat")
         return self
 
+    def changes_model(self) -> bool:
+        return self.method == "qat"  # QAT trains (on every rank under torchrun); PTQ only reads the model
+
     def quant_config(self) -> QuantConfig:
         return QuantConfig.model_validate(self.model_dump(include=set(QuantConfig.model_fields)))
 
@@ -58,12 +62,13 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
             return state.fit(opts, opts.epochs, objective, index, "quantize", sub="qat", on_step=on_step)
 
     with tempfile.TemporaryDirectory(prefix="dp-quantize-") as tmp:
-        workdir = state.stage_dir(index, "quantize") or Path(tmp)
+        workdir = (state.stage_dir(index, "quantize") if state.writes else None) or Path(tmp)
         out = state.output_path(name, f"stages.{index - 1}.filename") or Path(tmp) / name
         job = make_job(state.model, cfg, out, workdir, data=state.data, train=train, qat=st.qat, train_steps=steps)
         res = QUANTIZERS.get(cfg.method)(job)
         m = state.recipe.measure
-        measure_cpu = m.enabled and cfg.method not in HALF  # fp16/bf16 target GPUs: ORT CPU timings mislead
+        # fp16/bf16 target GPUs: ORT CPU timings mislead; under torchrun rank 0 times alone
+        measure_cpu = m.enabled and cfg.method not in HALF and ddp.is_rank0()
         latency = {f"ort_{k}": round(v, 4) for k, v in ort_latency(out, state.data.input_shape, m).items()} \
             if measure_cpu else {}
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
