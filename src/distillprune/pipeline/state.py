@@ -67,7 +67,7 @@ class RunState:
     # -- teachers and objectives -------------------------------------------------------------------------
     def set_teacher(self, model: nn.Module, spec: ArchSpec) -> None:
         self.teacher, self.teacher_spec = snapshot(model), copy.deepcopy(spec)
-        if self.writes:
+        if self.run_dir and self.writes:
             save_checkpoint(self.run_dir / "teacher", self.teacher, self.teacher_spec)
 
     def ensure_teacher(self) -> nn.Module:
@@ -126,7 +126,7 @@ class RunState:
 
     def complete(self, index: int, kind: str) -> None:
         """Persist the model after a finished stage and the report so far (the resume point)."""
-        if not self.writes:
+        if not self.run_dir or not self.writes:
             return
         save_checkpoint(self.stage_dir(index, kind), self.model, self.spec,  # type: ignore[arg-type]
                         recipe=self.recipe.model_dump(mode="json"), stage=index)

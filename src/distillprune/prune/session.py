@@ -119,8 +119,9 @@ class PruneSession:
         if cfg.target is not None:
             self._dense = snapshot(self.model)  # the reference of the target
             # measured on rank 0 alone under torchrun, and shared: every rank follows one plan
-            self.plan = ddp.once(lambda: search(self.model, self.input_shape, self.num_classes, cfg.width,
-                                                cfg.target, self.latency), Plan.to_dict, lambda d: Plan(**d))
+            target = cfg.target
+            self.plan = ddp.once(lambda: search(self.model, self.input_shape, self.num_classes, cfg.width, target,
+                                                self.latency), Plan.to_dict, lambda d: Plan(**d))
             self.report.plan = self.plan
             self.depth = DepthConfig(blocks=self.plan.blocks) if self.plan.blocks else None
             self.width = self._width_at(self.plan.width_ratio)

@@ -104,12 +104,14 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
         assert self.running_mean is not None and self.running_var is not None
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
-            factor = 1.0 / float(self.num_batches_tracked)
-        else:
+        tracked = self.num_batches_tracked
+        if tracked is not None:
+            tracked.add_(1)
+        if self.momentum is not None:
             factor = self.momentum
+        else:  # cumulative moving average, as nn.BatchNorm
+            assert tracked is not None
+            factor = 1.0 / float(tracked)
         unbiased = var * (count / max(count - 1.0, 1.0))
         self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
         self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)

@@ -161,8 +161,8 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
     start, history = 0, []
     if resume and ckpt_dir is not None and (ckpt_dir / "last.json").exists():
         start, history = _load(ckpt_dir, model, objective, opt)
-    fwd = par.start()  # DDP around the model under torchrun, else the model
-    fwd = torch.compile(fwd) if runtime.compile else fwd
+    wrapped = par.start()  # DDP around the model under torchrun, else the model
+    fwd = torch.compile(wrapped) if runtime.compile else wrapped
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
     total_steps = settings.epochs * len(loader)
     from distillprune.train.progress import progress_bar
@@ -228,10 +228,11 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
             labelled += len(y)
         bar(1)
     dt = time.perf_counter() - t0
-    loss_total, correct_total, seen, labelled = ddp.all_reduce_sum([float(loss_sum), int(correct), seen, labelled]) \
-        if par.active else (float(loss_sum), int(correct), seen, labelled)
+    sums = [float(loss_sum), float(correct), float(seen), float(labelled)]
+    loss_total, correct_total, n, n_labelled = ddp.all_reduce_sum(sums) if par.active else sums
+    seen = int(n)
     return {"epoch": epoch + 1, "loss": loss_total / max(seen, 1),
-            "train_acc": 100.0 * correct_total / labelled if labelled else float("nan"),
+            "train_acc": 100.0 * correct_total / n_labelled if n_labelled else float("nan"),
             "lr": opt.param_groups[0]["lr"], "seconds": dt, "images_per_s": seen / max(dt, 1e-9)}
 
 
