@@ -152,17 +152,20 @@ def once(fn: Callable[[], T], encode: Callable[[T], Any] = lambda v: v,
         try:
             result = fn()
             sent = {"value": encode(result)}
+            json.dumps(sent)  # fails here, not while the others wait
         except DistillpruneError as e:
-            sent = {"error": type(e).__name__, "message": str(e)}
-            broadcast_json(sent)
+            broadcast_json({"error": type(e).__name__, "bad_input": True, "message": str(e)})
             raise
         except Exception as e:
             broadcast_json({"error": "RuntimeError", "message": f"rank 0 failed: {type(e).__name__}: {e}"})
             raise
     got = broadcast_json(sent)
     if "error" in got:
+        if not got.get("bad_input"):
+            raise RuntimeError(got["message"])
         cls = getattr(errors, got["error"], None)
-        raise (cls if isinstance(cls, type) and issubclass(cls, DistillpruneError) else RuntimeError)(got["message"])
+        raise (cls if isinstance(cls, type) and issubclass(cls, DistillpruneError) else DistillpruneError)(
+            got["message"])
     return result if is_rank0() else decode(got["value"])
 
 
