@@ -121,7 +121,8 @@ def _say(line: str, code: int) -> int:
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
-    print(line, file=sys.stderr, flush=True)
+    rank = os.environ.get("RANK", "0")  # under torchrun every rank reports; rank 0 without a prefix
+    print(line if rank == "0" else f"rank {rank}: {line}", file=sys.stderr, flush=True)
     return code
 
 

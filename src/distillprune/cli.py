@@ -33,14 +33,21 @@ def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool
     recipe = load_recipe(recipe_path, overrides)
     if resume and out is None:
         raise DistillpruneError("--resume needs --out RUN_FOLDER (the run to continue)")
-    out = out or _default_out(recipe.name)
+    out = out or _default_out(recipe.name)  # under torchrun, rank 0's name is used by all
     sets = [a for ov in overrides for a in ("--set", ov)]
     note_run(out, [*(command or ["distillprune", "run", str(recipe_path)]), *sets, "--out", str(out), "--resume"])
     report = compress(recipe, out, resume=resume)  # checks --out before any work
-    print_table(report, wide=wide)
-    typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
-    if (out / "report.html").is_file():
-        typer.echo(f"report: {out / 'report.html'}  (open it in a browser)")
+    if _rank() == 0:
+        print_table(report, wide=wide)
+        typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
+        if (out / "report.html").is_file():
+            typer.echo(f"report: {out / 'report.html'}  (open it in a browser)")
+
+
+def _rank() -> int:
+    from distillprune.train.distributed import rank
+
+    return rank()
 
 
 @app.command()

@@ -111,11 +111,17 @@ class TensorLoader:
 
     The order and the augmentation draw from a generator seeded by (seed, epoch), so an epoch
     is the same whether or not the run was interrupted before it.
+
+    Under torchrun (``world_size`` > 1) ``batch_size`` is the *global* batch: every rank draws the same
+    permutation and the same augmentation for the whole batch and keeps its own contiguous share of it
+    (near-equal parts: rank r of W takes ``tensor_split(batch, W)[r]``), so the ranks together see
+    exactly the batches, crops and flips of the single-process run, and ``len()`` (the step count) is
+    the same on every rank.
     """
 
     def __init__(self, split: Split, batch_size: int, mean: torch.Tensor, std: torch.Tensor, *,
                  shuffle: bool = False, crop_padding: int = 0, hflip: bool = False, drop_last: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu"):
+                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.split = split.to(device)
@@ -123,6 +129,11 @@ class TensorLoader:
         self.crop_padding, self.hflip = crop_padding, hflip
         self.seed, self.epoch, self.device = seed, 0, torch.device(device)
         self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self.rank, self.world_size = rank, world_size
+        smallest = min(self.batch_len(i) for i in (0, len(self) - 1)) if len(self) else 0
+        if world_size > 1 and smallest < world_size:
+            raise DataError(f"a batch of {smallest} samples cannot be shared by {world_size} processes: "
+                            f"data.batch_size ({batch_size}) is the global batch; raise it (or use more data)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -131,30 +142,53 @@ class TensorLoader:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def batch_len(self, i: int) -> int:
+        """Samples in (global) batch ``i``, all ranks together."""
+        return min(self.batch_size, len(self.split) - i * self.batch_size)
+
+    def share(self, n: int) -> tuple[int, int]:
+        """This rank's part ``[lo, hi)`` of a global batch of ``n`` samples."""
+        q, r = divmod(n, self.world_size)
+        lo = self.rank * q + min(self.rank, r)
+        return lo, lo + q + (self.rank < r)
+
     def _draw_order(self) -> tuple[torch.Tensor, torch.Generator]:
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.split)
         return (torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)), gen
 
+    def _batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, int]]:
+        """(this rank's indices, their offset in the global batch) for each batch."""
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            lo, hi = self.share(len(idx))
+            yield idx[lo:hi], lo
+
     def order(self) -> torch.Tensor:
-        """The epoch's sample order: batch i holds ``order()[i * batch_size:(i + 1) * batch_size]``."""
-        return self._draw_order()[0]
+        """The epoch's sample order as this rank sees it: the k-th sample it yields is ``order()[k]``."""
+        order = self._draw_order()[0]
+        if self.world_size == 1:
+            return order
+        return torch.cat([idx for idx, _ in self._batches(order)])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         order, gen = self._draw_order()  # the same generator then draws the augmentation
         order = order.to(self.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.prepare(self.split.x[idx], gen)
+        for i, (idx, lo) in enumerate(self._batches(order)):
+            x = self.prepare(self.split.x[idx], gen, draws=self.batch_len(i), at=lo)
             yield x, None if self.split.y is None else self.split.y[idx]
 
-    def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None, draws: int | None = None,
+                at: int = 0) -> torch.Tensor:
+        """Normalise ``x``; with ``gen``, augment it with draws made for a batch of ``draws`` samples (the
+        global batch) of which ``x`` is the part starting at ``at``."""
         x = normalize(x, self.mean, self.std)
         if gen is not None and x.dim() == 4:
+            n = len(x) if draws is None else draws
             if self.crop_padding:
-                x = random_crop(x, self.crop_padding, gen)
+                x = random_crop(x, self.crop_padding, gen, n, at)
             if self.hflip:
-                flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
+                flip = (torch.rand(n, generator=gen)[at:at + len(x)] < 0.5).to(x.device)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         return standard_layout(x)
 
@@ -179,12 +213,15 @@ def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``pad`` and crop back to size at a random offset per sample, in one gather."""
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, draws: int | None = None,
+                at: int = 0) -> torch.Tensor:
+    """Zero-pad by ``pad`` and crop back to size at a random offset per sample, in one gather; offsets are
+    drawn for ``draws`` samples (default ``len(x)``) and ``x`` takes those from ``at`` on."""
     b, c, h, w = x.shape
+    n = b if draws is None else draws
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[at:at + b].to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[at:at + b].to(x.device)
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
     rows = (oy.view(b, 1, 1, 1) + ar_h.view(1, 1, h, 1)).expand(b, c, h, w + 2 * pad)

@@ -40,7 +40,8 @@ class DataConfig(StrictModel):
     path: str | None = Field(None, description="file or folder for npz / cifar10_* / imagefolder / hf")
     name: str | None = Field(None, description="data set name for torchvision / hf")
     image_size: int | None = Field(None, gt=0, le=8192, description="imagefolder: resize images to this square size")
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, description="training batch; under torchrun the global batch, shared by the "
+                                                  "processes (docs/distributed.md)")
     eval_batch_size: int = Field(256, gt=0)
     augment: AugmentConfig = AugmentConfig()
     limit_train: int | None = Field(None, gt=0, description="use N training samples: a seeded, class-balanced subset")

@@ -243,8 +243,8 @@ def _check_size(model: nn.Module, cfg: ModelConfig, where: str) -> None:
     have = _memory_bytes()
     if have and need > have:
         raise RecipeError(f"{where}: model '{cfg.python or cfg.name}' with kwargs {cfg.kwargs} has "
-                          f"{_params(model):.3g} parameters ({need / 2**30:.1f} GiB of fp32 weights), more than this machine's "
-                          f"{have / 2**30:.1f} GiB of memory")
+                          f"{_params(model):.3g} parameters ({need / 2**30:.1f} GiB of fp32 weights), more than "
+                          f"this machine's {have / 2**30:.1f} GiB of memory")
 
 
 def _params(model: nn.Module) -> int:

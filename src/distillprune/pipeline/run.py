@@ -1,4 +1,10 @@
-"""Run a recipe: stages in order, a measurement after each, a checkpoint after each (resume point)."""
+"""Run a recipe: stages in order, a measurement after each, a checkpoint after each (resume point).
+
+Under torchrun every rank runs this loop: stages that change the model run on every rank (training is
+data-parallel, pruning decisions come from rank 0), stages that only read it (export, evaluate,
+post-training quantization) and the measurements run on rank 0 while the others wait; rank 0 alone
+writes the run folder, and after each stage the ranks check that they hold the same architecture.
+"""
 from __future__ import annotations
 
 import copy
@@ -22,11 +28,12 @@ from distillprune.pipeline import rundir
 from distillprune.pipeline.preflight import preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
-from distillprune.recipes.registry import STAGES
+from distillprune.recipes.registry import STAGES, StageOutcome
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
+from distillprune.train import distributed as ddp
 from distillprune.train.logging import RunLogger, attach_run_log
-from distillprune.train.trainer import evaluate
+from distillprune.train.trainer import evaluate, resolve_device
 
 
 def prepare_run_dir(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None) -> Path | None:
@@ -46,8 +53,17 @@ def compress(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool 
 def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False,
             model: nn.Module | None = None, data: DataBundle | None = None, quiet: bool = False) -> RunState:
     """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
-    console = Console(quiet=quiet)
-    run_path = prepare_run_dir(run_dir, resume, recipe)
+    with ddp.process_group(resolve_device(recipe.runtime)):  # torchrun's group (NCCL/gloo), else nothing
+        return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet)
+
+
+def _execute(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, model: nn.Module | None,
+             data: DataBundle | None, quiet: bool) -> RunState:
+    console = Console(quiet=quiet or not ddp.is_rank0())
+    # rank 0 names and creates the folder (a default name holds the time: ranks could disagree)
+    run_dir = ddp.broadcast_json(None if run_dir is None else str(run_dir))
+    run_path = ddp.once(lambda: prepare_run_dir(run_dir, resume, recipe), encode=lambda p: p and str(p),
+                        decode=lambda p: p and Path(p))
     torch.manual_seed(recipe.seed)
     if data is None:
         data = load_data(recipe.data)
@@ -67,7 +83,8 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     done = restore(state) if (resume and run_path) else 0
     if done and state.report.baseline is not None:
         state.timer.restore(state.report.baseline.name)
-    detach = attach_run_log(run_path)
+    detach = attach_run_log(run_path) if ddp.is_rank0() else (lambda: None)
+    ddp.barrier()  # every rank has read the run folder before rank 0 writes to it again
     try:
         if done == 0 and recipe.stages[0].type not in ("train", "evaluate"):  # those measure it themselves
             _measure_input(state, console)
@@ -76,26 +93,29 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
                 continue
             t0 = time.perf_counter()
             definition = STAGES.get(stage.type)
+            every_rank = stage.changes_model()  # else rank 0 alone: export, evaluate, post-training quantization
             try:
-                outcome = definition.run(stage, state, index)
+                outcome = definition.run(stage, state, index) if every_rank or ddp.is_rank0() else StageOutcome()
             except DistillpruneError as e:  # say which stage: names in a message may be the stage's
                 if not str(e).startswith("stages."):
                     e.args = (f"stages.{index - 1} ({stage.type}): {e}", *e.args[1:])
                 raise
             result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
-            if definition.measured:
+            if definition.measured and ddp.is_rank0():  # measured alone: other ranks would skew the latency
                 _measure(state, result)
                 if outcome.deployed is not None:
                     _stand_for(result, outcome.deployed)  # quantize/cluster rows measure the shipped file
             result.seconds = round(time.perf_counter() - t0, 2)
             state.report.add(result)
             state.complete(index, stage.type)
+            ddp.barrier()
+            ddp.check_same_architecture(state.model, state.spec.history, f"after stage {result.name}")
             console.print(f"[green]done[/] {result.name} in {result.seconds:.1f}s"
                           + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else ""))
     finally:
         state.logger.close()
         detach()
-    if run_path:
+    if run_path and ddp.is_rank0():
         state.report.save(run_path)
         write_markdown(state.report, run_path)
         _write_html(state.report, run_path, console)

@@ -23,6 +23,7 @@ from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
 from distillprune.pipeline.rundir import RESERVED, read_state
 from distillprune.report.report import CompressionReport
+from distillprune.train import distributed as ddp
 from distillprune.train.config import TrainingOptions
 from distillprune.train.logging import RunLogger
 from distillprune.train.trainer import FitSettings, fit, resolve_device
@@ -50,20 +51,26 @@ class RunState:
     def device(self) -> torch.device:
         return resolve_device(self.recipe.runtime)
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder: it has one, and under torchrun it is rank 0."""
+        return self.run_dir is not None and ddp.is_rank0()
+
     def stage_dir(self, index: int, kind: str) -> Path | None:
         return self.run_dir / "stages" / f"{index:02d}_{kind}" if self.run_dir else None
 
     def output_path(self, name: str, where: str) -> Path | None:
-        """``run_dir / name`` for a file a recipe names (None without a run folder); a name that would leave
-        the run folder is an error (``where`` names the recipe key)."""
+        """``run_dir / name`` for a file a recipe names (None without a run folder, and on ranks other than 0);
+        a name that would leave the run folder is an error (``where`` names the recipe key)."""
         if self.run_dir is None:
             return None
-        return confined(self.run_dir, name, where)
+        path = confined(self.run_dir, name, where)
+        return path if self.writes else None
 
     # -- teachers and objectives -------------------------------------------------------------------------
     def set_teacher(self, model: nn.Module, spec: ArchSpec) -> None:
         self.teacher, self.teacher_spec = snapshot(model), copy.deepcopy(spec)
-        if self.run_dir:
+        if self.run_dir and self.writes:
             save_checkpoint(self.run_dir / "teacher", self.teacher, self.teacher_spec)
 
     def ensure_teacher(self) -> nn.Module:
@@ -116,7 +123,7 @@ class RunState:
 
     def complete(self, index: int, kind: str) -> None:
         """Persist the model after a finished stage and the report so far (the resume point)."""
-        if not self.run_dir:
+        if not self.run_dir or not self.writes:
             return
         save_checkpoint(self.stage_dir(index, kind), self.model, self.spec,  # type: ignore[arg-type]
                         recipe=self.recipe.model_dump(mode="json"), stage=index)

@@ -12,6 +12,7 @@ from distillprune.data.base import DataBundle
 from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.config import PruneConfig
 from distillprune.prune.session import PruneReport, PruneSession, Trainer
+from distillprune.train import distributed as ddp
 from distillprune.train.config import RuntimeConfig
 from distillprune.train.trainer import FitSettings, fit, resolve_device
 
@@ -33,6 +34,7 @@ def prune_(model: nn.Module, cfg: PruneConfig | dict[str, Any], example_inputs: 
     """
     cfg = cfg if isinstance(cfg, PruneConfig) else validate(PruneConfig, cfg, where="prune config")
     runtime = runtime or RuntimeConfig(progress=False, tensorboard=False)
+    ddp.setup(resolve_device(runtime))  # under torchrun: decisions on rank 0, training on every rank
     trainer = None
     if data is not None and cfg.epochs_per_step:
         trainer = fit_trainer(cfg, data, runtime, seed if train_seed is None else train_seed, batch_size,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from distillprune.core.history import HistoryOp
-from distillprune.core.reporting import Details, details_type
+from distillprune.core.reporting import Details, details_type, from_jsonable, to_jsonable
 from distillprune.data.base import DataBundle, TensorLoader, normalize, standard_layout
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.losses.kd import soft_kl
@@ -40,6 +40,7 @@ from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrate_bn
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
+from distillprune.train import distributed as ddp
 from distillprune.train.config import TrainSummary
 
 #: ``trainer(model, objective, epochs, tag, on_step) -> per-epoch records``: how the session trains between
@@ -120,8 +121,12 @@ class PruneSession:
         self.objective = objective_for(cfg.distill, cfg.label_smoothing, lambda: self.teacher, self._peer)
         if cfg.target is not None:
             assert cfg.width is not None
-            self.plan = plan_target(self.model, self.teacher, cfg.target, cfg.width, self.plan_inputs(),
-                                    self.num_classes, self.latency, taylor_loss(self.teacher), self.log)
+            width, target = cfg.width, cfg.target
+            # measured on rank 0 alone under torchrun, and shared: every rank follows one plan
+            self.plan = ddp.once(lambda: plan_target(self.model, self.teacher, target, width, self.plan_inputs(),
+                                                     self.num_classes, self.latency, taylor_loss(self.teacher),
+                                                     self.log),
+                                 to_jsonable, lambda d: from_jsonable(Plan, d))
             self.report.plan = self.plan
         return self.plan
 
@@ -132,27 +137,38 @@ class PruneSession:
         if k != self._done:
             raise DistillpruneError(f"PruneSession.step({k}): the next step is {self._done}")
         cfg = self.cfg
-        if self.plan is not None:
-            self._planned_step(k)
-        else:
-            if k == 0 and self.depth:
-                self._remove_blocks(self.depth)
-            if self.width:
-                self._width_step()
-                if k == cfg.steps - 1 and not any(self.report.channels_removed.values()):
-                    raise DistillpruneError(nothing_removed(self.width))
+        # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
+        ddp.replicate(lambda: self._cut(k), self.history, self._replay, self.report)
+        ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")
         recal = cfg.bn_recalibration
         if self.plan is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
             recal = max(1, -(-cfg.target.calib_samples // self.batch_size))
         if recal and (self.plan is not None or self.width or (k == 0 and self.depth)):
-            recalibrate_bn(self.model, [x for x, _ in self.calibration(recal)])
-        if cfg.unstructured:
+            recalibrate_bn(self.model, [x for x, _ in self.calibration(recal)])  # same seeded batches on every rank
+        if cfg.unstructured:  # magnitude masks: the weights, hence the masks, are the same on every rank
             self._sparsity_step(k)
         if cfg.epochs_per_step:
             assert self.trainer is not None
             on_step = self._masks.apply if self._masks else None
             self._records += self.trainer(self.model, self.objective, cfg.epochs_per_step, f"step{k + 1}", on_step)
         self._done += 1
+
+    def _cut(self, k: int) -> None:
+        if self.plan is not None:
+            self._planned_step(k)
+            return
+        if k == 0 and self.depth:
+            self._remove_blocks(self.depth)
+        if self.width:
+            self._width_step()
+            if k == self.cfg.steps - 1 and not any(self.report.channels_removed.values()):
+                raise DistillpruneError(nothing_removed(self.width))
+
+    def _replay(self, op: HistoryOp) -> None:
+        """Redo another rank's cut here (torch-pruning traces the model on the CPU)."""
+        op.replay(self.model.cpu(), self.input_shape)
+        self.model.to(self.device)
+        self._record(op)
 
     def finish(self) -> PruneReport:
         if self._masks is not None:

@@ -29,6 +29,11 @@ class StageConfig(StrictModel):
     example: ClassVar[dict[str, Any]] = {}
     type: str
 
+    def changes_model(self) -> bool:
+        """Whether the stage trains or changes the model. Under torchrun every rank runs such a stage; one
+        that only reads the model (export, evaluate, post-training quantization) runs on rank 0 alone."""
+        return True
+
 
 class Recipe(StrictModel):
     name: str = "run"

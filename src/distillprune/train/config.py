@@ -29,6 +29,8 @@ class RuntimeConfig(StrictModel):
     channels_last: bool = False
     compile: bool = False
     threads: int | None = Field(None, gt=0, description="torch intra-op threads for training (None: torch's default)")
+    sync_bn: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch (all "
+                          "ranks) instead of each rank's share; slower, closer to a single process")
     progress: bool = True
     tensorboard: bool = True
 

@@ -8,9 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distillprune.train.distributed import is_rank0
+
 
 class RunLogger:
     def __init__(self, run_dir: str | Path | None, tensorboard: bool = True):
+        if not is_rank0():  # under torchrun rank 0 logs for all (metrics are already summed over ranks)
+            run_dir = None
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir else None
         self._tb = None
         if self.path is not None:

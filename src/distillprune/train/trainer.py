@@ -4,6 +4,10 @@ AMP (bf16/fp16), channels_last, optional torch.compile, step-based lr schedules,
 progress bar, JSONL/TensorBoard logs, an atomic checkpoint after every epoch and ``resume``
 that continues after the last completed epoch. Each epoch seeds torch and the loader from
 (seed, epoch), so a resumed run reproduces the uninterrupted one.
+
+Under torchrun the same loop runs on every rank (``train.distributed``): DistributedDataParallel,
+``batch_size`` is the global batch (each rank takes its share), metrics are summed over the ranks,
+evaluation is split between them, and only rank 0 writes checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from torch import nn
 from distillprune.core.io import atomic_write, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.errors import CheckpointError, TrainingDiverged
+from distillprune.train import distributed as ddp
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
@@ -61,13 +66,19 @@ def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.op
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, batch_size: int = 256,
-             runtime: RuntimeConfig | None = None) -> float:
-    """Top-1 accuracy (in %) on the test split (or ``split``)."""
+             runtime: RuntimeConfig | None = None, shard: bool = False) -> float:
+    """Top-1 accuracy (in %) on the test split (or ``split``). ``shard``: under torchrun, each rank scores
+    its own contiguous part and the counts are summed (every rank must call it then)."""
     runtime = runtime or RuntimeConfig(progress=False)
     device = resolve_device(runtime)
     split = split or data.test
     if split.y is None:
         raise ValueError("evaluation needs labels")
+    total = len(split)
+    if shard and ddp.is_active() and total >= ddp.world_size():
+        n, w, r = total, ddp.world_size(), ddp.rank()
+        lo, hi = r * n // w, (r + 1) * n // w
+        split = Split(split.x[lo:hi], split.y[lo:hi])
     was_training = model.training
     model.eval()
     loader = TensorLoader(split, batch_size, data.mean, data.std, device=device)
@@ -76,11 +87,15 @@ def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, bat
         with autocast(runtime, device):
             correct += int((model(x).argmax(1) == y).sum())
     model.train(was_training)
-    return 100.0 * correct / len(split)
+    if len(split) != total:
+        correct = int(ddp.all_reduce_sum([correct])[0])
+    return 100.0 * correct / total
 
 
 def _save(ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer,
           history: list[dict]) -> None:
+    if not ddp.is_rank0():  # under torchrun the ranks hold one model; rank 0 writes it
+        return
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"objective.{k}": v.detach().contiguous() for k, v in objective.state_dict().items()
                     if not k.startswith("teacher")})
@@ -138,10 +153,13 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
         runtime: RuntimeConfig, seed: int = 0, batch_size: int = 64, crop_padding: int = 0, hflip: bool = False,
         ckpt_dir: Path | None = None, resume: bool = False, logger: RunLogger | None = None,
         on_step: Callable[[nn.Module], None] | None = None, desc: str = "train") -> list[dict]:
-    """Train ``model`` in place for ``settings.epochs``; returns one record per epoch."""
+    """Train ``model`` in place for ``settings.epochs``; returns one record per epoch.
+
+    Under torchrun (every rank calls it) ``batch_size`` is the global batch; see ``train.distributed``."""
     if hasattr(objective, "check_labels"):  # losses that need labels the data lacks fail before training
         objective.check_labels(data.train.y is not None)
     device = resolve_device(runtime)
+    ddp.setup(device)  # joins torchrun's process group if there is one and nobody joined it yet
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     model.to(device)
@@ -154,8 +172,10 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
         runtime = runtime.model_copy(update={"channels_last": False})
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+    par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
     loader = TensorLoader(data.train, batch_size, data.mean, data.std, shuffle=True, crop_padding=crop_padding,
-                          hflip=hflip, drop_last=len(data.train) > batch_size, seed=seed, device=device)
+                          hflip=hflip, drop_last=len(data.train) > batch_size, seed=seed, device=device,
+                          rank=par.rank, world_size=par.world)
     objective.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
     params = [p for p in model.parameters() if p.requires_grad]
     extra = list(objective.trainable()) if hasattr(objective, "trainable") else []
@@ -163,30 +183,36 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
     start, history = 0, []
     if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
         start, history = _load(ckpt_dir, model, objective, opt)
-    fwd = torch.compile(model) if runtime.compile else model
+    wrapped = par.start()  # DDP around the model under torchrun, else the model
+    fwd = torch.compile(wrapped) if runtime.compile else wrapped
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
     total_steps = settings.epochs * len(loader)
     from distillprune.train.progress import progress_bar
 
-    with progress_bar(runtime.progress, desc, total_steps, start * len(loader)) as bar:
+    with progress_bar(runtime.progress and ddp.is_rank0(), desc, total_steps, start * len(loader)) as bar:
         for epoch in range(start, settings.epochs):
-            torch.manual_seed(seed * 7919 + epoch)
+            torch.manual_seed(seed * 7919 + epoch + 1_000_003 * par.rank)  # ranks draw their own dropout
             loader.set_epoch(epoch)
             if hasattr(objective, "begin_epoch"):  # schedules, teacher-output cache (distill objectives)
                 objective.begin_epoch(loader, epoch, settings.epochs)
-            rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar)
-            rec["test_acc"] = evaluate(model, data, runtime=runtime) if data.test.y is not None else float("nan")
+            rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar,
+                         par, extra)
+            par.sync_buffers()
+            rec["test_acc"] = evaluate(model, data, runtime=runtime, shard=True) \
+                if data.test.y is not None else float("nan")
             history.append(rec)
             if logger:
                 logger.log(desc, epoch + 1, rec)
             if ckpt_dir is not None:
                 _save(ckpt_dir, epoch + 1, model, objective, opt, history)
+    par.finish()  # the model's own BatchNorms back (runtime.sync_bn)
     objective.detach()
     model.eval()
     return history
 
 
-def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar) -> dict:
+def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar,
+           par: ddp.DataParallel, extra: list[nn.Parameter]) -> dict:
     model.train()
     t0, seen, labelled = time.perf_counter(), 0, 0
     # running sums stay on the device: reading them every step would synchronise a GPU every step
@@ -207,7 +233,10 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
         if (i + 1) % check_every == 0 or i + 1 == steps:
             _check_finite(loss_sum, epoch, i, opt, exact=check_every == 1)
         opt.zero_grad(set_to_none=True)
+        if par.active:  # DDP averages per-rank losses: weigh each by its share of the global batch
+            loss = loss * par.loss_scale(len(x), loader.batch_len(i))
         scaler.scale(loss).backward()
+        par.average_grads(extra)
         if settings.grad_clip:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], settings.grad_clip)
@@ -221,8 +250,11 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
             labelled += len(y)
         bar(1)
     dt = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "loss": float(loss_sum) / max(seen, 1),
-            "train_acc": 100.0 * int(correct) / labelled if labelled else float("nan"),
+    sums = [float(loss_sum), float(correct), float(seen), float(labelled)]
+    loss_total, correct_total, n, n_labelled = ddp.all_reduce_sum(sums) if par.active else sums
+    seen = int(n)
+    return {"epoch": epoch + 1, "loss": loss_total / max(seen, 1),
+            "train_acc": 100.0 * correct_total / n_labelled if n_labelled else float("nan"),
             "lr": opt.param_groups[0]["lr"], "seconds": dt, "images_per_s": seen / max(dt, 1e-9)}
 
 

@@ -13,6 +13,9 @@ class EvaluateStage(StageConfig):
 
     type: Literal["evaluate"]
 
+    def changes_model(self) -> bool:
+        return False
+
 
 @register_stage(EvaluateStage)
 def run_evaluate(st: EvaluateStage, state: RunState, index: int) -> StageOutcome:

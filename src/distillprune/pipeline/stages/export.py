@@ -22,6 +22,9 @@ class ExportStage(StageConfig):
     max_abs_diff: float = Field(1e-3, gt=0, description="parity tolerance on the logits")
     parity_samples: int = Field(64, gt=0, description="test samples compared")
 
+    def changes_model(self) -> bool:
+        return False
+
 
 @details_type
 @dataclass

@@ -16,6 +16,7 @@ from distillprune.pipeline.state import RunState
 from distillprune.quant import QUANTIZERS, QATOptions, QuantConfig, default_filename, make_job
 from distillprune.recipes.registry import StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
+from distillprune.train import distributed as ddp
 
 HALF = ("fp16", "bf16")
 
@@ -40,6 +41,9 @@ class QuantizeStage(StageConfig, QuantConfig):
             raise ValueError(f"qat options given but method is {self.method!r}; set method: qat or drop qat")
         return self
 
+    def changes_model(self) -> bool:
+        return self.method == "qat"  # QAT trains (on every rank under torchrun); PTQ only reads the model
+
     def quant_config(self) -> QuantConfig:
         return QuantConfig.model_validate(self.model_dump(include=set(QuantConfig.model_fields)))
 
@@ -59,12 +63,13 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
             return state.fit(opts, opts.epochs, objective, index, "quantize", sub="qat", on_step=on_step)
 
     with tempfile.TemporaryDirectory(prefix="dp-quantize-") as tmp:
-        workdir = state.stage_dir(index, "quantize") or Path(tmp)
+        workdir = (state.stage_dir(index, "quantize") if state.writes else None) or Path(tmp)
         final = state.output_path(name, f"stages.{index - 1}.filename")
         out = Path(tmp) / Path(name).name  # moved into the run folder once it has passed its checks
         job = make_job(state.model, cfg, out, workdir, data=state.data, train=train, qat=st.qat, train_steps=steps)
         res = QUANTIZERS.get(cfg.method)(job)
-        measure_cpu = state.recipe.measure.enabled and cfg.method not in HALF  # half targets GPUs: CPU timings mislead
+        # fp16/bf16 target GPUs: ORT CPU timings mislead; under torchrun rank 0 times alone
+        measure_cpu = state.recipe.measure.enabled and cfg.method not in HALF and ddp.is_rank0()
         timing = state.timer.time(out.read_bytes(), f"{index}:quantize") if measure_cpu and state.timer else None
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
         acc = onnx_accuracy(out, state.data.inputs("test"), state.data.labels("test")) if on_ort else res.accuracy
