@@ -1,6 +1,7 @@
 """Measured latency: ONNX Runtime on the CPU (the deployment target), torch on a GPU when present.
 
-Median of ``repeats`` timed windows after ``warmup`` runs; threads fixed so numbers compare.
+Median of ``repeats`` timed windows after ``warmup`` runs; threads fixed so numbers compare. Models with
+integer (token) inputs are timed at (batch, sequence) pairs: ``batch_sizes`` paired with ``seq_lengths``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from distillprune.core.batch import NamedInputs, call, example_inputs
 from distillprune.core.config import StrictModel
 from distillprune.export.onnx import session
 
@@ -21,6 +23,9 @@ from distillprune.export.onnx import session
 class LatencyConfig(StrictModel):
     enabled: bool = True
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    seq_lengths: list[int] = Field(default_factory=lambda: [64, 128],
+                                   description="text models: the sequence length timed with each batch size "
+                                               "(paired by position; the last repeats)")
     threads: int = Field(1, gt=0, description="ONNX Runtime intra-op threads (fixed so runs compare)")
     warmup: int = Field(10, ge=0)
     repeats: int = Field(7, gt=0, description="timed windows; the median is reported")
@@ -46,14 +51,41 @@ def _time(fn, warmup: int, repeats: int, min_window_s: float) -> float:
     return statistics.median(windows) * 1e3
 
 
+def seq_length(cfg: LatencyConfig, i: int) -> int:
+    """The sequence length timed with the ``i``-th batch size."""
+    return cfg.seq_lengths[min(i, len(cfg.seq_lengths) - 1)]
+
+
+def is_sequence_model(sess) -> bool:
+    """A graph whose inputs are integer tensors (token ids, masks) rather than one float tensor."""
+    return any("int" in i.type for i in sess.get_inputs())
+
+
 def ort_latency(onnx: str | Path | bytes, input_shape: Sequence[int], cfg: LatencyConfig) -> dict[str, float]:
-    """{'bs1': ms, 'bs32': ms, ...} on ONNX Runtime's CPU provider."""
+    """{'bs1': ms, 'bs32': ms, ...} on ONNX Runtime's CPU provider; a text model's ``bs{b}`` is timed at
+    sequence length ``seq_length(cfg, i)`` (every token real: the attention mask is all ones)."""
     sess = session(onnx, threads=cfg.threads)
     out = {}
-    for bs in cfg.batch_sizes:
-        x = np.random.default_rng(0).standard_normal((bs, *input_shape)).astype(np.float32)
-        out[f"bs{bs}"] = _time(lambda x=x: sess.run(None, {"input": x}), cfg.warmup, cfg.repeats, cfg.min_window_s)
+    for i, bs in enumerate(cfg.batch_sizes):
+        if is_sequence_model(sess):
+            feeds = sequence_feeds(sess, bs, seq_length(cfg, i))
+        else:
+            feeds = {sess.get_inputs()[0].name:
+                     np.random.default_rng(0).standard_normal((bs, *input_shape)).astype(np.float32)}
+        out[f"bs{bs}"] = _time(lambda f=feeds: sess.run(None, f), cfg.warmup, cfg.repeats, cfg.min_window_s)
     return out
+
+
+def sequence_feeds(sess, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """Token id 1 everywhere (valid for any vocabulary; a lookup costs the same whatever the id), an all-ones
+    mask, zero token types."""
+    feeds = {}
+    for inp in sess.get_inputs():
+        if "type" in inp.name:
+            feeds[inp.name] = np.zeros((batch, seq), np.int64)
+        else:
+            feeds[inp.name] = np.ones((batch, seq), np.int64)
+    return feeds
 
 
 @torch.no_grad()
@@ -64,8 +96,9 @@ def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
     removes the per-kernel launch cost that dominates small nets in eager mode)."""
     cfg = cfg or LatencyConfig()
     model = model.eval().to(device=device, dtype=dtype)
-    x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
-    if device == "cuda" and x.dim() == 4:  # cuDNN's fast half-precision convolutions are NHWC
+    ex = example_inputs(model, input_shape, batch_size, device)
+    x = ex if isinstance(ex, NamedInputs) else torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    if device == "cuda" and isinstance(x, torch.Tensor) and x.dim() == 4:  # cuDNN's fast half-precision convolutions are NHWC
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -76,18 +109,18 @@ def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                model(x)
+                call(model, x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            model(x)
+            call(model, x)
 
         def run() -> None:
             graph.replay()
             sync()
     else:
         def run() -> None:
-            model(x)
+            call(model, x)
             sync()
 
     return _time(run, cfg.warmup, cfg.repeats, cfg.min_window_s)

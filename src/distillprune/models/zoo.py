@@ -11,7 +11,7 @@ from torch import nn
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
 from distillprune.errors import DistillpruneError
 from distillprune.models.mlp import MLP
-from distillprune.models.registry import MODELS, Builder, with_example
+from distillprune.models.registry import MODEL_SOURCES, MODELS, Builder, with_example
 from distillprune.models.resnet import ResNet, cifar_resnet
 
 
@@ -88,3 +88,10 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwarg
 @ARCH_BUILDERS.register("zoo")
 def _from_spec(spec: ArchSpec) -> nn.Module:
     return build_model(str(spec.name), spec.num_classes, spec.input_shape, **spec.kwargs)
+
+
+@MODEL_SOURCES.register("zoo")
+def zoo_source(cfg: Any, num_classes: int, input_shape: Sequence[int]) -> tuple[nn.Module, ArchSpec]:
+    """A recipe's ``model.name`` from the zoo, with its spec."""
+    model = build_model(cfg.name, num_classes, input_shape, **cfg.kwargs)
+    return model, ArchSpec(cfg.name, num_classes, list(input_shape), dict(cfg.kwargs))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from distillprune.core.batch import NamedInputs, call
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.io import write_json
 from distillprune.data.base import DataBundle
@@ -20,6 +21,7 @@ from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for, resolve_teacher
 from distillprune.errors import CheckpointError, DataError, RecipeError
 from distillprune.models.config import ModelConfig
+from distillprune.models.registry import MODEL_SOURCES
 from distillprune.models.zoo import build_model
 from distillprune.report.report import CompressionReport
 from distillprune.train.config import TrainingOptions
@@ -114,8 +116,7 @@ class RunState:
             return model, spec
         d = self.data
         torch.manual_seed(self.recipe.seed)
-        model = build_model(cfg.name, d.num_classes, d.input_shape, **cfg.kwargs)
-        return model, ArchSpec(cfg.name, d.num_classes, list(d.input_shape), dict(cfg.kwargs))
+        return MODEL_SOURCES.get(cfg.source)(cfg, d.num_classes, tuple(d.input_shape))
 
     def complete(self, index: int, kind: str) -> None:
         """Persist the model after a finished stage and the report so far (the resume point)."""
@@ -160,13 +161,16 @@ def restore(state: RunState) -> int:
 
 def probe_shapes(model: nn.Module, data: DataBundle, name: str) -> None:
     """Fail early, in one line, when the data's inputs or classes do not fit the model."""
-    x = data.train.x[:2].float()
+    x = data.train.x[:2]
+    x = x.cpu() if isinstance(x, NamedInputs) else x.float()
     try:
         with torch.no_grad():
-            out = copy.deepcopy(model).cpu().eval()(x)
+            out = call(copy.deepcopy(model).cpu().eval(), x)
     except RuntimeError as e:
         raise DataError(f"data inputs of shape {tuple(data.input_shape)} do not fit model '{name}': "
                         f"{str(e).splitlines()[0]}") from None
+    if getattr(model, "output_kind", "logits") == "embedding":  # an embedder's width is not a class count
+        return
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise DataError(f"model '{name}' outputs {tuple(out.shape[1:])} per sample but the data has "
                         f"{data.num_classes} classes")

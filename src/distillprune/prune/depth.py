@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from distillprune.core.batch import Batch, call
 from distillprune.core.modules import set_module
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
@@ -38,12 +39,12 @@ def remove_block(model: nn.Module, path: str) -> nn.Module:
 
 
 @torch.no_grad()
-def _kd_loss(model: nn.Module, teacher_logits: Sequence[torch.Tensor], batches: Sequence[torch.Tensor]) -> float:
-    return sum(float(soft_kl(model(x), t, 1.0)) for x, t in zip(batches, teacher_logits, strict=True)) / len(batches)
+def _kd_loss(model: nn.Module, teacher_logits: Sequence[torch.Tensor], batches: Sequence[Batch]) -> float:
+    return sum(float(soft_kl(call(model, x), t, 1.0)) for x, t in zip(batches, teacher_logits, strict=True)) / len(batches)
 
 
 @torch.no_grad()
-def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor], count: int) -> list[str]:
+def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[Batch], count: int) -> list[str]:
     """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``."""
     candidates = removable_blocks(model)
     if count > len(candidates):
@@ -51,7 +52,7 @@ def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.
                                 f"residual blocks ({', '.join(candidates) or 'none'})")
     was = model.training
     model.eval()
-    teacher_logits = [teacher(x) for x in batches]
+    teacher_logits = [call(teacher, x) for x in batches]
     chosen = []
     for _ in range(count):
         scores = {}

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distillprune.core.batch import call
 from distillprune.core.io import atomic_write, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.errors import CheckpointError, TrainingDiverged
@@ -74,7 +75,7 @@ def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, bat
     correct = 0
     for x, y in loader:
         with autocast(runtime, device):
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((call(model, x).argmax(1) == y).sum())
     model.train(was_training)
     return 100.0 * correct / len(split)
 
@@ -177,7 +178,7 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
         f = lr_factor(settings.schedule, epoch * steps + i, settings.epochs * steps)
         for g in opt.param_groups:
             g["lr"] = peak * f
-        if runtime.channels_last and x.dim() == 4:
+        if runtime.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(runtime, device):
             loss, logits = objective(fwd, x, y)
