@@ -10,7 +10,9 @@ rebuilds without the folder.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
 from distillprune.core.io import resolve_folder
 from distillprune.errors import DistillpruneError
 from distillprune.models.registry import MODEL_SOURCES
+from distillprune.transformers import hub_code
 from distillprune.transformers.hub_code import shrink_to_layout
 
 TASKS = ("sequence-classification", "embedding")
@@ -114,11 +117,66 @@ def load_encoder(path: str, task: str, num_labels: int | None = None, normalize:
         cls = auto._model_mapping[type(config)]
         if getattr(config, "distillprune_layout", None):
             cls = pruned_class(cls)
-        hf = cls.from_pretrained(str(folder), config=config, local_files_only=True)
+        extra = {"add_pooling_layer": False} if task == "embedding" and _takes_pooling(cls) else {}
+        with quiet_transformers():
+            hf = cls.from_pretrained(str(folder), config=config, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError) as e:
         raise DistillpruneError(f"model.path {folder}: cannot load a {task} model ({str(e).splitlines()[0]})") \
             from None
     return _finish(hf, task, normalize)
+
+
+def _takes_pooling(cls: type) -> bool:
+    import inspect
+
+    return "add_pooling_layer" in inspect.signature(cls.__init__).parameters
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' load reports and progress bars off while we load (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def save_pretrained(model: nn.Module, folder: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """``save_pretrained`` of the HF model inside ``model`` (and the tokenizer of folder ``tokenizer``).
+
+    A pruned model whose layers differ in heads or FFN neurons also gets ``modeling_distillprune.py`` and an
+    ``auto_map`` entry: ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` (or
+    ``AutoModelForSequenceClassification``) reloads it; distillprune's own loader reads it without remote code.
+    """
+    import json
+
+    folder = Path(folder)
+    hf = getattr(model, "hf", model)
+    with quiet_transformers():
+        hf.save_pretrained(str(folder))
+        if tokenizer is not None:
+            tr = require_transformers()
+            tr.AutoTokenizer.from_pretrained(str(resolve_folder(str(tokenizer), "tokenizer")),
+                                             local_files_only=True).save_pretrained(str(folder))
+    if getattr(hf.config, "distillprune_layout", None):
+        base = type(hf).__name__
+        code = Path(hub_code.__file__).read_text(encoding="utf-8")
+        code += f"\n\nimport transformers  # noqa: E402\n\nDistillprune{base} = pruned_class(transformers.{base})\n"
+        (folder / "modeling_distillprune.py").write_text(code, encoding="utf-8")
+        cfg_path = folder / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        auto = "AutoModel" if not base.endswith("ForSequenceClassification") else "AutoModelForSequenceClassification"
+        cfg["auto_map"] = {auto: f"modeling_distillprune.Distillprune{base}"}
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    return folder
 
 
 def _finish(hf: nn.Module, task: str, normalize: bool) -> TextEncoder:
@@ -135,7 +193,8 @@ def encoder_from_config(config: dict[str, Any], task: str, normalize: bool = Tru
     if model_type is None:
         raise DistillpruneError("hf checkpoint: the stored config has no model_type")
     conf = tr.AutoConfig.for_model(model_type, **cfg)
-    hf = _auto_class(task).from_config(conf)
+    with quiet_transformers():
+        hf = _auto_class(task).from_config(conf)
     shrink_to_layout(hf, getattr(conf, "distillprune_layout", None))
     return _finish(hf, task, normalize)
 
