@@ -27,6 +27,7 @@ from distillprune.prune import PruneConfig, PruneReport, PruneSession, prune_
 from distillprune.quant import QuantConfig, QuantResult, quantize
 from distillprune.recipes import Recipe, load_recipe
 from distillprune.report import CompressionReport
+from distillprune import transformers as _transformers  # noqa: F401, I001  (registers the hf source, ops, prune_)
 
 __all__ = [
     "ArchSpec", "CheckpointError", "CompressionReport", "DataBundle", "DataConfig", "DataError",

@@ -47,6 +47,7 @@ class Deployed:
     bytes: int | None = None
     latency_ms: dict[str, float] | None = None  # None: keep the float model's; {}: not measurable here
     accuracy: float | None = None
+    metrics: dict[str, float] | None = None  # task quality of the artefact (embedders: cosine to the teacher)
 
 
 def to_jsonable(obj: Any) -> Any:

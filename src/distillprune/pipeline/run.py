@@ -4,16 +4,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
+from distillprune.core.batch import NamedInputs
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.reporting import Deployed
 from distillprune.data.base import DataBundle
 from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
+from distillprune.export.onnx import run_torch
+from distillprune.measure.latency import seq_length
 from distillprune.measure.metrics import measure_model
+from distillprune.measure.quality import embedding_quality
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.recipes.registry import STAGES
 from distillprune.recipes.schema import Recipe
@@ -53,6 +58,9 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
     torch.manual_seed(recipe.seed)
     data = data or load_data(recipe.data)
     env = {**environment(), "ort_threads": recipe.measure.threads}
+    if isinstance(data.train.x, NamedInputs):  # text: each batch size is timed at a sequence length
+        m = recipe.measure
+        env["ort_seq_lengths"] = {f"bs{b}": seq_length(m, i) for i, b in enumerate(m.batch_sizes)}
     report = CompressionReport(recipe.name, env)
     state = RunState(recipe, data, nn.Identity(), ArchSpec(None, data.num_classes, list(data.input_shape)),
                      report, run_path, RunLogger(run_path, recipe.runtime.tensorboard), resume)
@@ -89,8 +97,11 @@ def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool =
 
 def _measure(state: RunState, result: StageResult) -> None:
     model = state.model.eval()
+    embedder = getattr(model, "output_kind", "logits") == "embedding"
     acc = evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime) \
-        if state.data.test.y is not None else None
+        if state.data.test.y is not None and not embedder else None
+    if embedder:  # the quality of an embedder is its agreement with the teacher's embeddings
+        result.metrics = embedding_metrics(state, run_torch(model, state.data.inputs("test")))
     stats = measure_model(model.cpu(), state.data.input_shape, state.recipe.measure, accuracy=acc)
     result.accuracy = None if acc is None else round(acc, 2)
     result.params, result.nonzero_params, result.macs = stats.params, stats.nonzero_params, stats.macs
@@ -110,3 +121,12 @@ def _stand_for(result: StageResult, dep: Deployed) -> None:
         result.latency_ms = dep.latency_ms
     if dep.accuracy is not None:
         result.accuracy = round(dep.accuracy, 2)
+    if dep.metrics is not None:
+        result.float_model["metrics"] = dict(result.metrics)
+        result.metrics = dep.metrics
+
+
+def embedding_metrics(state: RunState, outputs: np.ndarray) -> dict[str, float]:
+    """Cosine and top-10 retrieval overlap of an embedder's test outputs against the teacher's."""
+    teacher = run_torch(state.ensure_teacher(), state.data.inputs("test"))
+    return embedding_quality(outputs, teacher)

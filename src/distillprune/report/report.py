@@ -28,6 +28,7 @@ class StageResult:
     flags: list[str] = field(default_factory=list)
     artefact: str | None = None  # the file this row measures when it is not the float model (int8 ONNX...)
     float_model: dict[str, Any] | None = None  # with an artefact: the float model's accuracy, bytes, latency
+    metrics: dict[str, float] = field(default_factory=dict)  # task quality besides top-1 (embedders: cosine...)
 
     def details_dict(self) -> dict[str, Any]:
         """The details as a plain mapping (for rendering), whatever their type."""

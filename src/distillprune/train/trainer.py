@@ -154,7 +154,8 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
             if hasattr(objective, "begin_epoch"):  # schedules, teacher-output cache (distill objectives)
                 objective.begin_epoch(loader, epoch, settings.epochs)
             rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar)
-            rec["test_acc"] = evaluate(model, data, runtime=runtime) if data.test.y is not None else float("nan")
+            scored = data.test.y is not None and getattr(model, "output_kind", "logits") != "embedding"
+            rec["test_acc"] = evaluate(model, data, runtime=runtime) if scored else float("nan")
             history.append(rec)
             if logger:
                 logger.log(desc, epoch + 1, rec)

@@ -9,8 +9,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from distillprune.core.reporting import Deployed
-from distillprune.export.onnx import onnx_accuracy
+from distillprune.export.onnx import onnx_accuracy, run_onnx
 from distillprune.measure.latency import ort_latency
+from distillprune.pipeline.run import embedding_metrics
 from distillprune.pipeline.state import RunState
 from distillprune.quant import QUANTIZERS, QATOptions, QuantConfig, default_filename, make_job
 from distillprune.recipes.registry import StageOutcome, register_stage
@@ -67,8 +68,11 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
         latency = {f"ort_{k}": round(v, 4) for k, v in ort_latency(out, state.data.input_shape, m).items()} \
             if measure_cpu else {}
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
-        acc = onnx_accuracy(out, state.data.inputs("test"), state.data.labels("test")) if on_ort else res.accuracy
+        embedder = getattr(state.model, "output_kind", "logits") == "embedding"
+        labels = None if embedder else state.data.labels("test")
+        acc = onnx_accuracy(out, state.data.inputs("test"), labels) if on_ort else res.accuracy
+        metrics = embedding_metrics(state, run_onnx(out, state.data.inputs("test"))) if embedder and on_ort else None
     if cfg.method in HALF:
         res.details["latency"] = "not measured on CPU (half precision targets GPUs)"
     res.path = name
-    return StageOutcome(res, Deployed(name, res.bytes, latency, acc))
+    return StageOutcome(res, Deployed(name, res.bytes, latency, acc, metrics))
