@@ -32,6 +32,7 @@ class TextConfig(StrictModel):
     label_column: str = Field("label", description="csv/jsonl: labels (absent: label-free data)")
     files: list[str] = Field(default_factory=lambda: ["*"], description="a folder without train.*/test.* files: "
                                                                         "the file-name patterns read")
+    sentences: bool = Field(False, description="split every text into sentences (at . ! ? followed by a space)")
     min_chars: int = Field(1, ge=1, description="drop shorter texts")
     max_chars: int | None = Field(None, gt=0, description="drop longer texts")
 

@@ -64,8 +64,12 @@ def read_rows(path: Path, cfg: TextConfig) -> Rows:
 
 
 def _clean(rows: Rows, cfg: TextConfig) -> Rows:
-    """Whitespace collapsed; too short / too long texts and exact duplicates dropped (order kept)."""
+    """Whitespace collapsed; split into sentences if asked; too short / too long texts and exact duplicates
+    dropped (order kept)."""
     out, seen = [], set()
+    if cfg.sentences:
+        rows = [{**r, cfg.column: piece} for r in rows
+                for piece in re.split(r"(?<=[.!?])\s+", " ".join(str(r.get(cfg.column, "")).split()))]
     for r in rows:
         t = " ".join(str(r.get(cfg.column, "")).split())
         if len(t) < cfg.min_chars or (cfg.max_chars and len(t) > cfg.max_chars):

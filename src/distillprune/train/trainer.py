@@ -24,7 +24,7 @@ from torch import nn
 from distillprune.core.batch import call
 from distillprune.core.io import atomic_write, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
-from distillprune.errors import CheckpointError, TrainingDiverged
+from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
@@ -137,6 +137,9 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
                           hflip=hflip, drop_last=len(data.train) > batch_size, seed=seed, device=device)
     objective.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise DistillpruneError(f"{type(model).__name__} has no trainable parameters (requires_grad is off "
+                                "everywhere: a frozen teacher or a copy of one?)")
     extra = list(objective.trainable()) if hasattr(objective, "trainable") else []
     opt = make_optimizer(params + extra, settings.optimizer)
     start, history = 0, []

@@ -67,6 +67,10 @@ class TextEncoder(nn.Module):
     def config(self) -> Any:
         return self.hf.config
 
+    def save_pretrained(self, folder: str | Path, tokenizer: str | Path | None = None) -> Path:
+        """The Hugging Face folder of this encoder (see :func:`save_pretrained`)."""
+        return save_pretrained(self, folder, tokenizer)
+
     def example_inputs(self, batch: int, seq: int) -> NamedInputs:
         vocab = int(getattr(self.hf.config, "vocab_size", 100))
         ids = (torch.arange(batch * seq).view(batch, seq) % max(1, min(vocab, 100) - 1)) + 1
