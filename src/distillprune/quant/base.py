@@ -94,8 +94,14 @@ def export_float(model: nn.Module, input_shape: Sequence[int], path: Path) -> Pa
 
 def preprocess(src: Path, dst: Path) -> Path:
     """ONNX Runtime's quantization pre-processing: symbolic shape inference and graph optimisation."""
+    import onnx
     from onnxruntime.quantization import quant_pre_process
 
+    # ORT's symbolic shape inference gives up on transformer graphs (token inputs) and then writes a debug
+    # model into the working directory: skip it for them
+    g = onnx.load(str(src), load_external_data=False).graph
+    if any(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in g.input):
+        return _preprocess_plain(src, dst)
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
     except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some graphs; retry without it
@@ -106,6 +112,17 @@ def preprocess(src: Path, dst: Path) -> Path:
                 f"ONNX Runtime pre-processing failed on {src.name}: "
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
             ) from None
+    return dst
+
+
+def _preprocess_plain(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    except Exception as e:  # noqa: BLE001 - ORT's own exception types
+        raise QuantizationError(f"ONNX Runtime pre-processing failed on {src.name}: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return dst
 
 
