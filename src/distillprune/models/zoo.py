@@ -10,6 +10,7 @@ from torch import nn
 
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
 from distillprune.errors import DistillpruneError
+from distillprune.models.config import ModelConfig
 from distillprune.models.mlp import MLP
 from distillprune.models.registry import MODEL_SOURCES, MODELS, Builder, with_example
 from distillprune.models.resnet import ResNet, cifar_resnet
@@ -91,7 +92,7 @@ def _from_spec(spec: ArchSpec) -> nn.Module:
 
 
 @MODEL_SOURCES.register("zoo")
-def zoo_source(cfg: Any, num_classes: int, input_shape: Sequence[int]) -> tuple[nn.Module, ArchSpec]:
+def zoo_source(cfg: ModelConfig, num_classes: int, input_shape: Sequence[int]) -> tuple[nn.Module, ArchSpec]:
     """A recipe's ``model.name`` from the zoo, with its spec."""
     model = build_model(cfg.name, num_classes, input_shape, **cfg.kwargs)
     return model, ArchSpec(cfg.name, num_classes, list(input_shape), dict(cfg.kwargs))

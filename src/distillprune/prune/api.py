@@ -24,7 +24,7 @@ from distillprune.train.trainer import FitSettings, fit, resolve_device
 PRUNERS: dict[type[BaseModel], Callable[..., Any]] = {}
 
 
-def _family(cfg: Any) -> Callable[..., Any] | None:
+def _family(cfg: PruneConfig | BaseModel | dict[str, Any]) -> Callable[..., Any] | None:
     for cls, verb in PRUNERS.items():
         if isinstance(cfg, cls):
             return verb

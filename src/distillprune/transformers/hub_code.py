@@ -12,10 +12,13 @@ This module must stay self-contained (it is copied into saved model folders): no
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 #: per architecture family: attention projections (q, k, v, out) and FFN (in, out), relative to a layer
 PARTS = {
@@ -93,7 +96,7 @@ def keep_neurons(layer: nn.Module, neurons: list[int]) -> None:
     _set(layer, paths[5], sliced_linear(layer.get_submodule(paths[5]), idx, 1))
 
 
-def config_head_dim(config: Any) -> int:
+def config_head_dim(config: PretrainedConfig) -> int:
     hidden = getattr(config, "hidden_size", None) or config.dim
     heads = getattr(config, "num_attention_heads", None) or config.n_heads
     return int(hidden // heads)

@@ -24,6 +24,7 @@ from distillprune.core.batch import NamedInputs
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
 from distillprune.core.io import resolve_folder
 from distillprune.errors import DistillpruneError
+from distillprune.models.config import ModelConfig
 from distillprune.models.registry import MODEL_SOURCES
 from distillprune.transformers import hub_code
 from distillprune.transformers.hub_code import shrink_to_layout
@@ -219,7 +220,7 @@ def _from_spec(spec: ArchSpec) -> nn.Module:
 
 
 @MODEL_SOURCES.register("hf")
-def hf_source(cfg: Any, num_classes: int, input_shape: tuple[int, ...]) -> tuple[nn.Module, ArchSpec]:
+def hf_source(cfg: ModelConfig, num_classes: int, input_shape: tuple[int, ...]) -> tuple[nn.Module, ArchSpec]:
     """``model: {source: hf, path: DIR, task: ...}`` of a recipe."""
     if not cfg.path:
         raise DistillpruneError("model.source hf needs model.path (a local Hugging Face model folder)")
