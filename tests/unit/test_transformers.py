@@ -183,3 +183,11 @@ def test_distill_defaults_to_adamw_and_the_embedding_loss_for_an_embedder(folder
     before = cosine()
     rep = dp.distill(m, teacher, data.without_labels(), epochs=3, batch_size=16, lr=1e-3)
     assert rep.losses == ["embedding"] and cosine() > before
+
+
+def test_static_int8_calibrates_on_named_batches(tmp_path, folders, data):
+    m = load_encoder(str(folders["cls"]), "sequence-classification", 2)
+    res = dp.quantize(m, data, {"method": "static", "min_agreement": 0.0, "calibration": {"samples": 32}},
+                      tmp_path / "s.onnx")
+    assert res.details["calibration_samples"] == 32 and res.details["quantized_nodes"] > 0
+    assert res.cosine is not None and res.cosine > 0.9
