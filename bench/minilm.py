@@ -143,7 +143,7 @@ def train_row(name: str, teacher, data, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/minilm-bench"))
-    ap.add_argument("--phase", choices=["train", "measure", "all"], default="all",
+    ap.add_argument("--phase", choices=["train", "measure", "all", "table"], default="all",
                     help="train: the --rows students (one process per row may run in parallel); measure: "
                          "quality and latency of every row trained so far, plus dp_int8")
     ap.add_argument("--rows", default="dp,tp,layers")
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="latency rounds (teacher and model back to back)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
     args = ap.parse_args(argv)
+    if args.phase == "table":
+        print(table(json.loads((args.out / "results.json").read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data = dp.load_data(data_config(args.limit_train, args.limit_test))
@@ -166,7 +169,27 @@ def main(argv: list[str] | None = None) -> int:
             print(name, train_row(name, teacher, data, args), flush=True)
     if args.phase in ("measure", "all"):
         measure(teacher, data, args, argv)
+        print(table(json.loads((args.out / "results.json").read_text())))
     return 0
+
+
+def table(results: dict) -> str:
+    """The Markdown table of docs/benchmarks.md."""
+    head = ["row", "layers / heads / FFN", "params", "ONNX MB", "ORT ms (1, 64)", "speedup (1, 64)",
+            "ORT ms (32, 128)", "speedup (32, 128)", "cosine to teacher", "top-10 overlap %", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in ("teacher", "dp", "dp_int8", "tp", "layers"):
+        r = results.get(name)
+        if r is None:
+            continue
+        st = r.get("structure", {})
+        shape = f"{st.get('layers')} / {sum(st.get('heads', []))} / {sum(st.get('ffn', []))}" if st else "-"
+        lines.append("| " + " | ".join([
+            name, shape, f"{r['params'] / 1e6:.2f}M", f"{r['onnx_bytes'] / 1e6:.1f}", f"{r['ms_b1_s64']:.1f}",
+            f"{r['speedup_b1_s64']:.2f}x", f"{r['ms_b32_s128']:.0f}", f"{r['speedup_b32_s128']:.2f}x",
+            f"{r['cosine']:.4f}", f"{100 * r['top10_overlap']:.1f}",
+            str(r.get("train_seconds", "-"))]) + " |")
+    return "\n".join(lines)
 
 
 def measure(teacher, data, args, argv) -> None:
