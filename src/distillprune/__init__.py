@@ -3,6 +3,7 @@
 Importing the package has no side effects beyond registering its own methods (no env vars, no logging
 changes, no CUDA init).
 """
+from distillprune import transformers as _transformers  # noqa: F401, I001  (registers the hf source, ops, prune_)
 from distillprune._version import __version__
 from distillprune.cluster import ClusterConfig, ClusterReport, cluster_
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint

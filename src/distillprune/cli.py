@@ -52,15 +52,20 @@ def _rank() -> int:
 
 @app.command()
 def demo(
-    out: Path | None = typer.Option(None, help="run folder (default runs/digits_demo-<time>)"),
+    out: Path | None = typer.Option(None, help="run folder (default runs/<recipe>-<time>)"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
     resume: bool = typer.Option(False, help="continue the demo run in --out where it stopped"),
     wide: bool = WIDE,
+    nlp: bool = typer.Option(False, "--nlp", help="all-MiniLM-L6-v2, label-free on fortune sentences (needs "
+                                                  "pip install 'distillprune[nlp-example]' and apt-get install "
+                                                  "fortunes)"),
 ) -> None:
-    """Embedded default: digits data, teacher -> prune+distil -> KD fine-tune -> ONNX, report."""
+    """Embedded default: digits data, teacher -> prune+distil -> KD fine-tune -> ONNX, report. With --nlp: a
+    sentence encoder pruned (heads, FFN, layers) while distilling, int8, ONNX."""
     from distillprune.recipes import BUILTIN
 
-    _run(BUILTIN / "digits_demo.yaml", set_, out, resume, wide, ["distillprune", "demo"])
+    recipe = BUILTIN / ("minilm_demo.yaml" if nlp else "digits_demo.yaml")
+    _run(recipe, set_, out, resume, wide, ["distillprune", "demo", *(["--nlp"] if nlp else [])])
 
 
 @app.command()
@@ -136,11 +141,13 @@ def bench(
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads (fixed so runs compare)"),
     batch_sizes: str = typer.Option("1,32", help="comma-separated batch sizes to time"),
     limit: int | None = typer.Option(None, help="evaluate accuracy on the first N test samples only"),
+    seq_lengths: str = typer.Option("64,128", help="text models: the sequence length timed with each batch size"),
 ) -> None:
-    """ONNX Runtime CPU latency, file size and accuracy of ONNX files, side by side."""
+    """ONNX Runtime CPU latency, file size and accuracy of ONNX files, side by side (text models: at
+    (batch, sequence) pairs; label-free text data: cosine of each file's outputs with the first file's)."""
     from distillprune.core.config import validate
-    from distillprune.measure.bench import accuracy_note, bench_onnx, load_eval_data, render_bench
-    from distillprune.measure.latency import LatencyConfig
+    from distillprune.measure.bench import accuracy_note, any_text, bench_onnx, load_eval_data, render_bench
+    from distillprune.measure.latency import LatencyConfig, seq_length
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -148,11 +155,20 @@ def bench(
         raise DistillpruneError(f"--batch-sizes expects integers like 1,32; got {batch_sizes!r}") from None
     if limit is not None and limit < 1:
         raise DistillpruneError(f"--limit expects a number of samples >= 1; got {limit}")
-    cfg = validate(LatencyConfig, {"threads": threads, "batch_sizes": sizes}, where="bench options")
+    try:
+        seqs = [int(s) for s in seq_lengths.split(",") if s.strip()]
+    except ValueError:
+        raise DistillpruneError(f"--seq-lengths expects integers like 64,128; got {seq_lengths!r}") from None
+    if not seqs:
+        raise DistillpruneError(f"--seq-lengths expects integers like 64,128; got {seq_lengths!r}")
+    cfg = validate(LatencyConfig, {"threads": threads, "batch_sizes": sizes, "seq_lengths": seqs},
+                   where="bench options")
     rows = bench_onnx(models, load_eval_data(data) if data else None, cfg, limit)
     typer.echo(render_bench(rows, cfg))
+    pairs = ", ".join(f"bs{b} at sequence {seq_length(cfg, i)}" for i, b in enumerate(sizes))
     typer.echo(f"ONNX Runtime CPU, {threads} thread(s), median of timed windows"
-               + (f"; {accuracy_note(rows)}" if accuracy_note(rows) else ""))
+               + (f"; {accuracy_note(rows)}" if accuracy_note(rows) else "")
+               + (f"; text models timed at {pairs}" if any_text(models) else ""))
 
 
 def stage_table() -> str:

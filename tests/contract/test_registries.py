@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import distillprune as dp
+from distillprune.core.batch import NamedInputs, call
 from distillprune.core.reporting import Details
 from distillprune.data.config import DataConfig
 from distillprune.data.examples import EXAMPLES
@@ -71,8 +72,12 @@ def test_source_loads_its_example(name: str, tmp_path: Path):
     assert bundle.train.x.shape[1:] == bundle.test.x.shape[1:] == bundle.input_shape
     assert bundle.train.y is not None and int(bundle.train.y.max()) < bundle.num_classes
     assert bundle.mean.shape == bundle.std.shape and bool((bundle.std > 0).all())
-    x = bundle.inputs("test", 4)  # normalised float32, as ONNX Runtime takes them
-    assert x.dtype == np.float32 and x.shape[0] == min(4, len(bundle.test))
+    x = bundle.inputs("test", 4)  # normalised float32, as ONNX Runtime takes them (text: named int64 inputs)
+    if isinstance(x, NamedInputs):
+        assert all(v.dtype == np.int64 for v in x.numpy().values()) and len(x) == min(4, len(bundle.test))
+        assert "input_ids" in x.names() and "attention_mask" in x.names()
+    else:
+        assert x.dtype == np.float32 and x.shape[0] == min(4, len(bundle.test))
     limited = dp.load_data(DataConfig(source=name, limit_train=4, limit_test=2, **opts))
     assert (len(limited.train), len(limited.test)) == (4, 2)
 
@@ -99,12 +104,26 @@ TINY = {"name": "contract", "seed": 0, "model": {"name": "digits_cnn",
         "measure": {"batch_sizes": [1], "repeats": 1, "warmup": 0, "min_window_s": 0.001}}
 
 
+def tiny_text(folder: Path) -> dict:
+    """A tiny BERT classifier and sentiment texts: the context of stages for Hugging Face encoders."""
+    from distillprune.transformers.testing import tiny_bert_folder, tiny_sentiment
+
+    model = tiny_bert_folder(folder / "model", layers=2, num_labels=2)
+    data = tiny_sentiment(folder / "data", 48, 16)
+    return {**TINY, "model": {"source": "hf", "path": str(model), "task": "sequence-classification"},
+            "data": {"source": "text", "path": str(data), "batch_size": 16, "text": {"max_length": 16}},
+            "measure": {**TINY["measure"], "seq_lengths": [16]}}
+
+
 @pytest.mark.parametrize("name", STAGES.names())
 def test_stage_runs_from_its_example(name: str, tmp_path: Path):
     definition = STAGES.get(name)
     assert definition.summary, f"stage '{name}': its config needs a docstring (the README table reads it)"
     stage = {"type": name, **definition.config.example}
-    recipe = dp.Recipe.model_validate({**TINY, "stages": [{"type": "train", "epochs": 1}, stage]})
+    requires = getattr(definition.config, "requires", None)  # a stage for models of an optional extra
+    _needs(requires)
+    base = tiny_text(tmp_path / "ctx") if requires == "transformers" else TINY
+    recipe = dp.Recipe.model_validate({**base, "stages": [{"type": "train", "epochs": 1}, stage]})
     assert recipe.model_dump(mode="json")["stages"][1]["type"] == name  # the union keeps the stage's own fields
     report = dp.compress(recipe, tmp_path / "run", quiet=True)
     row = report.stages[-1]
@@ -113,4 +132,7 @@ def test_stage_runs_from_its_example(name: str, tmp_path: Path):
     again = dp.CompressionReport.load(tmp_path / "run")  # typed details survive report.json
     assert type(again.stages[-1].details) is type(row.details)
     model, spec, _ = dp.load_checkpoint(tmp_path / "run" / "stages" / f"02_{name}")
-    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    if requires == "transformers":
+        assert call(model, model.example_inputs(2, 8)).shape == (2, 2)
+    else:
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

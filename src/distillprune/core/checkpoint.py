@@ -73,11 +73,11 @@ class ArchSpec:
             raise CheckpointError(f"bad architecture spec: {e}") from None
         shape, n = spec.input_shape, spec.num_classes
         if (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)
-                or not isinstance(n, int) or n < 1 or not isinstance(spec.kwargs, dict)
+                or not isinstance(n, int) or n < 0 or not isinstance(spec.kwargs, dict)
                 or not isinstance(spec.name, (str, type(None))) or not isinstance(spec.source, str)):
             raise CheckpointError(f"bad architecture spec: input_shape {shape!r:.60}, num_classes {n!r:.20}, "
-                                  f"kwargs {spec.kwargs!r:.60}, name {spec.name!r:.30}; expected positive integers, "
-                                  "a mapping and a name")
+                                  f"kwargs {spec.kwargs!r:.60}, name {spec.name!r:.30}; expected positive sizes, a "
+                                  "class count >= 0 (0: an embedder), a mapping and a name")
         return spec
 
 

@@ -52,3 +52,26 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_folder(path: str, where: str) -> Path:
+    """A folder, or ``package:NAME/sub/dir``: a folder shipped inside an installed Python package (a model
+    packaged for offline use). ``where`` names the option in the error."""
+    import importlib.util
+
+    from distillprune.errors import DistillpruneError
+
+    if path.startswith(PACKAGE_PREFIX):
+        name, _, sub = path[len(PACKAGE_PREFIX):].partition("/")
+        spec = importlib.util.find_spec(name) if name else None
+        if spec is None or not spec.submodule_search_locations:
+            raise DistillpruneError(f"{where} {path!r}: no installed package {name!r} (pip install it)")
+        p = Path(next(iter(spec.submodule_search_locations))) / sub
+    else:
+        p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DistillpruneError(f"{where}: no folder {p}")
+    return p

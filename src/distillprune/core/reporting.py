@@ -49,6 +49,7 @@ class Deployed:
     accuracy: float | None = None
     speedups: dict[str, float] = dataclasses.field(default_factory=dict)  # paired with the dense model
     spread: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] | None = None  # task quality of the artefact (embedders: cosine to the teacher)
 
 
 def to_jsonable(obj: Any) -> Any:

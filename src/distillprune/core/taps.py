@@ -15,8 +15,9 @@ class FeatureTaps:
 
     def __init__(self, model: nn.Module, paths: list[str]):
         self.features: dict[str, torch.Tensor] = {}
+        self.paths = list(dict.fromkeys(paths))
         self._handles = []
-        for p in dict.fromkeys(paths):
+        for p in self.paths:
             self._handles.append(get_module(model, p).register_forward_hook(self._hook(p)))
 
     def _hook(self, path: str):

@@ -1,6 +1,7 @@
-"""Resident data: a split held as tensors (uint8 images or float features) and a loader that
-batches, normalises and augments on the tensors' device, so small-image training is not
-loader-bound (no per-sample Python, no worker processes)."""
+"""Resident data: a split held as tensors (uint8 images, float features, or named int64 token tensors) and
+a loader that batches, normalises and augments on the tensors' device, so small-image training is not
+loader-bound (no per-sample Python, no worker processes). Text batches are padded per batch to their
+longest sequence (``core.batch.NamedInputs``) and never normalised."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,12 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from distillprune.core.batch import Batch, NamedInputs
 from distillprune.errors import DataError
 
 
 @dataclass
 class Split:
-    x: torch.Tensor  # (N, C, H, W) uint8 or float, or (N, D) float
+    x: Batch  # (N, C, H, W) uint8 or float, (N, D) float, or NamedInputs of (N, L) int64 (text)
     y: torch.Tensor | None  # (N,) int64; None for unlabeled data
 
     def __post_init__(self) -> None:
@@ -74,10 +76,13 @@ class DataBundle:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
-    def inputs(self, split: str = "test", n: int | None = None) -> np.ndarray:
-        """The first ``n`` normalised inputs of a split as float32 numpy (for ONNX Runtime)."""
+    def inputs(self, split: str = "test", n: int | None = None) -> np.ndarray | NamedInputs:
+        """The first ``n`` normalised inputs of a split as float32 numpy (for ONNX Runtime); named inputs
+        (text) as they are, on the CPU."""
         x = getattr(self, split).x
         x = x if n is None else x[:n]
+        if isinstance(x, NamedInputs):
+            return x.cpu()
         return normalize(x.cpu(), self.mean.cpu(), self.std.cpu()).numpy().astype(np.float32)
 
     def labels(self, split: str = "test", n: int | None = None) -> np.ndarray | None:
@@ -92,15 +97,20 @@ class DataBundle:
                           self.mean, self.std, self.name)
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalize(x: Batch, mean: torch.Tensor, std: torch.Tensor) -> Batch:
     """Model inputs as the trainer sees them: uint8 scaled to [0, 1], then standardised per channel (or
-    per feature for (N, D) inputs). The one owner of input normalisation."""
+    per feature for (N, D) inputs); named inputs (token ids, masks) unchanged. The one owner of input
+    normalisation."""
+    if isinstance(x, NamedInputs):
+        return x
     xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     shape = (1, -1, 1, 1) if xf.dim() == 4 else (1, -1)
     return (xf - mean.to(xf.device).view(shape)) / std.to(xf.device).view(shape)
 
 
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_stats(x: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(x, NamedInputs):  # token ids are never standardised
+        return torch.zeros(0), torch.ones(0)
     xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     dims = [0] + list(range(2, xf.dim())) if xf.dim() == 4 else [0]
     return xf.mean(dims), xf.std(dims).clamp_min(1e-6)
@@ -171,17 +181,19 @@ class TensorLoader:
             return order
         return torch.cat([idx for idx, _ in self._batches(order)])
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def __iter__(self) -> Iterator[tuple[Batch, torch.Tensor | None]]:
         order, gen = self._draw_order()  # the same generator then draws the augmentation
         order = order.to(self.device)
         for i, (idx, lo) in enumerate(self._batches(order)):
             x = self.prepare(self.split.x[idx], gen, draws=self.batch_len(i), at=lo)
             yield x, None if self.split.y is None else self.split.y[idx]
 
-    def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None, draws: int | None = None,
-                at: int = 0) -> torch.Tensor:
+    def prepare(self, x: Batch, gen: torch.Generator | None = None, draws: int | None = None,
+                at: int = 0) -> Batch:
         """Normalise ``x``; with ``gen``, augment it with draws made for a batch of ``draws`` samples (the
-        global batch) of which ``x`` is the part starting at ``at``."""
+        global batch) of which ``x`` is the part starting at ``at``. Named (text) inputs pass unchanged."""
+        if isinstance(x, NamedInputs):
+            return x
         x = normalize(x, self.mean, self.std)
         if gen is not None and x.dim() == 4:
             n = len(x) if draws is None else draws

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from distillprune.core.batch import NamedInputs
 from distillprune.data.base import DataBundle, Split
 from distillprune.errors import DataError
 
@@ -53,16 +54,19 @@ def class_count(max_label: int, where: str) -> int:
 
 
 def check_bundle(bundle: DataBundle, where: str = "data") -> None:
-    """Finite inputs and labels in range for every split (the one check every source goes through)."""
-    if not 1 <= bundle.num_classes <= MAX_CLASSES:
+    """Finite inputs and labels in range for every split (the one check every source goes through). Text
+    (named token inputs, padded per batch) is checked for its labels; label-free text has no classes."""
+    text = isinstance(bundle.train.x, NamedInputs)
+    if (not text or bundle.train.y is not None) and not 1 <= bundle.num_classes <= MAX_CLASSES:
         raise DataError(f"{where}: {bundle.num_classes} classes; expected 1 .. {MAX_CLASSES} "
                         "(labels are class indices 0 .. num_classes - 1)")
-    if tuple(bundle.train.x.shape[1:]) != tuple(bundle.test.x.shape[1:]):
+    if not text and tuple(bundle.train.x.shape[1:]) != tuple(bundle.test.x.shape[1:]):
         raise DataError(f"{where}: train inputs {tuple(bundle.train.x.shape[1:])} and test inputs "
                         f"{tuple(bundle.test.x.shape[1:])} differ in shape")
     for split_name in ("train", "test"):
         split: Split = getattr(bundle, split_name)
-        _check_finite(split.x, f"{where} ({split_name} split)")
+        if not text:
+            _check_finite(split.x, f"{where} ({split_name} split)")
         if split.y is not None:
             _check_labels(split.y, bundle.num_classes, f"{where} ({split_name} split)")
 

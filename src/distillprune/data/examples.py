@@ -127,3 +127,44 @@ def _hf(folder: Path) -> dict[str, Any]:
         splits[split] = datasets.Dataset.from_dict({"image": [Image.fromarray(i) for i in x], "label": y.tolist()})
     datasets.DatasetDict(splits).save_to_disk(str(folder / "hf"))
     return {"path": str(folder / "hf")}
+
+
+WORDS = ("good great fine nice happy bad awful poor sad terrible the a movie film plot actor was is very "
+         "quite not really story ending music scene").split()
+
+
+def tiny_tokenizer(folder: Path) -> Path:
+    """A WordPiece tokenizer over :data:`WORDS` saved to ``folder`` (needs ``transformers``)."""
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True).save_pretrained(str(folder))
+    return folder
+
+
+def sentiment_texts(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` short reviews whose label (0 negative, 1 positive) follows their adjective."""
+    rng = np.random.default_rng(seed)
+    pos, neg = WORDS[:5], WORDS[5:10]
+    rest = WORDS[10:]
+    out = []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(rest, size=int(rng.integers(2, 7))))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(pos if label else neg)))
+        out.append((" ".join(words), label))
+    return out
+
+
+@example_for("text", requires="transformers")
+def _text(folder: Path) -> dict[str, Any]:
+    import csv
+
+    tok = tiny_tokenizer(folder / "tokenizer")
+    for split, n in (("train", 12), ("test", 8)):
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(sentiment_texts(n, seed=len(split)))
+    return {"path": str(folder), "text": {"tokenizer": str(tok), "max_length": 16}}

@@ -263,9 +263,14 @@ def torchvision_source(cfg: DataConfig) -> DataBundle:
 
 @SOURCES.register("hf")
 def hf(cfg: DataConfig) -> DataBundle:
-    """A Hugging Face ``datasets`` data set saved with ``save_to_disk`` at data.path (columns image/img, label)."""
+    """A Hugging Face ``datasets`` data set saved with ``save_to_disk`` at data.path (columns image/img, label;
+    or a text column, data.text.column, tokenised as the ``text`` source does)."""
     datasets = import_extra("datasets", "hf", "data source 'hf'")
     dd = datasets.load_from_disk(str(_need_path(cfg)))
+    if "train" in dd and cfg.text.column in dd["train"].column_names:  # a text data set: tokenise it
+        from distillprune.data.text import hf_text
+
+        return hf_text(cfg, dd)
     out = []
     for split in ("train", "test"):
         if split not in dd:

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from distillprune.core.batch import has_named_inputs
 from distillprune.core.config import validate
 from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import DataBundle
@@ -33,18 +34,21 @@ class DistillReport(Details):
 def distill(student: nn.Module, teacher: nn.Module | list[nn.Module], data: DataBundle, epochs: int = 10,
             losses: list[dict[str, Any]] | None = None, lr: float | None = None, batch_size: int = 64,
             runtime: RuntimeConfig | None = None, seed: int = 0, cache: bool = False,
-            optimizer: str | OptimizerConfig | dict[str, Any] = "sgd",
+            optimizer: str | OptimizerConfig | dict[str, Any] = "auto",
             schedule: str | ScheduleConfig | dict[str, Any] = "onecycle", grad_clip: float | None = None,
             crop_padding: int = 0, hflip: bool = False) -> DistillReport:
     """Distil ``teacher`` (or the mean logits of a list of teachers) into ``student`` in place (Hinton KD
-    by default). ``optimizer``: "sgd" | "adamw" or an OptimizerConfig / its dict (``lr`` overrides its
-    learning rate; defaults: SGD 0.05, AdamW 2e-4). ``cache``: compute the teacher's outputs once."""
+    by default; ``embedding`` for an embedder). ``optimizer``: "auto" (AdamW for a transformer with named
+    inputs, else SGD) | "sgd" | "adamw" or an OptimizerConfig / its dict (``lr`` overrides its learning rate;
+    defaults: SGD 0.05, AdamW 2e-4). ``cache``: compute the teacher's outputs once."""
     if isinstance(teacher, (list, tuple)):
         teacher = TeacherEnsemble(teacher)
+    if optimizer == "auto":
+        optimizer = "adamw" if has_named_inputs(student) else "sgd"
     opt = _optimizer(optimizer, lr)
     sched = schedule if isinstance(schedule, ScheduleConfig) else validate(
         ScheduleConfig, {"name": schedule} if isinstance(schedule, str) else schedule, where="schedule")
-    specs = losses or [{"name": "kd"}]
+    specs = losses or [{"name": "embedding" if getattr(student, "output_kind", "") == "embedding" else "kd"}]
     objective = Distiller.from_specs(teacher, specs, cache=cache)
     history = fit(student, data, FitSettings(epochs, opt, sched, grad_clip), objective,
                   runtime=runtime or RuntimeConfig(progress=False), seed=seed, batch_size=batch_size,

@@ -17,6 +17,7 @@ import time
 import torch
 from torch import nn
 
+from distillprune.core.batch import NamedInputs, call
 from distillprune.core.taps import FeatureTaps
 from distillprune.distill.losses.base import Outputs
 from distillprune.errors import DistillpruneError
@@ -53,9 +54,12 @@ class TeacherCache:
         teacher.eval()
         logits, feats = [], {}
         x_all = loader.split.x
+        if isinstance(x_all, NamedInputs) and taps.paths:
+            raise DistillpruneError("the teacher cache holds logits only for text inputs (feature taps have a "
+                                    "sequence length per batch): set distill.cache: false with feature losses")
         for i in range(0, len(x_all), self.chunk):
             taps.clear()
-            logits.append(teacher(loader.prepare(x_all[i : i + self.chunk])))
+            logits.append(call(teacher, loader.prepare(x_all[i : i + self.chunk])))
             for k, v in taps.features.items():
                 feats.setdefault(k, []).append(v)
         teacher.train(was)
@@ -82,7 +86,7 @@ class TeacherCache:
     @torch.no_grad()
     def _check(self, cached: torch.Tensor, x: torch.Tensor, teacher: nn.Module, taps: FeatureTaps) -> None:
         taps.clear()
-        live = teacher(x).float()
+        live = call(teacher, x).float()
         err = float((cached.float() - live).norm() / live.norm().clamp_min(1e-12))
         if err > 0.05:
             raise DistillpruneError(

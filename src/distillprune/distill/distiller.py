@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillprune.core.batch import Batch, call
 from distillprune.core.taps import FeatureTaps
 from distillprune.distill.cache import TeacherCache
 from distillprune.distill.fast_teacher import TeacherSpeed, fast_teacher
 from distillprune.distill.losses import Outputs
+from distillprune.distill.losses.base import sequence_mask
 from distillprune.distill.schedule import Clock, Term, build_term
 from distillprune.errors import DataError, DistillpruneError
 
@@ -32,7 +34,7 @@ class CrossEntropy(nn.Module):
         super().__init__()
         self.label_smoothing = label_smoothing
 
-    def attach(self, model: nn.Module, probe: torch.Tensor) -> None:
+    def attach(self, model: nn.Module, probe: Batch) -> None:
         """Nothing to attach: cross-entropy reads only the logits."""
 
     def detach(self) -> None:
@@ -42,10 +44,10 @@ class CrossEntropy(nn.Module):
         if not has_labels:
             raise DataError("training without labels needs a teacher (a distill stage with a teacher)")
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None):
+    def __call__(self, model: nn.Module, x: Batch, y: torch.Tensor | None):
         if y is None:
             raise DataError("training without labels needs a teacher (a distill stage with a teacher)")
-        logits = model(x)
+        logits = call(model, x)
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits
 
 
@@ -124,7 +126,11 @@ class Distiller(nn.Module):
         pairs = [p for loss in self.losses for p in loss.taps]
         return [s for s, _ in pairs], [t for _, t in pairs]
 
-    def attach(self, model: nn.Module, probe: torch.Tensor) -> None:
+    def attach(self, model: nn.Module, probe: Batch) -> None:
+        for loss in self.losses:  # losses that choose their taps from the two networks (layer mapping)
+            bind = getattr(loss, "bind", None)
+            if callable(bind):
+                bind(model, self.teacher[0])
         s_paths, t_paths = self._paths()
         self.detach()
         t_root = self._teacher_for(t_paths, probe)
@@ -159,7 +165,7 @@ class Distiller(nn.Module):
                 raise DistillpruneError("call attach() before begin_epoch()")
             self.cache.begin_epoch(self._t_call, self._t_taps, loader)
 
-    def _outputs(self, model: nn.Module, x: torch.Tensor, live: bool = False) -> tuple[Outputs, Outputs]:
+    def _outputs(self, model: nn.Module, x: Batch, live: bool = False) -> tuple[Outputs, Outputs]:
         if self._s_taps is None or self._t_taps is None:
             raise DistillpruneError("call attach() before using the Distiller")
         if self.cache is not None and not live:
@@ -167,12 +173,14 @@ class Distiller(nn.Module):
         else:
             with torch.no_grad():
                 self._t_taps.clear()
-                t = Outputs(self._t_call(x), dict(self._t_taps.features))
+                t = Outputs(call(self._t_call, x), dict(self._t_taps.features))
+        mask = sequence_mask(x)
+        t.mask = mask
         self._s_taps.clear()
-        s = Outputs(model(x), dict(self._s_taps.features))
+        s = Outputs(call(model, x), dict(self._s_taps.features), mask)
         return s, t
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None):
+    def __call__(self, model: nn.Module, x: Batch, y: torch.Tensor | None):
         progress = self.clock.tick()
         s, t = self._outputs(model, x)
         total = sum(term.weight_at(progress) * term.loss(s, t, y) for term in self.terms)

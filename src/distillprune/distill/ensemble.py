@@ -30,8 +30,8 @@ class TeacherEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.weights = [v / sum(w) for v in w]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [m(x) for m in self.members]
+    def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        outs = [m(*args, **named) for m in self.members]  # named: the inputs of text models
         shapes = {tuple(o.shape) for o in outs}
         if len(shapes) > 1:
             raise DataError(f"the teachers' logits differ in shape: {sorted(shapes)}")

@@ -19,9 +19,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from distillprune.core.batch import call
 from distillprune.core.taps import FeatureTaps
 from distillprune.distill.distiller import check_terms, probe_terms
 from distillprune.distill.losses import Outputs
+from distillprune.distill.losses.base import sequence_mask
 from distillprune.distill.schedule import Clock, Term, build_term
 from distillprune.errors import DataError, DistillpruneError
 
@@ -89,8 +91,9 @@ class MutualDistiller(nn.Module):
             raise DistillpruneError("call attach() before using the MutualDistiller")
         self._s_taps.clear()
         self._p_taps.clear()
-        s = Outputs(model(x), dict(self._s_taps.features))
-        p = Outputs(self.peer(x), dict(self._p_taps.features))
+        mask = sequence_mask(x)
+        s = Outputs(call(model, x), dict(self._s_taps.features), mask)
+        p = Outputs(call(self.peer, x), dict(self._p_taps.features), mask)
         return s, p
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None):

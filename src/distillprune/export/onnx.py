@@ -1,5 +1,6 @@
-"""ONNX export with a dynamic batch axis, and the one owner of running ONNX files: ONNX Runtime sessions,
-batched logits, comparison with the torch model (agreement, max abs difference, accuracy)."""
+"""ONNX export with a dynamic batch axis (and a dynamic sequence axis for models with named text inputs),
+and the one owner of running ONNX files: ONNX Runtime sessions, batched logits, comparison with the torch
+model (agreement, max abs difference, cosine, accuracy)."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from distillprune.core.batch import (
+    ArrayBatch,
+    NamedInputs,
+    as_args,
+    call,
+    example_inputs,
+    has_named_inputs,
+    input_names,
+)
 from distillprune.core.io import atomic_write
 from distillprune.errors import ExportError
 
@@ -30,7 +40,8 @@ log = logging.getLogger("distillprune.export")
 
 
 def onnx_bytes(model: nn.Module, input_shape: Sequence[int]) -> bytes:
-    """Serialise ``model`` (eval mode, CPU, fp32) to ONNX with input 'input' and output 'logits'.
+    """Serialise ``model`` (eval mode, CPU, fp32) to ONNX with input 'input' and output 'logits'; a model
+    with named inputs (text) keeps its input names, with dynamic batch and sequence axes.
 
     The TorchScript exporter is ~30x faster than the dynamo one for small nets and gives the same graph; where
     it fails (e.g. an adaptive pool whose output size is not a factor of its input, as VGG at 32x32) the dynamo
@@ -38,6 +49,8 @@ def onnx_bytes(model: nn.Module, input_shape: Sequence[int]) -> bytes:
     lines) goes to the ``distillprune.export`` logger (a run's ``run.log``), not to the console.
     """
     model = copy.deepcopy(model).float().cpu().eval()
+    if has_named_inputs(model):
+        return _named_onnx_bytes(model, input_shape)
     x = torch.zeros(1, *input_shape)
     key = f"{type(model).__module__}.{type(model).__qualname__}"
     order = ["dynamo", "torchscript"] if _WORKS.get(key) == "dynamo" else ["torchscript", "dynamo"]
@@ -112,6 +125,22 @@ def _quiet() -> Iterator[_Captured]:
             got.text = (py if "py" in locals() else "") + tmp.read().decode("utf-8", "replace")
 
 
+def _named_onnx_bytes(model: nn.Module, input_shape: Sequence[int]) -> bytes:
+    # traced at batch 2 so that no size-1 batch dimension is folded into the graph
+    args = as_args(model, example_inputs(model, input_shape, batch=2))
+    names = input_names(model)[: len(args)]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, args, buf, dynamo=False, opset_version=OPSET, input_names=names,
+                              output_names=["logits"], dynamic_axes=axes)
+        except Exception as e:  # noqa: BLE001 - tracing failures of foreign model code
+            raise ExportError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0]}") from None
+    return buf.getvalue()
+
+
 def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> Path:
     data = onnx_bytes(model, input_shape)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
@@ -128,31 +157,58 @@ def session(path_or_bytes: str | Path | bytes, threads: int = 1):
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(path_or_bytes: str | Path | bytes, x: np.ndarray, batch: int = 256, threads: int = 1) -> np.ndarray:
-    """Logits of an ONNX model on ``x`` (normalised float32 inputs), batched, on ONNX Runtime's CPU provider."""
+def feeds(sess, x: ArrayBatch) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds of one batch: named inputs by name (those the graph takes), else 'input'."""
+    if isinstance(x, NamedInputs):
+        arrays = x.numpy()
+        wanted = [i.name for i in sess.get_inputs()]
+        missing = [n for n in wanted if n not in arrays]
+        if missing:
+            raise ExportError(f"the ONNX model takes inputs {wanted}; the data has {sorted(arrays)}")
+        return {n: arrays[n] for n in wanted}
+    return {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+
+
+def run_onnx(path_or_bytes: str | Path | bytes, x: ArrayBatch, batch: int = 256, threads: int = 1) -> np.ndarray:
+    """Logits of an ONNX model on ``x`` (normalised float32 inputs, or named text inputs), batched, on ONNX
+    Runtime's CPU provider."""
     try:
         sess = session(path_or_bytes, threads)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
         raise ExportError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
+    if isinstance(x, NamedInputs):
+        return np.concatenate([sess.run(None, feeds(sess, x[i : i + batch]))[0] for i in range(0, len(x), batch)])
     x = np.ascontiguousarray(x, dtype=np.float32)
     return np.concatenate([sess.run(None, {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 @torch.no_grad()
-def run_torch(model: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def run_torch(model: nn.Module, x: ArrayBatch, batch: int = 256) -> np.ndarray:
     """Logits of ``model`` (eval mode, CPU, fp32) on ``x``, batched."""
     model = copy.deepcopy(model).float().cpu().eval()
+    if isinstance(x, NamedInputs):
+        return np.concatenate([call(model, x[i : i + batch].cpu()).float().numpy() for i in range(0, len(x), batch)])
     return np.concatenate(
         [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))).float().numpy()
          for i in range(0, len(x), batch)])
 
 
+def mean_cosine(out: np.ndarray, ref: np.ndarray) -> float:
+    """Mean cosine similarity of corresponding rows (how close two embeddings of the same inputs are)."""
+    out, ref = out.astype(np.float64), ref.astype(np.float64)
+    num = (out * ref).sum(1)
+    den = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
+    return float((num / np.maximum(den, 1e-12)).mean())
+
+
 def compare(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None = None) -> dict[str, float | None]:
-    """Top-1 agreement of ``out`` with ``ref``, max abs logit difference, and both accuracies (%) with labels."""
+    """Top-1 agreement of ``out`` with ``ref``, max abs logit difference, mean row cosine (the parity of
+    embeddings, where top-1 means nothing), and both accuracies (%) with labels."""
     out, ref = out.astype(np.float32), ref.astype(np.float32)
     res: dict[str, float | None] = {
         "agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
         "max_abs_diff": float(np.abs(out - ref).max()),
+        "cosine": mean_cosine(out, ref),
         "accuracy": None,
         "float_accuracy": None,
     }
@@ -162,14 +218,19 @@ def compare(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None = None) -> di
     return res
 
 
-def parity(model: nn.Module, path_or_bytes: str | Path | bytes, x: torch.Tensor | np.ndarray) -> dict[str, float]:
-    """Max abs difference of logits and top-1 agreement between torch and ONNX Runtime on ``x``."""
-    xn = x.float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float32)
+def parity(model: nn.Module, path_or_bytes: str | Path | bytes,
+           x: torch.Tensor | np.ndarray | NamedInputs) -> dict[str, float]:
+    """Max abs difference of logits, top-1 agreement and mean cosine between torch and ONNX Runtime on ``x``."""
+    if isinstance(x, NamedInputs):
+        xn: ArrayBatch = x.cpu()
+    else:
+        xn = x.float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float32)
     cmp = compare(run_onnx(path_or_bytes, xn), run_torch(model, xn))
-    return {"max_abs_diff": float(cmp["max_abs_diff"] or 0.0), "top1_agreement": float(cmp["agreement"] or 0.0)}
+    return {"max_abs_diff": float(cmp["max_abs_diff"] or 0.0), "top1_agreement": float(cmp["agreement"] or 0.0),
+            "cosine": float(cmp["cosine"] or 0.0)}
 
 
-def onnx_accuracy(path_or_bytes: str | Path | bytes, x: np.ndarray, y: np.ndarray | None) -> float | None:
+def onnx_accuracy(path_or_bytes: str | Path | bytes, x: ArrayBatch, y: np.ndarray | None) -> float | None:
     """Top-1 (%) of an ONNX model on normalised inputs ``x`` with labels ``y`` (None without labels)."""
     if y is None:
         return None

@@ -1,5 +1,6 @@
 """``distillprune bench``: ONNX files side by side (fp32 / int8 / fp16): size, measured ONNX Runtime
-CPU latency at fixed threads, and top-1 accuracy on a data set when one is given.
+CPU latency at fixed threads (text models: at (batch, sequence) pairs), and top-1 accuracy on a data set
+when one is given (label-free text: the mean cosine of each file's outputs with the first file's).
 
 The files take normalised inputs (as exported by distillprune), so the data comes from a recipe
 (its ``data`` block, normalised with the statistics the training used) or an ``.npz``.
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from distillprune.core.batch import NamedInputs
 from distillprune.data.base import DataBundle
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig, ort_latency
@@ -25,6 +27,7 @@ class OnnxBench:
     accuracy: float | None = None
     samples: int | None = None
     note: str = ""
+    cosine: float | None = None  # label-free data: mean cosine of the outputs with the first file's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +48,13 @@ def onnx_kind(model) -> str:
     return "fp32"
 
 
+def is_text(model) -> bool:
+    """Integer inputs (token ids, masks): a sequence model, timed at (batch, sequence) pairs."""
+    from onnx import TensorProto
+
+    return any(i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32) for i in model.graph.input)
+
+
 def input_shape(model) -> tuple[int, ...]:
     dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
     if any(not d.HasField("dim_value") for d in dims):
@@ -53,6 +63,12 @@ def input_shape(model) -> tuple[int, ...]:
             f"{[d.dim_param or d.dim_value for d in dims]}"
         )
     return tuple(int(d.dim_value) for d in dims)
+
+
+def any_text(paths: Sequence[str | Path]) -> bool:
+    import onnx
+
+    return any(Path(p).is_file() and is_text(onnx.load(str(p), load_external_data=False)) for p in paths)
 
 
 def load_eval_data(spec: str | Path) -> DataBundle:
@@ -77,14 +93,17 @@ def bench_onnx(
 ) -> list[OnnxBench]:
     import onnx
 
-    from distillprune.export.onnx import onnx_accuracy
+    from distillprune.export.onnx import mean_cosine, onnx_accuracy, run_onnx
 
     cfg = cfg or LatencyConfig()
     out = []
     x = y = None
-    if data is not None and data.test.y is not None:
+    reference = None
+    if data is not None:
         n = len(data.test) if limit is None else min(limit, len(data.test))
         x, y = data.inputs("test", n), data.labels("test", n)
+        if y is None and not isinstance(x, NamedInputs):
+            x = None  # label-free images: nothing to score
     for p in map(Path, paths):
         if not p.is_file():
             raise DistillpruneError(f"ONNX file not found: {p}")
@@ -95,8 +114,11 @@ def bench_onnx(
                 f"{p}: not an ONNX model ({str(e).splitlines()[0] if str(e) else e!r})"
             ) from None
         row = OnnxBench(p.name, onnx_kind(model), p.stat().st_size)
-        shape = input_shape(model)
-        if x is not None and tuple(x.shape[1:]) != shape:
+        text = is_text(model)
+        shape = (cfg.seq_lengths[0],) if text else input_shape(model)
+        if text and x is not None and not isinstance(x, NamedInputs):
+            raise DistillpruneError(f"{p.name} takes token ids; the data has {tuple(x.shape[1:])}-shaped inputs")
+        if not text and x is not None and tuple(x.shape[1:]) != shape:
             raise DistillpruneError(
                 f"{p.name} takes inputs of shape {shape}; the data has {tuple(x.shape[1:])}"
             )
@@ -109,6 +131,10 @@ def bench_onnx(
         if x is not None:
             row.accuracy = onnx_accuracy(p, x, y)
             row.samples = len(x)
+            if y is None:  # label-free text: agreement of the outputs with the first file's
+                outputs = run_onnx(p, x)
+                reference = outputs if reference is None else reference
+                row.cosine = round(mean_cosine(outputs, reference), 5)
         if row.kind in ("fp16", "bf16"):
             row.note = "half precision targets GPUs; ORT CPU has no fast fp16 kernels"
         out.append(row)
@@ -118,8 +144,9 @@ def bench_onnx(
 def render_bench(rows: list[OnnxBench], cfg: LatencyConfig) -> str:
     keys = [f"bs{b}" for b in cfg.batch_sizes]
     ref = next((r for r in rows if r.kind == "fp32" and r.latency_ms), None)
+    cos = any(r.cosine is not None for r in rows)
     head = (
-        ["file", "kind", "size KiB", "top-1 %"]
+        ["file", "kind", "size KiB", "top-1 %"] + (["cosine vs first"] if cos else [])
         + [f"ORT {k} ms" for k in keys]
         + ([f"speedup {k} vs {ref.file}" for k in keys] if ref else [])
         + ["note"]
@@ -127,6 +154,8 @@ def render_bench(rows: list[OnnxBench], cfg: LatencyConfig) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.file, r.kind, f"{r.bytes / 1024:.1f}", "-" if r.accuracy is None else f"{r.accuracy:.2f}"]
+        if cos:
+            cells.append("-" if r.cosine is None else f"{r.cosine:.4f}")
         cells += [f"{r.latency_ms[k]:.3f}" if k in r.latency_ms else "-" for k in keys]
         if ref:
             cells += [
@@ -149,7 +178,9 @@ __all__ = [
     "OnnxBench",
     "accuracy_note",
     "bench_onnx",
+    "any_text",
     "input_shape",
+    "is_text",
     "load_eval_data",
     "onnx_kind",
     "render_bench",

@@ -1,6 +1,7 @@
 """Measured latency: ONNX Runtime on the CPU (the deployment target), torch on a GPU when present.
 
-Median of ``repeats`` timed windows after ``warmup`` runs; threads fixed so numbers compare.
+Median of ``repeats`` timed windows after ``warmup`` runs; threads fixed so numbers compare. Models with
+integer (token) inputs are timed at (batch, sequence) pairs: ``batch_sizes`` paired with ``seq_lengths``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from distillprune.core.batch import NamedInputs, call, example_inputs
 from distillprune.core.config import StrictModel
 from distillprune.export.onnx import session
 
@@ -24,6 +26,10 @@ from distillprune.export.onnx import session
 class LatencyConfig(StrictModel):
     enabled: bool = True
     batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 32], min_length=1)
+    seq_lengths: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [64, 128], min_length=1,
+        description="text models: the sequence length timed with each batch size (paired by position; the last "
+                    "repeats)")
     threads: int = Field(1, gt=0, description="ONNX Runtime intra-op threads (fixed so runs compare)")
     warmup: int = Field(10, ge=0)
     repeats: int = Field(7, gt=0, description="timed windows; the median is reported")
@@ -53,13 +59,28 @@ def _time(fn, warmup: int, repeats: int, min_window_s: float) -> float:
     return statistics.median(windows) * 1e3
 
 
+def seq_length(cfg: LatencyConfig, i: int) -> int:
+    """The sequence length timed with the ``i``-th batch size."""
+    return cfg.seq_lengths[min(i, len(cfg.seq_lengths) - 1)]
+
+
+def is_sequence_model(sess) -> bool:
+    """A graph whose inputs are integer tensors (token ids, masks) rather than one float tensor."""
+    return any("int" in i.type for i in sess.get_inputs())
+
+
 def ort_latency(onnx: str | Path | bytes, input_shape: Sequence[int], cfg: LatencyConfig) -> dict[str, float]:
-    """{'bs1': ms, 'bs32': ms, ...} on ONNX Runtime's CPU provider."""
+    """{'bs1': ms, 'bs32': ms, ...} on ONNX Runtime's CPU provider; a text model's ``bs{b}`` is timed at
+    sequence length ``seq_length(cfg, i)`` (every token real: the attention mask is all ones)."""
     sess = session(onnx, threads=cfg.threads)
     out = {}
-    for bs in cfg.batch_sizes:
-        x = np.random.default_rng(0).standard_normal((bs, *input_shape)).astype(np.float32)
-        out[f"bs{bs}"] = _time(lambda x=x: sess.run(None, {"input": x}), cfg.warmup, cfg.repeats, cfg.min_window_s)
+    for i, bs in enumerate(cfg.batch_sizes):
+        if is_sequence_model(sess):
+            feeds = sequence_feeds(sess, bs, seq_length(cfg, i))
+        else:
+            feeds = {sess.get_inputs()[0].name:
+                     np.random.default_rng(0).standard_normal((bs, *input_shape)).astype(np.float32)}
+        out[f"bs{bs}"] = _time(lambda f=feeds: sess.run(None, f), cfg.warmup, cfg.repeats, cfg.min_window_s)
     return out
 
 
@@ -95,12 +116,21 @@ class OrtTimer:
     def ms(self, onnx: str | Path | bytes, input_shape: Sequence[int], batch_size: int,
            repeats: int | None = None) -> float:
         sess = self._session(onnx)
+        feeds = self._feeds(sess, input_shape, batch_size)
+        return _time(lambda: sess.run(None, feeds), self.cfg.warmup, repeats or self.cfg.repeats,
+                     self.cfg.min_window_s)
+
+    def _feeds(self, sess, input_shape: Sequence[int], batch_size: int) -> dict[str, np.ndarray]:
+        """One float input of ``input_shape`` (random, fixed), or a text model's token inputs at the sequence
+        length paired with ``batch_size`` (``seq_lengths``)."""
+        if is_sequence_model(sess):
+            sizes = self.cfg.batch_sizes
+            seq = seq_length(self.cfg, sizes.index(batch_size) if batch_size in sizes else len(sizes) - 1)
+            return sequence_feeds(sess, batch_size, seq)
         key = (batch_size, *input_shape)
         if key not in self._inputs:
             self._inputs[key] = np.random.default_rng(0).standard_normal(key).astype(np.float32)
-        x = self._inputs[key]
-        return _time(lambda: sess.run(None, {"input": x}), self.cfg.warmup, repeats or self.cfg.repeats,
-                     self.cfg.min_window_s)
+        return {sess.get_inputs()[0].name: self._inputs[key]}
 
     def paired(self, onnx: str | Path | bytes, ref: str | Path | bytes, input_shape: Sequence[int],
                batch_size: int, pairs: int | None = None) -> PairedTiming:
@@ -112,6 +142,16 @@ class OrtTimer:
         ratios = [r / m for r, m in zip(ref_ms, ms, strict=True)]
         return PairedTiming(statistics.median(ms), statistics.median(ref_ms), statistics.median(ratios),
                             (min(ratios), max(ratios)))
+def sequence_feeds(sess, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """Token id 1 everywhere (valid for any vocabulary; a lookup costs the same whatever the id), an all-ones
+    mask, zero token types."""
+    feeds = {}
+    for inp in sess.get_inputs():
+        if "type" in inp.name:
+            feeds[inp.name] = np.zeros((batch, seq), np.int64)
+        else:
+            feeds[inp.name] = np.ones((batch, seq), np.int64)
+    return feeds
 
 
 @torch.no_grad()
@@ -122,8 +162,10 @@ def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
     removes the per-kernel launch cost that dominates small nets in eager mode)."""
     cfg = cfg or LatencyConfig()
     model = model.eval().to(device=device, dtype=dtype)
-    x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
-    if device == "cuda" and x.dim() == 4:  # cuDNN's fast half-precision convolutions are NHWC
+    ex = example_inputs(model, input_shape, batch_size, device)
+    x = ex if isinstance(ex, NamedInputs) else torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    # cuDNN's fast half-precision convolutions are NHWC
+    if device == "cuda" and isinstance(x, torch.Tensor) and x.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -134,18 +176,18 @@ def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                model(x)
+                call(model, x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            model(x)
+            call(model, x)
 
         def run() -> None:
             graph.replay()
             sync()
     else:
         def run() -> None:
-            model(x)
+            call(model, x)
             sync()
 
     return _time(run, cfg.warmup, cfg.repeats, cfg.min_window_s)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from distillprune.core.batch import call, example_inputs
 from distillprune.export.onnx import onnx_bytes
 from distillprune.measure.latency import LatencyConfig, ort_latency, torch_latency
 
@@ -33,10 +34,12 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one sample's forward pass (torch's FLOP counter / 2)."""
+    """Multiply-accumulates of one sample's forward pass (torch's FLOP counter / 2); a text model's sample is
+    one sequence of ``input_shape[0]`` tokens."""
     m = copy.deepcopy(model).float().cpu().eval()
+    x = example_inputs(m, input_shape)
     with FlopCounterMode(display=False) as counter:
-        m(torch.zeros(1, *input_shape))
+        call(m, x)
     return int(counter.get_total_flops() // 2)
 
 

@@ -15,6 +15,7 @@ from distillprune.core.modules import get_module, set_module
 from distillprune.errors import DistillpruneError
 from distillprune.models.config import ModelConfig
 from distillprune.models.head import ClassifierOp, classifier_path, fold_small_pool
+from distillprune.models.registry import MODEL_SOURCES
 from distillprune.models.user import python_model, target_of
 from distillprune.models.weights import file_sha256, load_weights
 from distillprune.models.zoo import build_model
@@ -45,6 +46,8 @@ def make_model(cfg: ModelConfig | dict[str, Any], num_classes: int, input_shape:
     if cfg.checkpoint:
         model, spec, _ = load_checkpoint(cfg.checkpoint)
         return model, spec
+    if cfg.source != "zoo":  # another registered source (hf: a local Hugging Face folder)
+        return MODEL_SOURCES.get(cfg.source)(cfg, num_classes, tuple(input_shape))
     n = cfg.head.num_classes if cfg.head is not None and cfg.head.num_classes else num_classes
     shape = tuple(input_shape)
     if cfg.python:

@@ -1,17 +1,19 @@
 """Where a recipe's model (or student, peer, teacher) comes from."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from distillprune.core.config import StrictModel, registered
-from distillprune.models.registry import MODELS
+from distillprune.models.registry import MODEL_SOURCES, MODELS
 
 if TYPE_CHECKING:
     ModelName = str
+    SourceName = str
 else:
     ModelName = registered(MODELS)
+    SourceName = registered(MODEL_SOURCES)
 
 
 class HeadConfig(StrictModel):
@@ -31,9 +33,21 @@ class ModelConfig(StrictModel):
     weights: str | None = Field(None, description="a state_dict to load: .pt/.pth (torch.load weights_only) or "
                                                   ".safetensors")
     head: HeadConfig | None = Field(None, description="replace the classifier (pretrained weights, new classes)")
+    source: SourceName = Field("zoo", description="zoo (model.name, or python: your class) | hf (a local Hugging "
+                                                  "Face folder at path)")
+    path: str | None = Field(None, description="hf: the model folder (config, weights, tokenizer), or "
+                                               "package:NAME/sub for a folder inside an installed package")
+    task: Literal["sequence-classification", "embedding"] | None = Field(
+        None, description="hf: sequence-classification (logits) or embedding (mean pooling + L2 norm)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
+        if self.source == "zoo" and (self.path is not None or self.task is not None):
+            raise ValueError("path and task are options of source: hf")
+        if self.source != "zoo" and not self.path and not self.checkpoint:
+            raise ValueError(f"source: {self.source} needs path (a local model folder)")
+        if self.source != "zoo" and (self.python is not None or self.weights is not None or self.head is not None):
+            raise ValueError(f"python, weights and head are options of source: zoo, not {self.source}")
         if self.checkpoint is not None:
             extra = [k for k in ("python", "weights", "head") if getattr(self, k) is not None]
             if extra:  # (a name next to a checkpoint is only a label: the checkpoint knows its architecture)

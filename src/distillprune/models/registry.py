@@ -11,6 +11,9 @@ from distillprune.core.registry import Registry
 
 Builder = Callable[..., nn.Module]
 MODELS: Registry[Builder] = Registry("model")
+#: where a recipe's model comes from (``model.source``): name -> ``fn(cfg: ModelConfig, num_classes, input_shape)
+#: -> (model, ArchSpec)``; "zoo" builds ``model.name`` from MODELS, "hf" loads a Hugging Face folder
+MODEL_SOURCES: Registry[Callable[..., Any]] = Registry("model source")
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
     for i, st in enumerate(recipe.stages):
         current = getattr(st, "student", None) or current
         if st.type == "prune" and getattr(st, "target", None) is None:
-            model = None if current.checkpoint else _cpu_model(current, data)
+            model = None if current.checkpoint or current.source != "zoo" else _cpu_model(current, data)
             if model is None:
                 return
             depth, width = getattr(st, "depth", None), getattr(st, "width", None)
@@ -194,6 +194,8 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
         return
     if cfg.weights and not Path(cfg.weights).expanduser().is_file():
         raise RecipeError(f"{where}.weights: no file {cfg.weights}")
+    if cfg.source != "zoo":  # a folder the source loads (hf): the run's own probe checks inputs and outputs
+        return
     shape, classes = tuple(data.input_shape), data.num_classes
     try:
         with torch.device("meta"):

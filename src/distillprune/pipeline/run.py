@@ -11,19 +11,22 @@ import copy
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
+from distillprune.core.batch import NamedInputs
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.reporting import Deployed
 from distillprune.data.base import DataBundle
 from distillprune.data.checks import check_bundle
 from distillprune.data.sources import load_data
 from distillprune.errors import DistillpruneError
-from distillprune.export.onnx import onnx_bytes
-from distillprune.measure.latency import torch_latency
+from distillprune.export.onnx import onnx_bytes, run_torch
+from distillprune.measure.latency import seq_length, torch_latency
 from distillprune.measure.metrics import count_macs, count_params, layer_widths
+from distillprune.measure.quality import embedding_quality
 from distillprune.pipeline import rundir
 from distillprune.pipeline.preflight import preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
@@ -71,6 +74,9 @@ def _execute(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, model:
         check_bundle(data, "data")
     preflight(recipe, data, base_model=model is None)
     env = {**environment(), "ort_threads": recipe.measure.threads}
+    if isinstance(data.train.x, NamedInputs):  # text: each batch size is timed at a sequence length
+        m = recipe.measure
+        env["ort_seq_lengths"] = {f"bs{b}": seq_length(m, i) for i, b in enumerate(m.batch_sizes)}
     report = CompressionReport(recipe.name, env)
     state = RunState(recipe, data, nn.Identity(), ArchSpec(None, data.num_classes, list(data.input_shape)),
                      report, run_path, RunLogger(run_path, recipe.runtime.tensorboard), resume)
@@ -147,8 +153,11 @@ def _write_html(report: CompressionReport, run_path: Path, console: Console) -> 
 def _measure(state: RunState, result: StageResult) -> None:
     """Accuracy, params, MACs, ONNX size and latency (back to back with the dense model) of the current model."""
     model = state.model.eval()
+    embedder = getattr(model, "output_kind", "logits") == "embedding"
     acc = evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime) \
-        if state.data.test.y is not None else None
+        if state.data.test.y is not None and not embedder else None
+    if embedder:  # the quality of an embedder is its agreement with the teacher's embeddings
+        result.metrics = embedding_metrics(state, run_torch(model, state.data.inputs("test")))
     cpu, shape = model.cpu(), tuple(state.data.input_shape)
     blob = onnx_bytes(cpu, shape)
     result.accuracy = None if acc is None else round(acc, 2)
@@ -181,3 +190,12 @@ def _stand_for(result: StageResult, dep: Deployed) -> None:
         result.timing = "the deployed file, paired with the dense model" if dep.speedups else None
     if dep.accuracy is not None:
         result.accuracy = round(dep.accuracy, 2)
+    if dep.metrics is not None:
+        result.float_model["metrics"] = dict(result.metrics)
+        result.metrics = dep.metrics
+
+
+def embedding_metrics(state: RunState, outputs: np.ndarray) -> dict[str, float]:
+    """Cosine and top-10 retrieval overlap of an embedder's test outputs against the teacher's."""
+    teacher = run_torch(state.ensure_teacher(), state.data.inputs("test"))
+    return embedding_quality(outputs, teacher)

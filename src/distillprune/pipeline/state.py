@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from distillprune.core.batch import NamedInputs, call
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.io import write_json
 from distillprune.data.base import DataBundle
@@ -167,13 +168,16 @@ def restore(state: RunState) -> int:
 
 def probe_shapes(model: nn.Module, data: DataBundle, name: str) -> None:
     """Fail early, in one line, when the data's inputs or classes do not fit the model."""
-    x = data.train.x[:2].float()
+    x = data.train.x[:2]
+    x = x.cpu() if isinstance(x, NamedInputs) else x.float()
     try:
         with torch.no_grad():
-            out = copy.deepcopy(model).cpu().eval()(x)
+            out = call(copy.deepcopy(model).cpu().eval(), x)
     except RuntimeError as e:
         raise DataError(f"data inputs of shape {tuple(data.input_shape)} do not fit model '{name}': "
                         f"{str(e).splitlines()[0]}") from None
+    if getattr(model, "output_kind", "logits") == "embedding":  # an embedder's width is not a class count
+        return
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise DataError(f"model '{name}' outputs {tuple(out.shape[1:])} per sample but the data has "
                         f"{data.num_classes} classes")

@@ -1,20 +1,37 @@
 """``distillprune.prune_``: prune a model in place, optionally while distilling (the recipe's prune stage)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
+from distillprune.core.batch import has_named_inputs
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.config import validate
 from distillprune.data.base import DataBundle
+from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.config import PruneConfig
 from distillprune.prune.session import PruneReport, PruneSession, Trainer
 from distillprune.train import distributed as ddp
 from distillprune.train.config import RuntimeConfig
 from distillprune.train.trainer import FitSettings, fit, resolve_device
+
+#: config type -> verb, for families that prune their own structures (``transformers`` registers
+#: ``TransformerPruneConfig``); ``prune_`` hands such a config (or a dict of its keys) to that verb
+PRUNERS: dict[type[BaseModel], Callable[..., Any]] = {}
+
+
+def _family(cfg: PruneConfig | BaseModel | dict[str, Any]) -> Callable[..., Any] | None:
+    for cls, verb in PRUNERS.items():
+        if isinstance(cfg, cls):
+            return verb
+        if isinstance(cfg, dict) and set(cfg) - set(PruneConfig.model_fields) and set(cfg) <= set(cls.model_fields):
+            return verb
+    return None
 
 
 def prune_(model: nn.Module, cfg: PruneConfig | dict[str, Any], example_inputs: torch.Tensor | None = None,
@@ -32,7 +49,12 @@ def prune_(model: nn.Module, cfg: PruneConfig | dict[str, Any], example_inputs: 
     ``spec`` (if given) receives the replayable history, so ``save_checkpoint`` can rebuild the model.
     ``seed`` seeds the calibration batches, ``train_seed`` (default ``seed``) the training between steps.
     """
+    verb = _family(cfg)
+    if verb is not None:  # e.g. heads / ffn / layers of a transformer
+        return verb(model, cfg, example_inputs, num_classes, teacher=teacher, data=data, spec=spec, runtime=runtime,
+                    latency=latency, batch_size=batch_size, seed=seed, train_seed=train_seed)
     cfg = cfg if isinstance(cfg, PruneConfig) else validate(PruneConfig, cfg, where="prune config")
+    refuse_named_width(model, cfg)
     runtime = runtime or RuntimeConfig(progress=False, tensorboard=False)
     ddp.setup(resolve_device(runtime))  # under torchrun: decisions on rank 0, training on every rank
     trainer = None
@@ -55,3 +77,12 @@ def fit_trainer(cfg: PruneConfig, data: DataBundle, runtime: RuntimeConfig, seed
                    crop_padding=crop_padding, hflip=hflip, on_step=on_step, desc=f"prune/{tag}")
 
     return train
+
+
+def refuse_named_width(model: nn.Module, cfg: PruneConfig) -> None:
+    """Channel (width) and residual-block (depth) pruning do not fit encoders with named inputs: their Q/K/V
+    would lose columns while the head count stays, and their layers are no residual blocks."""
+    if has_named_inputs(model) and (cfg.width is not None or cfg.depth is not None):
+        raise DistillpruneError("width/depth pruning does not fit a transformer with named inputs: prune its "
+                                "heads / ffn / layers instead (a prune_transformer stage, or prune_(model, "
+                                "{'heads': {'ratio': ...}, 'ffn': {'ratio': ...}, 'layers': {'drop': ...}}, data=...))")

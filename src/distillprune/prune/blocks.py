@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from distillprune.core.batch import call
 from distillprune.core.modules import set_module
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.prune.depth import _affected, remove_block
@@ -126,7 +127,7 @@ class BlockScorer:
                 kept.update(_affected(self.model, p))
                 remove_block(self.model, p)
             try:
-                outs = [self.model(x) for x in self.batches]
+                outs = [call(self.model, x) for x in self.batches]
             finally:
                 for p, m in kept.items():
                     set_module(self.model, p, m)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from distillprune.core.batch import Batch, call
 from distillprune.core.modules import set_module
 from distillprune.errors import DistillpruneError
 from distillprune.prune.residual import ZeroBranch, find_residuals, residual_at
@@ -58,7 +59,7 @@ def _affected(model: nn.Module, path: str) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor], count: int) -> list[str]:
+def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[Batch], count: int) -> list[str]:
     """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``.
 
     Scored by ``prune.blocks.BlockScorer`` (torch.fx with cached activations, lazy-greedy)."""
@@ -70,7 +71,7 @@ def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.
                                 f"residual blocks ({', '.join(candidates) or why_none(model)})")
     was = model.training
     model.eval()
-    scorer = BlockScorer(model, candidates, batches, [teacher(x) for x in batches])
+    scorer = BlockScorer(model, candidates, batches, [call(teacher, x) for x in batches])
     chosen = scorer.greedy(count)
     for p in chosen:
         remove_block(model, p)

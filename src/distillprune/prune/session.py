@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from distillprune.core.batch import call
 from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, details_type, from_jsonable, to_jsonable
 from distillprune.data.base import DataBundle, TensorLoader, normalize, standard_layout
@@ -293,8 +294,8 @@ def taylor_loss(teacher: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.
     """The loss whose gradients score channels for Taylor importance: KL to the teacher (+ CE with labels)."""
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
-            t = teacher(x)
-        s = model(x)
+            t = call(teacher, x)
+        s = call(model, x)
         kd = soft_kl(s, t, 1.0)
         return kd if y is None else kd + torch.nn.functional.cross_entropy(s, y)
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distillprune.core.batch import NamedInputs
 from distillprune.core.config import validate
 from distillprune.data.base import DataBundle
 from distillprune.errors import QuantizationError
@@ -48,6 +49,9 @@ def make_job(
         batches = bundle_batches(data, cfg.calibration)
     else:
         raise QuantizationError("quantize needs data (a DataBundle) or calibration batches")
+    if cfg.parity == "auto":  # embedders are judged by cosine: the argmax of an embedding means nothing
+        embedder = getattr(model, "output_kind", "logits") == "embedding"
+        cfg = cfg.model_copy(update={"parity": "cosine" if embedder else "top1"})
     if data is not None:
         n = min(cfg.parity_samples, len(data.test))
         test_x, test_y = data.inputs("test", n), data.labels("test", n)
@@ -58,7 +62,10 @@ def make_job(
             raise QuantizationError(
                 "calibration set is empty: static quantization needs at least one batch of inputs"
             )
-        test_x, test_y = np.concatenate(xs)[: cfg.parity_samples], None
+        if isinstance(xs[0], NamedInputs):
+            test_x, test_y = NamedInputs.cat(xs)[: cfg.parity_samples], None
+        else:
+            test_x, test_y = np.concatenate(xs)[: cfg.parity_samples], None
         shape = tuple(test_x.shape[1:])
     if input_shape is not None and tuple(input_shape) != shape:
         raise QuantizationError(f"input_shape {tuple(input_shape)} differs from the data's {shape}")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from onnxruntime.quantization import CalibrationDataReader
 
+from distillprune.core.batch import NamedInputs
 from distillprune.data.base import DataBundle, normalize
 from distillprune.errors import QuantizationError
 from distillprune.quant.base import Batches
@@ -18,6 +19,14 @@ def bundle_batches(data: DataBundle, cfg: CalibrationConfig) -> Batches:
     """``cfg.samples`` training inputs (a seeded random subset), normalised, in ``cfg.batch_size`` batches."""
     n = min(cfg.samples, len(data.train))
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    if isinstance(data.train.x, NamedInputs):  # token ids: batches of named inputs, padded per batch
+        named = data.train.x.cpu()
+
+        def named_batches() -> Iterator[NamedInputs]:
+            for i in range(0, n, cfg.batch_size):
+                yield named[order[i : i + cfg.batch_size]]
+
+        return named_batches  # type: ignore[return-value]
     x = normalize(data.train.x[order].cpu(), data.mean.cpu(), data.std.cpu()).numpy().astype(np.float32)
 
     def batches() -> Iterator[np.ndarray]:
@@ -29,7 +38,8 @@ def bundle_batches(data: DataBundle, cfg: CalibrationConfig) -> Batches:
 
 def tensor_batches(items: Iterable[torch.Tensor | np.ndarray]) -> Batches:
     """User-given calibration batches (already normalised model inputs)."""
-    xs = [np.asarray(t.detach().cpu().float() if torch.is_tensor(t) else t, dtype=np.float32) for t in items]
+    xs = [t.cpu() if isinstance(t, NamedInputs) else
+          np.asarray(t.detach().cpu().float() if torch.is_tensor(t) else t, dtype=np.float32) for t in items]
 
     def batches() -> Iterator[np.ndarray]:
         return iter(xs)
@@ -40,8 +50,8 @@ def tensor_batches(items: Iterable[torch.Tensor | np.ndarray]) -> Batches:
 class BatchReader(CalibrationDataReader):
     """ONNX Runtime's calibration interface over our batches; refuses an empty calibration set."""
 
-    def __init__(self, batches: Batches, input_name: str = "input"):
-        self.batches, self.input_name = batches, input_name
+    def __init__(self, batches: Batches, input_name: str = "input", names: list[str] | None = None):
+        self.batches, self.input_name, self.names = batches, input_name, names
         self.count = 0
         self._it: Iterator[np.ndarray] | None = None
 
@@ -59,6 +69,9 @@ class BatchReader(CalibrationDataReader):
         if len(x) == 0:
             return self.get_next()
         self.count += len(x)
+        if isinstance(x, NamedInputs):  # the inputs the graph takes, by name
+            feeds = x.numpy()
+            return {k: v for k, v in feeds.items() if self.names is None or k in self.names}
         return {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
 
     def rewind(self) -> None:

@@ -58,6 +58,11 @@ class QuantConfig(StrictModel):
         description="layers to quantize, by torch module name or ONNX node name patterns; the rest stay float",
     )
     min_agreement: float = Field(0.9, ge=0, le=1, description="required top-1 agreement with the float model")
+    parity: Literal["auto", "top1", "cosine"] = Field(
+        "auto", description="how the file is judged against the float model: top-1 agreement, or mean cosine of "
+                            "the outputs (auto: cosine for embedders, where top-1 means nothing)")
+    min_cosine: float = Field(0.99, ge=-1, le=1, description="parity cosine: required mean cosine to the float "
+                                                             "model's outputs")
     parity_samples: int = Field(512, gt=0, description="test samples for the parity check")
 
     @field_validator("op_types")

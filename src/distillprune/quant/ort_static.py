@@ -68,6 +68,14 @@ def require_weighted_ops(path: Path, op_types: list[str] | None) -> None:
         )
 
 
+def _input_names(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    import onnx
+
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+
+
 class StaticInt8:
     """``prepare(model) -> calibrate(batches) -> convert(out)``; each phase leaves its file in ``workdir``."""
 
@@ -90,7 +98,7 @@ class StaticInt8:
             raise QuantizationError("calibrate() before prepare()")
         c = self.cfg.calibration
         extra = {"percentile": c.percentile} if c.method == "percentile" else {}
-        reader = BatchReader(batches)
+        reader = BatchReader(batches, names=_input_names(self.prepared))
         with tempfile.TemporaryDirectory(prefix="dp-calib-") as tmp:
             calibrator = create_calibrator(
                 self.prepared,

@@ -57,6 +57,13 @@ class Recipe(StrictModel):
                                  f"expected one of: {', '.join(names)}")
         return data
 
+    @model_validator(mode="after")
+    def _tokenizer(self) -> Recipe:
+        # text data is tokenised with the model folder's tokenizer unless the recipe names another
+        if self.model.source == "hf" and self.model.path and self.data.text.tokenizer is None:
+            self.data.text.tokenizer = self.model.path
+        return self
+
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Recipe:  # type: ignore[override]
         _sync_stage_union()

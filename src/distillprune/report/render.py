@@ -30,6 +30,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+METRICS = {"cosine": "cosine to teacher", "top10_overlap": "top-10 overlap %"}
+
+
+def metric_keys(report: CompressionReport) -> list[str]:
+    """Quality metrics some stage reports (embedders: cosine to the teacher, top-10 retrieval overlap)."""
+    return list(dict.fromkeys(k for s in report.stages for k in s.metrics))
+
+
+def columns(report: CompressionReport) -> list[str]:
+    return COLUMNS + [METRICS.get(k, k) for k in metric_keys(report)]
+
+
 def rows(report: CompressionReport) -> list[list[str]]:
     """One row per measured stage; Δ top-1, size gain and stage speedup are relative to the previous row."""
     out = []
@@ -52,9 +64,14 @@ def rows(report: CompressionReport) -> list[list[str]]:
             _fmt_bytes(s.onnx_bytes), "-" if prev is None else _x(_ratio(prev.onnx_bytes, s.onnx_bytes)),
             _ms(s, "ort_bs1"), _ms(s, "ort_bs32"), _x(sp1), _x(sp32), _x(stage_sp), _x(mr),
             "-" if best is None or not mr else f"{best / mr:.2f}",
-        ])
+        ] + [_metric(s, k) for k in metric_keys(report)])
         prev = s
     return out
+
+
+def _metric(s: StageResult, key: str) -> str:
+    v = s.metrics.get(key)
+    return "-" if v is None else (f"{100 * v:.1f}" if key == "top10_overlap" else f"{v:.4f}")
 
 
 def _ms(s: StageResult, key: str) -> str:
@@ -73,7 +90,8 @@ def render_markdown(report: CompressionReport) -> str:
              "previous timing); Δ top-1, size gain and stage speedup are relative to the previous row. A row "
              "marked [file] measures that deployed file (int8 ONNX, packed clustered weights) instead of the "
              "float model's ONNX.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             *_sequence_note(env),
+             "| " + " | ".join(columns(report)) + " |", "|" + "---|" * len(columns(report))]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     flags = [(s.name, f) for s in report.stages for f in s.flags]
     if flags:
@@ -85,6 +103,14 @@ def render_markdown(report: CompressionReport) -> str:
             shown = {k: v for k, v in d.items() if v not in (None, [], {})}
             lines.append(f"- **{n}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in shown.items()))
     return "\n".join(lines) + "\n"
+
+
+def _sequence_note(env: dict) -> list[str]:
+    seq = env.get("ort_seq_lengths")
+    if not seq:
+        return []
+    pairs = ", ".join(f"{k} at sequence length {v}" for k, v in seq.items())
+    return [f"Text model: ORT latency {pairs} (every token real).", ""]
 
 
 def _short(v: object) -> str:
@@ -105,8 +131,10 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
     from rich.markup import escape
     from rich.table import Table
 
-    cols = [(c, c) for c in COLUMNS] if wide else COMPACT
-    pick = [COLUMNS.index(c) for c, _ in cols]
+    names = columns(report)
+    extra = [(c, c) for c in names[len(COLUMNS):]]  # quality metrics (embedders) in both views
+    cols = [(c, c) for c in names] if wide else [*COMPACT, *extra]
+    pick = [names.index(c) for c, _ in cols]
     data = [[r[i] for i in pick] for r in rows(report)]
     table = Table(title=f"distillprune: {report.recipe}", caption=None if wide else
                   "speedup: bs1 vs dense; real/MAC: best speedup / MAC ratio; --wide: all columns")

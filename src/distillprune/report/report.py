@@ -33,6 +33,7 @@ class StageResult:
     latency_spread: dict[str, list[float]] = field(default_factory=dict)  # min, max of the pairs' speedups
     timing: str | None = None  # how the latency was obtained ("paired with 0:input", "reused from 2:prune" ...)
     widths: dict[str, int] = field(default_factory=dict)  # out-channels/-features of each Conv/Linear, by name
+    metrics: dict[str, float] = field(default_factory=dict)  # task quality besides top-1 (embedders: cosine...)
 
     def details_dict(self) -> dict[str, Any]:
         """The details as a plain mapping (for rendering), whatever their type."""

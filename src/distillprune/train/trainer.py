@@ -25,9 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distillprune.core.batch import call
 from distillprune.core.io import atomic_write, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
-from distillprune.errors import CheckpointError, TrainingDiverged
+from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
 from distillprune.train import distributed as ddp
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
 from distillprune.train.logging import RunLogger
@@ -85,7 +86,7 @@ def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, bat
     correct = 0
     for x, y in loader:
         with autocast(runtime, device):
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((call(model, x).argmax(1) == y).sum())
     model.train(was_training)
     if len(split) != total:
         correct = int(ddp.all_reduce_sum([correct])[0])
@@ -178,6 +179,9 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
                           rank=par.rank, world_size=par.world)
     objective.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise DistillpruneError(f"{type(model).__name__} has no trainable parameters (requires_grad is off "
+                                "everywhere: a frozen teacher or a copy of one?)")
     extra = list(objective.trainable()) if hasattr(objective, "trainable") else []
     opt = make_optimizer(params + extra, settings.optimizer)
     start, history = 0, []
@@ -198,8 +202,8 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
             rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar,
                          par, extra)
             par.sync_buffers()
-            rec["test_acc"] = evaluate(model, data, runtime=runtime, shard=True) \
-                if data.test.y is not None else float("nan")
+            scored = data.test.y is not None and getattr(model, "output_kind", "logits") != "embedding"
+            rec["test_acc"] = evaluate(model, data, runtime=runtime, shard=True) if scored else float("nan")
             history.append(rec)
             if logger:
                 logger.log(desc, epoch + 1, rec)
@@ -225,7 +229,7 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
         f = lr_factor(settings.schedule, epoch * steps + i, settings.epochs * steps)
         for g in opt.param_groups:
             g["lr"] = peak * f
-        if runtime.channels_last and x.dim() == 4:
+        if runtime.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(runtime, device):
             loss, logits = objective(fwd, x, y)

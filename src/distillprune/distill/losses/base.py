@@ -1,6 +1,8 @@
 """The one signature every distillation loss has.
 
 ``loss(student: Outputs, teacher: Outputs, targets: Tensor | None) -> Tensor`` (a scalar).
+For sequence inputs (text) ``Outputs.mask`` is the (B, L) attention mask (1 for real tokens), so
+token-level losses average over real tokens only.
 ``targets`` is None for label-free distillation. A loss that reads intermediate features
 declares them in ``taps`` as (student_path, teacher_path) pairs; the Distiller installs the
 hooks. Losses with trainable parts (adapters, embedding heads) build them in ``setup`` from probe
@@ -31,9 +33,16 @@ from distillprune.errors import DistillpruneError
 class Outputs:
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # (B, L) attention mask of sequence inputs; None for images
 
     def detach(self) -> Outputs:
-        return Outputs(self.logits.detach(), {k: v.detach() for k, v in self.features.items()})
+        return Outputs(self.logits.detach(), {k: v.detach() for k, v in self.features.items()}, self.mask)
+
+
+def sequence_mask(x: Any) -> torch.Tensor | None:
+    """The attention mask of a batch of named (text) inputs, else None."""
+    tensors = getattr(x, "tensors", None)
+    return tensors.get("attention_mask") if isinstance(tensors, dict) else None
 
 
 class DistillLoss(nn.Module):

@@ -4,6 +4,7 @@ imported here. The import order is the order of ``distillprune list stages`` and
 from distillprune.pipeline.stages import train
 from distillprune.pipeline.stages import distill
 from distillprune.pipeline.stages import prune
+from distillprune.pipeline.stages import prune_transformer
 from distillprune.pipeline.stages import finetune
 from distillprune.pipeline.stages import lowrank
 from distillprune.pipeline.stages import cluster

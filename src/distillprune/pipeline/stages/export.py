@@ -15,7 +15,9 @@ from distillprune.recipes.schema import StageConfig
 
 
 class ExportStage(StageConfig):
-    """ONNX (dynamic batch) with a parity check against torch (max abs diff in the report)."""
+    """ONNX (dynamic batch; text models: named int64 inputs, dynamic batch and sequence) with a parity check
+    against torch (max abs diff in the report); a Hugging Face encoder is also saved with `save_pretrained`
+    (`hf/`, with the tokenizer)."""
 
     type: Literal["export"]
     filename: str = Field("model.onnx", description="file name inside the run folder")
@@ -33,6 +35,8 @@ class ExportReport(Details):
     onnx: str
     max_abs_diff: float
     top1_agreement: float
+    cosine: float | None = None
+    hf_folder: str | None = None  # Hugging Face encoders: the save_pretrained folder (reloads with from_pretrained)
 
 
 @register_stage(ExportStage, measured=False)
@@ -44,5 +48,9 @@ def run_export(st: ExportStage, state: RunState, index: int) -> StageOutcome:
     par = parity(state.model, path, state.data.inputs("test", st.parity_samples))
     if par["max_abs_diff"] > st.max_abs_diff:
         raise ExportError(f"ONNX parity failed: max abs diff {par['max_abs_diff']:.2e} > {st.max_abs_diff}")
+    hf_folder = None
+    if callable(getattr(state.model, "save_pretrained", None)):  # an HF encoder ships its folder too
+        hf_folder = "hf"
+        state.model.save_pretrained(path.parent / hf_folder, tokenizer=state.recipe.data.text.tokenizer)
     return StageOutcome(ExportReport(path.name, float(f"{par['max_abs_diff']:.3g}"),
-                                     float(f"{par['top1_agreement']:.3g}")))
+                                     float(f"{par['top1_agreement']:.3g}"), round(par["cosine"], 6), hf_folder))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from distillprune.pipeline.state import RunState
+from distillprune.prune.api import refuse_named_width
 from distillprune.prune.config import PruneConfig
 from distillprune.prune.session import PruneSession
 from distillprune.recipes.registry import StageOutcome, register_stage
@@ -24,6 +25,7 @@ class PruneStage(StageConfig, PruneConfig):
 
 @register_stage(PruneStage)
 def run_prune(st: PruneStage, state: RunState, index: int) -> StageOutcome:
+    refuse_named_width(state.model, st)
     teacher = state.resolve_teacher(st.distill) if st.distill else None  # None: the unpruned self
 
     def trainer(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]

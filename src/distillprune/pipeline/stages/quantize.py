@@ -11,7 +11,8 @@ from torch import nn
 
 from distillprune.core.io import atomic_write
 from distillprune.core.reporting import Deployed
-from distillprune.export.onnx import onnx_accuracy
+from distillprune.export.onnx import onnx_accuracy, run_onnx
+from distillprune.pipeline.run import embedding_metrics
 from distillprune.pipeline.state import RunState
 from distillprune.quant import QUANTIZERS, QATOptions, QuantConfig, default_filename, make_job
 from distillprune.recipes.registry import StageOutcome, register_stage
@@ -72,12 +73,15 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
         measure_cpu = state.recipe.measure.enabled and cfg.method not in HALF and ddp.is_rank0()
         timing = state.timer.time(out.read_bytes(), f"{index}:quantize") if measure_cpu and state.timer else None
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
-        acc = onnx_accuracy(out, state.data.inputs("test"), state.data.labels("test")) if on_ort else res.accuracy
+        embedder = getattr(state.model, "output_kind", "logits") == "embedding"
+        labels = None if embedder else state.data.labels("test")
+        acc = onnx_accuracy(out, state.data.inputs("test"), labels) if on_ort else res.accuracy
+        metrics = embedding_metrics(state, run_onnx(out, state.data.inputs("test"))) if embedder and on_ort else None
         if final is not None:
             atomic_write(final, lambda t: shutil.copyfile(out, t))
     if cfg.method in HALF:
         res.details["latency"] = "not measured on CPU (half precision targets GPUs)"
     res.path = name
     deployed = Deployed(name, res.bytes, timing.latency_ms if timing else {}, acc,
-                        timing.speedups if timing else {}, timing.spread if timing else {})
+                        timing.speedups if timing else {}, timing.spread if timing else {}, metrics)
     return StageOutcome(res, deployed)

