@@ -17,7 +17,7 @@ from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import removable_blocks
 from distillprune.prune.groups import apply_widths, channel_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
-from distillprune.prune.planner import _Predictor, greedy_widths, recalibrate_bn
+from distillprune.prune.planner import _Predictor, greedy_widths, next_goal, recalibrate_bn
 
 SHAPE = (3, 8, 8)
 WIDTH = WidthConfig(ratio=None, round_to=8)
@@ -91,6 +91,12 @@ def test_greedy_widths_meets_the_goal_and_spends_cheap_channels_first():
     pruned = copy.deepcopy(m)
     apply_widths(pruned, torch.zeros(1, *SHAPE), WIDTH, 10, keep)
     assert count_macs(pruned, SHAPE) == pytest.approx(predicted, rel=0.02)  # the MAC predictor is exact for convs
+
+
+def test_refit_goal_gives_back_cost_when_too_fast_and_cuts_more_when_too_slow():
+    assert next_goal(100.0, achieved=3.0, aim=2.0) == pytest.approx(150.0)  # overshoot: keep more channels
+    assert next_goal(100.0, achieved=1.5, aim=2.0) == pytest.approx(75.0)  # short: cut more
+    assert next_goal(100.0, achieved=2.0, aim=2.0) == pytest.approx(100.0)
 
 
 def test_latency_table_fits_measurements():

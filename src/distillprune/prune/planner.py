@@ -251,8 +251,8 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
         taylor_costs(dg, groups)
         shapes = layer_shapes(base, input_shape)
         tried: list[tuple[Candidate, dict[str, list[int]]]] = []
+        goal = (dense_ms / aim - table.c0) / table.k if table is not None else dense_ms / aim
         for attempt in range(target.refits + 1):
-            goal = (dense_ms / aim - table.c0) / table.k if table is not None else dense_ms / aim
             keep, predicted = greedy_widths(groups, shapes, predictor, goal)
             cand, achieved = _build(base, keep, d, attempt, inputs, width, num_classes, t_val, dense_macs,
                                     input_shape, target, timer, table, dense_onnx, dense_ms)
@@ -265,9 +265,20 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
                 break
             if achieved < band[0] and all(keep[g.root] <= g.min_keep for g in groups):
                 break  # nothing left to cut at this depth
+            if achieved > band[1] and all(keep[g.root] >= g.size for g in groups):
+                break  # the blocks alone overshoot: no width left to give back at this depth
+            goal = next_goal(predicted, achieved, aim)
         in_band = [t for t in tried if t[0].in_band]
         finals.append(in_band[0] if in_band else min(tried, key=lambda t: abs(_achieved(t[0], timed) - aim)))
     return _choose(plan, finals, order, band[0], timed, t0, table)
+
+
+def next_goal(predicted: float, achieved: float, aim: float) -> float:
+    """The predicted cost to aim at next for one depth option, corrected by its own measurement: latency taken
+    proportional to the predicted cost near the candidate, a candidate that measured ``achieved`` at predicted
+    cost ``predicted`` reaches ``aim`` at ``predicted * achieved / aim`` (more cost kept when it was too fast,
+    less when too slow). Local, so a global latency fit that is off for this depth does not stall the refits."""
+    return predicted * achieved / aim
 
 
 def _copy_grads(src: nn.Module, dst: nn.Module) -> None:
