@@ -99,6 +99,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mac-target", type=float, default=2.0, help="Torch-Pruning rows: dense / pruned MACs")
     ap.add_argument("--depth-fractions", type=float, nargs="+", default=None,
                     help="distillprune rows: target.depth_fractions (default: the library's)")
+    ap.add_argument("--refits", type=int, default=None,
+                    help="distillprune rows: target.refits (default: the library's; --quick: 4, as a tiny net's "
+                         "timings are mostly per-call overhead and noise)")
     ap.add_argument("--trainer-steps", type=int, default=20)
     ap.add_argument("--trainer-rounds", type=int, default=3)
     ap.add_argument("--trainer-compile", action="store_true", help="trainer line: also a torch.compile'd teacher")
@@ -120,6 +123,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if a.quick:
         a.limit_train, a.limit_test = a.limit_train or 192, a.limit_test or 64
         a.pairs, a.trainer_steps, a.trainer_rounds = min(a.pairs, 2), min(a.trainer_steps, 2), 1
+        a.refits = 4 if a.refits is None else a.refits
         a.epochs = 1
     return a
 
@@ -239,6 +243,8 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
     tgt: dict = {"latency_speedup": target}
     if a.depth_fractions is not None:
         tgt["depth_fractions"] = a.depth_fractions
+    if a.refits is not None:
+        tgt["refits"] = a.refits
     lat = latency_cfg(a).model_dump()
     distill = {"losses": [HINTON_KD], "compile_teacher": a.gpu}
     raw = {

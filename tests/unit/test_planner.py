@@ -94,9 +94,10 @@ def test_greedy_widths_meets_the_goal_and_spends_cheap_channels_first():
 
 
 def test_refit_goal_gives_back_cost_when_too_fast_and_cuts_more_when_too_slow():
-    assert next_goal(100.0, achieved=3.0, aim=2.0) == pytest.approx(150.0)  # overshoot: keep more channels
-    assert next_goal(100.0, achieved=1.5, aim=2.0) == pytest.approx(75.0)  # short: cut more
-    assert next_goal(100.0, achieved=2.0, aim=2.0) == pytest.approx(100.0)
+    # dense 12 ms, 1 ms per unit of cost; aim 2x = 6 ms
+    assert next_goal(100.0, achieved=3.0, aim=2.0, dense_ms=12.0, slope=1.0) == pytest.approx(102.0)  # 4 ms: keep more
+    assert next_goal(100.0, achieved=1.5, aim=2.0, dense_ms=12.0, slope=1.0) == pytest.approx(98.0)  # 8 ms: cut more
+    assert next_goal(100.0, achieved=2.0, aim=2.0, dense_ms=12.0, slope=0.5) == pytest.approx(100.0)
 
 
 def test_latency_table_fits_measurements():

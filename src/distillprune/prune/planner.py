@@ -115,7 +115,10 @@ def greedy_widths(groups: Sequence[Group], shapes: dict[str, LayerShape], predic
             before = shapes[name].resized(cin[name], cout[name])
             after = before.resized(cin[name] - (k if name in g.inputs else 0),
                                    cout[name] - (k if name in g.outputs else 0))
-            saved += predictor.cost(before) - predictor.cost(after)
+            cb, ca = predictor.cost(before), predictor.cost(after)
+            if ca >= cb:  # a small layer's table entries are mostly per-call overhead and noise: fewer MACs
+                ca = cb * after.macs() / max(before.macs(), 1)  # still save their share, so the greedy goes on
+            saved += cb - ca
         return saved
 
     while total > goal:
@@ -260,25 +263,26 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
             plan.candidates.append(cand)
             tried.append((cand, {g.root: [keep[g.root], g.size] for g in groups}))
             log(f"candidate {cand.label}: speedup {cand.speedup} macs x{cand.macs_ratio} est top-1 "
-                f"{cand.est_top1} kd {cand.est_kd} (predicted {predicted:.4g})")
+                f"{cand.est_top1} kd {cand.est_kd} (predicted cost {predicted:.4g} for goal {goal:.4g})")
             if cand.in_band or not timed:
                 break
             if achieved < band[0] and all(keep[g.root] <= g.min_keep for g in groups):
                 break  # nothing left to cut at this depth
             if achieved > band[1] and all(keep[g.root] >= g.size for g in groups):
                 break  # the blocks alone overshoot: no width left to give back at this depth
-            goal = next_goal(predicted, achieved, aim)
+            goal = next_goal(predicted, achieved, aim, dense_ms, table.k if table is not None else 1.0)
         in_band = [t for t in tried if t[0].in_band]
         finals.append(in_band[0] if in_band else min(tried, key=lambda t: abs(_achieved(t[0], timed) - aim)))
     return _choose(plan, finals, order, band[0], timed, t0, table)
 
 
-def next_goal(predicted: float, achieved: float, aim: float) -> float:
-    """The predicted cost to aim at next for one depth option, corrected by its own measurement: latency taken
-    proportional to the predicted cost near the candidate, a candidate that measured ``achieved`` at predicted
-    cost ``predicted`` reaches ``aim`` at ``predicted * achieved / aim`` (more cost kept when it was too fast,
-    less when too slow). Local, so a global latency fit that is off for this depth does not stall the refits."""
-    return predicted * achieved / aim
+def next_goal(predicted: float, achieved: float, aim: float, dense_ms: float, slope: float) -> float:
+    """The predicted cost to aim at next for one depth option, corrected by its own measurement (a Newton step):
+    the candidate measured ``dense_ms / achieved`` ms at predicted cost ``predicted``; ``aim`` needs
+    ``dense_ms / aim`` ms, so the goal moves by the difference over the latency table's slope (ms per unit of
+    cost): up (channels given back) when the candidate was too fast, down when too slow. Anchored on this
+    option's own measurement, so an offset of the global fit (per-call overhead) does not stall the refits."""
+    return predicted - (dense_ms / achieved - dense_ms / aim) / max(slope, 1e-12)
 
 
 def _copy_grads(src: nn.Module, dst: nn.Module) -> None:
