@@ -12,7 +12,6 @@ from distillprune.prune.config import TargetConfig as _CNNTarget
 from distillprune.train.config import OptimizerConfig, TrainingOptions
 
 
-
 class TransformerTargetConfig(_CNNTarget):
     """A transformer's target: the share of layers to drop (``depth_fractions``) and one heads/FFN ratio,
     searched up to ``max_width_ratio``, per option."""
