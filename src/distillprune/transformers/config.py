@@ -56,8 +56,9 @@ class TransformerPruneConfig(TrainingOptions):
     importance: Literal["fisher"] = Field("fisher", description="fisher: squared mask gradients of the output "
                                                                 "likelihood (Kwon et al. 2022)")
     calib_batches: int = Field(8, gt=0, description="batches scoring heads, neurons and layers")
-    target: TransformerTargetConfig | None = Field(None, description="search layers to drop and the heads/FFN ratio that "
-                                                          "reach a measured ORT speedup or a MACs ratio")
+    target: TransformerTargetConfig | None = Field(
+        None, description="search layers to drop and the heads/FFN ratio that reach a measured ORT speedup or a "
+                          "MACs ratio")
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)
     distill: DistillConfig | None = Field(default_factory=DistillConfig,
