@@ -12,7 +12,6 @@ from distillprune.prune.config import TargetConfig as _CNNTarget
 from distillprune.train.config import OptimizerConfig, TrainingOptions
 
 
-
 class TransformerTargetConfig(_CNNTarget):
     """A transformer's target: the share of layers to drop (``depth_fractions``) and one heads/FFN ratio,
     searched up to ``max_width_ratio``, per option."""
@@ -57,8 +56,8 @@ class TransformerPruneConfig(TrainingOptions):
     importance: Literal["fisher"] = Field("fisher", description="fisher: squared mask gradients of the output "
                                                                 "likelihood (Kwon et al. 2022)")
     calib_batches: int = Field(8, gt=0, description="batches scoring heads, neurons and layers")
-    target: TransformerTargetConfig | None = Field(None, description="search layers to drop and the heads/FFN ratio that "
-                                                          "reach a measured ORT speedup or a MACs ratio")
+    target: TransformerTargetConfig | None = Field(None, description="search layers to drop and the heads/FFN "
+                                                   "ratio that reach a measured ORT speedup or a MACs ratio")
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)
     distill: DistillConfig | None = Field(default_factory=DistillConfig,

@@ -87,8 +87,9 @@ def _seq_for(lat: LatencyConfig, batch: int) -> int:
     return lat.seq_lengths[0]
 
 
-def search(model: nn.Module, input_shape: Sequence[int], target: TransformerTargetConfig, latency: LatencyConfig | None = None,
-           round_to: int = 64, iters: int = 6, mixes: Sequence[str] = ("heads+ffn", "ffn")) -> TransformerPlan:
+def search(model: nn.Module, input_shape: Sequence[int], target: TransformerTargetConfig,
+           latency: LatencyConfig | None = None, round_to: int = 64, iters: int = 6,
+           mixes: Sequence[str] = ("heads+ffn", "ffn")) -> TransformerPlan:
     lat = (latency or LatencyConfig()).model_copy(update={"repeats": 3, "min_window_s": 0.03})
     scorer = _Scorer(model, input_shape, target, lat)
     n_layers = len(layers(model))
