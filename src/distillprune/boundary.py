@@ -64,7 +64,7 @@ def one_line(text: str) -> str:
 
 # typer >= 0.20 vendors click (typer._click); older versions use click itself. Find the exception bases
 # through typer's public names, so neither click nor a private module is imported.
-def _base(cls: type, name: str) -> type:
+def _base(cls: type[Exception], name: str) -> type[Any]:  # an Exception class with click's methods
     return next((c for c in cls.__mro__ if c.__name__ == name), cls)
 
 

@@ -54,17 +54,21 @@ def kmeans_1d(
 class SharedWeight(nn.Module):
     """Parametrization ``weight = table[idx]``; learned: the centroids (the table less its fixed 0)."""
 
+    idx: torch.Tensor
+
     def __init__(self, idx: torch.Tensor, centroids: torch.Tensor, zero_slot: bool):
         super().__init__()
         self.register_buffer("idx", idx)
         self.zero_slot = zero_slot
-        self._init = centroids
+        self._init: torch.Tensor | None = centroids  # read once, by register_parametrization
 
     def forward(self, centroids: torch.Tensor) -> torch.Tensor:
         table = torch.cat([centroids.new_zeros(1), centroids]) if self.zero_slot else centroids
         return table[self.idx]
 
     def right_inverse(self, _weight: torch.Tensor) -> torch.Tensor:
+        if self._init is None:
+            raise CompressionError("cluster: a clustered weight cannot be assigned (its centroids train instead)")
         return self._init
 
 
@@ -125,6 +129,7 @@ class WeightClustering:
             if isinstance(m, (nn.Conv2d, nn.Linear)) and name not in chosen and bool((m.weight == 0).any()):
                 self._masks[name] = m.weight != 0
         for name, m in chosen.items():
+            assert isinstance(m, (nn.Conv2d, nn.Linear))  # what layers() selects
             if parametrize.is_parametrized(m, "weight"):
                 raise CompressionError(f"cluster: layer '{name}' is already parametrized")
             k = layer_k(name, self.cfg)
@@ -138,17 +143,18 @@ class WeightClustering:
             else:
                 c, i = kmeans_1d(w, k, self.cfg.init, self.cfg.iterations)
                 idx = i.view(w.shape)
-            parametrize.register_parametrization(
-                m, "weight", SharedWeight(idx, c.to(w.dtype), zeros), unsafe=True
-            )
-            m.parametrizations.weight[0]._init = None
+            shared = SharedWeight(idx, c.to(w.dtype), zeros)
+            parametrize.register_parametrization(m, "weight", shared, unsafe=True)
+            shared._init = None
             self.k[name], self.zero_slot[name] = k, zeros
         return dict(self.k)
 
     @torch.no_grad()
     def keep_zero(self, _model: nn.Module | None = None) -> None:
         for name, mask in self._masks.items():
-            w = get_module(self.model, name).weight
+            m = get_module(self.model, name)
+            assert isinstance(m, (nn.Conv2d, nn.Linear))  # apply() masks only these
+            w = m.weight
             w.mul_(mask.to(w.device, w.dtype))
 
     def finalize(self) -> dict[str, int]:

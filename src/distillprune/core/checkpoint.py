@@ -60,7 +60,7 @@ class ArchSpec:
                 "source": self.source, **({"ref": dict(self.ref)} if self.ref else {})}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+    def from_dict(cls, d: Any) -> ArchSpec:
         if not isinstance(d, dict):
             raise CheckpointError(f"bad architecture spec: expected a mapping, got {type(d).__name__}")
         d = dict(d)

@@ -70,8 +70,8 @@ class Registry(Generic[T]):
         """Names in registration order (the order a family's package imports its methods)."""
         return list(self._items)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

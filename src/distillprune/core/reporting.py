@@ -27,9 +27,10 @@ class Details:
 
 
 DETAILS: Registry[type[Details]] = Registry("report kind")
+D = TypeVar("D", bound=Details)
 
 
-def details_type(cls: type[T]) -> type[T]:
+def details_type(cls: type[D]) -> type[D]:
     """Class decorator: register a Details dataclass under its ``kind`` so reports load back typed."""
     kind = getattr(cls, "kind", "")
     if not kind:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -97,6 +98,10 @@ class DataBundle:
                           self.mean, self.std, self.name)
 
 
+@overload
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor: ...
+@overload
+def normalize(x: NamedInputs, mean: torch.Tensor, std: torch.Tensor) -> NamedInputs: ...
 def normalize(x: Batch, mean: torch.Tensor, std: torch.Tensor) -> Batch:
     """Model inputs as the trainer sees them: uint8 scaled to [0, 1], then standardised per channel (or
     per feature for (N, D) inputs); named inputs (token ids, masks) unchanged. The one owner of input

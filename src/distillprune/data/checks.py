@@ -65,7 +65,7 @@ def check_bundle(bundle: DataBundle, where: str = "data") -> None:
                         f"{tuple(bundle.test.x.shape[1:])} differ in shape")
     for split_name in ("train", "test"):
         split: Split = getattr(bundle, split_name)
-        if not text:
+        if not text and not isinstance(split.x, NamedInputs):
             _check_finite(split.x, f"{where} ({split_name} split)")
         if split.y is not None:
             _check_labels(split.y, bundle.num_classes, f"{where} ({split_name} split)")

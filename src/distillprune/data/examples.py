@@ -68,7 +68,7 @@ def _jpeg(img: np.ndarray) -> bytes:
 
 @example_for("cifar10_jpeg")
 def _cifar10_jpeg(folder: Path) -> dict[str, Any]:
-    out: dict[str, np.ndarray] = {"classes": np.array([f"c{i}" for i in range(CLASSES)])}
+    out: dict[str, Any] = {"classes": np.array([f"c{i}" for i in range(CLASSES)])}  # np.savez's keywords
     for split, n in (("train", 12), ("test", 8)):
         x, y = _images(n, seed=len(split))
         blobs = [_jpeg(img) for img in x]
@@ -135,11 +135,11 @@ WORDS = ("good great fine nice happy bad awful poor sad terrible the a movie fil
 
 def tiny_tokenizer(folder: Path) -> Path:
     """A WordPiece tokenizer over :data:`WORDS` saved to ``folder`` (needs ``transformers``)."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer  # transformers 5: the fast tokenizer (BertTokenizerFast is an alias)
 
     folder.mkdir(parents=True, exist_ok=True)
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True).save_pretrained(str(folder))
+    BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True).save_pretrained(str(folder))
     return folder
 
 

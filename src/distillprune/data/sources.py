@@ -233,7 +233,7 @@ def imagefolder(cfg: DataConfig) -> DataBundle:
                 except (UnidentifiedImageError, OSError):
                     raise DataError(f"not an image: {f}") from None
                 if cfg.image_size:
-                    img = img.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
+                    img = img.resize((cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
                 xs.append(np.asarray(img))
                 ys.append(ci)
         if not xs:
@@ -257,7 +257,8 @@ def torchvision_source(cfg: DataConfig) -> DataBundle:
         ds = cls(str(root), train=train, download=False)
         xs = np.stack([np.asarray(ds[i][0].convert("RGB")) for i in range(len(ds))])
         out += [to_nchw(xs, hwc=True), torch.tensor([int(ds[i][1]) for i in range(len(ds))])]
-    return _bundle(*out, list(getattr(ds, "classes", [])) or [str(i) for i in range(int(out[1].max()) + 1)],
+    xtr, ytr, xte, yte = out
+    return _bundle(xtr, ytr, xte, yte, list(getattr(ds, "classes", [])) or [str(i) for i in range(int(ytr.max()) + 1)],
                    cfg.name or "torchvision")
 
 
@@ -282,4 +283,5 @@ def hf(cfg: DataConfig) -> DataBundle:
         xs = np.stack([np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in ds[col]])
         out += [to_nchw(xs), torch.tensor(ds["label"], dtype=torch.int64)]
     names = dd["train"].features["label"].names if hasattr(dd["train"].features["label"], "names") else None
-    return _bundle(*out, names or [str(i) for i in range(int(out[1].max()) + 1)], cfg.name or "hf")
+    xtr, ytr, xte, yte = out
+    return _bundle(xtr, ytr, xte, yte, names or [str(i) for i in range(int(ytr.max()) + 1)], cfg.name or "hf")

@@ -63,7 +63,7 @@ DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-4}
 def _optimizer(optimizer: str | OptimizerConfig | dict[str, Any], lr: float | None) -> OptimizerConfig:
     if isinstance(optimizer, OptimizerConfig):
         return optimizer if lr is None else optimizer.model_copy(update={"lr": lr})
-    raw = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
+    raw: dict[str, Any] = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
     if lr is not None:
         raw["lr"] = lr
     raw.setdefault("lr", DEFAULT_LR.get(str(raw.get("name", "sgd")), 0.05))

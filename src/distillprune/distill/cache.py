@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from distillprune.core.batch import NamedInputs, call
+from distillprune.core.batch import Batch, NamedInputs, call
 from distillprune.core.taps import FeatureTaps
 from distillprune.distill.losses.base import Outputs
 from distillprune.errors import DistillpruneError
@@ -44,6 +44,7 @@ class TeacherCache:
         if key != self._key:
             self._build(teacher, taps, loader)
             self._key = key
+        assert self.logits is not None  # built now or for an earlier epoch
         self._order = loader.order().to(self.logits.device)
         self._pos, self._verify = 0, True
 
@@ -52,7 +53,8 @@ class TeacherCache:
         t0 = time.perf_counter()
         was = teacher.training
         teacher.eval()
-        logits, feats = [], {}
+        logits: list[torch.Tensor] = []
+        feats: dict[str, list[torch.Tensor]] = {}
         x_all = loader.split.x
         if isinstance(x_all, NamedInputs) and taps.paths:
             raise DistillpruneError("the teacher cache holds logits only for text inputs (feature taps have a "
@@ -67,7 +69,7 @@ class TeacherCache:
         self.features = {k: torch.cat(v) for k, v in feats.items()}
         self.seconds += time.perf_counter() - t0
 
-    def lookup(self, x: torch.Tensor, teacher: nn.Module, taps: FeatureTaps) -> Outputs:
+    def lookup(self, x: Batch, teacher: nn.Module, taps: FeatureTaps) -> Outputs:
         if self._order is None or self.logits is None:
             raise DistillpruneError(
                 "teacher cache used before begin_epoch: the trainer must call "
@@ -84,7 +86,7 @@ class TeacherCache:
         return out
 
     @torch.no_grad()
-    def _check(self, cached: torch.Tensor, x: torch.Tensor, teacher: nn.Module, taps: FeatureTaps) -> None:
+    def _check(self, cached: torch.Tensor, x: Batch, teacher: nn.Module, taps: FeatureTaps) -> None:
         taps.clear()
         live = call(teacher, x).float()
         err = float((cached.float() - live).norm() / live.norm().clamp_min(1e-12))

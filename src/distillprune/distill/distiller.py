@@ -24,7 +24,7 @@ from distillprune.core.taps import FeatureTaps
 from distillprune.distill.cache import TeacherCache
 from distillprune.distill.fast_teacher import TeacherSpeed, fast_teacher
 from distillprune.distill.losses import Outputs
-from distillprune.distill.losses.base import sequence_mask
+from distillprune.distill.losses.base import DistillLoss, sequence_mask
 from distillprune.distill.schedule import Clock, Term, build_term
 from distillprune.errors import DataError, DistillpruneError
 
@@ -89,7 +89,7 @@ class Distiller(nn.Module):
     """Weighted sum of registered distillation losses between a student and a frozen teacher."""
 
     def __init__(
-        self, teacher: nn.Module, losses: list[tuple[float, nn.Module]] | list[Term], *, cache: bool = False,
+        self, teacher: nn.Module, losses: list[tuple[float, DistillLoss]] | list[Term], *, cache: bool = False,
         fold_teacher: bool = True, compile_teacher: bool = False,
     ):
         super().__init__()
@@ -108,7 +108,7 @@ class Distiller(nn.Module):
     def from_specs(cls, teacher: nn.Module, specs: list[dict], *, cache: bool = False, **speed: bool) -> Distiller:
         return cls(teacher, [build_term(s) for s in specs], cache=cache, **speed)
 
-    def _teacher_for(self, t_paths: list[str], probe: torch.Tensor) -> nn.Module:
+    def _teacher_for(self, t_paths: list[str], probe: Batch) -> nn.Module:
         """The module the teacher's taps attach to (built once per tap set and device)."""
         key = (tuple(t_paths), probe.device, self.fold_teacher, self.compile_teacher)
         if not self._fast or self._fast[0][0] != key:
@@ -123,7 +123,7 @@ class Distiller(nn.Module):
         return self._fast[0][1] if self._fast else self.teacher[0]
 
     def _paths(self) -> tuple[list[str], list[str]]:
-        pairs = [p for loss in self.losses for p in loss.taps]
+        pairs = [p for term in self.terms for p in term.loss.taps]  # self.losses holds the same, in order
         return [s for s, _ in pairs], [t for _, t in pairs]
 
     def attach(self, model: nn.Module, probe: Batch) -> None:

@@ -19,12 +19,16 @@ does not reproduce its outputs and tapped features on the probe batch.
 from __future__ import annotations
 
 import copy
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from distillprune.core.batch import Batch, NamedInputs
 from distillprune.core.taps import FeatureTaps
 
 _PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
@@ -40,7 +44,7 @@ class TeacherSpeed:
     note: str = ""  # why the fast path was not (fully) used
 
 
-def conv_bn_pairs(model: nn.Module, keep: set[str] = frozenset()) -> list[tuple[str, str]]:
+def conv_bn_pairs(model: nn.Module, keep: AbstractSet[str] = frozenset()) -> list[tuple[str, str]]:
     """(conv, bn) module paths where the conv's output feeds only that BN; none named in ``keep``.
 
     Found on a ``torch.fx`` trace (raises what tracing raises for untraceable models)."""
@@ -49,7 +53,7 @@ def conv_bn_pairs(model: nn.Module, keep: set[str] = frozenset()) -> list[tuple[
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
+            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
     pairs = []
     for n in gm.graph.nodes:
         if n.op != "call_module" or not n.args or not isinstance(n.args[0], torch.fx.Node):
@@ -60,11 +64,11 @@ def conv_bn_pairs(model: nn.Module, keep: set[str] = frozenset()) -> list[tuple[
         conv = mods[conv_node.target]
         if not any(type(conv) is c and type(bn) is b for c, b in _PAIRS):
             continue
-        if bn.running_mean is None or calls[n.target] > 1 or calls[conv_node.target] > 1:
+        if bn.running_mean is None or calls[str(n.target)] > 1 or calls[str(conv_node.target)] > 1:
             continue  # batch statistics, or a module applied twice: not a fixed affine map of one conv
         if conv_node.target in keep or n.target in keep:
             continue
-        pairs.append((conv_node.target, n.target))
+        pairs.append((str(conv_node.target), str(n.target)))
     return pairs
 
 
@@ -73,12 +77,14 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
-def fold_batchnorm(model: nn.Module, keep: set[str] = frozenset()) -> tuple[nn.Module, list[str]]:
+def fold_batchnorm(model: nn.Module, keep: AbstractSet[str] = frozenset()) -> tuple[nn.Module, list[str]]:
     """An eval-mode deep copy of ``model`` with every foldable Conv->BN pair folded (BN -> Identity)."""
     folded = copy.deepcopy(model).eval()
     pairs = conv_bn_pairs(model, keep)
     for conv, bn in pairs:
-        _set(folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))
+        c, b = folded.get_submodule(conv), folded.get_submodule(bn)
+        assert isinstance(c, _ConvNd) and isinstance(b, _BatchNorm)  # conv_bn_pairs found only such pairs
+        _set(folded, conv, fuse_conv_bn_eval(c, b))
         _set(folded, bn, nn.Identity())
     for p in folded.parameters():
         p.requires_grad_(False)
@@ -127,7 +133,7 @@ def _matches(fast: nn.Module, fast_root: nn.Module, teacher: nn.Module, taps: li
     return True
 
 
-def fast_teacher(teacher: nn.Module, taps: list[str], probe: torch.Tensor, *, fold: bool = True,
+def fast_teacher(teacher: nn.Module, taps: list[str], probe: Batch, *, fold: bool = True,
                  compile: bool = False, tol: float = 1e-3) -> tuple[nn.Module, nn.Module, TeacherSpeed]:
     """(module to call, module the taps attach to, what was done) for a frozen, eval-mode ``teacher``.
 
@@ -142,6 +148,8 @@ def fast_teacher(teacher: nn.Module, taps: list[str], probe: torch.Tensor, *, fo
     except Exception as e:  # noqa: BLE001 - torch.fx cannot trace every model: keep the original
         speed.note = f"not traceable by torch.fx ({type(e).__name__}): used as it is"
         return teacher, teacher, speed
+    if isinstance(probe, NamedInputs):  # FastTeacher calls its copy with one input tensor
+        return teacher, teacher, TeacherSpeed(note="named inputs: used as it is")
     speed.channels_last = not taps and _channels_last_safe(net)
     if not _matches(FastTeacher(net, speed.channels_last, False), net, teacher, taps, probe, tol):
         return teacher, teacher, TeacherSpeed(note="the folded copy did not reproduce the teacher: used as it is")

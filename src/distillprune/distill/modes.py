@@ -70,9 +70,11 @@ def make_objective(
     pipeline's stored teacher is never trained in place)."""
     specs = cfg.loss_specs()
     if cfg.mode == "mutual":
-        if peer is None and teacher is None:
-            raise ValueError("mode: mutual needs a peer network or a teacher to copy")
-        return MutualDistiller.from_specs(peer if peer is not None else copy.deepcopy(teacher), specs)
+        if peer is None:
+            if teacher is None:
+                raise ValueError("mode: mutual needs a peer network or a teacher to copy")
+            peer = copy.deepcopy(teacher)
+        return MutualDistiller.from_specs(peer, specs)
     if teacher is None:
         raise ValueError("offline distillation needs a teacher")
     return Distiller.from_specs(teacher, specs, cache=cfg.cache, fold_teacher=cfg.fold_teacher,
@@ -87,6 +89,7 @@ def reinitialised(model: nn.Module, seed: int, spec: ArchSpec | None = None) -> 
         return spec.build()
     fresh = copy.deepcopy(model)
     for m in fresh.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
     return fresh

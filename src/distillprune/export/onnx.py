@@ -75,8 +75,9 @@ def _torchscript(model: nn.Module, x: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]  # torch's stubs: a path only, but it writes to a file object too
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return buf.getvalue()
 
 
@@ -88,7 +89,7 @@ def _dynamo(model: nn.Module, x: torch.Tensor) -> bytes:
                                  dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     if prog is None:
         raise ExportError("the dynamo exporter returned nothing")
-    prog.save(buf)
+    prog.save(buf)  # type: ignore[arg-type]  # torch's stubs: a path only, but it writes to a file object too
     return buf.getvalue()
 
 
@@ -134,8 +135,8 @@ def _named_onnx_bytes(model: nn.Module, input_shape: Sequence[int]) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, args, buf, dynamo=False, opset_version=OPSET, input_names=names,
-                              output_names=["logits"], dynamic_axes=axes)
+            torch.onnx.export(model, args, buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]  # as above
+                              input_names=names, output_names=["logits"], dynamic_axes=axes)
         except Exception as e:  # noqa: BLE001 - tracing failures of foreign model code
             raise ExportError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0]}") from None
     return buf.getvalue()

@@ -54,8 +54,12 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _matrix(m: nn.Module) -> torch.Tensor:
+def _matrix(m: nn.Linear | nn.Conv2d) -> torch.Tensor:
     return m.weight.detach().float().flatten(1)  # (out, in·k·k)
+
+
+def _pair(v: tuple[int, ...]) -> tuple[int, int]:
+    return v[0], v[1]
 
 
 def _rule(name: str, cfg: LowRankConfig) -> int | float:
@@ -76,7 +80,7 @@ def choose_rank(s: torch.Tensor, rule: int | float, rank_by: str, round_to: int)
     return min(full, max(round_to, math.ceil(r / round_to) * round_to))
 
 
-def factor_macs(m: nn.Module, rank: int, pixels: int) -> tuple[int, int]:
+def factor_macs(m: nn.Linear | nn.Conv2d, rank: int, pixels: int) -> tuple[int, int]:
     """(MACs before, MACs after) for one sample; ``pixels`` = output positions of a conv (1 for Linear)."""
     if isinstance(m, nn.Linear):
         return m.in_features * m.out_features, rank * (m.in_features + m.out_features)
@@ -86,7 +90,8 @@ def factor_macs(m: nn.Module, rank: int, pixels: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def _pixels(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    out, handles = {}, []
+    out: dict[str, int] = {}
+    handles = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             handles.append(
@@ -110,6 +115,7 @@ def plan(model: nn.Module, input_shape: tuple[int, ...], cfg: LowRankConfig) -> 
     pixels = _pixels(model, input_shape)
     plans = []
     for name, m in cfg.layers.select(model, (nn.Linear, nn.Conv2d)).items():
+        assert isinstance(m, (nn.Linear, nn.Conv2d))  # what select was asked for
         kind = "linear" if isinstance(m, nn.Linear) else "conv"
         w = _matrix(m)
         p = LayerPlan(name, kind, min(w.shape))
@@ -140,26 +146,25 @@ def plan(model: nn.Module, input_shape: tuple[int, ...], cfg: LowRankConfig) -> 
 
 def skeleton(m: nn.Module, rank: int) -> nn.Sequential:
     """The two-layer replacement of ``m`` at ``rank`` (weights uninitialised)."""
-    dev, dt = m.weight.device, m.weight.dtype
     if isinstance(m, nn.Linear):
         return nn.Sequential(
             nn.Linear(m.in_features, rank, bias=False),
             nn.Linear(rank, m.out_features, bias=m.bias is not None),
-        ).to(dev, dt)
+        ).to(m.weight.device, m.weight.dtype)
     if isinstance(m, nn.Conv2d) and m.groups == 1:
         return nn.Sequential(
             nn.Conv2d(
                 m.in_channels,
                 rank,
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                m.dilation,
+                _pair(m.kernel_size),
+                _pair(m.stride),
+                m.padding if isinstance(m.padding, str) else _pair(m.padding),
+                _pair(m.dilation),
                 bias=False,
                 padding_mode=m.padding_mode,
             ),
             nn.Conv2d(rank, m.out_channels, 1, bias=m.bias is not None),
-        ).to(dev, dt)
+        ).to(m.weight.device, m.weight.dtype)
     raise CompressionError(
         f"lowrank: cannot factorize a {type(m).__name__}"
         + (f" with groups={m.groups}" if isinstance(m, nn.Conv2d) else "")
@@ -172,15 +177,19 @@ def factorize(m: nn.Module, rank: int) -> nn.Sequential:
     """Truncated SVD of ``m`` at ``rank``: the two layers, initialised so their product is the best
     rank-``rank`` approximation of ``m.weight`` (Eckart-Young)."""
     seq = skeleton(m, rank)
+    assert isinstance(m, (nn.Linear, nn.Conv2d))  # skeleton refuses every other layer
+    first_layer, second_layer = seq[0], seq[1]
+    assert isinstance(first_layer, (nn.Linear, nn.Conv2d)) and isinstance(second_layer, (nn.Linear, nn.Conv2d))
     with _one_thread():
         u, s, vh = torch.linalg.svd(_matrix(m).double().cpu(), full_matrices=False)
     root = s[:rank].sqrt()
     first = (root[:, None] * vh[:rank]).to(m.weight.device, m.weight.dtype)  # (r, in·k·k)
     second = (u[:, :rank] * root[None]).to(m.weight.device, m.weight.dtype)  # (out, r)
-    seq[0].weight.copy_(first.view_as(seq[0].weight))
-    seq[1].weight.copy_(second.view_as(seq[1].weight))
+    first_layer.weight.copy_(first.view_as(first_layer.weight))
+    second_layer.weight.copy_(second.view_as(second_layer.weight))
     if m.bias is not None:
-        seq[1].bias.copy_(m.bias)
+        assert second_layer.bias is not None  # skeleton gives it a bias when m has one
+        second_layer.bias.copy_(m.bias)
     return seq
 
 

@@ -166,7 +166,7 @@ def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
     x = ex if isinstance(ex, NamedInputs) else torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
     # cuDNN's fast half-precision convolutions are NHWC
     if device == "cuda" and isinstance(x, torch.Tensor) and x.dim() == 4:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if mode == "graph":

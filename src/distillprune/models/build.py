@@ -74,6 +74,7 @@ def _new_classifier(model: nn.Module, spec: ArchSpec, n: int, where: str) -> str
     if path is None:
         raise DistillpruneError(f"{where}.head: {type(model).__name__} has no Linear classifier to replace")
     lin = get_module(model, path)
+    assert isinstance(lin, nn.Linear)  # classifier_path names a Linear
     if lin.out_features != n:
         op = ClassifierOp(path, lin.in_features, n)
         set_module(model, path, nn.Linear(lin.in_features, n, bias=lin.bias is not None))

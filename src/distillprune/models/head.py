@@ -19,6 +19,7 @@ from torch import nn
 
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.core.modules import get_module, set_module
+from distillprune.errors import DistillpruneError
 
 
 def classifier_path(model: nn.Module) -> str | None:
@@ -69,6 +70,8 @@ class FoldPoolOp(HistoryOp):
 @torch.no_grad()
 def fold(model: nn.Module, pool_path: str, linear_path: str, hw: Sequence[int]) -> None:
     pool, lin = get_module(model, pool_path), get_module(model, linear_path)
+    if not isinstance(lin, nn.Linear):
+        raise DistillpruneError(f"fold_pool: '{linear_path}' is a {type(lin).__name__}, expected a Linear")
     h, w = hw
     basis = torch.eye(h * w).view(h * w, 1, h, w)
     pooled = pool(basis).flatten(1)  # [h*w, oh*ow]: the pool as a matrix

@@ -60,6 +60,7 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
     """Dry-run the first prune stage (without a target) on the model it will meet, when the stages before it
     leave the layers alone: more blocks than the model can lose, or a width request that removes no
     channel, is an error now, not after the stages before it have trained."""
+    from distillprune.prune.config import PruneConfig
     from distillprune.prune.depth import removable_blocks
     from distillprune.prune.session import nothing_removed
     from distillprune.prune.structured import prune_step, width_pruner
@@ -67,7 +68,7 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
     current = recipe.model
     for i, st in enumerate(recipe.stages):
         current = getattr(st, "student", None) or current
-        if st.type == "prune" and getattr(st, "target", None) is None:
+        if st.type == "prune" and isinstance(st, PruneConfig) and st.target is None:  # PruneStage is one
             model = None if current.checkpoint or current.source != "zoo" else _cpu_model(current, data)
             if model is None:
                 return

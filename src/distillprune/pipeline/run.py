@@ -163,7 +163,9 @@ def _measure(state: RunState, result: StageResult) -> None:
     result.accuracy = None if acc is None else round(acc, 2)
     result.params, result.nonzero_params = count_params(cpu), count_params(cpu, nonzero=True)
     result.macs, result.onnx_bytes = count_macs(cpu, shape), len(blob)
-    timing = state.timer.time(blob, result.name, architecture_key(cpu))
+    timer = state.timer
+    assert timer is not None  # set by the runner before any stage is measured
+    timing = timer.time(blob, result.name, architecture_key(cpu))
     result.latency_ms, result.speedups, result.latency_spread = timing.latency_ms, timing.speedups, timing.spread
     result.timing = timing.how or None
     m = state.recipe.measure
@@ -173,7 +175,7 @@ def _measure(state: RunState, result: StageResult) -> None:
                 torch_latency(copy.deepcopy(cpu), shape, m.gpu_batch_size, cfg=m, mode=mode), 4)
     base = state.report.baseline
     mac_ratio = base.macs / result.macs if base is not None and base.macs and result.macs else None
-    result.flags += state.timer.flags(timing, mac_ratio)
+    result.flags += timer.flags(timing, mac_ratio)
     result.widths = layer_widths(cpu)
 
 

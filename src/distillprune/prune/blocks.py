@@ -90,6 +90,7 @@ class BlockScorer:
             if refresh and n.op == "call_module" and str(n.target) in self.block_at:
                 self.cache[j][str(n.target)] = self._live(i, env)
             if n.op == "placeholder":
+                assert x is not None  # only a run from the start (start == 0, given x) meets the input
                 env[n] = x
                 continue
             if n.op == "output":
@@ -151,7 +152,7 @@ class BlockScorer:
             version = len(self.removed)
             heap = [(self.score(b), b, version) for b in self.blocks if b not in self.removed]
             heapq.heapify(heap)
-            chosen = []
+            chosen: list[str] = []
             while len(chosen) < count and heap:
                 loss, b, v = heapq.heappop(heap)
                 if v == len(self.removed):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distillprune.core.batch import Batch, call
+from distillprune.core.batch import call
 from distillprune.core.modules import set_module
 from distillprune.errors import DistillpruneError
 from distillprune.prune.residual import ZeroBranch, find_residuals, residual_at
@@ -59,7 +59,7 @@ def _affected(model: nn.Module, path: str) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[Batch], count: int) -> list[str]:
+def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor], count: int) -> list[str]:
     """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``.
 
     Scored by ``prune.blocks.BlockScorer`` (torch.fx with cached activations, lazy-greedy)."""

@@ -48,6 +48,22 @@ class LayerShape:
         return self.cout * (self.cin // self.groups) * self.kernel[0] * self.kernel[1] * h * w
 
 
+def _pair(v: tuple[int, ...]) -> tuple[int, int]:
+    return int(v[0]), int(v[1])
+
+
+def conv_padding(m: nn.Conv2d) -> tuple[int, int]:
+    """``m``'s padding per side as numbers: ``padding="valid"`` is 0, ``"same"`` is half the kernel's
+    dilated extent (exact for odd kernels; torch pads an even kernel one more on one side)."""
+    if m.padding == "valid":
+        return 0, 0
+    if m.padding == "same":
+        d, k = _pair(m.dilation), _pair(m.kernel_size)
+        return d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2
+    assert not isinstance(m.padding, str)  # torch accepts only "valid" and "same"
+    return _pair(m.padding)
+
+
 def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShape]:
     """Every Conv2d / Linear used in the forward pass, with its input's spatial size."""
     shapes: dict[str, LayerShape] = {}
@@ -57,10 +73,10 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, La
         def fn(_m: nn.Module, inp: tuple) -> None:
             x = inp[0]
             if isinstance(m, nn.Conv2d):
-                shapes[name] = LayerShape("conv", m.in_channels, m.out_channels, tuple(m.kernel_size),
-                                          tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups,
+                shapes[name] = LayerShape("conv", m.in_channels, m.out_channels, _pair(m.kernel_size),
+                                          _pair(m.stride), conv_padding(m), _pair(m.dilation), m.groups,
                                           (int(x.shape[-2]), int(x.shape[-1])))
-            else:
+            elif isinstance(m, nn.Linear):
                 shapes[name] = LayerShape("linear", m.in_features, m.out_features)
         return fn
 

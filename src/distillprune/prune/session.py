@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from distillprune.core.batch import call
+from distillprune.core.batch import Batch, NamedInputs, call
 from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, details_type, from_jsonable, to_jsonable
 from distillprune.data.base import DataBundle, TensorLoader, normalize, standard_layout
@@ -43,6 +44,9 @@ from distillprune.prune.structured import accumulate_gradients, classifier_layer
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
 from distillprune.train import distributed as ddp
 from distillprune.train.config import TrainSummary
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 #: ``trainer(model, objective, epochs, tag, on_step) -> per-epoch records``: how the session trains between
 #: steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume)
@@ -86,13 +90,19 @@ class PruneSession:
             raise DistillpruneError("prune needs data (a DataBundle) or example_inputs")
         if cfg.epochs_per_step and trainer is None:
             raise DistillpruneError("epochs_per_step > 0 needs training data: pass data=... (or a trainer)")
-        needs_grads = cfg.width is not None and cfg.width.importance in NEEDS_GRADIENTS
-        if needs_grads and data is None:
+        if cfg.width is not None and cfg.width.importance in NEEDS_GRADIENTS and data is None:
             raise DistillpruneError(f"importance '{cfg.width.importance}' needs gradients: pass data=...")
+        if num_classes is None and data is None:
+            raise DistillpruneError("prune without data needs num_classes=... (the classifier's output size: "
+                                    "the layers that produce it are never pruned)")
         self.model, self.cfg, self.data = model, cfg, data
         self.device = torch.device(device)
-        self.num_classes = num_classes if num_classes is not None else data.num_classes  # type: ignore[union-attr]
-        self.input_shape = tuple(data.input_shape) if data is not None else tuple(example_inputs.shape[1:])
+        if data is not None:
+            self.num_classes = num_classes if num_classes is not None else data.num_classes
+            self.input_shape = tuple(data.input_shape)
+        else:
+            assert num_classes is not None and example_inputs is not None  # both checked above
+            self.num_classes, self.input_shape = num_classes, tuple(example_inputs.shape[1:])
         self.example = example_inputs
         self.history = history if history is not None else []
         self.trainer, self.latency = trainer, latency
@@ -104,7 +114,7 @@ class PruneSession:
         self.width: WidthConfig | None = cfg.width
         self.depth: DepthConfig | None = cfg.depth
         self.report = PruneReport(cfg.steps)
-        self._pruner = None
+        self._pruner: tp.pruner.BasePruner | None = None
         self._masks: MagnitudeMasks | None = None
         self._records: list[dict] = []
         self._done = 0
@@ -115,17 +125,17 @@ class PruneSession:
         cfg = self.cfg
         self.model.to(self.device).eval()
         if self._teacher_given is not None:
-            self.teacher = self._teacher_given
+            teacher = self._teacher_given
         else:
-            self.teacher = snapshot(self.model)  # the unpruned self
-        self.teacher.to(self.device)
-        self.objective = objective_for(cfg.distill, cfg.label_smoothing, lambda: self.teacher, self._peer)
+            teacher = snapshot(self.model)  # the unpruned self
+        self.teacher = teacher.to(self.device)
+        self.objective = objective_for(cfg.distill, cfg.label_smoothing, lambda: teacher, self._peer)
         if cfg.target is not None:
             assert cfg.width is not None
             width, target = cfg.width, cfg.target
             # measured on rank 0 alone under torchrun, and shared: every rank follows one plan
-            self.plan = ddp.once(lambda: plan_target(self.model, self.teacher, target, width, self.plan_inputs(),
-                                                     self.num_classes, self.latency, taylor_loss(self.teacher),
+            self.plan = ddp.once(lambda: plan_target(self.model, teacher, target, width, self.plan_inputs(),
+                                                     self.num_classes, self.latency, taylor_loss(teacher),
                                                      self.log),
                                  to_jsonable, lambda d: from_jsonable(Plan, d))
             self.report.plan = self.plan
@@ -207,14 +217,14 @@ class PruneSession:
         n_val = min(t.val_samples, len(split) // 4)
         val, cal = perm[:n_val], perm[n_val: n_val + t.calib_samples]
         return PlanInputs(self._batches(cal), self._batches(val),
-                          normalize(split.x[:1], self.data.mean, self.data.std).to(self.device))
+                          normalize(tensor_inputs(split.x[:1]), self.data.mean, self.data.std).to(self.device))
 
     def _batches(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         assert self.data is not None
         d, out = self.data, []
         for i in range(0, len(idx), self.batch_size):
             j = idx[i: i + self.batch_size].to(d.train.x.device)
-            x = standard_layout(normalize(d.train.x[j], d.mean, d.std)).to(self.device)
+            x = standard_layout(normalize(tensor_inputs(d.train.x[j]), d.mean, d.std)).to(self.device)
             out.append((x, None if d.train.y is None else d.train.y[j].to(self.device)))
         return out
 
@@ -250,7 +260,7 @@ class PruneSession:
         d = self.data
         loader = TensorLoader(d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1,
                               device=self.device)
-        return [b for _, b in zip(range(n), loader, strict=False)]
+        return [(tensor_inputs(x), y) for _, (x, y) in zip(range(n), loader, strict=False)]
 
     def _remove_blocks(self, depth: DepthConfig) -> None:
         assert self.teacher is not None
@@ -288,6 +298,15 @@ def nothing_removed(width: WidthConfig) -> str:
     return (f"width pruning with ratio {width.ratio} and round_to {width.round_to} removes no channel: every "
             "prunable layer keeps all its channels after rounding (or width.layers selects no prunable layer); "
             "raise width.ratio or lower width.round_to")
+
+
+def tensor_inputs(x: Batch) -> torch.Tensor:
+    """``x`` as the one tensor that width/depth pruning and the planner feed a model (``refuse_named_width``
+    turns models with named inputs away before a session starts)."""
+    if isinstance(x, NamedInputs):
+        raise DistillpruneError("width/depth pruning and target plans take tensor inputs, got named inputs "
+                                f"({', '.join(x.names())}): prune a transformer's heads / ffn / layers instead")
+    return x
 
 
 def taylor_loss(teacher: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]:

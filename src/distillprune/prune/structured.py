@@ -101,8 +101,8 @@ def _check_selection(pruner: tp.pruner.BasePruner, model: nn.Module, layers: Lay
             f"{len(everything)} prunable layer groups of {type(model).__name__}: nothing would be pruned")
 
 
-def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                         loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+                         loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]) -> None:
     """Sum gradients of ``loss_fn`` over ``batches`` on the model (for Taylor importance)."""
     model.zero_grad(set_to_none=True)
     was = model.training

@@ -19,9 +19,10 @@ def cubic_sparsity(step: int, steps: int, final: float) -> float:
 
 
 def prunable_weights(model: nn.Module, skip: list[nn.Module],
-                     layers: LayerSelect | None = None) -> dict[str, nn.Parameter]:
+                     layers: LayerSelect | None = None) -> dict[str, torch.Tensor]:
     chosen = (layers or LayerSelect()).select(model, (nn.Conv2d, nn.Linear))
-    return {f"{name}.weight": m.weight for name, m in chosen.items() if not any(m is s for s in skip)}
+    return {f"{name}.weight": m.weight for name, m in chosen.items()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(m is s for s in skip)}
 
 
 class MagnitudeMasks:

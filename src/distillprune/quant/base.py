@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from distillprune.core.batch import ArrayBatch
 from distillprune.core.modules import LayerSelect, matches
 from distillprune.core.reporting import Details, details_type
 from distillprune.errors import ExportError, QuantizationError
@@ -38,7 +39,7 @@ class QuantJob:
     out: Path  # the quantized ONNX file to write
     workdir: Path  # intermediate files (float ONNX, calibration ranges)
     calibration: Batches  # normalised float32 input batches (a fresh iterator per call)
-    test_x: np.ndarray  # normalised inputs for the parity check
+    test_x: ArrayBatch  # normalised float inputs (text: named inputs) for the parity check
     test_y: np.ndarray | None = None  # labels, for accuracy
     teacher: nn.Module | None = None  # QAT: distil from this model
     train: Callable[[nn.Module, Callable[[nn.Module], None]], list[dict]] | None = None  # QAT: train(model, on_step)
@@ -162,7 +163,7 @@ def excluded_nodes(onnx_path: Path, layers: LayerSelect) -> list[str]:
     return sorted(n for n in names if not kept(n))
 
 
-def run_onnx(path_or_bytes: str | Path | bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def run_onnx(path_or_bytes: str | Path | bytes, x: ArrayBatch, batch: int = 256) -> np.ndarray:
     """Logits of an ONNX file (QuantizationError when ONNX Runtime cannot load it)."""
     try:
         return _run_onnx(path_or_bytes, x, batch)

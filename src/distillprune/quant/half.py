@@ -8,8 +8,11 @@ nature: top-1 agreement with the float model, with the max logit difference repo
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
+from distillprune.core.batch import ArrayBatch, NamedInputs
 from distillprune.errors import ExportError, QuantizationError
 from distillprune.quant.base import (
     QUANTIZERS,
@@ -94,19 +97,22 @@ def half_onnx(src, dst, kind: str = "fp16"):
     return dst
 
 
-def run_any(path, x: np.ndarray, limit: int) -> tuple[np.ndarray, str]:
+def run_any(path, x: ArrayBatch, limit: int) -> tuple[np.ndarray, str]:
     """Logits from ONNX Runtime's CPU provider, or from ONNX's reference evaluator where ORT has no kernel."""
     from distillprune.export.onnx import run_onnx
 
     try:
         return run_onnx(path, x), "onnxruntime"
     except ExportError:
+        if isinstance(x, NamedInputs):  # the reference evaluator below feeds one "input" tensor
+            raise
         from onnx.reference import ReferenceEvaluator
 
         ev = ReferenceEvaluator(str(path))
         xs = x[:limit]
+        # run() gives the list of outputs (a dict only with intermediate=True)
         return np.concatenate(
-            [ev.run(None, {"input": xs[i : i + 16]})[0] for i in range(0, len(xs), 16)]
+            [cast(list, ev.run(None, {"input": xs[i : i + 16]}))[0] for i in range(0, len(xs), 16)]
         ), "onnx reference evaluator"
 
 

@@ -19,6 +19,7 @@ re-observed on the same calibration samples first.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import numpy as np
 import torch
@@ -32,6 +33,10 @@ from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult, check_agr
 
 class ActQuant(nn.Module):
     """Per-tensor asymmetric fake quantization with a min/max observer (calibrate | ema | frozen)."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    seen: torch.Tensor
 
     def __init__(self, signed: bool = False, momentum: float = 0.1):
         super().__init__()
@@ -92,6 +97,16 @@ def fake_quant_weight(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor
     )
 
 
+def running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running_mean, running_var) of ``bn``: what folding needs, absent with track_running_stats=False."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise QuantizationError(
+            "qat folds each BatchNorm2d into the convolution before it with its running statistics; "
+            "got a BatchNorm2d with track_running_stats=False, which has none"
+        )
+    return bn.running_mean, bn.running_var
+
+
 class QuantWrapper(nn.Module):
     """A Conv2d (with its BatchNorm folded in) or a Linear, with fake-quant input, weight and output."""
 
@@ -107,23 +122,24 @@ class QuantWrapper(nn.Module):
         if self.bn is None:
             return w, b
         bn = self.bn
-        inv = (bn.running_var + bn.eps).rsqrt()
+        mean, var = running_stats(bn)
+        inv = (var + bn.eps).rsqrt()
         gamma = bn.weight if bn.weight is not None else torch.ones_like(inv)
         beta = bn.bias if bn.bias is not None else torch.zeros_like(inv)
         k = gamma * inv
         b0 = b if b is not None else torch.zeros_like(inv)
-        return w * k.view(-1, *([1] * (w.dim() - 1))), beta + (b0 - bn.running_mean) * k
+        return w * k.view(-1, *([1] * (w.dim() - 1))), beta + (b0 - mean) * k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act_in(x)
         if self.bn is not None and self.training:
-            return self.act_out(self._train_bn(x))
+            return self.act_out(self._train_bn(x, self.bn))
         w, b = self.folded()
         w = fake_quant_weight(w, self.per_channel)
         y = self.layer._conv_forward(x, w, b) if isinstance(self.layer, nn.Conv2d) else F.linear(x, w, b)
         return self.act_out(y)
 
-    def _train_bn(self, x: torch.Tensor) -> torch.Tensor:
+    def _train_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
         """Training with a live BatchNorm (batch statistics, running statistics updated) on the
         convolution of the quantized *folded* weights, the scheme of Jacob et al. / torch.ao's ConvBn2d.
 
@@ -133,15 +149,17 @@ class QuantWrapper(nn.Module):
         normalised by the batch, so training keeps BN's conditioning. In eval mode the exact folded
         path (what ONNX Runtime runs) is used.
         """
-        bn = self.bn
-        gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
-        factor = gamma * (bn.running_var + bn.eps).rsqrt()
-        shape = (-1, *([1] * (self.layer.weight.dim() - 1)))
-        w = fake_quant_weight(self.layer.weight * factor.view(shape), self.per_channel)
+        layer = self.layer
+        assert isinstance(layer, nn.Conv2d)  # a BatchNorm is only folded into a Conv2d (conv_bn_pairs)
+        _, var = running_stats(bn)
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
+        factor = gamma * (var + bn.eps).rsqrt()
+        shape = (-1, *([1] * (layer.weight.dim() - 1)))
+        w = fake_quant_weight(layer.weight * factor.view(shape), self.per_channel)
         safe = torch.where(factor.abs() < 1e-12, torch.ones_like(factor), factor)  # gamma = 0: weights are 0
-        y = self.layer._conv_forward(x, w, None) / safe.view(1, -1, 1, 1)
-        if self.layer.bias is not None:
-            y = y + self.layer.bias.view(1, -1, 1, 1)
+        y = layer._conv_forward(x, w, None) / safe.view(1, -1, 1, 1)
+        if layer.bias is not None:
+            y = y + layer.bias.view(1, -1, 1, 1)
         return bn(y)
 
 
@@ -179,10 +197,13 @@ class FakeQuant:
     def wrap(self) -> int:
         pairs = conv_bn_pairs(self.model)
         mods = dict(self.model.named_modules())
+        bns = {conv: cast(nn.BatchNorm2d, mods[bn]) for conv, bn in pairs.items()}  # conv_bn_pairs checked
+        for paired in bns.values():
+            running_stats(paired)  # before anything is wrapped: a bad BatchNorm leaves the model as it was
         for name, m in list(mods.items()):
             if isinstance(m, (nn.Conv2d, nn.Linear)) and type(m) in (nn.Conv2d, nn.Linear):
                 bn_name = pairs.get(name)
-                bn = mods[bn_name] if bn_name else None
+                bn = bns.get(name)
                 self.wrapped[name] = (m, bn_name, bn)
                 set_module(self.model, name, QuantWrapper(m, bn, self.per_channel, self.signed))
                 if bn_name:
@@ -196,7 +217,7 @@ class FakeQuant:
     def unwrap(self) -> None:
         for name, (layer, bn_name, bn) in self.wrapped.items():
             set_module(self.model, name, layer)
-            if bn_name:
+            if bn_name and bn is not None:  # wrap() stores both or neither
                 set_module(self.model, bn_name, bn)
         self.wrapped = {}
 

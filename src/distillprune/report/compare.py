@@ -7,7 +7,7 @@ counts differ.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
 
@@ -53,15 +53,15 @@ def compare_rows(runs: Sequence[RunData]) -> list[list[str]]:
     for run in runs:
         rep = run.report
         base, final = rep.baseline, rep.final
-        acc = [None if s is None else s.accuracy for s in (base, final)]
+        acc0, acc1 = (None if s is None else s.accuracy for s in (base, final))
         sp1 = rep.speedup(final, "ort_bs1") if final else None
         sp32 = rep.speedup(final, "ort_bs32") if final else None
         mr = rep.mac_ratio(final) if final else None
         best = max((v for v in (sp1, sp32) if v is not None), default=None)
         out.append([
             run.label, rep.recipe, str(sum(s.measured for s in rep.stages)),
-            "-" if acc[0] is None else f"{acc[0]:.2f}", "-" if acc[1] is None else f"{acc[1]:.2f}",
-            "-" if None in acc else f"{acc[1] - acc[0]:+.2f}",
+            "-" if acc0 is None else f"{acc0:.2f}", "-" if acc1 is None else f"{acc1:.2f}",
+            "-" if acc0 is None or acc1 is None else f"{acc1 - acc0:+.2f}",
             _fmt_int(final.params if final else None), _fmt_int(final.macs if final else None),
             _fmt_bytes(final.onnx_bytes if final else None), _ms(final, "ort_bs1"), _x(sp1),
             _ms(final, "ort_bs32"), _x(sp32), _x(mr), "-" if best is None or not mr else f"{best / mr:.2f}",
@@ -97,6 +97,7 @@ def latency_notes(runs: Sequence[RunData], tolerance: float = 0.10) -> list[str]
 
 
 def _flatten(d: object, prefix: str = "") -> dict[str, object]:
+    items: Iterable[tuple[object, object]]
     if isinstance(d, dict):
         items = d.items()
     elif isinstance(d, list) and any(isinstance(v, (dict, list)) for v in d):
@@ -111,8 +112,8 @@ def _flatten(d: object, prefix: str = "") -> dict[str, object]:
 
 def recipe_differences(runs: Sequence[RunData]) -> list[list[str]]:
     """[key, value in run 1, value in run 2, ...] for every resolved recipe value that differs."""
-    flat = [_flatten(r.recipe) if r.recipe else None for r in runs]
-    if any(f is None for f in flat):
+    flat = [_flatten(r.recipe) for r in runs if r.recipe]
+    if len(flat) != len(runs):
         return []
     keys = list(dict.fromkeys(k for f in flat for k in f))
     missing = object()

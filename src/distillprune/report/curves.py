@@ -73,8 +73,8 @@ def _panel(ax, c: Curve, title: str, keys: tuple[str, ...], ylabel: str) -> None
     for _, x0 in c.phases[1:]:
         ax.axvline(x0 + 0.5, color="#999999", ls=":", lw=0.8)
     if len(c.phases) > 1:
-        for k, (name, x0) in enumerate(c.phases):
-            ax.annotate(name, (c.x[0] if k == 0 else x0 + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -2),
+        for i, (name, x0) in enumerate(c.phases):
+            ax.annotate(name, (c.x[0] if i == 0 else x0 + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -2),
                         textcoords="offset points", fontsize=6.5, color="#666666", va="top", ha="left")
     if not drawn:
         ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="#888888")

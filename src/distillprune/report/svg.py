@@ -13,16 +13,20 @@ import io
 import re
 from collections.abc import Callable
 from html import escape
-from typing import Any, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 P = ParamSpec("P")
+R = TypeVar("R")
 
 # One colour per stage, in stage order, shared by every figure of a page (Okabe-Ito: colour-blind safe).
 PALETTE = ["#000000", "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999"]
-RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+RC: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
       "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
       "axes.grid": True, "grid.color": "#dddddd", "grid.linewidth": 0.6, "svg.fonttype": "path",
       "svg.hashsalt": "distillprune"}  # fixed salt: the same report renders to the same bytes
@@ -32,12 +36,12 @@ def colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def styled(draw: Callable[P, str]) -> Callable[P, str]:
+def styled(draw: Callable[P, R]) -> Callable[P, R]:
     """Run a figure-drawing function inside the report's matplotlib style (rcParams are read lazily,
     at axes, tick and text creation and at save time, so the whole drawing happens inside it)."""
 
     @functools.wraps(draw)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> str:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with rc_context(RC):
             return draw(*args, **kwargs)
 

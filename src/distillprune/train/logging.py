@@ -23,7 +23,7 @@ class RunLogger:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+                    self._tb = SummaryWriter(str(self.path.parent / "tb"))
                 except ImportError:  # tensorboard is a dependency, but a trimmed install may lack it
                     self._tb = None
 

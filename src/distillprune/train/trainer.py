@@ -19,13 +19,14 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distillprune.core.batch import call
+from distillprune.core.batch import Batch, call
 from distillprune.core.io import atomic_write, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
@@ -33,6 +34,16 @@ from distillprune.train import distributed as ddp
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
+
+
+class ObjectiveHooks(Protocol):
+    """What ``fit`` calls on its objective (an nn.Module, see distill.distiller) besides ``objective(model, x,
+    y) -> (loss, logits)``; the optional hooks (check_labels, to_device, trainable, begin_epoch) are looked
+    up by name."""
+
+    def attach(self, model: nn.Module, probe: Batch) -> None: ...
+
+    def detach(self) -> None: ...
 
 
 @dataclass
@@ -85,6 +96,7 @@ def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, bat
     loader = TensorLoader(split, batch_size, data.mean, data.std, device=device)
     correct = 0
     for x, y in loader:
+        assert y is not None  # the split's labels were checked above
         with autocast(runtime, device):
             correct += int((call(model, x).argmax(1) == y).sum())
     model.train(was_training)
@@ -157,34 +169,39 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
     """Train ``model`` in place for ``settings.epochs``; returns one record per epoch.
 
     Under torchrun (every rank calls it) ``batch_size`` is the global batch; see ``train.distributed``."""
-    if hasattr(objective, "check_labels"):  # losses that need labels the data lacks fail before training
-        objective.check_labels(data.train.y is not None)
+    hooks = cast(ObjectiveHooks, objective)  # an nn.Module with the hooks (typing has no intersection)
+    check_labels = getattr(objective, "check_labels", None)
+    if check_labels is not None:  # losses that need labels the data lacks fail before training
+        check_labels(data.train.y is not None)
     device = resolve_device(runtime)
     ddp.setup(device)  # joins torchrun's process group if there is one and nobody joined it yet
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     model.to(device)
-    if hasattr(objective, "to_device"):
-        objective.to_device(device)
+    to_device = getattr(objective, "to_device", None)
+    if to_device is not None:
+        to_device(device)
     if runtime.channels_last and device.type != "cuda":
         # torch 2.13's oneDNN channels-last conv backward corrupts memory on pruned shapes
         # (1x1 stride-2, in_channels % 8 != 0); channels_last buys nothing on the CPU anyway
         warnings.warn("runtime.channels_last is ignored on the CPU", stacklevel=2)
         runtime = runtime.model_copy(update={"channels_last": False})
     if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
     par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
     loader = TensorLoader(data.train, batch_size, data.mean, data.std, shuffle=True, crop_padding=crop_padding,
                           hflip=hflip, drop_last=len(data.train) > batch_size, seed=seed, device=device,
                           rank=par.rank, world_size=par.world)
-    objective.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
+    hooks.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise DistillpruneError(f"{type(model).__name__} has no trainable parameters (requires_grad is off "
                                 "everywhere: a frozen teacher or a copy of one?)")
-    extra = list(objective.trainable()) if hasattr(objective, "trainable") else []
+    trainable = getattr(objective, "trainable", None)
+    extra: list[nn.Parameter] = list(trainable()) if trainable is not None else []
     opt = make_optimizer(params + extra, settings.optimizer)
-    start, history = 0, []
+    start = 0
+    history: list[dict] = []
     if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
         start, history = _load(ckpt_dir, model, objective, opt)
     wrapped = par.start()  # DDP around the model under torchrun, else the model
@@ -197,8 +214,9 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
         for epoch in range(start, settings.epochs):
             torch.manual_seed(seed * 7919 + epoch + 1_000_003 * par.rank)  # ranks draw their own dropout
             loader.set_epoch(epoch)
-            if hasattr(objective, "begin_epoch"):  # schedules, teacher-output cache (distill objectives)
-                objective.begin_epoch(loader, epoch, settings.epochs)
+            begin_epoch = getattr(objective, "begin_epoch", None)
+            if begin_epoch is not None:  # schedules, teacher-output cache (distill objectives)
+                begin_epoch(loader, epoch, settings.epochs)
             rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar,
                          par, extra)
             par.sync_buffers()
@@ -210,7 +228,7 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
             if ckpt_dir is not None:
                 _save(ckpt_dir, epoch + 1, model, objective, opt, history)
     par.finish()  # the model's own BatchNorms back (runtime.sync_bn)
-    objective.detach()
+    hooks.detach()
     model.eval()
     return history
 

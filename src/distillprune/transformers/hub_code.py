@@ -49,7 +49,14 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def part(layer: nn.Module, i: int) -> nn.Linear:
-    return layer.get_submodule(PARTS[layer_family(layer)][i])  # type: ignore[return-value]
+    return linear_at(layer, PARTS[layer_family(layer)][i])
+
+
+def linear_at(layer: nn.Module, path: str) -> nn.Linear:
+    m = layer.get_submodule(path)
+    if not isinstance(m, nn.Linear):
+        raise ValueError(f"{type(layer).__name__}.{path}: a {type(m).__name__}, expected a Linear projection")
+    return m
 
 
 def _set(layer: nn.Module, path: str, new: nn.Module) -> None:
@@ -79,8 +86,8 @@ def keep_heads(layer: nn.Module, heads: list[int], head_dim: int) -> None:
     paths = PARTS[layer_family(layer)]
     rows = torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)], dtype=torch.long)
     for p in paths[:3]:
-        _set(layer, p, sliced_linear(layer.get_submodule(p), rows, 0))
-    _set(layer, paths[3], sliced_linear(layer.get_submodule(paths[3]), rows, 1))
+        _set(layer, p, sliced_linear(linear_at(layer, p), rows, 0))
+    _set(layer, paths[3], sliced_linear(linear_at(layer, paths[3]), rows, 1))
     attn = layer.get_submodule(paths[0].rpartition(".")[0])
     for name, value in (("num_attention_heads", len(heads)), ("n_heads", len(heads)),
                         ("all_head_size", len(heads) * head_dim)):
@@ -92,8 +99,8 @@ def keep_neurons(layer: nn.Module, neurons: list[int]) -> None:
     """Keep FFN intermediate neurons ``neurons`` of ``layer``."""
     paths = PARTS[layer_family(layer)]
     idx = torch.tensor(neurons, dtype=torch.long)
-    _set(layer, paths[4], sliced_linear(layer.get_submodule(paths[4]), idx, 0))
-    _set(layer, paths[5], sliced_linear(layer.get_submodule(paths[5]), idx, 1))
+    _set(layer, paths[4], sliced_linear(linear_at(layer, paths[4]), idx, 0))
+    _set(layer, paths[5], sliced_linear(linear_at(layer, paths[5]), idx, 1))
 
 
 def config_head_dim(config: PretrainedConfig) -> int:

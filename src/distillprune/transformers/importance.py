@@ -24,7 +24,7 @@ from torch import nn
 
 from distillprune.core.batch import Batch, call
 from distillprune.distill.losses.kd import soft_kl
-from distillprune.transformers.hub_code import PARTS, layer_family
+from distillprune.transformers.hub_code import PARTS, layer_family, linear_at
 from distillprune.transformers.surgery import head_dim, layers
 
 
@@ -46,7 +46,7 @@ def fisher_scores(model: nn.Module, batches: Sequence[Batch], seed: int = 0) -> 
     head_masks, ffn_masks, handles = [], [], []
     for layer in ls:
         paths = PARTS[layer_family(layer)]
-        out_proj, ffn_out = layer.get_submodule(paths[3]), layer.get_submodule(paths[5])
+        out_proj, ffn_out = linear_at(layer, paths[3]), linear_at(layer, paths[5])
         hm = torch.ones(out_proj.in_features // d, device=dev, requires_grad=True)
         fm = torch.ones(ffn_out.in_features, device=dev, requires_grad=True)
         head_masks.append(hm)

@@ -14,7 +14,7 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ from distillprune.models.config import ModelConfig
 from distillprune.models.registry import MODEL_SOURCES
 from distillprune.transformers import hub_code
 from distillprune.transformers.hub_code import shrink_to_layout
+from distillprune.transformers.surgery import hf_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 TASKS = ("sequence-classification", "embedding")
 
@@ -52,7 +56,9 @@ class TextEncoder(nn.Module):
     """An HF encoder with named inputs: ``forward(input_ids, attention_mask, token_type_ids) -> (B, K)``,
     K = the embedding size (``task: embedding``) or the number of labels (``sequence-classification``)."""
 
-    def __init__(self, hf: nn.Module, task: str, normalize: bool = True):
+    hf: PreTrainedModel
+
+    def __init__(self, hf: PreTrainedModel, task: str, normalize: bool = True):
         super().__init__()
         if task not in TASKS:
             raise DistillpruneError(f"model.task: {task!r}; expected one of {', '.join(TASKS)}")
@@ -131,7 +137,7 @@ def load_encoder(path: str, task: str, num_labels: int | None = None, normalize:
     return _finish(hf, task, normalize)
 
 
-def _takes_pooling(cls: type) -> bool:
+def _takes_pooling(cls: type[Any]) -> bool:
     import inspect
 
     return "add_pooling_layer" in inspect.signature(cls.__init__).parameters
@@ -164,7 +170,7 @@ def save_pretrained(model: nn.Module, folder: str | Path, tokenizer: str | Path 
     import json
 
     folder = Path(folder)
-    hf = getattr(model, "hf", model)
+    hf = hf_of(model)
     with quiet_transformers():
         hf.save_pretrained(str(folder))
         if tokenizer is not None:
@@ -184,9 +190,9 @@ def save_pretrained(model: nn.Module, folder: str | Path, tokenizer: str | Path 
     return folder
 
 
-def _finish(hf: nn.Module, task: str, normalize: bool) -> TextEncoder:
+def _finish(hf: PreTrainedModel, task: str, normalize: bool) -> TextEncoder:
     if task == "embedding" and getattr(hf, "pooler", None) is not None:
-        hf.pooler = None  # mean pooling reads the last hidden state; the pooler would be dead weight
+        hf.pooler = None  # type: ignore[assignment]  # (torch types Module.__setattr__ for tensors/modules) mean pooling reads the last hidden state; the pooler would be dead weight
     return TextEncoder(hf.eval(), task, normalize)
 
 

@@ -99,9 +99,9 @@ class TransformerPruneSession:
 
     def prepare(self) -> TransformerPlan | None:
         self.model.to(self.device).eval()
-        self.teacher = self.teacher_given if self.teacher_given is not None else snapshot(self.model)
-        self.teacher.to(self.device)
-        self.objective = objective_for(self.cfg.distill, self.cfg.label_smoothing, lambda: self.teacher)
+        teacher = self.teacher_given if self.teacher_given is not None else snapshot(self.model)
+        self.teacher = teacher.to(self.device)
+        self.objective = objective_for(self.cfg.distill, self.cfg.label_smoothing, lambda: teacher)
         t = self.cfg.target
         if t is not None:
             round_to = self.cfg.ffn.round_to if self.cfg.ffn else 64

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.errors import DistillpruneError
@@ -25,9 +28,9 @@ from distillprune.transformers.hub_code import (
 )
 
 
-def hf_of(model: nn.Module) -> nn.Module:
+def hf_of(model: nn.Module) -> PreTrainedModel:
     """The Hugging Face model inside a TextEncoder (or the model itself)."""
-    return getattr(model, "hf", model)
+    return cast("PreTrainedModel", getattr(model, "hf", model))  # a TextEncoder's, or a Hugging Face model
 
 
 def layers(model: nn.Module) -> nn.ModuleList:
@@ -113,7 +116,7 @@ def drop_layers(model: nn.Module, indices: Sequence[int]) -> None:
         raise DistillpruneError(f"cannot drop all {len(ls)} layers of the encoder")
     for i, m in enumerate(ls):  # where each layer sat in the unpruned model (layer mapping in KD)
         if getattr(m, "dp_origin", None) is None:
-            m.dp_origin = i
+            m.dp_origin = i  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors/modules only
     for i in sorted(gone, reverse=True):
         del ls[i]
     sync_config(model)

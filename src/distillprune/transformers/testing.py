@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,9 +17,9 @@ def tiny_bert_folder(folder: Path, *, layers: int = 2, heads: int = 4, hidden: i
 
     tiny_tokenizer(folder)
     torch.manual_seed(seed)
+    labels: dict[str, Any] = {"num_labels": num_labels} if num_labels else {}
     cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=128,
-                     **({"num_labels": num_labels} if num_labels else {}))
+                     num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=128, **labels)
     model = BertForSequenceClassification(cfg) if num_labels else BertModel(cfg)
     model.save_pretrained(str(folder))
     return folder

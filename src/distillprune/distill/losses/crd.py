@@ -35,6 +35,10 @@ from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs, embed
 class CRDLoss(DistillLoss):
     width_free = True
     schedulable = ("temperature",)
+    queue_s: torch.Tensor  # buffers, registered by setup
+    queue_t: torch.Tensor
+    queue_len: torch.Tensor
+    queue_ptr: torch.Tensor
 
     def __init__(
         self,

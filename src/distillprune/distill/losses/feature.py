@@ -51,6 +51,6 @@ class FitNetLoss(DistillLoss):
             same_batch(student.features[s], teacher.features[t], f"feature '{s}'")
             fs, ft = adapt(student.features[s]), teacher.features[t]
             if fs.dim() == 4 and fs.shape[-2:] != ft.shape[-2:]:
-                fs = F.adaptive_avg_pool2d(fs, ft.shape[-2:])
+                fs = F.adaptive_avg_pool2d(fs, (ft.shape[-2], ft.shape[-1]))
             total = total + F.mse_loss(fs.float(), ft.float())
         return total / len(self.taps)

@@ -49,8 +49,9 @@ def run_export(st: ExportStage, state: RunState, index: int) -> StageOutcome:
     if par["max_abs_diff"] > st.max_abs_diff:
         raise ExportError(f"ONNX parity failed: max abs diff {par['max_abs_diff']:.2e} > {st.max_abs_diff}")
     hf_folder = None
-    if callable(getattr(state.model, "save_pretrained", None)):  # an HF encoder ships its folder too
+    save_pretrained = getattr(state.model, "save_pretrained", None)
+    if callable(save_pretrained):  # an HF encoder ships its folder too
         hf_folder = "hf"
-        state.model.save_pretrained(path.parent / hf_folder, tokenizer=state.recipe.data.text.tokenizer)
+        save_pretrained(path.parent / hf_folder, tokenizer=state.recipe.data.text.tokenizer)
     return StageOutcome(ExportReport(path.name, float(f"{par['max_abs_diff']:.3g}"),
                                      float(f"{par['top1_agreement']:.3g}"), round(par["cosine"], 6), hf_folder))
