@@ -31,7 +31,8 @@ def one_line(err: ValidationError) -> str:
     """The first validation error as one line: 'stages.1.width.ratio: Input should be ... (got 3)'."""
     e = err.errors(include_url=False)[0]
     parts = e["loc"]
-    loc = ".".join(str(p) for i, p in enumerate(parts) if not _is_union_tag(p, parts[i - 1] if i else None))
+    loc = ".".join(str(p) for i, p in enumerate(parts)
+                   if not _is_union_tag(p, parts[i - 1] if i else None) and not _is_member_tag(p))
     msg = e["msg"].removeprefix("Value error, ")
     got = ""
     if e["type"] not in ("value_error", "missing") and "input" in e and not isinstance(e["input"], dict):
@@ -47,6 +48,13 @@ def _is_union_tag(part: Any, previous: Any = None) -> bool:
     return isinstance(part, str) and part in _TAGS and isinstance(previous, int)
 
 
+def _is_member_tag(part: Any) -> bool:
+    # pydantic names the member of a plain union that failed ('str', 'function-after[...]', 'ModelConfig');
+    # fields are snake_case, so these are never a key of the user's file
+    return isinstance(part, str) and ("[" in part or part in _BUILTIN_TYPES or part[:1].isupper())
+
+
+_BUILTIN_TYPES = {"str", "int", "float", "bool", "list", "dict", "tuple", "set", "bytes", "none"}
 _TAGS: set[str] = set()
 
 
