@@ -49,8 +49,14 @@ def machine() -> dict[str, Any]:
         flags = sorted(set(re.findall(r"\b(avx512[a-z_0-9]*|avx_vnni|avx2)\b", text)))
     except OSError:
         pass
-    info = {"cpu": model, "cores": os.cpu_count(), "flags": flags, "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads()}
+    info = {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "flags": flags,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -58,8 +64,10 @@ def machine() -> dict[str, Any]:
 
 def machine_line(m: dict[str, Any]) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return (f"{m['cpu']}, {m['cores']} cores (flags: {', '.join(m['flags']) or 'none'}){gpu}; "
-            f"torch {m['torch']}, onnxruntime {m['onnxruntime']}")
+    return (
+        f"{m['cpu']}, {m['cores']} cores (flags: {', '.join(m['flags']) or 'none'}){gpu}; "
+        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- teacher
@@ -68,9 +76,18 @@ def load_teacher(folder: str | Path) -> tuple[nn.Module, ArchSpec]:
     return model.eval(), spec
 
 
-def train_or_load_teacher(folder: str | Path, name: str, kwargs: dict, data: DataBundle, *, epochs: int,
-                          runtime: RuntimeConfig, batch_size: int, lr: float = 0.2,
-                          seed: int = 0) -> tuple[nn.Module, ArchSpec]:
+def train_or_load_teacher(
+    folder: str | Path,
+    name: str,
+    kwargs: dict,
+    data: DataBundle,
+    *,
+    epochs: int,
+    runtime: RuntimeConfig,
+    batch_size: int,
+    lr: float = 0.2,
+    seed: int = 0,
+) -> tuple[nn.Module, ArchSpec]:
     """Reuse the checkpoint in ``folder`` if there is one, else train it (CE, label smoothing 0.1) and save."""
     folder = Path(folder)
     if (folder / "model.json").exists():
@@ -80,27 +97,61 @@ def train_or_load_teacher(folder: str | Path, name: str, kwargs: dict, data: Dat
     torch.manual_seed(seed)
     model = dp.build_model(name, data.num_classes, data.input_shape, **kwargs)
     spec = ArchSpec(name, data.num_classes, list(data.input_shape), dict(kwargs))
-    fit(model, data, FitSettings(epochs, OptimizerConfig(lr=lr), ScheduleConfig(name="onecycle")),
-        CrossEntropy(0.1), runtime=runtime, seed=seed, batch_size=batch_size, crop_padding=4, hflip=True)
+    fit(
+        model,
+        data,
+        FitSettings(epochs, OptimizerConfig(lr=lr), ScheduleConfig(name="onecycle")),
+        CrossEntropy(0.1),
+        runtime=runtime,
+        seed=seed,
+        batch_size=batch_size,
+        crop_padding=4,
+        hflip=True,
+    )
     save_checkpoint(folder, model.cpu(), spec, train={"epochs": epochs})
     return model.eval(), spec
 
 
 # ------------------------------------------------------------------------------------------- training
-def kd_finetune(model: nn.Module, teacher: nn.Module, data: DataBundle, *, epochs: int, lr: float,
-                batch_size: int, runtime: RuntimeConfig, seed: int = 0, **teacher_speed: bool) -> dict[str, Any]:
+def kd_finetune(
+    model: nn.Module,
+    teacher: nn.Module,
+    data: DataBundle,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    runtime: RuntimeConfig,
+    seed: int = 0,
+    **teacher_speed: bool,
+) -> dict[str, Any]:
     """Hinton KD from ``teacher`` for ``epochs`` (one-cycle SGD, crop + flip) through the library's trainer.
 
     Returns the fine-tuning seconds (training only, not the per-epoch evaluation), images/s, and the
     top-1 on the test split after the last epoch (the trainer's own evaluation)."""
     objective = Distiller.from_specs(teacher, [HINTON_KD], **teacher_speed)
-    hist = fit(model, data, FitSettings(epochs, OptimizerConfig(lr=lr), ScheduleConfig(name="onecycle")),
-               objective, runtime=runtime, seed=seed, batch_size=batch_size, crop_padding=4, hflip=True)
+    hist = fit(
+        model,
+        data,
+        FitSettings(epochs, OptimizerConfig(lr=lr), ScheduleConfig(name="onecycle")),
+        objective,
+        runtime=runtime,
+        seed=seed,
+        batch_size=batch_size,
+        crop_padding=4,
+        hflip=True,
+    )
     seconds = sum(h["seconds"] for h in hist)
     images = sum(h["images_per_s"] * h["seconds"] for h in hist)
-    return {"top1": hist[-1]["test_acc"], "train_s": seconds, "img_s": images / max(seconds, 1e-9),
-            "img_s_last_epoch": hist[-1]["images_per_s"],
-            "epochs": epochs, "final_loss": hist[-1]["loss"], "teacher_speed": vars(objective.teacher_speed)}
+    return {
+        "top1": hist[-1]["test_acc"],
+        "train_s": seconds,
+        "img_s": images / max(seconds, 1e-9),
+        "img_s_last_epoch": hist[-1]["images_per_s"],
+        "epochs": epochs,
+        "final_loss": hist[-1]["loss"],
+        "teacher_speed": vars(objective.teacher_speed),
+    }
 
 
 # ------------------------------------------------------------------------------------------- size
@@ -113,9 +164,16 @@ def onnx_of(model: nn.Module, input_shape: Sequence[int]) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------- latency
-def side_by_side(candidate: bytes | str | Path, reference: bytes | str | Path, input_shape: Sequence[int], *,
-                 batch_sizes: Sequence[int] = (1, 32), pairs: int = 5, threads: int = 1,
-                 cfg: LatencyConfig | None = None) -> dict[str, dict[str, float]]:
+def side_by_side(
+    candidate: bytes | str | Path,
+    reference: bytes | str | Path,
+    input_shape: Sequence[int],
+    *,
+    batch_sizes: Sequence[int] = (1, 32),
+    pairs: int = 5,
+    threads: int = 1,
+    cfg: LatencyConfig | None = None,
+) -> dict[str, dict[str, float]]:
     """Time ``candidate`` and ``reference`` back to back, ``pairs`` times per batch size (the order
     alternates); per batch size: the candidate's and the reference's median ms with their min-max,
     and the median speedup (reference / candidate, per pair) with its min-max."""
@@ -132,10 +190,19 @@ def side_by_side(candidate: bytes | str | Path, reference: bytes | str | Path, i
             for blob, sink in order if i % 2 == 0 else order[::-1]:
                 sink.append(ort_latency(blob, input_shape, lc)[f"bs{bs}"])
         ratios = [r / c for r, c in zip(ref, cand, strict=True)]
-        out[f"bs{bs}"] = {"ms": statistics.median(cand), "ms_min": min(cand), "ms_max": max(cand),
-                          "ref_ms": statistics.median(ref), "ref_ms_min": min(ref), "ref_ms_max": max(ref),
-                          "speedup": statistics.median(ratios), "speedup_min": min(ratios),
-                          "speedup_max": max(ratios), "pairs": pairs, "load1": round(load, 2)}
+        out[f"bs{bs}"] = {
+            "ms": statistics.median(cand),
+            "ms_min": min(cand),
+            "ms_max": max(cand),
+            "ref_ms": statistics.median(ref),
+            "ref_ms_min": min(ref),
+            "ref_ms_max": max(ref),
+            "speedup": statistics.median(ratios),
+            "speedup_min": min(ratios),
+            "speedup_max": max(ratios),
+            "pairs": pairs,
+            "load1": round(load, 2),
+        }
     return out
 
 
@@ -173,8 +240,9 @@ def mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and all(r.get(k) is not None for r in runs):
             out[k] = sum(r[k] for r in runs) / len(runs)
     if "latency" in first:
-        out["latency"] = {bs: {k: _combine(k, [r["latency"][bs][k] for r in runs]) for k in d}
-                          for bs, d in first["latency"].items()}
+        out["latency"] = {
+            bs: {k: _combine(k, [r["latency"][bs][k] for r in runs]) for k in d} for bs, d in first["latency"].items()
+        }
     out["n"] = len(runs)
     return out
 

@@ -32,8 +32,9 @@ from distillprune.distill.fast_teacher import fast_teacher
 from distillprune.train import RuntimeConfig
 
 
-def plain_kd_images_per_s(teacher: nn.Module, student: nn.Module, data: DataBundle, batch_size: int,
-                          steps: int, lr: float, seed: int = 0) -> float:
+def plain_kd_images_per_s(
+    teacher: nn.Module, student: nn.Module, data: DataBundle, batch_size: int, steps: int, lr: float, seed: int = 0
+) -> float:
     t_, alpha = HINTON_KD["temperature"], HINTON_KD["alpha"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = teacher.to(device).eval()
@@ -48,15 +49,18 @@ def plain_kd_images_per_s(teacher: nn.Module, student: nn.Module, data: DataBund
         x = (x_all[idx].float() / 255.0 - mean) / std
         x = F.pad(x, (4, 4, 4, 4))
         i, j = torch.randint(0, 9, (2,), generator=gen).tolist()
-        x = x[:, :, i:i + x_all.shape[2], j:j + x_all.shape[3]]
+        x = x[:, :, i : i + x_all.shape[2], j : j + x_all.shape[3]]
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(3)
         x, y = x.to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
         with torch.no_grad():
             t = teacher(x)
         s = student(x)
-        kd = F.kl_div(F.log_softmax(s / t_, 1), F.log_softmax(t / t_, 1), log_target=True,
-                      reduction="batchmean") * t_ * t_
+        kd = (
+            F.kl_div(F.log_softmax(s / t_, 1), F.log_softmax(t / t_, 1), log_target=True, reduction="batchmean")
+            * t_
+            * t_
+        )
         loss = alpha * kd + (1 - alpha) * F.cross_entropy(s, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,13 +82,29 @@ def teacher_forward_ms(teacher: nn.Module, shape: tuple[int, ...], batch_size: i
             fn(x)
             if i:  # the first pair warms up
                 sink.append((time.perf_counter() - t0) * 1e3)
-    return {"eager_ms": statistics.median(eager_ms), "fast_ms": statistics.median(fast_ms),
-            "folded": len(speed.folded), "channels_last": speed.channels_last}
+    return {
+        "eager_ms": statistics.median(eager_ms),
+        "fast_ms": statistics.median(fast_ms),
+        "folded": len(speed.folded),
+        "channels_last": speed.channels_last,
+    }
 
 
-def trainer_line(teacher: nn.Module, student: nn.Module, data: DataBundle, *, batch_size: int, steps: int,
-                 rounds: int, lr: float, runtime: RuntimeConfig, compile_teacher: bool = False,
-                 teacher_name: str = "teacher", warmup: bool = True, unfolded: bool = True) -> dict[str, Any]:
+def trainer_line(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: DataBundle,
+    *,
+    batch_size: int,
+    steps: int,
+    rounds: int,
+    lr: float,
+    runtime: RuntimeConfig,
+    compile_teacher: bool = False,
+    teacher_name: str = "teacher",
+    warmup: bool = True,
+    unfolded: bool = True,
+) -> dict[str, Any]:
     sub = copy.copy(data)
     sub.train = data.train.subset(steps * batch_size)
     sub.test = data.test.subset(batch_size)  # the trainer evaluates after its epoch: keep that negligible
@@ -93,8 +113,9 @@ def trainer_line(teacher: nn.Module, student: nn.Module, data: DataBundle, *, ba
     epochs = 2 if runtime.compile else 1
 
     def ours(**speed: bool) -> float:
-        return kd_finetune(copy.deepcopy(student), teacher, sub, epochs=epochs, lr=lr, batch_size=batch_size,
-                           runtime=runtime, **speed)["img_s_last_epoch"]
+        return kd_finetune(
+            copy.deepcopy(student), teacher, sub, epochs=epochs, lr=lr, batch_size=batch_size, runtime=runtime, **speed
+        )["img_s_last_epoch"]
 
     variants = {
         "plain": lambda: plain_kd_images_per_s(teacher, copy.deepcopy(student), sub, batch_size, steps, lr),
@@ -120,12 +141,22 @@ def trainer_line(teacher: nn.Module, student: nn.Module, data: DataBundle, *, ba
     per_round = [d / p for d, p in zip(rates["distillprune"], rates["plain"], strict=True)]
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    return {"teacher": teacher_name, "batch": batch_size, "steps": steps, "rounds": rounds, "img_s": med,
-            "rounds_img_s": rates,
-            "ratio": med["distillprune"] / med["plain"], "ratio_min": min(per_round), "ratio_max": max(per_round),
-            "teacher_compile_s": compile_s, "threads": torch.get_num_threads(),
-            "teacher_forward": None if torch.cuda.is_available()  # a CPU breakdown; the GPU rates say enough
-            else teacher_forward_ms(teacher.cpu(), tuple(data.input_shape), batch_size, max(rounds, 3))}
+    return {
+        "teacher": teacher_name,
+        "batch": batch_size,
+        "steps": steps,
+        "rounds": rounds,
+        "img_s": med,
+        "rounds_img_s": rates,
+        "ratio": med["distillprune"] / med["plain"],
+        "ratio_min": min(per_round),
+        "ratio_max": max(per_round),
+        "teacher_compile_s": compile_s,
+        "threads": torch.get_num_threads(),
+        "teacher_forward": None
+        if torch.cuda.is_available()  # a CPU breakdown; the GPU rates say enough
+        else teacher_forward_ms(teacher.cpu(), tuple(data.input_shape), batch_size, max(rounds, 3)),
+    }
 
 
 def render_trainer_line(r: dict[str, Any], student: str) -> str:
@@ -135,11 +166,20 @@ def render_trainer_line(r: dict[str, Any], student: str) -> str:
     if "distillprune_unfolded" in ips:
         parts.append(f"distillprune with the teacher unfolded {ips['distillprune_unfolded']:.1f} img/s")
     if "distillprune_compiled_teacher" in ips:
-        parts.append(f"distillprune with torch.compile'd teacher {ips['distillprune_compiled_teacher']:.1f} img/s "
-                     f"(+{r['teacher_compile_s']:.0f} s compiling)")
-    return (f"Trainer line ({r.get('teacher', 'teacher')} teacher, student: {student}; batch {r['batch']}, "
-            f"{r['steps']} steps x {r['rounds']} alternating rounds, {r['threads']} torch threads): " + "; ".join(parts)
-            + f". distillprune / plain: **{r['ratio']:.2f}x** (per round {r['ratio_min']:.2f}-{r['ratio_max']:.2f})."
-            + ("" if not tf else f" Teacher forward at batch {r['batch']}: eager {tf['eager_ms']:.0f} ms, folded "
-               f"copy {tf['fast_ms']:.0f} ms ({tf['folded']} BatchNorms folded, channels-last: "
-               f"{tf['channels_last']})."))
+        parts.append(
+            f"distillprune with torch.compile'd teacher {ips['distillprune_compiled_teacher']:.1f} img/s "
+            f"(+{r['teacher_compile_s']:.0f} s compiling)"
+        )
+    return (
+        f"Trainer line ({r.get('teacher', 'teacher')} teacher, student: {student}; batch {r['batch']}, "
+        f"{r['steps']} steps x {r['rounds']} alternating rounds, {r['threads']} torch threads): "
+        + "; ".join(parts)
+        + f". distillprune / plain: **{r['ratio']:.2f}x** (per round {r['ratio_min']:.2f}-{r['ratio_max']:.2f})."
+        + (
+            ""
+            if not tf
+            else f" Teacher forward at batch {r['batch']}: eager {tf['eager_ms']:.0f} ms, folded "
+            f"copy {tf['fast_ms']:.0f} ms ({tf['folded']} BatchNorms folded, channels-last: "
+            f"{tf['channels_last']})."
+        )
+    )

@@ -73,10 +73,15 @@ from distillprune.train.trainer import resolve_device
 PEERS = ["tp_l2", "tp_l2_r8", "drop"]
 DP = {"dp_2x": 2.0, "dp_3x": 3.0, "dp_4x": 4.0}
 ROWS = ["teacher", "trainer", *PEERS, *DP]
-LABELS = {"teacher": "teacher", "tp_l2": "1. Torch-Pruning L2, default rounding",
-          "tp_l2_r8": "2. Torch-Pruning L2, round_to=8", "drop": "3. layer dropping + KD",
-          "dp_2x": "4. distillprune, target 2x", "dp_3x": "4. distillprune, target 3x",
-          "dp_4x": "4. distillprune, target 4x"}
+LABELS = {
+    "teacher": "teacher",
+    "tp_l2": "1. Torch-Pruning L2, default rounding",
+    "tp_l2_r8": "2. Torch-Pruning L2, round_to=8",
+    "drop": "3. layer dropping + KD",
+    "dp_2x": "4. distillprune, target 2x",
+    "dp_3x": "4. distillprune, target 3x",
+    "dp_4x": "4. distillprune, target 4x",
+}
 STATED_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))  # the model's README (its training)
 
 
@@ -97,20 +102,35 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pairs", type=int, default=5, help="side-by-side latency pairs per batch size")
     ap.add_argument("--keep-blocks", type=int, default=3, help="layer dropping: blocks kept per stage")
     ap.add_argument("--mac-target", type=float, default=2.0, help="Torch-Pruning rows: dense / pruned MACs")
-    ap.add_argument("--depth-fractions", type=float, nargs="+", default=None,
-                    help="distillprune rows: target.depth_fractions (default: the library's)")
-    ap.add_argument("--refits", type=int, default=None,
-                    help="distillprune rows: target.refits (default: the library's; --quick: 4, as a tiny net's "
-                         "timings are mostly per-call overhead and noise)")
+    ap.add_argument(
+        "--depth-fractions",
+        type=float,
+        nargs="+",
+        default=None,
+        help="distillprune rows: target.depth_fractions (default: the library's)",
+    )
+    ap.add_argument(
+        "--refits",
+        type=int,
+        default=None,
+        help="distillprune rows: target.refits (default: the library's; --quick: 4, as a tiny net's "
+        "timings are mostly per-call overhead and noise)",
+    )
     ap.add_argument("--trainer-steps", type=int, default=20)
     ap.add_argument("--trainer-rounds", type=int, default=3)
     ap.add_argument("--trainer-compile", action="store_true", help="trainer line: also a torch.compile'd teacher")
-    ap.add_argument("--check-norm", action="store_true",
-                    help="teacher row: also evaluate with the normalisation the model was trained with")
+    ap.add_argument(
+        "--check-norm",
+        action="store_true",
+        help="teacher row: also evaluate with the normalisation the model was trained with",
+    )
     ap.add_argument("--gpu", action="store_true", help="train on CUDA (bf16, channels-last, compile); GPU latency")
     ap.add_argument("--budget-s", type=float, default=None, help="start no new row after this many seconds")
-    ap.add_argument("--retime", action="store_true",
-                    help="re-time the --rows already in the results side by side (no training): for a quieter machine")
+    ap.add_argument(
+        "--retime",
+        action="store_true",
+        help="re-time the --rows already in the results side by side (no training): for a quieter machine",
+    )
     ap.add_argument("--quick", action="store_true", help="a few hundred images, tiny budget: no claims (tests)")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
@@ -130,8 +150,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def runtime(a: argparse.Namespace) -> RuntimeConfig:
     cuda = a.gpu and torch.cuda.is_available()
-    return RuntimeConfig(device="auto", amp="bf16" if cuda else "none", channels_last=cuda, compile=cuda,
-                         threads=a.threads, progress=False, tensorboard=False)
+    return RuntimeConfig(
+        device="auto",
+        amp="bf16" if cuda else "none",
+        channels_last=cuda,
+        compile=cuda,
+        threads=a.threads,
+        progress=False,
+        tensorboard=False,
+    )
 
 
 def latency_cfg(a: argparse.Namespace) -> LatencyConfig:
@@ -144,8 +171,14 @@ def latency_cfg(a: argparse.Namespace) -> LatencyConfig:
 def tp_prune(teacher: torch.nn.Module, shape: tuple, ratio: float, round_to: int | None) -> torch.nn.Module:
     """Torch-Pruning's own API on a copy: L2 group magnitude, one uniform ``ratio``, classifier kept."""
     m = copy.deepcopy(teacher).cpu().eval().requires_grad_(True)  # TP traces autograd: unfreeze the copy
-    tp.pruner.MetaPruner(m, torch.zeros(1, *shape), importance=tp.importance.GroupMagnitudeImportance(p=2),
-                         pruning_ratio=ratio, ignored_layers=[m.fc], round_to=round_to).step()
+    tp.pruner.MetaPruner(
+        m,
+        torch.zeros(1, *shape),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=[m.fc],
+        round_to=round_to,
+    ).step()
     return m
 
 
@@ -180,8 +213,9 @@ def dropped_layers(teacher: torch.nn.Module, data, keep: int):
 # ------------------------------------------------------------------------------------------- measuring
 def latency_vs_teacher(model: torch.nn.Module | None, onnx, ctx: dict, a) -> dict:
     """ONNX Runtime CPU side by side with the teacher; on a GPU also CUDA-graph latency (needs ``model``)."""
-    lat = side_by_side(onnx, ctx["teacher_onnx"], ctx["shape"], pairs=a.pairs, threads=a.ort_threads,
-                       cfg=latency_cfg(a))
+    lat = side_by_side(
+        onnx, ctx["teacher_onnx"], ctx["shape"], pairs=a.pairs, threads=a.ort_threads, cfg=latency_cfg(a)
+    )
     if a.gpu and torch.cuda.is_available() and model is not None:
         lat["gpu_bs256"] = gpu_side_by_side(model, ctx["teacher"], ctx["shape"], a.pairs)
     return lat
@@ -195,8 +229,14 @@ def gpu_side_by_side(model, teacher, shape, pairs: int) -> dict:
         for m, sink in order if i % 2 == 0 else order[::-1]:
             sink.append(torch_latency(copy.deepcopy(m), shape, 256, mode="graph"))
     ratios = [r / c for r, c in zip(ref, cand, strict=True)]
-    return {"ms": sorted(cand)[len(cand) // 2], "ms_min": min(cand), "ms_max": max(cand),
-            "speedup": sorted(ratios)[len(ratios) // 2], "speedup_min": min(ratios), "speedup_max": max(ratios)}
+    return {
+        "ms": sorted(cand)[len(cand) // 2],
+        "ms_min": min(cand),
+        "ms_max": max(cand),
+        "speedup": sorted(ratios)[len(ratios) // 2],
+        "speedup_min": min(ratios),
+        "speedup_max": max(ratios),
+    }
 
 
 def runs_dir(a) -> Path:
@@ -211,8 +251,7 @@ def top1(model: torch.nn.Module, data, ctx: dict) -> float:
 
 def teacher_row(ctx: dict, a) -> dict:
     t = ctx["teacher"]
-    rec = {"name": ctx["spec"].name, "top1": top1(t, ctx["data"], ctx),
-           **size_of(t, ctx["shape"])}
+    rec = {"name": ctx["spec"].name, "top1": top1(t, ctx["data"], ctx), **size_of(t, ctx["shape"])}
     if a.check_norm:
         d = copy.copy(ctx["data"])
         d.mean, d.std = (torch.tensor(v) for v in STATED_NORM)
@@ -229,8 +268,11 @@ def peer_row(key: str, ctx: dict, a, seed: int = 0) -> dict:
     else:
         model, info = tp_prune_to(t, shape, a.mac_target, 8 if key == "tp_l2_r8" else None, 6 if a.quick else 12)
     rec = {**info, **size_of(model, shape), "top1_before": top1(model, data, ctx)}
-    rec.update(kd_finetune(model, t, data, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, runtime=ctx["rt"],
-                           compile_teacher=a.gpu))
+    rec.update(
+        kd_finetune(
+            model, t, data, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, runtime=ctx["rt"], compile_teacher=a.gpu
+        )
+    )
     onnx = export_onnx(model.cpu().float(), shape, runs_dir(a) / f"{key}_seed{seed}.onnx")
     rec["onnx"] = str(onnx)
     rec["latency"] = latency_vs_teacher(model, onnx, ctx, a)
@@ -248,16 +290,31 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
     lat = latency_cfg(a).model_dump()
     distill = {"losses": [HINTON_KD], "compile_teacher": a.gpu}
     raw = {
-        "name": f"bench-dp-{target:g}x", "seed": seed, "model": {"name": model_name, "checkpoint": a.teacher},
-        "data": {"source": a.source, "path": a.data, "batch_size": a.batch_size, "limit_train": a.limit_train,
-                 "limit_test": a.limit_test, "augment": {"crop_padding": 4, "hflip": True}},
-        "runtime": runtime(a).model_dump(), "measure": {**lat, "enabled": False},
+        "name": f"bench-dp-{target:g}x",
+        "seed": seed,
+        "model": {"name": model_name, "checkpoint": a.teacher},
+        "data": {
+            "source": a.source,
+            "path": a.data,
+            "batch_size": a.batch_size,
+            "limit_train": a.limit_train,
+            "limit_test": a.limit_test,
+            "augment": {"crop_padding": 4, "hflip": True},
+        },
+        "runtime": runtime(a).model_dump(),
+        "measure": {**lat, "enabled": False},
         "stages": [
-            {"type": "prune", "target": tgt, "width": {"importance": "taylor", "round_to": 8},
-             "distill": distill, "optimizer": {"lr": a.lr}},
+            {
+                "type": "prune",
+                "target": tgt,
+                "width": {"importance": "taylor", "round_to": 8},
+                "distill": distill,
+                "optimizer": {"lr": a.lr},
+            },
             {"type": "finetune", "epochs": a.epochs, "optimizer": {"lr": a.lr}, "distill": distill},
             {"type": "export"},
-        ]}
+        ],
+    }
     return validate(Recipe, raw, where="bench dp recipe")
 
 
@@ -272,11 +329,20 @@ def dp_row(key: str, ctx: dict, a, seed: int) -> dict:
     train_s = sum(t.train_seconds for t in runs)
     images = sum(t.train_seconds * t.train_images_per_s for t in runs)
     details = prune.details_dict()
-    rec = {"target": DP[key], "plan": to_jsonable(details.get("plan")), "removed_blocks": details.get("removed_blocks"),
-           "planner_log": details.get("log"),
-           "top1_before": prune.accuracy, "top1": fine.accuracy, **size_of(state.model, ctx["shape"]),
-           "train_s": train_s, "img_s": images / max(train_s, 1e-9), "prune_stage_s": prune.seconds,
-           "pipeline_s": wall.seconds, "epochs": a.epochs}
+    rec = {
+        "target": DP[key],
+        "plan": to_jsonable(details.get("plan")),
+        "removed_blocks": details.get("removed_blocks"),
+        "planner_log": details.get("log"),
+        "top1_before": prune.accuracy,
+        "top1": fine.accuracy,
+        **size_of(state.model, ctx["shape"]),
+        "train_s": train_s,
+        "img_s": images / max(train_s, 1e-9),
+        "prune_stage_s": prune.seconds,
+        "pipeline_s": wall.seconds,
+        "epochs": a.epochs,
+    }
     rec["onnx"] = str(run_dir / "model.onnx")
     rec["latency"] = latency_vs_teacher(state.model, rec["onnx"], ctx, a)
     return rec
@@ -284,11 +350,25 @@ def dp_row(key: str, ctx: dict, a, seed: int) -> dict:
 
 def trainer_row(ctx: dict, a) -> dict:
     student, info = tp_prune_to(ctx["teacher"], ctx["shape"], a.mac_target, None, 6 if a.quick else 12)
-    r = trainer_line(ctx["teacher"], student, ctx["data"], batch_size=a.batch_size, steps=a.trainer_steps,
-                     rounds=a.trainer_rounds, lr=a.lr, runtime=ctx["rt"], compile_teacher=a.trainer_compile,
-                     teacher_name=ctx["spec"].name, warmup=not (a.quick or a.gpu), unfolded=not a.gpu)
-    return {**r, "student": f"row 1's network (Torch-Pruning L2 ratio {info['tp_ratio']}, "
-                            f"{ctx['teacher_macs'] / size_of(student, ctx['shape'])['macs']:.2f}x fewer MACs)"}
+    r = trainer_line(
+        ctx["teacher"],
+        student,
+        ctx["data"],
+        batch_size=a.batch_size,
+        steps=a.trainer_steps,
+        rounds=a.trainer_rounds,
+        lr=a.lr,
+        runtime=ctx["rt"],
+        compile_teacher=a.trainer_compile,
+        teacher_name=ctx["spec"].name,
+        warmup=not (a.quick or a.gpu),
+        unfolded=not a.gpu,
+    )
+    return {
+        **r,
+        "student": f"row 1's network (Torch-Pruning L2 ratio {info['tp_ratio']}, "
+        f"{ctx['teacher_macs'] / size_of(student, ctx['shape'])['macs']:.2f}x fewer MACs)",
+    }
 
 
 # ------------------------------------------------------------------------------------------- table
@@ -321,13 +401,19 @@ COLUMNS = [
     ("speedup bs32", lambda r, t: _speedup(r, "bs32")),
     ("target", lambda r, t: f"{r['target']:g}x" if r.get("target") else "-"),
     ("MAC ratio", lambda r, t: f"{_mac_ratio(r, t):.2f}x"),
-    ("realised/MAC bs1", lambda r, t: f"{r['latency']['bs1']['speedup'] / _mac_ratio(r, t):.2f}"
-     if r.get("latency", {}).get("bs1") else "-"),
+    (
+        "realised/MAC bs1",
+        lambda r, t: (
+            f"{r['latency']['bs1']['speedup'] / _mac_ratio(r, t):.2f}" if r.get("latency", {}).get("bs1") else "-"
+        ),
+    ),
     ("FT s", lambda r, t: f"{r['train_s']:.0f}" if r.get("train_s") is not None else "-"),
     ("FT img/s", lambda r, t: f"{r['img_s']:.0f}" if r.get("img_s") is not None else "-"),
 ]
-GPU_COLUMNS = [("GPU bs256 ms", lambda r, t: fmt_spread(r.get("latency", {}).get("gpu_bs256"), "ms", ".3f")),
-               ("GPU speedup", lambda r, t: fmt_spread(r.get("latency", {}).get("gpu_bs256"), "speedup", ".2f", "x"))]
+GPU_COLUMNS = [
+    ("GPU bs256 ms", lambda r, t: fmt_spread(r.get("latency", {}).get("gpu_bs256"), "ms", ".3f")),
+    ("GPU speedup", lambda r, t: fmt_spread(r.get("latency", {}).get("gpu_bs256"), "speedup", ".2f", "x")),
+]
 
 
 def table(results: dict) -> str:
@@ -342,18 +428,22 @@ def table(results: dict) -> str:
     text = render_table(rows, cols, t)
     if t.get("top1_stated_norm") is not None:
         mean, std = t["norm_computed"]
-        text += (f"\n\nTeacher top-1 with the normalisation computed from the training images (the library's; mean "
-                 f"{', '.join(f'{v:.4f}' for v in mean)}, std {', '.join(f'{v:.4f}' for v in std)}): "
-                 f"{t['top1']:.2f}%; with the one the model was trained with (its README; mean "
-                 f"{', '.join(map(str, STATED_NORM[0]))}, std {', '.join(map(str, STATED_NORM[1]))}): "
-                 f"{t['top1_stated_norm']:.2f}%.")
+        text += (
+            f"\n\nTeacher top-1 with the normalisation computed from the training images (the library's; mean "
+            f"{', '.join(f'{v:.4f}' for v in mean)}, std {', '.join(f'{v:.4f}' for v in std)}): "
+            f"{t['top1']:.2f}%; with the one the model was trained with (its README; mean "
+            f"{', '.join(map(str, STATED_NORM[0]))}, std {', '.join(map(str, STATED_NORM[1]))}): "
+            f"{t['top1_stated_norm']:.2f}%."
+        )
     if notes:
         text += "\n\nRows without a result: " + "; ".join(notes)
     loads = [d["load1"] for _, r in rows for d in r.get("latency", {}).values() if "load1" in d]
     if loads:
-        text += (f"\n\nLatency: ONNX Runtime CPU, 1 intra-op thread, each row timed back to back with the teacher "
-                 f"in {t['latency']['bs1']['pairs']} pairs (median, min-max); the teacher row is the teacher "
-                 f"against itself (the noise floor). 1-min load average when timed: {min(loads):.1f}-{max(loads):.1f}.")
+        text += (
+            f"\n\nLatency: ONNX Runtime CPU, 1 intra-op thread, each row timed back to back with the teacher "
+            f"in {t['latency']['bs1']['pairs']} pairs (median, min-max); the teacher row is the teacher "
+            f"against itself (the noise floor). 1-min load average when timed: {min(loads):.1f}-{max(loads):.1f}."
+        )
     if "trainer" in results:
         r = results["trainer"][0]
         text += "\n\n" + render_trainer_line(r, r["student"])
@@ -366,8 +456,15 @@ def context(a) -> dict:
     data = load_data(DataConfig(source=a.source, path=a.data, limit_train=a.limit_train, limit_test=a.limit_test))
     teacher, spec = load_teacher(a.teacher)
     shape = tuple(data.input_shape)
-    return {"data": data, "teacher": teacher, "spec": spec, "shape": shape, "rt": runtime(a),
-            "teacher_onnx": onnx_of(teacher, shape), "teacher_macs": size_of(teacher, shape)["macs"]}
+    return {
+        "data": data,
+        "teacher": teacher,
+        "spec": spec,
+        "shape": shape,
+        "rt": runtime(a),
+        "teacher_onnx": onnx_of(teacher, shape),
+        "teacher_macs": size_of(teacher, shape)["macs"],
+    }
 
 
 def onnx_for(key: str, rec: dict, ctx: dict, a):
@@ -425,9 +522,19 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(path)
     ctx = context(a)
     results["retime_setup" if a.retime else "setup"] = {
-        "machine": machine(), "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size,
-        "train_images": len(ctx["data"].train), "test_images": len(ctx["data"].test), "threads": a.threads,
-        "ort_threads": a.ort_threads, "pairs": a.pairs, "gpu": a.gpu, "quick": a.quick, "command": " ".join(sys.argv)}
+        "machine": machine(),
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "batch_size": a.batch_size,
+        "train_images": len(ctx["data"].train),
+        "test_images": len(ctx["data"].test),
+        "threads": a.threads,
+        "ort_threads": a.ort_threads,
+        "pairs": a.pairs,
+        "gpu": a.gpu,
+        "quick": a.quick,
+        "command": " ".join(sys.argv),
+    }
     if "teacher" not in wanted and "teacher" not in results:
         wanted = ["teacher", *wanted]  # every table needs the teacher row
     if a.retime:
@@ -446,9 +553,12 @@ def main(argv: list[str] | None = None) -> int:
             add_run(results, key, {**rec, "row_s": tm.seconds}, seed=seed)
             save_results(path, results)
             write_table(out / "table.md", table(results))  # a run cut short still leaves its table
-            print(f"[{time.perf_counter() - t_start:7.0f} s] {key} seed {seed} done in {tm.seconds:.0f} s"
-                  + (f": top-1 {rec['top1']:.2f}%" if rec.get("top1") is not None else "")
-                  + (f" ({rec['error']})" if "error" in rec else ""), flush=True)
+            print(
+                f"[{time.perf_counter() - t_start:7.0f} s] {key} seed {seed} done in {tm.seconds:.0f} s"
+                + (f": top-1 {rec['top1']:.2f}%" if rec.get("top1") is not None else "")
+                + (f" ({rec['error']})" if "error" in rec else ""),
+                flush=True,
+            )
     text = table(results) + f"\n\nMachine: {machine_line(results['setup']['machine'])}."
     if a.quick:
         text = "quick: no claims\n\n" + text

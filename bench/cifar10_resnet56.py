@@ -14,6 +14,7 @@ Reduced run (CPU): teacher ResNet-20, small net ResNet-8, a subset, few epochs (
   python bench/cifar10_resnet56.py --data PACK.npz --reduced
 Smoke (tests): tiny subset, 1 epoch, any cifar-like .npz:  --smoke --source npz --data tiny.npz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, Sche
 SIZES = {  # mode -> teacher, small net (the "ResNet-20" of the row set)
     "full": (("resnet56", {}), ("resnet20", {})),
     "reduced": (("resnet20", {}), ("resnet", {"widths": [16, 32, 64], "blocks": [1, 1, 1]})),
-    "smoke": (("resnet", {"widths": [16, 32, 64], "blocks": [2, 2, 2]}),
-              ("resnet", {"widths": [16, 32, 64], "blocks": [1, 1, 1]})),
+    "smoke": (
+        ("resnet", {"widths": [16, 32, 64], "blocks": [2, 2, 2]}),
+        ("resnet", {"widths": [16, 32, 64], "blocks": [1, 1, 1]}),
+    ),
 }
 
 
@@ -60,8 +63,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
     ap.add_argument("--compile", action="store_true", help="torch.compile the trained model (GPU runs)")
     ap.add_argument("--throughput-steps", type=int, default=None, help="timed steps of the throughput row")
-    ap.add_argument("--depth-fractions", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75],
-                    help="shares of removable blocks the distillprune rows may remove (searched)")
+    ap.add_argument(
+        "--depth-fractions",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 0.75],
+        help="shares of removable blocks the distillprune rows may remove (searched)",
+    )
     a = ap.parse_args()
     a.mode = "smoke" if a.smoke else "reduced" if a.reduced else "full"
     if a.smoke:
@@ -77,8 +85,14 @@ COMPILE = False  # set from --compile
 
 def runtime() -> RuntimeConfig:
     cuda = torch.cuda.is_available()
-    return RuntimeConfig(device="auto", amp="bf16" if cuda else "none", channels_last=cuda, compile=COMPILE,
-                         progress=False, tensorboard=False)
+    return RuntimeConfig(
+        device="auto",
+        amp="bf16" if cuda else "none",
+        channels_last=cuda,
+        compile=COMPILE,
+        progress=False,
+        tensorboard=False,
+    )
 
 
 def settings(epochs: int, lr: float) -> FitSettings:
@@ -88,7 +102,8 @@ def settings(epochs: int, lr: float) -> FitSettings:
 def build(spec: tuple[str, dict], data) -> tuple[torch.nn.Module, ArchSpec]:
     name, kw = spec
     return dp.build_model(name, data.num_classes, data.input_shape, **kw), ArchSpec(
-        name, data.num_classes, list(data.input_shape), dict(kw))
+        name, data.num_classes, list(data.input_shape), dict(kw)
+    )
 
 
 def teacher_model(a, data, bs: int) -> tuple[torch.nn.Module, dict]:
@@ -98,19 +113,43 @@ def teacher_model(a, data, bs: int) -> tuple[torch.nn.Module, dict]:
         return model, meta.get("train", {})
     torch.manual_seed(0)
     model, spec = build(SIZES[a.mode][0], data)
-    hist = fit(model, data, settings(a.teacher_epochs, 0.2), CrossEntropy(0.1), runtime=runtime(), seed=0,
-               batch_size=bs, crop_padding=4, hflip=True)
-    info = {"epochs": a.teacher_epochs, "seconds": sum(h["seconds"] for h in hist),
-            "images_per_s": sum(h["images_per_s"] for h in hist) / len(hist)}
+    hist = fit(
+        model,
+        data,
+        settings(a.teacher_epochs, 0.2),
+        CrossEntropy(0.1),
+        runtime=runtime(),
+        seed=0,
+        batch_size=bs,
+        crop_padding=4,
+        hflip=True,
+    )
+    info = {
+        "epochs": a.teacher_epochs,
+        "seconds": sum(h["seconds"] for h in hist),
+        "images_per_s": sum(h["images_per_s"] for h in hist) / len(hist),
+    }
     save_checkpoint(folder, model.cpu(), spec, train=info)
     return model, info
 
 
 def train_row(model, data, a, bs: int, teacher=None, seed: int = 0) -> dict:
-    objective = Distiller.from_specs(teacher, [{"name": "kd", "temperature": 4.0, "alpha": 0.9}]) \
-        if teacher is not None else CrossEntropy()
-    hist = fit(model, data, settings(a.epochs, 0.1), objective, runtime=runtime(), seed=seed, batch_size=bs,
-               crop_padding=4, hflip=True)
+    objective = (
+        Distiller.from_specs(teacher, [{"name": "kd", "temperature": 4.0, "alpha": 0.9}])
+        if teacher is not None
+        else CrossEntropy()
+    )
+    hist = fit(
+        model,
+        data,
+        settings(a.epochs, 0.1),
+        objective,
+        runtime=runtime(),
+        seed=seed,
+        batch_size=bs,
+        crop_padding=4,
+        hflip=True,
+    )
     return {"train_s": sum(h["seconds"] for h in hist), "img_s": sum(h["images_per_s"] for h in hist) / len(hist)}
 
 
@@ -121,8 +160,9 @@ def tp_prune_to(model, data, target_macs: int) -> torch.nn.Module:
     for _ in range(10):
         mid = (lo + hi) / 2
         m = copy.deepcopy(model).cpu().eval().requires_grad_(True)  # TP traces autograd: unfreeze the copy
-        pruner = tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=mid, ignored_layers=[m.fc])
+        pruner = tp.pruner.MetaPruner(
+            m, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=mid, ignored_layers=[m.fc]
+        )
         pruner.step()
         if count_macs(m, data.input_shape) <= target_macs:
             hi, best = mid, m
@@ -135,25 +175,45 @@ def tp_prune_to(model, data, target_macs: int) -> torch.nn.Module:
 
 def dp_row(a, data, teacher_dir: Path, bs: int, target: dict, seed: int) -> tuple[torch.nn.Module, dict]:
     steps, per = (3, max(1, a.epochs // 6)) if a.epochs >= 6 else (1, 0)
-    recipe = dp.Recipe.model_validate({
-        "name": "bench", "seed": seed, "model": {"name": "resnet", "checkpoint": str(teacher_dir)},
-        "data": {"source": a.source, "path": a.data, "batch_size": bs, "limit_train": a.limit_train,
-                 "limit_test": a.limit_test, "augment": {"crop_padding": 4, "hflip": True}},
-        "runtime": runtime().model_dump(), "measure": {"enabled": False},
-        "stages": [
-            {"type": "prune", "target": {**target, "depth_fractions": a.depth_fractions},
-             "width": {"importance": "taylor", "round_to": 8}, "steps": steps, "epochs_per_step": per,
-             "optimizer": {"lr": 0.05}},
-            {"type": "finetune", "epochs": a.epochs - steps * per, "optimizer": {"lr": 0.1}},
-        ]})
+    recipe = dp.Recipe.model_validate(
+        {
+            "name": "bench",
+            "seed": seed,
+            "model": {"name": "resnet", "checkpoint": str(teacher_dir)},
+            "data": {
+                "source": a.source,
+                "path": a.data,
+                "batch_size": bs,
+                "limit_train": a.limit_train,
+                "limit_test": a.limit_test,
+                "augment": {"crop_padding": 4, "hflip": True},
+            },
+            "runtime": runtime().model_dump(),
+            "measure": {"enabled": False},
+            "stages": [
+                {
+                    "type": "prune",
+                    "target": {**target, "depth_fractions": a.depth_fractions},
+                    "width": {"importance": "taylor", "round_to": 8},
+                    "steps": steps,
+                    "epochs_per_step": per,
+                    "optimizer": {"lr": 0.05},
+                },
+                {"type": "finetune", "epochs": a.epochs - steps * per, "optimizer": {"lr": 0.1}},
+            ],
+        }
+    )
     t0 = time.perf_counter()
     state = execute(recipe, None, data=data, quiet=True)
     report, model = state.report, state.model
     fin = report.stages[-1].details
     prune = next(s for s in report.stages if s.type == "prune").details
     img_s = fin.training.train_images_per_s if fin.training else 0.0
-    return model, {"train_s": time.perf_counter() - t0, "img_s": img_s,
-                   "plan": to_jsonable(prune.plan) if prune.plan else None}
+    return model, {
+        "train_s": time.perf_counter() - t0,
+        "img_s": img_s,
+        "plan": to_jsonable(prune.plan) if prune.plan else None,
+    }
 
 
 def plain_eager_throughput(model, data, bs: int, steps: int) -> float:
@@ -171,7 +231,7 @@ def plain_eager_throughput(model, data, bs: int, steps: int) -> float:
         x = (x_all[idx].float() / 255.0 - mean) / std
         x = torch.nn.functional.pad(x, (4, 4, 4, 4))
         i, j = torch.randint(0, 9, (2,), generator=gen).tolist()
-        x = x[:, :, i:i + 32, j:j + 32]
+        x = x[:, :, i : i + 32, j : j + 32]
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(3)
         x, y = x.to(device, non_blocking=True), y_all[idx].to(device, non_blocking=True)
@@ -202,16 +262,21 @@ def throughput_row(a, data, teacher, bs: int) -> dict:
     sub.train = data.train.subset(min(len(data.train), steps * bs))
     model, _ = build(SIZES[a.mode][1], data)
     objective = Distiller.from_specs(teacher, [{"name": "kd", "temperature": 4.0, "alpha": 0.9}])
-    hist = fit(model, sub, settings(2, 0.05), objective, runtime=runtime(), seed=0, batch_size=bs,
-               crop_padding=4, hflip=True)
+    hist = fit(
+        model, sub, settings(2, 0.05), objective, runtime=runtime(), seed=0, batch_size=bs, crop_padding=4, hflip=True
+    )
     ours = hist[-1]["images_per_s"]  # the second epoch: after warm-up (and compilation)
     return {"plain_img_s": plain, "dp_kd_img_s": ours, "ratio": ours / plain, "batch": bs, "steps": steps}
 
 
 def measure(model, data, a, bs_eval: int) -> dict:
     acc = evaluate(model, data, batch_size=bs_eval, runtime=runtime())
-    lat = LatencyConfig(batch_sizes=[1, 32], threads=a.threads, repeats=7 if a.mode != "smoke" else 2,
-                        min_window_s=0.1 if a.mode != "smoke" else 0.005)
+    lat = LatencyConfig(
+        batch_sizes=[1, 32],
+        threads=a.threads,
+        repeats=7 if a.mode != "smoke" else 2,
+        min_window_s=0.1 if a.mode != "smoke" else 0.005,
+    )
     st = measure_model(model.float().cpu(), data.input_shape, lat, accuracy=acc)
     return {"top1": acc, "params": st.params, "macs": st.macs, **st.latency_ms}
 
@@ -239,8 +304,11 @@ def main() -> int:
     saved = out / "results.json"  # a partial run (--rows) adds its rows to an earlier run's results
     results = json.loads(saved.read_text()) if a.rows != "all" and saved.exists() else {}
     if "teacher" not in results:  # a partial run keeps the teacher measured beside the earlier rows
-        results["teacher"] = {**measure(teacher, data, a, 1000), "train_s": tinfo.get("seconds"),
-                              "img_s": tinfo.get("images_per_s")}
+        results["teacher"] = {
+            **measure(teacher, data, a, 1000),
+            "train_s": tinfo.get("seconds"),
+            "img_s": tinfo.get("images_per_s"),
+        }
     dense_macs = results["teacher"]["macs"]
     for row in wanted:
         if row == "throughput":
@@ -257,8 +325,12 @@ def main() -> int:
                 model = tp_prune_to(teacher, data, small_macs)
                 info = train_row(model, data, a, bs, teacher if row == "tp_kd" else None, seed)
             else:
-                target = {"dp_2x": {"macs_ratio": 2.0}, "dp_3x": {"macs_ratio": dense_macs / small_macs},
-                          "dp_4x": {"macs_ratio": 4.0}, "dp_speed3x": {"latency_speedup": 3.0}}[row]
+                target = {
+                    "dp_2x": {"macs_ratio": 2.0},
+                    "dp_3x": {"macs_ratio": dense_macs / small_macs},
+                    "dp_4x": {"macs_ratio": 4.0},
+                    "dp_speed3x": {"latency_speedup": 3.0},
+                }[row]
                 model, info = dp_row(a, data, tdir, bs, target, seed)
             results[row].append({**measure(model, data, a, 1000), **info})
             saved.write_text(json.dumps(results, indent=1, default=str))
@@ -268,8 +340,20 @@ def main() -> int:
 
 def table(results: dict, a) -> str:
     t = results["teacher"]
-    head = ["row", "top-1 %", "params", "MACs", "ORT bs1 ms", "ORT bs32 ms", "speedup bs1", "speedup bs32",
-            "MAC ratio", "realised/MAC bs1", "train s", "img/s"]
+    head = [
+        "row",
+        "top-1 %",
+        "params",
+        "MACs",
+        "ORT bs1 ms",
+        "ORT bs32 ms",
+        "speedup bs1",
+        "speedup bs32",
+        "MAC ratio",
+        "realised/MAC bs1",
+        "train s",
+        "img/s",
+    ]
     gpu_keys = sorted(k for k in t if k.startswith("gpu_"))
     head += [f"{k} ms" for k in gpu_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -278,10 +362,20 @@ def table(results: dict, a) -> str:
         m = {k: sum(r[k] for r in rs) / len(rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
         mr = t["macs"] / m["macs"]
         sp1, sp32 = t["ort_bs1"] / m["ort_bs1"], t["ort_bs32"] / m["ort_bs32"]
-        cells = [name + (f" (n={len(rs)})" if len(rs) > 1 else ""), f"{m['top1']:.2f}", f"{m['params'] / 1e6:.3f}M",
-                 f"{m['macs'] / 1e6:.1f}M", f"{m['ort_bs1']:.3f}", f"{m['ort_bs32']:.2f}", f"{sp1:.2f}x",
-                 f"{sp32:.2f}x", f"{mr:.2f}x", f"{sp1 / mr:.2f}", f"{m.get('train_s') or 0:.0f}",
-                 f"{m.get('img_s') or 0:.0f}"]
+        cells = [
+            name + (f" (n={len(rs)})" if len(rs) > 1 else ""),
+            f"{m['top1']:.2f}",
+            f"{m['params'] / 1e6:.3f}M",
+            f"{m['macs'] / 1e6:.1f}M",
+            f"{m['ort_bs1']:.3f}",
+            f"{m['ort_bs32']:.2f}",
+            f"{sp1:.2f}x",
+            f"{sp32:.2f}x",
+            f"{mr:.2f}x",
+            f"{sp1 / mr:.2f}",
+            f"{m.get('train_s') or 0:.0f}",
+            f"{m.get('img_s') or 0:.0f}",
+        ]
         cells += [f"{m[k]:.3f}" for k in gpu_keys]
         return "| " + " | ".join(cells) + " |"
 
@@ -291,9 +385,12 @@ def table(results: dict, a) -> str:
             lines.append(row(name, results[name]))
     if "throughput" in results:
         r = results["throughput"]
-        lines += ["", f"Trainer throughput, small net, batch {r['batch']}: plain eager loop (CE) "
-                      f"{r['plain_img_s']:.0f} img/s; distillprune trainer with KD {r['dp_kd_img_s']:.0f} img/s; "
-                      f"ratio {r['ratio']:.2f}x"]
+        lines += [
+            "",
+            f"Trainer throughput, small net, batch {r['batch']}: plain eager loop (CE) "
+            f"{r['plain_img_s']:.0f} img/s; distillprune trainer with KD {r['dp_kd_img_s']:.0f} img/s; "
+            f"ratio {r['ratio']:.2f}x",
+        ]
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ between 1 and 2 processes.
     python bench/ddp_float_noise.py recipes/digits_ddp.yaml --set runtime.device=cpu --set runtime.threads=1 \\
         --set runtime.progress=false --set measure.enabled=false
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,12 +59,21 @@ def main() -> None:
         sd = {k: v.float() for k, v in load_file(str(first / "model.safetensors")).items()}
         ref = ref or sd
         keys = [k for k in sd if not k.endswith("num_batches_tracked")]
-        gap = float(torch.cat([(sd[k] - ref[k]).flatten() for k in keys]).norm()
-                    / torch.cat([ref[k].flatten() for k in keys]).norm())
-        print(json.dumps({"eps": eps, "ops": [hashlib.sha256(json.dumps(o).encode()).hexdigest()[:6] for o in ops],
-                          "blocks": [o["path"] for o in ops if o["op"] == "remove_block"],
-                          "top1": [s.accuracy for s in st.report.stages],
-                          f"{first.name}_weights_rel_gap": round(gap, 4)}))
+        gap = float(
+            torch.cat([(sd[k] - ref[k]).flatten() for k in keys]).norm()
+            / torch.cat([ref[k].flatten() for k in keys]).norm()
+        )
+        print(
+            json.dumps(
+                {
+                    "eps": eps,
+                    "ops": [hashlib.sha256(json.dumps(o).encode()).hexdigest()[:6] for o in ops],
+                    "blocks": [o["path"] for o in ops if o["op"] == "remove_block"],
+                    "top1": [s.accuracy for s in st.report.stages],
+                    f"{first.name}_weights_rel_gap": round(gap, 4),
+                }
+            )
+        )
     tmp.cleanup()
 
 

@@ -157,21 +157,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--reduced", action="store_true", help="CPU-sized run (see module doc)")
     ap.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch (tests)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the preset's)")
-    ap.add_argument(
-        "--epochs", type=int, default=None, help="student epochs of every row (default: preset's)"
-    )
+    ap.add_argument("--epochs", type=int, default=None, help="student epochs of every row (default: preset's)")
     ap.add_argument("--rows", default="all", help="comma list of row keys, or all")
-    ap.add_argument(
-        "--lr", type=float, default=None, help="student peak lr of every row (default: the preset's)"
-    )
-    ap.add_argument(
-        "--grad-clip", type=float, default=None, help="gradient-norm clip of every row (default: preset's)"
-    )
+    ap.add_argument("--lr", type=float, default=None, help="student peak lr of every row (default: the preset's)")
+    ap.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip of every row (default: preset's)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     ap.add_argument("--out", default="bench_out/distill_losses", help="results.json goes here")
-    ap.add_argument(
-        "--teacher", default=None, help="teacher checkpoint folder: reused if present, else written"
-    )
+    ap.add_argument("--teacher", default=None, help="teacher checkpoint folder: reused if present, else written")
     a = ap.parse_args()
     a.mode = "smoke" if a.smoke else "reduced" if a.reduced else "full"
     return a
@@ -213,9 +205,7 @@ def train_teacher(p: dict, a: argparse.Namespace, data) -> tuple[torch.nn.Module
         {
             **base_recipe(p, a, 0),
             "model": {"name": name, "kwargs": kw},
-            "stages": [
-                {"type": "train", "epochs": p["teacher_epochs"], "optimizer": {"lr": p["teacher_lr"]}}
-            ],
+            "stages": [{"type": "train", "epochs": p["teacher_epochs"], "optimizer": {"lr": p["teacher_lr"]}}],
         },
     )
     state = execute(recipe, None, data=data, quiet=True)

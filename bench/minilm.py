@@ -22,6 +22,7 @@ with the teacher, median of rounds), mean cosine to the teacher and top-10 retri
 sentences. Each trained row is saved with save_pretrained (OUT/<row>/hf) and measured from that folder;
 results merge into OUT/results.json after each row (partial runs keep earlier rows).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,38 @@ FORTUNES = "/usr/share/games/fortunes"
 
 
 def data_config(limit_train: int | None, limit_test: int) -> DataConfig:
-    return DataConfig(source="text", path=FORTUNES, test_fraction=0.05, limit_train=limit_train,
-                      limit_test=limit_test, batch_size=32, labels=False,
-                      text={"tokenizer": MODEL, "max_length": 64, "format": "fortune", "sentences": True,
-                            "min_chars": 20, "max_chars": 300})
+    return DataConfig(
+        source="text",
+        path=FORTUNES,
+        test_fraction=0.05,
+        limit_train=limit_train,
+        limit_test=limit_test,
+        batch_size=32,
+        labels=False,
+        text={
+            "tokenizer": MODEL,
+            "max_length": 64,
+            "format": "fortune",
+            "sentences": True,
+            "min_chars": 20,
+            "max_chars": 300,
+        },
+    )
 
 
 def kd(student, teacher, data, epochs: int, lr: float) -> dict:
-    rep = dp.distill(student, teacher, data, epochs=epochs, losses=[{"name": "embedding"}], optimizer="adamw",
-                     lr=lr, batch_size=32, cache=True, runtime=RuntimeConfig(progress=True, tensorboard=False))
+    rep = dp.distill(
+        student,
+        teacher,
+        data,
+        epochs=epochs,
+        losses=[{"name": "embedding"}],
+        optimizer="adamw",
+        lr=lr,
+        batch_size=32,
+        cache=True,
+        runtime=RuntimeConfig(progress=True, tensorboard=False),
+    )
     return {"train_seconds": rep.training.train_seconds if rep.training else 0}
 
 
@@ -75,9 +99,17 @@ def tp_heads_ffn(model, data, ratio: float = 0.5):
         ignored += [layer.attention.output.dense, layer.output.dense]
     for p in hf.parameters():
         p.requires_grad_(True)
-    pruner = tp.pruner.MetaPruner(hf, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, num_heads=num_heads, prune_num_heads=True,
-                                  prune_head_dims=False, head_pruning_ratio=ratio, ignored_layers=ignored)
+    pruner = tp.pruner.MetaPruner(
+        hf,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        num_heads=num_heads,
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=ratio,
+        ignored_layers=ignored,
+    )
     pruner.step()
     for layer in hf.encoder.layer:  # the hand patch Torch-Pruning's HF example asks for
         att = layer.attention.self
@@ -117,13 +149,27 @@ def train_row(name: str, teacher, data, args) -> dict:
     info: dict = {}
     if name == "dp":
         m = trainable(teacher)
-        rep = dp.prune_(m, {"heads": {"ratio": args.dp_heads}, "ffn": {"ratio": args.dp_ffn},
-                            "layers": {"drop": args.dp_drop}, "steps": args.epochs, "epochs_per_step": 1,
-                            "optimizer": opt, "distill": {"losses": [{"name": "embedding"}], "cache": True}},
-                        teacher=teacher, data=data, batch_size=32, spec=spec_of(m, 0, 64, MODEL),
-                        runtime=RuntimeConfig(progress=True, tensorboard=False))
-        info = {"dropped_layers": rep.dropped_layers,
-                "train_seconds": rep.training.train_seconds if rep.training else 0}
+        rep = dp.prune_(
+            m,
+            {
+                "heads": {"ratio": args.dp_heads},
+                "ffn": {"ratio": args.dp_ffn},
+                "layers": {"drop": args.dp_drop},
+                "steps": args.epochs,
+                "epochs_per_step": 1,
+                "optimizer": opt,
+                "distill": {"losses": [{"name": "embedding"}], "cache": True},
+            },
+            teacher=teacher,
+            data=data,
+            batch_size=32,
+            spec=spec_of(m, 0, 64, MODEL),
+            runtime=RuntimeConfig(progress=True, tensorboard=False),
+        )
+        info = {
+            "dropped_layers": rep.dropped_layers,
+            "train_seconds": rep.training.train_seconds if rep.training else 0,
+        }
     elif name == "tp":
         m = tp_heads_ffn(trainable(teacher), data)
         surgery.sync_config(m)  # so that the folder reloads (the layout of the shapes TP left)
@@ -143,9 +189,13 @@ def train_row(name: str, teacher, data, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/minilm-bench"))
-    ap.add_argument("--phase", choices=["train", "measure", "all", "table"], default="all",
-                    help="train: the --rows students (one process per row may run in parallel); measure: "
-                         "quality and latency of every row trained so far, plus dp_int8")
+    ap.add_argument(
+        "--phase",
+        choices=["train", "measure", "all", "table"],
+        default="all",
+        help="train: the --rows students (one process per row may run in parallel); measure: "
+        "quality and latency of every row trained so far, plus dp_int8",
+    )
     ap.add_argument("--rows", default="dp,tp,layers")
     ap.add_argument("--epochs", type=int, default=2, help="KD epochs of every student (dp: one per prune step)")
     ap.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of every student")
@@ -175,8 +225,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict) -> str:
     """The Markdown table of docs/benchmarks.md."""
-    head = ["row", "layers / heads / FFN", "params", "ONNX MB", "ORT ms (1, 64)", "speedup (1, 64)",
-            "ORT ms (32, 128)", "speedup (32, 128)", "cosine to teacher", "top-10 overlap %", "train s"]
+    head = [
+        "row",
+        "layers / heads / FFN",
+        "params",
+        "ONNX MB",
+        "ORT ms (1, 64)",
+        "speedup (1, 64)",
+        "ORT ms (32, 128)",
+        "speedup (32, 128)",
+        "cosine to teacher",
+        "top-10 overlap %",
+        "train s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in ("teacher", "dp", "dp_int8", "tp", "layers"):
         r = results.get(name)
@@ -184,11 +245,25 @@ def table(results: dict) -> str:
             continue
         st = r.get("structure", {})
         shape = f"{st.get('layers')} / {sum(st.get('heads', []))} / {sum(st.get('ffn', []))}" if st else "-"
-        lines.append("| " + " | ".join([
-            name, shape, f"{r['params'] / 1e6:.2f}M", f"{r['onnx_bytes'] / 1e6:.1f}", f"{r['ms_b1_s64']:.1f}",
-            f"{r['speedup_b1_s64']:.2f}x", f"{r['ms_b32_s128']:.0f}", f"{r['speedup_b32_s128']:.2f}x",
-            f"{r['cosine']:.4f}", f"{100 * r['top10_overlap']:.1f}",
-            str(r.get("train_seconds", "-"))]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    shape,
+                    f"{r['params'] / 1e6:.2f}M",
+                    f"{r['onnx_bytes'] / 1e6:.1f}",
+                    f"{r['ms_b1_s64']:.1f}",
+                    f"{r['speedup_b1_s64']:.2f}x",
+                    f"{r['ms_b32_s128']:.0f}",
+                    f"{r['speedup_b32_s128']:.2f}x",
+                    f"{r['cosine']:.4f}",
+                    f"{100 * r['top10_overlap']:.1f}",
+                    str(r.get("train_seconds", "-")),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -198,14 +273,23 @@ def measure(teacher, data, args, argv) -> None:
     test_x = data.inputs("test")
     t_emb = run_torch(teacher, test_x)
     t_onnx = onnx_bytes(teacher, (64,))
-    results["_setup"] = {"train_sentences": len(data.train), "test_sentences": len(data.test),
-                         "epochs": args.epochs, "lr": args.lr,
-                         "command": "python bench/minilm.py " + " ".join(argv or sys.argv[1:])}
+    results["_setup"] = {
+        "train_sentences": len(data.train),
+        "test_sentences": len(data.test),
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "command": "python bench/minilm.py " + " ".join(argv or sys.argv[1:]),
+    }
 
     def record(name: str, model, onnx: bytes, extra: dict | None = None) -> None:
-        row = {"params": count_params(model), "onnx_bytes": len(onnx),
-               **embedding_quality(run_onnx(onnx, test_x), t_emb),
-               **latency_pair(t_onnx, onnx, args.rounds), "structure": surgery.summary(model), **(extra or {})}
+        row = {
+            "params": count_params(model),
+            "onnx_bytes": len(onnx),
+            **embedding_quality(run_onnx(onnx, test_x), t_emb),
+            **latency_pair(t_onnx, onnx, args.rounds),
+            "structure": surgery.summary(model),
+            **(extra or {}),
+        }
         results[name] = row
         res_path.write_text(json.dumps(results, indent=2) + "\n")
         print(name, json.dumps(row), flush=True)
@@ -220,8 +304,12 @@ def measure(teacher, data, args, argv) -> None:
         record(name, m, onnx_bytes(m, (64,)), info)
         if name == "dp":
             q = dp.quantize(m, data, {"method": "dynamic"}, args.out / "dp.int8.onnx")
-            record("dp_int8", m, (args.out / "dp.int8.onnx").read_bytes(),
-                   {"int8_cosine_to_float": round(q.cosine or 0, 5), "op_types": q.details.get("op_types")})
+            record(
+                "dp_int8",
+                m,
+                (args.out / "dp.int8.onnx").read_bytes(),
+                {"int8_cosine_to_float": round(q.cosine or 0, 5), "op_types": q.details.get("op_types")},
+            )
 
 
 if __name__ == "__main__":

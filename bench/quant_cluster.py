@@ -46,21 +46,21 @@ TARGET_SPEEDUP, TARGET_INT8_LOSS, TARGET_RATIO, TARGET_CLUSTER_LOSS = 1.8, 0.3, 
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.npz")
-    )
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.npz"))
     ap.add_argument("--out", default="bench_out/quant_cluster")
     ap.add_argument("--smoke", action="store_true", help="tiny subsets, 1 epoch (tests)")
     ap.add_argument("--setups", default="digits,cifar10")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for latency")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (median)")
-    ap.add_argument("--limit-train", type=int, default=5000,
-                    help="CIFAR-10 training images (class-balanced); 0 = all")
+    ap.add_argument("--limit-train", type=int, default=5000, help="CIFAR-10 training images (class-balanced); 0 = all")
     ap.add_argument("--limit-test", type=int, default=1000, help="CIFAR-10 test images (class-balanced); 0 = all")
     ap.add_argument("--model", default="resnet20", help="CIFAR-10 teacher architecture (model zoo name)")
-    ap.add_argument("--teacher", default=None,
-                    help="checkpoint folder of a trained CIFAR-10 teacher (e.g. the one bench/cifar10_resnet56.py "
-                         "keeps): start from it instead of training one")
+    ap.add_argument(
+        "--teacher",
+        default=None,
+        help="checkpoint folder of a trained CIFAR-10 teacher (e.g. the one bench/cifar10_resnet56.py "
+        "keeps): start from it instead of training one",
+    )
     a = ap.parse_args()
     a.limit_train, a.limit_test = a.limit_train or None, a.limit_test or None
     if a.teacher and not (Path(a.teacher) / "model.json").exists():
@@ -75,9 +75,7 @@ def cpu_info() -> tuple[str, list[str]]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine(), []
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?"
-    )
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
     flags = sorted(set(re.findall(r"\b(avx512[a-z_0-9]*|avx_vnni|avx2)\b", text)))
     return model, flags
 
@@ -123,9 +121,7 @@ def digits_recipe(a: argparse.Namespace) -> dict:
     raw["stages"] = [s for s in raw["stages"] if s["type"] != "export"] + quant_stages(a, 2, 0.005)
     if a.smoke:
         raw["data"].update(limit_train=200, limit_test=100)
-        raw["model"]["kwargs"] = {
-            "widths": [8, 16, 16]
-        }  # 2 blocks a stage, as the demo: depth pruning applies
+        raw["model"]["kwargs"] = {"widths": [8, 16, 16]}  # 2 blocks a stage, as the demo: depth pruning applies
         for st in raw["stages"]:
             for key in ("epochs", "epochs_per_step"):
                 if st.get(key):
@@ -143,8 +139,9 @@ def cifar_subset(a: argparse.Namespace):
 
     p = Path(a.data)
     if p.exists():
-        return load_data(DataConfig(source="cifar10_jpeg", path=str(p), limit_train=a.limit_train,
-                                    limit_test=a.limit_test))
+        return load_data(
+            DataConfig(source="cifar10_jpeg", path=str(p), limit_train=a.limit_train, limit_test=a.limit_test)
+        )
     if not a.smoke:
         sys.exit(f"CIFAR-10 pack not found: {p} (pass --data)")
     g = np.random.default_rng(0)
@@ -152,8 +149,9 @@ def cifar_subset(a: argparse.Namespace):
     xs = [torch.from_numpy(g.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)) for n in sizes]
     ys = [torch.from_numpy(g.integers(0, 10, n)) for n in sizes]
     mean, std = channel_stats(xs[0])
-    return DataBundle(Split(xs[0], ys[0]), Split(xs[1], ys[1]), 10, [str(i) for i in range(10)], mean, std,
-                      "cifar10-subset")
+    return DataBundle(
+        Split(xs[0], ys[0]), Split(xs[1], ys[1]), 10, [str(i) for i in range(10)], mean, std, "cifar10-subset"
+    )
 
 
 def cifar_recipe(a: argparse.Namespace) -> dict:
@@ -161,8 +159,9 @@ def cifar_recipe(a: argparse.Namespace) -> dict:
     if a.teacher:  # a trained teacher: evaluate it where the train stage would be
         model, first = {"name": a.model, "checkpoint": a.teacher}, {"type": "evaluate"}
     else:
-        model = ({"name": "resnet", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}} if a.smoke
-                 else {"name": a.model})
+        model = (
+            {"name": "resnet", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}} if a.smoke else {"name": a.model}
+        )
         first = {"type": "train", "epochs": e(15), "optimizer": {"lr": 0.1}}
     return {
         "name": f"cifar10_{a.model}",
@@ -281,8 +280,7 @@ def quant_table(setup: str, run: Path, report, data, a: argparse.Namespace) -> t
         + ["size KiB"]
     )
     lines = [
-        f"**{setup}**: pruned student, {_fmt_int(report.final.params)} params, "
-        f"{_fmt_int(report.final.macs)} MACs",
+        f"**{setup}**: pruned student, {_fmt_int(report.final.params)} params, {_fmt_int(report.final.macs)} MACs",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -373,13 +371,9 @@ def run_setup(setup: str, a: argparse.Namespace, out: Path) -> dict:
     res = {"quant_report": state.report, "data": state.data, "run": run}
     ck = stage_dir(run, state.report, "finetune")
     cl = follow_up(raw, run, ck, cluster_stages(a, lr), f"{setup}_cluster")
-    res["cluster_report"] = execute(
-        _validate(cl), out / setup / "cluster", quiet=True, data=state.data
-    ).report
+    res["cluster_report"] = execute(_validate(cl), out / setup / "cluster", quiet=True, data=state.data).report
     lo = follow_up(raw, run, str(run / "teacher"), lowrank_stages(a, lr), f"{setup}_lowrank")
-    res["lowrank_report"] = execute(
-        _validate(lo), out / setup / "lowrank", quiet=True, data=state.data
-    ).report
+    res["lowrank_report"] = execute(_validate(lo), out / setup / "lowrank", quiet=True, data=state.data).report
     res["seconds"] = time.perf_counter() - t0
     return res
 
@@ -403,8 +397,11 @@ def main() -> int:
     import torch
 
     where = "GPU" if torch.cuda.is_available() else "CPU"
-    mode = ("smoke (tiny subsets, 1 epoch: numbers meaningless)" if a.smoke
-            else f"{'full' if a.limit_train is None else 'reduced'} (training on {where}, ORT on CPU)")
+    mode = (
+        "smoke (tiny subsets, 1 epoch: numbers meaningless)"
+        if a.smoke
+        else f"{'full' if a.limit_train is None else 'reduced'} (training on {where}, ORT on CPU)"
+    )
     print(f"# quant_cluster.py: {mode}")
     print(f"command: python {' '.join(sys.argv)}")
     print(

@@ -12,6 +12,7 @@ Reduced CPU run (needs the vision venv: make vision-env):
   .venv-vision/bin/python bench/your_model.py --data ../shared/data/cifar10-jpeg.npz --reduced
 Smoke (tests): --smoke --source npz --data tiny.npz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,17 @@ def parse() -> argparse.Namespace:
 
 def base(a: argparse.Namespace, arch: str) -> dict:
     return {
-        "name": f"{arch}_cifar10", "seed": 0,
-        "data": {"source": a.source, "path": a.data, "batch_size": 128, "eval_batch_size": 500,
-                 "limit_train": a.limit_train, "limit_test": a.limit_test,
-                 "augment": {"crop_padding": 4, "hflip": True}},
+        "name": f"{arch}_cifar10",
+        "seed": 0,
+        "data": {
+            "source": a.source,
+            "path": a.data,
+            "batch_size": 128,
+            "eval_batch_size": 500,
+            "limit_train": a.limit_train,
+            "limit_test": a.limit_test,
+            "augment": {"crop_padding": 4, "hflip": True},
+        },
         "runtime": {"progress": False, "tensorboard": False},
         "measure": {"batch_sizes": [1, 32], "threads": 1, "repeats": 2 if a.smoke else 7},
     }
@@ -66,20 +74,34 @@ def base(a: argparse.Namespace, arch: str) -> dict:
 def prune_stage(a: argparse.Namespace, arch: str, row: str) -> dict:
     kd = {"losses": [{"name": "kd", "temperature": 4.0, "alpha": 0.9}]}
     per_step = max(1, a.epochs // a.steps)
-    cut = {"width": {"ratio": ARCHS[arch]["width"], "importance": "l2", "round_to": 8}} if row == "width" \
+    cut = (
+        {"width": {"ratio": ARCHS[arch]["width"], "importance": "l2", "round_to": 8}}
+        if row == "width"
         else {"depth": {"blocks": 1 if a.smoke else ARCHS[arch]["blocks"]}}
+    )
     steps = a.steps if row == "width" else 1
-    return {"type": "prune", **cut, "steps": steps, "epochs_per_step": per_step if row == "width" else a.epochs,
-            "optimizer": {"lr": 0.02}, "distill": kd}
+    return {
+        "type": "prune",
+        **cut,
+        "steps": steps,
+        "epochs_per_step": per_step if row == "width" else a.epochs,
+        "optimizer": {"lr": 0.02},
+        "distill": kd,
+    }
 
 
 def run(recipe: dict, out: Path) -> dict:
     t0 = time.perf_counter()
     state = execute(Recipe.model_validate(recipe), out, quiet=True)
     last = state.report.stages[-1]
-    return {"top1": last.accuracy, "params": last.params, "macs": last.macs,
-            "ms": dict(last.latency_ms), "seconds": round(time.perf_counter() - t0, 1),
-            "details": last.details.to_dict() if last.details is not None else None}
+    return {
+        "top1": last.accuracy,
+        "params": last.params,
+        "macs": last.macs,
+        "ms": dict(last.latency_ms),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "details": last.details.to_dict() if last.details is not None else None,
+    }
 
 
 def main() -> int:
@@ -92,9 +114,18 @@ def main() -> int:
         teacher = out / arch / "dense"
         r = results.setdefault(arch, {})
         if "dense" not in r or not (teacher / "stages").exists():
-            recipe = {**base(a, arch), "model": {"name": "torchvision", "kwargs": {"arch": arch}},
-                      "stages": [{"type": "train", "epochs": a.teacher_epochs, "label_smoothing": 0.1,
-                                  "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4}}]}
+            recipe = {
+                **base(a, arch),
+                "model": {"name": "torchvision", "kwargs": {"arch": arch}},
+                "stages": [
+                    {
+                        "type": "train",
+                        "epochs": a.teacher_epochs,
+                        "label_smoothing": 0.1,
+                        "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4},
+                    }
+                ],
+            }
             r["dense"] = run(recipe, teacher)
             write_json(results_file, results)
         ckpt = teacher / "stages" / "01_train"
@@ -124,8 +155,10 @@ def side_by_side(out: Path, results: dict, rounds: int) -> dict:
     lat = LatencyConfig(batch_sizes=[1, 32], threads=1, repeats=3)
     side: dict = {}
     for arch, rows in results.items():
-        folders = {"dense": out / arch / "dense" / "stages" / "01_train",
-                   **{r: out / arch / r / "stages" / "01_prune" for r in ("width", "depth") if r in rows}}
+        folders = {
+            "dense": out / arch / "dense" / "stages" / "01_train",
+            **{r: out / arch / r / "stages" / "01_prune" for r in ("width", "depth") if r in rows},
+        }
         onnx = {}
         for row, folder in folders.items():
             model, spec, _ = load_checkpoint(folder)
@@ -145,14 +178,19 @@ def side_table(side: dict) -> str:
     for arch, rows in side.items():
         d = rows["dense"]
         for row, ms in rows.items():
-            lines.append(f"| {arch} | {row} | {ms['bs1']:.3f} | {ms['bs32']:.2f} | {d['bs1'] / ms['bs1']:.2f}x | "
-                         f"{d['bs32'] / ms['bs32']:.2f}x |")
+            lines.append(
+                f"| {arch} | {row} | {ms['bs1']:.3f} | {ms['bs32']:.2f} | {d['bs1'] / ms['bs1']:.2f}x | "
+                f"{d['bs32'] / ms['bs32']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
 def table(results: dict, a: argparse.Namespace) -> str:
-    lines = ["| model | row | top-1 % | params | MACs | ORT bs1 ms | ORT bs32 ms | speedup bs1 | speedup bs32 | "
-             "MAC ratio | what was removed | seconds |", "|" + "---|" * 12]
+    lines = [
+        "| model | row | top-1 % | params | MACs | ORT bs1 ms | ORT bs32 ms | speedup bs1 | speedup bs32 | "
+        "MAC ratio | what was removed | seconds |",
+        "|" + "---|" * 12,
+    ]
     for arch, rows in results.items():
         d = rows.get("dense")
         for name in ("dense", "width", "depth"):
@@ -161,14 +199,19 @@ def table(results: dict, a: argparse.Namespace) -> str:
                 continue
             ms, dms = r["ms"], d["ms"]
             det = r.get("details") or {}
-            what = (f"{len(det.get('removed_blocks', []))} blocks" if det.get("removed_blocks") else
-                    f"{sum(det.get('channels_removed', {}).values())} channels" if det.get("channels_removed")
-                    else "-")
+            what = (
+                f"{len(det.get('removed_blocks', []))} blocks"
+                if det.get("removed_blocks")
+                else f"{sum(det.get('channels_removed', {}).values())} channels"
+                if det.get("channels_removed")
+                else "-"
+            )
             lines.append(
                 f"| {arch} | {name} | {r['top1']:.2f} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e6:.1f}M | "
                 f"{ms['ort_bs1']:.3f} | {ms['ort_bs32']:.2f} | {dms['ort_bs1'] / ms['ort_bs1']:.2f}x | "
                 f"{dms['ort_bs32'] / ms['ort_bs32']:.2f}x | "
-                f"{d['macs'] / r['macs']:.2f}x | {what} | {r['seconds']:.0f} |")
+                f"{d['macs'] / r['macs']:.2f}x | {what} | {r['seconds']:.0f} |"
+            )
     return "\n".join(lines)
 
 

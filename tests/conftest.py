@@ -1,4 +1,5 @@
 """Shared fixtures: tiny data on the CPU (digits ships with scikit-learn; nothing is downloaded)."""
+
 from __future__ import annotations
 
 import pytest

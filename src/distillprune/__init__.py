@@ -3,6 +3,7 @@
 Importing the package has no side effects beyond registering its own methods (no env vars, no logging
 changes, no CUDA init).
 """
+
 from distillprune import transformers as _transformers  # noqa: F401, I001  (registers the hf source, ops, prune_)
 from distillprune._version import __version__
 from distillprune.cluster import ClusterConfig, ClusterReport, cluster_
@@ -30,13 +31,46 @@ from distillprune.recipes import Recipe, load_recipe
 from distillprune.report import CompressionReport
 
 __all__ = [
-    "ArchSpec", "CheckpointError", "CompressionReport", "DataBundle", "DataConfig", "DataError",
-    "DistillpruneError", "ExportError", "Recipe", "RecipeError", "TrainingDiverged", "build_model", "compress",
-    "make_model", "export_onnx", "load_checkpoint", "load_data", "load_recipe", "measure_model", "parity",
-    "save_checkpoint", "__version__",
+    "ArchSpec",
+    "CheckpointError",
+    "CompressionReport",
+    "DataBundle",
+    "DataConfig",
+    "DataError",
+    "DistillpruneError",
+    "ExportError",
+    "Recipe",
+    "RecipeError",
+    "TrainingDiverged",
+    "build_model",
+    "compress",
+    "make_model",
+    "export_onnx",
+    "load_checkpoint",
+    "load_data",
+    "load_recipe",
+    "measure_model",
+    "parity",
+    "save_checkpoint",
+    "__version__",
     # distillation and pruning
-    "DistillConfig", "DistillReport", "PruneConfig", "PruneReport", "PruneSession", "distill", "prune_",
+    "DistillConfig",
+    "DistillReport",
+    "PruneConfig",
+    "PruneReport",
+    "PruneSession",
+    "distill",
+    "prune_",
     # quantization, low rank, clustering
-    "ClusterConfig", "ClusterReport", "CompressionError", "LowRankConfig", "LowRankReport", "QuantConfig",
-    "QuantResult", "QuantizationError", "cluster_", "lowrank_", "quantize",
+    "ClusterConfig",
+    "ClusterReport",
+    "CompressionError",
+    "LowRankConfig",
+    "LowRankReport",
+    "QuantConfig",
+    "QuantResult",
+    "QuantizationError",
+    "cluster_",
+    "lowrank_",
+    "quantize",
 ]

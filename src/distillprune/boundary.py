@@ -14,6 +14,7 @@ code   meaning
 
 stderr carries only that line; Python warnings are printed to stdout as one ``warning: ...`` line each.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,7 @@ def interrupted_message() -> str:
     run, cmd = current.run_dir, current.resume_command
     if run is None or cmd is None or not (run / "run.json").is_file():
         return "interrupted before any run folder was written; nothing to resume (run the command again)"
-    return (f"interrupted; completed stages and epochs are saved in {run}; resume with: "
-            f"{shlex.join(cmd)}")
+    return f"interrupted; completed stages and epochs are saved in {run}; resume with: {shlex.join(cmd)}"
 
 
 def one_line(text: str) -> str:
@@ -103,8 +103,7 @@ def run_cli(app: Callable[..., Any], argv: list[str] | None) -> int:
 
         return _say(f"error: {one_line(first_error(e))}", EXIT_USER)
     except MemoryError:
-        return _say("error: out of memory; lower data.batch_size or use a smaller model or data.limit_train",
-                    EXIT_USER)
+        return _say("error: out of memory; lower data.batch_size or use a smaller model or data.limit_train", EXIT_USER)
     except OSError as e:  # the file system refused: permissions, a full disk, a path that is a folder...
         if e.filename is not None or e.strerror:
             return _say(f"error: {_os_line(e)}", EXIT_USER)
@@ -165,8 +164,14 @@ class _warnings_to_stdout:
     def __enter__(self) -> None:
         self._saved = warnings.showwarning
 
-        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                 file: Any = None, line: str | None = None) -> None:
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: Any = None,
+            line: str | None = None,
+        ) -> None:
             try:
                 print(f"warning: {one_line(str(message))}", file=sys.stdout, flush=True)
             except (OSError, ValueError):

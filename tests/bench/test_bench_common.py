@@ -22,8 +22,14 @@ def test_side_by_side_times_pairs_and_reports_the_spread():
     torch.manual_seed(0)
     big = build_model("resnet", 10, (3, 16, 16), widths=[16, 32, 64], blocks=[2, 2, 2])
     small = build_model("resnet", 10, (3, 16, 16), widths=[8, 8, 16], blocks=[1, 1, 1])
-    lat = common.side_by_side(common.onnx_of(small, (3, 16, 16)), common.onnx_of(big, (3, 16, 16)), (3, 16, 16),
-                              batch_sizes=(1, 4), pairs=3, cfg=TINY)
+    lat = common.side_by_side(
+        common.onnx_of(small, (3, 16, 16)),
+        common.onnx_of(big, (3, 16, 16)),
+        (3, 16, 16),
+        batch_sizes=(1, 4),
+        pairs=3,
+        cfg=TINY,
+    )
     assert set(lat) == {"bs1", "bs4"}
     for d in lat.values():
         assert d["pairs"] == 3
@@ -51,10 +57,19 @@ def test_mean_run_and_table():
     lat2 = {"bs1": {"ms": 2.0, "ms_min": 1.5, "ms_max": 2.5, "speedup": 1.0, "speedup_min": 0.7, "speedup_max": 1.1}}
     m = common.mean_run([{"top1": 80.0, "macs": 10, "latency": lat}, {"top1": 82.0, "macs": 10, "latency": lat2}])
     assert m["top1"] == 81.0 and m["n"] == 2
-    assert m["latency"]["bs1"] == {"ms": 1.5, "ms_min": 0.9, "ms_max": 2.5, "speedup": 1.5, "speedup_min": 0.7,
-                                   "speedup_max": 2.2}
-    cols = [("row", None), ("top-1", lambda r, t: f"{r['top1']:.1f}"),
-            ("speedup", lambda r, t: common.fmt_spread(r["latency"]["bs1"], "speedup", ".2f", "x"))]
+    assert m["latency"]["bs1"] == {
+        "ms": 1.5,
+        "ms_min": 0.9,
+        "ms_max": 2.5,
+        "speedup": 1.5,
+        "speedup_min": 0.7,
+        "speedup_max": 2.2,
+    }
+    cols = [
+        ("row", None),
+        ("top-1", lambda r, t: f"{r['top1']:.1f}"),
+        ("speedup", lambda r, t: common.fmt_spread(r["latency"]["bs1"], "speedup", ".2f", "x")),
+    ]
     text = common.render_table([("a", m)], cols, m)
     assert text.splitlines() == ["| row | top-1 | speedup |", "|---|---|---|", "| a | 81.0 | 1.50x (0.70-2.20) |"]
     assert common.fmt_spread(None, "ms", ".2f") == "-"

@@ -1,4 +1,5 @@
 """The CIFAR-10 benchmark script cannot rot: its --smoke mode runs on a generated cifar-like .npz."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,36 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_cifar_bench_smoke(tmp_path: Path):
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"
-    np.savez(data, x_train=rng.integers(0, 255, (256, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, 256),
-             x_test=rng.integers(0, 255, (128, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, 128))
+    np.savez(
+        data,
+        x_train=rng.integers(0, 255, (256, 32, 32, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 256),
+        x_test=rng.integers(0, 255, (128, 32, 32, 3), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 128),
+    )
     out = tmp_path / "out"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cifar10_resnet56.py"), "--smoke", "--source", "npz", "--data",
-         str(data), "--out", str(out), "--rows", "small_kd,tp_kd,dp_3x,dp_speed3x,throughput",
-         "--depth-fractions", "0", "0.5"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        [
+            sys.executable,
+            str(ROOT / "bench" / "cifar10_resnet56.py"),
+            "--smoke",
+            "--source",
+            "npz",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--rows",
+            "small_kd,tp_kd,dp_3x,dp_speed3x,throughput",
+            "--depth-fractions",
+            "0",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert {"teacher", "small_kd", "tp_kd", "dp_3x", "dp_speed3x"} <= set(results)
@@ -38,9 +61,24 @@ def test_cifar_bench_smoke(tmp_path: Path):
     assert tp["plain_img_s"] > 0 and tp["dp_kd_img_s"] > 0 and "Trainer throughput" in res.stdout
     # a partial run adds its rows to the earlier results instead of dropping them
     res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cifar10_resnet56.py"), "--smoke", "--source", "npz", "--data",
-         str(data), "--out", str(out), "--rows", "small_scratch"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        [
+            sys.executable,
+            str(ROOT / "bench" / "cifar10_resnet56.py"),
+            "--smoke",
+            "--source",
+            "npz",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--rows",
+            "small_scratch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     merged = json.loads((out / "results.json").read_text())
     assert {"small_scratch", "small_kd", "dp_speed3x", "throughput"} <= set(merged)

@@ -67,8 +67,19 @@ def test_quant_cluster_starts_from_a_kept_teacher(tmp_path: Path):
     teacher = build_model("resnet", 10, (3, 32, 32), **kw)
     save_checkpoint(tmp_path / "teacher", teacher, ArchSpec("resnet", 10, [3, 32, 32], kw))
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "bench" / "quant_cluster.py"), "--smoke", "--setups", "cifar10",
-           "--model", "resnet", "--teacher", str(tmp_path / "teacher"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "quant_cluster.py"),
+        "--smoke",
+        "--setups",
+        "cifar10",
+        "--model",
+        "resnet",
+        "--teacher",
+        str(tmp_path / "teacher"),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("| static int8 (minmax) |") == 1
@@ -76,6 +87,11 @@ def test_quant_cluster_starts_from_a_kept_teacher(tmp_path: Path):
     assert [s["type"] for s in stages[:2]] == ["evaluate", "prune"]
     assert stages[0]["params"] == count_params(teacher)
 
-    bad = subprocess.run(cmd[:-4] + ["--teacher", str(tmp_path / "nowhere"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    bad = subprocess.run(
+        cmd[:-4] + ["--teacher", str(tmp_path / "nowhere"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "no distillprune checkpoint" in bad.stderr

@@ -18,17 +18,24 @@ from distillprune.models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "cifar10_real_teacher.py"
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(
-    [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "PYTHONWARNINGS": "ignore",
+    "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+}
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("real_teacher")
     rng = np.random.default_rng(0)
-    np.savez(d / "tiny.npz", x_train=rng.integers(0, 255, (192, 32, 32, 3), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 192), x_test=rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8),
-             y_test=rng.integers(0, 10, 64))
+    np.savez(
+        d / "tiny.npz",
+        x_train=rng.integers(0, 255, (192, 32, 32, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 192),
+        x_test=rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 64),
+    )
     kw = {"widths": [16, 32, 64], "blocks": [2, 2, 2]}
     torch.manual_seed(0)
     teacher = build_model("resnet", 10, (3, 32, 32), **kw)
@@ -37,8 +44,22 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 def run(inputs: dict, out: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--source", "npz", "--data", str(inputs["data"]),
-           "--teacher", str(inputs["teacher"]), "--out", str(out), "--keep-blocks", "1", *args]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--source",
+        "npz",
+        "--data",
+        str(inputs["data"]),
+        "--teacher",
+        str(inputs["teacher"]),
+        "--out",
+        str(out),
+        "--keep-blocks",
+        "1",
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -88,10 +109,24 @@ def test_quick_distillprune_row_runs_the_recipe_path(inputs):
 @pytest.mark.slow
 def test_gpu_script_quick_path_runs_on_the_cpu(inputs):
     out = inputs["dir"] / "gpu_out"
-    env = {**ENV, "DATA": str(inputs["data"]), "SOURCE": "npz", "TEACHER": str(inputs["teacher"]), "OUT": str(out),
-           "ROWS": "teacher,drop,trainer", "PYTHON": sys.executable, "THREADS": "2", "BUDGET_S": "100000"}
-    res = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--quick", "--keep-blocks", "1"],
-                         capture_output=True, text=True, timeout=900, env=env)
+    env = {
+        **ENV,
+        "DATA": str(inputs["data"]),
+        "SOURCE": "npz",
+        "TEACHER": str(inputs["teacher"]),
+        "OUT": str(out),
+        "ROWS": "teacher,drop,trainer",
+        "PYTHON": sys.executable,
+        "THREADS": "2",
+        "BUDGET_S": "100000",
+    }
+    res = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), "--quick", "--keep-blocks", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "run.log", "table.md"]
     results = json.loads((out / "results.json").read_text())

@@ -1,4 +1,5 @@
 """Running the real ``distillprune`` command in a subprocess, with this checkout's ``src`` first on the path."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,15 @@ def cli_command(*args: str) -> list[str]:
 def start_cli(*args: str, cwd: str | Path | None = None) -> subprocess.Popen:
     """The command, started; SIGINT is restored to its default in the child (a test runner started in the
     background may ignore it, and the child would inherit that)."""
-    return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(), cwd=cwd, preexec_fn=_default_sigint)
+    return subprocess.Popen(
+        cli_command(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        preexec_fn=_default_sigint,
+    )
 
 
 def _default_sigint() -> None:

@@ -1,6 +1,7 @@
 """The CLI's error boundary (``distillprune.boundary``), in this process: usage errors are one line and exit 2,
 a bug is one line, exit 1 and a traceback file, Ctrl-C is exit 130 with the command that resumes, warnings
 go to stdout so stderr holds only the error line."""
+
 from __future__ import annotations
 
 import warnings
@@ -13,9 +14,11 @@ import distillprune.pipeline.run as run_mod
 from distillprune.cli import main
 
 RECIPE = {
-    "name": "boundary", "model": {"name": "mlp", "kwargs": {"hidden": [8]}},
+    "name": "boundary",
+    "model": {"name": "mlp", "kwargs": {"hidden": [8]}},
     "data": {"source": "digits", "limit_train": 64, "limit_test": 32, "batch_size": 32},
-    "runtime": {"progress": False, "tensorboard": False, "threads": 1}, "measure": {"enabled": False},
+    "runtime": {"progress": False, "tensorboard": False, "threads": 1},
+    "measure": {"enabled": False},
     "stages": [{"type": "train", "epochs": 1}, {"type": "evaluate"}],
 }
 
@@ -34,15 +37,18 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    ([], "no command given"),
-    (["run"], "Missing argument 'RECIPE'"),
-    (["run", "r.yaml", "--bogus"], "No such option: --bogus"),
-    (["frobnicate"], "No such command 'frobnicate'"),
-    (["run", "r.yaml", "--set"], "requires an argument"),
-    (["bench", "x.onnx", "--threads", "zero"], "'--threads'"),
-    (["bench", "x.onnx", "--threads", "0"], "threads: Input should be greater than 0"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "no command given"),
+        (["run"], "Missing argument 'RECIPE'"),
+        (["run", "r.yaml", "--bogus"], "No such option: --bogus"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["run", "r.yaml", "--set"], "requires an argument"),
+        (["bench", "x.onnx", "--threads", "zero"], "'--threads'"),
+        (["bench", "x.onnx", "--threads", "0"], "threads: Input should be greater than 0"),
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(capsys, args, needle):
     assert main(args) == 2
     line = one_error_line(capsys.readouterr().err)

@@ -1,5 +1,6 @@
 """The CLI contract: bad input gives one line on stderr and exit code 2, no traceback, and never
 overwrites or half-writes what is already on disk."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,10 +13,28 @@ from distillprune.cli import main
 from distillprune.recipes import BUILTIN
 
 DEMO = BUILTIN / "digits_demo.yaml"
-TINY = ["--set", "data.limit_train=200", "--set", "data.limit_test=80", "--set", "runtime.progress=false",
-        "--set", "runtime.tensorboard=false", "--set", "measure.batch_sizes=[1]", "--set", "measure.repeats=2",
-        "--set", "measure.min_window_s=0.005", "--set", "stages.0.epochs=1", "--set", "stages.1.epochs_per_step=0",
-        "--set", "stages.2.epochs=1"]
+TINY = [
+    "--set",
+    "data.limit_train=200",
+    "--set",
+    "data.limit_test=80",
+    "--set",
+    "runtime.progress=false",
+    "--set",
+    "runtime.tensorboard=false",
+    "--set",
+    "measure.batch_sizes=[1]",
+    "--set",
+    "measure.repeats=2",
+    "--set",
+    "measure.min_window_s=0.005",
+    "--set",
+    "stages.0.epochs=1",
+    "--set",
+    "stages.1.epochs_per_step=0",
+    "--set",
+    "stages.2.epochs=1",
+]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -71,8 +90,9 @@ def test_out_of_range_value():
 
 def test_unknown_model_and_loss():
     assert_clean_error(run_cli("validate", str(DEMO), "--set", "model.name=resnet57"), "resnet56")
-    assert_clean_error(run_cli("validate", str(DEMO), "--set", "stages.2.distill.losses=[{name: kd, temprature: 2}]"),
-                       "temperature")
+    assert_clean_error(
+        run_cli("validate", str(DEMO), "--set", "stages.2.distill.losses=[{name: kd, temprature: 2}]"), "temperature"
+    )
 
 
 def test_missing_recipe_and_bad_yaml(tmp_path):
@@ -82,21 +102,32 @@ def test_missing_recipe_and_bad_yaml(tmp_path):
 
 
 def test_missing_data_file(tmp_path):
-    r = write(tmp_path / "r.yaml", "model: {name: digits_cnn}\ndata: {source: npz, path: /no/such.npz}\n"
-                                    "stages: [{type: evaluate}]\n")
+    r = write(
+        tmp_path / "r.yaml",
+        "model: {name: digits_cnn}\ndata: {source: npz, path: /no/such.npz}\nstages: [{type: evaluate}]\n",
+    )
     assert_clean_error(run_cli("run", str(r), "--out", str(tmp_path / "o")), "not found")
 
 
 def test_data_shape_does_not_fit_model(tmp_path):
-    r = write(tmp_path / "r.yaml", "model: {name: resnet20, kwargs: {}}\ndata: {source: digits}\n"
-                                    "stages: [{type: evaluate}]\n")
+    r = write(
+        tmp_path / "r.yaml", "model: {name: resnet20, kwargs: {}}\ndata: {source: digits}\nstages: [{type: evaluate}]\n"
+    )
     # digits are 1-channel 8x8; build resnet20 for them but force a 3-channel checkpoint-like mismatch:
     import numpy as np
 
-    np.savez(tmp_path / "d.npz", x_train=np.zeros((8, 5), np.float32), y_train=np.zeros(8, np.int64),
-             x_test=np.zeros((4, 5), np.float32), y_test=np.zeros(4, np.int64))
-    r = write(tmp_path / "r.yaml", f"model: {{name: digits_cnn}}\ndata: {{source: npz, path: {tmp_path / 'd.npz'}}}\n"
-                                    "stages: [{type: evaluate}]\n")
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.zeros((8, 5), np.float32),
+        y_train=np.zeros(8, np.int64),
+        x_test=np.zeros((4, 5), np.float32),
+        y_test=np.zeros(4, np.int64),
+    )
+    r = write(
+        tmp_path / "r.yaml",
+        f"model: {{name: digits_cnn}}\ndata: {{source: npz, path: {tmp_path / 'd.npz'}}}\n"
+        "stages: [{type: evaluate}]\n",
+    )
     assert_clean_error(run_cli("run", str(r), "--out", str(tmp_path / "o")), "do not fit model")
 
 

@@ -1,5 +1,6 @@
 """Interrupting the real command: Ctrl-C exits 130 with one line that says how to resume, and a run killed
 (SIGKILL) at random points, then resumed, ends bit-identical to the uninterrupted run."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,21 @@ from cli_helpers import cli_command, cli_env, start_cli
 from safetensors.torch import load_file
 
 RECIPE = {
-    "name": "interrupt", "seed": 5,
+    "name": "interrupt",
+    "seed": 5,
     "model": {"name": "digits_cnn", "kwargs": {"widths": [8, 16, 16], "blocks": [2, 1, 1]}},
     "data": {"source": "digits", "limit_train": 192, "limit_test": 64, "batch_size": 64},
     "runtime": {"progress": False, "tensorboard": False, "threads": 1},
     "measure": {"enabled": False},
     "stages": [
         {"type": "train", "epochs": 2},
-        {"type": "prune", "width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}, "steps": 2,
-         "epochs_per_step": 1},
+        {
+            "type": "prune",
+            "width": {"ratio": 0.5, "round_to": 4},
+            "depth": {"blocks": 1},
+            "steps": 2,
+            "epochs_per_step": 1,
+        },
         {"type": "finetune", "epochs": 2, "optimizer": {"lr": 0.05}},
         {"type": "export"},
     ],
@@ -60,8 +67,13 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path: Path):
     assert load_file(str(ckpt))
     assert not list(out.rglob("*.tmp"))
     # the line's command continues the run
-    res = subprocess.run(cli_command("run", str(recipe), "--out", str(out), "--resume"), capture_output=True,
-                         text=True, env=cli_env(), timeout=600)
+    res = subprocess.run(
+        cli_command("run", str(recipe), "--out", str(out), "--resume"),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "state.json").read_text()) == {"completed": 2, "kind": "evaluate"}
 
@@ -100,8 +112,13 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path: Path):
             kills.append(round(delay, 2))
         _, err = proc.communicate(timeout=600)
         assert proc.returncode in (0, -signal.SIGKILL), (seed, kills, err)
-    res = subprocess.run(cli_command("run", str(recipe), "--out", str(cut), "--resume"), capture_output=True,
-                         text=True, env=cli_env(), timeout=600)
+    res = subprocess.run(
+        cli_command("run", str(recipe), "--out", str(cut), "--resume"),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=600,
+    )
     where = f"seed {seed} (DISTILLPRUNE_KILL_SEED), kills after {kills}s of a {work:.1f}s run"
     print(where)
     assert res.returncode == 0, (where, res.stderr)

@@ -155,9 +155,7 @@ def test_temperature_and_weight_ramp_over_a_stage(data):
 # ---------------------------------------------------------------- teacher-output cache
 def _fit_kd(data, cache: bool, losses=None, epochs=2, **kw):
     teacher, student = tiny(TEACHER_KW, 0), tiny(STUDENT_KW, 1)
-    d = Distiller.from_specs(
-        teacher, losses or [{"name": "kd", "temperature": 4.0, "alpha": 0.7}], cache=cache
-    )
+    d = Distiller.from_specs(teacher, losses or [{"name": "kd", "temperature": 4.0, "alpha": 0.7}], cache=cache)
     hist = fit(
         student,
         data,
@@ -206,9 +204,7 @@ def test_cache_is_built_once_per_split(data):
     assert d.cache.logits is first  # not recomputed for the next epoch
     x, _ = next(iter(loader))
     with torch.no_grad():
-        torch.testing.assert_close(
-            d.cache.lookup(x, teacher, d._t_taps).logits, teacher(x), rtol=1e-4, atol=1e-5
-        )
+        torch.testing.assert_close(d.cache.lookup(x, teacher, d._t_taps).logits, teacher(x), rtol=1e-4, atol=1e-5)
 
 
 def test_cache_out_of_step_with_the_data_fails_loudly(data):
@@ -269,9 +265,7 @@ def test_mutual_gradients_split_between_the_two_networks():
 def test_mutual_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     def run(ckpt, stop_after_epoch1: bool):
         student, peer = tiny(STUDENT_KW, 1), tiny(TEACHER_KW, 2)
-        d = MutualDistiller.from_specs(
-            peer, [{"name": "ce"}, {"name": "kd", "temperature": 1.0, "alpha": 1.0}]
-        )
+        d = MutualDistiller.from_specs(peer, [{"name": "ce"}, {"name": "kd", "temperature": 1.0, "alpha": 1.0}])
         steps = []
 
         def stop(_m):
@@ -298,16 +292,15 @@ def test_mutual_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     res_s, res_p = run(tmp_path / "b", False)
     for a, b in zip(
         list(ref_s.parameters()) + list(ref_p.parameters()),
-        list(res_s.parameters()) + list(res_p.parameters()), strict=True,
+        list(res_s.parameters()) + list(res_p.parameters()),
+        strict=True,
     ):
         torch.testing.assert_close(a, b)
 
 
 def test_mutual_recipe_trains_both_and_leaves_the_stored_teacher_alone(teacher_dir):
     r = recipe(
-        distill_stage(
-            {"mode": "mutual", "losses": [{"name": "ce"}, {"name": "kd", "temperature": 1, "alpha": 1}]}
-        ),
+        distill_stage({"mode": "mutual", "losses": [{"name": "ce"}, {"name": "kd", "temperature": 1, "alpha": 1}]}),
         teacher_dir=teacher_dir,
     )
     state = execute(r, None, quiet=True)

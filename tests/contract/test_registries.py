@@ -97,11 +97,14 @@ def test_importance_criterion_prunes_while_distilling(name: str, digits_bundle):
 
 
 # ---------------------------------------------------------------- stages
-TINY = {"name": "contract", "seed": 0, "model": {"name": "digits_cnn",
-                                                  "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}},
-        "data": {"source": "digits", "limit_train": 128, "limit_test": 64, "batch_size": 64},
-        "runtime": {"progress": False, "tensorboard": False},
-        "measure": {"batch_sizes": [1], "repeats": 1, "warmup": 0, "min_window_s": 0.001}}
+TINY = {
+    "name": "contract",
+    "seed": 0,
+    "model": {"name": "digits_cnn", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}},
+    "data": {"source": "digits", "limit_train": 128, "limit_test": 64, "batch_size": 64},
+    "runtime": {"progress": False, "tensorboard": False},
+    "measure": {"batch_sizes": [1], "repeats": 1, "warmup": 0, "min_window_s": 0.001},
+}
 
 
 def tiny_text(folder: Path) -> dict:
@@ -110,9 +113,12 @@ def tiny_text(folder: Path) -> dict:
 
     model = tiny_bert_folder(folder / "model", layers=2, num_labels=2)
     data = tiny_sentiment(folder / "data", 48, 16)
-    return {**TINY, "model": {"source": "hf", "path": str(model), "task": "sequence-classification"},
-            "data": {"source": "text", "path": str(data), "batch_size": 16, "text": {"max_length": 16}},
-            "measure": {**TINY["measure"], "seq_lengths": [16]}}
+    return {
+        **TINY,
+        "model": {"source": "hf", "path": str(model), "task": "sequence-classification"},
+        "data": {"source": "text", "path": str(data), "batch_size": 16, "text": {"max_length": 16}},
+        "measure": {**TINY["measure"], "seq_lengths": [16]},
+    }
 
 
 @pytest.mark.parametrize("name", STAGES.names())

@@ -1,5 +1,6 @@
 """Run under torchrun by test_torchrun.py: ``compress(recipe, out)`` with every rank interrupted (as by
 Ctrl-C) after ``step`` optimizer steps of the stage tagged ``tag``; the test then resumes the run."""
+
 from __future__ import annotations
 
 import sys
@@ -15,6 +16,7 @@ def main(recipe: str, out: str, tag: str, step: int) -> None:
 
     def fit(*args, **kwargs):  # type: ignore[no-untyped-def]
         if kwargs.get("desc", "").endswith(tag):
+
             def stop(_model):  # type: ignore[no-untyped-def]
                 seen[0] += 1
                 if seen[0] == step:

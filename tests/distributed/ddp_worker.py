@@ -1,5 +1,6 @@
 """Run under torchrun by test_torchrun.py: the distributed pieces, each checked on every rank; results go
 to OUT/rank<r>.json (and rank 0's trained weights to OUT/*.safetensors, compared with a single process)."""
+
 from __future__ import annotations
 
 import json
@@ -75,24 +76,36 @@ def main(out: Path) -> None:
     ddp.setup(torch.device("cpu"))
     torch.set_num_threads(1)
     rank = ddp.rank()
-    res: dict = {"rank": rank, "world": ddp.world_size(), "sync_bn": sync_bn_matches_one_batch(),
-                 "errors": errors_reach_every_rank()}
+    res: dict = {
+        "rank": rank,
+        "world": ddp.world_size(),
+        "sync_bn": sync_bn_matches_one_batch(),
+        "errors": errors_reach_every_rank(),
+    }
     data = H.small_digits()
 
     m, obj = H.model(), H.kd_fitnet()
     torch.manual_seed(123)  # the adapter's initialisation
-    res["fit"] = fit(m, data, H.fit_settings(), obj, runtime=H.RT, seed=3, batch_size=H.BATCH, crop_padding=1,
-                     hflip=True)
+    res["fit"] = fit(
+        m, data, H.fit_settings(), obj, runtime=H.RT, seed=3, batch_size=H.BATCH, crop_padding=1, hflip=True
+    )
     if rank == 0:
-        save_file({**{f"model.{k}": v.contiguous() for k, v in m.state_dict().items()},
-                   **{f"adapter.{k}": v.contiguous() for k, v in obj.losses.state_dict().items()}},
-                  str(out / "fit.safetensors"))
+        save_file(
+            {
+                **{f"model.{k}": v.contiguous() for k, v in m.state_dict().items()},
+                **{f"adapter.{k}": v.contiguous() for k, v in obj.losses.state_dict().items()},
+            },
+            str(out / "fit.safetensors"),
+        )
 
     m = H.model(1)
     report = prune_(m, H.PRUNE, data=data, runtime=H.RT, batch_size=H.BATCH, seed=0)
-    res["prune"] = {"history": [op.to_dict() for op in report.history], "removed_blocks": report.removed_blocks,
-                    "channels_removed": report.channels_removed,
-                    "fingerprint": ddp.architecture_fingerprint(m, report.history)}
+    res["prune"] = {
+        "history": [op.to_dict() for op in report.history],
+        "removed_blocks": report.removed_blocks,
+        "channels_removed": report.channels_removed,
+        "fingerprint": ddp.architecture_fingerprint(m, report.history),
+    }
     if rank == 0:
         save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(out / "prune.safetensors"))
     (out / f"rank{rank}.json").write_text(json.dumps(res))

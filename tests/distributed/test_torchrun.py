@@ -11,6 +11,7 @@
   within ACC_TOL. The worker's prune check shows the full history (channel indices included) is the
   single process's when the ranks start from the same weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ from distillprune.recipes import load_recipe
 from distillprune.recipes.schema import apply_overrides, read_yaml
 from distillprune.train import fit
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
+)
 
 #: The 1-vs-2-process tolerance on a stage's top-1 (pp, 360 test images): single-process runs of the recipe whose
 #: initial weights differ by float noise alone end this far apart (bench/ddp_float_noise.py, docs/distributed.md).
@@ -93,8 +95,12 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(worker
     torch.manual_seed(123)
     hist = fit(m, data, H.fit_settings(), obj, runtime=H.RT, seed=3, batch_size=H.BATCH, crop_padding=1, hflip=True)
     two = load_file(str(out / "fit.safetensors"))
-    _close({f"model.{k}": v for k, v in m.state_dict().items()} |
-           {f"adapter.{k}": v for k, v in obj.losses.state_dict().items()}, two, 1e-4)
+    _close(
+        {f"model.{k}": v for k, v in m.state_dict().items()}
+        | {f"adapter.{k}": v for k, v in obj.losses.state_dict().items()},
+        two,
+        1e-4,
+    )
     # metrics are summed over the ranks: the 2-process records are the 1-process ones
     assert [h["loss"] for h in r0["fit"]] == pytest.approx([h["loss"] for h in hist], abs=1e-5)
     assert [h["train_acc"] for h in r0["fit"]] == [h["train_acc"] for h in hist]
@@ -202,22 +208,43 @@ def test_resume_inside_a_stage_under_torchrun_reproduces_the_uninterrupted_run(r
 
 CLUSTER_FILE = "model.cluster.xz"
 ALL_STAGES = {
-    "name": "ddp_all", "seed": 0,
+    "name": "ddp_all",
+    "seed": 0,
     "model": {"name": "digits_cnn", "kwargs": {"widths": [8, 16, 16], "blocks": [1, 1, 1]}},
     "data": {"source": "digits", "limit_train": 256, "limit_test": 100, "batch_size": 64},
     "runtime": {"device": "cpu", "threads": 1, "progress": False, "tensorboard": False, "sync_bn": True},
     "measure": {"enabled": False},
     "stages": [
         {"type": "train", "epochs": 1},
-        {"type": "distill", "epochs": 1,
-         "distill": {"mode": "mutual", "losses": [{"name": "ce"}, {"name": "kd", "temperature": 1.0, "alpha": 1.0}]}},
-        {"type": "distill", "epochs": 1, "distill": {"teachers": ["auto", "auto"], "teacher_weights": [0.5, 0.5],
-                                                     "cache": True, "losses": [{"name": "kd"}]}},
-        {"type": "distill", "epochs": 1, "generations": 2,
-         "distill": {"losses": [{"name": "kd"}, {"name": "fitnet", "weight": 0.1, "pairs": [["layer3", "layer3"]]}]}},
+        {
+            "type": "distill",
+            "epochs": 1,
+            "distill": {"mode": "mutual", "losses": [{"name": "ce"}, {"name": "kd", "temperature": 1.0, "alpha": 1.0}]},
+        },
+        {
+            "type": "distill",
+            "epochs": 1,
+            "distill": {
+                "teachers": ["auto", "auto"],
+                "teacher_weights": [0.5, 0.5],
+                "cache": True,
+                "losses": [{"name": "kd"}],
+            },
+        },
+        {
+            "type": "distill",
+            "epochs": 1,
+            "generations": 2,
+            "distill": {"losses": [{"name": "kd"}, {"name": "fitnet", "weight": 0.1, "pairs": [["layer3", "layer3"]]}]},
+        },
         {"type": "lowrank", "rank_by": "ratio", "ratio": 0.5, "round_to": 4, "epochs": 1, "optimizer": {"lr": 0.01}},
-        {"type": "prune", "unstructured": {"sparsity": 0.5, "scope": "global"}, "steps": 2, "epochs_per_step": 1,
-         "optimizer": {"lr": 0.01}},
+        {
+            "type": "prune",
+            "unstructured": {"sparsity": 0.5, "scope": "global"},
+            "steps": 2,
+            "epochs_per_step": 1,
+            "optimizer": {"lr": 0.01},
+        },
         {"type": "cluster", "k": 16, "epochs": 1, "optimizer": {"lr": 0.0005}},
         {"type": "quantize", "method": "qat", "qat": {"epochs": 1}, "min_agreement": 0.0},
         {"type": "quantize", "method": "dynamic", "min_agreement": 0.0},
@@ -241,5 +268,15 @@ def test_every_training_stage_runs_under_torchrun(tmp_path):
     for name in ("model.onnx", "model.int8-qat.onnx", "model.int8-dynamic.onnx", CLUSTER_FILE):
         assert (out / name).is_file(), name
     tags = [json.loads(s)["tag"] for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert tags == ["1:train", "2:distill", "3:distill", "4:distill", "4:distill/gen2", "5:lowrank",
-                    "6:prune/step1", "6:prune/step2", "7:cluster", "8:quantize/qat"]  # one line an epoch
+    assert tags == [
+        "1:train",
+        "2:distill",
+        "3:distill",
+        "4:distill",
+        "4:distill/gen2",
+        "5:lowrank",
+        "6:prune/step1",
+        "6:prune/step2",
+        "7:cluster",
+        "8:quantize/qat",
+    ]  # one line an epoch

@@ -2,6 +2,7 @@
 as written. The user's weights files are written first, as their training script would; the CIFAR recipes get
 a tiny generated data set instead of the pack and one epoch per stage. The torchvision/timm examples run
 where the vision extra works (the vision venv) and skip, saying why, elsewhere."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,14 @@ EXAMPLES = dict(re.findall(r"<!-- example: (\S+) -->\n```\w+\n(.*?)```", DOC.rea
 
 
 def test_the_doc_has_its_examples():
-    assert set(EXAMPLES) == {"torchvision-weights", "torchvision-head", "timm", "my_net.py", "own-class-recipe",
-                             "own-class-python"}
+    assert set(EXAMPLES) == {
+        "torchvision-weights",
+        "torchvision-head",
+        "timm",
+        "my_net.py",
+        "own-class-recipe",
+        "own-class-python",
+    }
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from distillprune.recipes import BUILTIN
 from distillprune.train.trainer import evaluate
 
 LOSSES = {
-    "1:train": [1.993864, 0.865125, 0.460796, 0.178299, 0.118933, 0.083866, 0.042431, 0.043553, 0.03534,
-                0.023302],
+    "1:train": [1.993864, 0.865125, 0.460796, 0.178299, 0.118933, 0.083866, 0.042431, 0.043553, 0.03534, 0.023302],
     "2:prune/step1": [4.055395, 0.906025, 0.528628],
     "2:prune/step2": [1.499995, 0.685157, 0.46507],
     "3:finetune": [0.427567, 0.426141, 0.383663, 0.297695, 0.256288, 0.218854],
@@ -35,8 +34,9 @@ STAGES = [  # name, top-1, params, MACs
 
 @pytest.mark.slow
 def test_demo_recipe_is_pinned(tmp_path: Path):
-    recipe = dp.load_recipe(BUILTIN / "digits_demo.yaml",
-                            ["runtime.progress=false", "runtime.tensorboard=false", "measure.enabled=false"])
+    recipe = dp.load_recipe(
+        BUILTIN / "digits_demo.yaml", ["runtime.progress=false", "runtime.tensorboard=false", "measure.enabled=false"]
+    )
     report = dp.compress(recipe, tmp_path / "demo", quiet=True)
     seen: dict[str, list[float]] = {}
     for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines():
@@ -53,16 +53,29 @@ def test_demo_recipe_is_pinned(tmp_path: Path):
 
 
 RECIPE = {
-    "name": "same", "seed": 5,
+    "name": "same",
+    "seed": 5,
     "model": {"name": "digits_cnn", "kwargs": {"widths": [16, 16, 32], "blocks": [2, 1, 1]}},
-    "data": {"source": "digits", "limit_train": 256, "limit_test": 120, "batch_size": 64,
-             "augment": {"crop_padding": 1}},
-    "runtime": {"progress": False, "tensorboard": False}, "measure": {"enabled": False},
+    "data": {
+        "source": "digits",
+        "limit_train": 256,
+        "limit_test": 120,
+        "batch_size": 64,
+        "augment": {"crop_padding": 1},
+    },
+    "runtime": {"progress": False, "tensorboard": False},
+    "measure": {"enabled": False},
     "stages": [
         {"type": "train", "epochs": 2},
-        {"type": "prune", "depth": {"blocks": 1}, "width": {"ratio": 0.5, "round_to": 4, "importance": "taylor"},
-         "steps": 2, "epochs_per_step": 1, "optimizer": {"lr": 0.05},
-         "distill": {"losses": [{"name": "kd", "temperature": 2.0}]}},
+        {
+            "type": "prune",
+            "depth": {"blocks": 1},
+            "width": {"ratio": 0.5, "round_to": 4, "importance": "taylor"},
+            "steps": 2,
+            "epochs_per_step": 1,
+            "optimizer": {"lr": 0.05},
+            "distill": {"losses": [{"name": "kd", "temperature": 2.0}]},
+        },
     ],
 }
 
@@ -75,8 +88,16 @@ def test_prune_verb_reproduces_the_recipe_stage(tmp_path: Path):
     model, spec, _ = dp.load_checkpoint(tmp_path / "recipe" / "stages" / "01_train")  # the dense model
     data = dp.load_data(recipe.data)
     stage = recipe.stages[1]
-    out = dp.prune_(model, stage, data=data, spec=spec, seed=recipe.seed, train_seed=recipe.seed + 2,
-                    batch_size=recipe.data.batch_size, crop_padding=1)
+    out = dp.prune_(
+        model,
+        stage,
+        data=data,
+        spec=spec,
+        seed=recipe.seed,
+        train_seed=recipe.seed + 2,
+        batch_size=recipe.data.batch_size,
+        crop_padding=1,
+    )
     assert [op.to_dict() for op in spec.history] == [op.to_dict() for op in recipe_spec.history]
     assert out.removed_blocks == report.stages[1].details.removed_blocks
     assert round(evaluate(model, data), 2) == report.stages[1].accuracy

@@ -1,4 +1,5 @@
 """Every shipped recipe validates; the digits ones run end to end (shortened) on CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,16 @@ from distillprune.recipes import BUILTIN, load_recipe
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml")) + sorted(BUILTIN.rglob("*.yaml"))
 # Shorten every run: fewer samples and epochs, cheap latency measurement.
-FAST = ["data.limit_train=300", "data.limit_test=100", "runtime.progress=false", "runtime.tensorboard=false",
-        "measure.batch_sizes=[1]", "measure.repeats=2", "measure.warmup=1", "measure.min_window_s=0.005"]
+FAST = [
+    "data.limit_train=300",
+    "data.limit_test=100",
+    "runtime.progress=false",
+    "runtime.tensorboard=false",
+    "measure.batch_sizes=[1]",
+    "measure.repeats=2",
+    "measure.warmup=1",
+    "measure.min_window_s=0.005",
+]
 
 
 def test_recipes_are_found():

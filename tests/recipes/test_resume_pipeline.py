@@ -1,4 +1,5 @@
 """A killed run continues where it stopped and ends exactly where the uninterrupted run ends."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,8 @@ from distillprune.pipeline import state as state_mod
 from distillprune.recipes.schema import Recipe
 
 RECIPE = {
-    "name": "resume", "seed": 3,
+    "name": "resume",
+    "seed": 3,
     "model": {"name": "digits_cnn", "kwargs": {"widths": [16, 16, 32], "blocks": [2, 1, 1]}},
     "data": {"source": "digits", "limit_train": 256, "limit_test": 100, "batch_size": 64},
     "runtime": {"progress": False, "tensorboard": False},
@@ -41,10 +43,12 @@ def test_resume_mid_stage_matches_uninterrupted(tmp_path: Path, monkeypatch):
 
     def flaky_fit(*args, **kwargs):
         if kwargs.get("desc", "").endswith("finetune"):
+
             def boom(_model):
                 calls["n"] += 1
                 if calls["n"] == 6:  # 4 steps an epoch: this is inside the second epoch
                     raise KeyboardInterrupt
+
             kwargs["on_step"] = boom
         return real_fit(*args, **kwargs)
 

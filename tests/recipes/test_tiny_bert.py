@@ -1,5 +1,6 @@
 """The tiny-BERT recipe end to end in CI: train a classifier head -> prune heads / FFN / a layer while
 distilling -> KD fine-tune -> dynamic int8 -> ONNX (+ the save_pretrained folder, reloaded by transformers)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,8 @@ def test_tiny_bert_recipe_runs(tmp_path: Path):
     assert report.environment["ort_seq_lengths"] == {"bs1": 16, "bs32": 16}
     # the shipped Hugging Face folder reloads with transformers alone (per-layer heads through its layout code)
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(
-        str(tmp_path / "run" / "hf"), trust_remote_code=True).eval()
+        str(tmp_path / "run" / "hf"), trust_remote_code=True
+    ).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "run" / "hf"))
     enc = tok(["good movie", "awful plot"], padding=True, return_tensors="pt")
     final, _, _ = dp.load_checkpoint(tmp_path / "run" / "stages" / "03_finetune")

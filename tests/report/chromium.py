@@ -12,6 +12,7 @@ references, and PNG screenshots (viewport and full page).
 Also a command for the README's screenshot:
 ``python tests/report/chromium.py runs/x/report.html docs/report_demo.png [--width 1280 --height 900]``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,13 +29,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome",
-              "/Applications/Chromium.app/Contents/MacOS/Chromium",
-              "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--disable-default-apps", "--disable-dev-shm-usage", "--mute-audio",
-         "--hide-scrollbars", "--no-default-browser-check", "--remote-debugging-pipe")
+CANDIDATES = (
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+    "chrome",
+    "/Applications/Chromium.app/Contents/MacOS/Chromium",
+    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+)
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-dev-shm-usage",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--no-default-browser-check",
+    "--remote-debugging-pipe",
+)
 
 
 def find_chromium() -> str | None:
@@ -62,10 +82,22 @@ class Browser:
         to_browser_r, self._w = os.pipe()
         self._r, from_browser_w = os.pipe()
         # The browser wants the pipe on fds 3 (in) and 4 (out): let the shell put them there.
-        cmd = ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', binary, *FLAGS,
-               f"--user-data-dir={self.profile}", "about:blank"]
-        self.proc = subprocess.Popen(cmd, pass_fds=(to_browser_r, from_browser_w), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cmd = [
+            "bash",
+            "-c",
+            f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}',
+            binary,
+            *FLAGS,
+            f"--user-data-dir={self.profile}",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            pass_fds=(to_browser_r, from_browser_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._inbox: queue.Queue[dict | None] = queue.Queue()
@@ -182,8 +214,10 @@ def _errors(events: list[dict], session: str) -> tuple[list[str], list[str]]:
             d = p.get("exceptionDetails", {})
             errors.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
         elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert", "warning"):
-            errors.append(f"console.{p['type']}: " + " ".join(str(a.get("value", a.get("description")))
-                                                          for a in p.get("args", [])))
+            errors.append(
+                f"console.{p['type']}: "
+                + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+            )
         elif m == "Log.entryAdded" and p.get("entry", {}).get("level") in ("error", "warning"):
             errors.append(f"log {p['entry']['level']}: {p['entry'].get('text')} {p['entry'].get('url', '')}")
         elif m == "Network.requestWillBeSent":
@@ -200,8 +234,9 @@ PRINT_STATS_JS = """(() => ({
   details_open: Array.from(document.querySelectorAll('details')).every(d => d.open)}))()"""
 
 
-def inspect_page(binary: str, html: str | Path, width: int = 1280, height: int = 900,
-                 full_page: bool = True, pdf: bool = False) -> PageResult:
+def inspect_page(
+    binary: str, html: str | Path, width: int = 1280, height: int = 900, full_page: bool = True, pdf: bool = False
+) -> PageResult:
     """Open ``html`` in headless Chromium at ``width`` x ``height`` and report what happened."""
     url = Path(html).resolve().as_uri()
     with Browser(binary) as b:
@@ -209,29 +244,41 @@ def inspect_page(binary: str, html: str | Path, width: int = 1280, height: int =
         s = b.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             b.send(f"{domain}.enable", session=s)
-        b.send("Emulation.setDeviceMetricsOverride",
-               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=s)
+        b.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=s,
+        )
         b.send("Page.navigate", {"url": url}, session=s)
         b.wait_event("Page.loadEventFired", session=s)
-        stats = b.send("Runtime.evaluate", {"expression": FIGURE_STATS_JS, "returnByValue": True},
-                       session=s)["result"]["value"]
+        stats = b.send("Runtime.evaluate", {"expression": FIGURE_STATS_JS, "returnByValue": True}, session=s)["result"][
+            "value"
+        ]
         shot = b.send("Page.captureScreenshot", {"format": "png"}, session=s)["data"]
         full = ""
         if full_page:
             h = min(int(stats["height"]), 30000)
-            full = b.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                     "clip": {"x": 0, "y": 0, "width": width, "height": h,
-                                                              "scale": 1}}, session=s)["data"]
+            full = b.send(
+                "Page.captureScreenshot",
+                {
+                    "format": "png",
+                    "captureBeyondViewport": True,
+                    "clip": {"x": 0, "y": 0, "width": width, "height": h, "scale": 1},
+                },
+                session=s,
+            )["data"]
         printed, pdf_data = {}, ""
         if pdf:
             b.send("Emulation.setEmulatedMedia", {"media": "print"}, session=s)
             pdf_data = b.send("Page.printToPDF", {"printBackground": False}, session=s)["data"]
-            printed = b.send("Runtime.evaluate", {"expression": PRINT_STATS_JS, "returnByValue": True},
-                             session=s)["result"]["value"]
+            printed = b.send("Runtime.evaluate", {"expression": PRINT_STATS_JS, "returnByValue": True}, session=s)[
+                "result"
+            ]["value"]
         b.send("Runtime.evaluate", {"expression": "0"}, session=s)  # flush events queued by the page
         errors, external = _errors(b.events, s)
-    return PageResult(errors, external, stats, base64.b64decode(shot), base64.b64decode(full), printed,
-                      base64.b64decode(pdf_data))
+    return PageResult(
+        errors, external, stats, base64.b64decode(shot), base64.b64decode(full), printed, base64.b64decode(pdf_data)
+    )
 
 
 def _main(argv: list[str]) -> int:
@@ -250,8 +297,12 @@ def _main(argv: list[str]) -> int:
         return 2
     res = inspect_page(binary, a.html, a.width, a.height, full_page=a.full)
     Path(a.png).write_bytes(res.full_page if a.full else res.screenshot)
-    print(json.dumps({"errors": res.errors, "external_requests": res.external_requests,
-                      "figures": res.stats.get("figures")}, indent=1))
+    print(
+        json.dumps(
+            {"errors": res.errors, "external_requests": res.external_requests, "figures": res.stats.get("figures")},
+            indent=1,
+        )
+    )
     return 1 if res.errors or res.external_requests else 0
 
 

@@ -1,4 +1,5 @@
 """`distillprune compare`, `distillprune report --html`, the compact/wide console table, environment()."""
+
 from __future__ import annotations
 
 import json
@@ -50,6 +51,7 @@ def test_compare_writes_page_and_table(two_runs, tmp_path, capsys, monkeypatch):
     assert main(["compare", *map(str, two_runs), "--out", str(out), "--wide"]) == 0
     assert "dense top-1" in capsys.readouterr().out
 
+
 def test_compare_rows_final_against_own_dense(two_runs):
     rows = [dict(zip(COMPARE_COLUMNS, r, strict=True)) for r in compare_rows(load_runs(two_runs))]
     assert [r["run"] for r in rows] == ["a", "b"]
@@ -76,21 +78,36 @@ def test_compare_same_folder_names_get_parent_prefix(tmp_path):
     assert [r.label for r in load_runs([a, b])] == ["x/run", "y/run"]
 
 
-@pytest.mark.parametrize("case, needle", [("missing", "no such run folder"), ("not_run", "not a run folder"),
-                                          ("one", "two or more"), ("twice", "given twice")])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing", "no such run folder"),
+        ("not_run", "not a run folder"),
+        ("one", "two or more"),
+        ("twice", "given twice"),
+    ],
+)
 def test_compare_bad_input_is_one_line_exit_2(case, needle, two_runs, tmp_path, capsys):
     a, b = two_runs
     (tmp_path / "empty").mkdir()
-    args = {"missing": [a, tmp_path / "nope"], "not_run": [a, tmp_path / "empty"], "one": [a],
-            "twice": [a, b, a / "report.json"]}[case]
+    args = {
+        "missing": [a, tmp_path / "nope"],
+        "not_run": [a, tmp_path / "empty"],
+        "one": [a],
+        "twice": [a, b, a / "report.json"],
+    }[case]
     assert main(["compare", *map(str, args), "--out", str(tmp_path / "c.html")]) == 2
     assert needle in one_error_line(capsys)
     assert not (tmp_path / "c.html").exists()
 
 
 def test_compare_bad_input_subprocess_has_no_traceback(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "distillprune.cli", "compare", str(tmp_path / "a"),
-                          str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "distillprune.cli", "compare", str(tmp_path / "a"), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0 and "no such run folder" in res.stderr
 
@@ -138,13 +155,24 @@ def test_markdown_keeps_every_column():
 
 def test_cpu_info_reads_model_and_flags(tmp_path):
     f = tmp_path / "cpuinfo"
-    f.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
-                 "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n\n"
-                 "processor\t: 1\nmodel name\t: other\n")
+    f.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+        "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n\n"
+        "processor\t: 1\nmodel name\t: other\n"
+    )
     info = cpu_info(f)
     assert info["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+"
-    assert info["cpu_flags"] == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "amx_int8",
-                                 "amx_bf16"]
+    assert info["cpu_flags"] == [
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+    ]
     assert cpu_info(tmp_path / "none") == {}
 
 

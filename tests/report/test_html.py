@@ -1,5 +1,6 @@
 """The HTML report and its pieces, without a browser: what each view contains, that old run folders
 render, that the page is self-contained. (tests/report/test_html_browser.py opens it in Chromium.)"""
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,14 @@ def test_every_view_is_rendered(page):
     assert set(figs) == {"pareto-ort_bs1", "pareto-ort_bs32", "stage-bars", "widths", "curves"}
     for name, svg in figs.items():
         assert svg.count("<path") + svg.count("<use") > 30, name
-    for section in ("Accuracy vs measured latency", "Per stage", "Per-layer widths", "Training curves",
-                    "Stage details", "Environment and recipe"):
+    for section in (
+        "Accuracy vs measured latency",
+        "Per stage",
+        "Per-layer widths",
+        "Training curves",
+        "Stage details",
+        "Environment and recipe",
+    ):
         assert f"<h2>{section}</h2>" in page
 
 
@@ -194,8 +201,17 @@ def test_layer_widths_of_a_depth_and_width_pruned_model():
 
     model = ResNet((8, 16), (2, 1), num_classes=10, in_channels=1)
     dense = layer_widths(model)
-    assert list(dense) == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2",
-                           "layer2.0.conv1", "layer2.0.conv2", "layer2.0.shortcut.0", "fc"]
+    assert list(dense) == [
+        "conv1",
+        "layer1.0.conv1",
+        "layer1.0.conv2",
+        "layer1.1.conv1",
+        "layer1.1.conv2",
+        "layer2.0.conv1",
+        "layer2.0.conv2",
+        "layer2.0.shortcut.0",
+        "fc",
+    ]
     assert dense["layer2.0.conv1"] == 16 and dense["fc"] == 10
     remove_block(model, "layer1.1")
     model.layer2[0].conv1 = torch.nn.Conv2d(8, 12, 3)  # stands in for a width-pruned layer

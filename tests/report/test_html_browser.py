@@ -5,6 +5,7 @@ it these tests FAIL, so a CI machine lacking the browser cannot pass as green; o
 machine without Chromium set ``DISTILLPRUNE_ALLOW_NO_BROWSER=1`` to skip them instead.
 ``DISTILLPRUNE_SCREENSHOTS=<folder>`` keeps the screenshots for a look.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,10 @@ def chromium() -> str:
     if binary is None:
         if os.environ.get("DISTILLPRUNE_ALLOW_NO_BROWSER") == "1":
             pytest.skip("Chromium not found and DISTILLPRUNE_ALLOW_NO_BROWSER=1")
-        pytest.fail("Chromium not found: install it (Debian: apt-get install chromium), point "
-                    "DISTILLPRUNE_CHROMIUM at it, or set DISTILLPRUNE_ALLOW_NO_BROWSER=1 to skip the browser tests")
+        pytest.fail(
+            "Chromium not found: install it (Debian: apt-get install chromium), point "
+            "DISTILLPRUNE_CHROMIUM at it, or set DISTILLPRUNE_ALLOW_NO_BROWSER=1 to skip the browser tests"
+        )
     return binary
 
 
@@ -75,10 +78,15 @@ def test_report_page_in_chromium(chromium, synthetic_page):
     res = inspect_page(chromium, synthetic_page, pdf=True)
     _keep("report_synthetic", res)
     assert_clean_load(res)
-    assert_figures(res, {"pareto-ort_bs1": 60, "pareto-ort_bs32": 60, "stage-bars": 100, "widths": 80,
-                         "curves": 150})
-    assert res.stats["sections"] == ["Accuracy vs measured latency", "Per stage", "Per-layer widths",
-                                     "Training curves", "Stage details", "Environment and recipe"]
+    assert_figures(res, {"pareto-ort_bs1": 60, "pareto-ort_bs32": 60, "stage-bars": 100, "widths": 80, "curves": 150})
+    assert res.stats["sections"] == [
+        "Accuracy vs measured latency",
+        "Per stage",
+        "Per-layer widths",
+        "Training curves",
+        "Stage details",
+        "Environment and recipe",
+    ]
     assert res.stats["width"] <= 1280, "the page scrolls sideways on a laptop-sized window"
     assert_not_blank(res.screenshot)
     assert_not_blank(res.full_page, min_ink=0.02)

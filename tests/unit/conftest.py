@@ -1,4 +1,5 @@
 """Unit-test settings: tiny models run fastest (and most repeatably) on one intra-op thread."""
+
 from __future__ import annotations
 
 import pytest

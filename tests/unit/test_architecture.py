@@ -17,8 +17,21 @@ from distillprune.recipes.registry import STAGES, StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
 
 SRC = Path(dp.__file__).parent
-FAMILIES = {"cluster", "data", "distill", "export", "lowrank", "measure", "models", "pipeline", "prune",
-            "quant", "recipes", "report", "train"}
+FAMILIES = {
+    "cluster",
+    "data",
+    "distill",
+    "export",
+    "lowrank",
+    "measure",
+    "models",
+    "pipeline",
+    "prune",
+    "quant",
+    "recipes",
+    "report",
+    "train",
+}
 
 
 def _module(path: Path) -> str:
@@ -80,7 +93,7 @@ def test_no_import_cycles():
         stack.append(m)
         for d in sorted(graph.get(m, ())):
             if seen.get(d) == 1:
-                cycle = stack[stack.index(d):] + [d]
+                cycle = stack[stack.index(d) :] + [d]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if d not in seen:
                 visit(d)
@@ -99,8 +112,11 @@ def test_no_any_typed_config_crosses_a_family():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for a in node.args.args + node.args.kwonlyargs:
-                    if a.arg in ("cfg", "config", "qat", "spec") and a.annotation is not None \
-                            and ast.unparse(a.annotation) == "Any":
+                    if (
+                        a.arg in ("cfg", "config", "qat", "spec")
+                        and a.annotation is not None
+                        and ast.unparse(a.annotation) == "Any"
+                    ):
                         offenders.append(f"{mod}.{node.name}({a.arg}: Any)")
     assert not offenders, offenders
 
@@ -143,11 +159,16 @@ def echo_stage():
 def test_a_stage_registered_from_outside_runs_in_a_recipe(echo_stage, tmp_path):
     import torch
 
-    recipe = dp.Recipe.model_validate({
-        "name": "toy", "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "data": {"source": "digits", "limit_train": 64, "limit_test": 32},
-        "runtime": {"progress": False, "tensorboard": False}, "measure": {"enabled": False},
-        "stages": [{"type": "evaluate"}, {"type": "echo", "factor": 3.0}]})
+    recipe = dp.Recipe.model_validate(
+        {
+            "name": "toy",
+            "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+            "data": {"source": "digits", "limit_train": 64, "limit_test": 32},
+            "runtime": {"progress": False, "tensorboard": False},
+            "measure": {"enabled": False},
+            "stages": [{"type": "evaluate"}, {"type": "echo", "factor": 3.0}],
+        }
+    )
     state = dp.pipeline.execute(recipe, tmp_path / "run", quiet=True)
     assert [s.type for s in state.report.stages] == ["evaluate", "echo"]
     assert state.report.stages[1].details.factor == 3.0 and state.report.stages[1].measured
@@ -167,5 +188,6 @@ def test_cli_list_and_the_readme_stage_table_come_from_the_registry():
     readme = (SRC.parent.parent / "README.md").read_text()
     begin, end = "<!-- stages:begin -->", "<!-- stages:end -->"
     assert begin in readme and end in readme
-    assert readme.split(begin)[1].split(end)[0].strip() == stage_table().strip(), \
+    assert readme.split(begin)[1].split(end)[0].strip() == stage_table().strip(), (
         "README stage table is stale: regenerate it with `distillprune list stages --markdown`"
+    )

@@ -1,4 +1,5 @@
 """Checkpoints without pickle: a pruned model comes back from (weights, spec + history) alone."""
+
 from __future__ import annotations
 
 import copy
@@ -137,11 +138,26 @@ def test_missing_model_json(tmp_path):
         load_checkpoint(tmp_path / "does-not-exist")
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other/9", "arch": {}}),
-                                     json.dumps({"format": FORMAT, "arch": {"name": "digits_cnn", "bogus": 1}}),
-                                     json.dumps({"format": FORMAT, "arch": {"name": "digits_cnn", "num_classes": 10,
-                                                                            "input_shape": SHAPE, "kwargs": KW,
-                                                                            "history": [{"op": "explode"}]}})])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        json.dumps({"format": "other/9", "arch": {}}),
+        json.dumps({"format": FORMAT, "arch": {"name": "digits_cnn", "bogus": 1}}),
+        json.dumps(
+            {
+                "format": FORMAT,
+                "arch": {
+                    "name": "digits_cnn",
+                    "num_classes": 10,
+                    "input_shape": SHAPE,
+                    "kwargs": KW,
+                    "history": [{"op": "explode"}],
+                },
+            }
+        ),
+    ],
+)
 def test_bad_model_json(tmp_path, content):
     model, spec = pruned_model()
     save_checkpoint(tmp_path, model, spec)
@@ -161,8 +177,9 @@ def test_read_meta_checks_format(tmp_path):
 def test_weights_that_do_not_fit(tmp_path):
     model, spec = pruned_model()
     # the spec without its channel history rebuilds a wider model: shapes mismatch
-    no_channels = ArchSpec(spec.name, spec.num_classes, spec.input_shape, spec.kwargs,
-                           [op for op in spec.history if op.op != "channels"])
+    no_channels = ArchSpec(
+        spec.name, spec.num_classes, spec.input_shape, spec.kwargs, [op for op in spec.history if op.op != "channels"]
+    )
     save_checkpoint(tmp_path / "a", model, no_channels)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(tmp_path / "a")
@@ -179,18 +196,19 @@ def test_weights_that_do_not_fit(tmp_path):
 def test_history_that_does_not_fit_the_model(tmp_path):
     model, spec = pruned_model()
     # one block per stage: there is no layer1.1 to remove (this used to add a stray Identity silently)
-    bad = ArchSpec(spec.name, spec.num_classes, spec.input_shape, {"widths": [8, 16, 16], "blocks": [1, 1, 1]},
-                   spec.history)
+    bad = ArchSpec(
+        spec.name, spec.num_classes, spec.input_shape, {"widths": [8, 16, 16], "blocks": [1, 1, 1]}, spec.history
+    )
     save_checkpoint(tmp_path / "a", model, bad)
     with pytest.raises(DistillpruneError, match="layer1.1"):
         load_checkpoint(tmp_path / "a")
-    bad = ArchSpec(spec.name, spec.num_classes, spec.input_shape, spec.kwargs,
-                   [RemoveBlockOp("stage9.0")])
+    bad = ArchSpec(spec.name, spec.num_classes, spec.input_shape, spec.kwargs, [RemoveBlockOp("stage9.0")])
     save_checkpoint(tmp_path / "b", model, bad)
     with pytest.raises(DistillpruneError, match="stage9.0"):
         load_checkpoint(tmp_path / "b")
-    bad = ArchSpec(spec.name, spec.num_classes, spec.input_shape, spec.kwargs,
-                   [ChannelsOp([["layer9.conv", True, [0]]])])
+    bad = ArchSpec(
+        spec.name, spec.num_classes, spec.input_shape, spec.kwargs, [ChannelsOp([["layer9.conv", True, [0]]])]
+    )
     save_checkpoint(tmp_path / "c", model, bad)
     with pytest.raises(DistillpruneError, match="does not fit"):
         load_checkpoint(tmp_path / "c")

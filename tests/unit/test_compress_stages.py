@@ -47,10 +47,7 @@ def test_rows_measure_the_deployed_files(tmp_path: Path):
     rows = {s.type + ("" if s.type != "quantize" else s.details.method): s for s in state.report.stages}
     lr, cl, q8, q16 = rows["lowrank"], rows["cluster"], rows["quantizestatic"], rows["quantizefp16"]
     assert lr.details.factorized and lr.macs < rows["train"].macs
-    assert (
-        cl.artefact.startswith("model.cluster.xz")
-        and cl.onnx_bytes == (run / "model.cluster.xz").stat().st_size
-    )
+    assert cl.artefact.startswith("model.cluster.xz") and cl.onnx_bytes == (run / "model.cluster.xz").stat().st_size
     assert cl.details.ratio > 4 and cl.float_model["onnx_bytes"] > cl.onnx_bytes
     assert q8.artefact == "model.int8.onnx" and q8.onnx_bytes == (run / "model.int8.onnx").stat().st_size
     assert set(q8.latency_ms) == {"ort_bs1"} and 0 <= q8.accuracy <= 100

@@ -1,4 +1,5 @@
 """Typed configs (unknown keys with suggestions, one-line errors), registries, --set overrides, loss options."""
+
 from __future__ import annotations
 
 import copy
@@ -49,16 +50,26 @@ def test_strict_model_subclass():
         Opts.model_validate({"alpah": 3})
 
 
-@pytest.mark.parametrize("raw,where", [
-    ({"stages": [{"type": "prune", "width": {"ratio": 3}}]}, "stages.0.width.ratio"),
-    ({"stages": [TRAIN, {"type": "prune", "width": {"ratoi": 0.5}}]}, "stages.1.width"),
-    ({"stages": [TRAIN, {"type": "finetune", "epochs": 1, "distill": {"losses": [{"name": "kd", "temprature": 3}]}}]},
-     "stages.1.distill.losses.0"),
-    ({"stages": [{"type": "distill", "epochs": 1, "distill": {"teacher": 3}}]}, "stages.0.distill.teacher"),
-    ({"data": {"batch_size": 0}, "stages": [TRAIN]}, "data.batch_size"),
-    ({"runtime": {"amp": "fp8"}, "stages": [TRAIN]}, "runtime.amp"),
-    ({"stages": []}, "stages"),
-])
+@pytest.mark.parametrize(
+    "raw,where",
+    [
+        ({"stages": [{"type": "prune", "width": {"ratio": 3}}]}, "stages.0.width.ratio"),
+        ({"stages": [TRAIN, {"type": "prune", "width": {"ratoi": 0.5}}]}, "stages.1.width"),
+        (
+            {
+                "stages": [
+                    TRAIN,
+                    {"type": "finetune", "epochs": 1, "distill": {"losses": [{"name": "kd", "temprature": 3}]}},
+                ]
+            },
+            "stages.1.distill.losses.0",
+        ),
+        ({"stages": [{"type": "distill", "epochs": 1, "distill": {"teacher": 3}}]}, "stages.0.distill.teacher"),
+        ({"data": {"batch_size": 0}, "stages": [TRAIN]}, "data.batch_size"),
+        ({"runtime": {"amp": "fp8"}, "stages": [TRAIN]}, "runtime.amp"),
+        ({"stages": []}, "stages"),
+    ],
+)
 def test_validate_raises_one_line_recipe_error_with_location(raw, where):
     with pytest.raises(RecipeError) as ei:
         validate(Recipe, raw, where="my.yaml")
@@ -93,11 +104,12 @@ def test_stage_rules():
 
 def test_registries_in_configs_suggest_the_nearest():
     # unknown registry names in a recipe: an error the user can fix, with the nearest name
-    for raw, hint in [({"model": {"name": "resnet21"}, "stages": [TRAIN]}, "resnet"),
-                      ({"data": {"source": "digitz"}, "stages": [TRAIN]}, "digits"),
-                      ({"stages": [{"type": "prune", "width": {"ratio": 0.5, "importance": "l3"}}]}, "l"),
-                      ({"stages": [{"type": "finetune", "epochs": 1, "distill": {"losses": [{"name": "kdd"}]}}]},
-                       "kd")]:
+    for raw, hint in [
+        ({"model": {"name": "resnet21"}, "stages": [TRAIN]}, "resnet"),
+        ({"data": {"source": "digitz"}, "stages": [TRAIN]}, "digits"),
+        ({"stages": [{"type": "prune", "width": {"ratio": 0.5, "importance": "l3"}}]}, "l"),
+        ({"stages": [{"type": "finetune", "epochs": 1, "distill": {"losses": [{"name": "kdd"}]}}]}, "kd"),
+    ]:
         with pytest.raises(DistillpruneError, match=f"did you mean '{hint}"):
             validate(Recipe, raw)
 
@@ -150,15 +162,26 @@ def test_nearest():
 
 
 # ---------------------------------------------------------------- --set overrides
-BASE = {"name": "r", "data": {"batch_size": 64}, "stages": [{"type": "train", "epochs": 2},
-                                                          {"type": "finetune", "epochs": 1, "distill": None}]}
+BASE = {
+    "name": "r",
+    "data": {"batch_size": 64},
+    "stages": [{"type": "train", "epochs": 2}, {"type": "finetune", "epochs": 1, "distill": None}],
+}
 
 
 def test_apply_overrides_nested_and_list_values():
-    raw = apply_overrides(copy.deepcopy(BASE), [
-        "data.batch_size=32", "stages.0.epochs=5", "stages.0.optimizer.lr=0.01", "runtime.progress=false",
-        "measure.batch_sizes=[1, 8]", "name=other", "stages.1.distill.teacher=ckpt/t",
-    ])
+    raw = apply_overrides(
+        copy.deepcopy(BASE),
+        [
+            "data.batch_size=32",
+            "stages.0.epochs=5",
+            "stages.0.optimizer.lr=0.01",
+            "runtime.progress=false",
+            "measure.batch_sizes=[1, 8]",
+            "name=other",
+            "stages.1.distill.teacher=ckpt/t",
+        ],
+    )
     assert raw["data"]["batch_size"] == 32
     assert raw["stages"][0] == {"type": "train", "epochs": 5, "optimizer": {"lr": 0.01}}
     assert raw["runtime"] == {"progress": False}
@@ -175,13 +198,16 @@ def test_apply_overrides_replaces_list_items():
     assert raw["stages"][1] == {"type": "export"}
 
 
-@pytest.mark.parametrize("ov,match", [
-    ("stages.5.epochs=1", "not an index of a 2-item list"),
-    ("stages.x.epochs=1", "not an index"),
-    ("data.batch_size.foo=1", "'data.batch_size' is not a mapping"),
-    ("novalue", "key=value"),
-    ("=3", "key=value"),
-])
+@pytest.mark.parametrize(
+    "ov,match",
+    [
+        ("stages.5.epochs=1", "not an index of a 2-item list"),
+        ("stages.x.epochs=1", "not an index"),
+        ("data.batch_size.foo=1", "'data.batch_size' is not a mapping"),
+        ("novalue", "key=value"),
+        ("=3", "key=value"),
+    ],
+)
 def test_apply_overrides_bad_paths(ov, match):
     with pytest.raises(RecipeError, match=match):
         apply_overrides(copy.deepcopy(BASE), [ov])

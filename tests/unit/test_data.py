@@ -1,4 +1,5 @@
 """Data sources on generated files, the resident loader, and their errors."""
+
 from __future__ import annotations
 
 import io
@@ -168,8 +169,12 @@ def test_random_crop():
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     shifted = 0
     for i in range(len(x)):
-        windows = [(oy, ox) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)
-                   if torch.equal(out[i], xp[i, :, oy:oy + 5, ox:ox + 7])]
+        windows = [
+            (oy, ox)
+            for oy in range(2 * pad + 1)
+            for ox in range(2 * pad + 1)
+            if torch.equal(out[i], xp[i, :, oy : oy + 5, ox : ox + 7])
+        ]
         assert windows, "every sample is a window of its padded image"
         shifted += (pad, pad) not in windows
     assert shifted > 0  # not all centred
@@ -196,8 +201,14 @@ def test_npz_nhwc_uint8(tmp_path):
     xtr = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
     xte = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     p = tmp_path / "set.npz"
-    np.savez(p, x_train=xtr, y_train=np.arange(20) % 4, x_test=xte, y_test=np.arange(6) % 4,
-             classes=np.array(["w", "x", "y", "z"]))
+    np.savez(
+        p,
+        x_train=xtr,
+        y_train=np.arange(20) % 4,
+        x_test=xte,
+        y_test=np.arange(6) % 4,
+        classes=np.array(["w", "x", "y", "z"]),
+    )
     b = load_data(cfg(source="npz", path=str(p)))
     assert b.input_shape == (3, 8, 8) and b.train.x.dtype == torch.uint8
     assert torch.equal(b.train.x, torch.from_numpy(xtr).permute(0, 3, 1, 2))
@@ -218,8 +229,13 @@ def test_npz_nchw_float_and_nhw(tmp_path):
     assert b.mean.shape == (2,)
 
     p2 = tmp_path / "g.npz"
-    np.savez(p2, x_train=rng.integers(0, 256, (8, 6, 6), dtype=np.uint8), y_train=np.arange(8) % 2,
-             x_test=rng.integers(0, 256, (3, 6, 6), dtype=np.uint8), y_test=np.array([0, 1, 1]))
+    np.savez(
+        p2,
+        x_train=rng.integers(0, 256, (8, 6, 6), dtype=np.uint8),
+        y_train=np.arange(8) % 2,
+        x_test=rng.integers(0, 256, (3, 6, 6), dtype=np.uint8),
+        y_test=np.array([0, 1, 1]),
+    )
     b2 = load_data(cfg(source="npz", path=str(p2), limit_train=5))
     assert b2.input_shape == (1, 6, 6) and len(b2.train) == 5
 
@@ -238,8 +254,13 @@ def test_npz_errors(tmp_path):
     with pytest.raises(DataError, match="not a readable"):
         load_data(cfg(source="npz", path=str(junk)))
     p3 = tmp_path / "shape.npz"
-    np.savez(p3, x_train=np.zeros((4, 3, 8, 8), np.float32), y_train=np.zeros(4),
-             x_test=np.zeros((2, 3, 6, 6), np.float32), y_test=np.zeros(2))
+    np.savez(
+        p3,
+        x_train=np.zeros((4, 3, 8, 8), np.float32),
+        y_train=np.zeros(4),
+        x_test=np.zeros((2, 3, 6, 6), np.float32),
+        y_test=np.zeros(2),
+    )
     with pytest.raises(DataError, match="differ"):
         load_data(cfg(source="npz", path=str(p3)))
 
@@ -411,8 +432,15 @@ def test_loader_batches_are_row_major_even_with_one_channel():
     from distillprune.data.base import Split, TensorLoader
 
     x = torch.empty_strided((16, 1, 8, 8), (64, 1, 8, 1)).normal_()
-    loader = TensorLoader(Split(x, torch.zeros(16, dtype=torch.long)), 8, torch.zeros(1), torch.ones(1),
-                          shuffle=True, crop_padding=1, hflip=True)
+    loader = TensorLoader(
+        Split(x, torch.zeros(16, dtype=torch.long)),
+        8,
+        torch.zeros(1),
+        torch.ones(1),
+        shuffle=True,
+        crop_padding=1,
+        hflip=True,
+    )
     for xb, _ in loader:
         assert xb.stride() == (64, 64, 8, 1)
 

@@ -1,4 +1,5 @@
 """Depth pruning (whole residual blocks) and unstructured magnitude masks."""
+
 from __future__ import annotations
 
 import copy

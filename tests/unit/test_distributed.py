@@ -1,5 +1,6 @@
 """The distributed pieces that need no second process: batch shares, single-process no-ops, the
 architecture hash, SyncBatchNorm's swap, which stages run on every rank. (Two processes: tests/distributed.)"""
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,19 @@ from distillprune.train.syncbn import SyncBatchNorm, restore_batchnorms, swap_ba
 
 
 def _loader(data, world: int = 1, rank: int = 0, batch: int = 10, **kw) -> TensorLoader:
-    return TensorLoader(data.train, batch, data.mean, data.std, shuffle=True, crop_padding=1, hflip=True,
-                        seed=4, rank=rank, world_size=world, **kw)
+    return TensorLoader(
+        data.train,
+        batch,
+        data.mean,
+        data.std,
+        shuffle=True,
+        crop_padding=1,
+        hflip=True,
+        seed=4,
+        rank=rank,
+        world_size=world,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("world,batch,drop_last", [(2, 10, True), (3, 10, True), (3, 10, False), (2, 7, False)])

@@ -1,4 +1,5 @@
 """ONNX export: parity with torch, a dynamic batch axis, atomic writes."""
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,11 @@ def pruned_digits_cnn():
     return m.eval()
 
 
-MODELS = {"digits_cnn": (digits_cnn, (1, 8, 8), 10), "mlp": (mlp, (12,), 5),
-          "pruned_digits_cnn": (pruned_digits_cnn, (1, 8, 8), 10)}
+MODELS = {
+    "digits_cnn": (digits_cnn, (1, 8, 8), 10),
+    "mlp": (mlp, (12,), 5),
+    "pruned_digits_cnn": (pruned_digits_cnn, (1, 8, 8), 10),
+}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -118,8 +118,16 @@ def test_the_teacher_never_receives_gradients(teacher, tmp_path):
     before = {k: v.clone() for k, v in t.state_dict().items()}
     student = trained_like(build_model("resnet", 10, (3, 16, 16), widths=[8, 8, 16], blocks=[1, 1, 1]), 2)
     d = Distiller.from_specs(t, [{"name": "kd"}])
-    fit(student, data, FitSettings(1, OptimizerConfig(lr=0.05), ScheduleConfig()), d, runtime=QUIET,
-        batch_size=32, crop_padding=2, hflip=True)
+    fit(
+        student,
+        data,
+        FitSettings(1, OptimizerConfig(lr=0.05), ScheduleConfig()),
+        d,
+        runtime=QUIET,
+        batch_size=32,
+        crop_padding=2,
+        hflip=True,
+    )
     assert d.teacher_speed.folded
     fast_params = list(d._fast[0][1].parameters())
     assert all(p.grad is None and not p.requires_grad for p in list(t.parameters()) + fast_params)

@@ -1,5 +1,6 @@
 """What only a GPU can check: bf16 + channels_last training through the one trainer, and CUDA-graph latency.
 Marked ``gpu``: skipped where there is no CUDA (CI); run on a lent GPU with ``pytest -m gpu``."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,14 @@ def test_kd_training_on_cuda_with_bf16_and_channels_last(digits_bundle):
     teacher = dp.build_model("digits_cnn", 10, (1, 8, 8), widths=[16, 32, 32], blocks=[1, 1, 1])
     student = dp.build_model("digits_cnn", 10, (1, 8, 8), widths=[8, 16, 16], blocks=[1, 1, 1])
     runtime = RuntimeConfig(device="cuda", amp="bf16", channels_last=True, progress=False, tensorboard=False)
-    hist = fit(student, digits_bundle, FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig()),
-               Distiller.from_specs(snapshot(teacher), [{"name": "kd"}]), runtime=runtime, batch_size=128)
+    hist = fit(
+        student,
+        digits_bundle,
+        FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig()),
+        Distiller.from_specs(snapshot(teacher), [{"name": "kd"}]),
+        runtime=runtime,
+        batch_size=128,
+    )
     assert next(student.parameters()).device.type == "cuda"
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist) and hist[-1]["test_acc"] > 20
 

@@ -1,4 +1,5 @@
 """Distillation losses against hand-computed values, and the Distiller's frozen teacher."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -195,8 +196,11 @@ def test_distiller_gradients_reach_student_not_teacher():
     loss, logits = d(student, x, y)
     assert logits.shape == (6, 10) and loss.requires_grad
     loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in student.named_parameters()
-               if n.startswith(("conv1", "fc")))
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in student.named_parameters()
+        if n.startswith(("conv1", "fc"))
+    )
     for p in teacher.parameters():
         assert p.requires_grad is False
         assert p.grad is None
@@ -212,8 +216,9 @@ def test_distiller_gradients_reach_student_not_teacher():
 def test_distiller_weighted_sum_matches_manual():
     student, teacher = _student_teacher()
     student.eval()
-    d = Distiller.from_specs(teacher, [{"name": "kd", "weight": 0.5, "temperature": 2.0, "alpha": 1.0},
-                                       {"name": "ce", "weight": 2.0}])
+    d = Distiller.from_specs(
+        teacher, [{"name": "kd", "weight": 0.5, "temperature": 2.0, "alpha": 1.0}, {"name": "ce", "weight": 2.0}]
+    )
     x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
     d.attach(student, x[:2])
     loss, _ = d(student, x, y)

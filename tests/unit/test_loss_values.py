@@ -64,9 +64,7 @@ def test_kd_standardized_matches_zscore_then_kd(t):
 
 
 def test_kd_standardized_keeps_raw_logits_in_ce():
-    got = KDLoss(temperature=2.0, alpha=0.25, standardize=True)(
-        Outputs(t32(ZS)), Outputs(t32(ZT)), torch.tensor(Y)
-    )
+    got = KDLoss(temperature=2.0, alpha=0.25, standardize=True)(Outputs(t32(ZS)), Outputs(t32(ZT)), torch.tensor(Y))
     kd = float(KDLoss(temperature=2.0, alpha=1.0, standardize=True)(Outputs(t32(ZS)), Outputs(t32(ZT)), None))
     ce = float(-np.mean(np.log(softmax(ZS)[np.arange(4), Y])))
     assert float(got) == pytest.approx(0.25 * kd + 0.75 * ce, rel=1e-5)
@@ -122,9 +120,7 @@ def np_rkd(es: np.ndarray, et: np.ndarray, wd: float, wa: float) -> float:
         return v / nv if nv > 0 else v * 0
 
     def psi_a(e):  # cos of the angle at vertex j, for every (i, j, k)
-        return np.array(
-            [unit(e[i] - e[j]) @ unit(e[k] - e[j]) for i, j, k in itertools.product(range(n), repeat=3)]
-        )
+        return np.array([unit(e[i] - e[j]) @ unit(e[k] - e[j]) for i, j, k in itertools.product(range(n), repeat=3)])
 
     return wd * huber(psi_d(es) - psi_d(et)).mean() + wa * huber(psi_a(es) - psi_a(et)).mean()
 
@@ -138,9 +134,7 @@ def test_rkd_on_tapped_features_matches_loops(wd, wa):
 
 
 def test_rkd_on_logits_without_tap_and_tiny_batches():
-    assert float(RKDLoss()(Outputs(t32(ZS)), Outputs(t32(ZT)), None)) == pytest.approx(
-        np_rkd(ZS, ZT, 25, 50), rel=1e-4
-    )
+    assert float(RKDLoss()(Outputs(t32(ZS)), Outputs(t32(ZT)), None)) == pytest.approx(np_rkd(ZS, ZT, 25, 50), rel=1e-4)
     one = RKDLoss()(Outputs(t32(ZS[:1])), Outputs(t32(ZT[:1])), None)
     assert float(one) == 0.0
 
@@ -150,10 +144,7 @@ def test_pkt_matches_authors_formula():
     def cond(e):
         n = len(e)
         k = np.array(
-            [
-                [(e[i] @ e[j] / np.linalg.norm(e[i]) / np.linalg.norm(e[j]) + 1) / 2 for j in range(n)]
-                for i in range(n)
-            ]
+            [[(e[i] @ e[j] / np.linalg.norm(e[i]) / np.linalg.norm(e[j]) + 1) / 2 for j in range(n)] for i in range(n)]
         )
         return k / k.sum(axis=1, keepdims=True)
 
@@ -270,9 +261,7 @@ def test_crd_infonce_both_directions_with_queue():
     s2, t2 = Outputs(t32(ZS), {"f": t32(fs2)}), Outputs(t32(ZT), {"f": t32(ft2)})
     v2, u2 = unit_rows(fs2), unit_rows(ft2)
     second = float(loss(s2, t2, None).detach())  # the first batch is now in the queues
-    assert second == pytest.approx(
-        np_infonce(v2, u2, list(u), tau) + np_infonce(u2, v2, list(v), tau), rel=1e-5
-    )
+    assert second == pytest.approx(np_infonce(v2, u2, list(u), tau) + np_infonce(u2, v2, list(v), tau), rel=1e-5)
     # FIFO of 6: the second batch's first two rows fill it, the last two overwrite the oldest
     assert int(loss.queue_len) == 6 and int(loss.queue_ptr) == 2
     np.testing.assert_allclose(loss.queue_t[:2].numpy(), u2[2:], rtol=1e-5, atol=1e-6)

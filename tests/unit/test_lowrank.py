@@ -52,10 +52,7 @@ def test_plan_skips_layers_that_would_not_save_macs():
         nn.Flatten(),
         nn.Linear(64 * 16, 10),
     )
-    plans = {
-        p.name: p
-        for p in plan(model, (3, 4, 4), dp.LowRankConfig(rank_by="ratio", ratio=0.25, min_saving=0.25))
-    }
+    plans = {p.name: p for p in plan(model, (3, 4, 4), dp.LowRankConfig(rank_by="ratio", ratio=0.25, min_saving=0.25))}
     assert "is the full rank 8" in plans["0"].skipped  # rank 2 rounds up to 8 = all of it
     assert "grouped" in plans["1"].skipped
     assert plans["2"].skipped is None and plans["2"].rank == 16 and plans["2"].macs_after < plans["2"].macs

@@ -1,5 +1,6 @@
 """Models from the user's artefacts: their class (``model.python``), their weights (``.pt`` / ``.safetensors``),
 a new head, a teacher with weights, their input statistics; each failure is one line."""
+
 from __future__ import annotations
 
 import textwrap
@@ -49,8 +50,9 @@ def net_file(tmp_path):
 def test_python_model_rebuilds_from_its_file_without_base(net_file, tmp_path):
     model, spec = dp.make_model({"python": f"{net_file}:MyNet", "kwargs": {"width": 8}}, 10, (1, 8, 8))
     assert spec.source == "python" and spec.ref["file"] == str(net_file) and len(spec.ref["sha256"]) == 64
-    dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}}, torch.randn(4, 1, 8, 8), 10,
-              spec=spec)
+    dp.prune_(
+        model, {"width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}}, torch.randn(4, 1, 8, 8), 10, spec=spec
+    )
     dp.save_checkpoint(tmp_path / "ck", model, spec)
     back, _, _ = dp.load_checkpoint(tmp_path / "ck")
     x = torch.randn(3, 1, 8, 8)
@@ -69,11 +71,14 @@ def test_a_changed_or_missing_class_file_is_one_line(net_file, tmp_path):
         dp.load_checkpoint(tmp_path / "ck")
 
 
-@pytest.mark.parametrize("target, match", [
-    ("nowhere.py:MyNet", "file not found"),
-    ("{f}:MyNt", "has no 'MyNt' \\(did you mean 'MyNet'\\?\\)"),
-    ("{f}", "expected 'path/to/file.py:ClassOrFactory'"),
-])
+@pytest.mark.parametrize(
+    "target, match",
+    [
+        ("nowhere.py:MyNet", "file not found"),
+        ("{f}:MyNt", "has no 'MyNt' \\(did you mean 'MyNet'\\?\\)"),
+        ("{f}", "expected 'path/to/file.py:ClassOrFactory'"),
+    ],
+)
 def test_bad_python_targets_are_one_line(net_file, target, match):
     with pytest.raises(DistillpruneError, match=match) as err:
         dp.make_model({"python": target.format(f=net_file)}, 10, (1, 8, 8))
@@ -96,8 +101,7 @@ def test_weights_load_from_pt_and_safetensors(net_file, tmp_path, fmt):
     if fmt == "safetensors":
         save_file(state, str(path))
     else:
-        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}} if fmt == "wrapped.pt" else state,
-                   path)
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}} if fmt == "wrapped.pt" else state, path)
     torch.manual_seed(1)
     model, spec = dp.make_model({"python": f"{net_file}:MyNet", "weights": str(path)}, 10, (1, 8, 8))
     x = torch.randn(2, 1, 8, 8)

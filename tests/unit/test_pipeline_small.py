@@ -1,4 +1,5 @@
 """The whole pipeline on a tiny recipe: train -> prune (depth + width, with KD) -> finetune -> export."""
+
 from __future__ import annotations
 
 import copy
@@ -24,9 +25,15 @@ BASE = {
     "measure": {"batch_sizes": [1], "warmup": 1, "repeats": 1, "min_window_s": 0.001},
     "stages": [
         {"type": "train", "epochs": 1, "optimizer": {"lr": 0.1}},
-        {"type": "prune", "width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1, "calib_batches": 1},
-         "steps": 2, "epochs_per_step": 1, "optimizer": {"lr": 0.05},
-         "distill": {"losses": [{"name": "kd", "temperature": 4.0, "alpha": 0.9}]}},
+        {
+            "type": "prune",
+            "width": {"ratio": 0.5, "round_to": 4},
+            "depth": {"blocks": 1, "calib_batches": 1},
+            "steps": 2,
+            "epochs_per_step": 1,
+            "optimizer": {"lr": 0.05},
+            "distill": {"losses": [{"name": "kd", "temperature": 4.0, "alpha": 0.9}]},
+        },
         {"type": "finetune", "epochs": 1, "optimizer": {"lr": 0.05}},
         {"type": "export"},
     ],
@@ -135,8 +142,10 @@ def test_resume_of_a_finished_run_redoes_nothing(run):
 
 
 def test_label_free_prune_runs(tmp_path):
-    r = recipe(data={"source": "digits", "limit_train": 128, "batch_size": 64, "labels": False},
-               stages=[{"type": "prune", "width": {"ratio": 0.5, "round_to": 4}, "steps": 1, "epochs_per_step": 1}])
+    r = recipe(
+        data={"source": "digits", "limit_train": 128, "batch_size": 64, "labels": False},
+        stages=[{"type": "prune", "width": {"ratio": 0.5, "round_to": 4}, "steps": 1, "epochs_per_step": 1}],
+    )
     report = compress(r, tmp_path / "lf", quiet=True)
     inp, prune = report.stages
     assert inp.name == "0:input" and report.baseline is inp  # the model as it entered: every speedup's reference
@@ -146,8 +155,7 @@ def test_label_free_prune_runs(tmp_path):
 
 
 def test_train_stage_without_labels_raises(tmp_path):
-    r = recipe(data={"source": "digits", "limit_train": 128, "labels": False},
-               stages=[{"type": "train", "epochs": 1}])
+    r = recipe(data={"source": "digits", "limit_train": 128, "labels": False}, stages=[{"type": "train", "epochs": 1}])
     with pytest.raises(DataError, match="without labels needs a teacher"):
         compress(r, tmp_path / "nl", quiet=True)
 
@@ -169,11 +177,14 @@ def test_data_that_does_not_fit_the_model(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(10, 1, 8, 8, generator=g)
-    bundle = DataBundle(Split(x, torch.arange(10) % 3), Split(x, torch.arange(10) % 3), 3, list("abc"),
-                        torch.zeros(1), torch.ones(1))
+    bundle = DataBundle(
+        Split(x, torch.arange(10) % 3), Split(x, torch.arange(10) % 3), 3, list("abc"), torch.zeros(1), torch.ones(1)
+    )
     with pytest.raises(DataError, match="outputs"):
-        compress(r, None, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)), data=bundle,
-                 quiet=True)
+        compress(
+            r, None, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)), data=bundle, quiet=True
+        )
     with pytest.raises(DataError, match="do not fit"):
-        compress(r, None, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3)), data=bundle,
-                 quiet=True)
+        compress(
+            r, None, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3)), data=bundle, quiet=True
+        )

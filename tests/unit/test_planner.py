@@ -1,5 +1,6 @@
 """The target planner (``prune.planner``) and its parts: cached-activation block scores, channel groups with
 their own widths, the latency table, and plans that land in the target band."""
+
 from __future__ import annotations
 
 import copy
@@ -124,8 +125,9 @@ def test_bn_recalibration_matches_the_inputs():
 # ---------------------------------------------------------------- plans
 def _session(target: dict, shape=SHAPE, **cfg):
     data = random_bundle(n_train=400, n_test=40, shape=shape)
-    conf = dp.PruneConfig.model_validate({"width": {"round_to": 8, **cfg}, "target": {"val_samples": 64,
-                                          "calib_samples": 64, **target}})
+    conf = dp.PruneConfig.model_validate(
+        {"width": {"round_to": 8, **cfg}, "target": {"val_samples": 64, "calib_samples": 64, **target}}
+    )
     return dp.PruneSession(model(), conf, data=data, latency=FAST, batch_size=32), data
 
 
@@ -147,8 +149,9 @@ def test_planned_prune_re_estimates_batchnorm_as_the_planner_assumed():
     s.run()  # bn_recalibration 0: the plan's calib_samples (64 = 2 batches of 32) re-estimate the statistics
     again = copy.deepcopy(s.model)
     recalibrate_bn(again, [x for x, _ in s.calibration(2)])
-    bns = [(a, b) for a, b in zip(s.model.modules(), again.modules(), strict=True)
-           if isinstance(a, torch.nn.BatchNorm2d)]
+    bns = [
+        (a, b) for a, b in zip(s.model.modules(), again.modules(), strict=True) if isinstance(a, torch.nn.BatchNorm2d)
+    ]
     assert bns
     for a, b in bns:
         torch.testing.assert_close(a.running_mean, b.running_mean)

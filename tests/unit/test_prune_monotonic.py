@@ -1,6 +1,7 @@
 """Width pruning does what was asked or says so: a larger ratio never keeps more parameters (a property test
 over models, ratios, rounding, max_ratio and global ranking), a ratio near 1 without rounding still prunes,
 a ratio above max_ratio is a config error, and a request that removes nothing is an error before training."""
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,11 @@ def _pruned_params(model: torch.nn.Module, shape: tuple[int, ...], cfg: WidthCon
 
 MODELS = st.one_of(
     st.builds(lambda h: ("mlp", (1, 4, 4), {"hidden": h}), st.lists(st.integers(1, 40), min_size=1, max_size=3)),
-    st.builds(lambda w, b: ("resnet", (3, 8, 8), {"widths": w, "blocks": b[: len(w)]}),
-              st.lists(st.integers(1, 24), min_size=1, max_size=3),
-              st.lists(st.integers(1, 2), min_size=3, max_size=3)),
+    st.builds(
+        lambda w, b: ("resnet", (3, 8, 8), {"widths": w, "blocks": b[: len(w)]}),
+        st.lists(st.integers(1, 24), min_size=1, max_size=3),
+        st.lists(st.integers(1, 2), min_size=3, max_size=3),
+    ),
 )
 
 
@@ -41,8 +44,15 @@ RATIOS = st.one_of(st.floats(0.01, 0.99), st.sampled_from([0.5, 0.9, 0.95, 0.97,
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=MODELS, r1=RATIOS, r2=RATIOS, round_to=st.sampled_from([None, None, 1, 2, 4, 8]),
-       max_ratio=st.sampled_from([0.5, 0.9, 1.0, 1.0]), global_pruning=st.booleans(), seed=st.integers(0, 3))
+@given(
+    spec=MODELS,
+    r1=RATIOS,
+    r2=RATIOS,
+    round_to=st.sampled_from([None, None, 1, 2, 4, 8]),
+    max_ratio=st.sampled_from([0.5, 0.9, 1.0, 1.0]),
+    global_pruning=st.booleans(),
+    seed=st.integers(0, 3),
+)
 def test_pruning_is_monotonic_in_the_ratio(spec, r1, r2, round_to, max_ratio, global_pruning, seed):
     name, shape, kwargs = spec
     lo, hi = sorted((min(r1, max_ratio), min(r2, max_ratio)))

@@ -5,6 +5,7 @@ recipe changes), output paths confined to the run folder, atomic writes keeping 
 validation that builds the models and checks them against the data, epoch checkpoints that cannot pair
 one epoch's weights with another's record.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,11 @@ from distillprune.recipes.yaml_io import parse_yaml
 from distillprune.report.report import CompressionReport
 
 TINY = {
-    "name": "tiny", "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+    "name": "tiny",
+    "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
     "data": {"source": "digits", "limit_train": 64, "limit_test": 32, "batch_size": 32},
-    "runtime": {"progress": False, "tensorboard": False, "threads": 1}, "measure": {"enabled": False},
+    "runtime": {"progress": False, "tensorboard": False, "threads": 1},
+    "measure": {"enabled": False},
     "stages": [{"type": "train", "epochs": 1}, {"type": "evaluate"}],
 }
 
@@ -80,7 +83,8 @@ def test_set_value_that_is_not_yaml(tmp_path):
 def test_alias_bombs_and_deep_nesting_are_refused():
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-        for p, c in zip("abcdefg", "bcdefgh", strict=True))
+        for p, c in zip("abcdefg", "bcdefgh", strict=True)
+    )
     with pytest.raises(RecipeError, match="expands to more than"):
         parse_yaml(bomb, "bomb.yaml")
     with pytest.raises(RecipeError):
@@ -99,8 +103,12 @@ def test_stages_of_the_wrong_type_and_root_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------- data
 def _npz(path: Path, **over) -> Path:
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.random((40, 1, 4, 4), dtype=np.float32), "y_train": rng.integers(0, 3, 40),
-              "x_test": rng.random((10, 1, 4, 4), dtype=np.float32), "y_test": rng.integers(0, 3, 10)}
+    arrays = {
+        "x_train": rng.random((40, 1, 4, 4), dtype=np.float32),
+        "y_train": rng.integers(0, 3, 40),
+        "x_test": rng.random((10, 1, 4, 4), dtype=np.float32),
+        "y_test": rng.integers(0, 3, 10),
+    }
     arrays.update(over)
     np.savez(path, **arrays)
     return path
@@ -121,7 +129,7 @@ def test_damaged_npz_member(tmp_path):
     p = _npz(tmp_path / "d.npz")
     raw = bytearray(p.read_bytes())
     at = raw.index(b"x_train.npy") + 120  # inside the first member's data
-    raw[at:at + 40] = b"\xff" * 40
+    raw[at : at + 40] = b"\xff" * 40
     p.write_bytes(bytes(raw))
     with pytest.raises(DataError):
         _load(p)
@@ -150,27 +158,33 @@ def test_nan_in_the_data_says_the_data_has_nan(tmp_path):
     assert "learning rate" not in str(e.value) and "index 7" in str(e.value)
 
 
-@pytest.mark.parametrize(("labels", "match"), [
-    (np.r_[-1, np.zeros(39, np.int64)], "label -1 at index 0 is out of range"),
-    (np.r_[10**9, np.zeros(39, np.int64)], "labels go up to 1000000000"),
-    (np.full(40, 1.5), "not a whole number"),
-    (np.array(["a"] * 40), "expected integer class indices"),
-    (np.zeros((40, 2), np.int64), "expected one label per sample"),
-])
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.r_[-1, np.zeros(39, np.int64)], "label -1 at index 0 is out of range"),
+        (np.r_[10**9, np.zeros(39, np.int64)], "labels go up to 1000000000"),
+        (np.full(40, 1.5), "not a whole number"),
+        (np.array(["a"] * 40), "expected integer class indices"),
+        (np.zeros((40, 2), np.int64), "expected one label per sample"),
+    ],
+)
 def test_bad_labels(tmp_path, labels, match):
     with pytest.raises(DataError, match=match):
         _load(_npz(tmp_path / "d.npz", y_train=labels))
 
 
-@pytest.mark.parametrize("over", [
-    {"x_train": np.zeros((0, 1, 4, 4), np.float32), "y_train": np.zeros(0, np.int64)},
-    {"x_test": np.zeros((0, 16), np.float32), "y_test": np.zeros(0, np.int64)},
-    {"x_train": np.float32(1.0)},
-    {"x_train": np.zeros((40, 0), np.float32)},
-    {"y_train": np.zeros(5, np.int64)},
-    {"x_train": np.array(["a"] * 40)},
-    {"x_train": np.zeros((40, 16), np.complex64)},
-])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"x_train": np.zeros((0, 1, 4, 4), np.float32), "y_train": np.zeros(0, np.int64)},
+        {"x_test": np.zeros((0, 16), np.float32), "y_test": np.zeros(0, np.int64)},
+        {"x_train": np.float32(1.0)},
+        {"x_train": np.zeros((40, 0), np.float32)},
+        {"y_train": np.zeros(5, np.int64)},
+        {"x_train": np.array(["a"] * 40)},
+        {"x_train": np.zeros((40, 16), np.complex64)},
+    ],
+)
 def test_empty_or_misshapen_data(tmp_path, over):
     with pytest.raises(DataError):
         _load(_npz(tmp_path / "d.npz", **over))
@@ -201,8 +215,9 @@ def test_out_not_writable(tmp_path):
 
 def test_a_run_that_completed_nothing_can_be_rerun_and_resumed(tmp_path):
     out = tmp_path / "run"
-    bad = recipe(data={**TINY["data"], "limit_train": 64}, stages=[{"type": "train", "epochs": 1,
-                                                                     "optimizer": {"lr": 1e30}}])
+    bad = recipe(
+        data={**TINY["data"], "limit_train": 64}, stages=[{"type": "train", "epochs": 1, "optimizer": {"lr": 1e30}}]
+    )
     with pytest.raises(DistillpruneError, match="loss is"):
         compress(bad, out, quiet=True)
     assert (out / "run.json").exists() and not (out / "state.json").exists()
@@ -232,15 +247,18 @@ def done_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize(("state", "match"), [
-    ("{not json", "corrupt run state"),
-    ("[]", "corrupt run state"),
-    ('{"completed": "2", "kind": "evaluate"}', "corrupt run state"),
-    ('{"completed": 2}', "missing key 'kind'"),
-    ('{"completed": 7, "kind": "evaluate"}', "says 7 stages completed but the recipe has 2"),
-    ('{"completed": 2, "kind": "../../x"}', "completed as '../../x' but the recipe's stage 2 is 'evaluate'"),
-    ('{"completed": -1, "kind": "train"}', "says -1 stages completed"),
-])
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        ("{not json", "corrupt run state"),
+        ("[]", "corrupt run state"),
+        ('{"completed": "2", "kind": "evaluate"}', "corrupt run state"),
+        ('{"completed": 2}', "missing key 'kind'"),
+        ('{"completed": 7, "kind": "evaluate"}', "says 7 stages completed but the recipe has 2"),
+        ('{"completed": 2, "kind": "../../x"}', "completed as '../../x' but the recipe's stage 2 is 'evaluate'"),
+        ('{"completed": -1, "kind": "train"}', "says -1 stages completed"),
+    ],
+)
 def test_corrupt_state_json(done_run, tmp_path, state, match):
     import shutil
 
@@ -273,9 +291,19 @@ def test_report_saved_before_state_json_is_not_doubled_on_resume(done_run, tmp_p
     assert [s.index for s in report.stages] == [1, 2]
 
 
-@pytest.mark.parametrize("text", ["[]", "null", '"x"', '{"recipe": "a", "stages": "x"}',
-                                  '{"recipe": "a", "stages": [1]}',
-                                  '{"recipe": 3}', '{"recipe": "a", "stages": [{"index": "a"}]}', "{bad"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "null",
+        '"x"',
+        '{"recipe": "a", "stages": "x"}',
+        '{"recipe": "a", "stages": [1]}',
+        '{"recipe": 3}',
+        '{"recipe": "a", "stages": [{"index": "a"}]}',
+        "{bad",
+    ],
+)
 def test_report_json_that_is_not_a_report(tmp_path, text):
     (tmp_path / "report.json").write_text(text)
     with pytest.raises(DistillpruneError, match="not a readable report.json"):
@@ -283,8 +311,23 @@ def test_report_json_that_is_not_a_report(tmp_path, text):
 
 
 # ------------------------------------------------------------------------------- files and folders
-@pytest.mark.parametrize("name", ["../x.onnx", "/tmp/x.onnx", "a/../../x", "", ".", "stages/01_train/model.json",
-                                  "report.json", "state.json", "run.json", "teacher", "sub/", "a\0b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x.onnx",
+        "/tmp/x.onnx",
+        "a/../../x",
+        "",
+        ".",
+        "stages/01_train/model.json",
+        "report.json",
+        "state.json",
+        "run.json",
+        "teacher",
+        "sub/",
+        "a\0b",
+    ],
+)
 def test_output_names_stay_in_the_run_folder(tmp_path, name):
     with pytest.raises(RecipeError, match="stages.3.filename"):
         confined(tmp_path, name, "stages.3.filename")
@@ -329,9 +372,16 @@ def _digits():
 
 
 def test_student_kwargs_that_contradict_the_data_fail_validation():
-    r = recipe(stages=[{"type": "train", "epochs": 1},
-                       {"type": "distill", "epochs": 1, "student": {"name": "resnet",
-                                                                  "kwargs": {"widths": [8, 16], "blocks": [1, 1, 1]}}}])
+    r = recipe(
+        stages=[
+            {"type": "train", "epochs": 1},
+            {
+                "type": "distill",
+                "epochs": 1,
+                "student": {"name": "resnet", "kwargs": {"widths": [8, 16], "blocks": [1, 1, 1]}},
+            },
+        ]
+    )
     with pytest.raises(RecipeError, match=r"stages.1.student: model 'resnet': bad kwargs"):
         preflight(r, _digits())
     r = recipe(stages=[{"type": "distill", "epochs": 1, "student": {"name": "mlp", "kwargs": {"hidden": [-3]}}}])
@@ -369,24 +419,41 @@ def test_cuda_without_cuda_fails_validation():
 def test_preflight_keeps_the_random_state():
     torch.manual_seed(3)
     before = torch.get_rng_state()
-    preflight(recipe(model={"name": "digits_cnn", "kwargs": {"widths": [8, 8, 8], "blocks": [1, 1, 1]}},
-                     stages=[{"type": "prune", "width": {"ratio": 0.5, "round_to": 4}}]), _digits())
+    preflight(
+        recipe(
+            model={"name": "digits_cnn", "kwargs": {"widths": [8, 8, 8], "blocks": [1, 1, 1]}},
+            stages=[{"type": "prune", "width": {"ratio": 0.5, "round_to": 4}}],
+        ),
+        _digits(),
+    )
     assert torch.equal(before, torch.get_rng_state())
 
 
 def test_pruning_requests_that_cannot_happen_fail_validation():
     cnn = {"name": "digits_cnn", "kwargs": {"widths": [16, 16, 16], "blocks": [1, 1, 1]}}
     with pytest.raises(RecipeError, match="stages.1.width: width pruning with ratio 0.05 and round_to 8 removes no"):
-        preflight(recipe(model=cnn, stages=[{"type": "train", "epochs": 1},
-                                            {"type": "prune", "width": {"ratio": 0.05, "round_to": 8}}]), _digits())
-    with pytest.raises(RecipeError, match=r"stages.0.depth.blocks: 5 blocks to remove but model 'digits_cnn' has 1 "
-                                          r"removable residual blocks \(layer1.0\)"):
+        preflight(
+            recipe(
+                model=cnn,
+                stages=[{"type": "train", "epochs": 1}, {"type": "prune", "width": {"ratio": 0.05, "round_to": 8}}],
+            ),
+            _digits(),
+        )
+    with pytest.raises(
+        RecipeError,
+        match=r"stages.0.depth.blocks: 5 blocks to remove but model 'digits_cnn' has 1 "
+        r"removable residual blocks \(layer1.0\)",
+    ):
         preflight(recipe(model=cnn, stages=[{"type": "prune", "depth": {"blocks": 5}}]), _digits())
 
 
 def test_stage_errors_name_the_stage(monkeypatch):
-    r = recipe(stages=[{"type": "train", "epochs": 1},
-                       {"type": "prune", "width": {"ratio": 0.5, "layers": {"include": ["nosuch.*"]}}}])
+    r = recipe(
+        stages=[
+            {"type": "train", "epochs": 1},
+            {"type": "prune", "width": {"ratio": 0.5, "layers": {"include": ["nosuch.*"]}}},
+        ]
+    )
     with pytest.raises(DistillpruneError, match=r"^stages.1 \(prune\): width.layers: pattern 'nosuch.\*'"):
         preflight(r, _digits())  # before training
     import distillprune.pipeline.run as run_mod

@@ -1,4 +1,5 @@
 """Structured (channel) pruning: physically pruned == masked, replayable history, classifier kept."""
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,11 @@ def masked_step(pruner: tp.pruner.BasePruner, masked: nn.Module) -> int:
         name = pruner.DG._module2name[dep.target.module]
         mod = mods[name]
         handler = dg.get_pruner_of_module(mod)
-        fn = handler.prune_out_channels if pruner.DG.is_out_channel_pruning_fn(dep.handler) else \
-            handler.prune_in_channels
+        fn = (
+            handler.prune_out_channels
+            if pruner.DG.is_out_channel_pruning_fn(dep.handler)
+            else handler.prune_in_channels
+        )
         twin = dg.get_pruning_group(mod, fn, [int(i) for i in idxs])
         assert len(twin) == len(group)  # the same coupled layers on both copies
         zero_group(twin)
@@ -105,11 +109,14 @@ def test_round_to_changes_the_count():
         assert m.layer1[0].conv1.out_channels == want
 
 
-@pytest.mark.parametrize(("ratio", "want16", "want32"), [
-    (0.1, 16, 32),  # 14 -> 16 and 28 -> 32 (rounding down would halve the 16-channel layers: 14 -> 8)
-    (0.3, 8, 24),  # 11 -> 8 and 22 -> 24 (rounding down: 22 -> 16)
-    (0.8, 8, 8),  # 3 -> 8 and 6 -> 8: a layer keeps at least one multiple, never all channels removed
-])
+@pytest.mark.parametrize(
+    ("ratio", "want16", "want32"),
+    [
+        (0.1, 16, 32),  # 14 -> 16 and 28 -> 32 (rounding down would halve the 16-channel layers: 14 -> 8)
+        (0.3, 8, 24),  # 11 -> 8 and 22 -> 24 (rounding down: 22 -> 16)
+        (0.8, 8, 8),  # 3 -> 8 and 6 -> 8: a layer keeps at least one multiple, never all channels removed
+    ],
+)
 def test_round_to_rounds_to_the_nearest_multiple(ratio, want16, want32):
     m = base_model()
     prune_step(width_pruner(m, EX, WidthConfig(ratio=ratio, round_to=8, max_ratio=0.95), 10))
@@ -213,8 +220,11 @@ def test_taylor_importance_with_accumulated_gradients():
 def test_accumulate_gradients_does_not_move_bn_statistics():
     m = base_model().train()
     rm = m.bn1.running_mean.clone()
-    accumulate_gradients(m, [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))],
-                         lambda model, x, y: nn.functional.cross_entropy(model(x), y))
+    accumulate_gradients(
+        m,
+        [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))],
+        lambda model, x, y: nn.functional.cross_entropy(model(x), y),
+    )
     assert torch.equal(m.bn1.running_mean, rm)
     assert m.training
 

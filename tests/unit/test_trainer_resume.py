@@ -1,4 +1,5 @@
 """The training loop: an interrupted-then-resumed run equals the uninterrupted one; divergence; schedules."""
+
 from __future__ import annotations
 
 import json
@@ -38,16 +39,33 @@ def objective(kind: str):
     # kd plus a FitNets hint whose 1x1 adapter (trainable, randomly initialised) must be restored on resume
     torch.manual_seed(9)
     teacher = build_model("digits_cnn", 10, (1, 8, 8), widths=(8, 16, 24), blocks=(1, 1, 1))
-    return Distiller.from_specs(teacher, [{"name": "kd", "temperature": 2.0, "alpha": 0.7},
-                                          {"name": "fitnet", "weight": 0.1, "pairs": [["layer3", "layer3"]]}])
+    return Distiller.from_specs(
+        teacher,
+        [
+            {"name": "kd", "temperature": 2.0, "alpha": 0.7},
+            {"name": "fitnet", "weight": 0.1, "pairs": [["layer3", "layer3"]]},
+        ],
+    )
 
 
 def run(data, ckpt_dir=None, resume=False, on_step=None, kind="ce", epochs=4):
     model = tiny_digits_cnn(seed=0)
     obj = objective(kind)
     torch.manual_seed(123)  # the adapter's initialisation
-    hist = fit(model, data, settings(epochs), obj, runtime=RT, seed=3, batch_size=BATCH, crop_padding=1,
-               hflip=True, ckpt_dir=ckpt_dir, resume=resume, on_step=on_step)
+    hist = fit(
+        model,
+        data,
+        settings(epochs),
+        obj,
+        runtime=RT,
+        seed=3,
+        batch_size=BATCH,
+        crop_padding=1,
+        hflip=True,
+        ckpt_dir=ckpt_dir,
+        resume=resume,
+        on_step=on_step,
+    )
     return model, hist, obj
 
 
@@ -116,8 +134,14 @@ def test_corrupt_resume_checkpoint_raises(small, tmp_path):
 
 def test_training_learns_and_history_is_complete(digits_bundle):
     model = tiny_digits_cnn()
-    hist = fit(model, digits_bundle, FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig()), CrossEntropy(),
-               runtime=RT, batch_size=BATCH)
+    hist = fit(
+        model,
+        digits_bundle,
+        FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig()),
+        CrossEntropy(),
+        runtime=RT,
+        batch_size=BATCH,
+    )
     assert len(hist) == 2
     for h in hist:
         assert {"epoch", "loss", "train_acc", "lr", "seconds", "images_per_s", "test_acc"} <= set(h)
@@ -148,8 +172,9 @@ def test_nan_loss_raises_training_diverged(small):
 def test_adamw_and_grad_clip(small):
     model = tiny_digits_cnn()
     before = model.fc.weight.detach().clone()
-    fs = FitSettings(1, OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01), ScheduleConfig(name="constant"),
-                     grad_clip=0.5)
+    fs = FitSettings(
+        1, OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01), ScheduleConfig(name="constant"), grad_clip=0.5
+    )
     hist = fit(model, small, fs, CrossEntropy(), runtime=RT, batch_size=BATCH)
     assert hist[0]["lr"] == pytest.approx(1e-3)
     assert not torch.equal(model.fc.weight, before)
@@ -214,10 +239,16 @@ def test_cosine_and_constant_schedules():
 
 
 def test_trainer_applies_the_schedule(small):
-    hist = fit(tiny_digits_cnn(), small, FitSettings(2, OptimizerConfig(lr=0.1),
-                                                     ScheduleConfig(name="cosine", final_lr_fraction=0.0)),
-               CrossEntropy(), runtime=RT, batch_size=BATCH)
+    hist = fit(
+        tiny_digits_cnn(),
+        small,
+        FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig(name="cosine", final_lr_fraction=0.0)),
+        CrossEntropy(),
+        runtime=RT,
+        batch_size=BATCH,
+    )
     total = 2 * STEPS
-    assert hist[0]["lr"] == pytest.approx(0.1 * lr_factor(ScheduleConfig(name="cosine", final_lr_fraction=0.0),
-                                                          STEPS - 1, total))
+    assert hist[0]["lr"] == pytest.approx(
+        0.1 * lr_factor(ScheduleConfig(name="cosine", final_lr_fraction=0.0), STEPS - 1, total)
+    )
     assert hist[1]["lr"] < hist[0]["lr"]

@@ -1,6 +1,7 @@
 """Hugging Face encoders: named inputs, text data, head/FFN/layer surgery, replay, save_pretrained round trip,
 ONNX with dynamic batch and sequence, int8 with embedding tables, pruning while distilling. Tiny random
 BERTs built in the test (no download)."""
+
 from __future__ import annotations
 
 import json
@@ -34,15 +35,23 @@ def test_ci_has_the_hf_extra():
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf")
-    return {"emb": tiny_bert_folder(root / "emb", layers=3),
-            "cls": tiny_bert_folder(root / "cls", layers=3, num_labels=2),
-            "data": tiny_sentiment(root / "data", 64, 24)}
+    return {
+        "emb": tiny_bert_folder(root / "emb", layers=3),
+        "cls": tiny_bert_folder(root / "cls", layers=3, num_labels=2),
+        "data": tiny_sentiment(root / "data", 64, 24),
+    }
 
 
 @pytest.fixture(scope="module")
 def data(folders) -> dp.DataBundle:
-    return dp.load_data(DataConfig(source="text", path=str(folders["data"]), batch_size=16,
-                                   text={"tokenizer": str(folders["cls"]), "max_length": 16}))
+    return dp.load_data(
+        DataConfig(
+            source="text",
+            path=str(folders["data"]),
+            batch_size=16,
+            text={"tokenizer": str(folders["cls"]), "max_length": 16},
+        )
+    )
 
 
 def test_named_inputs_pad_each_batch_to_its_longest_text():
@@ -57,17 +66,20 @@ def test_named_inputs_pad_each_batch_to_its_longest_text():
 def test_text_source_reads_formats_tokenises_and_goes_label_free(tmp_path, folders):
     tok = str(folders["cls"])
     rows = (json.dumps({"text": f"good movie {i}", "label": "pos"}) for i in range(5))
-    (tmp_path / "t.jsonl").write_text("\n".join(rows)
-                                      + "\n" + json.dumps({"text": "bad film", "label": "neg"}) + "\n")
-    b = dp.load_data(DataConfig(source="text", path=str(tmp_path / "t.jsonl"), test_fraction=0.3,
-                                text={"tokenizer": tok}))
+    (tmp_path / "t.jsonl").write_text("\n".join(rows) + "\n" + json.dumps({"text": "bad film", "label": "neg"}) + "\n")
+    b = dp.load_data(
+        DataConfig(source="text", path=str(tmp_path / "t.jsonl"), test_fraction=0.3, text={"tokenizer": tok})
+    )
     assert b.classes == ["neg", "pos"] and len(b.train) + len(b.test) == 6
     assert b.train.x.tensors["input_ids"].dtype == torch.int64 and b.input_shape == b.test.x.shape[1:]
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "jokes").write_text("good movie. bad film!\n%\nthe plot was fine\n%\n", encoding="utf-8")
     (tmp_path / "f" / "jokes.dat").write_bytes(b"\x00\x01")  # fortune's index: never read as text
-    f = dp.load_data(DataConfig(source="text", path=str(tmp_path / "f"), test_fraction=0.3,
-                                text={"tokenizer": tok, "sentences": True}))
+    f = dp.load_data(
+        DataConfig(
+            source="text", path=str(tmp_path / "f"), test_fraction=0.3, text={"tokenizer": tok, "sentences": True}
+        )
+    )
     assert f.train.y is None and f.num_classes == 0 and len(f.train) + len(f.test) == 3
     with pytest.raises(DataError, match="tokenizer"):
         dp.load_data(DataConfig(source="text", path=str(tmp_path / "t.jsonl")))
@@ -109,8 +121,9 @@ def test_onnx_has_dynamic_batch_and_sequence_and_times_at_stated_pairs(folders):
         x.tensors["attention_mask"][0, -2:] = 0
         par = parity(m, blob, x)
         assert par["max_abs_diff"] < 1e-4 and par["top1_agreement"] == 1.0
-    lat = ort_latency(blob, (8,), LatencyConfig(batch_sizes=[1, 2], seq_lengths=[16, 32], repeats=1, warmup=0,
-                                                min_window_s=0.001))
+    lat = ort_latency(
+        blob, (8,), LatencyConfig(batch_sizes=[1, 2], seq_lengths=[16, 32], repeats=1, warmup=0, min_window_s=0.001)
+    )
     assert set(lat) == {"bs1", "bs2"} and all(v > 0 for v in lat.values())
 
 
@@ -127,11 +140,26 @@ def test_prune_heads_ffn_layers_while_distilling(folders, data):
     m = load_encoder(str(folders["cls"]), "sequence-classification", 2)
     spec = spec_of(m, 2, 16)
     params = count_params(m)
-    rep = dp.prune_(m, {"heads": {"ratio": 0.5}, "ffn": {"ratio": 0.5, "round_to": 8}, "layers": {"drop": 1},
-                        "steps": 2, "epochs_per_step": 1,
-                        "distill": {"losses": [{"name": "kd"}, {"name": "hidden", "layers": "auto"},
-                                               {"name": "minilm", "layers": "auto", "heads": 2}]}},
-                    data=data, spec=spec, batch_size=16)
+    rep = dp.prune_(
+        m,
+        {
+            "heads": {"ratio": 0.5},
+            "ffn": {"ratio": 0.5, "round_to": 8},
+            "layers": {"drop": 1},
+            "steps": 2,
+            "epochs_per_step": 1,
+            "distill": {
+                "losses": [
+                    {"name": "kd"},
+                    {"name": "hidden", "layers": "auto"},
+                    {"name": "minilm", "layers": "auto", "heads": 2},
+                ]
+            },
+        },
+        data=data,
+        spec=spec,
+        batch_size=16,
+    )
     assert len(rep.dropped_layers) == 1 and sum(rep.heads_after) == 4 and rep.ffn_after == [32, 32]
     assert rep.training is not None and rep.training.epochs == 2
     assert spec.history[0].op == "drop_layers" and count_params(m) < params / 2
@@ -151,8 +179,9 @@ def test_fisher_scores_and_layer_choice(folders, data):
     from distillprune.transformers.importance import choose_layers, fisher_scores
 
     m = load_encoder(str(folders["emb"]), "embedding")
-    batches = [x for (x, _), _ in zip(dp.data.TensorLoader(data.train, 16, data.mean, data.std), range(2),
-                                      strict=False)]
+    batches = [
+        x for (x, _), _ in zip(dp.data.TensorLoader(data.train, 16, data.mean, data.std), range(2), strict=False)
+    ]
     heads, ffn = fisher_scores(m, batches)
     assert [h.shape[0] for h in heads] == [4, 4, 4] and [f.shape[0] for f in ffn] == [64, 64, 64]
     assert all(bool((h >= 0).all()) and float(h.sum()) > 0 for h in heads)
@@ -192,7 +221,8 @@ def test_distill_defaults_to_adamw_and_the_embedding_loss_for_an_embedder(folder
 
 def test_static_int8_calibrates_on_named_batches(tmp_path, folders, data):
     m = load_encoder(str(folders["cls"]), "sequence-classification", 2)
-    res = dp.quantize(m, data, {"method": "static", "min_agreement": 0.0, "calibration": {"samples": 32}},
-                      tmp_path / "s.onnx")
+    res = dp.quantize(
+        m, data, {"method": "static", "min_agreement": 0.0, "calibration": {"samples": 32}}, tmp_path / "s.onnx"
+    )
     assert res.details["calibration_samples"] == 32 and res.details["quantized_nodes"] > 0
     assert res.cosine is not None and res.cosine > 0.9

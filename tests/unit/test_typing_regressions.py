@@ -1,5 +1,6 @@
 """Bugs the type checker (``mypy src``, part of ``make lint``) found: each was a traceback or a wrong number
 before, and is one clear error or the right value now."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,13 @@ from distillprune.errors import CompressionError, DistillpruneError, Quantizatio
 def test_qat_refuses_a_batchnorm_without_running_statistics_before_wrapping():
     from distillprune.quant.qat import FakeQuant
 
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
     before = [type(m) for m in model.modules()]
     with pytest.raises(QuantizationError, match="track_running_stats=False"):
         FakeQuant(model).wrap()  # was: a TypeError (None + float) in the first forward pass
@@ -69,8 +75,9 @@ def test_fast_teacher_uses_a_teacher_with_named_inputs_as_it_is():
     from distillprune.distill.fast_teacher import fast_teacher
 
     teacher = _NamedNet().eval()
-    probe = NamedInputs({"input_ids": torch.ones(2, 3, dtype=torch.long),
-                         "attention_mask": torch.ones(2, 3, dtype=torch.long)})
+    probe = NamedInputs(
+        {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    )
     run, root, speed = fast_teacher(teacher, [], probe)  # was: a TypeError calling the folded copy
     assert run is teacher and root is teacher and "named inputs" in speed.note
 

@@ -1,4 +1,5 @@
 """Tiny models and data for the unit tests (imported as a plain module: tests/unit is on sys.path)."""
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,9 @@ def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def random_bundle(n_train: int = 96, n_test: int = 40, shape=(1, 8, 8), num_classes: int = 10,
-                  seed: int = 0, uint8: bool = False) -> DataBundle:
+def random_bundle(
+    n_train: int = 96, n_test: int = 40, shape=(1, 8, 8), num_classes: int = 10, seed: int = 0, uint8: bool = False
+) -> DataBundle:
     g = torch.Generator().manual_seed(seed)
     if uint8:
         xtr = torch.randint(0, 256, (n_train, *shape), generator=g, dtype=torch.uint8)
@@ -44,5 +46,6 @@ def random_bundle(n_train: int = 96, n_test: int = 40, shape=(1, 8, 8), num_clas
     ytr = torch.randint(0, num_classes, (n_train,), generator=g)
     yte = torch.randint(0, num_classes, (n_test,), generator=g)
     mean, std = channel_stats(xtr)
-    return DataBundle(Split(xtr, ytr), Split(xte, yte), num_classes, [str(i) for i in range(num_classes)],
-                      mean, std, "random")
+    return DataBundle(
+        Split(xtr, ytr), Split(xte, yte), num_classes, [str(i) for i in range(num_classes)], mean, std, "random"
+    )

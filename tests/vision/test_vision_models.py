@@ -1,5 +1,6 @@
 """torchvision and timm models as users bring them (marker ``vision``): run in the vision venv (``make vision``);
 elsewhere they skip, saying why (torchvision/timm missing, or a torchvision built for another torch)."""
+
 from __future__ import annotations
 
 import copy
@@ -45,14 +46,14 @@ def test_residual_blocks_are_found_in_the_graph(source, arch):
     assert len(removable_blocks(model)) == RESIDUALS[(source, arch)]
 
 
-@pytest.mark.parametrize("source, arch", [("torchvision", "resnet18"), ("torchvision", "mobilenet_v2"),
-                                          ("timm", "efficientnet_b0")])
+@pytest.mark.parametrize(
+    "source, arch", [("torchvision", "resnet18"), ("torchvision", "mobilenet_v2"), ("timm", "efficientnet_b0")]
+)
 def test_width_and_depth_pruned_run_export_and_replay(source, arch, tmp_path):
     model, spec = build(source, arch)
     model.eval()
     before = count_macs(model, SHAPE)
-    report = dp.prune_(model, {"width": {"ratio": 0.3}, "depth": {"blocks": 2}}, torch.randn(4, *SHAPE), 10,
-                       spec=spec)
+    report = dp.prune_(model, {"width": {"ratio": 0.3}, "depth": {"blocks": 2}}, torch.randn(4, *SHAPE), 10, spec=spec)
     assert len(report.removed_blocks) == 2 and report.channels_removed and report.skipped == []
     assert count_macs(model, SHAPE) < before
     x = torch.randn(2, *SHAPE)
@@ -66,8 +67,9 @@ def test_width_and_depth_pruned_run_export_and_replay(source, arch, tmp_path):
 def test_trained_weights_load_into_the_same_architecture(tmp_path):
     src, _ = build("torchvision", "resnet18")
     torch.save(src.state_dict(), tmp_path / "r18.pt")
-    model, spec = dp.make_model({"name": "torchvision", "kwargs": {"arch": "resnet18"},
-                                 "weights": str(tmp_path / "r18.pt")}, 10, SHAPE)
+    model, spec = dp.make_model(
+        {"name": "torchvision", "kwargs": {"arch": "resnet18"}, "weights": str(tmp_path / "r18.pt")}, 10, SHAPE
+    )
     x = torch.randn(2, *SHAPE)
     torch.testing.assert_close(model.eval()(x), src.eval()(x))
     assert spec.ref["weights"] == str(tmp_path / "r18.pt")
@@ -78,8 +80,16 @@ def test_imagenet_weights_with_a_new_head_and_a_folded_vgg_classifier(tmp_path):
     to 512x4096 and computes what it computed before."""
     imagenet = torchvision.models.vgg11_bn(num_classes=1000).eval()
     torch.save(imagenet.state_dict(), tmp_path / "vgg.pt")
-    model, spec = dp.make_model({"name": "torchvision", "kwargs": {"arch": "vgg11_bn"},
-                                 "weights": str(tmp_path / "vgg.pt"), "head": {"num_classes": 10}}, 10, SHAPE)
+    model, spec = dp.make_model(
+        {
+            "name": "torchvision",
+            "kwargs": {"arch": "vgg11_bn"},
+            "weights": str(tmp_path / "vgg.pt"),
+            "head": {"num_classes": 10},
+        },
+        10,
+        SHAPE,
+    )
     model.eval()
     assert model.classifier[0].in_features == 512 and model.classifier[6].out_features == 10
     assert [op.op for op in spec.history] == ["fold_pool"]

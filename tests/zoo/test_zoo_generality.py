@@ -1,6 +1,7 @@
 """Any graph a user brings: each hand-written net of ``zoo_nets`` is width-pruned and depth-pruned (or skipped
 with a stated reason), still runs, exports to ONNX with parity, has fewer MACs, and comes back from its
 checkpoint (built from its file with ``model.python``, so ``load_checkpoint`` needs no ``base=``)."""
+
 from __future__ import annotations
 
 import pytest
@@ -96,8 +97,9 @@ def test_a_group_that_fails_inside_torch_pruning_is_skipped_and_reported(monkeyp
     assert entries and all(name != "a.0" for name, _, _ in entries)
     reasons = {s.layer: s.reason for s in pruner.skipped}
     assert "a.0" in reasons and set(reasons) <= {"a.0", "b.0"}
-    assert all("concat feeding a grouped conv at `g.0`" in r and "Torch-Pruning failed on it" in r
-               for r in reasons.values())
+    assert all(
+        "concat feeding a grouped conv at `g.0`" in r and "Torch-Pruning failed on it" in r for r in reasons.values()
+    )
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
 
 

@@ -1,6 +1,7 @@
 """Small hand-written networks covering the graph patterns users bring: concat, grouped and depthwise
 convs, a custom parameterised layer, residual adds (in a block and in the parent's forward), SE blocks,
 a transformer-style MLP block. Each is 3x16x16 -> 10 classes and builds in milliseconds."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,9 @@ from torch import nn
 
 
 def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
 
 
 class ConcatGrouped(nn.Module):
@@ -36,8 +38,12 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
-        self.conv = nn.Sequential(cbr(cin, hidden, 1), cbr(hidden, hidden, 3, stride, groups=hidden),
-                                  nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.conv = nn.Sequential(
+            cbr(cin, hidden, 1),
+            cbr(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x) if self.use_res else self.conv(x)
@@ -47,8 +53,9 @@ class Depthwise(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.stem = cbr(3, 16)
-        self.blocks = nn.Sequential(InvertedResidual(16, 16), InvertedResidual(16, 24, 2), InvertedResidual(24, 24),
-                                    InvertedResidual(24, 24))
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 16), InvertedResidual(16, 24, 2), InvertedResidual(24, 24), InvertedResidual(24, 24)
+        )
         self.head = nn.Linear(24, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +102,9 @@ class SE(nn.Module):
 class SEBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(cbr(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(
+            cbr(channels, channels), nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels)
+        )
         self.se = SE(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,8 +153,13 @@ class MlpMixer(nn.Module):
         return self.fc(self.norm(self.blocks(x)).mean(1))
 
 
-ZOO = {"concat_grouped": ConcatGrouped, "depthwise": Depthwise, "custom_layer": CustomLayer,
-       "squeeze_excite": SqueezeExcite, "mlp_mixer": MlpMixer}
+ZOO = {
+    "concat_grouped": ConcatGrouped,
+    "depthwise": Depthwise,
+    "custom_layer": CustomLayer,
+    "squeeze_excite": SqueezeExcite,
+    "mlp_mixer": MlpMixer,
+}
 
 
 class Plain(nn.Module):
@@ -167,6 +180,11 @@ class Plain(nn.Module):
 
 ZOO["plain"] = Plain
 #: residual blocks each net has (found in its graph); 0: depth pruning must say why
-RESIDUALS = {"concat_grouped": ["block"], "depthwise": ["blocks.0", "blocks.2", "blocks.3"],
-             "custom_layer": ["body1", "body2"], "squeeze_excite": ["layer.0", "layer.1", "layer2.0"],
-             "mlp_mixer": ["blocks.0.token_mlp", "blocks.0.mlp", "blocks.1.token_mlp", "blocks.1.mlp"], "plain": []}
+RESIDUALS = {
+    "concat_grouped": ["block"],
+    "depthwise": ["blocks.0", "blocks.2", "blocks.3"],
+    "custom_layer": ["body1", "body2"],
+    "squeeze_excite": ["layer.0", "layer.1", "layer2.0"],
+    "mlp_mixer": ["blocks.0.token_mlp", "blocks.0.mlp", "blocks.1.token_mlp", "blocks.1.mlp"],
+    "plain": [],
+}

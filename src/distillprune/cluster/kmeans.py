@@ -167,8 +167,9 @@ class WeightClustering:
         return {f"{name}.weight": k for name, k in self.k.items()}
 
 
-def cluster_(model: nn.Module, cfg: ClusterConfig | dict | None = None,
-             history: list[HistoryOp] | None = None) -> ClusterReport:
+def cluster_(
+    model: nn.Module, cfg: ClusterConfig | dict | None = None, history: list[HistoryOp] | None = None
+) -> ClusterReport:
     """One-shot clustering in place (no fine-tuning); ``report.clustered`` ({weight tensor name: k}) is what
     ``pack`` / ``save_packed`` take."""
     cfg = cfg if isinstance(cfg, ClusterConfig) else validate(ClusterConfig, cfg or {}, where="ClusterConfig")

@@ -50,13 +50,9 @@ def pack(state: dict[str, torch.Tensor], clustered: dict[str, int]) -> bytes:
             k, bits = clustered[name], index_bits(clustered[name])
             values, inv = torch.unique(t.float().flatten(), return_inverse=True)
             if len(values) > 2**bits:
-                raise CompressionError(
-                    f"cluster pack: '{name}' has {len(values)} distinct values, more than k={k}"
-                )
+                raise CompressionError(f"cluster pack: '{name}' has {len(values)} distinct values, more than k={k}")
             book, packed = values.numpy().astype(np.float32).tobytes(), pack_bits(inv.numpy(), bits)
-            entry.update(
-                kind="clustered", k=k, bits=bits, codebook=len(values), nbytes=[len(book), len(packed)]
-            )
+            entry.update(kind="clustered", k=k, bits=bits, codebook=len(values), nbytes=[len(book), len(packed)])
             chunks += [book, packed]
         else:
             arr = t.numpy()

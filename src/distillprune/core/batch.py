@@ -10,6 +10,7 @@ A model with named inputs declares them: ``input_names`` (the order of its forwa
 ONNX input names) and ``example_inputs(batch, seq)``; :func:`example_inputs` falls back to
 ``torch.zeros(batch, *input_shape)`` for everything else.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -115,8 +116,9 @@ def has_named_inputs(model: nn.Module) -> bool:
     return getattr(model, "input_names", None) is not None
 
 
-def example_inputs(model: nn.Module, input_shape: Sequence[int], batch: int = 1,
-                   device: torch.device | str = "cpu") -> Batch:
+def example_inputs(
+    model: nn.Module, input_shape: Sequence[int], batch: int = 1, device: torch.device | str = "cpu"
+) -> Batch:
     """Zeros shaped like one batch of the model's inputs: ``model.example_inputs(batch, seq)`` for a model
     with named inputs (``input_shape`` is ``(seq,)``), else ``torch.zeros(batch, *input_shape)``."""
     make = getattr(model, "example_inputs", None)
@@ -131,5 +133,3 @@ def as_args(model: nn.Module, x: Batch) -> tuple[torch.Tensor, ...]:
     if isinstance(x, NamedInputs):
         return tuple(x.tensors[n] for n in input_names(model) if n in x.tensors)
     return (x,)
-
-

@@ -5,6 +5,7 @@ replayable history (typed ops, see ``core.history``), and whatever the caller ad
 metrics). Loading builds the base model through the builder registered for the spec's ``source``,
 replays the history, then loads the weights: a pruned model comes back from data alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,11 @@ class ArchSpec:
     def base(self) -> nn.Module:
         """The unpruned base model, built by the spec's source."""
         if self.name is None:
-            raise CheckpointError("checkpoint holds a model given as an object in Python: pass the unpruned model "
-                                  "as base=, or build it with model.python / distillprune.make_model so the "
-                                  "checkpoint records where its class comes from")
+            raise CheckpointError(
+                "checkpoint holds a model given as an object in Python: pass the unpruned model "
+                "as base=, or build it with model.python / distillprune.make_model so the "
+                "checkpoint records where its class comes from"
+            )
         return ARCH_BUILDERS.get(self.source)(self)
 
     def build(self, base: nn.Module | None = None) -> nn.Module:
@@ -55,9 +58,15 @@ class ArchSpec:
         self.history.extend(ops)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
-                "kwargs": dict(self.kwargs), "history": [op.to_dict() for op in self.history],
-                "source": self.source, **({"ref": dict(self.ref)} if self.ref else {})}
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "kwargs": dict(self.kwargs),
+            "history": [op.to_dict() for op in self.history],
+            "source": self.source,
+            **({"ref": dict(self.ref)} if self.ref else {}),
+        }
 
     @classmethod
     def from_dict(cls, d: Any) -> ArchSpec:
@@ -72,12 +81,20 @@ class ArchSpec:
         except TypeError as e:
             raise CheckpointError(f"bad architecture spec: {e}") from None
         shape, n = spec.input_shape, spec.num_classes
-        if (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)
-                or not isinstance(n, int) or n < 0 or not isinstance(spec.kwargs, dict)
-                or not isinstance(spec.name, (str, type(None))) or not isinstance(spec.source, str)):
-            raise CheckpointError(f"bad architecture spec: input_shape {shape!r:.60}, num_classes {n!r:.20}, "
-                                  f"kwargs {spec.kwargs!r:.60}, name {spec.name!r:.30}; expected positive sizes, a "
-                                  "class count >= 0 (0: an embedder), a mapping and a name")
+        if (
+            not isinstance(shape, list)
+            or not all(isinstance(v, int) and v > 0 for v in shape)
+            or not isinstance(n, int)
+            or n < 0
+            or not isinstance(spec.kwargs, dict)
+            or not isinstance(spec.name, (str, type(None)))
+            or not isinstance(spec.source, str)
+        ):
+            raise CheckpointError(
+                f"bad architecture spec: input_shape {shape!r:.60}, num_classes {n!r:.20}, "
+                f"kwargs {spec.kwargs!r:.60}, name {spec.name!r:.30}; expected positive sizes, a "
+                "class count >= 0 (0: an embedder), a mapping and a name"
+            )
         return spec
 
 
@@ -92,8 +109,10 @@ def save_checkpoint(folder: str | Path, model: nn.Module, spec: ArchSpec, **meta
 def read_meta(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if folder.is_file():
-        raise CheckpointError(f"{folder} is a file, not a distillprune checkpoint folder; for a state_dict "
-                              f"(.pt / .safetensors) give it as weights: {{name: ..., weights: {folder}}}")
+        raise CheckpointError(
+            f"{folder} is a file, not a distillprune checkpoint folder; for a state_dict "
+            f"(.pt / .safetensors) give it as weights: {{name: ..., weights: {folder}}}"
+        )
     if not (folder / "model.json").exists():
         raise CheckpointError(f"not a distillprune checkpoint (no model.json): {folder}")
     try:

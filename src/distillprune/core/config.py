@@ -1,4 +1,5 @@
 """Typed configs: pydantic models that reject unknown keys with the nearest valid key."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -21,9 +22,7 @@ class StrictModel(BaseModel):
             valid = list(cls.model_fields)
             for key in data:
                 if key not in cls.model_fields:
-                    raise ValueError(
-                        f"unknown key '{key}'{nearest(str(key), valid)}; valid keys: {', '.join(valid)}"
-                    )
+                    raise ValueError(f"unknown key '{key}'{nearest(str(key), valid)}; valid keys: {', '.join(valid)}")
         return data
 
 
@@ -31,8 +30,11 @@ def one_line(err: ValidationError) -> str:
     """The first validation error as one line: 'stages.1.width.ratio: Input should be ... (got 3)'."""
     e = err.errors(include_url=False)[0]
     parts = e["loc"]
-    loc = ".".join(str(p) for i, p in enumerate(parts)
-                   if not _is_union_tag(p, parts[i - 1] if i else None) and not _is_member_tag(p))
+    loc = ".".join(
+        str(p)
+        for i, p in enumerate(parts)
+        if not _is_union_tag(p, parts[i - 1] if i else None) and not _is_member_tag(p)
+    )
     msg = e["msg"].removeprefix("Value error, ")
     got = ""
     if e["type"] not in ("value_error", "missing") and "input" in e and not isinstance(e["input"], dict):

@@ -3,6 +3,7 @@
 A torchvision wheel built for another torch build imports but fails to register its compiled operators
 (``RuntimeError: operator torchvision::nms does not exist``), so ImportError alone is not enough to catch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,7 +13,7 @@ from distillprune.errors import DistillpruneError
 
 FIX = {
     "vision": "make vision (a venv with a matching torch + torchvision pair: bash scripts/install_torch.sh "
-              "PYTHON vision, then pip install -e '.[vision]')",
+    "PYTHON vision, then pip install -e '.[vision]')",
     "hf": "pip install 'distillprune[hf]'",
 }
 

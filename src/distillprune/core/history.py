@@ -7,6 +7,7 @@ family defines its ops (a dataclass subclass of :class:`HistoryOp` with a unique
 
 The JSON form is the dataclass's fields plus ``"op"``: ``{"op": "remove_block", "path": "layer1.2"}``.
 """
+
 from __future__ import annotations
 
 import dataclasses

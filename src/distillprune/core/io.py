@@ -1,4 +1,5 @@
 """Atomic file writes: a crash leaves the old file or the new one, never half of either."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ def resolve_folder(path: str, where: str) -> Path:
     from distillprune.errors import DistillpruneError
 
     if path.startswith(PACKAGE_PREFIX):
-        name, _, sub = path[len(PACKAGE_PREFIX):].partition("/")
+        name, _, sub = path[len(PACKAGE_PREFIX) :].partition("/")
         spec = importlib.util.find_spec(name) if name else None
         if spec is None or not spec.submodule_search_locations:
             raise DistillpruneError(f"{where} {path!r}: no installed package {name!r} (pip install it)")

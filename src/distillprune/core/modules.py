@@ -4,6 +4,7 @@ Every family that acts on some layers (width pruning's exclusions, low rank, clu
 selects them with a :class:`LayerSelect` (``include`` / ``exclude`` module-name patterns, fnmatch
 style: ``"layer1.*.conv1"``) and reads per-layer values with :func:`first_match`.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -76,5 +77,6 @@ class LayerSelect(StrictModel):
         names = [n for n, m in model.named_modules() if n and isinstance(m, types)]
         for p in self.include + self.exclude:
             if p != "*" and not any(matches(n, [p]) for n in names):
-                raise DistillpruneError(f"{what}: pattern '{p}' matches no layer of {type(model).__name__}"
-                                        f"{nearest(p, names)}")
+                raise DistillpruneError(
+                    f"{what}: pattern '{p}' matches no layer of {type(model).__name__}{nearest(p, names)}"
+                )

@@ -3,6 +3,7 @@
 Registering a name twice is an error, never a silent overwrite; looking up an unknown name
 raises with the closest registered names.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -56,8 +57,10 @@ class Registry(Generic[T]):
         """``name`` if registered, else ``ValueError`` with the nearest names (a pydantic validator reports it
         with its location in the recipe)."""
         if name not in self._items:
-            raise ValueError(f"unknown {self.family} '{name}'{nearest(str(name), list(self._items))}; "
-                             f"expected one of: {', '.join(sorted(self._items))}")
+            raise ValueError(
+                f"unknown {self.family} '{name}'{nearest(str(name), list(self._items))}; "
+                f"expected one of: {', '.join(sorted(self._items))}"
+            )
         return name
 
     def items(self) -> list[tuple[str, T]]:

@@ -6,6 +6,7 @@ dataclass derived from :class:`Details`; a pipeline stage carries it in its ``St
 its class through the registry (:func:`details_type`); nested dataclasses, lists and optionals of them
 are rebuilt from their type hints. A mapping of unknown kind (an older report) stays a plain dict.
 """
+
 from __future__ import annotations
 
 import dataclasses

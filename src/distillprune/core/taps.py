@@ -2,6 +2,7 @@
 
 The model's ``forward`` is never edited; taps are data (a list of module paths).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Data sources (registry) and the resident tensor loader."""
+
 from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.data.config import AugmentConfig, DataConfig
 from distillprune.data.sources import SOURCES, load_data

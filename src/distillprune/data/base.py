@@ -2,6 +2,7 @@
 a loader that batches, normalises and augments on the tensors' device, so small-image training is not
 loader-bound (no per-sample Python, no worker processes). Text batches are padded per batch to their
 longest sequence (``core.batch.NamedInputs``) and never normalised."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -37,10 +38,8 @@ class Split:
         idx = idx.to(self.x.device)
         return Split(self.x[idx], None if self.y is None else self.y[idx])
 
-
     def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), None if self.y is None else self.y.to(device))
-
 
 
 def subset_indices(labels: np.ndarray | None, total: int, n: int, seed: int = 0) -> np.ndarray:
@@ -94,8 +93,9 @@ class DataBundle:
 
     def without_labels(self) -> DataBundle:
         """The same data with training labels withheld (label-free distillation)."""
-        return DataBundle(Split(self.train.x, None), self.test, self.num_classes, self.classes,
-                          self.mean, self.std, self.name)
+        return DataBundle(
+            Split(self.train.x, None), self.test, self.num_classes, self.classes, self.mean, self.std, self.name
+        )
 
 
 @overload
@@ -134,9 +134,22 @@ class TensorLoader:
     the same on every rank.
     """
 
-    def __init__(self, split: Split, batch_size: int, mean: torch.Tensor, std: torch.Tensor, *,
-                 shuffle: bool = False, crop_padding: int = 0, hflip: bool = False, drop_last: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        *,
+        shuffle: bool = False,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.split = split.to(device)
@@ -147,8 +160,10 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         smallest = min(self.batch_len(i) for i in (0, len(self) - 1)) if len(self) else 0
         if world_size > 1 and smallest < world_size:
-            raise DataError(f"a batch of {smallest} samples cannot be shared by {world_size} processes: "
-                            f"data.batch_size ({batch_size}) is the global batch; raise it (or use more data)")
+            raise DataError(
+                f"a batch of {smallest} samples cannot be shared by {world_size} processes: "
+                f"data.batch_size ({batch_size}) is the global batch; raise it (or use more data)"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -175,7 +190,7 @@ class TensorLoader:
     def _batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, int]]:
         """(this rank's indices, their offset in the global batch) for each batch."""
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             lo, hi = self.share(len(idx))
             yield idx[lo:hi], lo
 
@@ -193,8 +208,7 @@ class TensorLoader:
             x = self.prepare(self.split.x[idx], gen, draws=self.batch_len(i), at=lo)
             yield x, None if self.split.y is None else self.split.y[idx]
 
-    def prepare(self, x: Batch, gen: torch.Generator | None = None, draws: int | None = None,
-                at: int = 0) -> Batch:
+    def prepare(self, x: Batch, gen: torch.Generator | None = None, draws: int | None = None, at: int = 0) -> Batch:
         """Normalise ``x``; with ``gen``, augment it with draws made for a batch of ``draws`` samples (the
         global batch) of which ``x`` is the part starting at ``at``. Named (text) inputs pass unchanged."""
         if isinstance(x, NamedInputs):
@@ -205,7 +219,7 @@ class TensorLoader:
             if self.crop_padding:
                 x = random_crop(x, self.crop_padding, gen, n, at)
             if self.hflip:
-                flip = (torch.rand(n, generator=gen)[at:at + len(x)] < 0.5).to(x.device)
+                flip = (torch.rand(n, generator=gen)[at : at + len(x)] < 0.5).to(x.device)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         return standard_layout(x)
 
@@ -230,15 +244,14 @@ def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, draws: int | None = None,
-                at: int = 0) -> torch.Tensor:
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, draws: int | None = None, at: int = 0) -> torch.Tensor:
     """Zero-pad by ``pad`` and crop back to size at a random offset per sample, in one gather; offsets are
     drawn for ``draws`` samples (default ``len(x)``) and ``x`` takes those from ``at`` on."""
     b, c, h, w = x.shape
     n = b if draws is None else draws
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[at:at + b].to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[at:at + b].to(x.device)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[at : at + b].to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)[at : at + b].to(x.device)
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
     rows = (oy.view(b, 1, 1, 1) + ar_h.view(1, 1, h, 1)).expand(b, c, h, w + 2 * pad)

@@ -4,6 +4,7 @@ registered source (and a compact statement of each source's file format).
 ``@example_for("npz")`` registers ``fn(folder) -> dict`` (the DataConfig options that load it); ``requires``
 names a module an optional extra provides.
 """
+
 from __future__ import annotations
 
 import io
@@ -110,9 +111,11 @@ def _torchvision(folder: Path) -> dict[str, Any]:
         x, y = _images(n, size=28)
         images = np.ascontiguousarray(x[..., 0])
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-            np.array([0x803, n, 28, 28], ">i4").tobytes() + images.tobytes())
+            np.array([0x803, n, 28, 28], ">i4").tobytes() + images.tobytes()
+        )
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            np.array([0x801, n], ">i4").tobytes() + y.astype(np.uint8).tobytes())
+            np.array([0x801, n], ">i4").tobytes() + y.astype(np.uint8).tobytes()
+        )
     return {"path": str(folder), "name": "MNIST"}
 
 
@@ -129,8 +132,10 @@ def _hf(folder: Path) -> dict[str, Any]:
     return {"path": str(folder / "hf")}
 
 
-WORDS = ("good great fine nice happy bad awful poor sad terrible the a movie film plot actor was is very "
-         "quite not really story ending music scene").split()
+WORDS = (
+    "good great fine nice happy bad awful poor sad terrible the a movie film plot actor was is very "
+    "quite not really story ending music scene"
+).split()
 
 
 def tiny_tokenizer(folder: Path) -> Path:

@@ -1,4 +1,5 @@
 """The data source registry: name -> ``fn(DataConfig) -> DataBundle``."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

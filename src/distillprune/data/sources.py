@@ -2,6 +2,7 @@
 
 Nothing here downloads: files must already be on disk (our machines reach no data set hub).
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,11 @@ def load_data(cfg: DataConfig) -> DataBundle:
         bundle = SOURCES.get(cfg.source)(cfg)
     except (ValueError, TypeError, IndexError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # a source that trips over its files: the data's fault as far as the user can tell; say which
-        raise DataError(f"data source '{cfg.source}'" + (f" at {cfg.path}" if cfg.path else "")
-                        + f" cannot be read: {type(e).__name__}: {_first_line(e)}") from None
+        raise DataError(
+            f"data source '{cfg.source}'"
+            + (f" at {cfg.path}" if cfg.path else "")
+            + f" cannot be read: {type(e).__name__}: {_first_line(e)}"
+        ) from None
     bundle.train = bundle.train.subset(cfg.limit_train, cfg.seed)
     bundle.test = bundle.test.subset(cfg.limit_test, cfg.seed)
     if cfg.normalize is not None:
@@ -86,12 +90,21 @@ def digits(cfg: DataConfig) -> DataBundle:
     x = (d.images / 16.0).astype(np.float32)[:, None]
     n_test = int(np.ceil(cfg.test_fraction * len(x)))
     if not 10 <= n_test <= len(x) - 10:
-        raise DataError(f"data.test_fraction {cfg.test_fraction} holds out {n_test} of {len(x)} digits; each split "
-                        "needs at least one image of each of the 10 classes (use 0.006 .. 0.994)")
-    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=cfg.test_fraction, random_state=cfg.seed,
-                                          stratify=d.target)
-    return _bundle(torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte),
-                   torch.from_numpy(yte).long(), [str(i) for i in range(10)], "digits")
+        raise DataError(
+            f"data.test_fraction {cfg.test_fraction} holds out {n_test} of {len(x)} digits; each split "
+            "needs at least one image of each of the 10 classes (use 0.006 .. 0.994)"
+        )
+    xtr, xte, ytr, yte = train_test_split(
+        x, d.target, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=d.target
+    )
+    return _bundle(
+        torch.from_numpy(xtr),
+        torch.from_numpy(ytr).long(),
+        torch.from_numpy(xte),
+        torch.from_numpy(yte).long(),
+        [str(i) for i in range(10)],
+        "digits",
+    )
 
 
 @SOURCES.register("npz")
@@ -108,14 +121,16 @@ def npz(cfg: DataConfig) -> DataBundle:
         x, y = arrs[f"x_{split}"], arrs[f"y_{split}"]
         check_inputs(x, f"{p}: x_{split}")
         if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{p}: y_{split} has shape {y.shape}; expected one label per sample of x_{split} "
-                            f"({len(x)},)")
+            raise DataError(
+                f"{p}: y_{split} has shape {y.shape}; expected one label per sample of x_{split} ({len(x)},)"
+            )
     ytr, yte = (torch.from_numpy(labels_to_int(arrs[k], f"{p}: {k}")) for k in ("y_train", "y_test"))
     n = class_count(int(max(ytr.max(), yte.max())), str(p))
     if classes is not None and len(classes) < n:
         raise DataError(f"{p}: labels go up to {n - 1} but 'classes' names {len(classes)} classes")
-    return _bundle(to_nchw(arrs["x_train"]), ytr, to_nchw(arrs["x_test"]), yte,
-                   classes or [str(i) for i in range(n)], p.stem)
+    return _bundle(
+        to_nchw(arrs["x_train"]), ytr, to_nchw(arrs["x_test"]), yte, classes or [str(i) for i in range(n)], p.stem
+    )
 
 
 #: what numpy raises on a damaged .npz (a truncated or corrupt zip member, a bad .npy header)
@@ -130,11 +145,14 @@ def open_npz(p: Path):  # type: ignore[no-untyped-def]
     except OSError as e:
         raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
     if head.startswith(b"\x93NUMPY"):
-        raise DataError(f"{p}: a single .npy array; expected an .npz archive (numpy.savez) of x_train, y_train, "
-                        "x_test, y_test")
+        raise DataError(
+            f"{p}: a single .npy array; expected an .npz archive (numpy.savez) of x_train, y_train, x_test, y_test"
+        )
     if not head.startswith(b"PK"):
-        raise DataError(f"{p}: not a readable .npz file: it starts with {head!r}, but an .npz is a zip archive "
-                        "of .npy arrays (numpy.savez)")
+        raise DataError(
+            f"{p}: not a readable .npz file: it starts with {head!r}, but an .npz is a zip archive "
+            "of .npy arrays (numpy.savez)"
+        )
     try:
         return np.load(p, allow_pickle=False)
     except NPZ_ERRORS as e:
@@ -147,8 +165,9 @@ def npz_array(d, key: str, p: Path) -> np.ndarray:  # type: ignore[no-untyped-de
         return np.asarray(d[key])
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise DataError(f"{p}: array '{key}' holds Python objects; expected numeric arrays "
-                            "(object arrays are never unpickled)") from None
+            raise DataError(
+                f"{p}: array '{key}' holds Python objects; expected numeric arrays (object arrays are never unpickled)"
+            ) from None
         raise DataError(f"{p}: array '{key}' is unreadable (truncated or corrupt: {_first_line(e)})") from None
     except NPZ_ERRORS as e:
         raise DataError(f"{p}: array '{key}' is unreadable (truncated or corrupt: {_first_line(e)})") from None
@@ -163,8 +182,9 @@ def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, idx: np.ndarray | None 
     from PIL import Image
 
     idx = np.arange(len(offsets) - 1) if idx is None else idx
-    return np.stack([np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-                     for i in idx])
+    return np.stack(
+        [np.asarray(Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in idx]
+    )
 
 
 @SOURCES.register("cifar10_jpeg")
@@ -179,8 +199,10 @@ def cifar10_jpeg(cfg: DataConfig) -> DataBundle:
             total = len(off) - 1
             # decode only the (class-balanced) subset the limit asks for
             idx = np.arange(total) if limit is None else subset_indices(labels, total, limit, cfg.seed)
-            out[split] = (to_nchw(_decode_jpegs(d[f"{split}_bytes"], off, idx), hwc=True),
-                          torch.from_numpy(labels[idx]))
+            out[split] = (
+                to_nchw(_decode_jpegs(d[f"{split}_bytes"], off, idx), hwc=True),
+                torch.from_numpy(labels[idx]),
+            )
         classes = [str(c) for c in d["classes"]]
     except NPZ_ERRORS as e:
         raise DataError(f"{p}: not a CIFAR-10 JPEG pack ({_first_line(e)})") from None
@@ -209,8 +231,9 @@ def cifar10_bin(cfg: DataConfig) -> DataBundle:
         r = np.concatenate(recs)
         return torch.from_numpy(r[:, 1:].reshape(-1, 3, 32, 32).copy()), torch.from_numpy(r[:, 0].astype(np.int64))
 
-    return _bundle(*read([f"data_batch_{i}.bin" for i in range(1, 6)]), *read(["test_batch.bin"]),
-                   CIFAR10_CLASSES, "cifar10")
+    return _bundle(
+        *read([f"data_batch_{i}.bin" for i in range(1, 6)]), *read(["test_batch.bin"]), CIFAR10_CLASSES, "cifar10"
+    )
 
 
 @SOURCES.register("imagefolder")
@@ -258,8 +281,14 @@ def torchvision_source(cfg: DataConfig) -> DataBundle:
         xs = np.stack([np.asarray(ds[i][0].convert("RGB")) for i in range(len(ds))])
         out += [to_nchw(xs, hwc=True), torch.tensor([int(ds[i][1]) for i in range(len(ds))])]
     xtr, ytr, xte, yte = out
-    return _bundle(xtr, ytr, xte, yte, list(getattr(ds, "classes", [])) or [str(i) for i in range(int(ytr.max()) + 1)],
-                   cfg.name or "torchvision")
+    return _bundle(
+        xtr,
+        ytr,
+        xte,
+        yte,
+        list(getattr(ds, "classes", [])) or [str(i) for i in range(int(ytr.max()) + 1)],
+        cfg.name or "torchvision",
+    )
 
 
 @SOURCES.register("hf")

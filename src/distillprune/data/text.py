@@ -5,6 +5,7 @@ Texts are tokenised to at most ``text.max_length`` tokens and padded to the long
 each training batch is then cut to its own longest text (dynamic padding). Without a label column the data
 is label-free (``num_classes`` 0): distil from a teacher with a label-free loss (``embedding``, ``kd``...).
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,11 @@ def _clean(rows: Rows, cfg: TextConfig) -> Rows:
     dropped (order kept)."""
     out, seen = [], set()
     if cfg.sentences:
-        rows = [{**r, cfg.column: piece} for r in rows
-                for piece in re.split(r"(?<=[.!?])\s+", " ".join(str(r.get(cfg.column, "")).split()))]
+        rows = [
+            {**r, cfg.column: piece}
+            for r in rows
+            for piece in re.split(r"(?<=[.!?])\s+", " ".join(str(r.get(cfg.column, "")).split()))
+        ]
     for r in rows:
         t = " ".join(str(r.get(cfg.column, "")).split())
         if len(t) < cfg.min_chars or (cfg.max_chars and len(t) > cfg.max_chars):
@@ -84,8 +88,14 @@ def _clean(rows: Rows, cfg: TextConfig) -> Rows:
 
 def _files(folder: Path, cfg: TextConfig) -> list[Path]:
     # fortune folders hold index files (.dat) and .u8 symlinks to the same texts: regular text files only
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != ".dat"
-                  and any(fnmatch.fnmatchcase(p.name, pat) for pat in cfg.files))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.is_symlink()
+        and p.suffix != ".dat"
+        and any(fnmatch.fnmatchcase(p.name, pat) for pat in cfg.files)
+    )
 
 
 def read_splits(cfg: DataConfig) -> tuple[Rows, Rows]:
@@ -97,8 +107,10 @@ def read_splits(cfg: DataConfig) -> tuple[Rows, Rows]:
         raise DataError(f"data.path not found: {p}")
     t = cfg.text
     if p.is_dir():
-        pairs = {s: next((f for f in sorted(p.glob(f"{s}.*")) if f.suffix.lower() in SUFFIX), None)
-                 for s in ("train", "test")}
+        pairs = {
+            s: next((f for f in sorted(p.glob(f"{s}.*")) if f.suffix.lower() in SUFFIX), None)
+            for s in ("train", "test")
+        }
         if pairs["train"] and pairs["test"]:
             return _clean(read_rows(pairs["train"], t), t), _clean(read_rows(pairs["test"], t), t)
         files = _files(p, t)
@@ -118,8 +130,9 @@ def read_splits(cfg: DataConfig) -> tuple[Rows, Rows]:
 
 def load_tokenizer(cfg: TextConfig) -> Any:
     if not cfg.tokenizer:
-        raise DataError("text data needs a tokenizer: data.text.tokenizer (defaults to model.path when "
-                        "model.source is hf)")
+        raise DataError(
+            "text data needs a tokenizer: data.text.tokenizer (defaults to model.path when model.source is hf)"
+        )
     folder = resolve_folder(cfg.tokenizer, "data.text.tokenizer")
     try:
         from transformers import AutoTokenizer
@@ -128,8 +141,7 @@ def load_tokenizer(cfg: TextConfig) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise DataError(f"data.text.tokenizer {folder}: cannot load a tokenizer ({str(e).splitlines()[0]})") \
-            from None
+        raise DataError(f"data.text.tokenizer {folder}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
 
 
 def tokenize(tok: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, torch.Tensor]:
@@ -141,8 +153,10 @@ def tokenize(tok: Any, texts: list[str], pairs: list[str] | None, max_length: in
 
 
 def _pad(t: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
-    return {k: torch.nn.functional.pad(v, (0, length - v.shape[1]), value=0) if v.shape[1] < length else v
-            for k, v in t.items()}
+    return {
+        k: torch.nn.functional.pad(v, (0, length - v.shape[1]), value=0) if v.shape[1] < length else v
+        for k, v in t.items()
+    }
 
 
 def _labels(train: Rows, test: Rows, column: str) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
@@ -158,7 +172,7 @@ def _labels(train: Rows, test: Rows, column: str) -> tuple[torch.Tensor | None, 
         classes = sorted(set(values))
     index = {c: i for i, c in enumerate(classes)}
     y = torch.tensor([index[v] for v in values], dtype=torch.long)
-    return y[: len(train)], y[len(train):], classes
+    return y[: len(train)], y[len(train) :], classes
 
 
 def bundle_of_rows(train: Rows, test: Rows, cfg: DataConfig, name: str) -> DataBundle:

@@ -1,4 +1,5 @@
 """``distillprune.distill``: distil one or several teachers into a student, in place."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,12 +32,23 @@ class DistillReport(Details):
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def distill(student: nn.Module, teacher: nn.Module | list[nn.Module], data: DataBundle, epochs: int = 10,
-            losses: list[dict[str, Any]] | None = None, lr: float | None = None, batch_size: int = 64,
-            runtime: RuntimeConfig | None = None, seed: int = 0, cache: bool = False,
-            optimizer: str | OptimizerConfig | dict[str, Any] = "auto",
-            schedule: str | ScheduleConfig | dict[str, Any] = "onecycle", grad_clip: float | None = None,
-            crop_padding: int = 0, hflip: bool = False) -> DistillReport:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module | list[nn.Module],
+    data: DataBundle,
+    epochs: int = 10,
+    losses: list[dict[str, Any]] | None = None,
+    lr: float | None = None,
+    batch_size: int = 64,
+    runtime: RuntimeConfig | None = None,
+    seed: int = 0,
+    cache: bool = False,
+    optimizer: str | OptimizerConfig | dict[str, Any] = "auto",
+    schedule: str | ScheduleConfig | dict[str, Any] = "onecycle",
+    grad_clip: float | None = None,
+    crop_padding: int = 0,
+    hflip: bool = False,
+) -> DistillReport:
     """Distil ``teacher`` (or the mean logits of a list of teachers) into ``student`` in place (Hinton KD
     by default; ``embedding`` for an embedder). ``optimizer``: "auto" (AdamW for a transformer with named
     inputs, else SGD) | "sgd" | "adamw" or an OptimizerConfig / its dict (``lr`` overrides its learning rate;
@@ -46,15 +58,30 @@ def distill(student: nn.Module, teacher: nn.Module | list[nn.Module], data: Data
     if optimizer == "auto":
         optimizer = "adamw" if has_named_inputs(student) else "sgd"
     opt = _optimizer(optimizer, lr)
-    sched = schedule if isinstance(schedule, ScheduleConfig) else validate(
-        ScheduleConfig, {"name": schedule} if isinstance(schedule, str) else schedule, where="schedule")
+    sched = (
+        schedule
+        if isinstance(schedule, ScheduleConfig)
+        else validate(ScheduleConfig, {"name": schedule} if isinstance(schedule, str) else schedule, where="schedule")
+    )
     specs = losses or [{"name": "embedding" if getattr(student, "output_kind", "") == "embedding" else "kd"}]
     objective = Distiller.from_specs(teacher, specs, cache=cache)
-    history = fit(student, data, FitSettings(epochs, opt, sched, grad_clip), objective,
-                  runtime=runtime or RuntimeConfig(progress=False), seed=seed, batch_size=batch_size,
-                  crop_padding=crop_padding, hflip=hflip)
-    return DistillReport([s["name"] for s in specs], training=TrainSummary.of(history), history=history,
-                         teacher_cache_seconds=None if objective.cache is None else round(objective.cache.seconds, 2))
+    history = fit(
+        student,
+        data,
+        FitSettings(epochs, opt, sched, grad_clip),
+        objective,
+        runtime=runtime or RuntimeConfig(progress=False),
+        seed=seed,
+        batch_size=batch_size,
+        crop_padding=crop_padding,
+        hflip=hflip,
+    )
+    return DistillReport(
+        [s["name"] for s in specs],
+        training=TrainSummary.of(history),
+        history=history,
+        teacher_cache_seconds=None if objective.cache is None else round(objective.cache.seconds, 2),
+    )
 
 
 DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-4}

@@ -57,8 +57,10 @@ class TeacherCache:
         feats: dict[str, list[torch.Tensor]] = {}
         x_all = loader.split.x
         if isinstance(x_all, NamedInputs) and taps.paths:
-            raise DistillpruneError("the teacher cache holds logits only for text inputs (feature taps have a "
-                                    "sequence length per batch): set distill.cache: false with feature losses")
+            raise DistillpruneError(
+                "the teacher cache holds logits only for text inputs (feature taps have a "
+                "sequence length per batch): set distill.cache: false with feature losses"
+            )
         for i in range(0, len(x_all), self.chunk):
             taps.clear()
             logits.append(call(teacher, loader.prepare(x_all[i : i + self.chunk])))

@@ -1,4 +1,5 @@
 """Distillation options: the ``distill`` block of a stage, and ``distillprune.distill``'s config."""
+
 from __future__ import annotations
 
 import inspect
@@ -23,8 +24,7 @@ class LossSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str
-    weight: float | dict[str, Any] = Field(1.0, description="a number >= 0, or a ramp {start, end, schedule, "
-                                                             "fraction}")
+    weight: float | dict[str, Any] = Field(1.0, description="a number >= 0, or a ramp {start, end, schedule, fraction}")
 
     @model_validator(mode="after")
     def _options(self) -> LossSpec:
@@ -32,8 +32,10 @@ class LossSpec(BaseModel):
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         for key in self.model_extra or {}:
             if key not in params:
-                raise ValueError(f"loss '{self.name}' has no option '{key}'{nearest(key, params)}; "
-                                 f"options: {', '.join(params) or 'none'}")
+                raise ValueError(
+                    f"loss '{self.name}' has no option '{key}'{nearest(key, params)}; "
+                    f"options: {', '.join(params) or 'none'}"
+                )
         if isinstance(self.weight, (int, float)) and self.weight < 0:
             raise ValueError(f"loss '{self.name}': weight must be >= 0, got {self.weight}")
         try:  # build it once: bad option values fail at validation, not at training
@@ -48,20 +50,29 @@ class LossSpec(BaseModel):
 
 class DistillConfig(StrictModel):
     teacher: str | ModelConfig = Field(
-        "auto", description="auto: the dense model before pruning; a checkpoint folder; or a model with its trained "
-                            "weights ({name: torchvision, kwargs: {arch: resnet18}, weights: r18.pt}, "
-                            "{python: my_net.py:MyNet, weights: ...})")
+        "auto",
+        description="auto: the dense model before pruning; a checkpoint folder; or a model with its trained "
+        "weights ({name: torchvision, kwargs: {arch: resnet18}, weights: r18.pt}, "
+        "{python: my_net.py:MyNet, weights: ...})",
+    )
     teachers: list[str | ModelConfig] | None = Field(
-        None, description="multi-teacher: checkpoint folders, models with weights, or auto, logits averaged by "
-                          "teacher_weights")
+        None,
+        description="multi-teacher: checkpoint folders, models with weights, or auto, logits averaged by "
+        "teacher_weights",
+    )
     teacher_weights: list[float] | None = Field(None, description="weights of the teachers' logits")
     mode: Literal["offline", "mutual"] = Field(
-        "offline", description="mutual: the teacher trains too, each net distilling into the other (DML)")
+        "offline", description="mutual: the teacher trains too, each net distilling into the other (DML)"
+    )
     peer: ModelConfig | None = Field(
-        None, description="mutual: a fresh network to train with the student (default: the teacher itself)")
+        None, description="mutual: a fresh network to train with the student (default: the teacher itself)"
+    )
     cache: bool = Field(False, description="compute the teacher's outputs once (no random augmentation)")
-    fold_teacher: bool = Field(True, description="run a checked copy of the frozen teacher with its BatchNorm "
-                                                 "folded into the convolutions (faster, same outputs)")
+    fold_teacher: bool = Field(
+        True,
+        description="run a checked copy of the frozen teacher with its BatchNorm "
+        "folded into the convolutions (faster, same outputs)",
+    )
     compile_teacher: bool = Field(False, description="torch.compile that copy (no feature taps); pays on long runs")
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")])
 
@@ -90,8 +101,9 @@ class DistillConfig(StrictModel):
             if self.cache:
                 raise ValueError("mode: mutual trains the teacher, so its outputs cannot be cached (cache: false)")
             if self.teachers is not None:
-                raise ValueError("mode: mutual trains one peer network; teachers (a frozen ensemble) is for "
-                                 "offline mode")
+                raise ValueError(
+                    "mode: mutual trains one peer network; teachers (a frozen ensemble) is for offline mode"
+                )
         return self
 
     def loss_specs(self) -> list[dict[str, Any]]:

@@ -89,8 +89,13 @@ class Distiller(nn.Module):
     """Weighted sum of registered distillation losses between a student and a frozen teacher."""
 
     def __init__(
-        self, teacher: nn.Module, losses: list[tuple[float, DistillLoss]] | list[Term], *, cache: bool = False,
-        fold_teacher: bool = True, compile_teacher: bool = False,
+        self,
+        teacher: nn.Module,
+        losses: list[tuple[float, DistillLoss]] | list[Term],
+        *,
+        cache: bool = False,
+        fold_teacher: bool = True,
+        compile_teacher: bool = False,
     ):
         super().__init__()
         self.teacher = [freeze(teacher)]  # a list: keep the teacher out of this module's parameters
@@ -112,8 +117,9 @@ class Distiller(nn.Module):
         """The module the teacher's taps attach to (built once per tap set and device)."""
         key = (tuple(t_paths), probe.device, self.fold_teacher, self.compile_teacher)
         if not self._fast or self._fast[0][0] != key:
-            call, root, self.teacher_speed = fast_teacher(self.teacher[0], t_paths, probe, fold=self.fold_teacher,
-                                                          compile=self.compile_teacher)
+            call, root, self.teacher_speed = fast_teacher(
+                self.teacher[0], t_paths, probe, fold=self.fold_teacher, compile=self.compile_teacher
+            )
             self._fast = [(key, call, root)]
         return self._fast[0][2]
 

@@ -120,8 +120,9 @@ class FastTeacher(nn.Module):
         return self._call(x)
 
 
-def _matches(fast: nn.Module, fast_root: nn.Module, teacher: nn.Module, taps: list[str], probe: torch.Tensor,
-             tol: float) -> bool:
+def _matches(
+    fast: nn.Module, fast_root: nn.Module, teacher: nn.Module, taps: list[str], probe: torch.Tensor, tol: float
+) -> bool:
     def run(model: nn.Module, root: nn.Module) -> list[torch.Tensor]:
         with FeatureTaps(root, taps) as t, torch.no_grad():
             out = model(probe)
@@ -133,8 +134,9 @@ def _matches(fast: nn.Module, fast_root: nn.Module, teacher: nn.Module, taps: li
     return True
 
 
-def fast_teacher(teacher: nn.Module, taps: list[str], probe: Batch, *, fold: bool = True,
-                 compile: bool = False, tol: float = 1e-3) -> tuple[nn.Module, nn.Module, TeacherSpeed]:
+def fast_teacher(
+    teacher: nn.Module, taps: list[str], probe: Batch, *, fold: bool = True, compile: bool = False, tol: float = 1e-3
+) -> tuple[nn.Module, nn.Module, TeacherSpeed]:
     """(module to call, module the taps attach to, what was done) for a frozen, eval-mode ``teacher``.
 
     Channels-last and ``compile`` are used only when nothing is tapped: tapped features keep the

@@ -32,8 +32,12 @@ from distillprune.models.config import ModelConfig
 Objective = CrossEntropy | Distiller | MutualDistiller
 
 
-def resolve_teacher(cfg: DistillConfig, auto: Callable[[], nn.Module], num_classes: int | None = None,
-                    input_shape: Sequence[int] | None = None) -> nn.Module:
+def resolve_teacher(
+    cfg: DistillConfig,
+    auto: Callable[[], nn.Module],
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> nn.Module:
     """The frozen teacher of ``cfg``: ``auto`` (the caller's default, e.g. the dense model), a checkpoint
     folder, a model with its trained weights (built for ``num_classes`` and ``input_shape``), or the
     weighted ensemble of ``teachers``."""
@@ -52,8 +56,9 @@ def _teacher(ref: str | ModelConfig, num_classes: int | None, input_shape: Seque
     return make_model(ref, num_classes or 0, input_shape or (), where="distill.teacher")[0]
 
 
-def objective_for(cfg: DistillConfig | None, label_smoothing: float, teacher: Callable[[], nn.Module],
-                  peer: nn.Module | None = None) -> Objective:
+def objective_for(
+    cfg: DistillConfig | None, label_smoothing: float, teacher: Callable[[], nn.Module], peer: nn.Module | None = None
+) -> Objective:
     """Cross-entropy when ``cfg`` is None, else the distillation objective of ``cfg``; ``teacher`` is called
     only when the objective needs one."""
     if cfg is None:
@@ -77,8 +82,9 @@ def make_objective(
         return MutualDistiller.from_specs(peer, specs)
     if teacher is None:
         raise ValueError("offline distillation needs a teacher")
-    return Distiller.from_specs(teacher, specs, cache=cfg.cache, fold_teacher=cfg.fold_teacher,
-                                compile_teacher=cfg.compile_teacher)
+    return Distiller.from_specs(
+        teacher, specs, cache=cfg.cache, fold_teacher=cfg.fold_teacher, compile_teacher=cfg.compile_teacher
+    )
 
 
 def reinitialised(model: nn.Module, seed: int, spec: ArchSpec | None = None) -> nn.Module:

@@ -24,9 +24,7 @@ class Ramp(StrictModel):
     start: float
     end: float
     schedule: Literal["linear", "cosine"] = "linear"
-    fraction: float = Field(
-        1.0, gt=0, le=1, description="reach `end` after this share of the stage, then hold"
-    )
+    fraction: float = Field(1.0, gt=0, le=1, description="reach `end` after this share of the stage, then hold")
 
     def at(self, progress: float) -> float:
         t = min(max(progress / self.fraction, 0.0), 1.0)

@@ -1,4 +1,5 @@
 """Export to deployment formats, and running what was exported."""
+
 from distillprune.export.onnx import (
     compare,
     export_onnx,

@@ -1,6 +1,7 @@
 """ONNX export with a dynamic batch axis (and a dynamic sequence axis for models with named text inputs),
 and the one owner of running ONNX files: ONNX Runtime sessions, batched logits, comparison with the torch
 model (agreement, max abs difference, cosine, accuracy)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -75,9 +76,16 @@ def _torchscript(model: nn.Module, x: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]  # torch's stubs: a path only, but it writes to a file object too
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            buf,  # type: ignore[arg-type]  # torch's stubs: a path only, but it writes to a file object too
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return buf.getvalue()
 
 
@@ -85,8 +93,15 @@ def _dynamo(model: nn.Module, x: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
-                                 dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        prog = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     if prog is None:
         raise ExportError("the dynamo exporter returned nothing")
     prog.save(buf)  # type: ignore[arg-type]  # torch's stubs: a path only, but it writes to a file object too
@@ -135,8 +150,16 @@ def _named_onnx_bytes(model: nn.Module, input_shape: Sequence[int]) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, args, buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]  # as above
-                              input_names=names, output_names=["logits"], dynamic_axes=axes)
+            torch.onnx.export(
+                model,
+                args,
+                buf,  # type: ignore[arg-type]  # as above
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+            )
         except Exception as e:  # noqa: BLE001 - tracing failures of foreign model code
             raise ExportError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0]}") from None
     return buf.getvalue()
@@ -190,8 +213,11 @@ def run_torch(model: nn.Module, x: ArrayBatch, batch: int = 256) -> np.ndarray:
     if isinstance(x, NamedInputs):
         return np.concatenate([call(model, x[i : i + batch].cpu()).float().numpy() for i in range(0, len(x), batch)])
     return np.concatenate(
-        [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))).float().numpy()
-         for i in range(0, len(x), batch)])
+        [
+            model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))).float().numpy()
+            for i in range(0, len(x), batch)
+        ]
+    )
 
 
 def mean_cosine(out: np.ndarray, ref: np.ndarray) -> float:
@@ -219,16 +245,20 @@ def compare(out: np.ndarray, ref: np.ndarray, y: np.ndarray | None = None) -> di
     return res
 
 
-def parity(model: nn.Module, path_or_bytes: str | Path | bytes,
-           x: torch.Tensor | np.ndarray | NamedInputs) -> dict[str, float]:
+def parity(
+    model: nn.Module, path_or_bytes: str | Path | bytes, x: torch.Tensor | np.ndarray | NamedInputs
+) -> dict[str, float]:
     """Max abs difference of logits, top-1 agreement and mean cosine between torch and ONNX Runtime on ``x``."""
     if isinstance(x, NamedInputs):
         xn: ArrayBatch = x.cpu()
     else:
         xn = x.float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float32)
     cmp = compare(run_onnx(path_or_bytes, xn), run_torch(model, xn))
-    return {"max_abs_diff": float(cmp["max_abs_diff"] or 0.0), "top1_agreement": float(cmp["agreement"] or 0.0),
-            "cosine": float(cmp["cosine"] or 0.0)}
+    return {
+        "max_abs_diff": float(cmp["max_abs_diff"] or 0.0),
+        "top1_agreement": float(cmp["agreement"] or 0.0),
+        "cosine": float(cmp["cosine"] or 0.0),
+    }
 
 
 def onnx_accuracy(path_or_bytes: str | Path | bytes, x: ArrayBatch, y: np.ndarray | None) -> float | None:

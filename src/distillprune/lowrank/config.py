@@ -16,14 +16,10 @@ class LowRankConfig(StrictModel):
     rank_by: Literal["energy", "ratio"] = Field(
         "energy", description="energy: keep a share of sum(sigma^2); ratio: keep a share of the full rank"
     )
-    energy: float = Field(
-        0.9, gt=0, le=1, description="rank_by=energy: kept share of the squared singular values"
-    )
+    energy: float = Field(0.9, gt=0, le=1, description="rank_by=energy: kept share of the squared singular values")
     ratio: float = Field(0.5, gt=0, lt=1, description="rank_by=ratio: rank = ratio x full rank")
     round_to: int = Field(8, gt=0, description="round ranks up to a multiple (hardware-friendly)")
-    min_saving: float = Field(
-        0.1, ge=0, lt=1, description="skip a layer whose MACs would drop by less than this"
-    )
+    min_saving: float = Field(0.1, ge=0, lt=1, description="skip a layer whose MACs would drop by less than this")
     layers: LayerSelect = Field(default_factory=LayerSelect, description="layers to factorize (Linear, Conv2d)")
     overrides: dict[str, int | float] = Field(
         default_factory=dict,
@@ -34,10 +30,6 @@ class LowRankConfig(StrictModel):
     @classmethod
     def _values(cls, v: dict[str, int | float]) -> dict[str, int | float]:
         for k, x in v.items():
-            if (
-                isinstance(x, bool)
-                or (isinstance(x, int) and x < 1)
-                or (isinstance(x, float) and not 0 < x <= 1)
-            ):
+            if isinstance(x, bool) or (isinstance(x, int) and x < 1) or (isinstance(x, float) and not 0 < x <= 1):
                 raise ValueError(f"overrides[{k!r}]: an int rank >= 1 or a float share in (0, 1], got {x!r}")
         return v

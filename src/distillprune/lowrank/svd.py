@@ -251,8 +251,7 @@ def lowrank_(
             raise CompressionError(f"lowrank: no layer '{name}' in {type(model).__name__}")
         if not isinstance(mods[name], (nn.Linear, nn.Conv2d)):
             raise CompressionError(
-                f"lowrank: layer '{name}' is a {type(mods[name]).__name__}; "
-                "supported: Linear and Conv2d (groups=1)"
+                f"lowrank: layer '{name}' is a {type(mods[name]).__name__}; supported: Linear and Conv2d (groups=1)"
             )
     plans = plan(model, input_shape, cfg)
     ops = apply_plan(model, plans)

@@ -59,8 +59,7 @@ def input_shape(model) -> tuple[int, ...]:
     dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
     if any(not d.HasField("dim_value") for d in dims):
         raise DistillpruneError(
-            f"the model's input has symbolic dimensions besides the batch: "
-            f"{[d.dim_param or d.dim_value for d in dims]}"
+            f"the model's input has symbolic dimensions besides the batch: {[d.dim_param or d.dim_value for d in dims]}"
         )
     return tuple(int(d.dim_value) for d in dims)
 
@@ -110,18 +109,14 @@ def bench_onnx(
         try:
             model = onnx.load(str(p), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf decode errors
-            raise DistillpruneError(
-                f"{p}: not an ONNX model ({str(e).splitlines()[0] if str(e) else e!r})"
-            ) from None
+            raise DistillpruneError(f"{p}: not an ONNX model ({str(e).splitlines()[0] if str(e) else e!r})") from None
         row = OnnxBench(p.name, onnx_kind(model), p.stat().st_size)
         text = is_text(model)
         shape = (cfg.seq_lengths[0],) if text else input_shape(model)
         if text and x is not None and not isinstance(x, NamedInputs):
             raise DistillpruneError(f"{p.name} takes token ids; the data has {tuple(x.shape[1:])}-shaped inputs")
         if not text and x is not None and tuple(x.shape[1:]) != shape:
-            raise DistillpruneError(
-                f"{p.name} takes inputs of shape {shape}; the data has {tuple(x.shape[1:])}"
-            )
+            raise DistillpruneError(f"{p.name} takes inputs of shape {shape}; the data has {tuple(x.shape[1:])}")
         try:
             row.latency_ms = ort_latency(p, shape, cfg)
         except Exception as e:  # noqa: BLE001 - ORT has no CPU kernel (bf16) or cannot load the graph
@@ -146,7 +141,8 @@ def render_bench(rows: list[OnnxBench], cfg: LatencyConfig) -> str:
     ref = next((r for r in rows if r.kind == "fp32" and r.latency_ms), None)
     cos = any(r.cosine is not None for r in rows)
     head = (
-        ["file", "kind", "size KiB", "top-1 %"] + (["cosine vs first"] if cos else [])
+        ["file", "kind", "size KiB", "top-1 %"]
+        + (["cosine vs first"] if cos else [])
         + [f"ORT {k} ms" for k in keys]
         + ([f"speedup {k} vs {ref.file}" for k in keys] if ref else [])
         + ["note"]
@@ -159,9 +155,7 @@ def render_bench(rows: list[OnnxBench], cfg: LatencyConfig) -> str:
         cells += [f"{r.latency_ms[k]:.3f}" if k in r.latency_ms else "-" for k in keys]
         if ref:
             cells += [
-                f"{ref.latency_ms[k] / r.latency_ms[k]:.2f}x"
-                if k in r.latency_ms and k in ref.latency_ms
-                else "-"
+                f"{ref.latency_ms[k] / r.latency_ms[k]:.2f}x" if k in r.latency_ms and k in ref.latency_ms else "-"
                 for k in keys
             ]
         cells.append(r.note)

@@ -3,6 +3,7 @@
 Median of ``repeats`` timed windows after ``warmup`` runs; threads fixed so numbers compare. Models with
 integer (token) inputs are timed at (batch, sequence) pairs: ``batch_sizes`` paired with ``seq_lengths``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,17 +28,26 @@ class LatencyConfig(StrictModel):
     enabled: bool = True
     batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 32], min_length=1)
     seq_lengths: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: [64, 128], min_length=1,
+        default_factory=lambda: [64, 128],
+        min_length=1,
         description="text models: the sequence length timed with each batch size (paired by position; the last "
-                    "repeats)")
+        "repeats)",
+    )
     threads: int = Field(1, gt=0, description="ONNX Runtime intra-op threads (fixed so runs compare)")
     warmup: int = Field(10, ge=0)
     repeats: int = Field(7, gt=0, description="timed windows; the median is reported")
     min_window_s: float = Field(0.05, gt=0, description="each timed window runs at least this long")
-    pairs: int = Field(5, ge=1, description="a compressed model is timed back to back with the dense model this "
-                                            "many times; its speedup is the median of the pairs' ratios")
-    max_spread: float = Field(0.25, gt=0, description="flag a speedup whose pairs spread (max - min) / median "
-                                                      "more than this: too noisy to resolve")
+    pairs: int = Field(
+        5,
+        ge=1,
+        description="a compressed model is timed back to back with the dense model this "
+        "many times; its speedup is the median of the pairs' ratios",
+    )
+    max_spread: float = Field(
+        0.25,
+        gt=0,
+        description="flag a speedup whose pairs spread (max - min) / median more than this: too noisy to resolve",
+    )
     gpu_batch_size: int = 256
 
 
@@ -78,8 +88,11 @@ def ort_latency(onnx: str | Path | bytes, input_shape: Sequence[int], cfg: Laten
         if is_sequence_model(sess):
             feeds = sequence_feeds(sess, bs, seq_length(cfg, i))
         else:
-            feeds = {sess.get_inputs()[0].name:
-                     np.random.default_rng(0).standard_normal((bs, *input_shape)).astype(np.float32)}
+            feeds = {
+                sess.get_inputs()[0].name: np.random.default_rng(0)
+                .standard_normal((bs, *input_shape))
+                .astype(np.float32)
+            }
         out[f"bs{bs}"] = _time(lambda f=feeds: sess.run(None, f), cfg.warmup, cfg.repeats, cfg.min_window_s)
     return out
 
@@ -113,12 +126,12 @@ class OrtTimer:
             self._sessions[key] = session(onnx, threads=self.cfg.threads)
         return self._sessions[key]
 
-    def ms(self, onnx: str | Path | bytes, input_shape: Sequence[int], batch_size: int,
-           repeats: int | None = None) -> float:
+    def ms(
+        self, onnx: str | Path | bytes, input_shape: Sequence[int], batch_size: int, repeats: int | None = None
+    ) -> float:
         sess = self._session(onnx)
         feeds = self._feeds(sess, input_shape, batch_size)
-        return _time(lambda: sess.run(None, feeds), self.cfg.warmup, repeats or self.cfg.repeats,
-                     self.cfg.min_window_s)
+        return _time(lambda: sess.run(None, feeds), self.cfg.warmup, repeats or self.cfg.repeats, self.cfg.min_window_s)
 
     def _feeds(self, sess, input_shape: Sequence[int], batch_size: int) -> dict[str, np.ndarray]:
         """One float input of ``input_shape`` (random, fixed), or a text model's token inputs at the sequence
@@ -132,16 +145,25 @@ class OrtTimer:
             self._inputs[key] = np.random.default_rng(0).standard_normal(key).astype(np.float32)
         return {sess.get_inputs()[0].name: self._inputs[key]}
 
-    def paired(self, onnx: str | Path | bytes, ref: str | Path | bytes, input_shape: Sequence[int],
-               batch_size: int, pairs: int | None = None) -> PairedTiming:
+    def paired(
+        self,
+        onnx: str | Path | bytes,
+        ref: str | Path | bytes,
+        input_shape: Sequence[int],
+        batch_size: int,
+        pairs: int | None = None,
+    ) -> PairedTiming:
         """Time ``onnx`` and ``ref`` alternately ``pairs`` times (3 windows each): median speedup and spread."""
         ms, ref_ms = [], []
         for _ in range(pairs or self.cfg.pairs):
             ref_ms.append(self.ms(ref, input_shape, batch_size, repeats=3))
             ms.append(self.ms(onnx, input_shape, batch_size, repeats=3))
         ratios = [r / m for r, m in zip(ref_ms, ms, strict=True)]
-        return PairedTiming(statistics.median(ms), statistics.median(ref_ms), statistics.median(ratios),
-                            (min(ratios), max(ratios)))
+        return PairedTiming(
+            statistics.median(ms), statistics.median(ref_ms), statistics.median(ratios), (min(ratios), max(ratios))
+        )
+
+
 def sequence_feeds(sess, batch: int, seq: int) -> dict[str, np.ndarray]:
     """Token id 1 everywhere (valid for any vocabulary; a lookup costs the same whatever the id), an all-ones
     mask, zero token types."""
@@ -155,9 +177,15 @@ def sequence_feeds(sess, batch: int, seq: int) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: str = "cuda",
-                  dtype: torch.dtype = torch.bfloat16, cfg: LatencyConfig | None = None,
-                  mode: str = "eager") -> float:
+def torch_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    cfg: LatencyConfig | None = None,
+    mode: str = "eager",
+) -> float:
     """Torch latency in ms (synchronised). ``mode``: ``eager``, or ``graph`` (one CUDA graph replay:
     removes the per-kernel launch cost that dominates small nets in eager mode)."""
     cfg = cfg or LatencyConfig()
@@ -186,6 +214,7 @@ def torch_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int,
             graph.replay()
             sync()
     else:
+
         def run() -> None:
             call(model, x)
             sync()

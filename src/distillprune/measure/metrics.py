@@ -1,4 +1,5 @@
 """Model statistics: params, MACs (torch's flop counter), ONNX size, measured latency, accuracy."""
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,9 @@ class ModelStats:
         return asdict(self)
 
 
-def measure_model(model: nn.Module, input_shape: Sequence[int], latency: LatencyConfig | None = None,
-                  accuracy: float | None = None) -> ModelStats:
+def measure_model(
+    model: nn.Module, input_shape: Sequence[int], latency: LatencyConfig | None = None, accuracy: float | None = None
+) -> ModelStats:
     latency = latency or LatencyConfig()
     blob = onnx_bytes(model, input_shape)
     lat: dict[str, float] = {}
@@ -66,6 +68,8 @@ def measure_model(model: nn.Module, input_shape: Sequence[int], latency: Latency
         if torch.cuda.is_available():
             for mode in ("eager", "graph"):
                 lat[f"gpu_{mode}_bs{latency.gpu_batch_size}"] = torch_latency(
-                    copy.deepcopy(model), input_shape, latency.gpu_batch_size, cfg=latency, mode=mode)
-    return ModelStats(count_params(model), count_params(model, nonzero=True), count_macs(model, input_shape),
-                      len(blob), lat, accuracy)
+                    copy.deepcopy(model), input_shape, latency.gpu_batch_size, cfg=latency, mode=mode
+                )
+    return ModelStats(
+        count_params(model), count_params(model, nonzero=True), count_macs(model, input_shape), len(blob), lat, accuracy
+    )

@@ -6,6 +6,7 @@
   the teacher and under the student; the share they have in common, averaged (1.0: every search returns
   the same k results, in any order).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,5 +37,7 @@ def topk_overlap(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float
 
 def embedding_quality(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> dict[str, float]:
     """{"cosine": mean cosine to the teacher, "top10_overlap": share of common top-k neighbours}."""
-    return {"cosine": round(mean_cosine(student, teacher), 5),
-            f"top{k}_overlap": round(topk_overlap(student, teacher, k), 4)}
+    return {
+        "cosine": round(mean_cosine(student, teacher), 5),
+        f"top{k}_overlap": round(topk_overlap(student, teacher, k), 4),
+    }

@@ -1,6 +1,7 @@
 """The one entry point from a model config to a model and the spec that rebuilds it: a zoo name (torchvision
 and timm included), your own class (``python:``) or a distillprune checkpoint, optionally with your trained
 ``weights`` and a new ``head``."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,8 +32,13 @@ def as_config(cfg: ModelConfig | dict[str, Any], where: str = "model") -> ModelC
     return validate(ModelConfig, raw, where=where)
 
 
-def make_model(cfg: ModelConfig | dict[str, Any], num_classes: int, input_shape: Sequence[int],
-               where: str = "model", load_weights_file: bool = True) -> tuple[nn.Module, ArchSpec]:
+def make_model(
+    cfg: ModelConfig | dict[str, Any],
+    num_classes: int,
+    input_shape: Sequence[int],
+    where: str = "model",
+    load_weights_file: bool = True,
+) -> tuple[nn.Module, ArchSpec]:
     """Build the model a config describes and the :class:`ArchSpec` that rebuilds it (``save_checkpoint`` /
     ``load_checkpoint`` then need no ``base=``).
 

@@ -1,4 +1,5 @@
 """Where a recipe's model (or student, peer, teacher) comes from."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,25 +21,36 @@ class HeadConfig(StrictModel):
     """A new classifier for a pretrained network (transfer learning): the file's classifier is not loaded."""
 
     num_classes: int | None = Field(None, gt=0, description="classes of the new classifier (default: the data's)")
-    fold_pool: bool = Field(True, description="fold an adaptive pool that enlarges small feature maps into the "
-                                              "next Linear (VGG at 32x32: 25088x4096 -> 512x4096, same outputs)")
+    fold_pool: bool = Field(
+        True,
+        description="fold an adaptive pool that enlarges small feature maps into the "
+        "next Linear (VGG at 32x32: 25088x4096 -> 512x4096, same outputs)",
+    )
 
 
 class ModelConfig(StrictModel):
     name: ModelName = Field("digits_cnn", description="zoo name (distillprune models) or torchvision / timm")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="builder arguments, e.g. widths")
     checkpoint: str | None = Field(None, description="start from this distillprune checkpoint folder")
-    python: str | None = Field(None, description="your own class or factory: 'path/to/file.py:Name' (or "
-                                                 "'package.module:Name'), called with kwargs")
-    weights: str | None = Field(None, description="a state_dict to load: .pt/.pth (torch.load weights_only) or "
-                                                  ".safetensors")
+    python: str | None = Field(
+        None,
+        description="your own class or factory: 'path/to/file.py:Name' (or 'package.module:Name'), called with kwargs",
+    )
+    weights: str | None = Field(
+        None, description="a state_dict to load: .pt/.pth (torch.load weights_only) or .safetensors"
+    )
     head: HeadConfig | None = Field(None, description="replace the classifier (pretrained weights, new classes)")
-    source: SourceName = Field("zoo", description="zoo (model.name, or python: your class) | hf (a local Hugging "
-                                                  "Face folder at path)")
-    path: str | None = Field(None, description="hf: the model folder (config, weights, tokenizer), or "
-                                               "package:NAME/sub for a folder inside an installed package")
+    source: SourceName = Field(
+        "zoo", description="zoo (model.name, or python: your class) | hf (a local Hugging Face folder at path)"
+    )
+    path: str | None = Field(
+        None,
+        description="hf: the model folder (config, weights, tokenizer), or "
+        "package:NAME/sub for a folder inside an installed package",
+    )
     task: Literal["sequence-classification", "embedding"] | None = Field(
-        None, description="hf: sequence-classification (logits) or embedding (mean pooling + L2 norm)")
+        None, description="hf: sequence-classification (logits) or embedding (mean pooling + L2 norm)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -51,8 +63,9 @@ class ModelConfig(StrictModel):
         if self.checkpoint is not None:
             extra = [k for k in ("python", "weights", "head") if getattr(self, k) is not None]
             if extra:  # (a name next to a checkpoint is only a label: the checkpoint knows its architecture)
-                raise ValueError("checkpoint is a whole model (architecture + weights): give it without "
-                                 + ", ".join(extra))
+                raise ValueError(
+                    "checkpoint is a whole model (architecture + weights): give it without " + ", ".join(extra)
+                )
         if self.python is not None:
             if "name" in self.model_fields_set:
                 raise ValueError("give either name (a registered model) or python (your own class), not both")

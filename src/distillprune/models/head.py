@@ -8,6 +8,7 @@ weights for one input. An adaptive average pool is linear, so ``Linear(pool(x))`
 drops the copies (VGG-11 at 32x32: 25088x4096 -> 512x4096). Both changes are history ops, so a checkpoint
 rebuilds the adapted architecture.
 """
+
 from __future__ import annotations
 
 import copy
@@ -98,6 +99,7 @@ def fold_small_pool(model: nn.Module, input_shape: Sequence[int]) -> FoldPoolOp 
     def hook(name: str):  # type: ignore[no-untyped-def]
         def record(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
             seen.setdefault(name, tuple(inputs[0].shape))
+
         return record
 
     hooks = [m.register_forward_hook(hook(n)) for n, m in pools]
@@ -117,7 +119,7 @@ def fold_small_pool(model: nn.Module, input_shape: Sequence[int]) -> FoldPoolOp 
         oh, ow = torch.nn.modules.utils._pair(pool.output_size)
         if oh is None or ow is None or h * w >= oh * ow:
             continue
-        after = names[names.index(name) + 1:]
+        after = names[names.index(name) + 1 :]
         lin = next((n for n in after if isinstance(model.get_submodule(n), nn.Linear)), None)
         if lin is None or model.get_submodule(lin).in_features != c * oh * ow:
             continue

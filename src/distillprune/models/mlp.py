@@ -1,4 +1,5 @@
 """A plain multi-layer perceptron over flattened inputs."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

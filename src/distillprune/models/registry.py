@@ -1,4 +1,5 @@
 """The model registry: name -> builder ``(num_classes, input_shape, **kwargs) -> nn.Module``."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,8 +27,9 @@ class ModelExample:
     requires: str | None = None
 
 
-def with_example(input_shape: tuple[int, ...] = (3, 16, 16), requires: str | None = None,
-                 **kwargs: Any) -> Callable[[Builder], Builder]:
+def with_example(
+    input_shape: tuple[int, ...] = (3, 16, 16), requires: str | None = None, **kwargs: Any
+) -> Callable[[Builder], Builder]:
     def deco(fn: Builder) -> Builder:
         fn.example = ModelExample(tuple(input_shape), kwargs, requires)  # type: ignore[attr-defined]
         return fn

@@ -4,6 +4,7 @@
 n = (depth - 2) / 6 blocks per stage) and the embedded digits CNN (8x8 inputs). Blocks are
 named ``layer{s}.{i}`` so depth pruning and feature taps can address them as data.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ The file is imported under a private module name (its top-level code runs; ``if 
 path and sha256, so ``load_checkpoint`` rebuilds the model from the checkpoint alone while the file is
 there and unchanged, and says so in one line when it is not (``base=`` is the way out).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -96,8 +97,10 @@ def target_of(obj: Any) -> str:
     if module.__name__ == "__main__" or module.__name__.startswith("distillprune_user_"):
         file = getattr(module, "__file__", None)
         if module.__name__ == "__main__" or file is None:
-            raise DistillpruneError(f"{qual} is defined in a script (__main__); move it into a module file so a "
-                                    "checkpoint can find it again")
+            raise DistillpruneError(
+                f"{qual} is defined in a script (__main__); move it into a module file so a "
+                "checkpoint can find it again"
+            )
         return f"{file}:{qual}"
     return f"{module.__name__}:{qual}"
 
@@ -119,8 +122,9 @@ def call(factory: Callable[..., nn.Module], kwargs: dict[str, Any], num_classes:
     return model
 
 
-def python_model(target: str, num_classes: int, input_shape: Sequence[int],
-                 kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, ArchSpec]:
+def python_model(
+    target: str, num_classes: int, input_shape: Sequence[int], kwargs: dict[str, Any] | None = None
+) -> tuple[nn.Module, ArchSpec]:
     """Build a user model from ``target`` and the spec that rebuilds it (``source: python``)."""
     factory, ref = resolve(target)
     kwargs = dict(kwargs or {})
@@ -138,12 +142,16 @@ def _from_spec(spec: ArchSpec) -> nn.Module:
     target = f"{where}:{attr}"
     if file is not None:
         if not Path(file).is_file():
-            raise DistillpruneError(f"the model's class came from {file}, which is gone; put the file back or pass "
-                                    "base=<the unpruned model> to load_checkpoint")
+            raise DistillpruneError(
+                f"the model's class came from {file}, which is gone; put the file back or pass "
+                "base=<the unpruned model> to load_checkpoint"
+            )
         sha = file_sha256(file)
         if ref.get("sha256") and sha != ref["sha256"]:
-            raise DistillpruneError(f"the model's class came from {file}, which changed since the checkpoint was "
-                                    f"saved (sha256 {ref['sha256'][:12]} -> {sha[:12]}); restore it or pass "
-                                    "base=<the unpruned model> to load_checkpoint")
+            raise DistillpruneError(
+                f"the model's class came from {file}, which changed since the checkpoint was "
+                f"saved (sha256 {ref['sha256'][:12]} -> {sha[:12]}); restore it or pass "
+                "base=<the unpruned model> to load_checkpoint"
+            )
     factory, _ = resolve(target)
     return call(factory, dict(spec.kwargs), spec.num_classes, target)

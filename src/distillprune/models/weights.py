@@ -1,5 +1,6 @@
 """A user's trained weights: a state_dict in ``.pt``/``.pth``/``.bin`` (``torch.load(weights_only=True)``,
 never unpickling code) or ``.safetensors``, loaded into a model with one line naming what does not fit."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,14 +20,18 @@ def read_state_dict(path: str | Path, where: str = "weights") -> dict[str, torch
     ``{"model": ...}``) are unwrapped, and a ``module.`` prefix on every key (DataParallel) is dropped."""
     p = Path(path).expanduser()
     if p.is_dir():
-        hint = " (a distillprune checkpoint: use model.checkpoint / teacher: <folder>)" \
-            if (p / "model.json").exists() else ""
+        hint = (
+            " (a distillprune checkpoint: use model.checkpoint / teacher: <folder>)"
+            if (p / "model.json").exists()
+            else ""
+        )
         raise CheckpointError(f"{where}: {p} is a folder, expected a .pt or .safetensors file{hint}")
     if not p.is_file():
         raise CheckpointError(f"{where}: file not found: {p}")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
         try:
             obj: object = load_file(str(p))
         except (OSError, SafetensorError) as e:
@@ -36,8 +41,10 @@ def read_state_dict(path: str | Path, where: str = "weights") -> dict[str, torch
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch.load raises UnpicklingError, RuntimeError, EOFError...
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{where}: {p}: not a state_dict that loads with weights_only=True "
-                                  f"({first}); save it with torch.save(model.state_dict(), path)") from None
+            raise CheckpointError(
+                f"{where}: {p}: not a state_dict that loads with weights_only=True "
+                f"({first}); save it with torch.save(model.state_dict(), path)"
+            ) from None
     return _tensors(obj, p, where)
 
 
@@ -51,12 +58,15 @@ def _tensors(obj: object, p: Path, where: str) -> dict[str, torch.Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{where}: {p}: expected a state_dict (a mapping of names to tensors), "
-                              f"got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{where}: {p}: expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
     bad = [k for k, v in obj.items() if not torch.is_tensor(v)]
     if bad:
-        raise CheckpointError(f"{where}: {p}: '{bad[0]}' is a {type(obj[bad[0]]).__name__}, not a tensor; "
-                              "expected a state_dict of tensors")
+        raise CheckpointError(
+            f"{where}: {p}: '{bad[0]}' is a {type(obj[bad[0]]).__name__}, not a tensor; "
+            "expected a state_dict of tensors"
+        )
     state = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -99,9 +109,11 @@ def mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], skip: Iterable
     if unexpected:
         parts.append(f"unexpected {_first(unexpected, given)}")
     if shapes:
-        parts.append("shape " + ", ".join(f"{k}: file {_shape(given[k])} vs model {_shape(own[k])}"
-                                          for k in shapes[:SHOWN]) + (f" (+{len(shapes) - SHOWN} more)"
-                                                                      if len(shapes) > SHOWN else ""))
+        parts.append(
+            "shape "
+            + ", ".join(f"{k}: file {_shape(given[k])} vs model {_shape(own[k])}" for k in shapes[:SHOWN])
+            + (f" (+{len(shapes) - SHOWN} more)" if len(shapes) > SHOWN else "")
+        )
     return "; ".join(parts) or None
 
 

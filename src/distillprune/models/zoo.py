@@ -1,4 +1,5 @@
 """The zoo's builders, registered in MODELS. Each takes (num_classes, input_shape, **kwargs)."""
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ for _d in (20, 32, 44, 56, 110):
 @MODELS.register("digits_cnn")
 @with_example((1, 8, 8), widths=[8, 16, 16], blocks=[1, 1, 1])
 def digits_cnn(
-    num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (32, 64, 128),
+    num_classes: int,
+    input_shape: Sequence[int],
+    widths: Sequence[int] = (32, 64, 128),
     blocks: Sequence[int] = (2, 2, 2),
 ) -> nn.Module:
     """Residual CNN for small images (the embedded digits default): widths 32/64/128, 2 blocks a stage."""
@@ -41,7 +44,9 @@ def digits_cnn(
 @MODELS.register("resnet")
 @with_example((3, 16, 16), widths=[8, 16, 16], blocks=[1, 2, 1])
 def resnet(
-    num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (16, 32, 64),
+    num_classes: int,
+    input_shape: Sequence[int],
+    widths: Sequence[int] = (16, 32, 64),
     blocks: Sequence[int] = (3, 3, 3),
 ) -> nn.Module:
     """A CIFAR-style ResNet of any widths and blocks per stage."""
@@ -66,22 +71,37 @@ def _external(module: str, extra: str, make: Callable[[Any, str, int, dict], nn.
     return build
 
 
-MODELS.register("torchvision")(with_example((3, 32, 32), "torchvision", arch="resnet18")(
-    _external("torchvision.models", "vision", lambda lib, a, n, kw: lib.get_model(a, weights=None, num_classes=n, **kw))
-))
-MODELS.register("timm")(with_example((3, 32, 32), "timm", arch="resnet18")(
-    _external("timm", "vision", lambda lib, a, n, kw: lib.create_model(a, pretrained=False, num_classes=n, **kw))
-))
+MODELS.register("torchvision")(
+    with_example((3, 32, 32), "torchvision", arch="resnet18")(
+        _external(
+            "torchvision.models", "vision", lambda lib, a, n, kw: lib.get_model(a, weights=None, num_classes=n, **kw)
+        )
+    )
+)
+MODELS.register("timm")(
+    with_example((3, 32, 32), "timm", arch="resnet18")(
+        _external("timm", "vision", lambda lib, a, n, kw: lib.create_model(a, pretrained=False, num_classes=n, **kw))
+    )
+)
 
 
 def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwargs: Any) -> nn.Module:
     try:
         return MODELS.get(name)(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
-    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, KeyError, ZeroDivisionError,
-            OverflowError) as e:  # a builder that cannot make sense of its kwargs (or of the data's shape)
+    except (
+        TypeError,
+        ValueError,
+        RuntimeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        ZeroDivisionError,
+        OverflowError,
+    ) as e:  # a builder that cannot make sense of its kwargs (or of the data's shape)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DistillpruneError(f"model '{name}': bad kwargs {kwargs} for inputs {tuple(input_shape)} and "
-                                f"{num_classes} classes: {first}") from None
+        raise DistillpruneError(
+            f"model '{name}': bad kwargs {kwargs} for inputs {tuple(input_shape)} and {num_classes} classes: {first}"
+        ) from None
 
 
 @ARCH_BUILDERS.register("zoo")

@@ -6,6 +6,7 @@ exists, the runtime's thread counts are sane and output file names stay in the r
 ``distillprune validate`` and every run (``pipeline.execute``) call :func:`preflight` once the data is loaded.
 Each failure is one ``DistillpruneError`` line naming the recipe key.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,9 +76,11 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
             depth, width = getattr(st, "depth", None), getattr(st, "width", None)
             if depth is not None and depth.blocks > len(removable_blocks(model)):
                 blocks = removable_blocks(model)
-                raise RecipeError(f"stages.{i}.depth.blocks: {depth.blocks} blocks to remove but model "
-                                  f"'{current.name}' has {len(blocks)} removable residual blocks "
-                                  f"({', '.join(blocks) or 'none'})")
+                raise RecipeError(
+                    f"stages.{i}.depth.blocks: {depth.blocks} blocks to remove but model "
+                    f"'{current.name}' has {len(blocks)} removable residual blocks "
+                    f"({', '.join(blocks) or 'none'})"
+                )
             if width is not None and width.ratio is not None:
                 cfg = width.model_copy(update={"importance": "l1"})  # the count does not depend on the scores
                 try:
@@ -86,8 +89,7 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
                 except DistillpruneError as e:  # e.g. a width.layers pattern that names no layer
                     raise RecipeError(f"stages.{i} ({st.type}): {e}") from None
                 if not removed:
-                    raise RecipeError(f"stages.{i}.width: {nothing_removed(width)} (checked on model "
-                                      f"'{current.name}')")
+                    raise RecipeError(f"stages.{i}.width: {nothing_removed(width)} (checked on model '{current.name}')")
             return  # the model has changed: later stages would need the pruned one
         if st.type not in KEEP_LAYERS:
             return
@@ -108,8 +110,10 @@ def check_runtime(recipe: Recipe) -> None:
     rt = recipe.runtime
     if rt.device == "cuda" and not torch.cuda.is_available():
         why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-        raise RecipeError(f"runtime.device: 'cuda' but CUDA is not available ({why}; torch {torch.__version__}); "
-                          "use device: auto or cpu")
+        raise RecipeError(
+            f"runtime.device: 'cuda' but CUDA is not available ({why}; torch {torch.__version__}); "
+            "use device: auto or cpu"
+        )
     most = max(64, 8 * (os.cpu_count() or 1))
     for where, n in (("runtime.threads", rt.threads), ("measure.threads", getattr(recipe.measure, "threads", None))):
         if isinstance(n, int) and n > most:
@@ -122,16 +126,22 @@ def check_sizes(recipe: Recipe, data: DataBundle) -> None:
     shape = tuple(data.input_shape)
     pad = recipe.data.augment.crop_padding
     if len(shape) == 3 and pad > max(shape[1:]):
-        raise RecipeError(f"data.augment.crop_padding: {pad} pixels around {shape[1]}x{shape[2]} images; expected "
-                          f"at most {max(shape[1:])}")
+        raise RecipeError(
+            f"data.augment.crop_padding: {pad} pixels around {shape[1]}x{shape[2]} images; expected "
+            f"at most {max(shape[1:])}"
+        )
     have = _memory_bytes()
     sample = 4 * math.prod(shape)
-    for where, sizes in (("measure.batch_sizes", recipe.measure.batch_sizes),
-                         ("measure.gpu_batch_size", [getattr(recipe.measure, "gpu_batch_size", 1)])):
+    for where, sizes in (
+        ("measure.batch_sizes", recipe.measure.batch_sizes),
+        ("measure.gpu_batch_size", [getattr(recipe.measure, "gpu_batch_size", 1)]),
+    ):
         for bs in sizes:
             if have and bs * sample > have // 4:
-                raise RecipeError(f"{where}: a batch of {bs} inputs of shape {shape} needs "
-                                  f"{bs * sample / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB")
+                raise RecipeError(
+                    f"{where}: a batch of {bs} inputs of shape {shape} needs "
+                    f"{bs * sample / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB"
+                )
 
 
 def check_filenames(recipe: Recipe) -> None:
@@ -178,9 +188,11 @@ def check_checkpoint(folder: str, data: DataBundle, where: str) -> None:
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {e}") from None
     if tuple(spec.input_shape) != tuple(data.input_shape) or spec.num_classes != data.num_classes:
-        raise DataError(f"{where}: checkpoint {folder} is a model for inputs {tuple(spec.input_shape)} and "
-                        f"{spec.num_classes} classes, but the data has inputs {tuple(data.input_shape)} and "
-                        f"{data.num_classes} classes")
+        raise DataError(
+            f"{where}: checkpoint {folder} is a model for inputs {tuple(spec.input_shape)} and "
+            f"{spec.num_classes} classes, but the data has inputs {tuple(data.input_shape)} and "
+            f"{data.num_classes} classes"
+        )
 
 
 def _arch(cfg: ModelConfig, classes: int, shape: tuple[int, ...]) -> nn.Module:
@@ -223,8 +235,9 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
     try:
         out = _forward(model, shape, torch.device("cpu"))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise DataError(f"{where}: data inputs of shape {shape} do not fit model '{cfg.python or cfg.name}': "
-                        f"{_first_line(e)}") from None
+        raise DataError(
+            f"{where}: data inputs of shape {shape} do not fit model '{cfg.python or cfg.name}': {_first_line(e)}"
+        ) from None
     _check_output(out, cfg, data, where)
 
 
@@ -237,17 +250,21 @@ def _forward(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> 
 def _check_output(out: Any, cfg: ModelConfig, data: DataBundle, where: str) -> None:
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"{where}: model '{cfg.python or cfg.name}' (kwargs {cfg.kwargs}) outputs {got} per "
-                        f"sample, but the data has {data.num_classes} classes (expected ({data.num_classes},) logits)")
+        raise DataError(
+            f"{where}: model '{cfg.python or cfg.name}' (kwargs {cfg.kwargs}) outputs {got} per "
+            f"sample, but the data has {data.num_classes} classes (expected ({data.num_classes},) logits)"
+        )
 
 
 def _check_size(model: nn.Module, cfg: ModelConfig, where: str) -> None:
     need = 4 * _params(model)
     have = _memory_bytes()
     if have and need > have:
-        raise RecipeError(f"{where}: model '{cfg.python or cfg.name}' with kwargs {cfg.kwargs} has "
-                          f"{_params(model):.3g} parameters ({need / 2**30:.1f} GiB of fp32 weights), more than "
-                          f"this machine's {have / 2**30:.1f} GiB of memory")
+        raise RecipeError(
+            f"{where}: model '{cfg.python or cfg.name}' with kwargs {cfg.kwargs} has "
+            f"{_params(model):.3g} parameters ({need / 2**30:.1f} GiB of fp32 weights), more than "
+            f"this machine's {have / 2**30:.1f} GiB of memory"
+        )
 
 
 def _params(model: nn.Module) -> int:
@@ -264,4 +281,3 @@ def _memory_bytes() -> int | None:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
-

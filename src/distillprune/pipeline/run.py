@@ -5,6 +5,7 @@ data-parallel, pruning decisions come from rank 0), stages that only read it (ex
 post-training quantization) and the measurements run on rank 0 while the others wait; rank 0 alone
 writes the run folder, and after each stage the ranks check that they hold the same architecture.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,15 @@ def prepare_run_dir(run_dir: str | Path | None, resume: bool, recipe: Recipe | N
     return rundir.prepare(run_dir, resume, recipe)
 
 
-def compress(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False,
-             model: nn.Module | None = None, data: DataBundle | None = None, quiet: bool = False) -> CompressionReport:
+def compress(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    model: nn.Module | None = None,
+    data: DataBundle | None = None,
+    quiet: bool = False,
+) -> CompressionReport:
     """Run every stage of ``recipe``; returns the report (also written to ``run_dir``).
 
     ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle).
@@ -53,20 +61,35 @@ def compress(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool 
     return execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet).report
 
 
-def execute(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False,
-            model: nn.Module | None = None, data: DataBundle | None = None, quiet: bool = False) -> RunState:
+def execute(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    model: nn.Module | None = None,
+    data: DataBundle | None = None,
+    quiet: bool = False,
+) -> RunState:
     """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
     with ddp.process_group(resolve_device(recipe.runtime)):  # torchrun's group (NCCL/gloo), else nothing
         return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet)
 
 
-def _execute(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, model: nn.Module | None,
-             data: DataBundle | None, quiet: bool) -> RunState:
+def _execute(
+    recipe: Recipe,
+    run_dir: str | Path | None,
+    *,
+    resume: bool,
+    model: nn.Module | None,
+    data: DataBundle | None,
+    quiet: bool,
+) -> RunState:
     console = Console(quiet=quiet or not ddp.is_rank0())
     # rank 0 names and creates the folder (a default name holds the time: ranks could disagree)
     run_dir = ddp.broadcast_json(None if run_dir is None else str(run_dir))
-    run_path = ddp.once(lambda: prepare_run_dir(run_dir, resume, recipe), encode=lambda p: p and str(p),
-                        decode=lambda p: p and Path(p))
+    run_path = ddp.once(
+        lambda: prepare_run_dir(run_dir, resume, recipe), encode=lambda p: p and str(p), decode=lambda p: p and Path(p)
+    )
     torch.manual_seed(recipe.seed)
     if data is None:
         data = load_data(recipe.data)
@@ -78,8 +101,16 @@ def _execute(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, model:
         m = recipe.measure
         env["ort_seq_lengths"] = {f"bs{b}": seq_length(m, i) for i, b in enumerate(m.batch_sizes)}
     report = CompressionReport(recipe.name, env)
-    state = RunState(recipe, data, nn.Identity(), ArchSpec(None, data.num_classes, list(data.input_shape)),
-                     report, run_path, RunLogger(run_path, recipe.runtime.tensorboard), resume)
+    state = RunState(
+        recipe,
+        data,
+        nn.Identity(),
+        ArchSpec(None, data.num_classes, list(data.input_shape)),
+        report,
+        run_path,
+        RunLogger(run_path, recipe.runtime.tensorboard),
+        resume,
+    )
     if model is not None:
         state.model = model
     else:
@@ -116,8 +147,10 @@ def _execute(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, model:
             state.complete(index, stage.type)
             ddp.barrier()
             ddp.check_same_architecture(state.model, state.spec.history, f"after stage {result.name}")
-            console.print(f"[green]done[/] {result.name} in {result.seconds:.1f}s"
-                          + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else ""))
+            console.print(
+                f"[green]done[/] {result.name} in {result.seconds:.1f}s"
+                + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else "")
+            )
     finally:
         state.logger.close()
         detach()
@@ -135,8 +168,9 @@ def _measure_input(state: RunState, console: Console) -> None:
     _measure(state, result)
     result.seconds = round(time.perf_counter() - t0, 2)
     state.report.add(result)
-    console.print(f"[green]measured[/] {result.name}" + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy
-                                                         is not None else ""))
+    console.print(
+        f"[green]measured[/] {result.name}" + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else "")
+    )
 
 
 def _write_html(report: CompressionReport, run_path: Path, console: Console) -> None:
@@ -146,16 +180,21 @@ def _write_html(report: CompressionReport, run_path: Path, console: Console) -> 
     try:
         write_html(report, run_path)
     except Exception as e:  # noqa: BLE001 - any plotting error; the data is safe and re-renderable
-        console.print(f"[yellow]warning[/] report.html not written ({type(e).__name__}: {e}); "
-                      f"render it later with: distillprune report {run_path} --html")
+        console.print(
+            f"[yellow]warning[/] report.html not written ({type(e).__name__}: {e}); "
+            f"render it later with: distillprune report {run_path} --html"
+        )
 
 
 def _measure(state: RunState, result: StageResult) -> None:
     """Accuracy, params, MACs, ONNX size and latency (back to back with the dense model) of the current model."""
     model = state.model.eval()
     embedder = getattr(model, "output_kind", "logits") == "embedding"
-    acc = evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime) \
-        if state.data.test.y is not None and not embedder else None
+    acc = (
+        evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime)
+        if state.data.test.y is not None and not embedder
+        else None
+    )
     if embedder:  # the quality of an embedder is its agreement with the teacher's embeddings
         result.metrics = embedding_metrics(state, run_torch(model, state.data.inputs("test")))
     cpu, shape = model.cpu(), tuple(state.data.input_shape)
@@ -172,7 +211,8 @@ def _measure(state: RunState, result: StageResult) -> None:
     if m.enabled and torch.cuda.is_available():
         for mode in ("eager", "graph"):
             result.latency_ms[f"gpu_{mode}_bs{m.gpu_batch_size}"] = round(
-                torch_latency(copy.deepcopy(cpu), shape, m.gpu_batch_size, cfg=m, mode=mode), 4)
+                torch_latency(copy.deepcopy(cpu), shape, m.gpu_batch_size, cfg=m, mode=mode), 4
+            )
     base = state.report.baseline
     mac_ratio = base.macs / result.macs if base is not None and base.macs and result.macs else None
     result.flags += timer.flags(timing, mac_ratio)
@@ -182,8 +222,11 @@ def _measure(state: RunState, result: StageResult) -> None:
 def _stand_for(result: StageResult, dep: Deployed) -> None:
     """Let the stage's deployed artefact stand for the stage in its report row; the float model's numbers
     are kept in ``result.float_model``."""
-    result.float_model = {"accuracy": result.accuracy, "onnx_bytes": result.onnx_bytes,
-                          "latency_ms": dict(result.latency_ms)}
+    result.float_model = {
+        "accuracy": result.accuracy,
+        "onnx_bytes": result.onnx_bytes,
+        "latency_ms": dict(result.latency_ms),
+    }
     result.artefact = dep.artefact
     if dep.bytes is not None:
         result.onnx_bytes = dep.bytes

@@ -8,6 +8,7 @@ completes, resumable after.
 * ``--resume`` continues after the last completed stage, with the recipe the run started with (stages not
   started yet may be changed or appended; ``name``, ``runtime`` and ``measure`` may change).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ MARKER = "run.json"
 STATE = "state.json"
 FORMAT = "distillprune-run/1"
 #: what a run writes besides the recipe's named output files (cleared when a never-completed run starts over)
-RUN_FILES = ("stages", "teacher", "tb", "metrics.jsonl", "report.json", "report.md", "report.html", STATE,
-             "error.log")
+RUN_FILES = ("stages", "teacher", "tb", "metrics.jsonl", "report.json", "report.md", "report.html", STATE, "error.log")
 #: names a recipe's output ``filename`` may not take: the run's own files
 RESERVED = frozenset(RUN_FILES) | {MARKER}
 #: recipe sections that may change when resuming (how it runs and is measured, not what it computes)
@@ -52,12 +52,16 @@ def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = No
             check_same_recipe(p, recipe)
     elif p.is_dir() and _entries(p):
         if not is_run_folder(p):
-            raise RunFolderError(f"run folder {p} already exists and is not empty (and is not a distillprune run "
-                                 "folder); choose another --out")
+            raise RunFolderError(
+                f"run folder {p} already exists and is not empty (and is not a distillprune run "
+                "folder); choose another --out"
+            )
         done = completed(p)
         if done:
-            raise RunFolderError(f"run folder {p} already exists and holds a run with {done} completed stage(s); "
-                                 "pass --resume to continue it or choose another --out")
+            raise RunFolderError(
+                f"run folder {p} already exists and holds a run with {done} completed stage(s); "
+                "pass --resume to continue it or choose another --out"
+            )
         _clear(p)  # a run that never completed a stage starts over, without ceremony
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -93,15 +97,19 @@ def read_state(run_dir: Path, recipe: Recipe) -> tuple[int, str] | None:
             raise TypeError(f"expected {{'completed': <int>, 'kind': <str>}}, got {done!r}"[:200])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         why = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-        raise CheckpointError(f"{f}: corrupt run state ({why}); delete the run folder or choose another --out") \
-            from None
+        raise CheckpointError(
+            f"{f}: corrupt run state ({why}); delete the run folder or choose another --out"
+        ) from None
     n = len(recipe.stages)
     if not 0 <= index <= n:
-        raise CheckpointError(f"{f}: says {index} stages completed but the recipe has {n}; resume with the "
-                              "recipe the run started with")
+        raise CheckpointError(
+            f"{f}: says {index} stages completed but the recipe has {n}; resume with the recipe the run started with"
+        )
     if index and recipe.stages[index - 1].type != kind:
-        raise CheckpointError(f"{f}: stage {index} completed as '{kind}' but the recipe's stage {index} is "
-                              f"'{recipe.stages[index - 1].type}'; resume with the recipe the run started with")
+        raise CheckpointError(
+            f"{f}: stage {index} completed as '{kind}' but the recipe's stage {index} is "
+            f"'{recipe.stages[index - 1].type}'; resume with the recipe the run started with"
+        )
     return index, kind
 
 
@@ -115,8 +123,7 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
         if not isinstance(old, dict):
             raise TypeError("'recipe' is not a mapping")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{f}: corrupt run marker ({e}); delete the run folder or choose another --out") \
-            from None
+        raise CheckpointError(f"{f}: corrupt run marker ({e}); delete the run folder or choose another --out") from None
     new = recipe.model_dump(mode="json")
     done = completed(run_dir)
     if any((run_dir / "stages").glob(f"{done + 1:02d}_*")):
@@ -129,8 +136,10 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
             a, b = a[:done], b[:done]  # stages not started yet may be changed or appended
         diff = _first_difference(a, b, key)
         if diff is not None:
-            raise RunFolderError(f"--resume: the recipe differs from the one {run_dir} started with at {diff}; "
-                                 "resume with the same recipe and --set values (name, runtime and measure may change)")
+            raise RunFolderError(
+                f"--resume: the recipe differs from the one {run_dir} started with at {diff}; "
+                "resume with the same recipe and --set values (name, runtime and measure may change)"
+            )
 
 
 def _first_difference(a: Any, b: Any, where: str) -> str | None:

@@ -1,5 +1,6 @@
 """What flows between stages: the current model with its spec, the dense teacher, data, report; and the
 small services stage adapters share (training with per-epoch checkpoints, teachers, new models)."""
+
 from __future__ import annotations
 
 import copy
@@ -92,25 +93,49 @@ class RunState:
         d = self.data
         return make_model(cfg.peer, d.num_classes, d.input_shape, where="distill.peer")[0]
 
-    def objective(self, cfg: DistillConfig | None, label_smoothing: float,
-                  teacher: nn.Module | None = None) -> Objective:
+    def objective(
+        self, cfg: DistillConfig | None, label_smoothing: float, teacher: nn.Module | None = None
+    ) -> Objective:
         """The training objective of a stage's ``distill`` block (cross-entropy when it is null)."""
         peer = self.peer(cfg) if cfg is not None else None
-        return objective_for(cfg, label_smoothing, (lambda: teacher) if teacher is not None
-                             else (lambda: self.resolve_teacher(cfg)), peer)  # type: ignore[arg-type]
+        return objective_for(
+            cfg,
+            label_smoothing,
+            (lambda: teacher) if teacher is not None else (lambda: self.resolve_teacher(cfg)),  # type: ignore[arg-type]
+            peer,
+        )
 
     # -- training ----------------------------------------------------------------------------------------
-    def fit(self, opts: TrainingOptions, epochs: int, objective: nn.Module, index: int, tag: str,
-            sub: str = "train", on_step: Callable[[nn.Module], None] | None = None) -> list[dict]:
+    def fit(
+        self,
+        opts: TrainingOptions,
+        epochs: int,
+        objective: nn.Module,
+        index: int,
+        tag: str,
+        sub: str = "train",
+        on_step: Callable[[nn.Module], None] | None = None,
+    ) -> list[dict]:
         """Train the current model with the recipe's data and runtime; checkpoints every epoch under the
         stage's folder, so ``--resume`` continues inside a stage."""
         r, d = self.recipe, self.recipe.data
         ckpt = self.stage_dir(index, tag)
-        return fit(self.model, self.data, FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip),
-                   objective, runtime=r.runtime, seed=r.seed + index, batch_size=d.batch_size,
-                   crop_padding=d.augment.crop_padding, hflip=d.augment.hflip,
-                   ckpt_dir=ckpt / sub if ckpt else None, resume=self.resume, logger=self.logger,
-                   on_step=on_step, desc=f"{index}:{tag}" + (f"/{sub}" if sub != "train" else ""))
+        return fit(
+            self.model,
+            self.data,
+            FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip),
+            objective,
+            runtime=r.runtime,
+            seed=r.seed + index,
+            batch_size=d.batch_size,
+            crop_padding=d.augment.crop_padding,
+            hflip=d.augment.hflip,
+            ckpt_dir=ckpt / sub if ckpt else None,
+            resume=self.resume,
+            logger=self.logger,
+            on_step=on_step,
+            desc=f"{index}:{tag}" + (f"/{sub}" if sub != "train" else ""),
+        )
 
     def steps_per_epoch(self) -> int:
         n, bs = len(self.data.train), self.recipe.data.batch_size
@@ -126,8 +151,13 @@ class RunState:
         """Persist the model after a finished stage and the report so far (the resume point)."""
         if not self.run_dir or not self.writes:
             return
-        save_checkpoint(self.stage_dir(index, kind), self.model, self.spec,  # type: ignore[arg-type]
-                        recipe=self.recipe.model_dump(mode="json"), stage=index)
+        save_checkpoint(
+            self.stage_dir(index, kind),  # type: ignore[arg-type]
+            self.model,
+            self.spec,
+            recipe=self.recipe.model_dump(mode="json"),
+            stage=index,
+        )
         self.report.save(self.run_dir)
         write_json(self.run_dir / "state.json", {"completed": index, "kind": kind})
 
@@ -135,12 +165,13 @@ class RunState:
 def confined(root: Path, name: str, where: str) -> Path:
     """``root / name``, refusing absolute paths and paths that leave ``root`` (``..``, symlinks)."""
     p = Path(name)
-    if (not name or "\0" in name or p.is_absolute() or ".." in p.parts or not p.parts
-            or name.endswith(("/", os.sep))):
+    if not name or "\0" in name or p.is_absolute() or ".." in p.parts or not p.parts or name.endswith(("/", os.sep)):
         raise RecipeError(f"{where}: {name!r} must be a relative file path inside the run folder")
     if p.parts[0] in RESERVED:
-        raise RecipeError(f"{where}: {name!r} would overwrite the run's own files; choose another name "
-                          f"(reserved: {', '.join(sorted(RESERVED))})")
+        raise RecipeError(
+            f"{where}: {name!r} would overwrite the run's own files; choose another name "
+            f"(reserved: {', '.join(sorted(RESERVED))})"
+        )
     out = root / p
     if not out.resolve().is_relative_to(root.resolve()):
         raise RecipeError(f"{where}: {name!r} resolves outside the run folder")
@@ -174,10 +205,12 @@ def probe_shapes(model: nn.Module, data: DataBundle, name: str) -> None:
         with torch.no_grad():
             out = call(copy.deepcopy(model).cpu().eval(), x)
     except RuntimeError as e:
-        raise DataError(f"data inputs of shape {tuple(data.input_shape)} do not fit model '{name}': "
-                        f"{str(e).splitlines()[0]}") from None
+        raise DataError(
+            f"data inputs of shape {tuple(data.input_shape)} do not fit model '{name}': {str(e).splitlines()[0]}"
+        ) from None
     if getattr(model, "output_kind", "logits") == "embedding":  # an embedder's width is not a class count
         return
     if out.dim() != 2 or out.shape[1] != data.num_classes:
-        raise DataError(f"model '{name}' outputs {tuple(out.shape[1:])} per sample but the data has "
-                        f"{data.num_classes} classes")
+        raise DataError(
+            f"model '{name}' outputs {tuple(out.shape[1:])} per sample but the data has {data.num_classes} classes"
+        )

@@ -7,6 +7,7 @@ row's speedup is the median of the pairs' ratios, with their min-max spread. A s
 the architecture (fine-tuning, sparsity, clustering: the same dense kernels) reuses the previous timing
 instead of reporting noise as a "stage speedup".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,12 +59,17 @@ class StageTimer:
             self.baseline, self.baseline_name = onnx, name
             if self.run_dir is not None:
                 atomic_write(self.run_dir / "baseline.onnx", lambda tmp: Path(tmp).write_bytes(onnx))
-            t = Timing({f"ort_bs{k[2:]}": v for k, v in ort_latency(onnx, self.input_shape, self.cfg).items()},
-                       how="baseline")
+            t = Timing(
+                {f"ort_bs{k[2:]}": v for k, v in ort_latency(onnx, self.input_shape, self.cfg).items()}, how="baseline"
+            )
         elif arch is not None and self.last is not None and self.last[0] == arch:
             prev = self.last[1]
-            t = Timing(dict(prev.latency_ms), dict(prev.speedups), dict(prev.spread),
-                       f"reused from {self.last[2]} (same architecture)")
+            t = Timing(
+                dict(prev.latency_ms),
+                dict(prev.speedups),
+                dict(prev.spread),
+                f"reused from {self.last[2]} (same architecture)",
+            )
         else:
             t = Timing(how=f"paired with {self.baseline_name} ({self.cfg.pairs} pairs)")
             for bs in self.cfg.batch_sizes:
@@ -81,10 +87,14 @@ class StageTimer:
         out = []
         for key, sp in t.speedups.items():
             if mac_ratio and sp > 1.1 * mac_ratio:
-                out.append(f"{key}: measured speedup {sp:.2f}x exceeds the MAC ratio {mac_ratio:.2f}x by >10% "
-                           "(noisy timing or a runtime effect worth checking)")
+                out.append(
+                    f"{key}: measured speedup {sp:.2f}x exceeds the MAC ratio {mac_ratio:.2f}x by >10% "
+                    "(noisy timing or a runtime effect worth checking)"
+                )
             lo, hi = t.spread.get(key, [sp, sp])
             if sp and (hi - lo) / sp > self.cfg.max_spread:
-                out.append(f"{key}: speedup pairs spread {lo:.2f}x-{hi:.2f}x: too noisy to resolve "
-                           f"(> {100 * self.cfg.max_spread:.0f}% of the median)")
+                out.append(
+                    f"{key}: speedup pairs spread {lo:.2f}x-{hi:.2f}x: too noisy to resolve "
+                    f"(> {100 * self.cfg.max_spread:.0f}% of the median)"
+                )
         return out

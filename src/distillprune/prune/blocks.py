@@ -10,6 +10,7 @@ compound), so only the best stale candidate is re-scored until a fresh one wins.
 
 Models torch.fx cannot trace fall back to full forwards with the block replaced by the identity.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -39,8 +40,13 @@ class BlockScorer:
     """KD loss (T=1, vs the teacher's logits, averaged over fixed batches) of ``model`` with a set of blocks
     skipped."""
 
-    def __init__(self, model: nn.Module, blocks: Sequence[str], batches: Sequence[torch.Tensor],
-                 teacher_logits: Sequence[torch.Tensor]):
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: Sequence[str],
+        batches: Sequence[torch.Tensor],
+        teacher_logits: Sequence[torch.Tensor],
+    ):
         self.model, self.blocks = model, list(blocks)
         self.batches, self.t = list(batches), list(teacher_logits)
         self.removed: list[str] = []
@@ -61,8 +67,9 @@ class BlockScorer:
         assert self.gm is not None
         self.nodes = list(self.gm.graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
-        self.block_at = {str(n.target): i for i, n in enumerate(self.nodes)
-                         if n.op == "call_module" and str(n.target) in self.blocks}
+        self.block_at = {
+            str(n.target): i for i, n in enumerate(self.nodes) if n.op == "call_module" and str(n.target) in self.blocks
+        }
         if set(self.block_at) != set(self.blocks):
             self.gm = None  # a block is called more than once, or not at all: full forwards
             return
@@ -79,8 +86,15 @@ class BlockScorer:
         return {n: v for n, v in env.items() if self.index[n] < i and self.last_use.get(n, -1) >= i}
 
     @torch.no_grad()
-    def _run(self, j: int, start: int, env: dict[fx.Node, torch.Tensor], skip: set[str], refresh: bool = False,
-             x: torch.Tensor | None = None) -> torch.Tensor:
+    def _run(
+        self,
+        j: int,
+        start: int,
+        env: dict[fx.Node, torch.Tensor],
+        skip: set[str],
+        refresh: bool = False,
+        x: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Execute the graph for batch ``j`` from node ``start`` with ``env`` holding the live values;
         ``refresh`` stores the live values at every block met (the cache for later scoring)."""
         assert self.gm is not None

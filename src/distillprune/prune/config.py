@@ -1,4 +1,5 @@
 """Pruning options: the ``prune`` stage of a recipe and ``distillprune.prune_`` take the same PruneConfig."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
@@ -20,22 +21,30 @@ else:
 class WidthConfig(StrictModel):
     """Structured channel pruning that physically removes channels (Torch-Pruning dependency graph)."""
 
-    ratio: float | None = Field(None, gt=0, lt=1, description="share of channels removed from each prunable "
-                                                            "group (searched when the stage has a target)")
+    ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="share of channels removed from each prunable group (searched when the stage has a target)",
+    )
     importance: ImportanceName = Field("l2", description="l1 | l2 | taylor | bn_scale")
     global_pruning: bool = Field(False, description="rank all groups together instead of a uniform ratio")
-    round_to: int | None = Field(8, gt=0, description="round kept channels to the nearest multiple, at least one "
-                                                            "(hardware-friendly)")
-    layers: LayerSelect = Field(default_factory=LayerSelect,
-                                description="layers that may lose channels (the classifier is always kept)")
+    round_to: int | None = Field(
+        8, gt=0, description="round kept channels to the nearest multiple, at least one (hardware-friendly)"
+    )
+    layers: LayerSelect = Field(
+        default_factory=LayerSelect, description="layers that may lose channels (the classifier is always kept)"
+    )
     max_ratio: float = Field(0.9, gt=0, le=1, description="never remove more than this share of a layer")
     taylor_batches: int = Field(4, gt=0, description="batches of gradients for taylor importance")
 
     @model_validator(mode="after")
     def _within_max(self) -> WidthConfig:
         if self.ratio is not None and self.ratio > self.max_ratio:
-            raise ValueError(f"ratio {self.ratio} is above max_ratio {self.max_ratio}, the most any layer may "
-                             "lose; lower ratio or raise max_ratio")
+            raise ValueError(
+                f"ratio {self.ratio} is above max_ratio {self.max_ratio}, the most any layer may "
+                "lose; lower ratio or raise max_ratio"
+            )
         return self
 
 
@@ -63,14 +72,21 @@ class TargetConfig(StrictModel):
     macs_ratio: float | None = Field(None, gt=1, description="dense MACs / pruned MACs")
     latency_speedup: float | None = Field(None, gt=1, description="measured ORT CPU speedup at batch_size")
     batch_size: int = Field(1, gt=0, description="batch size of the latency target")
-    depth_fractions: list[float] = Field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5],
-                                         description="shares of the removable blocks to try removing")
-    tolerance: float = Field(0.1, gt=0, le=1, description="accept a measured speedup in [target, target * (1 + "
-                                                          "tolerance)]; the planner aims at the middle")
+    depth_fractions: list[float] = Field(
+        default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5],
+        description="shares of the removable blocks to try removing",
+    )
+    tolerance: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="accept a measured speedup in [target, target * (1 + tolerance)]; the planner aims at the middle",
+    )
     refits: int = Field(2, ge=0, description="re-plans of a depth option whose measured speedup misses the band")
     val_samples: int = Field(500, gt=0, description="training samples held out to estimate each plan's accuracy")
-    calib_samples: int = Field(256, gt=0, description="training samples for block scores, Taylor costs and "
-                                                      "BatchNorm re-estimation")
+    calib_samples: int = Field(
+        256, gt=0, description="training samples for block scores, Taylor costs and BatchNorm re-estimation"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> TargetConfig:
@@ -89,15 +105,21 @@ class PruneConfig(TrainingOptions):
     width: WidthConfig | None = None
     depth: DepthConfig | None = None
     unstructured: UnstructuredConfig | None = None
-    target: TargetConfig | None = Field(None, description="search width ratio (and depth) to reach a MACs "
-                                                          "ratio or a measured ORT speedup")
+    target: TargetConfig | None = Field(
+        None, description="search width ratio (and depth) to reach a MACs ratio or a measured ORT speedup"
+    )
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)
-    bn_recalibration: int = Field(0, ge=0, description="after each cut, re-estimate BatchNorm statistics on "
-                                                        "this many training batches (0: off; with a target, "
-                                                        "the planner's calib_samples)")
-    distill: DistillConfig | None = Field(default_factory=DistillConfig,
-                                          description="KD between steps (null: cross-entropy)")
+    bn_recalibration: int = Field(
+        0,
+        ge=0,
+        description="after each cut, re-estimate BatchNorm statistics on "
+        "this many training batches (0: off; with a target, "
+        "the planner's calib_samples)",
+    )
+    distill: DistillConfig | None = Field(
+        default_factory=DistillConfig, description="KD between steps (null: cross-entropy)"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> PruneConfig:

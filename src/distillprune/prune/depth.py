@@ -5,6 +5,7 @@ depth is a pruning dimension of its own. Residual blocks ``y = x + f(x)`` are fo
 (``prune.residual``, torch.fx), whatever their class; removing one leaves ``x + f(x)`` as ``x``. Blocks are
 chosen greedily by the smallest increase of the distillation loss (KL to the teacher) when skipped.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +28,10 @@ def removable_blocks(model: nn.Module) -> list[str]:
 def why_none(model: nn.Module) -> str:
     """Why a model has no removable block, for messages."""
     _, notes = find_residuals(model)
-    why = "no identity residual y = x + f(x) found in the graph (a shortcut that changes shape, e.g. a strided " \
-          "or 1x1-conv shortcut, is not one)"
+    why = (
+        "no identity residual y = x + f(x) found in the graph (a shortcut that changes shape, e.g. a strided "
+        "or 1x1-conv shortcut, is not one)"
+    )
     return why + (f"; {len(notes)} module(s) could not be traced: {'; '.join(notes[:2])}" if notes else "")
 
 
@@ -41,8 +44,10 @@ def remove_block(model: nn.Module, path: str) -> nn.Module:
         raise DistillpruneError(f"no block '{path}' in {type(model).__name__} to remove") from None
     res = residual_at(model, path)
     if res is None:
-        raise DistillpruneError(f"'{path}' in {type(model).__name__} is not a residual block y = x + f(x); "
-                                f"removable: {', '.join(removable_blocks(model)) or 'none'}")
+        raise DistillpruneError(
+            f"'{path}' in {type(model).__name__} is not a residual block y = x + f(x); "
+            f"removable: {', '.join(removable_blocks(model)) or 'none'}"
+        )
     if res.kind == "module":
         set_module(model, path, nn.Identity())
         return old
@@ -67,8 +72,10 @@ def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.
 
     candidates = removable_blocks(model)
     if count > len(candidates):
-        raise DistillpruneError(f"depth.blocks={count} but the model has only {len(candidates)} removable "
-                                f"residual blocks ({', '.join(candidates) or why_none(model)})")
+        raise DistillpruneError(
+            f"depth.blocks={count} but the model has only {len(candidates)} removable "
+            f"residual blocks ({', '.join(candidates) or why_none(model)})"
+        )
     was = model.training
     model.eval()
     scorer = BlockScorer(model, candidates, batches, [call(teacher, x) for x in batches])
@@ -77,4 +84,3 @@ def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.
         remove_block(model, p)
     model.train(was)
     return chosen
-

@@ -6,6 +6,7 @@ planner gives each group its own kept width (non-uniform, rounded to ``round_to`
 cuts every group to its planned width, choosing *which* channels by the configured importance criterion,
 and records the cut as one :class:`ChannelsOp`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -55,8 +56,9 @@ def _supported(group: tp.Group) -> bool:
     return True
 
 
-def channel_groups(model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int,
-                   dg: tp.DependencyGraph | None = None) -> tuple[tp.DependencyGraph, list[Group]]:
+def channel_groups(
+    model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, dg: tp.DependencyGraph | None = None
+) -> tuple[tp.DependencyGraph, list[Group]]:
     """The prunable groups of ``model`` (the classifier and ``width.layers`` exclusions stay whole), with the
     channel order of ``width.importance`` (least important first)."""
     dg = dg or dependency_graph(model, example)
@@ -85,8 +87,11 @@ def channel_groups(model: nn.Module, example: torch.Tensor, width: WidthConfig, 
     return dg, out
 
 
-def gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
-              loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]) -> None:
+def gradients(
+    model: nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> None:
     """Accumulate the KD loss's gradients on every parameter (Taylor costs and taylor importance read them)."""
     from distillprune.prune.structured import accumulate_gradients
 
@@ -108,8 +113,9 @@ def taylor_costs(dg: tp.DependencyGraph, groups: Sequence[Group]) -> None:
         grp.cost = [0.0] * grp.size if imp is None else imp.float().abs().cpu().tolist()
 
 
-def apply_widths(model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int,
-                 keep: dict[str, int]) -> ChannelsOp | None:
+def apply_widths(
+    model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, keep: dict[str, int]
+) -> ChannelsOp | None:
     """Cut each group named in ``keep`` (by root) to that many channels, least important first; one op."""
     dg, groups = channel_groups(model, example, width, num_classes)
     by_name = {n: m for m, n in _names(dg).items()}

@@ -1,4 +1,5 @@
 """The pruning family's history ops: what a checkpoint replays to rebuild a pruned architecture."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,5 @@
 """Channel-group importance criteria, one registration each (Torch-Pruning's implementations)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -8,6 +8,7 @@ predicted as ``c0 + k * sum(layer entries)``: ``k`` and ``c0`` are fitted to end
 (the dense model first, then each measured candidate), because a whole graph is not exactly the sum of its
 layers (memory traffic, the non-conv operators, per-node overhead).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -37,8 +38,7 @@ class LayerShape:
     def resized(self, cin: int, cout: int) -> LayerShape:
         """The same layer with other channel counts (a depthwise conv keeps groups == channels)."""
         groups = cin if self.groups == self.cin == self.cout and self.groups > 1 else self.groups
-        return LayerShape(self.kind, cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups,
-                          self.hw)
+        return LayerShape(self.kind, cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups, self.hw)
 
     def macs(self) -> int:
         if self.kind == "linear":
@@ -73,11 +73,20 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, La
         def fn(_m: nn.Module, inp: tuple) -> None:
             x = inp[0]
             if isinstance(m, nn.Conv2d):
-                shapes[name] = LayerShape("conv", m.in_channels, m.out_channels, _pair(m.kernel_size),
-                                          _pair(m.stride), conv_padding(m), _pair(m.dilation), m.groups,
-                                          (int(x.shape[-2]), int(x.shape[-1])))
+                shapes[name] = LayerShape(
+                    "conv",
+                    m.in_channels,
+                    m.out_channels,
+                    _pair(m.kernel_size),
+                    _pair(m.stride),
+                    conv_padding(m),
+                    _pair(m.dilation),
+                    m.groups,
+                    (int(x.shape[-2]), int(x.shape[-1])),
+                )
             elif isinstance(m, nn.Linear):
                 shapes[name] = LayerShape("linear", m.in_features, m.out_features)
+
         return fn
 
     for name, m in model.named_modules():
@@ -103,18 +112,28 @@ def _layer_onnx(shape: LayerShape, batch: int) -> bytes:
         w = rng.standard_normal((shape.cout, shape.cin // shape.groups, *shape.kernel)).astype(np.float32) * 0.1
         b = np.zeros(shape.cout, np.float32)
         x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, shape.cin, *shape.hw])
-        nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], kernel_shape=list(shape.kernel),
-                                  strides=list(shape.stride), dilations=list(shape.dilation),
-                                  pads=[shape.padding[0], shape.padding[1]] * 2, group=shape.groups),
-                 helper.make_node("Relu", ["c"], ["out"])]
+        nodes = [
+            helper.make_node(
+                "Conv",
+                ["input", "w", "b"],
+                ["c"],
+                kernel_shape=list(shape.kernel),
+                strides=list(shape.stride),
+                dilations=list(shape.dilation),
+                pads=[shape.padding[0], shape.padding[1]] * 2,
+                group=shape.groups,
+            ),
+            helper.make_node("Relu", ["c"], ["out"]),
+        ]
     else:
         w = rng.standard_normal((shape.cout, shape.cin)).astype(np.float32) * 0.1
         b = np.zeros(shape.cout, np.float32)
         x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, shape.cin])
         nodes = [helper.make_node("Gemm", ["input", "w", "b"], ["out"], transB=1)]
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes, "layer", [x], [y], [numpy_helper.from_array(w, "w"),
-                                                          numpy_helper.from_array(b, "b")])
+    graph = helper.make_graph(
+        nodes, "layer", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()

@@ -19,6 +19,7 @@ The plan is the candidate with the lowest estimated KD loss among those in the b
 ``[target, target * (1 + tolerance)]`` (a plan that overshoots throws away accuracy); the report lists every
 candidate with its measured latency and estimate.
 """
+
 from __future__ import annotations
 
 import copy
@@ -93,8 +94,9 @@ class _Predictor:
         return sum(self.cost(s) for s in shapes.values())
 
 
-def greedy_widths(groups: Sequence[Group], shapes: dict[str, LayerShape], predictor: _Predictor,
-                  goal: float) -> tuple[dict[str, int], float]:
+def greedy_widths(
+    groups: Sequence[Group], shapes: dict[str, LayerShape], predictor: _Predictor, goal: float
+) -> tuple[dict[str, int], float]:
     """Shrink, one ``round_to`` step at a time, the group whose next cut costs the least KD loss per unit of
     predicted cost saved, until the predicted total meets ``goal``. Returns (kept width per group root, the
     predicted total)."""
@@ -113,8 +115,9 @@ def greedy_widths(groups: Sequence[Group], shapes: dict[str, LayerShape], predic
         touched = set(g.outputs) | set(g.inputs)
         for name in touched & shapes.keys():
             before = shapes[name].resized(cin[name], cout[name])
-            after = before.resized(cin[name] - (k if name in g.inputs else 0),
-                                   cout[name] - (k if name in g.outputs else 0))
+            after = before.resized(
+                cin[name] - (k if name in g.inputs else 0), cout[name] - (k if name in g.outputs else 0)
+            )
             cb, ca = predictor.cost(before), predictor.cost(after)
             if ca >= cb:  # a small layer's table entries are mostly per-call overhead and noise: fewer MACs
                 ca = cb * after.macs() / max(before.macs(), 1)  # still save their share, so the greedy goes on
@@ -131,7 +134,7 @@ def greedy_widths(groups: Sequence[Group], shapes: dict[str, LayerShape], predic
             if saved <= 0:
                 continue
             done = g.size - size[g.root]
-            cost = sum(g.cost[c] for c in g.order[done: done + size[g.root] - new]) if g.cost else 0.0
+            cost = sum(g.cost[c] for c in g.order[done : done + size[g.root] - new]) if g.cost else 0.0
             score = cost / saved
             if best is None or score < best[0]:
                 best = (score, g, new, saved)
@@ -169,8 +172,9 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def estimate(model: nn.Module, batches: Sequence[Batch],
-             teacher_logits: Sequence[torch.Tensor]) -> tuple[float, float | None]:
+def estimate(
+    model: nn.Module, batches: Sequence[Batch], teacher_logits: Sequence[torch.Tensor]
+) -> tuple[float, float | None]:
     """(KD loss at T=1 to the teacher, top-1 % when labelled) on the validation batches."""
     from distillprune.distill.losses.kd import soft_kl
 
@@ -199,10 +203,17 @@ class PlanInputs:
     example: torch.Tensor  # one input, for tracing
 
 
-def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, width: WidthConfig,
-                inputs: PlanInputs, num_classes: int, latency: LatencyConfig | None,
-                loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
-                log: Callable[[str], None] = lambda s: None) -> Plan:
+def plan_target(
+    model: nn.Module,
+    teacher: nn.Module,
+    target: TargetConfig,
+    width: WidthConfig,
+    inputs: PlanInputs,
+    num_classes: int,
+    latency: LatencyConfig | None,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    log: Callable[[str], None] = lambda s: None,
+) -> Plan:
     """The plan for ``model`` (unchanged; work happens on copies). See the module docstring."""
     t0 = time.perf_counter()
     input_shape = tuple(inputs.example.shape[1:])
@@ -215,8 +226,13 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
     lat = (latency or LatencyConfig()).model_copy(update={"enabled": True})
     timed = target.latency_speedup is not None
     goal_ratio = float(target.latency_speedup or target.macs_ratio)  # type: ignore[arg-type]
-    plan = Plan({k: v for k, v in target.model_dump().items()
-                 if k in ("latency_speedup", "macs_ratio", "batch_size") and v is not None})
+    plan = Plan(
+        {
+            k: v
+            for k, v in target.model_dump().items()
+            if k in ("latency_speedup", "macs_ratio", "batch_size") and v is not None
+        }
+    )
 
     cpu_dense = copy.deepcopy(dense).cpu()
     dense_macs = count_macs(cpu_dense, input_shape)
@@ -257,13 +273,30 @@ def plan_target(model: nn.Module, teacher: nn.Module, target: TargetConfig, widt
         goal = (dense_ms / aim - table.c0) / table.k if table is not None else dense_ms / aim
         for attempt in range(target.refits + 1):
             keep, predicted = greedy_widths(groups, shapes, predictor, goal)
-            cand, achieved = _build(base, keep, d, attempt, inputs, width, num_classes, t_val, dense_macs,
-                                    input_shape, target, timer, table, dense_onnx, dense_ms)
+            cand, achieved = _build(
+                base,
+                keep,
+                d,
+                attempt,
+                inputs,
+                width,
+                num_classes,
+                t_val,
+                dense_macs,
+                input_shape,
+                target,
+                timer,
+                table,
+                dense_onnx,
+                dense_ms,
+            )
             cand.in_band = band[0] <= achieved <= band[1]
             plan.candidates.append(cand)
             tried.append((cand, {g.root: [keep[g.root], g.size] for g in groups}))
-            log(f"candidate {cand.label}: speedup {cand.speedup} macs x{cand.macs_ratio} est top-1 "
-                f"{cand.est_top1} kd {cand.est_kd} (predicted cost {predicted:.4g} for goal {goal:.4g})")
+            log(
+                f"candidate {cand.label}: speedup {cand.speedup} macs x{cand.macs_ratio} est top-1 "
+                f"{cand.est_top1} kd {cand.est_kd} (predicted cost {predicted:.4g} for goal {goal:.4g})"
+            )
             if cand.in_band or not timed:
                 break
             if achieved < band[0] and all(keep[g.root] <= g.min_keep for g in groups):
@@ -297,10 +330,23 @@ def _achieved(c: Candidate, timed: bool) -> float:
     return (c.speedup if timed else c.macs_ratio) or 0.0
 
 
-def _build(base: nn.Module, keep: dict[str, int], d: int, attempt: int, inputs: PlanInputs, width: WidthConfig,
-           num_classes: int, t_val: Sequence[torch.Tensor], dense_macs: int, input_shape: tuple[int, ...],
-           target: TargetConfig, timer: OrtTimer | None, table: LatencyTable | None, dense_onnx: bytes,
-           dense_ms: float) -> tuple[Candidate, float]:
+def _build(
+    base: nn.Module,
+    keep: dict[str, int],
+    d: int,
+    attempt: int,
+    inputs: PlanInputs,
+    width: WidthConfig,
+    num_classes: int,
+    t_val: Sequence[torch.Tensor],
+    dense_macs: int,
+    input_shape: tuple[int, ...],
+    target: TargetConfig,
+    timer: OrtTimer | None,
+    table: LatencyTable | None,
+    dense_onnx: bytes,
+    dense_ms: float,
+) -> tuple[Candidate, float]:
     """Cut a copy of ``base`` to ``keep``, re-estimate its BatchNorm, estimate its accuracy, measure it."""
     model = copy.deepcopy(base)
     _copy_grads(base, model)
@@ -310,9 +356,14 @@ def _build(base: nn.Module, keep: dict[str, int], d: int, attempt: int, inputs: 
     est_kd, est_top1 = estimate(model, inputs.validation, t_val)
     cpu = copy.deepcopy(model).cpu().eval()
     macs = count_macs(cpu, input_shape)
-    cand = Candidate(f"{d} blocks removed" + (f", refit {attempt}" if attempt else ""), d, macs,
-                     macs_ratio=round(dense_macs / max(macs, 1), 3),
-                     est_top1=None if est_top1 is None else round(est_top1, 2), est_kd=round(est_kd, 5))
+    cand = Candidate(
+        f"{d} blocks removed" + (f", refit {attempt}" if attempt else ""),
+        d,
+        macs,
+        macs_ratio=round(dense_macs / max(macs, 1), 3),
+        est_top1=None if est_top1 is None else round(est_top1, 2),
+        est_kd=round(est_kd, 5),
+    )
     if timer is None or table is None:
         return cand, dense_macs / max(macs, 1)
     pair = timer.paired(onnx_bytes(cpu, input_shape), dense_onnx, input_shape, target.batch_size)
@@ -323,13 +374,22 @@ def _build(base: nn.Module, keep: dict[str, int], d: int, attempt: int, inputs: 
     return cand, pair.speedup
 
 
-def _choose(plan: Plan, finals: list[tuple[Candidate, dict[str, list[int]]]], order: list[str], lo: float,
-            timed: bool, t0: float, table: LatencyTable | None) -> Plan:
+def _choose(
+    plan: Plan,
+    finals: list[tuple[Candidate, dict[str, list[int]]]],
+    order: list[str],
+    lo: float,
+    timed: bool,
+    t0: float,
+    table: LatencyTable | None,
+) -> Plan:
     meeting = [f for f in finals if f[0].in_band] or [f for f in finals if _achieved(f[0], timed) >= lo]
     if not meeting:
         got = max((_achieved(c, timed) for c, _ in finals), default=None)
-        raise DistillpruneError(f"no plan reaches the target {plan.target} (best measured: {got}); allow more "
-                                "depth (target.depth_fractions), a larger width.max_ratio, or lower the target")
+        raise DistillpruneError(
+            f"no plan reaches the target {plan.target} (best measured: {got}); allow more "
+            "depth (target.depth_fractions), a larger width.max_ratio, or lower the target"
+        )
     best, widths = min(meeting, key=lambda f: f[0].est_kd if f[0].est_kd is not None else float("inf"))
     best.chosen = True
     plan.blocks = order[: best.blocks]

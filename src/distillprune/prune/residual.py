@@ -16,6 +16,7 @@ A module fx cannot trace (data-dependent control flow) is skipped and named in :
 notes; a block class that marks itself ``removable`` (or a ``BasicBlock``/``Bottleneck`` with
 ``downsample=None``) is still found without tracing.
 """
+
 from __future__ import annotations
 
 import operator
@@ -30,8 +31,15 @@ _ADDS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 # what may follow the add and still make ``module(x)`` "x after the block" (activations, no-ops)
 _AFTER = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout)
-_AFTER_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.nn.functional.gelu,
-                    torch.nn.functional.silu, torch.nn.functional.hardswish, torch.nn.functional.leaky_relu}
+_AFTER_FUNCTIONS = {
+    torch.relu,
+    torch.nn.functional.relu,
+    torch.nn.functional.relu6,
+    torch.nn.functional.gelu,
+    torch.nn.functional.silu,
+    torch.nn.functional.hardswish,
+    torch.nn.functional.leaky_relu,
+}
 _AFTER_METHODS = {"relu", "relu_", "contiguous"}
 _LAYOUT_METHODS = {"transpose", "permute", "contiguous", "mul", "mul_", "gelu"}
 
@@ -78,8 +86,11 @@ def _passthrough(n: fx.Node, module: nn.Module, kinds: tuple[type, ...]) -> bool
 
 def _strip(n: object, module: nn.Module) -> object:
     """Skip ``nn.Identity`` calls (a shortcut that is the identity)."""
-    while isinstance(n, fx.Node) and n.op == "call_module" and \
-            isinstance(module.get_submodule(str(n.target)), nn.Identity):
+    while (
+        isinstance(n, fx.Node)
+        and n.op == "call_module"
+        and isinstance(module.get_submodule(str(n.target)), nn.Identity)
+    ):
         n = n.args[0]
     return n
 
@@ -106,8 +117,9 @@ def _is_module_residual(graph: fx.Graph, module: nn.Module) -> bool:
         return False
     a, b = (_strip(x, module) for x in n.args[:2])
     x = inputs[0]
-    return (a is x and isinstance(b, fx.Node) and x in _ancestors(b)) or \
-        (b is x and isinstance(a, fx.Node) and x in _ancestors(a))
+    return (a is x and isinstance(b, fx.Node) and x in _ancestors(b)) or (
+        b is x and isinstance(a, fx.Node) and x in _ancestors(a)
+    )
 
 
 def _on_branch(n: fx.Node) -> fx.Node | None:
@@ -252,6 +264,8 @@ def _marked(m: nn.Module) -> bool:
 def _outermost(found: list[Residual]) -> list[Residual]:
     """Drop residuals inside another one's removed part (removing the outer one removes them)."""
     removed = [r.path for r in found if r.kind == "module"] + [c for r in found if r.kind == "branch" for c in r.chain]
+
     def inside(p: str) -> bool:
         return any(p.startswith(q + ".") for q in removed)
+
     return [r for r in found if not inside(r.path)]

@@ -8,6 +8,7 @@ ignored layers) and listed with the reason; and each step is a transaction: the 
 group is cut in turn and the model must still run afterwards; on any failure the model is restored and the
 error names the group, the pattern and the fix.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -54,16 +55,23 @@ def describe(group: tp.Group, names: dict[nn.Module, str]) -> str:
 
 def unsupported(group: tp.Group, names: dict[nn.Module, str]) -> str | None:
     """Why Torch-Pruning cannot cut ``group`` correctly, or None when it can (as far as we know)."""
-    joins = [dep.target.module for dep, _ in group
-             if isinstance(dep.target.module, (tp.ops._ConcatOp, tp.ops._SplitOp))]
-    grouped = [dep.target.module for dep, _ in group
-               if isinstance(dep.target.module, nn.modules.conv._ConvNd) and dep.target.module.groups > 1
-               and not group._DG.is_out_channel_pruning_fn(dep.handler)]
+    joins = [
+        dep.target.module for dep, _ in group if isinstance(dep.target.module, (tp.ops._ConcatOp, tp.ops._SplitOp))
+    ]
+    grouped = [
+        dep.target.module
+        for dep, _ in group
+        if isinstance(dep.target.module, nn.modules.conv._ConvNd)
+        and dep.target.module.groups > 1
+        and not group._DG.is_out_channel_pruning_fn(dep.handler)
+    ]
     if joins and grouped:
         conv = grouped[0]
         kind = "concat" if isinstance(joins[0], tp.ops._ConcatOp) else "split"
-        return (f"{kind} feeding a grouped conv at `{names.get(conv, '?')}` (groups={conv.groups}): Torch-Pruning "
-                "cannot map the joined channels onto the conv's groups")
+        return (
+            f"{kind} feeding a grouped conv at `{names.get(conv, '?')}` (groups={conv.groups}): Torch-Pruning "
+            "cannot map the joined channels onto the conv's groups"
+        )
     return None
 
 
@@ -81,8 +89,12 @@ def skip_unsupported(pruner: tp.pruner.BasePruner, model: nn.Module) -> list[Ski
 
 
 def prunable_groups(pruner: tp.pruner.BasePruner, ignored: list[nn.Module] | None = None) -> list[tp.Group]:
-    return list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers if ignored is None else ignored,
-                                         root_module_types=pruner.root_module_types))
+    return list(
+        pruner.DG.get_all_groups(
+            ignored_layers=pruner.ignored_layers if ignored is None else ignored,
+            root_module_types=pruner.root_module_types,
+        )
+    )
 
 
 Snapshot = list[tuple[nn.Module, dict, dict, dict, dict]]
@@ -113,8 +125,9 @@ def _find_culprit(pruner: tp.pruner.BasePruner) -> tp.Group | None:
     return None
 
 
-def transactional_step(pruner: tp.pruner.BasePruner, model: nn.Module, example: torch.Tensor | None,
-                       retries: int = 8) -> None:
+def transactional_step(
+    pruner: tp.pruner.BasePruner, model: nn.Module, example: torch.Tensor | None, retries: int = 8
+) -> None:
     """``pruner.step()`` group by group, all or nothing. When Torch-Pruning fails on a group (or the model no
     longer runs after it), the model is restored, that group is skipped (``pruner.skipped``, with the error)
     and the step is retried; when the failing group cannot be found, or after ``retries`` skips, the model is
@@ -154,8 +167,12 @@ def transactional_step(pruner: tp.pruner.BasePruner, model: nn.Module, example: 
             pattern = unsupported(culprit, names)
             root = root_of(culprit)
             pruner.ignored_layers.append(root)
-            pruner.skipped.append(SkippedGroup(names.get(root, "?"), (pattern + "; " if pattern else "")
-                                               + f"Torch-Pruning failed on it ({error}), so it was left whole"))
+            pruner.skipped.append(
+                SkippedGroup(
+                    names.get(root, "?"),
+                    (pattern + "; " if pattern else "") + f"Torch-Pruning failed on it ({error}), so it was left whole",
+                )
+            )
 
 
 def _run(model: nn.Module, example: torch.Tensor | None, was: bool) -> None:
@@ -169,12 +186,16 @@ def _run(model: nn.Module, example: torch.Tensor | None, was: bool) -> None:
 
 def _fail(group: tp.Group | None, names: dict[nn.Module, str], error: str) -> None:
     if group is None:
-        raise WidthPruningError(f"width pruning failed ({error}) and no single layer group is to blame; the model "
-                                "is restored unchanged; fix: narrow width.layers to the layers that should lose "
-                                "channels")
+        raise WidthPruningError(
+            f"width pruning failed ({error}) and no single layer group is to blame; the model "
+            "is restored unchanged; fix: narrow width.layers to the layers that should lose "
+            "channels"
+        )
     root = names.get(root_of(group), "?")
     pattern = unsupported(group, names)
     raise WidthPruningError(
         f"width pruning failed on the layer group of `{root}` ({describe(group, names)})"
-        + (f": {pattern}" if pattern else "") + f" [{error}]; the model is restored unchanged; fix: keep that "
-        f"group out with width.layers.exclude: ['{root}']")
+        + (f": {pattern}" if pattern else "")
+        + f" [{error}]; the model is restored unchanged; fix: keep that "
+        f"group out with width.layers.exclude: ['{root}']"
+    )

@@ -15,6 +15,7 @@ Every structural change is recorded as a typed history op (``history``), so the 
 checkpoint and rebuilds from data. ``distillprune.prune_`` and the recipe's ``prune`` stage both run
 this object; the stage only supplies a trainer that checkpoints each epoch for ``--resume``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -80,12 +81,23 @@ class PruneSession:
     trains (``epochs_per_step`` must be 0). ``history``: a list that receives the typed ops (an ArchSpec's).
     """
 
-    def __init__(self, model: nn.Module, cfg: PruneConfig, *, data: DataBundle | None = None,
-                 teacher: nn.Module | None = None, peer: nn.Module | None = None,
-                 example_inputs: torch.Tensor | None = None, num_classes: int | None = None,
-                 history: list[HistoryOp] | None = None, trainer: Trainer | None = None,
-                 latency: LatencyConfig | None = None, device: torch.device | str = "cpu",
-                 batch_size: int = 64, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: PruneConfig,
+        *,
+        data: DataBundle | None = None,
+        teacher: nn.Module | None = None,
+        peer: nn.Module | None = None,
+        example_inputs: torch.Tensor | None = None,
+        num_classes: int | None = None,
+        history: list[HistoryOp] | None = None,
+        trainer: Trainer | None = None,
+        latency: LatencyConfig | None = None,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        seed: int = 0,
+    ):
         if data is None and example_inputs is None:
             raise DistillpruneError("prune needs data (a DataBundle) or example_inputs")
         if cfg.epochs_per_step and trainer is None:
@@ -93,8 +105,10 @@ class PruneSession:
         if cfg.width is not None and cfg.width.importance in NEEDS_GRADIENTS and data is None:
             raise DistillpruneError(f"importance '{cfg.width.importance}' needs gradients: pass data=...")
         if num_classes is None and data is None:
-            raise DistillpruneError("prune without data needs num_classes=... (the classifier's output size: "
-                                    "the layers that produce it are never pruned)")
+            raise DistillpruneError(
+                "prune without data needs num_classes=... (the classifier's output size: "
+                "the layers that produce it are never pruned)"
+            )
         self.model, self.cfg, self.data = model, cfg, data
         self.device = torch.device(device)
         if data is not None:
@@ -134,10 +148,21 @@ class PruneSession:
             assert cfg.width is not None
             width, target = cfg.width, cfg.target
             # measured on rank 0 alone under torchrun, and shared: every rank follows one plan
-            self.plan = ddp.once(lambda: plan_target(self.model, teacher, target, width, self.plan_inputs(),
-                                                     self.num_classes, self.latency, taylor_loss(teacher),
-                                                     self.log),
-                                 to_jsonable, lambda d: from_jsonable(Plan, d))
+            self.plan = ddp.once(
+                lambda: plan_target(
+                    self.model,
+                    teacher,
+                    target,
+                    width,
+                    self.plan_inputs(),
+                    self.num_classes,
+                    self.latency,
+                    taylor_loss(teacher),
+                    self.log,
+                ),
+                to_jsonable,
+                lambda d: from_jsonable(Plan, d),
+            )
             self.report.plan = self.plan
         return self.plan
 
@@ -215,15 +240,18 @@ class PruneSession:
         t, split = self.cfg.target, self.data.train
         perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(self.seed + 11))
         n_val = min(t.val_samples, len(split) // 4)
-        val, cal = perm[:n_val], perm[n_val: n_val + t.calib_samples]
-        return PlanInputs(self._batches(cal), self._batches(val),
-                          normalize(tensor_inputs(split.x[:1]), self.data.mean, self.data.std).to(self.device))
+        val, cal = perm[:n_val], perm[n_val : n_val + t.calib_samples]
+        return PlanInputs(
+            self._batches(cal),
+            self._batches(val),
+            normalize(tensor_inputs(split.x[:1]), self.data.mean, self.data.std).to(self.device),
+        )
 
     def _batches(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         assert self.data is not None
         d, out = self.data, []
         for i in range(0, len(idx), self.batch_size):
-            j = idx[i: i + self.batch_size].to(d.train.x.device)
+            j = idx[i : i + self.batch_size].to(d.train.x.device)
             x = standard_layout(normalize(tensor_inputs(d.train.x[j]), d.mean, d.std)).to(self.device)
             out.append((x, None if d.train.y is None else d.train.y[j].to(self.device)))
         return out
@@ -258,8 +286,9 @@ class PruneSession:
             assert self.example is not None
             return [(self.example.to(self.device), None)]
         d = self.data
-        loader = TensorLoader(d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1,
-                              device=self.device)
+        loader = TensorLoader(
+            d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1, device=self.device
+        )
         return [(tensor_inputs(x), y) for _, (x, y) in zip(range(n), loader, strict=False)]
 
     def _remove_blocks(self, depth: DepthConfig) -> None:
@@ -288,29 +317,33 @@ class PruneSession:
         u = self.cfg.unstructured
         assert u is not None
         if self._masks is None:
-            self._masks = MagnitudeMasks(self.model, u.scope, classifier_layers(self.model, self.num_classes),
-                                         u.layers)
+            self._masks = MagnitudeMasks(self.model, u.scope, classifier_layers(self.model, self.num_classes), u.layers)
         self._masks.update(u.sparsity if u.schedule == "oneshot" else cubic_sparsity(k + 1, self.cfg.steps, u.sparsity))
 
 
 def nothing_removed(width: WidthConfig) -> str:
     """Why a width-pruning request that removed no channel is an error, and what to change."""
-    return (f"width pruning with ratio {width.ratio} and round_to {width.round_to} removes no channel: every "
-            "prunable layer keeps all its channels after rounding (or width.layers selects no prunable layer); "
-            "raise width.ratio or lower width.round_to")
+    return (
+        f"width pruning with ratio {width.ratio} and round_to {width.round_to} removes no channel: every "
+        "prunable layer keeps all its channels after rounding (or width.layers selects no prunable layer); "
+        "raise width.ratio or lower width.round_to"
+    )
 
 
 def tensor_inputs(x: Batch) -> torch.Tensor:
     """``x`` as the one tensor that width/depth pruning and the planner feed a model (``refuse_named_width``
     turns models with named inputs away before a session starts)."""
     if isinstance(x, NamedInputs):
-        raise DistillpruneError("width/depth pruning and target plans take tensor inputs, got named inputs "
-                                f"({', '.join(x.names())}): prune a transformer's heads / ffn / layers instead")
+        raise DistillpruneError(
+            "width/depth pruning and target plans take tensor inputs, got named inputs "
+            f"({', '.join(x.names())}): prune a transformer's heads / ffn / layers instead"
+        )
     return x
 
 
 def taylor_loss(teacher: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """The loss whose gradients score channels for Taylor importance: KL to the teacher (+ CE with labels)."""
+
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
             t = call(teacher, x)

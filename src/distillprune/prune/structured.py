@@ -4,6 +4,7 @@ Channels are physically removed from every coupled layer (residual adds, concats
 history of each step is recorded as ``[module_name, is_out_channel, indices]`` entries, which
 replay on a freshly built model (``replay_channels``) to rebuild a pruned checkpoint.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +24,10 @@ from distillprune.prune.safety import prunable_groups, skip_unsupported, transac
 def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     """Layers whose outputs are the logits: pruning them would change the task."""
     return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes] + [
-        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes
-        and m is list(model.modules())[-1]]
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m is list(model.modules())[-1]
+    ]
 
 
 def ignored(model: nn.Module, layers: LayerSelect, num_classes: int) -> list[nn.Module]:
@@ -67,8 +70,9 @@ if not callable(getattr(tp.pruner.BasePruner, "_round_to", None)):  # pragma: no
     raise ImportError("this torch-pruning has no BasePruner._round_to; install torch-pruning>=1.5,<2")
 
 
-def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_classes: int,
-                 steps: int = 1) -> tp.pruner.BasePruner:
+def width_pruner(
+    model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_classes: int, steps: int = 1
+) -> tp.pruner.BasePruner:
     """A pruner that reaches ``cfg.ratio`` after ``steps`` calls to ``step()`` (linear schedule).
 
     Every layer keeps at least one channel (``round_to`` without rounding is 1) and loses at most
@@ -79,9 +83,15 @@ def width_pruner(model: nn.Module, example: torch.Tensor, cfg: WidthConfig, num_
     ratio = min(float(cfg.ratio or 0.0), cfg.max_ratio)
     with traceable(model):
         pruner = NearestRoundPruner(
-            model, example, importance=IMPORTANCE.get(cfg.importance)(), pruning_ratio=ratio,
-            global_pruning=cfg.global_pruning, round_to=cfg.round_to or 1, max_pruning_ratio=cfg.max_ratio,
-            iterative_steps=steps, ignored_layers=ignored(model, cfg.layers, num_classes),
+            model,
+            example,
+            importance=IMPORTANCE.get(cfg.importance)(),
+            pruning_ratio=ratio,
+            global_pruning=cfg.global_pruning,
+            round_to=cfg.round_to or 1,
+            max_pruning_ratio=cfg.max_ratio,
+            iterative_steps=steps,
+            ignored_layers=ignored(model, cfg.layers, num_classes),
         )
         _check_selection(pruner, model, cfg.layers, num_classes)
         pruner.skipped = skip_unsupported(pruner, model)  # grows when a step has to skip a failing group
@@ -98,11 +108,15 @@ def _check_selection(pruner: tp.pruner.BasePruner, model: nn.Module, layers: Lay
     if everything:
         raise DistillpruneError(
             f"width.layers (include {layers.include}, exclude {layers.exclude}) leaves none of the "
-            f"{len(everything)} prunable layer groups of {type(model).__name__}: nothing would be pruned")
+            f"{len(everything)} prunable layer groups of {type(model).__name__}: nothing would be pruned"
+        )
 
 
-def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
-                         loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]) -> None:
+def accumulate_gradients(
+    model: nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> None:
     """Sum gradients of ``loss_fn`` over ``batches`` on the model (for Taylor importance)."""
     model.zero_grad(set_to_none=True)
     was = model.training

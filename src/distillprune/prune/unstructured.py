@@ -5,6 +5,7 @@ re-applied after every optimizer step and become permanent (plain zeros) at the 
 gradual schedule is the cubic one of Zhu & Gupta (2017), "To prune, or not to prune":
 ``s_t = s_f * (1 - (1 - t/T)^3)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,16 +19,25 @@ def cubic_sparsity(step: int, steps: int, final: float) -> float:
     return final * (1.0 - (1.0 - t) ** 3)
 
 
-def prunable_weights(model: nn.Module, skip: list[nn.Module],
-                     layers: LayerSelect | None = None) -> dict[str, torch.Tensor]:
+def prunable_weights(
+    model: nn.Module, skip: list[nn.Module], layers: LayerSelect | None = None
+) -> dict[str, torch.Tensor]:
     chosen = (layers or LayerSelect()).select(model, (nn.Conv2d, nn.Linear))
-    return {f"{name}.weight": m.weight for name, m in chosen.items()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(m is s for s in skip)}
+    return {
+        f"{name}.weight": m.weight
+        for name, m in chosen.items()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(m is s for s in skip)
+    }
 
 
 class MagnitudeMasks:
-    def __init__(self, model: nn.Module, scope: str = "global", skip: list[nn.Module] | None = None,
-                 layers: LayerSelect | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        scope: str = "global",
+        skip: list[nn.Module] | None = None,
+        layers: LayerSelect | None = None,
+    ):
         self.weights = prunable_weights(model, skip or [], layers)
         self.scope = scope
         self.masks: dict[str, torch.Tensor] = {}

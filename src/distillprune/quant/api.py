@@ -59,9 +59,7 @@ def make_job(
     else:
         xs = list(batches())
         if not xs:
-            raise QuantizationError(
-                "calibration set is empty: static quantization needs at least one batch of inputs"
-            )
+            raise QuantizationError("calibration set is empty: static quantization needs at least one batch of inputs")
         if isinstance(xs[0], NamedInputs):
             test_x, test_y = NamedInputs.cat(xs)[: cfg.parity_samples], None
         else:
@@ -70,9 +68,7 @@ def make_job(
     if input_shape is not None and tuple(input_shape) != shape:
         raise QuantizationError(f"input_shape {tuple(input_shape)} differs from the data's {shape}")
     workdir.mkdir(parents=True, exist_ok=True)
-    return QuantJob(
-        model, shape, cfg, Path(out), workdir, batches, test_x, test_y, teacher, train, qat, train_steps
-    )
+    return QuantJob(model, shape, cfg, Path(out), workdir, batches, test_x, test_y, teacher, train, qat, train_steps)
 
 
 def quantize(
@@ -94,11 +90,7 @@ def quantize(
     ``qat``: for ``method="qat"``, QAT options (``{"epochs": 2, "optimizer": {"lr": 0.01}}``); the teacher
     defaults to a frozen copy of ``model`` as it is now. Returns a QuantResult (path, size, agreement...).
     """
-    cfg = (
-        config
-        if isinstance(config, QuantConfig)
-        else validate(QuantConfig, config or {}, where="quantize config")
-    )
+    cfg = config if isinstance(config, QuantConfig) else validate(QuantConfig, config or {}, where="quantize config")
     out = Path(out) if out is not None else Path(default_filename(cfg.method))
     model = model.float().cpu().eval()
     train, steps, qat_opts = None, 0, None
@@ -142,9 +134,7 @@ def _qat_trainer(
 
     def train(m: nn.Module, on_step) -> list[dict]:
         settings = FitSettings(opts.epochs, opts.optimizer, opts.schedule, opts.grad_clip)
-        return fit(
-            m, data, settings, objective, runtime=runtime, seed=seed, batch_size=batch_size, on_step=on_step
-        )
+        return fit(m, data, settings, objective, runtime=runtime, seed=seed, batch_size=batch_size, on_step=on_step)
 
     n = len(data.train)
     steps = opts.epochs * (n // batch_size if n > batch_size else 1)

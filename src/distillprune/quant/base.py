@@ -25,8 +25,20 @@ from distillprune.quant.config import QATOptions, QuantConfig
 from distillprune.quant.registry import QUANTIZERS
 
 Batches = Callable[[], Iterable[np.ndarray]]
-__all__ = ["QUANTIZERS", "Batches", "QuantJob", "QuantResult", "check_agreement", "compare", "excluded_nodes",
-           "export_float", "op_counts", "preprocess", "run_onnx", "run_torch"]
+__all__ = [
+    "QUANTIZERS",
+    "Batches",
+    "QuantJob",
+    "QuantResult",
+    "check_agreement",
+    "compare",
+    "excluded_nodes",
+    "export_float",
+    "op_counts",
+    "preprocess",
+    "run_onnx",
+    "run_torch",
+]
 
 
 @dataclass
@@ -64,19 +76,32 @@ class QuantResult(Details):
     cosine: float | None = None  # mean cosine of the outputs with the reference's (how embedders are judged)
 
     @classmethod
-    def measured(cls, method: str, out: Path, float_file: Path, cmp: dict, reference: str = "float model",
-                 details: dict[str, Any] | None = None) -> QuantResult:
+    def measured(
+        cls,
+        method: str,
+        out: Path,
+        float_file: Path,
+        cmp: dict,
+        reference: str = "float model",
+        details: dict[str, Any] | None = None,
+    ) -> QuantResult:
         """A result from the written file, the float ONNX it came from, and ``compare``'s numbers."""
-        return cls(method, str(out), out.stat().st_size, float_file.stat().st_size, cmp["agreement"],
-                   cmp["max_abs_diff"], cmp["accuracy"], cmp["float_accuracy"], reference, details or {},
-                   cmp.get("cosine"))
+        return cls(
+            method,
+            str(out),
+            out.stat().st_size,
+            float_file.stat().st_size,
+            cmp["agreement"],
+            cmp["max_abs_diff"],
+            cmp["accuracy"],
+            cmp["float_accuracy"],
+            reference,
+            details or {},
+            cmp.get("cosine"),
+        )
 
     def render(self) -> str:
-        acc = (
-            ""
-            if self.accuracy is None
-            else f", top-1 {self.accuracy:.2f}% (float {self.float_accuracy:.2f}%)"
-        )
+        acc = "" if self.accuracy is None else f", top-1 {self.accuracy:.2f}% (float {self.float_accuracy:.2f}%)"
         cos = "" if self.cosine is None else f", mean cosine {self.cosine:.4f}"
         return (
             f"{self.method}: {Path(self.path).name} {self.bytes / 1024:.1f} KiB "
@@ -122,8 +147,10 @@ def _preprocess_plain(src: Path, dst: Path) -> Path:
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     except Exception as e:  # noqa: BLE001 - ORT's own exception types
-        raise QuantizationError(f"ONNX Runtime pre-processing failed on {src.name}: "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise QuantizationError(
+            f"ONNX Runtime pre-processing failed on {src.name}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     return dst
 
 
@@ -144,8 +171,11 @@ def excluded_nodes(onnx_path: Path, layers: LayerSelect) -> list[str]:
     import onnx
 
     names = [n.name for n in onnx.load(str(onnx_path)).graph.node]
-    unmatched = [p for p in layers.include + layers.exclude
-                 if p != "*" and not any(fnmatch.fnmatchcase(n, p) or matches(module_path(n), [p]) for n in names)]
+    unmatched = [
+        p
+        for p in layers.include + layers.exclude
+        if p != "*" and not any(fnmatch.fnmatchcase(n, p) or matches(module_path(n), [p]) for n in names)
+    ]
     if unmatched:
         mods = sorted({module_path(n) for n in names} - {""})
         raise QuantizationError(
@@ -176,7 +206,8 @@ def check_agreement(res: QuantResult, cfg: QuantConfig, hint: str) -> None:
         if res.cosine is None or res.cosine < cfg.min_cosine:
             raise QuantizationError(
                 f"{res.method}: the quantized model's outputs have a mean cosine of {res.cosine} with the "
-                f"{res.reference}'s (< min_cosine {cfg.min_cosine}); {hint}")
+                f"{res.reference}'s (< min_cosine {cfg.min_cosine}); {hint}"
+            )
         return
     if res.agreement < cfg.min_agreement:
         raise QuantizationError(

@@ -38,8 +38,12 @@ def bundle_batches(data: DataBundle, cfg: CalibrationConfig) -> Batches:
 
 def tensor_batches(items: Iterable[torch.Tensor | np.ndarray]) -> Batches:
     """User-given calibration batches (already normalised model inputs)."""
-    xs = [t.cpu() if isinstance(t, NamedInputs) else
-          np.asarray(t.detach().cpu().float() if torch.is_tensor(t) else t, dtype=np.float32) for t in items]
+    xs = [
+        t.cpu()
+        if isinstance(t, NamedInputs)
+        else np.asarray(t.detach().cpu().float() if torch.is_tensor(t) else t, dtype=np.float32)
+        for t in items
+    ]
 
     def batches() -> Iterator[np.ndarray]:
         return iter(xs)

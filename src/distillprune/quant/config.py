@@ -59,10 +59,13 @@ class QuantConfig(StrictModel):
     )
     min_agreement: float = Field(0.9, ge=0, le=1, description="required top-1 agreement with the float model")
     parity: Literal["auto", "top1", "cosine"] = Field(
-        "auto", description="how the file is judged against the float model: top-1 agreement, or mean cosine of "
-                            "the outputs (auto: cosine for embedders, where top-1 means nothing)")
-    min_cosine: float = Field(0.99, ge=-1, le=1, description="parity cosine: required mean cosine to the float "
-                                                             "model's outputs")
+        "auto",
+        description="how the file is judged against the float model: top-1 agreement, or mean cosine of "
+        "the outputs (auto: cosine for embedders, where top-1 means nothing)",
+    )
+    min_cosine: float = Field(
+        0.99, ge=-1, le=1, description="parity cosine: required mean cosine to the float model's outputs"
+    )
     parity_samples: int = Field(512, gt=0, description="test samples for the parity check")
 
     @field_validator("op_types")
@@ -74,8 +77,7 @@ class QuantConfig(StrictModel):
         for op in v:
             if op not in ok:
                 raise ValueError(
-                    f"op type {op!r} cannot be quantized by ONNX Runtime{nearest(op, ok)}; "
-                    f"supported: {', '.join(ok)}"
+                    f"op type {op!r} cannot be quantized by ONNX Runtime{nearest(op, ok)}; supported: {', '.join(ok)}"
                 )
         return v
 
@@ -85,5 +87,9 @@ class QATOptions(TrainingOptions):
 
     epochs: int = Field(1, ge=1)
     distill: DistillConfig | None = Field(default_factory=DistillConfig)
-    observer_fraction: float = Field(0.5, ge=0, le=1, description="share of the steps during which activation "
-                                                                  "ranges still follow the data; frozen after")
+    observer_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of the steps during which activation ranges still follow the data; frozen after",
+    )

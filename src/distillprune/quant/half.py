@@ -43,9 +43,7 @@ def to_half(model, kind: str = "fp16"):
 
     target = TensorProto.FLOAT16 if kind == "fp16" else TensorProto.BFLOAT16
     g = model.graph
-    keep32 = {
-        n.input[i] for n in g.node for (op, i) in FLOAT32_INPUTS if n.op_type == op and len(n.input) > i
-    }
+    keep32 = {n.input[i] for n in g.node for (op, i) in FLOAT32_INPUTS if n.op_type == op and len(n.input) > i}
     for i, init in enumerate(g.initializer):
         if init.data_type == TensorProto.FLOAT and init.name not in keep32:
             arr = numpy_helper.to_array(init).astype(_np_dtype(kind))
@@ -55,26 +53,20 @@ def to_half(model, kind: str = "fp16"):
             if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
                 a.i = target
             if n.op_type == "Constant" and a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                a.t.CopyFrom(
-                    numpy_helper.from_array(numpy_helper.to_array(a.t).astype(_np_dtype(kind)), a.t.name)
-                )
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(_np_dtype(kind)), a.t.name))
     # float32 at the boundary
     (inp,), (out,) = g.input, g.output
     for n in g.node:
         n.input[:] = [f"{inp.name}_half" if x == inp.name else x for x in n.input]
         n.output[:] = [f"{out.name}_half" if x == out.name else x for x in n.output]
     g.node.insert(0, helper.make_node("Cast", [inp.name], [f"{inp.name}_half"], to=target, name="cast_input"))
-    g.node.append(
-        helper.make_node("Cast", [f"{out.name}_half"], [out.name], to=TensorProto.FLOAT, name="cast_logits")
-    )
+    g.node.append(helper.make_node("Cast", [f"{out.name}_half"], [out.name], to=TensorProto.FLOAT, name="cast_logits"))
     del g.value_info[:]
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001 - onnx raises ValidationError / InferenceError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QuantizationError(
-            f"{kind}: the model has an operator that does not accept {kind}: {first}"
-        ) from None
+        raise QuantizationError(f"{kind}: the model has an operator that does not accept {kind}: {first}") from None
     return model
 
 
@@ -124,8 +116,13 @@ def _half(job: QuantJob, kind: str) -> QuantResult:
     n = len(out)
     y = None if job.test_y is None else job.test_y[:n]
     cmp = compare(out, run_torch(job.model, job.test_x[:n]), y)
-    res = QuantResult.measured(kind, job.out, fp, cmp, details={
-        "runner": runner, "parity_samples": n, "target": "GPU (CUDA / TensorRT execution providers)"})
+    res = QuantResult.measured(
+        kind,
+        job.out,
+        fp,
+        cmp,
+        details={"runner": runner, "parity_samples": n, "target": "GPU (CUDA / TensorRT execution providers)"},
+    )
     check_agreement(res, job.cfg, "a layer overflows in half precision; keep the model in float32")
     return res
 

@@ -48,7 +48,11 @@ def dynamic(job: QuantJob) -> QuantResult:
     cmp = compare(run_onnx(job.out, job.test_x), run_torch(job.model, job.test_x), job.test_y)
     counts = op_counts(job.out)
     res = QuantResult.measured(
-        "dynamic", job.out, fp, cmp, details={
+        "dynamic",
+        job.out,
+        fp,
+        cmp,
+        details={
             "op_types": ops,
             "per_channel": cfg.per_channel,
             "integer_nodes": sum(v for k, v in counts.items() if k.endswith("Integer")),

@@ -63,8 +63,7 @@ def require_weighted_ops(path: Path, op_types: list[str] | None) -> None:
     wanted = set(op_types or WEIGHTED)
     if not wanted & set(ops):
         raise QuantizationError(
-            f"nothing to quantize: the model has no {'/'.join(sorted(wanted))} node "
-            f"(ops: {', '.join(ops) or 'none'})"
+            f"nothing to quantize: the model has no {'/'.join(sorted(wanted))} node (ops: {', '.join(ops) or 'none'})"
         )
 
 
@@ -108,9 +107,7 @@ class StaticInt8:
                 extra_options=extra,
             )
             try:
-                with contextlib.redirect_stdout(
-                    io.StringIO()
-                ):  # ORT prints progress from its histogram calibrators
+                with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress from its histogram calibrators
                     calibrator.collect_data(reader)
                     ranges = calibrator.compute_data()
             except QuantizationError:
@@ -166,7 +163,12 @@ def static_int8(
     cmp = compare(run_onnx(out, job.test_x), ref, job.test_y)
     ops = op_counts(out)
     res = QuantResult.measured(
-        job.cfg.method, out, job.workdir / "float.onnx", cmp, reference_name, details={
+        job.cfg.method,
+        out,
+        job.workdir / "float.onnx",
+        cmp,
+        reference_name,
+        details={
             "calibration": job.cfg.calibration.method,
             "calibration_samples": q.calibrated_samples,
             "per_channel": job.cfg.per_channel,

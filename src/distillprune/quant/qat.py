@@ -79,9 +79,7 @@ class ActQuant(nn.Module):
         if not bool(self.seen):
             return x
         scale, zp = self.qparams()
-        return torch.fake_quantize_per_tensor_affine(
-            x, scale.to(x.device), zp.to(x.device), self.qmin, self.qmax
-        )
+        return torch.fake_quantize_per_tensor_affine(x, scale.to(x.device), zp.to(x.device), self.qmin, self.qmax)
 
 
 def fake_quant_weight(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
@@ -110,9 +108,7 @@ def running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 class QuantWrapper(nn.Module):
     """A Conv2d (with its BatchNorm folded in) or a Linear, with fake-quant input, weight and output."""
 
-    def __init__(
-        self, layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | None, per_channel: bool, signed: bool
-    ):
+    def __init__(self, layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | None, per_channel: bool, signed: bool):
         super().__init__()
         self.layer, self.bn, self.per_channel = layer, bn, per_channel
         self.act_in, self.act_out = ActQuant(signed), ActQuant(signed)
@@ -209,9 +205,7 @@ class FakeQuant:
                 if bn_name:
                     set_module(self.model, bn_name, nn.Identity())
         if not self.wrapped:
-            raise QuantizationError(
-                f"qat: {type(self.model).__name__} has no Conv2d or Linear layer to quantize"
-            )
+            raise QuantizationError(f"qat: {type(self.model).__name__} has no Conv2d or Linear layer to quantize")
         return len(self.wrapped)
 
     def unwrap(self) -> None:
@@ -287,7 +281,6 @@ def qat(job: QuantJob) -> QuantResult:
     check_agreement(
         res,
         job.cfg,
-        "the exported graph quantizes tensors the fake-quant model does not; "
-        "lower min_agreement or report this model",
+        "the exported graph quantizes tensors the fake-quant model does not; lower min_agreement or report this model",
     )
     return res

@@ -1,4 +1,5 @@
 """The quantizer registry: ``fn(job: QuantJob) -> QuantResult`` by method name."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

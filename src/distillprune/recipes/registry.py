@@ -4,6 +4,7 @@
 needs: the recipe's stage union, ``distillprune list``, the README's stage table and the contract tests
 are built from this registry. The config's ``type: Literal["name"]`` field names the stage.
 """
+
 from __future__ import annotations
 
 import typing

@@ -4,6 +4,7 @@ This module only composes: each family owns its config (``models.ModelConfig``, 
 ``train.RuntimeConfig``, ``measure.LatencyConfig``) and each stage type registers its own config class
 (``recipes.registry``); the stage list is the discriminated union of whatever is registered.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,8 +54,10 @@ class Recipe(StrictModel):
         for i, st in enumerate(stages if isinstance(stages, list) else []):
             if isinstance(st, dict) and st.get("type") not in names:
                 t = st.get("type")
-                raise ValueError(f"stages.{i}.type: unknown stage type {t!r}{nearest(str(t), names)}; "
-                                 f"expected one of: {', '.join(names)}")
+                raise ValueError(
+                    f"stages.{i}.type: unknown stage type {t!r}{nearest(str(t), names)}; "
+                    f"expected one of: {', '.join(names)}"
+                )
         return data
 
     @model_validator(mode="after")

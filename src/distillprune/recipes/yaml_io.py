@@ -1,5 +1,6 @@
 """Reading recipe YAML strictly: ``yaml.SafeLoader`` plus duplicate keys as errors, errors with line numbers,
 UTF-8 only, and a bound on what aliases may expand to. Every failure is one ``RecipeError`` line."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,11 @@ class StrictSafeLoader(yaml.SafeLoader):
                 break
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {first.start_mark.line + 1})",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 
@@ -45,8 +49,9 @@ def parse_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise RecipeError(f"{source}: nested too deeply to be a recipe") from None
     if _count(data, {}, 0) > MAX_VALUES:
-        raise RecipeError(f"{source}: expands to more than {MAX_VALUES} values (YAML aliases?); "
-                          "a recipe is a small mapping")
+        raise RecipeError(
+            f"{source}: expands to more than {MAX_VALUES} values (YAML aliases?); a recipe is a small mapping"
+        )
     return data
 
 
@@ -62,8 +67,9 @@ def read_text(path: str | Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RecipeError(f"recipe {p}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                          "a recipe is a YAML text file") from None
+        raise RecipeError(
+            f"recipe {p}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); a recipe is a YAML text file"
+        ) from None
 
 
 def _where(e: yaml.MarkedYAMLError) -> str:

@@ -1,4 +1,5 @@
 """Reports: data objects with separate rendering."""
+
 from distillprune.report.render import print_table, render_markdown
 from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
 

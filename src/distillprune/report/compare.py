@@ -4,6 +4,7 @@ Latency is compared in absolute milliseconds, so it is only meaningful between r
 alike: the page and the table say when the runs' machines, ONNX Runtime versions or thread
 counts differ.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,32 @@ from distillprune.report.plots import compare_svg, latency_keys, latency_label
 from distillprune.report.render import _fmt_bytes, _fmt_int, _x
 from distillprune.report.run_folder import RunData, load_run, run_folder
 
-COLUMNS = ["run", "recipe", "stages", "dense top-1 %", "final top-1 %", "Δ top-1 pp", "params", "MACs",
-           "file size", "ORT bs1 ms", "speedup bs1", "ORT bs32 ms", "speedup bs32", "MAC ratio", "realised/MAC"]
-COMPACT = [("run", "run"), ("final top-1 %", "top-1"), ("Δ top-1 pp", "Δ pp"), ("MACs", "MACs"),
-           ("ORT bs1 ms", "bs1 ms"), ("speedup bs1", "speedup"), ("realised/MAC", "real/MAC")]
+COLUMNS = [
+    "run",
+    "recipe",
+    "stages",
+    "dense top-1 %",
+    "final top-1 %",
+    "Δ top-1 pp",
+    "params",
+    "MACs",
+    "file size",
+    "ORT bs1 ms",
+    "speedup bs1",
+    "ORT bs32 ms",
+    "speedup bs32",
+    "MAC ratio",
+    "realised/MAC",
+]
+COMPACT = [
+    ("run", "run"),
+    ("final top-1 %", "top-1"),
+    ("Δ top-1 pp", "Δ pp"),
+    ("MACs", "MACs"),
+    ("ORT bs1 ms", "bs1 ms"),
+    ("speedup bs1", "speedup"),
+    ("realised/MAC", "real/MAC"),
+]
 # what must match for absolute latencies to compare
 MEASURED_ALIKE = ("cpu_model", "processor", "cpu_count", "onnxruntime", "ort_threads", "gpu")
 
@@ -58,14 +81,25 @@ def compare_rows(runs: Sequence[RunData]) -> list[list[str]]:
         sp32 = rep.speedup(final, "ort_bs32") if final else None
         mr = rep.mac_ratio(final) if final else None
         best = max((v for v in (sp1, sp32) if v is not None), default=None)
-        out.append([
-            run.label, rep.recipe, str(sum(s.measured for s in rep.stages)),
-            "-" if acc0 is None else f"{acc0:.2f}", "-" if acc1 is None else f"{acc1:.2f}",
-            "-" if acc0 is None or acc1 is None else f"{acc1 - acc0:+.2f}",
-            _fmt_int(final.params if final else None), _fmt_int(final.macs if final else None),
-            _fmt_bytes(final.onnx_bytes if final else None), _ms(final, "ort_bs1"), _x(sp1),
-            _ms(final, "ort_bs32"), _x(sp32), _x(mr), "-" if best is None or not mr else f"{best / mr:.2f}",
-        ])
+        out.append(
+            [
+                run.label,
+                rep.recipe,
+                str(sum(s.measured for s in rep.stages)),
+                "-" if acc0 is None else f"{acc0:.2f}",
+                "-" if acc1 is None else f"{acc1:.2f}",
+                "-" if acc0 is None or acc1 is None else f"{acc1 - acc0:+.2f}",
+                _fmt_int(final.params if final else None),
+                _fmt_int(final.macs if final else None),
+                _fmt_bytes(final.onnx_bytes if final else None),
+                _ms(final, "ort_bs1"),
+                _x(sp1),
+                _ms(final, "ort_bs32"),
+                _x(sp32),
+                _x(mr),
+                "-" if best is None or not mr else f"{best / mr:.2f}",
+            ]
+        )
     return out
 
 
@@ -84,15 +118,17 @@ def latency_notes(runs: Sequence[RunData], tolerance: float = 0.10) -> list[str]
     network, so the gap is the machine (load, frequency), and speedups compare better than milliseconds."""
     out = []
     for i, a in enumerate(runs):
-        for b in runs[i + 1:]:
+        for b in runs[i + 1 :]:
             ba, bb = a.report.baseline, b.report.baseline
             if ba is None or bb is None or ba.macs != bb.macs:
                 continue
             for key in sorted(set(ba.latency_ms) & set(bb.latency_ms)):
                 x, y = ba.latency_ms[key], bb.latency_ms[key]
                 if max(x, y) > (1 + tolerance) * min(x, y):
-                    out.append(f"the same dense model ({_fmt_int(ba.macs)} MACs) measured {x:.3f} ms ({a.label}) vs "
-                               f"{y:.3f} ms ({b.label}) on {key}: compare speedups rather than milliseconds")
+                    out.append(
+                        f"the same dense model ({_fmt_int(ba.macs)} MACs) measured {x:.3f} ms ({a.label}) vs "
+                        f"{y:.3f} ms ({b.label}) on {key}: compare speedups rather than milliseconds"
+                    )
     return out
 
 
@@ -127,13 +163,17 @@ def recipe_differences(runs: Sequence[RunData]) -> list[list[str]]:
 
 def _recipes_html(runs: Sequence[RunData]) -> str:
     if any(r.recipe is None for r in runs):
-        return ('<p class="note">Not every run folder carries its recipe (stage checkpoints): '
-                + ", ".join(escape(r.label) for r in runs if r.recipe is None) + ".</p>")
+        return (
+            '<p class="note">Not every run folder carries its recipe (stage checkpoints): '
+            + ", ".join(escape(r.label) for r in runs if r.recipe is None)
+            + ".</p>"
+        )
     rows = recipe_differences(runs)
     if not rows:
         return '<p class="note">The resolved recipes are identical.</p>'
-    return ("<p>Every resolved recipe value (defaults included) that is not the same in all runs.</p>"
-            + table(["recipe key", *(r.label for r in runs)], rows, text_cols=tuple(range(len(runs) + 1))))
+    return "<p>Every resolved recipe value (defaults included) that is not the same in all runs.</p>" + table(
+        ["recipe key", *(r.label for r in runs)], rows, text_cols=tuple(range(len(runs) + 1))
+    )
 
 
 def _keys(runs: Sequence[RunData]) -> list[str]:
@@ -146,14 +186,28 @@ def _keys(runs: Sequence[RunData]) -> list[str]:
 def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) -> str:
     pairs = [(r.label, r.report) for r in runs]
     diffs = environment_differences(runs)
-    warn = ("<p class=\"flag\">Measured differently, so absolute latencies do not compare: "
-            + "; ".join(escape(d) for d in diffs) + ".</p>") if diffs else ""
+    warn = (
+        (
+            '<p class="flag">Measured differently, so absolute latencies do not compare: '
+            + "; ".join(escape(d) for d in diffs)
+            + ".</p>"
+        )
+        if diffs
+        else ""
+    )
     warn += "".join(f'<p class="flag">Note: {escape(n)}.</p>' for n in latency_notes(runs))
-    figs = [figure(compare_svg(pairs, k), f"Top-1 against measured latency, {escape(latency_label(k))}: each run's "
-                   "stages joined in run order (square: its dense model, large dot: its final stage).",
-                   f"No run has a stage with both accuracy and {k} latency.") for k in _keys(runs)]
-    overlay = warn + (f'<div class="grid">{"".join(figs)}</div>' if figs
-                      else '<p class="note">No run has measured latency.</p>')
+    figs = [
+        figure(
+            compare_svg(pairs, k),
+            f"Top-1 against measured latency, {escape(latency_label(k))}: each run's "
+            "stages joined in run order (square: its dense model, large dot: its final stage).",
+            f"No run has a stage with both accuracy and {k} latency.",
+        )
+        for k in _keys(runs)
+    ]
+    overlay = warn + (
+        f'<div class="grid">{"".join(figs)}</div>' if figs else '<p class="note">No run has measured latency.</p>'
+    )
     links = []
     for r in runs:
         html = r.folder / "report.html" if r.folder else None
@@ -161,19 +215,32 @@ def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) ->
             href = os.path.relpath(html, out_dir) if out_dir else html.as_uri()
             links.append(f'<li><a href="{escape(href)}">{escape(r.label)}</a>: its full report</li>')
         else:
-            links.append(f"<li>{escape(r.label)}: no report.html (render it with <code>distillprune report "
-                         f"{escape(str(r.folder))} --html</code>)</li>")
-    runs_html = (table(COLUMNS, compare_rows(runs), text_cols=(0, 1))
-                 + "<p class=\"note\">Final = each run's last measured stage; speedups and MAC ratio against the "
-                 "run's own dense model.</p><ul>" + "".join(links) + "</ul>")
+            links.append(
+                f"<li>{escape(r.label)}: no report.html (render it with <code>distillprune report "
+                f"{escape(str(r.folder))} --html</code>)</li>"
+            )
+    runs_html = (
+        table(COLUMNS, compare_rows(runs), text_cols=(0, 1))
+        + '<p class="note">Final = each run\'s last measured stage; speedups and MAC ratio against the '
+        "run's own dense model.</p><ul>" + "".join(links) + "</ul>"
+    )
     env_keys = list(dict.fromkeys(k for r in runs for k in r.report.environment))
     env_rows = [[k, *(_env(r, k) for r in runs)] for k in env_keys]
-    sections = [("overlay", "Accuracy vs measured latency", overlay), ("runs", "Runs", runs_html),
-                ("recipes", "Recipe differences", _recipes_html(runs)),
-                ("environment", "Environments", table(["", *(r.label for r in runs)], env_rows,
-                                                      text_cols=tuple(range(len(runs) + 1))))]
-    header = (f"<h1>distillprune: {len(runs)} runs compared</h1><p class=\"muted\">"
-              + ", ".join(f"<code>{escape(r.label)}</code> ({escape(r.report.recipe)})" for r in runs) + "</p>")
+    sections = [
+        ("overlay", "Accuracy vs measured latency", overlay),
+        ("runs", "Runs", runs_html),
+        ("recipes", "Recipe differences", _recipes_html(runs)),
+        (
+            "environment",
+            "Environments",
+            table(["", *(r.label for r in runs)], env_rows, text_cols=tuple(range(len(runs) + 1))),
+        ),
+    ]
+    header = (
+        f'<h1>distillprune: {len(runs)} runs compared</h1><p class="muted">'
+        + ", ".join(f"<code>{escape(r.label)}</code> ({escape(r.report.recipe)})" for r in runs)
+        + "</p>"
+    )
     return page("distillprune compare", header, sections, "distillprune compare · self-contained page: no network.")
 
 
@@ -196,8 +263,10 @@ def print_compare(runs: Sequence[RunData], wide: bool = False, console=None) -> 
 
     cols = [(c, c) for c in COLUMNS] if wide else COMPACT
     pick = [COLUMNS.index(c) for c, _ in cols]
-    t = Table(title=f"distillprune: {len(runs)} runs, final stage vs each run's dense model",
-              caption=None if wide else "speedup: ORT bs1; real/MAC: best speedup / MAC ratio; --wide: all columns")
+    t = Table(
+        title=f"distillprune: {len(runs)} runs, final stage vs each run's dense model",
+        caption=None if wide else "speedup: ORT bs1; real/MAC: best speedup / MAC ratio; --wide: all columns",
+    )
     for c, header in cols:
         t.add_column(header, justify="left" if c in ("run", "recipe") else "right", overflow="fold")
     for row in compare_rows(runs):

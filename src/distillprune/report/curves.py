@@ -4,6 +4,7 @@ Records are tagged ``"<index>:<stage>"`` or ``"<index>:<stage>/<phase>"`` (``2:p
 ``4:distill/gen2``); a stage's phases are laid end to end on one epoch axis. A resumed run logs
 the epochs it repeats again: the last record of an epoch wins.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,11 @@ from matplotlib.ticker import MaxNLocator
 
 from distillprune.report.svg import new_figure, styled, to_svg
 
-PANELS = (("loss", ("loss",), "training loss"), ("accuracy %", ("train_acc", "test_acc"), "top-1 %"),
-          ("learning rate", ("lr",), "lr"))
+PANELS = (
+    ("loss", ("loss",), "training loss"),
+    ("accuracy %", ("train_acc", "test_acc"), "top-1 %"),
+    ("learning rate", ("lr",), "lr"),
+)
 SERIES_STYLE = {"loss": "#0072B2", "train_acc": "#E69F00", "test_acc": "#009E73", "lr": "#555555"}
 SERIES_LABEL = {"loss": "loss", "train_acc": "train", "test_acc": "test", "lr": "lr"}
 
@@ -67,15 +71,31 @@ def _panel(ax, c: Curve, title: str, keys: tuple[str, ...], ylabel: str) -> None
     for k in keys:
         if k in c.series:
             pts = [(x, y) for x, y in zip(c.x, c.series[k], strict=True) if y is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=2.5, lw=1.2, color=SERIES_STYLE[k],
-                    label=SERIES_LABEL[k])
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                "-o",
+                ms=2.5,
+                lw=1.2,
+                color=SERIES_STYLE[k],
+                label=SERIES_LABEL[k],
+            )
             drawn = True
     for _, x0 in c.phases[1:]:
         ax.axvline(x0 + 0.5, color="#999999", ls=":", lw=0.8)
     if len(c.phases) > 1:
         for i, (name, x0) in enumerate(c.phases):
-            ax.annotate(name, (c.x[0] if i == 0 else x0 + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -2),
-                        textcoords="offset points", fontsize=6.5, color="#666666", va="top", ha="left")
+            ax.annotate(
+                name,
+                (c.x[0] if i == 0 else x0 + 0.5, 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -2),
+                textcoords="offset points",
+                fontsize=6.5,
+                color="#666666",
+                va="top",
+                ha="left",
+            )
     if not drawn:
         ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="#888888")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -3,6 +3,7 @@
 Inline CSS (screen and print), inline SVG figures, one tiny inline script that opens every
 ``<details>`` before printing (the browser would print them closed). System fonts only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -67,25 +68,34 @@ SCRIPT = "addEventListener('beforeprint',()=>document.querySelectorAll('details'
 def page(title: str, header: str, sections: Sequence[tuple[str, str, str]], footer: str) -> str:
     """A whole document. ``sections``: (anchor id, heading, inner HTML)."""
     nav = "".join(f'<a href="#{escape(a)}">{escape(h)}</a>' for a, h, _ in sections)
-    body = "\n".join(f'<section id="{escape(a)}"><h2>{escape(h)}</h2>\n{inner}\n</section>'
-                     for a, h, inner in sections)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            f"<header>{header}</header>\n<nav>{nav}</nav>\n<main>\n{body}\n</main>\n"
-            f"<footer>{footer}</footer>\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
+    body = "\n".join(f'<section id="{escape(a)}"><h2>{escape(h)}</h2>\n{inner}\n</section>' for a, h, inner in sections)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<header>{header}</header>\n<nav>{nav}</nav>\n<main>\n{body}\n</main>\n"
+        f"<footer>{footer}</footer>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
+    )
 
 
-def table(head: Sequence[str], rows: Iterable[Sequence[Any]], row_class: Sequence[str] | None = None,
-          text_cols: Sequence[int] = ()) -> str:
+def table(
+    head: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    row_class: Sequence[str] | None = None,
+    text_cols: Sequence[int] = (),
+) -> str:
     """An HTML table of escaped cells; ``text_cols`` are left-aligned and may wrap."""
-    th = "".join(f'<th class="text">{escape(str(h))}</th>' if j in text_cols else f"<th>{escape(str(h))}</th>"
-                 for j, h in enumerate(head))
+    th = "".join(
+        f'<th class="text">{escape(str(h))}</th>' if j in text_cols else f"<th>{escape(str(h))}</th>"
+        for j, h in enumerate(head)
+    )
     out = []
     for i, r in enumerate(rows):
         cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
-        tds = "".join(f'<td class="text">{escape(str(c))}</td>' if j in text_cols else f"<td>{escape(str(c))}</td>"
-                      for j, c in enumerate(r))
+        tds = "".join(
+            f'<td class="text">{escape(str(c))}</td>' if j in text_cols else f"<td>{escape(str(c))}</td>"
+            for j, c in enumerate(r)
+        )
         out.append(f"<tr{cls}>{tds}</tr>")
     return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{"".join(out)}</tbody></table></div>'
 
@@ -98,5 +108,8 @@ def figure(svg: str | None, caption: str, missing: str) -> str:
 
 
 def cards(items: Sequence[tuple[str, str]]) -> str:
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for k, v in items) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for k, v in items)
+        + "</div>"
+    )

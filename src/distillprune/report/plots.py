@@ -3,6 +3,7 @@
 Every figure is drawn from report data only (``CompressionReport``, plain dicts), so any run
 folder renders, and returns an inline ``<svg>`` string (see ``report.svg``).
 """
+
 from __future__ import annotations
 
 import re
@@ -55,8 +56,13 @@ def latency_spread(s: StageResult, key: str) -> tuple[float, float] | None:
     spread = getattr(s, "latency_spread", None) or {}
     pair = spread.get(key) if isinstance(spread, dict) else None
     sp, ms = (s.speedups or {}).get(key), s.latency_ms.get(key)
-    if isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(v, (int, float)) and v > 0
-                                                                  for v in pair) and sp and ms:
+    if (
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and all(isinstance(v, (int, float)) and v > 0 for v in pair)
+        and sp
+        and ms
+    ):
         return ms * sp / float(pair[1]), ms * sp / float(pair[0])
     return None
 
@@ -112,8 +118,11 @@ def target_latency(report: CompressionReport, plan: Plan, key: str) -> float | N
 
 
 def _points(report: CompressionReport, key: str) -> list[tuple[StageResult, float, float]]:
-    return [(s, s.latency_ms[key], s.accuracy) for s in report.stages
-            if s.measured and s.accuracy is not None and key in s.latency_ms]
+    return [
+        (s, s.latency_ms[key], s.accuracy)
+        for s in report.stages
+        if s.measured and s.accuracy is not None and key in s.latency_ms
+    ]
 
 
 NICE_SPEEDUPS = (0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 100)
@@ -162,14 +171,31 @@ def accuracy_latency_svg(report: CompressionReport, key: str) -> str | None:
         spread = latency_spread(s, key)
         xerr = None if spread is None else [[max(lat - spread[0], 0)], [max(spread[1] - lat, 0)]]
         dense = s is report.baseline
-        eb = ax.errorbar([lat], [acc], xerr=xerr, fmt="s" if dense else "o", ms=8 if dense else 7,
-                         color=colour(stage_ix[s.index]), capsize=3, zorder=4,
-                         label=stage_label(s) + (" (dense)" if dense else ""))
+        eb = ax.errorbar(
+            [lat],
+            [acc],
+            xerr=xerr,
+            fmt="s" if dense else "o",
+            ms=8 if dense else 7,
+            color=colour(stage_ix[s.index]),
+            capsize=3,
+            zorder=4,
+            label=stage_label(s) + (" (dense)" if dense else ""),
+        )
         eb.lines[0].set_gid(f"stage-{s.index}")
     front = pareto_front([(lat, acc) for _, lat, acc in pts])
     if len(front) > 1:
-        ax.plot([pts[i][1] for i in front], [pts[i][2] for i in front], drawstyle="steps-post", ls="--",
-                color="#555555", lw=1, zorder=2, label="Pareto front (stages)", gid="front")
+        ax.plot(
+            [pts[i][1] for i in front],
+            [pts[i][2] for i in front],
+            drawstyle="steps-post",
+            ls="--",
+            color="#555555",
+            lw=1,
+            zorder=2,
+            label="Pareto front (stages)",
+            gid="front",
+        )
     _draw_candidates(ax, report, key)
     ax.set_xlabel(f"measured latency, ms ({latency_label(key)})")
     ax.set_ylabel("top-1 %")
@@ -179,32 +205,63 @@ def accuracy_latency_svg(report: CompressionReport, key: str) -> str | None:
         _speedup_axis(ax, base.latency_ms[key])
     handles, labels = ax.get_legend_handles_labels()  # stages first, in run order; then the other series
     stage_labels = [stage_label(s) + (" (dense)" if s is report.baseline else "") for s, _, _ in pts]
-    order = sorted(range(len(labels)), key=lambda i: (stage_labels.index(labels[i]) if labels[i] in stage_labels
-                                                      else len(stage_labels) + i))
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=2,
-               frameon=False)
+    order = sorted(
+        range(len(labels)),
+        key=lambda i: stage_labels.index(labels[i]) if labels[i] in stage_labels else len(stage_labels) + i,
+    )
+    fig.legend(
+        [handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=2, frameon=False
+    )
     return to_svg(fig, f"pareto-{key}", f"top-1 against measured latency, {latency_label(key)}")
 
 
 def _draw_candidates(ax, report: CompressionReport, key: str) -> None:
     all_plans = plans(report)
     for n, plan in enumerate(all_plans):
-        pts = [(c["latency_ms"][key], c["est_top1"], bool(c.get("chosen"))) for c in plan.candidates
-               if isinstance(c.get("latency_ms"), dict) and key in c["latency_ms"]
-               and isinstance(c.get("est_top1"), (int, float))]
+        pts = [
+            (c["latency_ms"][key], c["est_top1"], bool(c.get("chosen")))
+            for c in plan.candidates
+            if isinstance(c.get("latency_ms"), dict)
+            and key in c["latency_ms"]
+            and isinstance(c.get("est_top1"), (int, float))
+        ]
         suffix = f" ({plan.stage})" if len(all_plans) > 1 else ""
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="^", s=22, facecolors="none",
-                       edgecolors="#777777", linewidths=0.9, zorder=3, label=CANDIDATES_LEGEND + suffix,
-                       gid=f"candidates-{n}")
+            ax.scatter(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="^",
+                s=22,
+                facecolors="none",
+                edgecolors="#777777",
+                linewidths=0.9,
+                zorder=3,
+                label=CANDIDATES_LEGEND + suffix,
+                gid=f"candidates-{n}",
+            )
             chosen = [p for p in pts if p[2]]
             if chosen:
-                ax.scatter([p[0] for p in chosen], [p[1] for p in chosen], marker="*", s=110, color="#D55E00",
-                           zorder=5, label="chosen candidate" + suffix, gid=f"chosen-{n}")
+                ax.scatter(
+                    [p[0] for p in chosen],
+                    [p[1] for p in chosen],
+                    marker="*",
+                    s=110,
+                    color="#D55E00",
+                    zorder=5,
+                    label="chosen candidate" + suffix,
+                    gid=f"chosen-{n}",
+                )
         x = target_latency(report, plan, key)
         if x is not None:
-            ax.axvline(x, color="#D55E00", ls=":", lw=1.4, zorder=1, gid=f"target-{n}",
-                       label=f"target: {plan.target['latency_speedup']:g}x ({x:.3g} ms)" + suffix)
+            ax.axvline(
+                x,
+                color="#D55E00",
+                ls=":",
+                lw=1.4,
+                zorder=1,
+                gid=f"target-{n}",
+                label=f"target: {plan.target['latency_speedup']:g}x ({x:.3g} ms)" + suffix,
+            )
 
 
 def _fmt_count(v: float) -> str:
@@ -218,18 +275,27 @@ def _fmt_bytes(v: float) -> str:
     return f"{v / 2**20:.3g} MiB" if v >= 2**20 else f"{v / 2**10:.3g} KiB"
 
 
-def _bar_panels(report: CompressionReport) -> list[tuple[str, Callable[[StageResult], float | None],
-                                                         Callable[[float], str]]]:
+def _bar_panels(
+    report: CompressionReport,
+) -> list[tuple[str, Callable[[StageResult], float | None], Callable[[float], str]]]:
     base = report.baseline
-    panels: list = [("parameters", lambda s: s.params, _fmt_count), ("MACs", lambda s: s.macs, _fmt_count),
-                    ("ONNX file size", lambda s: s.onnx_bytes, _fmt_bytes)]
+    panels: list = [
+        ("parameters", lambda s: s.params, _fmt_count),
+        ("MACs", lambda s: s.macs, _fmt_count),
+        ("ONNX file size", lambda s: s.onnx_bytes, _fmt_bytes),
+    ]
     for key in latency_keys(report):
-        panels.append((f"{short_latency_label(key)} latency, ms", lambda s, k=key: s.latency_ms.get(k),
-                       lambda v: f"{v:.3g}"))
+        panels.append(
+            (f"{short_latency_label(key)} latency, ms", lambda s, k=key: s.latency_ms.get(k), lambda v: f"{v:.3g}")
+        )
     if base is not None and base.accuracy is not None:
-        panels.append(("top-1 change vs dense, pp",
-                       lambda s: None if s.accuracy is None else s.accuracy - base.accuracy,
-                       lambda v: f"{v:+.2f}"))
+        panels.append(
+            (
+                "top-1 change vs dense, pp",
+                lambda s: None if s.accuracy is None else s.accuracy - base.accuracy,
+                lambda v: f"{v:+.2f}",
+            )
+        )
     return panels
 
 
@@ -255,13 +321,19 @@ def stage_bars_svg(report: CompressionReport) -> str | None:
         ax.grid(axis="y", visible=False)
         ax.axvline(0, color="#333333", lw=0.8)
         for y, v in zip(ys, vals, strict=True):
-            ax.annotate("n/a" if v is None else fmt(v), (v or 0, y), xytext=(3 if (v or 0) >= 0 else -3, 0),
-                        textcoords="offset points", va="center", ha="left" if (v or 0) >= 0 else "right",
-                        fontsize=7)
+            ax.annotate(
+                "n/a" if v is None else fmt(v),
+                (v or 0, y),
+                xytext=(3 if (v or 0) >= 0 else -3, 0),
+                textcoords="offset points",
+                va="center",
+                ha="left" if (v or 0) >= 0 else "right",
+                fontsize=7,
+            )
         ax.margins(x=0.3)
         ax.xaxis.set_visible(False)  # the bars carry their values
         ax.spines["bottom"].set_visible(False)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return to_svg(fig, "stage-bars", "per-stage parameters, MACs, file size, latency and accuracy change")
 
@@ -288,8 +360,16 @@ def compare_svg(runs: Sequence[tuple[str, CompressionReport]], key: str) -> str 
         return None
     front = pareto_front(everything)
     if len(front) > 1:
-        ax.plot([everything[i][0] for i in front], [everything[i][1] for i in front], drawstyle="steps-post",
-                ls="--", color="#555555", lw=1, zorder=2, label="Pareto front (all stages of all runs)")
+        ax.plot(
+            [everything[i][0] for i in front],
+            [everything[i][1] for i in front],
+            drawstyle="steps-post",
+            ls="--",
+            color="#555555",
+            lw=1,
+            zorder=2,
+            label="Pareto front (all stages of all runs)",
+        )
     ax.set_xlabel(f"measured latency, ms ({latency_label(key)})")
     ax.set_ylabel("top-1 %")
     ax.margins(x=0.12, y=0.15)

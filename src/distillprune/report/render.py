@@ -1,10 +1,25 @@
 """Render a CompressionReport: Markdown table, console table (rich). Nothing here computes results."""
+
 from __future__ import annotations
 
 from distillprune.report.report import CompressionReport, StageResult
 
-COLUMNS = ["stage", "top-1 %", "Δ top-1 pp", "params", "MACs", "file size", "size gain", "ORT bs1 ms",
-           "ORT bs32 ms", "speedup bs1", "speedup bs32", "stage speedup bs1", "MAC ratio", "realised/MAC"]
+COLUMNS = [
+    "stage",
+    "top-1 %",
+    "Δ top-1 pp",
+    "params",
+    "MACs",
+    "file size",
+    "size gain",
+    "ORT bs1 ms",
+    "ORT bs32 ms",
+    "speedup bs1",
+    "speedup bs32",
+    "stage speedup bs1",
+    "MAC ratio",
+    "realised/MAC",
+]
 
 
 def _fmt_int(n: int | None) -> str:
@@ -57,14 +72,25 @@ def rows(report: CompressionReport) -> list[list[str]]:
             delta = s.accuracy - prev.accuracy
         prev_sp = None if prev is None else report.speedup(prev, "ort_bs1")
         stage_sp = None if prev is None or sp1 is None or prev_sp is None else sp1 / prev_sp
-        out.append([
-            s.name + (f" [{s.artefact}]" if s.artefact else ""),
-            "-" if s.accuracy is None else f"{s.accuracy:.2f}",
-            "-" if delta is None else f"{delta:+.2f}", _fmt_int(s.params), _fmt_int(s.macs),
-            _fmt_bytes(s.onnx_bytes), "-" if prev is None else _x(_ratio(prev.onnx_bytes, s.onnx_bytes)),
-            _ms(s, "ort_bs1"), _ms(s, "ort_bs32"), _x(sp1), _x(sp32), _x(stage_sp), _x(mr),
-            "-" if best is None or not mr else f"{best / mr:.2f}",
-        ] + [_metric(s, k) for k in metric_keys(report)])
+        out.append(
+            [
+                s.name + (f" [{s.artefact}]" if s.artefact else ""),
+                "-" if s.accuracy is None else f"{s.accuracy:.2f}",
+                "-" if delta is None else f"{delta:+.2f}",
+                _fmt_int(s.params),
+                _fmt_int(s.macs),
+                _fmt_bytes(s.onnx_bytes),
+                "-" if prev is None else _x(_ratio(prev.onnx_bytes, s.onnx_bytes)),
+                _ms(s, "ort_bs1"),
+                _ms(s, "ort_bs32"),
+                _x(sp1),
+                _x(sp32),
+                _x(stage_sp),
+                _x(mr),
+                "-" if best is None or not mr else f"{best / mr:.2f}",
+            ]
+            + [_metric(s, k) for k in metric_keys(report)]
+        )
         prev = s
     return out
 
@@ -80,18 +106,23 @@ def _ms(s: StageResult, key: str) -> str:
 
 def render_markdown(report: CompressionReport) -> str:
     env = report.environment
-    lines = [f"# distillprune report: {report.recipe}", "",
-             f"Latency: ONNX Runtime {env.get('onnxruntime', '?')} CPU provider, "
-             f"{env.get('ort_threads', '?')} intra-op thread(s), median of timed windows; "
-             f"machine: {env.get('cpu_model') or env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
-             f"torch {env.get('torch', '?')}.",
-             "Speedups and MAC ratios are relative to the dense model (the first measured row), each stage "
-             "timed back to back with it (median of pairs; a stage that kept the architecture reuses the "
-             "previous timing); Δ top-1, size gain and stage speedup are relative to the previous row. A row "
-             "marked [file] measures that deployed file (int8 ONNX, packed clustered weights) instead of the "
-             "float model's ONNX.", "",
-             *_sequence_note(env),
-             "| " + " | ".join(columns(report)) + " |", "|" + "---|" * len(columns(report))]
+    lines = [
+        f"# distillprune report: {report.recipe}",
+        "",
+        f"Latency: ONNX Runtime {env.get('onnxruntime', '?')} CPU provider, "
+        f"{env.get('ort_threads', '?')} intra-op thread(s), median of timed windows; "
+        f"machine: {env.get('cpu_model') or env.get('processor', '?')} ({env.get('cpu_count', '?')} cores), "
+        f"torch {env.get('torch', '?')}.",
+        "Speedups and MAC ratios are relative to the dense model (the first measured row), each stage "
+        "timed back to back with it (median of pairs; a stage that kept the architecture reuses the "
+        "previous timing); Δ top-1, size gain and stage speedup are relative to the previous row. A row "
+        "marked [file] measures that deployed file (int8 ONNX, packed clustered weights) instead of the "
+        "float model's ONNX.",
+        "",
+        *_sequence_note(env),
+        "| " + " | ".join(columns(report)) + " |",
+        "|" + "---|" * len(columns(report)),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     flags = [(s.name, f) for s in report.stages for f in s.flags]
     if flags:
@@ -119,8 +150,16 @@ def _short(v: object) -> str:
 
 
 # The default console table: what fits an 80-column terminal. (column in COLUMNS, its short header)
-COMPACT = [("stage", "stage"), ("top-1 %", "top-1"), ("Δ top-1 pp", "Δ pp"), ("params", "params"),
-           ("MACs", "MACs"), ("ORT bs1 ms", "bs1 ms"), ("speedup bs1", "speedup"), ("realised/MAC", "real/MAC")]
+COMPACT = [
+    ("stage", "stage"),
+    ("top-1 %", "top-1"),
+    ("Δ top-1 pp", "Δ pp"),
+    ("params", "params"),
+    ("MACs", "MACs"),
+    ("ORT bs1 ms", "bs1 ms"),
+    ("speedup bs1", "speedup"),
+    ("realised/MAC", "real/MAC"),
+]
 
 
 def print_table(report: CompressionReport, wide: bool = False, console=None) -> None:
@@ -132,12 +171,14 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
     from rich.table import Table
 
     names = columns(report)
-    extra = [(c, c) for c in names[len(COLUMNS):]]  # quality metrics (embedders) in both views
+    extra = [(c, c) for c in names[len(COLUMNS) :]]  # quality metrics (embedders) in both views
     cols = [(c, c) for c in names] if wide else [*COMPACT, *extra]
     pick = [names.index(c) for c, _ in cols]
     data = [[r[i] for i in pick] for r in rows(report)]
-    table = Table(title=f"distillprune: {report.recipe}", caption=None if wide else
-                  "speedup: bs1 vs dense; real/MAC: best speedup / MAC ratio; --wide: all columns")
+    table = Table(
+        title=f"distillprune: {report.recipe}",
+        caption=None if wide else "speedup: bs1 vs dense; real/MAC: best speedup / MAC ratio; --wide: all columns",
+    )
     for c, header in cols:
         # "fold": on a narrow terminal a cell wraps, it is never cut short with an ellipsis
         table.add_column(header, justify="left" if c == "stage" else "right", overflow="fold")

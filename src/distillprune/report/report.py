@@ -1,4 +1,5 @@
 """The report: data first (``report.json`` is the source of truth), rendering separate."""
+
 from __future__ import annotations
 
 import json
@@ -103,9 +104,13 @@ class CompressionReport:
         return b.macs / s.macs if b and b.macs and s.macs else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recipe": self.recipe, "environment": self.environment,
-                "stages": [s.to_dict() for s in self.stages], "baseline_index": self.baseline_index,
-                "version": self.version}
+        return {
+            "recipe": self.recipe,
+            "environment": self.environment,
+            "stages": [s.to_dict() for s in self.stages],
+            "baseline_index": self.baseline_index,
+            "version": self.version,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompressionReport:
@@ -130,14 +135,39 @@ class CompressionReport:
 
             render_markdown(report)  # a report that loads also renders (types inside details included)
             return report
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
-                AttributeError, IndexError, RecursionError) as e:
+        except (
+            OSError,
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            IndexError,
+            RecursionError,
+        ) as e:
             raise DistillpruneError(f"{p}: not a readable report.json ({type(e).__name__}: {e})") from None
 
 
 # CPU features that decide which ONNX Runtime / oneDNN kernels run (int8 needs VNNI to be fast).
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "sve",
+)
 LIBRARIES = ("torch", "onnxruntime", "onnx", "torch-pruning", "numpy", "distillprune")
 
 
@@ -178,9 +208,16 @@ def environment() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-           "cpu_count": __import__("os").cpu_count(), **cpu_info(), "torch_threads": torch.get_num_threads()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        **cpu_info(),
+        "torch_threads": torch.get_num_threads(),
+    }
     env.update({k: v for k, v in library_versions().items() if k not in env})
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)

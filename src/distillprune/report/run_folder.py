@@ -4,6 +4,7 @@ Only files, never live objects, so a run folder written by an older version rend
 piece that is missing (no metrics log, no stage checkpoint with a recipe) is ``None``/empty and
 the page says so instead of failing.
 """
+
 from __future__ import annotations
 
 import json

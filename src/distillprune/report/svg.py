@@ -6,6 +6,7 @@ paths (matplotlib's default ``svg.fonttype``), so the page needs no font files. 
 one document share an id namespace, so every id a figure defines is prefixed with the figure's
 own name.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,10 +27,21 @@ R = TypeVar("R")
 
 # One colour per stage, in stage order, shared by every figure of a page (Okabe-Ito: colour-blind safe).
 PALETTE = ["#000000", "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999"]
-RC: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-      "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-      "axes.grid": True, "grid.color": "#dddddd", "grid.linewidth": 0.6, "svg.fonttype": "path",
-      "svg.hashsalt": "distillprune"}  # fixed salt: the same report renders to the same bytes
+RC: dict[RcKeyType, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#dddddd",
+    "grid.linewidth": 0.6,
+    "svg.fonttype": "path",
+    "svg.hashsalt": "distillprune",
+}  # fixed salt: the same report renders to the same bytes
 
 
 def colour(i: int) -> str:
@@ -61,7 +73,7 @@ def to_svg(fig: Figure, name: str, label: str) -> str:
     with rc_context(RC):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "distillprune"})
     text = buf.getvalue()
-    text = text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE: this goes inside HTML
+    text = text[text.index("<svg") :]  # drop the XML declaration and DOCTYPE: this goes inside HTML
     ids = set(_ID.findall(text))
     if ids:
         alternation = "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True))
@@ -70,6 +82,5 @@ def to_svg(fig: Figure, name: str, label: str) -> str:
     max_w = f"max-width:{float(width.group(1)) * 4 / 3:.0f}px;" if width else ""
     text = re.sub(r'(<svg[^>]*?)\s(width|height)="[^"]*"', r"\1", text, count=1)
     text = re.sub(r'(<svg[^>]*?)\s(width|height)="[^"]*"', r"\1", text, count=1)
-    attrs = (f'class="fig" data-figure="{escape(name)}" role="img" aria-label="{escape(label)}" '
-             f'style="{max_w}"')
+    attrs = f'class="fig" data-figure="{escape(name)}" role="img" aria-label="{escape(label)}" style="{max_w}"'
     return text.replace("<svg", f"<svg {attrs}", 1)

@@ -5,6 +5,7 @@ fine-tune after a prune) share one. A layer missing from a later state was remov
 residual block when the block is in a stage's ``details["removed_blocks"]`` — or factorised (a
 low-rank factorisation turns ``conv`` into ``conv.0`` + ``conv.1``, which show as added layers).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -99,8 +100,13 @@ def _draw_bars(ax, states: list[WidthState], rows: list[LayerRow]) -> None:
     for j, st in enumerate(states):
         ys = [i - 0.4 + h * (j + 0.5) for i in range(len(rows))]
         vals = [r.widths[j] for r in rows]
-        ax.barh(ys, [v or 0 for v in vals], height=h * 0.92, color=st.colour,
-                label=f"{st.stage}" + (" (dense)" if j == 0 else ""))
+        ax.barh(
+            ys,
+            [v or 0 for v in vals],
+            height=h * 0.92,
+            color=st.colour,
+            label=f"{st.stage}" + (" (dense)" if j == 0 else ""),
+        )
         for y, v, r in zip(ys, vals, rows, strict=True):
             if v is None and _factorised(r.name, st.widths):
                 ax.text(top * 0.01, y, "factorised (see .0/.1)", color="#666666", va="center", fontsize=6.5)

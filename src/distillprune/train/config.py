@@ -1,4 +1,5 @@
 """Options of the one training loop (train, distill, finetune and the training inside prune)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,11 @@ class RuntimeConfig(StrictModel):
     channels_last: bool = False
     compile: bool = False
     threads: int | None = Field(None, gt=0, description="torch intra-op threads for training (None: torch's default)")
-    sync_bn: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch (all "
-                          "ranks) instead of each rank's share; slower, closer to a single process")
+    sync_bn: bool = Field(
+        False,
+        description="under torchrun: BatchNorm statistics over the global batch (all "
+        "ranks) instead of each rank's share; slower, closer to a single process",
+    )
     progress: bool = True
     tensorboard: bool = True
 
@@ -61,6 +65,10 @@ class TrainSummary:
             return None
         ips = [h["images_per_s"] for h in history]
         acc = history[-1].get("test_acc")
-        return cls(len(history), round(history[-1]["loss"], 4), round(sum(ips) / len(ips), 1),
-                   round(sum(h["seconds"] for h in history), 2),
-                   None if acc is None or acc != acc else round(acc, 2))
+        return cls(
+            len(history),
+            round(history[-1]["loss"], 4),
+            round(sum(ips) / len(ips), 1),
+            round(sum(h["seconds"] for h in history), 2),
+            None if acc is None or acc != acc else round(acc, 2),
+        )

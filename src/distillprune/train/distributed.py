@@ -15,6 +15,7 @@ What is shared, and how (the rest of the package calls only these):
   averaged by hand, buffers taken from rank 0, BatchNorm optionally synchronised);
 * files: only rank 0 writes (:func:`is_rank0`); :func:`barrier` where the others must wait.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -139,8 +140,7 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
-def once(fn: Callable[[], T], encode: Callable[[T], Any] = lambda v: v,
-         decode: Callable[[Any], T] = lambda v: v) -> T:
+def once(fn: Callable[[], T], encode: Callable[[T], Any] = lambda v: v, decode: Callable[[Any], T] = lambda v: v) -> T:
     """``fn()`` run on rank 0 only, its result (``encode``d to JSON, ``decode``d back) on every rank.
 
     A failure on rank 0 fails every rank with the same one-line error instead of leaving the others
@@ -165,12 +165,14 @@ def once(fn: Callable[[], T], encode: Callable[[T], Any] = lambda v: v,
             raise RuntimeError(got["message"])
         cls = getattr(errors, got["error"], None)
         raise (cls if isinstance(cls, type) and issubclass(cls, DistillpruneError) else DistillpruneError)(
-            got["message"])
+            got["message"]
+        )
     return result if is_rank0() else decode(got["value"])
 
 
-def replicate(cut: Callable[[], None], history: list[HistoryOp], replay: Callable[[HistoryOp], None],
-              report: Any = None) -> None:
+def replicate(
+    cut: Callable[[], None], history: list[HistoryOp], replay: Callable[[HistoryOp], None], report: Any = None
+) -> None:
     """Run ``cut`` -- which appends history ops (and may update the dataclass ``report``) -- on rank 0 only;
     the other ranks receive the new ops as JSON and ``replay`` each, and take rank 0's report fields."""
     if not is_active():
@@ -182,8 +184,10 @@ def replicate(cut: Callable[[], None], history: list[HistoryOp], replay: Callabl
 
     def decide() -> dict[str, Any]:
         cut()
-        return {"ops": [op.to_dict() for op in history[start:]],
-                "report": None if report is None else to_jsonable(report)}
+        return {
+            "ops": [op.to_dict() for op in history[start:]],
+            "report": None if report is None else to_jsonable(report),
+        }
 
     decided = once(decide)
     if is_rank0():
@@ -213,8 +217,10 @@ def check_same_architecture(model: nn.Module, history: Iterable[HistoryOp], wher
     prints = all_gather_json(architecture_fingerprint(model, list(history)))
     if len(set(prints)) > 1:
         held = ", ".join(f"rank {i}: {p}" for i, p in enumerate(prints))
-        raise DistillpruneError(f"ranks hold different architectures {where} ({held}; hash of the history "
-                                "and parameter shapes): a pruning decision was not shared")
+        raise DistillpruneError(
+            f"ranks hold different architectures {where} ({held}; hash of the history "
+            "and parameter shapes): a pruning decision was not shared"
+        )
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -261,8 +267,11 @@ class DataParallel:
             return self.model
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-            if self.device.type == "cuda" else None
+        ids = (
+            [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+            if self.device.type == "cuda"
+            else None
+        )
         return DistributedDataParallel(self.model, device_ids=ids)
 
     def loss_scale(self, local: int, total: int) -> float:
@@ -282,7 +291,7 @@ class DataParallel:
         flat /= self.world
         offset = 0
         for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def sync_buffers(self) -> None:

@@ -1,4 +1,5 @@
 """Run logs: one JSON object per line (metrics.jsonl) and, when available, TensorBoard scalars."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """A rich progress bar that is a no-op when disabled (tests, CI logs)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -12,7 +13,8 @@ def progress_bar(enabled: bool, desc: str, total: int, done: int = 0) -> Iterato
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as prog:
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as prog:
         task = prog.add_task(desc, total=total, completed=done)
         yield lambda n: prog.advance(task, n)

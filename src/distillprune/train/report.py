@@ -1,4 +1,5 @@
 """The typed report of a plain training or fine-tuning stage."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Learning-rate schedules as pure functions of the global step (nothing to checkpoint but the step)."""
+
 from __future__ import annotations
 
 import math

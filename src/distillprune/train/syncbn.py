@@ -14,6 +14,7 @@ While training, ``swap_batchnorms`` puts a :class:`SyncBatchNorm` in place of ea
 parameters and buffers (same names: checkpoints written meanwhile are unchanged); ``restore_batchnorms``
 puts the originals back.
 """
+
 from __future__ import annotations
 
 import torch
@@ -98,7 +99,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = xf.shape[1]
         count = float(sums[-1])
         mean = sums[:c] / count
-        var = (sums[c:2 * c] / count - mean * mean).clamp_min(0)
+        var = (sums[c : 2 * c] / count - mean * mean).clamp_min(0)
         return mean.float(), var.float(), count
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ Under torchrun the same loop runs on every rank (``train.distributed``): Distrib
 ``batch_size`` is the global batch (each rank takes its share), metrics are summed over the ranks,
 evaluation is split between them, and only rank 0 writes checkpoints and logs.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,14 @@ def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, batch_size: int = 256,
-             runtime: RuntimeConfig | None = None, shard: bool = False) -> float:
+def evaluate(
+    model: nn.Module,
+    data: DataBundle,
+    split: Split | None = None,
+    batch_size: int = 256,
+    runtime: RuntimeConfig | None = None,
+    shard: bool = False,
+) -> float:
     """Top-1 accuracy (in %) on the test split (or ``split``). ``shard``: under torchrun, each rank scores
     its own contiguous part and the counts are summed (every rank must call it then)."""
     runtime = runtime or RuntimeConfig(progress=False)
@@ -105,13 +112,19 @@ def evaluate(model: nn.Module, data: DataBundle, split: Split | None = None, bat
     return 100.0 * correct / total
 
 
-def _save(ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer,
-          history: list[dict]) -> None:
+def _save(
+    ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer, history: list[dict]
+) -> None:
     if not ddp.is_rank0():  # under torchrun the ranks hold one model; rank 0 writes it
         return
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"objective.{k}": v.detach().contiguous() for k, v in objective.state_dict().items()
-                    if not k.startswith("teacher")})
+    tensors.update(
+        {
+            f"objective.{k}": v.detach().contiguous()
+            for k, v in objective.state_dict().items()
+            if not k.startswith("teacher")
+        }
+    )
     sd = opt.state_dict()
     for pid, st in sd["state"].items():
         for k, v in st.items():
@@ -120,8 +133,10 @@ def _save(ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, op
     meta = {"epoch": epoch, "history": history, "param_groups": sd["param_groups"]}
     # the metadata travels inside the one atomically written file: a kill between two files would pair
     # epoch k+1's weights with epoch k's record (last.json is a readable copy)
-    atomic_write(ckpt_dir / "last.safetensors",
-                 lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta, default=_plain)}))
+    atomic_write(
+        ckpt_dir / "last.safetensors",
+        lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta, default=_plain)}),
+    )
     write_json(ckpt_dir / "last.json", meta)
 
 
@@ -130,8 +145,7 @@ def _load(ckpt_dir: Path, model: nn.Module, objective: nn.Module, opt: torch.opt
         meta = _meta(ckpt_dir)
         tensors = load_file(str(ckpt_dir / "last.safetensors"))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")},
-                                  strict=False)
+        objective.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")}, strict=False)
         state: dict[int, dict] = {}
         for k, v in tensors.items():
             if k.startswith("opt."):
@@ -162,10 +176,23 @@ def has_checkpoint(ckpt_dir: Path) -> bool:
     return (ckpt_dir / "last.safetensors").exists()
 
 
-def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn.Module, *,
-        runtime: RuntimeConfig, seed: int = 0, batch_size: int = 64, crop_padding: int = 0, hflip: bool = False,
-        ckpt_dir: Path | None = None, resume: bool = False, logger: RunLogger | None = None,
-        on_step: Callable[[nn.Module], None] | None = None, desc: str = "train") -> list[dict]:
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    settings: FitSettings,
+    objective: nn.Module,
+    *,
+    runtime: RuntimeConfig,
+    seed: int = 0,
+    batch_size: int = 64,
+    crop_padding: int = 0,
+    hflip: bool = False,
+    ckpt_dir: Path | None = None,
+    resume: bool = False,
+    logger: RunLogger | None = None,
+    on_step: Callable[[nn.Module], None] | None = None,
+    desc: str = "train",
+) -> list[dict]:
     """Train ``model`` in place for ``settings.epochs``; returns one record per epoch.
 
     Under torchrun (every rank calls it) ``batch_size`` is the global batch; see ``train.distributed``."""
@@ -189,14 +216,27 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
     par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
-    loader = TensorLoader(data.train, batch_size, data.mean, data.std, shuffle=True, crop_padding=crop_padding,
-                          hflip=hflip, drop_last=len(data.train) > batch_size, seed=seed, device=device,
-                          rank=par.rank, world_size=par.world)
+    loader = TensorLoader(
+        data.train,
+        batch_size,
+        data.mean,
+        data.std,
+        shuffle=True,
+        crop_padding=crop_padding,
+        hflip=hflip,
+        drop_last=len(data.train) > batch_size,
+        seed=seed,
+        device=device,
+        rank=par.rank,
+        world_size=par.world,
+    )
     hooks.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise DistillpruneError(f"{type(model).__name__} has no trainable parameters (requires_grad is off "
-                                "everywhere: a frozen teacher or a copy of one?)")
+        raise DistillpruneError(
+            f"{type(model).__name__} has no trainable parameters (requires_grad is off "
+            "everywhere: a frozen teacher or a copy of one?)"
+        )
     trainable = getattr(objective, "trainable", None)
     extra: list[nn.Parameter] = list(trainable()) if trainable is not None else []
     opt = make_optimizer(params + extra, settings.optimizer)
@@ -217,8 +257,9 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
             begin_epoch = getattr(objective, "begin_epoch", None)
             if begin_epoch is not None:  # schedules, teacher-output cache (distill objectives)
                 begin_epoch(loader, epoch, settings.epochs)
-            rec = _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar,
-                         par, extra)
+            rec = _epoch(
+                fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar, par, extra
+            )
             par.sync_buffers()
             scored = data.test.y is not None and getattr(model, "output_kind", "logits") != "embedding"
             rec["test_acc"] = evaluate(model, data, runtime=runtime, shard=True) if scored else float("nan")
@@ -233,8 +274,22 @@ def fit(model: nn.Module, data: DataBundle, settings: FitSettings, objective: nn
     return history
 
 
-def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar,
-           par: ddp.DataParallel, extra: list[nn.Parameter]) -> dict:
+def _epoch(
+    fwd,
+    model,
+    loader,
+    objective,
+    opt,
+    scaler,
+    settings,
+    runtime,
+    device,
+    epoch,
+    on_step,
+    bar,
+    par: ddp.DataParallel,
+    extra: list[nn.Parameter],
+) -> dict:
     model.train()
     t0, seen, labelled = time.perf_counter(), 0, 0
     # running sums stay on the device: reading them every step would synchronise a GPU every step
@@ -275,16 +330,24 @@ def _epoch(fwd, model, loader, objective, opt, scaler, settings, runtime, device
     sums = [float(loss_sum), float(correct), float(seen), float(labelled)]
     loss_total, correct_total, n, n_labelled = ddp.all_reduce_sum(sums) if par.active else sums
     seen = int(n)
-    return {"epoch": epoch + 1, "loss": loss_total / max(seen, 1),
-            "train_acc": 100.0 * correct_total / n_labelled if n_labelled else float("nan"),
-            "lr": opt.param_groups[0]["lr"], "seconds": dt, "images_per_s": seen / max(dt, 1e-9)}
+    return {
+        "epoch": epoch + 1,
+        "loss": loss_total / max(seen, 1),
+        "train_acc": 100.0 * correct_total / n_labelled if n_labelled else float("nan"),
+        "lr": opt.param_groups[0]["lr"],
+        "seconds": dt,
+        "images_per_s": seen / max(dt, 1e-9),
+    }
 
 
-def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, opt: torch.optim.Optimizer,
-                  exact: bool = True) -> None:
+def _check_finite(
+    loss_sum: torch.Tensor, epoch: int, step: int, opt: torch.optim.Optimizer, exact: bool = True
+) -> None:
     """Raise on a non-finite running loss; ``exact`` is False when it was checked only every few steps."""
     value = float(loss_sum)
     if not math.isfinite(value):
         where = f"step {step + 1}" if exact else f"by step {step + 1}"
-        raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, {where} "
-                               f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate")
+        raise TrainingDiverged(
+            f"loss is {value} at epoch {epoch + 1}, {where} "
+            f"(lr={opt.param_groups[0]['lr']:.3g}); lower the learning rate"
+        )

@@ -1,5 +1,6 @@
 """Options of transformer pruning: ``prune_transformer`` stage and ``distillprune.prune_(model, cfg)`` with a
 ``TransformerPruneConfig``."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -16,25 +17,29 @@ class TransformerTargetConfig(_CNNTarget):
     """A transformer's target: the share of layers to drop (``depth_fractions``) and one heads/FFN ratio,
     searched up to ``max_width_ratio``, per option."""
 
-    depth_fractions: list[float] = Field(default_factory=lambda: [0.0],
-                                         description="shares of the encoder layers to try dropping")
+    depth_fractions: list[float] = Field(
+        default_factory=lambda: [0.0], description="shares of the encoder layers to try dropping"
+    )
     max_width_ratio: float = Field(0.75, gt=0, lt=1, description="upper end of the heads/FFN ratio search")
+
 
 class HeadsConfig(StrictModel):
     """Remove attention heads (whole heads: the head size stays, so the kernels keep their shapes)."""
 
-    ratio: float | None = Field(None, gt=0, lt=1, description="share of the model's heads removed (searched "
-                                                            "with a target)")
-    global_ranking: bool = Field(True, description="rank heads across layers (layers keep different counts); "
-                                                   "false: the same share in every layer")
+    ratio: float | None = Field(
+        None, gt=0, lt=1, description="share of the model's heads removed (searched with a target)"
+    )
+    global_ranking: bool = Field(
+        True,
+        description="rank heads across layers (layers keep different counts); false: the same share in every layer",
+    )
     min_per_layer: int = Field(1, ge=1, description="heads every layer keeps")
 
 
 class FfnConfig(StrictModel):
     """Remove FFN intermediate neurons, kept counts rounded to a multiple of round_to in every layer."""
 
-    ratio: float | None = Field(None, gt=0, lt=1, description="share of FFN neurons removed (searched with a "
-                                                            "target)")
+    ratio: float | None = Field(None, gt=0, lt=1, description="share of FFN neurons removed (searched with a target)")
     global_ranking: bool = Field(False, description="rank neurons across layers; false: the same share per layer")
     round_to: int = Field(64, gt=0, description="kept neurons per layer: nearest multiple (hardware-friendly)")
 
@@ -53,19 +58,23 @@ class TransformerPruneConfig(TrainingOptions):
     heads: HeadsConfig | None = None
     ffn: FfnConfig | None = None
     layers: LayersConfig | None = None
-    importance: Literal["fisher"] = Field("fisher", description="fisher: squared mask gradients of the output "
-                                                                "likelihood (Kwon et al. 2022)")
+    importance: Literal["fisher"] = Field(
+        "fisher", description="fisher: squared mask gradients of the output likelihood (Kwon et al. 2022)"
+    )
     calib_batches: int = Field(8, gt=0, description="batches scoring heads, neurons and layers")
     target: TransformerTargetConfig | None = Field(
-        None, description="search layers to drop and the heads/FFN ratio that reach a measured ORT speedup or a "
-                          "MACs ratio")
+        None,
+        description="search layers to drop and the heads/FFN ratio that reach a measured ORT speedup or a MACs ratio",
+    )
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)
-    distill: DistillConfig | None = Field(default_factory=DistillConfig,
-                                          description="KD between steps (default loss: embedding for "
-                                                      "embedders, kd for classifiers; null: cross-entropy)")
-    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-4,
-                                                                                weight_decay=0.01))
+    distill: DistillConfig | None = Field(
+        default_factory=DistillConfig,
+        description="KD between steps (default loss: embedding for embedders, kd for classifiers; null: cross-entropy)",
+    )
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(name="adamw", lr=1e-4, weight_decay=0.01)
+    )
 
     @model_validator(mode="after")
     def _something(self) -> TransformerPruneConfig:

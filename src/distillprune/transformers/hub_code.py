@@ -10,6 +10,7 @@ weights are loaded. distillprune uses the same function to rebuild pruned models
 
 This module must stay self-contained (it is copied into saved model folders): no distillprune imports.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,22 @@ if TYPE_CHECKING:
 
 #: per architecture family: attention projections (q, k, v, out) and FFN (in, out), relative to a layer
 PARTS = {
-    "bert": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-             "intermediate.dense", "output.dense"),
-    "distilbert": ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
-                   "ffn.lin1", "ffn.lin2"),
+    "bert": (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ),
+    "distilbert": (
+        "attention.q_lin",
+        "attention.k_lin",
+        "attention.v_lin",
+        "attention.out_lin",
+        "ffn.lin1",
+        "ffn.lin2",
+    ),
 }
 
 
@@ -68,8 +81,11 @@ def sliced_linear(lin: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
     """A Linear keeping output rows (``dim=0``) or input columns (``dim=1``) ``keep`` of ``lin``."""
     keep = keep.to(lin.weight.device)
     w = lin.weight.detach().index_select(dim, keep).clone()
-    b = None if lin.bias is None else (lin.bias.detach().index_select(0, keep).clone() if dim == 0
-                                       else lin.bias.detach().clone())
+    b = (
+        None
+        if lin.bias is None
+        else (lin.bias.detach().index_select(0, keep).clone() if dim == 0 else lin.bias.detach().clone())
+    )
     new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         new.weight.copy_(w)
@@ -89,8 +105,11 @@ def keep_heads(layer: nn.Module, heads: list[int], head_dim: int) -> None:
         _set(layer, p, sliced_linear(linear_at(layer, p), rows, 0))
     _set(layer, paths[3], sliced_linear(linear_at(layer, paths[3]), rows, 1))
     attn = layer.get_submodule(paths[0].rpartition(".")[0])
-    for name, value in (("num_attention_heads", len(heads)), ("n_heads", len(heads)),
-                        ("all_head_size", len(heads) * head_dim)):
+    for name, value in (
+        ("num_attention_heads", len(heads)),
+        ("n_heads", len(heads)),
+        ("all_head_size", len(heads) * head_dim),
+    ):
         if hasattr(attn, name):  # bookkeeping only: the forward infers the head count from the shapes
             setattr(attn, name, value)
 
@@ -112,8 +131,11 @@ def config_head_dim(config: PretrainedConfig) -> int:
 def layout_of(model: nn.Module, head_dim: int) -> dict[str, Any]:
     """The per-layer sizes of ``model`` as they are now."""
     _, layers = encoder_layers(model)
-    return {"head_dim": head_dim, "heads": [part(m, 0).out_features // head_dim for m in layers],
-            "intermediate": [part(m, 4).out_features for m in layers]}
+    return {
+        "head_dim": head_dim,
+        "heads": [part(m, 0).out_features // head_dim for m in layers],
+        "intermediate": [part(m, 4).out_features for m in layers],
+    }
 
 
 def shrink_to_layout(model: nn.Module, layout: dict[str, Any] | None) -> nn.Module:

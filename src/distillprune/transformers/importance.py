@@ -14,6 +14,7 @@ teacher.) One random draw per sample, summed over the batch, estimates the per-s
 Layers: greedily, the layer whose skipping raises the KD loss least (1 - cosine to the teacher for
 embedders, KL for classifiers).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ def _output_loss(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y, reduction="sum")
 
 
-def fisher_scores(model: nn.Module, batches: Sequence[Batch], seed: int = 0) -> tuple[list[torch.Tensor],
-                                                                                           list[torch.Tensor]]:
+def fisher_scores(
+    model: nn.Module, batches: Sequence[Batch], seed: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per layer: head scores (H_l,) and FFN neuron scores (F_l,)."""
     d = head_dim(model)
     ls = layers(model)
@@ -106,8 +108,9 @@ def choose_layers(model: nn.Module, teacher: nn.Module, batches: Sequence[Batch]
                 saved = [(j, ls[j]) for j in chosen + [i]]
                 for j, _m in saved:
                     ls[j] = _Skip()
-                scores[i] = sum(kd_distance(call(model, x), t, embedding)
-                                for x, t in zip(batches, targets, strict=True)) / len(batches)
+                scores[i] = sum(
+                    kd_distance(call(model, x), t, embedding) for x, t in zip(batches, targets, strict=True)
+                ) / len(batches)
                 for j, m in saved:
                     ls[j] = m
             chosen.append(min(scores, key=scores.__getitem__))

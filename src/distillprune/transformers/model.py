@@ -8,6 +8,7 @@ sequence-classification`` is ``AutoModelForSequenceClassification`` with the dat
 folder without a classifier head gets a fresh one). A checkpoint stores the HF config in its spec, so it
 rebuilds without the folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,7 @@ def require_transformers() -> Any:
     try:
         return importlib.import_module("transformers")
     except ImportError:
-        raise DistillpruneError("Hugging Face models need the optional extra: pip install 'distillprune[hf]'") \
-            from None
+        raise DistillpruneError("Hugging Face models need the optional extra: pip install 'distillprune[hf]'") from None
 
 
 def resolve_path(path: str) -> Path:
@@ -86,8 +86,12 @@ class TextEncoder(nn.Module):
             out["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.long)
         return NamedInputs(out)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kw = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -132,8 +136,7 @@ def load_encoder(path: str, task: str, num_labels: int | None = None, normalize:
         with quiet_transformers():
             hf = cls.from_pretrained(str(folder), config=config, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError) as e:
-        raise DistillpruneError(f"model.path {folder}: cannot load a {task} model ({str(e).splitlines()[0]})") \
-            from None
+        raise DistillpruneError(f"model.path {folder}: cannot load a {task} model ({str(e).splitlines()[0]})") from None
     return _finish(hf, task, normalize)
 
 
@@ -175,8 +178,9 @@ def save_pretrained(model: nn.Module, folder: str | Path, tokenizer: str | Path 
         hf.save_pretrained(str(folder))
         if tokenizer is not None:
             tr = require_transformers()
-            tr.AutoTokenizer.from_pretrained(str(resolve_folder(str(tokenizer), "tokenizer")),
-                                             local_files_only=True).save_pretrained(str(folder))
+            tr.AutoTokenizer.from_pretrained(
+                str(resolve_folder(str(tokenizer), "tokenizer")), local_files_only=True
+            ).save_pretrained(str(folder))
     if getattr(hf.config, "distillprune_layout", None):
         base = type(hf).__name__
         code = Path(hub_code.__file__).read_text(encoding="utf-8")

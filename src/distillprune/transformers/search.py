@@ -7,6 +7,7 @@ and FFN together, or FFN only), bisect the ratio to the smallest that meets the 
 model and the candidate back to back; the plan that keeps the most MACs wins. The session then chooses
 *which* layers, heads and neurons by KD loss and Fisher importance.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,11 +56,22 @@ def shrunk(model: nn.Module, n_drop: int, heads_ratio: float, ffn_ratio: float, 
 
 
 class _Scorer:
-    def __init__(self, model: nn.Module, shape: Sequence[int], target: TransformerTargetConfig, lat: LatencyConfig,
-                 rounds: int = 3):
+    def __init__(
+        self,
+        model: nn.Module,
+        shape: Sequence[int],
+        target: TransformerTargetConfig,
+        lat: LatencyConfig,
+        rounds: int = 3,
+    ):
         self.shape, self.target, self.rounds = tuple(shape), target, rounds
-        self.lat = lat.model_copy(update={"batch_sizes": [target.batch_size], "enabled": True,
-                                          "seq_lengths": [_seq_for(lat, target.batch_size)]})
+        self.lat = lat.model_copy(
+            update={
+                "batch_sizes": [target.batch_size],
+                "enabled": True,
+                "seq_lengths": [_seq_for(lat, target.batch_size)],
+            }
+        )
         self.base_macs = count_macs(model, shape)
         self.base = onnx_bytes(model, self.shape) if target.latency_speedup else None
 
@@ -87,9 +99,15 @@ def _seq_for(lat: LatencyConfig, batch: int) -> int:
     return lat.seq_lengths[0]
 
 
-def search(model: nn.Module, input_shape: Sequence[int], target: TransformerTargetConfig,
-           latency: LatencyConfig | None = None, round_to: int = 64, iters: int = 6,
-           mixes: Sequence[str] = ("heads+ffn", "ffn")) -> TransformerPlan:
+def search(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    target: TransformerTargetConfig,
+    latency: LatencyConfig | None = None,
+    round_to: int = 64,
+    iters: int = 6,
+    mixes: Sequence[str] = ("heads+ffn", "ffn"),
+) -> TransformerPlan:
     lat = (latency or LatencyConfig()).model_copy(update={"repeats": 3, "min_window_s": 0.03})
     scorer = _Scorer(model, input_shape, target, lat)
     n_layers = len(layers(model))
@@ -121,7 +139,9 @@ def search(model: nn.Module, input_shape: Sequence[int], target: TransformerTarg
             if best is None or found.macs_ratio < best.macs_ratio:
                 best = found
     if best is None:
-        raise DistillpruneError(f"no plan reaches the target {target.model_dump(exclude_none=True)} (ratios up "
-                                f"to {target.max_width_ratio}, layer fractions {target.depth_fractions}); lower "
-                                "the target or allow dropping more layers")
+        raise DistillpruneError(
+            f"no plan reaches the target {target.model_dump(exclude_none=True)} (ratios up "
+            f"to {target.max_width_ratio}, layer fractions {target.depth_fractions}); lower "
+            "the target or allow dropping more layers"
+        )
     return best

@@ -11,6 +11,7 @@ verb ``prune_transformer_`` (also what ``distillprune.prune_`` runs for a ``Tran
 
 Every change is a history op (``prune_heads``, ``prune_ffn``, ``drop_layers``) and the HF config follows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -76,10 +77,20 @@ def default_losses(cfg: TransformerPruneConfig, model: nn.Module) -> Transformer
 
 
 class TransformerPruneSession:
-    def __init__(self, model: nn.Module, cfg: TransformerPruneConfig, *, data: DataBundle,
-                 teacher: nn.Module | None = None, history: list[HistoryOp] | None = None,
-                 trainer: Trainer | None = None, latency: LatencyConfig | None = None,
-                 device: torch.device | str = "cpu", batch_size: int = 32, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TransformerPruneConfig,
+        *,
+        data: DataBundle,
+        teacher: nn.Module | None = None,
+        history: list[HistoryOp] | None = None,
+        trainer: Trainer | None = None,
+        latency: LatencyConfig | None = None,
+        device: torch.device | str = "cpu",
+        batch_size: int = 32,
+        seed: int = 0,
+    ):
         if cfg.epochs_per_step and trainer is None:
             raise DistillpruneError("epochs_per_step > 0 needs a trainer (pass data to prune_)")
         layers(model)  # one clear line when the model is not an encoder
@@ -114,8 +125,9 @@ class TransformerPruneSession:
 
     def calibration(self) -> list[Batch]:
         d = self.data
-        loader = TensorLoader(d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1,
-                              device=self.device)
+        loader = TensorLoader(
+            d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1, device=self.device
+        )
         return [x for (x, _), _ in zip(loader, range(self.cfg.calib_batches), strict=False)]
 
     def step(self, k: int) -> None:
@@ -219,12 +231,22 @@ class TransformerPruneSession:
                 self._record(NeuronsOp(li, keep))
 
 
-def prune_transformer_(model: nn.Module, cfg: TransformerPruneConfig | dict[str, Any], example_inputs: Any = None,
-                       num_classes: int | None = None, *, data: DataBundle | None = None,
-                       teacher: nn.Module | None = None, spec: ArchSpec | None = None,
-                       runtime: RuntimeConfig | None = None, latency: LatencyConfig | None = None,
-                       batch_size: int = 32, seed: int = 0, train_seed: int | None = None,
-                       **_: Any) -> TransformerPruneReport:
+def prune_transformer_(
+    model: nn.Module,
+    cfg: TransformerPruneConfig | dict[str, Any],
+    example_inputs: Any = None,
+    num_classes: int | None = None,
+    *,
+    data: DataBundle | None = None,
+    teacher: nn.Module | None = None,
+    spec: ArchSpec | None = None,
+    runtime: RuntimeConfig | None = None,
+    latency: LatencyConfig | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    train_seed: int | None = None,
+    **_: Any,
+) -> TransformerPruneReport:
     """Prune an encoder's heads, FFN neurons and layers in place while distilling (see the module doc).
 
     ``cfg``: a TransformerPruneConfig or its dict (``{"heads": {"ratio": 0.25}, "ffn": {"ratio": 0.5},
@@ -234,17 +256,33 @@ def prune_transformer_(model: nn.Module, cfg: TransformerPruneConfig | dict[str,
     from distillprune.prune.api import fit_trainer
     from distillprune.train.trainer import resolve_device
 
-    cfg = cfg if isinstance(cfg, TransformerPruneConfig) else validate(TransformerPruneConfig, cfg,
-                                                                       where="transformer prune config")
+    cfg = (
+        cfg
+        if isinstance(cfg, TransformerPruneConfig)
+        else validate(TransformerPruneConfig, cfg, where="transformer prune config")
+    )
     if data is None:
         raise DistillpruneError("transformer pruning scores heads, neurons and layers on data: pass data=...")
     runtime = runtime or RuntimeConfig(progress=False, tensorboard=False)
     trainer = None
     if cfg.epochs_per_step:
-        trainer = fit_trainer(cfg, data, runtime, seed if train_seed is None else train_seed,  # type: ignore[arg-type]
-                              batch_size)
-    session = TransformerPruneSession(model, cfg, data=data, teacher=teacher,
-                                      history=spec.history if spec is not None else None, trainer=trainer,
-                                      latency=latency, device=resolve_device(runtime), batch_size=batch_size,
-                                      seed=seed)
+        trainer = fit_trainer(
+            cfg,  # type: ignore[arg-type]
+            data,
+            runtime,
+            seed if train_seed is None else train_seed,
+            batch_size,
+        )
+    session = TransformerPruneSession(
+        model,
+        cfg,
+        data=data,
+        teacher=teacher,
+        history=spec.history if spec is not None else None,
+        trainer=trainer,
+        latency=latency,
+        device=resolve_device(runtime),
+        batch_size=batch_size,
+        seed=seed,
+    )
     return session.run()

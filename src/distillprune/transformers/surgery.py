@@ -5,6 +5,7 @@ checkpoint rebuilds the pruned model by replay; after each change the HF config 
 (``num_hidden_layers``, and ``distillprune_layout`` with the per-layer head and neuron counts, see
 ``hub_code``), so ``save_pretrained`` writes a folder that ``from_pretrained`` reloads.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

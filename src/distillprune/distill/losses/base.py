@@ -74,9 +74,7 @@ def same_batch(s: torch.Tensor, t: torch.Tensor, what: str) -> None:
 def parse_pairs(pairs: Any, loss: str) -> list[tuple[str, str]]:
     """``[[student_path, teacher_path], ...]`` or ``[path, ...]`` (same path in both nets)."""
     if not pairs or not isinstance(pairs, (list, tuple)):
-        raise ValueError(
-            f"{loss}.pairs needs at least one [student_module, teacher_module] pair, got {pairs!r}"
-        )
+        raise ValueError(f"{loss}.pairs needs at least one [student_module, teacher_module] pair, got {pairs!r}")
     out = []
     for p in pairs:
         if isinstance(p, str):
@@ -95,8 +93,9 @@ def parse_tap(tap: Any, loss: str) -> list[tuple[str, str]]:
     return parse_pairs([tap], loss)
 
 
-def embedding_pair(taps: list[tuple[str, str]], student: Outputs,
-                   teacher: Outputs) -> tuple[torch.Tensor, torch.Tensor]:
+def embedding_pair(
+    taps: list[tuple[str, str]], student: Outputs, teacher: Outputs
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The (B, D) student and teacher embeddings of the first tap (the logits without one), same batch checked."""
     s_path, t_path = taps[0] if taps else (None, None)
     es, et = tapped(student, s_path), tapped(teacher, t_path)

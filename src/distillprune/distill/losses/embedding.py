@@ -7,6 +7,7 @@ teacher's), with a cosine term for normalised embeddings:
 ``P`` is a learned projection when the widths differ (hidden-size pruning), else the identity. The
 embeddings are the model outputs (``tap`` reads a module instead). Label-free.
 """
+
 from __future__ import annotations
 
 import torch

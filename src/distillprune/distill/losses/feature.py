@@ -19,9 +19,7 @@ from distillprune.errors import DistillpruneError
 
 def make_adapter(s: torch.Tensor, t: torch.Tensor) -> nn.Module:
     if s.dim() != t.dim() or s.dim() not in (2, 4):
-        raise DistillpruneError(
-            f"cannot match student feature {tuple(s.shape)} to teacher feature {tuple(t.shape)}"
-        )
+        raise DistillpruneError(f"cannot match student feature {tuple(s.shape)} to teacher feature {tuple(t.shape)}")
     if s.shape[1] == t.shape[1]:
         return nn.Identity()
     if s.dim() == 4:
@@ -40,9 +38,9 @@ class FitNetLoss(DistillLoss):
         self.adapters = nn.ModuleList()
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
-        self.adapters = nn.ModuleList(
-            make_adapter(student.features[s], teacher.features[t]) for s, t in self.taps
-        ).to(student.logits.device)
+        self.adapters = nn.ModuleList(make_adapter(student.features[s], teacher.features[t]) for s, t in self.taps).to(
+            student.logits.device
+        )
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor | None) -> torch.Tensor:
         teacher = teacher.detach()

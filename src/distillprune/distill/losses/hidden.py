@@ -8,6 +8,7 @@ every layer of a Hugging Face student with the teacher layer it was pruned from,
 student was built smaller (m(k) = round((k+1) * N_t / N_s) - 1); ``pairs`` names module paths instead.
 Padded tokens (the batch's attention mask) are left out.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,11 @@ class HiddenStateLoss(DistillLoss):
         if not self.taps:
             raise DistillpruneError("hidden: layers: auto was not bound to a student and a teacher")
         self.proj = nn.ModuleList(
-            projection(tokens(student.features[s]).shape[-1], tokens(teacher.features[t]).shape[-1],
-                       student.logits.device) for s, t in self.taps)
+            projection(
+                tokens(student.features[s]).shape[-1], tokens(teacher.features[t]).shape[-1], student.logits.device
+            )
+            for s, t in self.taps
+        )
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor | None) -> torch.Tensor:
         teacher = teacher.detach()
@@ -52,8 +56,9 @@ class HiddenStateLoss(DistillLoss):
             same_batch(student.features[s], teacher.features[t], f"feature '{s}'")
             hs, ht = proj(tokens(student.features[s])), tokens(teacher.features[t])
             if hs.shape != ht.shape:
-                raise DistillpruneError(f"hidden: student '{s}' {tuple(hs.shape)} and teacher '{t}' "
-                                        f"{tuple(ht.shape)} differ in tokens")
+                raise DistillpruneError(
+                    f"hidden: student '{s}' {tuple(hs.shape)} and teacher '{t}' {tuple(ht.shape)} differ in tokens"
+                )
             w = token_mask(student.mask, ht)
             err = ((hs - ht) ** 2).mean(-1)
             total = total + (err * w).sum() / w.sum().clamp_min(1.0)

@@ -11,6 +11,7 @@ The relations are T x T whatever the widths, so a student with fewer heads or a 
 the teacher without projections (R must divide both widths). ``layers: auto`` pairs the queries, keys and
 values of the last layers of two Hugging Face encoders; ``pairs`` names module paths instead.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,7 @@ class MiniLMLoss(DistillLoss):
     width_free = True
     example = {"pairs": [["f", "f"]], "heads": 2}
 
-    def __init__(self, pairs: list[list[str]] | list[str] | None = None, layers: str | None = None,
-                 heads: int = 8):
+    def __init__(self, pairs: list[list[str]] | list[str] | None = None, layers: str | None = None, heads: int = 8):
         super().__init__()
         if (pairs is None) == (layers is None):
             raise ValueError("minilm: give either pairs ([[student_module, teacher_module], ...]) or layers: auto")
@@ -56,7 +56,7 @@ class MiniLMLoss(DistillLoss):
             return
         from distillprune.transformers.hub_code import PARTS, layer_family  # lazy: the transformers family
 
-        (s, t), = encoder_pairs(student, teacher, "last")
+        ((s, t),) = encoder_pairs(student, teacher, "last")
         fam_s = layer_family(student.get_submodule(s))
         fam_t = layer_family(teacher.get_submodule(t))
         self.taps = [(f"{s}.{PARTS[fam_s][i]}", f"{t}.{PARTS[fam_t][i]}") for i in range(3)]

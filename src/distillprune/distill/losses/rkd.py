@@ -46,14 +46,10 @@ class RKDLoss(DistillLoss):
     zero_when_equal = True
     schedulable = ("distance_weight", "angle_weight")
 
-    def __init__(
-        self, tap: str | list[str] | None = None, distance_weight: float = 25.0, angle_weight: float = 50.0
-    ):
+    def __init__(self, tap: str | list[str] | None = None, distance_weight: float = 25.0, angle_weight: float = 50.0):
         super().__init__()
         if distance_weight < 0 or angle_weight < 0:
-            raise ValueError(
-                f"rkd weights must be >= 0, got distance {distance_weight}, angle {angle_weight}"
-            )
+            raise ValueError(f"rkd weights must be >= 0, got distance {distance_weight}, angle {angle_weight}")
         self.taps = parse_tap(tap, "rkd")
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 

@@ -1,4 +1,5 @@
 """Helpers of the sequence (transformer) losses: token-major views of features, masks, layer mapping."""
+
 from __future__ import annotations
 
 from typing import Any

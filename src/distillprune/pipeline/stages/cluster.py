@@ -1,4 +1,5 @@
 """``cluster``: k-means weight sharing per layer, centroids fine-tuned with KD; writes the packed file."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -50,6 +51,12 @@ def run_cluster(st: ClusterStage, state: RunState, index: int) -> StageOutcome:
         _, info = packed_sizes(sd, clustered)
         info = {**info, "codec": cfg.codec, "file_bytes": info[f"packed_{cfg.codec}_bytes"]}
         artefact = f"packed ({cfg.codec})"
-    report = ClusterReport(cfg.k, clustered, sum(wc.zero_slot.values()), info,
-                           round(info["dense_fp32_bytes"] / info["file_bytes"], 2), TrainSummary.of(hist))
+    report = ClusterReport(
+        cfg.k,
+        clustered,
+        sum(wc.zero_slot.values()),
+        info,
+        round(info["dense_fp32_bytes"] / info["file_bytes"], 2),
+        TrainSummary.of(hist),
+    )
     return StageOutcome(report, Deployed(artefact, info["file_bytes"]))

@@ -1,4 +1,5 @@
 """``distill``: distil a teacher into the current model or into a new `student`; born-again generations."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -30,8 +31,12 @@ class DistillStage(StageConfig, TrainingOptions):
 
     type: Literal["distill"]
     epochs: int = Field(..., ge=1)
-    generations: int = Field(1, ge=1, description="born-again: each generation's student teaches the next, "
-                                                 "which restarts from a fresh initialisation")
+    generations: int = Field(
+        1,
+        ge=1,
+        description="born-again: each generation's student teaches the next, "
+        "which restarts from a fresh initialisation",
+    )
     distill: DistillConfig = Field(default_factory=DistillConfig)
     student: ModelConfig | None = None
 
@@ -58,8 +63,12 @@ def run_distill(st: DistillStage, state: RunState, index: int) -> StageOutcome:
         hist += h
         gens.append({"generation": g, "top1": round(h[-1]["test_acc"], 2) if h else None})
         teacher = snapshot(state.model)
-    report = DistillReport([s.name for s in st.distill.losses], st.distill.mode, TrainSummary.of(hist),
-                           generations=gens if st.generations > 1 else None)
+    report = DistillReport(
+        [s.name for s in st.distill.losses],
+        st.distill.mode,
+        TrainSummary.of(hist),
+        generations=gens if st.generations > 1 else None,
+    )
     if isinstance(objective, MutualDistiller) and state.data.test.y is not None:
         report.peer_top1 = round(evaluate(objective.peer, state.data, runtime=state.recipe.runtime), 2)
     cache = getattr(objective, "cache", None)

@@ -1,4 +1,5 @@
 """``evaluate``: measure the current model without changing it."""
+
 from __future__ import annotations
 
 from typing import Literal

@@ -1,4 +1,5 @@
 """``export``: write ONNX and check it against torch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,5 +54,12 @@ def run_export(st: ExportStage, state: RunState, index: int) -> StageOutcome:
     if callable(save_pretrained):  # an HF encoder ships its folder too
         hf_folder = "hf"
         save_pretrained(path.parent / hf_folder, tokenizer=state.recipe.data.text.tokenizer)
-    return StageOutcome(ExportReport(path.name, float(f"{par['max_abs_diff']:.3g}"),
-                                     float(f"{par['top1_agreement']:.3g}"), round(par["cosine"], 6), hf_folder))
+    return StageOutcome(
+        ExportReport(
+            path.name,
+            float(f"{par['max_abs_diff']:.3g}"),
+            float(f"{par['top1_agreement']:.3g}"),
+            round(par["cosine"], 6),
+            hf_folder,
+        )
+    )

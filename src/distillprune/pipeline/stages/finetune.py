@@ -1,4 +1,5 @@
 """``finetune``: train the current model, with KD from the dense teacher unless ``distill`` is null."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal

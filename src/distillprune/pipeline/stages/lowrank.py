@@ -1,4 +1,5 @@
 """``lowrank``: truncated-SVD factorization of Linear/Conv layers, then KD fine-tuning."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal

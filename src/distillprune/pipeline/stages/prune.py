@@ -1,4 +1,5 @@
 """``prune``: prune while distilling (``prune.PruneSession``), with the pipeline's checkpointing trainer."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -13,10 +14,10 @@ from distillprune.recipes.schema import StageConfig
 
 class PruneStage(StageConfig, PruneConfig):
     """`steps` times: prune a little (`depth`: remove residual blocks chosen by the smallest KD-loss
-    increase; `width`: Torch-Pruning dependency-graph channel removal, importance `l1`/`l2`/`taylor`/`bn_scale`
-   , uniform or global, `round_to: 8` by default; or `unstructured`: global/layer magnitude
-    masks on a cubic schedule), then train `epochs_per_step` with KD from the dense teacher; `target`
-    searches the plan that reaches a MACs ratio or a measured speedup."""
+     increase; `width`: Torch-Pruning dependency-graph channel removal, importance `l1`/`l2`/`taylor`/`bn_scale`
+    , uniform or global, `round_to: 8` by default; or `unstructured`: global/layer magnitude
+     masks on a cubic schedule), then train `epochs_per_step` with KD from the dense teacher; `target`
+     searches the plan that reaches a MACs ratio or a measured speedup."""
 
     example: ClassVar[dict[str, Any]] = {"width": {"ratio": 0.5, "round_to": 4}, "epochs_per_step": 1}
 
@@ -32,7 +33,17 @@ def run_prune(st: PruneStage, state: RunState, index: int) -> StageOutcome:
         return state.fit(st, epochs, objective, index, "prune", sub=tag, on_step=on_step)
 
     peer = state.peer(st.distill) if st.distill else None
-    session = PruneSession(state.model, st, data=state.data, teacher=teacher, peer=peer,
-                           history=state.spec.history, trainer=trainer, latency=state.recipe.measure,
-                           device=state.device, batch_size=state.recipe.data.batch_size, seed=state.recipe.seed)
+    session = PruneSession(
+        state.model,
+        st,
+        data=state.data,
+        teacher=teacher,
+        peer=peer,
+        history=state.spec.history,
+        trainer=trainer,
+        latency=state.recipe.measure,
+        device=state.device,
+        batch_size=state.recipe.data.batch_size,
+        seed=state.recipe.seed,
+    )
     return StageOutcome(session.run())

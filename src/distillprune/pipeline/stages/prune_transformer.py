@@ -1,5 +1,6 @@
 """``prune_transformer``: prune an encoder's heads, FFN neurons and layers while distilling
 (``transformers.TransformerPruneSession``), with the pipeline's checkpointing trainer."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -18,8 +19,11 @@ class PruneTransformerStage(StageConfig, TransformerPruneConfig):
     with KD from the unpruned model (AdamW; `embedding` loss for embedders, `kd` for classifiers); `target`
     searches layers x width for a measured speedup."""
 
-    example: ClassVar[dict[str, Any]] = {"heads": {"ratio": 0.5}, "ffn": {"ratio": 0.5, "round_to": 8},
-                                         "epochs_per_step": 1}
+    example: ClassVar[dict[str, Any]] = {
+        "heads": {"ratio": 0.5},
+        "ffn": {"ratio": 0.5, "round_to": 8},
+        "epochs_per_step": 1,
+    }
     requires: ClassVar[str] = "transformers"
 
     type: Literal["prune_transformer"]
@@ -32,7 +36,16 @@ def run_prune_transformer(st: PruneTransformerStage, state: RunState, index: int
     def trainer(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
         return state.fit(st, epochs, objective, index, "prune_transformer", sub=tag, on_step=on_step)
 
-    session = TransformerPruneSession(state.model, st, data=state.data, teacher=teacher, history=state.spec.history,
-                                      trainer=trainer, latency=state.recipe.measure, device=state.device,
-                                      batch_size=state.recipe.data.batch_size, seed=state.recipe.seed)
+    session = TransformerPruneSession(
+        state.model,
+        st,
+        data=state.data,
+        teacher=teacher,
+        history=state.spec.history,
+        trainer=trainer,
+        latency=state.recipe.measure,
+        device=state.device,
+        batch_size=state.recipe.data.batch_size,
+        seed=state.recipe.seed,
+    )
     return StageOutcome(session.run())

@@ -1,4 +1,5 @@
 """``quantize``: an int8 (static / dynamic / QAT) or fp16 / bf16 ONNX file; the stage's row measures it."""
+
 from __future__ import annotations
 
 import shutil
@@ -82,6 +83,13 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
     if cfg.method in HALF:
         res.details["latency"] = "not measured on CPU (half precision targets GPUs)"
     res.path = name
-    deployed = Deployed(name, res.bytes, timing.latency_ms if timing else {}, acc,
-                        timing.speedups if timing else {}, timing.spread if timing else {}, metrics)
+    deployed = Deployed(
+        name,
+        res.bytes,
+        timing.latency_ms if timing else {},
+        acc,
+        timing.speedups if timing else {},
+        timing.spread if timing else {},
+        metrics,
+    )
     return StageOutcome(res, deployed)

@@ -1,4 +1,5 @@
 """``train``: cross-entropy training of the current model; the result becomes the default KD teacher."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
