@@ -172,3 +172,16 @@ def test_an_unreachable_target_is_a_clear_error():
     s, _ = _session({"macs_ratio": 500.0, "depth_fractions": [0.0]}, max_ratio=0.5)
     with pytest.raises(DistillpruneError, match="no plan reaches the target"):
         s.prepare()
+
+
+def test_a_target_inside_the_timing_noise_is_taken_with_a_note_and_one_outside_is_an_error():
+    from distillprune.prune.planner import Candidate, Plan, _choose
+
+    def final(speedup: float, spread: list[float], kd: float):
+        return Candidate("c", 0, 100, speedup=speedup, spread=spread, est_kd=kd), {"conv1": [8, 16]}
+
+    close = [final(1.95, [1.7, 2.3], 0.5), final(1.5, [1.2, 2.1], 0.1)]  # the second is too far below
+    plan = _choose(Plan({"latency_speedup": 2.0}), close, [], 2.0, True, 0.0, None)
+    assert plan.speedup == 1.95 and "timing noise" in (plan.note or "")
+    with pytest.raises(DistillpruneError, match="no plan reaches the target"):
+        _choose(Plan({"latency_speedup": 2.0}), [final(1.95, [1.7, 1.99], 0.5)], [], 2.0, True, 0.0, None)

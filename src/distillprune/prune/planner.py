@@ -384,6 +384,10 @@ def _choose(
     table: LatencyTable | None,
 ) -> Plan:
     meeting = [f for f in finals if f[0].in_band] or [f for f in finals if _achieved(f[0], timed) >= lo]
+    within_noise = False
+    if not meeting and timed:  # no median reached it, but the pairs of some candidate straddle the target
+        meeting = [f for f in finals if f[0].spread and f[0].spread[1] >= lo and _achieved(f[0], timed) >= 0.9 * lo]
+        within_noise = bool(meeting)
     if not meeting:
         got = max((_achieved(c, timed) for c, _ in finals), default=None)
         raise DistillpruneError(
@@ -398,7 +402,13 @@ def _choose(
     plan.speedup = best.speedup
     plan.achieved = _achieved(best, timed)
     plan.est_top1, plan.est_kd = best.est_top1, best.est_kd
-    if not best.in_band:
+    if within_noise:
+        plan.note = (
+            f"no candidate's median speedup reached the target; the chosen one measured {best.speedup} "
+            f"with pairs from {best.spread[0]} to {best.spread[1]}: the target is within this machine's "
+            "timing noise (time it again on a quieter machine)"
+        )
+    elif not best.in_band:
         plan.note = "no candidate landed inside the target band; the closest above the target was taken"
     plan.seconds = round(time.perf_counter() - t0, 2)
     plan.lut_entries = table.measured if table is not None else 0
