@@ -402,10 +402,11 @@ def _choose(
     plan.speedup = best.speedup
     plan.achieved = _achieved(best, timed)
     plan.est_top1, plan.est_kd = best.est_top1, best.est_kd
-    if within_noise:
+    if within_noise and best.spread is not None:  # (every within-noise candidate has a spread)
+        lo_s, hi_s = best.spread
         plan.note = (
             f"no candidate's median speedup reached the target; the chosen one measured {best.speedup} "
-            f"with pairs from {best.spread[0]} to {best.spread[1]}: the target is within this machine's "
+            f"with pairs from {lo_s} to {hi_s}: the target is within this machine's "
             "timing noise (time it again on a quieter machine)"
         )
     elif not best.in_band:
