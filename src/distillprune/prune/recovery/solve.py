@@ -59,4 +59,4 @@ def ridge_solve(xtx: Tensor, xty: Tensor, damp: float = 1e-4) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
         return torch.cholesky_solve(xty, chol)
-    return torch.linalg.lstsq(a, xty).solution
+    return torch.linalg.lstsq(a, xty, driver="gelsd").solution  # SVD-based: rank-deficient safe
