@@ -8,6 +8,7 @@ from distillprune import transformers as _transformers  # noqa: F401, I001  (reg
 from distillprune._version import __version__
 from distillprune.cluster import ClusterConfig, ClusterReport, cluster_
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
+from distillprune.core.trust import code_trust
 from distillprune.data import DataBundle, DataConfig, load_data
 from distillprune.distill import DistillConfig, DistillReport, distill
 from distillprune.errors import (
@@ -43,6 +44,7 @@ __all__ = [
     "RecipeError",
     "TrainingDiverged",
     "build_model",
+    "code_trust",
     "compress",
     "make_model",
     "export_onnx",

@@ -27,6 +27,12 @@ def _default_out(name: str) -> Path:
 
 
 WIDE = typer.Option(False, "--wide", help="print every column of the table, not the compact view")
+TRUST = typer.Option(
+    False,
+    "--trust-code",
+    help="let checkpoints the recipe names (model.checkpoint, a teacher folder) import the Python class file "
+    "they carry (sha256 checked); without it such a checkpoint is refused",
+)
 
 
 def _run(
@@ -36,6 +42,7 @@ def _run(
     resume: bool,
     wide: bool = False,
     command: list[str] | None = None,
+    trust_code: bool = False,
 ) -> None:
     from distillprune.pipeline import compress
     from distillprune.recipes import load_recipe
@@ -46,8 +53,11 @@ def _run(
         raise DistillpruneError("--resume needs --out RUN_FOLDER (the run to continue)")
     out = out or _default_out(recipe.name)  # under torchrun, rank 0's name is used by all
     sets = [a for ov in overrides for a in ("--set", ov)]
-    note_run(out, [*(command or ["distillprune", "run", str(recipe_path)]), *sets, "--out", str(out), "--resume"])
-    report = compress(recipe, out, resume=resume)  # checks --out before any work
+    trust = ["--trust-code"] if trust_code else []
+    note_run(
+        out, [*(command or ["distillprune", "run", str(recipe_path)]), *sets, *trust, "--out", str(out), "--resume"]
+    )
+    report = compress(recipe, out, resume=resume, trust_code=trust_code)  # checks --out before any work
     if _rank() == 0:
         print_table(report, wide=wide)
         typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
@@ -90,25 +100,30 @@ def run(
     out: Path | None = typer.Option(None, help="run folder (default runs/<name>-<time>)"),
     resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
     wide: bool = WIDE,
+    trust_code: bool = TRUST,
 ) -> None:
     """Run a recipe: its stages in order, measured after each; writes report.json/md/html and ONNX."""
-    _run(recipe, set_, out, resume, wide)
+    _run(recipe, set_, out, resume, wide, trust_code=trust_code)
 
 
 @app.command()
 def validate(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
+    trust_code: bool = TRUST,
 ) -> None:
     """Strict schema check (unknown keys are errors, with the nearest valid key), then what a run would hit
     before training: the data loads, every model builds (meta device) and fits it, the device exists."""
+    from distillprune.core.trust import code_trust
     from distillprune.data.sources import load_data
     from distillprune.pipeline.preflight import preflight
+    from distillprune.pipeline.run import recipe_code
     from distillprune.recipes import load_recipe
 
     r = load_recipe(recipe, set_)
     data = load_data(r.data)
-    preflight(r, data)
+    with code_trust(trust_code, vouched=recipe_code(r)):
+        preflight(r, data)
     typer.echo(
         f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)}; data {tuple(data.input_shape)}, "
         f"{data.num_classes} classes)"

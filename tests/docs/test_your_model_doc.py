@@ -68,7 +68,9 @@ def test_own_class_recipe(workdir):
     prune = first(report, "prune")  # stages[0] is the input model's row
     assert len(prune.details.removed_blocks) == 1 and prune.details.channels_removed
     assert (workdir / "run" / "model.onnx").exists()
-    model, spec, _ = dp.load_checkpoint(workdir / "run" / "stages" / "01_prune")  # no base=
+    model, spec, _ = dp.load_checkpoint(
+        workdir / "run" / "stages" / "01_prune", trust_code=True
+    )  # the class file it carries
     assert spec.source == "python" and model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 

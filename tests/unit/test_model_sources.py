@@ -54,7 +54,11 @@ def test_python_model_rebuilds_from_its_file_without_base(net_file, tmp_path):
         model, {"width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}}, torch.randn(4, 1, 8, 8), 10, spec=spec
     )
     dp.save_checkpoint(tmp_path / "ck", model, spec)
-    back, _, _ = dp.load_checkpoint(tmp_path / "ck")
+    assert (tmp_path / "ck" / "code" / "my_net.py").read_bytes() == net_file.read_bytes()  # the folder carries it
+    with pytest.raises(CheckpointError, match="would run that code.*--trust-code"):
+        dp.load_checkpoint(tmp_path / "ck")  # a checkpoint's JSON alone never imports code
+    net_file.unlink()  # the copy inside the folder is what trust_code imports
+    back, _, _ = dp.load_checkpoint(tmp_path / "ck", trust_code=True)
     x = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(back(x), model.eval()(x))
 
@@ -62,13 +66,14 @@ def test_python_model_rebuilds_from_its_file_without_base(net_file, tmp_path):
 def test_a_changed_or_missing_class_file_is_one_line(net_file, tmp_path):
     model, spec = dp.make_model({"python": f"{net_file}:MyNet"}, 10, (1, 8, 8))
     dp.save_checkpoint(tmp_path / "ck", model, spec)
-    net_file.write_text(net_file.read_text() + "\n# edited\n")
-    with pytest.raises(CheckpointError, match="changed since the checkpoint was saved.*base="):
-        dp.load_checkpoint(tmp_path / "ck")
+    carried = tmp_path / "ck" / "code" / "my_net.py"
+    carried.write_text(carried.read_text() + "\n# edited\n")
+    with pytest.raises(CheckpointError, match="no file with the recorded sha256.*base="):
+        dp.load_checkpoint(tmp_path / "ck", trust_code=True)
     assert dp.load_checkpoint(tmp_path / "ck", base=model)[0] is not None  # the way out
-    net_file.unlink()
-    with pytest.raises(CheckpointError, match="which is gone"):
-        dp.load_checkpoint(tmp_path / "ck")
+    carried.unlink()
+    with pytest.raises(CheckpointError, match="no file with the recorded sha256"):
+        dp.load_checkpoint(tmp_path / "ck", trust_code=True)
 
 
 @pytest.mark.parametrize(
@@ -85,12 +90,22 @@ def test_bad_python_targets_are_one_line(net_file, target, match):
     assert "\n" not in str(err.value)
 
 
-def test_python_target_may_be_the_class_itself():
+def test_python_target_may_be_the_class_itself(tmp_path):
     import unit_helpers
 
     model, spec = dp.make_model({"python": unit_helpers.tiny_digits_cnn}, 10, (1, 8, 8))
     assert spec.name == "unit_helpers:tiny_digits_cnn" and spec.ref["module"] == "unit_helpers"
-    assert isinstance(dp.ArchSpec.from_dict(spec.to_dict()).build(), nn.Module)
+    assert isinstance(spec.build(), nn.Module)  # built here from the caller's own config: trusted
+    stored = dp.ArchSpec.from_dict(spec.to_dict())  # the same spec read back from JSON is data
+    with pytest.raises(DistillpruneError, match="would run that code"):
+        stored.build()
+    with dp.code_trust(True), pytest.raises(DistillpruneError, match="inside the checkpoint folder"):
+        stored.build()  # opted in, but an installed module is not code the checkpoint carries
+    dp.save_checkpoint(tmp_path / "ck", model, spec)  # the folder carries the module's file
+    assert (tmp_path / "ck" / "code" / "unit_helpers.py").is_file()
+    assert isinstance(dp.load_checkpoint(tmp_path / "ck", trust_code=True)[0], nn.Module)
+    with dp.code_trust(vouched=[spec.ref["sha256"]]):  # a run whose recipe names the module itself
+        assert isinstance(stored.build(), nn.Module)
 
 
 @pytest.mark.parametrize("fmt", ["pt", "wrapped.pt", "safetensors"])
@@ -143,7 +158,7 @@ def test_head_replaces_the_classifier_and_keeps_the_rest(net_file, tmp_path):
     assert model.fc.out_features == 10 and [op.op for op in spec.history] == ["classifier"]
     torch.testing.assert_close(model.conv[0].weight, src.conv[0].weight)
     dp.save_checkpoint(tmp_path / "ck", model, spec)
-    back = dp.load_checkpoint(tmp_path / "ck")[0]
+    back = dp.load_checkpoint(tmp_path / "ck", trust_code=True)[0]
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(back(x), model.eval()(x))
     seven = dp.make_model({"python": f"{net_file}:MyNet"}, 7, (1, 8, 8))[0]  # trained for 7 classes

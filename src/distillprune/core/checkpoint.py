@@ -21,6 +21,7 @@ from torch import nn
 from distillprune.core.history import HistoryOp, op_from_dict, replay
 from distillprune.core.io import atomic_write, write_json
 from distillprune.core.registry import Registry
+from distillprune.core.trust import code_trust
 from distillprune.errors import CheckpointError, DistillpruneError
 
 FORMAT = "distillprune/1"
@@ -40,6 +41,13 @@ class ArchSpec:
     #: where the base came from, for its source to rebuild and check it (python: the file and its sha256;
     #: weights: the file the run started from)
     ref: dict[str, Any] = field(default_factory=dict)
+    #: not stored: built in this process from the caller's own config (its code may run, see core.trust);
+    #: a spec read from a model.json never is
+    trusted: bool = field(default=False, compare=False, repr=False)
+    #: not stored: files a checkpoint of this spec carries (name inside the folder -> local source file)
+    bundle: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: not stored: the checkpoint folder the spec was read from (where the files it carries are)
+    folder: Path | None = field(default=None, compare=False, repr=False)
 
     def base(self) -> nn.Module:
         """The unpruned base model, built by the spec's source."""
@@ -76,6 +84,9 @@ class ArchSpec:
         if not isinstance(d.get("history", []) or [], list):
             raise CheckpointError(f"bad architecture spec: history is a {type(d['history']).__name__}, expected a list")
         history = [op_from_dict(h) for h in d.pop("history", []) or []]
+        stored = {"name", "num_classes", "input_shape", "kwargs", "source", "ref"}
+        if set(d) - stored:  # the in-process fields (trusted, bundle, folder) are never read from a file
+            raise CheckpointError(f"bad architecture spec: unknown keys {sorted(set(d) - stored)}")
         try:
             spec = cls(**d, history=history)
         except TypeError as e:
@@ -89,6 +100,7 @@ class ArchSpec:
             or not isinstance(spec.kwargs, dict)
             or not isinstance(spec.name, (str, type(None)))
             or not isinstance(spec.source, str)
+            or not isinstance(spec.ref, dict)
         ):
             raise CheckpointError(
                 f"bad architecture spec: input_shape {shape!r:.60}, num_classes {n!r:.20}, "
@@ -102,8 +114,16 @@ def save_checkpoint(folder: str | Path, model: nn.Module, spec: ArchSpec, **meta
     folder = Path(folder)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp))
+    for name, src in spec.bundle.items():  # the code a checkpoint carries (a user's class file)
+        dst = folder / name
+        if not (dst.exists() and dst.resolve() == Path(src).resolve()):
+            atomic_write(dst, _copier(Path(src).read_bytes()))
     write_json(folder / "model.json", {"format": FORMAT, "arch": spec.to_dict(), **meta})
     return folder
+
+
+def _copier(data: bytes) -> Callable[[str], object]:
+    return lambda tmp: Path(tmp).write_bytes(data)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -125,13 +145,22 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(folder: str | Path, base: nn.Module | None = None) -> tuple[nn.Module, ArchSpec, dict]:
-    """Rebuild the model of a checkpoint folder; returns (model, spec, meta)."""
+def load_checkpoint(
+    folder: str | Path, base: nn.Module | None = None, *, trust_code: bool | None = None
+) -> tuple[nn.Module, ArchSpec, dict]:
+    """Rebuild the model of a checkpoint folder; returns (model, spec, meta).
+
+    A checkpoint whose class is the user's own Python runs that code only with ``trust_code=True`` (and then
+    only the file the folder carries, sha256 checked) or when the caller vouches for it (``core.trust``);
+    otherwise it is a :class:`CheckpointError`. ``trust_code=None`` keeps the caller's ``code_trust`` block.
+    """
     folder = Path(folder)
     meta = read_meta(folder)
     spec = ArchSpec.from_dict(meta.get("arch"))
+    spec.folder = folder
     try:
-        model = spec.build(base)
+        with code_trust(trust_code):
+            model = spec.build(base)
     except DistillpruneError as e:
         raise CheckpointError(f"{folder}: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:  # damaged history

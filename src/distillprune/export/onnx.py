@@ -170,9 +170,57 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) 
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def _tensors_of(graph) -> Iterator:
+    """Every tensor of an ONNX graph: initializers, sparse initializers, constants, and those of subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors_of(attr.g)
+            for g in attr.graphs:
+                yield from _tensors_of(g)
+
+
+def check_external_data(path: str | Path, model=None) -> None:
+    """Refuse an ONNX file whose tensors point to external data outside the file's own folder (an absolute
+    path, ``..``, a link that leaves it): loading it would read any file the user can read. ``model`` is the
+    file's proto when the caller has parsed it already (``onnx.load(..., load_external_data=False)``)."""
+    import onnx
+
+    path = Path(path)
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - not ONNX at all: ONNX Runtime says so in its own words
+            return
+    root = path.resolve().parent
+    for tensor in _tensors_of(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        rel = Path(location)
+        if not location or "\0" in location or rel.is_absolute() or ".." in rel.parts:
+            bad = True
+        else:
+            bad = not (root / rel).resolve().is_relative_to(root)
+        if bad:
+            raise ExportError(
+                f"{path}: tensor {tensor.name!r} points to external data {location!r} outside the model's folder; "
+                "refused (external data must be a file beside the model)"
+            )
+
+
 def session(path_or_bytes: str | Path | bytes, threads: int = 1):
     import onnxruntime as ort
 
+    if not isinstance(path_or_bytes, bytes):
+        check_external_data(path_or_bytes)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

@@ -92,7 +92,7 @@ def bench_onnx(
 ) -> list[OnnxBench]:
     import onnx
 
-    from distillprune.export.onnx import mean_cosine, onnx_accuracy, run_onnx
+    from distillprune.export.onnx import check_external_data, mean_cosine, onnx_accuracy, run_onnx
 
     cfg = cfg or LatencyConfig()
     out = []
@@ -110,6 +110,7 @@ def bench_onnx(
             model = onnx.load(str(p), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf decode errors
             raise DistillpruneError(f"{p}: not an ONNX model ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        check_external_data(p, model)
         row = OnnxBench(p.name, onnx_kind(model), p.stat().st_size)
         text = is_text(model)
         shape = (cfg.seq_lengths[0],) if text else input_shape(model)

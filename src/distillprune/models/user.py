@@ -21,6 +21,7 @@ from torch import nn
 
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
 from distillprune.core.registry import nearest
+from distillprune.core.trust import current_trust
 from distillprune.errors import DistillpruneError
 from distillprune.models.weights import file_sha256
 
@@ -77,15 +78,19 @@ def resolve(target: str) -> tuple[Callable[..., nn.Module], dict[str, str]]:
             raise DistillpruneError(f"model.python: cannot import module '{where}' ({e})") from None
         file = getattr(module, "__file__", None)
         ref = {"module": where, "attr": attr, **({"file": file, "sha256": file_sha256(file)} if file else {})}
+    return _attr(module, attr, where), ref
+
+
+def _attr(module: Any, attr: str, where: str) -> Callable[..., nn.Module]:
     obj: Any = module
     for part in attr.split("."):
-        if not hasattr(obj, part):
+        if part.startswith("__") or not hasattr(obj, part):  # dunders lead out of the module (__builtins__)
             names = [n for n in dir(obj) if not n.startswith("_")]
             raise DistillpruneError(f"model.python: {where} has no '{part}'{nearest(part, names)}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise DistillpruneError(f"model.python: '{attr}' in {where} is a {type(obj).__name__}, not a class or factory")
-    return obj, ref
+    return obj
 
 
 def target_of(obj: Any) -> str:
@@ -129,29 +134,109 @@ def python_model(
     factory, ref = resolve(target)
     kwargs = dict(kwargs or {})
     model = call(factory, kwargs, num_classes, target)
-    return model, ArchSpec(target, num_classes, list(input_shape), kwargs, source="python", ref=ref)
+    spec = ArchSpec(target, num_classes, list(input_shape), kwargs, source="python", ref=ref, trusted=True)
+    if ref.get("file"):
+        _bundle(spec, ref["file"])
+    return model, spec
+
+
+def vouched_sha(target: str) -> str | None:
+    """The sha256 of the code a ``model.python`` target names (no import for a file; a module is found
+    through its package), for a run to vouch for its own class when it reloads its checkpoints."""
+    where, _ = split_target(target)
+    if _is_file(where):
+        path = Path(where).expanduser().resolve()
+        return file_sha256(path) if path.is_file() else None
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return file_sha256(origin) if origin and Path(origin).is_file() else None
+
+
+CODE_DIR = "code"  # a checkpoint's copy of the user's class file: <folder>/code/<file name>
+
+
+def bundled_name(file: str | Path) -> str:
+    return f"{CODE_DIR}/{Path(file).name}"
+
+
+def _bundle(spec: ArchSpec, file: str | Path) -> None:
+    """The checkpoints of ``spec`` carry the class file, so ``trust_code`` can rebuild it from the folder."""
+    spec.bundle[bundled_name(file)] = str(file)
+    spec.ref["bundled"] = bundled_name(file)
+
+
+def _refuse(spec: ArchSpec, why: str) -> DistillpruneError:
+    ref = spec.ref or {}
+    what = f"{ref.get('module') or ref.get('file')}:{ref.get('attr')}"
+    where = "model.json" if spec.folder else "the checkpoint"  # load_checkpoint prefixes the folder
+    return DistillpruneError(f"{where} names Python code ({what}); {why}")
+
+
+def _inside(folder: Path, name: Any) -> Path | None:
+    """``folder / name`` when ``name`` is a relative path that stays inside ``folder`` (no ``..``, no link out)."""
+    if not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+        return None
+    p = folder / name
+    return p if p.resolve().is_relative_to(folder.resolve()) else None
+
+
+def admitted(spec: ArchSpec) -> tuple[str, Path | None]:
+    """Where the class of a stored ``source: python`` spec may be imported from under the current trust
+    (``core.trust``): ``("module", None)`` for an installed module, ``("file", path)`` for a file; else a
+    :class:`DistillpruneError` saying why not and what to do. Imports nothing."""
+    ref = spec.ref or {}
+    sha, attr = ref.get("sha256"), ref.get("attr")
+    if not isinstance(attr, str) or not attr:
+        raise _refuse(spec, "the checkpoint records no class (ref.attr)")
+    if not isinstance(sha, str) or not sha:
+        raise _refuse(spec, "it records no sha256 of that code, so it cannot be checked; it is not imported")
+    trust = current_trust()
+    if not (trust.trust_code or sha in trust.vouched):
+        raise _refuse(
+            spec,
+            "loading it would run that code. If you trust this checkpoint, pass --trust-code "
+            "(trust_code=True in Python); or pass base=<the unpruned model> to load_checkpoint",
+        )
+    if sha in trust.vouched and ref.get("module") is not None:
+        return "module", None  # the caller's own recipe names this installed module
+    places: list[Path] = []
+    if spec.folder is not None:
+        inside = _inside(spec.folder, ref.get("bundled"))
+        places += [inside] if inside is not None else []
+    if sha in trust.vouched and ref.get("module") is None and isinstance(ref.get("file"), str):
+        places.append(Path(ref["file"]))  # the caller's own file, where it recorded it
+    for place in places:
+        if place.is_file() and file_sha256(place) == sha:
+            return "file", place
+    if not places:
+        raise _refuse(spec, "the code must be a .py file inside the checkpoint folder; it is not imported")
+    raise _refuse(
+        spec,
+        f"no file with the recorded sha256 {sha[:12]} is there ({', '.join(str(p) for p in places)}); restore it "
+        "or pass base=<the unpruned model> to load_checkpoint",
+    )
 
 
 @ARCH_BUILDERS.register("python")
 def _from_spec(spec: ArchSpec) -> nn.Module:
     ref = spec.ref or {}
-    file, attr = ref.get("file"), ref.get("attr")
-    if attr is None:
-        raise DistillpruneError(f"python model {spec.name!r}: the checkpoint records no class (ref.attr)")
-    where = ref.get("module") or file
-    target = f"{where}:{attr}"
-    if file is not None:
-        if not Path(file).is_file():
-            raise DistillpruneError(
-                f"the model's class came from {file}, which is gone; put the file back or pass "
-                "base=<the unpruned model> to load_checkpoint"
-            )
-        sha = file_sha256(file)
-        if ref.get("sha256") and sha != ref["sha256"]:
-            raise DistillpruneError(
-                f"the model's class came from {file}, which changed since the checkpoint was "
-                f"saved (sha256 {ref['sha256'][:12]} -> {sha[:12]}); restore it or pass "
-                "base=<the unpruned model> to load_checkpoint"
-            )
-    factory, _ = resolve(target)
+    if spec.trusted:  # built in this process from the caller's own config: its code is the caller's choice
+        where = ref.get("module") or ref.get("file")
+        factory, _ = resolve(f"{where}:{ref.get('attr')}")
+        return call(factory, dict(spec.kwargs), spec.num_classes, f"{where}:{ref.get('attr')}")
+    kind, path = admitted(spec)
+    attr = str(ref["attr"])
+    if kind == "module":
+        factory, got = resolve(f"{ref['module']}:{attr}")
+        if got.get("sha256") != ref["sha256"]:
+            raise _refuse(spec, "the installed module's file differs from the one recorded (sha256); not used")
+        target = f"{ref['module']}:{attr}"
+    else:
+        assert path is not None
+        factory = _attr(_import_file(path.resolve(), str(ref["sha256"])), attr, str(path))
+        _bundle(spec, path)  # a checkpoint saved from this model carries the same file
+        target = f"{path}:{attr}"
     return call(factory, dict(spec.kwargs), spec.num_classes, target)

@@ -60,8 +60,29 @@ def mlp(num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (2
     return MLP(math.prod(input_shape), tuple(hidden), num_classes)
 
 
+#: kwargs that would make torchvision/timm read or fetch files (a hub download, a pickled checkpoint): a
+#: model's weights come from ``weights:`` (loaded with weights_only / safetensors), never through these
+FILE_KWARGS = frozenset(
+    {
+        "weights",
+        "weights_backbone",
+        "pretrained",
+        "checkpoint_path",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "cache_dir",
+    }
+)
+
+
 def _external(module: str, extra: str, make: Callable[[Any, str, int, dict], nn.Module]) -> Builder:
     def build(num_classes: int, input_shape: Sequence[int], arch: str = "", **kw: Any) -> nn.Module:
+        banned = sorted(FILE_KWARGS & set(kw))
+        if banned:
+            raise DistillpruneError(
+                f"model '{module.split('.')[0]}': kwargs {banned} would load files or download; give trained "
+                "weights as model.weights (a state_dict file) instead"
+            )
         lib = import_extra(module, extra, f"model '{module.split('.')[0]}'")
         if not arch:
             raise DistillpruneError(f"model '{module}' needs kwargs.arch (e.g. resnet18)")

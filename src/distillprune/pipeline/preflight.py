@@ -24,6 +24,7 @@ from distillprune.data.base import DataBundle
 from distillprune.errors import CheckpointError, DataError, DistillpruneError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
+from distillprune.models.user import admitted
 from distillprune.pipeline.state import confined
 from distillprune.recipes.schema import Recipe
 
@@ -185,7 +186,10 @@ def check_checkpoint(folder: str, data: DataBundle, where: str) -> None:
     try:
         meta = read_meta(folder)
         spec = ArchSpec.from_dict(meta.get("arch"))
-    except CheckpointError as e:
+        spec.folder = Path(folder)
+        if spec.source == "python":  # its code may be imported only under the trust rule (core.trust)
+            admitted(spec)
+    except (CheckpointError, DistillpruneError) as e:
         raise CheckpointError(f"{where}: {e}") from None
     if tuple(spec.input_shape) != tuple(data.input_shape) or spec.num_classes != data.num_classes:
         raise DataError(

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from rich.console import Console
 from torch import nn
 
 from distillprune.core.batch import NamedInputs
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.reporting import Deployed
+from distillprune.core.trust import code_trust
 from distillprune.data.base import DataBundle
 from distillprune.data.checks import check_bundle
 from distillprune.data.sources import load_data
@@ -28,6 +30,8 @@ from distillprune.export.onnx import onnx_bytes, run_torch
 from distillprune.measure.latency import seq_length, torch_latency
 from distillprune.measure.metrics import count_macs, count_params, layer_widths
 from distillprune.measure.quality import embedding_quality
+from distillprune.models.config import ModelConfig
+from distillprune.models.user import vouched_sha
 from distillprune.pipeline import rundir
 from distillprune.pipeline.preflight import preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
@@ -53,12 +57,15 @@ def compress(
     model: nn.Module | None = None,
     data: DataBundle | None = None,
     quiet: bool = False,
+    trust_code: bool = False,
 ) -> CompressionReport:
     """Run every stage of ``recipe``; returns the report (also written to ``run_dir``).
 
-    ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle).
+    ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle). ``trust_code``
+    lets checkpoints the recipe names (``model.checkpoint``, a teacher folder) import the class file they
+    carry (see ``core.trust``); the recipe's own ``model.python`` classes need no opt-in.
     """
-    return execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet).report
+    return execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet, trust_code=trust_code).report
 
 
 def execute(
@@ -69,10 +76,33 @@ def execute(
     model: nn.Module | None = None,
     data: DataBundle | None = None,
     quiet: bool = False,
+    trust_code: bool = False,
 ) -> RunState:
     """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
-    with ddp.process_group(resolve_device(recipe.runtime)):  # torchrun's group (NCCL/gloo), else nothing
-        return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet)
+    # the recipe's own classes are the user's choice: their checkpoints in the run folder reload (--resume)
+    with code_trust(trust_code, vouched=recipe_code(recipe)):
+        with ddp.process_group(resolve_device(recipe.runtime)):  # torchrun's group (NCCL/gloo), else nothing
+            return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet)
+
+
+def recipe_code(recipe: Recipe) -> list[str]:
+    """The sha256 of every class file the recipe itself names (``model.python`` of the model, students and
+    teachers): the code a run vouches for when it reloads its own checkpoints."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, ModelConfig) and node.python:
+            sha = vouched_sha(node.python)
+            found.extend([sha] if sha else [])
+        if isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+
+    walk(recipe)
+    return found
 
 
 def _execute(
