@@ -27,6 +27,9 @@ def _default_out(name: str) -> Path:
 
 
 WIDE = typer.Option(False, "--wide", help="print every column of the table, not the compact view")
+FORCE = typer.Option(
+    False, "--force", help="write into a non-empty --out that is not a distillprune run folder (replacing files)"
+)
 
 
 def _run(
@@ -36,6 +39,7 @@ def _run(
     resume: bool,
     wide: bool = False,
     command: list[str] | None = None,
+    force: bool = False,
 ) -> None:
     from distillprune.pipeline import compress
     from distillprune.recipes import load_recipe
@@ -47,7 +51,7 @@ def _run(
     out = out or _default_out(recipe.name)  # under torchrun, rank 0's name is used by all
     sets = [a for ov in overrides for a in ("--set", ov)]
     note_run(out, [*(command or ["distillprune", "run", str(recipe_path)]), *sets, "--out", str(out), "--resume"])
-    report = compress(recipe, out, resume=resume)  # checks --out before any work
+    report = compress(recipe, out, resume=resume, force=force)  # checks and locks --out before any work
     if _rank() == 0:
         print_table(report, wide=wide)
         typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
@@ -67,6 +71,7 @@ def demo(
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
     resume: bool = typer.Option(False, help="continue the demo run in --out where it stopped"),
     wide: bool = WIDE,
+    force: bool = FORCE,
     nlp: bool = typer.Option(
         False,
         "--nlp",
@@ -80,7 +85,7 @@ def demo(
     from distillprune.recipes import BUILTIN
 
     recipe = BUILTIN / ("minilm_demo.yaml" if nlp else "digits_demo.yaml")
-    _run(recipe, set_, out, resume, wide, ["distillprune", "demo", *(["--nlp"] if nlp else [])])
+    _run(recipe, set_, out, resume, wide, ["distillprune", "demo", *(["--nlp"] if nlp else [])], force)
 
 
 @app.command()
@@ -90,9 +95,10 @@ def run(
     out: Path | None = typer.Option(None, help="run folder (default runs/<name>-<time>)"),
     resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
     wide: bool = WIDE,
+    force: bool = FORCE,
 ) -> None:
     """Run a recipe: its stages in order, measured after each; writes report.json/md/html and ONNX."""
-    _run(recipe, set_, out, resume, wide)
+    _run(recipe, set_, out, resume, wide, force=force)
 
 
 @app.command()

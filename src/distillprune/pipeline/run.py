@@ -28,7 +28,7 @@ from distillprune.export.onnx import onnx_bytes, run_torch
 from distillprune.measure.latency import seq_length, torch_latency
 from distillprune.measure.metrics import count_macs, count_params, layer_widths
 from distillprune.measure.quality import embedding_quality
-from distillprune.pipeline import rundir
+from distillprune.pipeline import rundir, runlock
 from distillprune.pipeline.preflight import preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
@@ -40,9 +40,11 @@ from distillprune.train.logging import RunLogger, attach_run_log
 from distillprune.train.trainer import evaluate, resolve_device
 
 
-def prepare_run_dir(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None) -> Path | None:
-    """Check and create the run folder before any work (rules in ``pipeline.rundir``)."""
-    return rundir.prepare(run_dir, resume, recipe)
+def prepare_run_dir(
+    run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None, force: bool = False
+) -> Path | None:
+    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``)."""
+    return rundir.prepare(run_dir, resume, recipe, force)
 
 
 def compress(
@@ -53,12 +55,14 @@ def compress(
     model: nn.Module | None = None,
     data: DataBundle | None = None,
     quiet: bool = False,
+    force: bool = False,
 ) -> CompressionReport:
     """Run every stage of ``recipe``; returns the report (also written to ``run_dir``).
 
-    ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle).
+    ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle). ``force``: write
+    into a non-empty ``run_dir`` that is not a distillprune run folder.
     """
-    return execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet).report
+    return execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet, force=force).report
 
 
 def execute(
@@ -69,10 +73,14 @@ def execute(
     model: nn.Module | None = None,
     data: DataBundle | None = None,
     quiet: bool = False,
+    force: bool = False,
 ) -> RunState:
     """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
     with ddp.process_group(resolve_device(recipe.runtime)):  # torchrun's group (NCCL/gloo), else nothing
-        return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet)
+        try:
+            return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet, force=force)
+        finally:
+            runlock.release_all()
 
 
 def _execute(
@@ -83,12 +91,15 @@ def _execute(
     model: nn.Module | None,
     data: DataBundle | None,
     quiet: bool,
+    force: bool,
 ) -> RunState:
     console = Console(quiet=quiet or not ddp.is_rank0())
     # rank 0 names and creates the folder (a default name holds the time: ranks could disagree)
     run_dir = ddp.broadcast_json(None if run_dir is None else str(run_dir))
     run_path = ddp.once(
-        lambda: prepare_run_dir(run_dir, resume, recipe), encode=lambda p: p and str(p), decode=lambda p: p and Path(p)
+        lambda: prepare_run_dir(run_dir, resume, recipe, force),
+        encode=lambda p: p and str(p),
+        decode=lambda p: p and Path(p),
     )
     torch.manual_seed(recipe.seed)
     if data is None:
