@@ -9,14 +9,19 @@ code   meaning
 2      bad input the user can fix: recipe, ``--set``, data, checkpoint, run folder, usage (unknown
        command or option, missing argument), a NaN loss; one line saying what was received, what was
        expected and where
-130    interrupted (Ctrl-C): one line saying how to resume; the last completed checkpoint is intact
+130    interrupted (Ctrl-C), also while starting or exiting: one line saying how to resume; the last
+       completed checkpoint is intact
+141    the reader of stdout went away (``distillprune list | head -c1``): nothing more is printed
 =====  ==========================================================================================
+
+A full disk or a file over ``ulimit -f`` is exit 2: "no space left on the device holding RUN", resumable.
 
 stderr carries only that line; Python warnings are printed to stdout as one ``warning: ...`` line each.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sys
@@ -30,9 +35,14 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
+from distillprune import _process
 from distillprune.errors import DistillpruneError
 
-EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+#: errno of a write the disk or the file size limit refused (ENOSPC, EFBIG, EDQUOT)
+NO_SPACE = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT") if hasattr(errno, n))
+#: how libraries that wrap the error (safetensors, onnx, torch) spell it
+NO_SPACE_TEXT = ("No space left on device", "File too large", "Disk quota exceeded", "StorageFull")
 
 
 class _Current:
@@ -81,9 +91,26 @@ def _usage_line(e: Any) -> str:
 def run_cli(app: Callable[..., Any], argv: list[str] | None) -> int:
     """Run the typer ``app`` on ``argv`` (``sys.argv[1:]`` if None) inside the boundary; returns the exit code."""
     current.run_dir = current.resume_command = None
+    _process.state.in_command = True
+    try:
+        return _run(app, argv)
+    finally:
+        _process.state.in_command = False
+
+
+def _run(app: Callable[..., Any], argv: list[str] | None) -> int:
     try:
         with _warnings_to_stdout():
             rv = app(args=argv, prog_name="distillprune", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError:
+        _process.silence_stdout()
+        return EXIT_PIPE
+    except SystemExit as e:  # typer turns a write to a closed pipe (EPIPE) into exit 1, stdout wrapped
+        if type(sys.stdout).__name__ != "PacifyFlushWrapper":
+            raise
+        _process.silence_stdout()
+        return EXIT_PIPE if e.code == 1 else int(e.code or 0)
     except DistillpruneError as e:
         return _say(f"error: {one_line(str(e)) or type(e).__name__}", EXIT_USER)
     except KeyboardInterrupt:
@@ -105,14 +132,40 @@ def run_cli(app: Callable[..., Any], argv: list[str] | None) -> int:
     except MemoryError:
         return _say("error: out of memory; lower data.batch_size or use a smaller model or data.limit_train", EXIT_USER)
     except OSError as e:  # the file system refused: permissions, a full disk, a path that is a folder...
+        if _no_space(e):
+            return _say(_no_space_line(e), EXIT_USER)
         if e.filename is not None or e.strerror:
             return _say(f"error: {_os_line(e)}", EXIT_USER)
         return _internal(e)
     except Exception as e:  # noqa: BLE001 - the boundary: anything else is a bug, reported with its trace
+        if _no_space(e):  # a library's own error type around the refused write
+            return _say(_no_space_line(e), EXIT_USER)
         return _internal(e)
     if rv == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into Exit(130), returned as the result
         return _say(interrupted_message(), EXIT_INTERRUPTED)
     return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _no_space(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) is a write refused for want of space or over the size limit."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in NO_SPACE:
+            return True
+        if any(t in str(cur) for t in NO_SPACE_TEXT):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _no_space_line(e: BaseException) -> str:
+    run, cmd = current.run_dir, current.resume_command
+    where = str(run) if run is not None else (getattr(e, "filename", None) or "the output")
+    how = f"; free space (or raise ulimit -f) and resume with: {shlex.join(cmd)}" if run and cmd else ""
+    why = "file size limit (ulimit -f) reached" if getattr(e, "errno", None) == errno.EFBIG else "disk full"
+    return f"error: no space left on the device holding {where} ({why}){how}"
 
 
 def _say(line: str, code: int) -> int:

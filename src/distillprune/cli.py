@@ -228,7 +228,7 @@ def list_(
 def main(argv: list[str] | None = None) -> int:
     """The ``distillprune`` command: exit 0 done, 2 bad input or usage, 130 interrupted, 1 a bug (one line
     and the path of the full traceback); see ``distillprune.boundary``."""
-    return run_cli(app, argv)
+    return run_cli(app, argv)  # a Ctrl-C after this, while the interpreter exits, is still 130 (_process)
 
 
 if __name__ == "__main__":

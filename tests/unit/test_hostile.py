@@ -101,7 +101,7 @@ def _text_cfg(path: Path) -> DataConfig:
 @pytest.mark.parametrize(
     "name, body, match",
     [
-        ("d.jsonl", '{"text": "a b c", "label": 1}\n["text", "label"]\n', r"d.jsonl:2: a JSON list, expected an object"),
+        ("d.jsonl", '{"text": "a b c"}\n["text", "label"]\n', r"d.jsonl:2: a JSON list, expected an object"),
         ("d.jsonl", '{"text": "a b c", "label": 1}\n{"text": "d e f", "label": null}\n', "no 'label' label"),
         ("d.csv", "text,label\na b c,1\nd e f\n", r"d.csv:3: 1 fields, but the header names 2"),
         ("d.csv", "text,label\na b c,1,9\n", r"d.csv:2: 3 fields, but the header names 2"),
