@@ -140,32 +140,36 @@ def _run(app: Callable[..., Any], argv: list[str] | None) -> int:
     except Exception as e:  # noqa: BLE001 - the boundary: anything else is a bug, reported with its trace
         if _no_space(e):  # a library's own error type around the refused write
             return _say(_no_space_line(e), EXIT_USER)
+        frame = user_frame(e)
+        if frame is not None:  # raised by the user's own model code (model.python): theirs to fix
+            return _user_code(e, frame)
         return _internal(e)
     if rv == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into Exit(130), returned as the result
         return _say(interrupted_message(), EXIT_INTERRUPTED)
     return rv if isinstance(rv, int) else EXIT_OK
 
 
-def _no_space(e: BaseException) -> bool:
-    """Whether ``e`` (or what it was raised from) is a write refused for want of space or over the size limit."""
+def _no_space(e: BaseException) -> str | None:
+    """Why ``e`` (or what it was raised from) is a write refused for want of space or over the size limit:
+    'disk full', 'file size limit (ulimit -f) reached', or None when it is something else."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in NO_SPACE:
-            return True
-        if any(t in str(cur) for t in NO_SPACE_TEXT):
-            return True
+        code = cur.errno if isinstance(cur, OSError) else None
+        if code == errno.EFBIG or "File too large" in str(cur):
+            return "file size limit (ulimit -f) reached"
+        if code in NO_SPACE or any(t in str(cur) for t in NO_SPACE_TEXT):
+            return "disk full"
         cur = cur.__cause__ or cur.__context__
-    return False
+    return None
 
 
 def _no_space_line(e: BaseException) -> str:
     run, cmd = current.run_dir, current.resume_command
     where = str(run) if run is not None else (getattr(e, "filename", None) or "the output")
     how = f"; free space (or raise ulimit -f) and resume with: {shlex.join(cmd)}" if run and cmd else ""
-    why = "file size limit (ulimit -f) reached" if getattr(e, "errno", None) == errno.EFBIG else "disk full"
-    return f"error: no space left on the device holding {where} ({why}){how}"
+    return f"error: no space left on the device holding {where} ({_no_space(e)}){how}"
 
 
 def _say(line: str, code: int) -> int:
@@ -182,6 +186,42 @@ def _os_line(e: OSError) -> str:
     what = e.strerror or type(e).__name__
     files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     return f"{files}: {what}" if files else what
+
+
+def _roots() -> tuple[str, tuple[str, ...]]:
+    """distillprune's folder, and the Python installation's (stdlib, site-packages), each ending in a separator."""
+    import sysconfig
+
+    ours = str(Path(__file__).resolve().parent) + os.sep
+    lib = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    lib |= {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return ours, tuple(str(Path(r).resolve()) + os.sep for r in lib if r)
+
+
+def user_frame(e: BaseException) -> traceback.FrameSummary | None:
+    """The deepest frame of ``e``'s traceback in a file that is neither distillprune's nor the Python
+    installation's: the user's own code (``model.python``), when it raised the error -- no frame of
+    distillprune below it (libraries it called, torch say, may be)."""
+    ours, lib = _roots()
+    found = None
+    for fs in traceback.extract_tb(e.__traceback__):
+        name = fs.filename
+        if name.startswith("<") or not os.path.isabs(name):
+            continue
+        resolved = str(Path(name).resolve())
+        if resolved.startswith(ours):
+            found = None  # distillprune's code ran below the user's: whatever raised, it is ours
+        elif not resolved.startswith(lib):
+            found = fs
+    return found
+
+
+def _user_code(e: BaseException, fs: traceback.FrameSummary) -> int:
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    path = _write_trace(text)
+    where = f"full traceback in {path}" if path else "the traceback could not be written anywhere"
+    summary = one_line(f"{type(e).__name__}: {e}")[:300]
+    return _say(f"error: your code raised {summary} at {fs.filename}:{fs.lineno} (in {fs.name}); {where}", EXIT_USER)
 
 
 def _internal(e: BaseException) -> int:
