@@ -153,7 +153,8 @@ def check_filenames(recipe: Recipe) -> None:
     written: dict[str, int] = {}
     for i, st in enumerate(recipe.stages):
         name = getattr(st, "filename", None)
-        if st.type == "quantize" and name is None:
+        default = st.type == "quantize" and name is None
+        if default:
             name = default_filename(getattr(st, "method", ""))
         if not isinstance(name, str):
             continue
@@ -162,8 +163,8 @@ def check_filenames(recipe: Recipe) -> None:
         if key in written:
             j = written[key]
             raise RecipeError(
-                f"stages.{i}.filename: {name!r} is already written by stages.{j} ({recipe.stages[j].type}); "
-                "give each stage its own file name"
+                f"stages.{i}.filename: {name!r}{' (the default)' if default else ''} is already written by "
+                f"stages.{j} ({recipe.stages[j].type}); give each stage its own file name"
             )
         written[key] = i
 
