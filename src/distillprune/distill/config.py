@@ -38,7 +38,7 @@ class LossSpec(BaseModel):
                     f"options: {', '.join(params) or 'none'}"
                 )
         for key, value in (self.model_extra or {}).items():
-            check_option(self.name, key, value, cls)
+            check_option(self.name, key, value, inspect.signature(cls.__init__).parameters[key].default)
         if isinstance(self.weight, (int, float)) and self.weight < 0:
             raise ValueError(f"loss '{self.name}': weight must be >= 0, got {self.weight}")
         try:  # build it once: bad option values fail at validation, not at training
@@ -51,10 +51,9 @@ class LossSpec(BaseModel):
         return {"name": self.name, "weight": self.weight, **(self.model_extra or {})}
 
 
-def check_option(loss: str, key: str, value: Any, cls: type) -> None:
+def check_option(loss: str, key: str, value: Any, default: Any) -> None:
     """A loss option given in a recipe: a finite number (also a ramp's ends), and a boolean only where the
-    loss's default is one (``temperature: true`` is not 1)."""
-    default = inspect.signature(cls.__init__).parameters[key].default
+    loss's ``default`` is one (``temperature: true`` is not 1)."""
     ends = [value.get("start"), value.get("end")] if isinstance(value, dict) else [value]
     for v in ends:
         if isinstance(v, float) and not math.isfinite(v):
