@@ -256,3 +256,55 @@ def test_resume_refuses_other_data_at_the_same_path(tmp_path):
     write(1)
     with pytest.raises(DistillpruneError, match=r"--resume: the data at .*d.npz is not the data .* started with"):
         compress(r, out, resume=True, quiet=True)
+
+
+# ------------------------------------------------------------------------------------------ the boundary
+def _app(exc: BaseException):
+    import typer
+
+    app = typer.Typer()
+
+    @app.command()
+    def go() -> None:
+        raise exc
+
+    @app.command()
+    def other() -> None:  # two commands: typer then takes the command name
+        pass
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "exc, why",
+    [
+        (OSError(28, "No space left on device"), "disk full"),
+        (OSError(27, "File too large"), "file size limit (ulimit -f) reached"),
+        (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, ... })"), "disk full"),
+    ],
+)
+def test_a_refused_write_says_no_space_left_on_the_run_device(tmp_path, capfd, exc, why):
+    from distillprune.boundary import note_run, run_cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+
+    def app(**kw):
+        note_run(run, ["distillprune", "run", "r.yaml", "--out", str(run), "--resume"])
+        return _app(exc)(**kw)
+
+    assert run_cli(app, ["go"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: no space left on the device holding {run} ({why}); free space (or raise ulimit -f) and resume "
+        f"with: distillprune run r.yaml --out {run} --resume"
+    ]
+
+
+def test_a_deep_report_json_is_one_line(tmp_path):
+    from distillprune.report.report import CompressionReport
+
+    (tmp_path / "report.json").write_text("[" * 20000 + "]" * 20000)
+    with pytest.raises(DistillpruneError):
+        CompressionReport.load(tmp_path)
