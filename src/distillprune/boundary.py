@@ -188,31 +188,23 @@ def _os_line(e: OSError) -> str:
     return f"{files}: {what}" if files else what
 
 
-def _roots() -> tuple[str, tuple[str, ...]]:
-    """distillprune's folder, and the Python installation's (stdlib, site-packages), each ending in a separator."""
-    import sysconfig
-
-    ours = str(Path(__file__).resolve().parent) + os.sep
-    lib = {sys.prefix, sys.base_prefix, sys.exec_prefix}
-    lib |= {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return ours, tuple(str(Path(r).resolve()) + os.sep for r in lib if r)
+#: the module names ``models.user`` gives the files a recipe names as ``model.python`` (path/to/file.py:Name)
+USER_MODULE_PREFIX = "distillprune_user_"
 
 
 def user_frame(e: BaseException) -> traceback.FrameSummary | None:
-    """The deepest frame of ``e``'s traceback in a file that is neither distillprune's nor the Python
-    installation's: the user's own code (``model.python``), when it raised the error -- no frame of
-    distillprune below it (libraries it called, torch say, may be)."""
-    ours, lib = _roots()
+    """The deepest frame of ``e``'s traceback in the user's own model file (``model.python``), when that
+    code raised the error: no frame of distillprune below it (libraries it called, torch say, may be)."""
     found = None
-    for fs in traceback.extract_tb(e.__traceback__):
-        name = fs.filename
-        if name.startswith("<") or not os.path.isabs(name):
-            continue
-        resolved = str(Path(name).resolve())
-        if resolved.startswith(ours):
+    tb = e.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(USER_MODULE_PREFIX):
+            code = tb.tb_frame.f_code
+            found = traceback.FrameSummary(code.co_filename, tb.tb_lineno, code.co_name, lookup_line=False)
+        elif module == "distillprune" or module.startswith("distillprune."):
             found = None  # distillprune's code ran below the user's: whatever raised, it is ours
-        elif not resolved.startswith(lib):
-            found = fs
+        tb = tb.tb_next
     return found
 
 
