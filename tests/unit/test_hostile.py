@@ -308,3 +308,18 @@ def test_a_deep_report_json_is_one_line(tmp_path):
     (tmp_path / "report.json").write_text("[" * 20000 + "]" * 20000)
     with pytest.raises(DistillpruneError):
         CompressionReport.load(tmp_path)
+
+
+def test_ctrl_c_outside_the_command_exits_130_with_one_line():
+    """The command's handler once the boundary has returned (the interpreter exiting): 130 and the line."""
+    code = (
+        "import os, signal, time; from distillprune import _process as p; "
+        "signal.signal(signal.SIGINT, p._on_sigint); print('out', flush=True); "
+        "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout, p.stderr.splitlines()) == (
+        130,
+        "out\n",
+        ["interrupted before any run folder was written; nothing to resume (run the command again)"],
+    )
