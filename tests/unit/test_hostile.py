@@ -60,6 +60,7 @@ def _recipe(tmp_path: Path, sets: list[str], text: str = BASE) -> Recipe:
         (["stages.1.distill.losses.0.weight=.nan"], "finite number"),
         (["stages.1.distill.losses.0.weight={start: 0, end: .inf}"], "finite number"),
         (["stages.1.distill.losses.0.temperature=true"], "expects a number, got true"),
+        (["stages.1.distill.losses.0.weight=true"], "weight expects a number, got true"),
         (["stages.1.distill.losses.0.label_smoothing=5"], r"label_smoothing must be in \[0, 1\)"),
         (["stages.1.distill.teacher_weights=[.nan]"], "finite number"),
         (["stages.1.label_smoothing=5"], "less than 1"),

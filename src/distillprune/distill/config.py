@@ -27,6 +27,13 @@ class LossSpec(BaseModel):
     name: str
     weight: float | dict[str, Any] = Field(1.0, description="a number >= 0, or a ramp {start, end, schedule, fraction}")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _weight_is_a_number(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("weight"), bool):
+            raise ValueError(f"loss '{data.get('name')}': weight expects a number, got {str(data['weight']).lower()}")
+        return data
+
     @model_validator(mode="after")
     def _options(self) -> LossSpec:
         cls = LOSSES.get(LOSSES.check(self.name))
