@@ -7,8 +7,9 @@ code   meaning
 1      an internal error (a bug in distillprune): one line, and the full traceback written to
        ``<run folder>/error.log`` when a run folder exists, else to a temporary file
 2      bad input the user can fix: recipe, ``--set``, data, checkpoint, run folder, usage (unknown
-       command or option, missing argument), a NaN loss; one line saying what was received, what was
-       expected and where
+       command or option, missing argument), a NaN loss, the user's own model code raising (the line
+       names their file and line; the traceback goes where a bug's would); one line saying what was
+       received, what was expected and where
 130    interrupted (Ctrl-C), also while starting or exiting: one line saying how to resume; the last
        completed checkpoint is intact
 141    the reader of stdout went away (``distillprune list | head -c1``): nothing more is printed
