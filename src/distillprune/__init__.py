@@ -1,9 +1,10 @@
 """distillprune: knowledge distillation combined with pruning, measured, exported to ONNX.
 
 Importing the package has no side effects beyond registering its own methods (no env vars, no logging
-changes, no CUDA init).
+changes, no CUDA init); only the ``distillprune`` command's own process is set up (``distillprune._process``).
 """
 
+from distillprune import _process  # noqa: F401, I001  (first: sets up the command's process, nothing else's)
 from distillprune import transformers as _transformers  # noqa: F401, I001  (registers the hf source, ops, prune_)
 from distillprune._version import __version__
 from distillprune.cluster import ClusterConfig, ClusterReport, cluster_

@@ -7,16 +7,22 @@ code   meaning
 1      an internal error (a bug in distillprune): one line, and the full traceback written to
        ``<run folder>/error.log`` when a run folder exists, else to a temporary file
 2      bad input the user can fix: recipe, ``--set``, data, checkpoint, run folder, usage (unknown
-       command or option, missing argument), a NaN loss; one line saying what was received, what was
-       expected and where
-130    interrupted (Ctrl-C): one line saying how to resume; the last completed checkpoint is intact
+       command or option, missing argument), a NaN loss, the user's own model code raising (the line
+       names their file and line; the traceback goes where a bug's would); one line saying what was
+       received, what was expected and where
+130    interrupted (Ctrl-C), also while starting or exiting: one line saying how to resume; the last
+       completed checkpoint is intact
+141    the reader of stdout went away (``distillprune list | head -c1``): nothing more is printed
 =====  ==========================================================================================
+
+A full disk or a file over ``ulimit -f`` is exit 2: "no space left on the device holding RUN", resumable.
 
 stderr carries only that line; Python warnings are printed to stdout as one ``warning: ...`` line each.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sys
@@ -30,9 +36,14 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
+from distillprune import _process
 from distillprune.errors import DistillpruneError
 
-EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+#: errno of a write the disk or the file size limit refused (ENOSPC, EFBIG, EDQUOT)
+NO_SPACE = frozenset(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT") if hasattr(errno, n))
+#: how libraries that wrap the error (safetensors, onnx, torch) spell it
+NO_SPACE_TEXT = ("No space left on device", "File too large", "Disk quota exceeded", "StorageFull")
 
 
 class _Current:
@@ -81,9 +92,26 @@ def _usage_line(e: Any) -> str:
 def run_cli(app: Callable[..., Any], argv: list[str] | None) -> int:
     """Run the typer ``app`` on ``argv`` (``sys.argv[1:]`` if None) inside the boundary; returns the exit code."""
     current.run_dir = current.resume_command = None
+    _process.state.in_command = True
+    try:
+        return _run(app, argv)
+    finally:
+        _process.state.in_command = False
+
+
+def _run(app: Callable[..., Any], argv: list[str] | None) -> int:
     try:
         with _warnings_to_stdout():
             rv = app(args=argv, prog_name="distillprune", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError:
+        _process.silence_stdout()
+        return EXIT_PIPE
+    except SystemExit as e:  # typer turns a write to a closed pipe (EPIPE) into exit 1, stdout wrapped
+        if type(sys.stdout).__name__ != "PacifyFlushWrapper":
+            raise
+        _process.silence_stdout()
+        return EXIT_PIPE if e.code == 1 else int(e.code or 0)
     except DistillpruneError as e:
         return _say(f"error: {one_line(str(e)) or type(e).__name__}", EXIT_USER)
     except KeyboardInterrupt:
@@ -105,14 +133,44 @@ def run_cli(app: Callable[..., Any], argv: list[str] | None) -> int:
     except MemoryError:
         return _say("error: out of memory; lower data.batch_size or use a smaller model or data.limit_train", EXIT_USER)
     except OSError as e:  # the file system refused: permissions, a full disk, a path that is a folder...
+        if _no_space(e):
+            return _say(_no_space_line(e), EXIT_USER)
         if e.filename is not None or e.strerror:
             return _say(f"error: {_os_line(e)}", EXIT_USER)
         return _internal(e)
     except Exception as e:  # noqa: BLE001 - the boundary: anything else is a bug, reported with its trace
+        if _no_space(e):  # a library's own error type around the refused write
+            return _say(_no_space_line(e), EXIT_USER)
+        frame = user_frame(e)
+        if frame is not None:  # raised by the user's own model code (model.python): theirs to fix
+            return _user_code(e, frame)
         return _internal(e)
     if rv == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into Exit(130), returned as the result
         return _say(interrupted_message(), EXIT_INTERRUPTED)
     return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _no_space(e: BaseException) -> str | None:
+    """Why ``e`` (or what it was raised from) is a write refused for want of space or over the size limit:
+    'disk full', 'file size limit (ulimit -f) reached', or None when it is something else."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        code = cur.errno if isinstance(cur, OSError) else None
+        if code == errno.EFBIG or "File too large" in str(cur):
+            return "file size limit (ulimit -f) reached"
+        if code in NO_SPACE or any(t in str(cur) for t in NO_SPACE_TEXT):
+            return "disk full"
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _no_space_line(e: BaseException) -> str:
+    run, cmd = current.run_dir, current.resume_command
+    where = str(run) if run is not None else (getattr(e, "filename", None) or "the output")
+    how = f"; free space (or raise ulimit -f) and resume with: {shlex.join(cmd)}" if run and cmd else ""
+    return f"error: no space left on the device holding {where} ({_no_space(e)}){how}"
 
 
 def _say(line: str, code: int) -> int:
@@ -129,6 +187,34 @@ def _os_line(e: OSError) -> str:
     what = e.strerror or type(e).__name__
     files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     return f"{files}: {what}" if files else what
+
+
+#: the module names ``models.user`` gives the files a recipe names as ``model.python`` (path/to/file.py:Name)
+USER_MODULE_PREFIX = "distillprune_user_"
+
+
+def user_frame(e: BaseException) -> traceback.FrameSummary | None:
+    """The deepest frame of ``e``'s traceback in the user's own model file (``model.python``), when that
+    code raised the error: no frame of distillprune below it (libraries it called, torch say, may be)."""
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(USER_MODULE_PREFIX):
+            code = tb.tb_frame.f_code
+            found = traceback.FrameSummary(code.co_filename, tb.tb_lineno, code.co_name, lookup_line=False)
+        elif module == "distillprune" or module.startswith("distillprune."):
+            found = None  # distillprune's code ran below the user's: whatever raised, it is ours
+        tb = tb.tb_next
+    return found
+
+
+def _user_code(e: BaseException, fs: traceback.FrameSummary) -> int:
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    path = _write_trace(text)
+    where = f"full traceback in {path}" if path else "the traceback could not be written anywhere"
+    summary = one_line(f"{type(e).__name__}: {e}")[:300]
+    return _say(f"error: your code raised {summary} at {fs.filename}:{fs.lineno} (in {fs.name}); {where}", EXIT_USER)
 
 
 def _internal(e: BaseException) -> int:

@@ -33,6 +33,9 @@ TRUST = typer.Option(
     help="let checkpoints the recipe names (model.checkpoint, a teacher folder) import the Python class file "
     "they carry (sha256 checked); without it such a checkpoint is refused",
 )
+FORCE = typer.Option(
+    False, "--force", help="write into a non-empty --out that is not a distillprune run folder (replacing files)"
+)
 
 
 def _run(
@@ -43,6 +46,7 @@ def _run(
     wide: bool = False,
     command: list[str] | None = None,
     trust_code: bool = False,
+    force: bool = False,
 ) -> None:
     from distillprune.pipeline import compress
     from distillprune.recipes import load_recipe
@@ -57,7 +61,7 @@ def _run(
     note_run(
         out, [*(command or ["distillprune", "run", str(recipe_path)]), *sets, *trust, "--out", str(out), "--resume"]
     )
-    report = compress(recipe, out, resume=resume, trust_code=trust_code)  # checks --out before any work
+    report = compress(recipe, out, resume=resume, force=force, trust_code=trust_code)  # checks, locks --out first
     if _rank() == 0:
         print_table(report, wide=wide)
         typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
@@ -77,6 +81,7 @@ def demo(
     set_: list[str] = typer.Option([], "--set", help="override a recipe value: a.b.c=value"),
     resume: bool = typer.Option(False, help="continue the demo run in --out where it stopped"),
     wide: bool = WIDE,
+    force: bool = FORCE,
     nlp: bool = typer.Option(
         False,
         "--nlp",
@@ -90,7 +95,7 @@ def demo(
     from distillprune.recipes import BUILTIN
 
     recipe = BUILTIN / ("minilm_demo.yaml" if nlp else "digits_demo.yaml")
-    _run(recipe, set_, out, resume, wide, ["distillprune", "demo", *(["--nlp"] if nlp else [])])
+    _run(recipe, set_, out, resume, wide, ["distillprune", "demo", *(["--nlp"] if nlp else [])], force=force)
 
 
 @app.command()
@@ -100,10 +105,11 @@ def run(
     out: Path | None = typer.Option(None, help="run folder (default runs/<name>-<time>)"),
     resume: bool = typer.Option(False, help="continue the run in --out where it stopped"),
     wide: bool = WIDE,
+    force: bool = FORCE,
     trust_code: bool = TRUST,
 ) -> None:
     """Run a recipe: its stages in order, measured after each; writes report.json/md/html and ONNX."""
-    _run(recipe, set_, out, resume, wide, trust_code=trust_code)
+    _run(recipe, set_, out, resume, wide, force=force, trust_code=trust_code)
 
 
 @app.command()
@@ -237,7 +243,7 @@ def list_(
 def main(argv: list[str] | None = None) -> int:
     """The ``distillprune`` command: exit 0 done, 2 bad input or usage, 130 interrupted, 1 a bug (one line
     and the path of the full traceback); see ``distillprune.boundary``."""
-    return run_cli(app, argv)
+    return run_cli(app, argv)  # a Ctrl-C after this, while the interpreter exits, is still 130 (_process)
 
 
 if __name__ == "__main__":

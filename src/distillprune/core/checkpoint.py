@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distillprune.core.history import HistoryOp, op_from_dict, replay
-from distillprune.core.io import atomic_write, write_json
+from distillprune.core.io import atomic_write, check_finite, loads, write_json
 from distillprune.core.registry import Registry
 from distillprune.core.trust import code_trust
 from distillprune.errors import CheckpointError, DistillpruneError
@@ -136,7 +136,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     if not (folder / "model.json").exists():
         raise CheckpointError(f"not a distillprune checkpoint (no model.json): {folder}")
     try:
-        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        meta = loads((folder / "model.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{folder / 'model.json'}: unreadable ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -170,6 +170,7 @@ def load_checkpoint(
         state = load_file(str(folder / "model.safetensors"))
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{folder / 'model.safetensors'}: corrupt or unreadable ({e})") from None
+    check_finite(state, str(folder / "model.safetensors"))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -2,28 +2,77 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    model_validator,
+)
 
 from distillprune.core.registry import Registry, nearest
 from distillprune.errors import RecipeError
 
 
 class StrictModel(BaseModel):
-    """Base for every option group: unknown keys are errors, assignment is validated."""
+    """Base for every option group: unknown keys are errors, assignment is validated, a float is finite (NaN
+    and inf are refused: ``.inf`` seconds never ends, a NaN temperature trains garbage), and ``true`` is not
+    a number nor ``!!binary`` a text (pydantic's lax mode would take them as 1 and as UTF-8)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown(cls, data: Any) -> Any:
         if isinstance(data, dict):
             valid = list(cls.model_fields)
-            for key in data:
+            for key, value in data.items():
                 if key not in cls.model_fields:
                     raise ValueError(f"unknown key '{key}'{nearest(str(key), valid)}; valid keys: {', '.join(valid)}")
+                try:
+                    refuse_lax(value, cls.model_fields[key].annotation)
+                except ValueError as e:
+                    raise ValueError(f"{key}: {e}") from None
         return data
+
+
+def refuse_lax(value: Any, annotation: Any) -> None:
+    """Raise ValueError for a bool or bytes (at the top or inside a list) that ``annotation`` does not name."""
+    leaves = _leaf_types(annotation)
+    if Any in leaves or object in leaves:
+        return
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, bool) and bool not in leaves:
+            raise ValueError(f"expected {_expected(leaves)}, got {str(v).lower()} (a boolean)")
+        if isinstance(v, (bytes, bytearray)) and bytes not in leaves:
+            raise ValueError(f"expected {_expected(leaves)}, got binary data ({len(v)} bytes)")
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """Every type a (possibly nested, Optional, Annotated) annotation names."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _leaf_types(args[0])
+    if origin is typing.Literal:
+        return {type(a) for a in args}
+    if origin is None and not isinstance(annotation, types.UnionType):
+        return {annotation}
+    out: set[Any] = set()
+    for a in args:
+        out |= _leaf_types(a)
+    return out
+
+
+def _expected(leaves: set[Any]) -> str:
+    names = {int: "an integer", float: "a number", str: "text"}
+    found = [names[t] for t in (int, float, str) if t in leaves]
+    return " or ".join(found) or "a value of another type"
 
 
 def one_line(err: ValidationError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -76,3 +77,39 @@ def resolve_folder(path: str, where: str) -> Path:
     if not p.is_dir():
         raise DistillpruneError(f"{where}: no folder {p}")
     return p
+
+
+#: JSON files of ours nest a few levels; a file nested deeper is not ours (and json's recursive decoder would
+#: overflow the stack on 20,000 levels, an internal error instead of one line)
+MAX_JSON_DEPTH = 100
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def loads(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses nesting deeper than ``max_depth`` with a ``json.JSONDecodeError`` (so callers
+    that already handle damaged JSON handle this too), before the recursive decoder sees it."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    depth = 0
+    for m in _JSON_TOKENS.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", text, m.start())
+        elif c in "]}":
+            depth -= 1
+    return json.loads(text)
+
+
+def check_finite(tensors: dict[str, Any], where: str) -> None:
+    """Refuse a state dict with a NaN or infinite floating-point weight: every number computed from it
+    (accuracy, exported outputs) would be garbage reported with exit 0."""
+    import torch
+
+    from distillprune.errors import CheckpointError
+
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{where}: weight {name!r} holds {bad} NaN or infinite value(s) of {t.numel()}")

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -178,12 +180,31 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
-    from PIL import Image
+def open_image(f: Any, name: str) -> Any:
+    """A PIL image decoded to RGB. An image declaring more pixels than PIL's ``MAX_IMAGE_PIXELS`` (a
+    decompression bomb: a small file that decodes to gigabytes) is refused before it is decoded."""
+    from PIL import Image, UnidentifiedImageError
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice its cap
+        try:
+            return Image.open(f).convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(
+                f"{name}: the image declares more pixels than the cap of {Image.MAX_IMAGE_PIXELS:,} "
+                f"(PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?): {_first_line(e)}"
+            ) from None
+        except (UnidentifiedImageError, OSError):
+            raise DataError(f"not an image: {name}") from None
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
     idx = np.arange(len(offsets) - 1) if idx is None else idx
     return np.stack(
-        [np.asarray(Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in idx]
+        [
+            np.asarray(open_image(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes()), f"image {i} of the pack"))
+            for i in idx
+        ]
     )
 
 
@@ -239,7 +260,7 @@ def cifar10_bin(cfg: DataConfig) -> DataBundle:
 @SOURCES.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> DataBundle:
     """``path/{train,test}/<class>/<image>`` read with PIL, resized to ``image_size`` and held as uint8."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     root = _need_path(cfg)
     splits = {}
@@ -251,10 +272,7 @@ def imagefolder(cfg: DataConfig) -> DataBundle:
         for ci, c in enumerate(classes):
             folder = root / split / c
             for f in sorted(folder.iterdir()) if folder.is_dir() else []:
-                try:
-                    img = Image.open(f).convert("RGB")
-                except (UnidentifiedImageError, OSError):
-                    raise DataError(f"not an image: {f}") from None
+                img = open_image(f, str(f))
                 if cfg.image_size:
                     img = img.resize((cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
                 xs.append(np.asarray(img))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from distillprune.core.batch import NamedInputs
-from distillprune.core.io import resolve_folder
+from distillprune.core.io import loads, resolve_folder
 from distillprune.data.base import DataBundle, Split
 from distillprune.data.config import DataConfig, TextConfig
 from distillprune.data.registry import SOURCES
@@ -46,21 +46,44 @@ def read_rows(path: Path, cfg: TextConfig) -> Rows:
         return [{cfg.column: line} for line in raw.splitlines() if line.strip()]
     if fmt == "fortune":  # entries separated by lines holding a single '%'
         return [{cfg.column: e} for e in re.split(r"^%\s*$", raw, flags=re.M) if e.strip()]
-    if fmt == "csv":
-        rows = list(csv.DictReader(raw.splitlines()))
-    else:
-        rows = []
-        for i, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not a JSON line ({e.msg})") from None
+    rows = _csv_rows(path, raw) if fmt == "csv" else _jsonl_rows(path, raw)
     if rows and cfg.column not in rows[0]:
         raise DataError(f"{path}: no text column {cfg.column!r} (columns: {sorted(rows[0])}); set data.text.column")
     if rows and cfg.pair_column and cfg.pair_column not in rows[0]:
         raise DataError(f"{path}: no column {cfg.pair_column!r} for data.text.pair_column")
+    return rows
+
+
+def _csv_rows(path: Path, raw: str) -> Rows:
+    """The rows of a CSV file; a row with fewer or more fields than the header is an error (``csv`` would
+    fill the missing ones with None, read later as the label 'None')."""
+    reader = csv.DictReader(raw.splitlines(), restkey="\0extra")
+    rows = []
+    for row in reader:
+        extra = row.pop("\0extra", None) or []
+        if extra or None in row.values():
+            n = sum(v is not None for v in row.values()) + len(extra)
+            raise DataError(
+                f"{path}:{reader.line_num}: {n} fields, but the header names {len(reader.fieldnames or [])} "
+                f"({', '.join(reader.fieldnames or [])})"
+            )
+        rows.append(row)
+    return rows
+
+
+def _jsonl_rows(path: Path, raw: str) -> Rows:
+    """The rows of a JSON-lines file: one JSON object per line."""
+    rows = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not a JSON line ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{i}: a JSON {type(row).__name__}, expected an object {{column: value, ...}}")
+        rows.append(row)
     return rows
 
 
@@ -162,9 +185,10 @@ def _pad(t: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
 def _labels(train: Rows, test: Rows, column: str) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
     if not train or column not in train[0]:
         return None, None, []
-    values = [str(r.get(column, "")).strip() for r in train + test]
-    if any(v == "" for v in values):
-        raise DataError(f"some texts have no {column!r} label")
+    values = ["" if r.get(column) is None else str(r[column]).strip() for r in train + test]
+    if any(v == "" for v in values):  # missing, empty or null (JSON null is no label, not the label 'None')
+        n = sum(v == "" for v in values)
+        raise DataError(f"{n} of {len(values)} texts have no {column!r} label (missing, empty or null)")
     if all(re.fullmatch(r"\d+", v) for v in values):  # class indices 0..K-1
         classes = [str(i) for i in range(max(int(v) for v in values) + 1)]
         values = [str(int(v)) for v in values]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,9 +23,16 @@ class LossSpec(BaseModel):
     ``{name: kd, weight: {start: 0, end: 1}, temperature: {start: 8, end: 2, schedule: cosine}}``.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
     weight: float | dict[str, Any] = Field(1.0, description="a number >= 0, or a ramp {start, end, schedule, fraction}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weight_is_a_number(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("weight"), bool):
+            raise ValueError(f"loss '{data.get('name')}': weight expects a number, got {str(data['weight']).lower()}")
+        return data
 
     @model_validator(mode="after")
     def _options(self) -> LossSpec:
@@ -36,6 +44,8 @@ class LossSpec(BaseModel):
                     f"loss '{self.name}' has no option '{key}'{nearest(key, params)}; "
                     f"options: {', '.join(params) or 'none'}"
                 )
+        for key, value in (self.model_extra or {}).items():
+            check_option(self.name, key, value, inspect.signature(cls.__init__).parameters[key].default)
         if isinstance(self.weight, (int, float)) and self.weight < 0:
             raise ValueError(f"loss '{self.name}': weight must be >= 0, got {self.weight}")
         try:  # build it once: bad option values fail at validation, not at training
@@ -46,6 +56,17 @@ class LossSpec(BaseModel):
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "weight": self.weight, **(self.model_extra or {})}
+
+
+def check_option(loss: str, key: str, value: Any, default: Any) -> None:
+    """A loss option given in a recipe: a finite number (also a ramp's ends), and a boolean only where the
+    loss's ``default`` is one (``temperature: true`` is not 1)."""
+    ends = [value.get("start"), value.get("end")] if isinstance(value, dict) else [value]
+    for v in ends:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"loss '{loss}': {key} must be a finite number, got {v}")
+        if isinstance(v, bool) and not isinstance(default, bool):
+            raise ValueError(f"loss '{loss}': {key} expects a number, got {str(v).lower()} (a boolean)")
 
 
 class DistillConfig(StrictModel):
@@ -74,7 +95,7 @@ class DistillConfig(StrictModel):
         "folded into the convolutions (faster, same outputs)",
     )
     compile_teacher: bool = Field(False, description="torch.compile that copy (no feature taps); pays on long runs")
-    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")])
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd")], min_length=1)
 
     @model_validator(mode="after")
     def _modes(self) -> DistillConfig:

@@ -251,7 +251,8 @@ def run_onnx(path_or_bytes: str | Path | bytes, x: ArrayBatch, batch: int = 256,
     if isinstance(x, NamedInputs):
         return np.concatenate([sess.run(None, feeds(sess, x[i : i + batch]))[0] for i in range(0, len(x), batch)])
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.concatenate([sess.run(None, {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+    name = sess.get_inputs()[0].name  # distillprune names it 'input'; another exporter may not
+    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ The files take normalised inputs (as exported by distillprune), so the data come
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,8 +57,44 @@ def is_text(model) -> bool:
     return any(i.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32) for i in model.graph.input)
 
 
+def graph_inputs(model) -> list:
+    """The graph's real inputs (older exporters list the initializers among the inputs too)."""
+    weights = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in weights]
+
+
+def check_graph(model, p: Path, scored: bool) -> None:
+    """What bench needs of a graph: at least one input, and (to score accuracy) (batch, classes) logits."""
+    if not graph_inputs(model):
+        raise DistillpruneError(f"{p}: the ONNX graph has no inputs; nothing to feed or time")
+    if not model.graph.output:
+        raise DistillpruneError(f"{p}: the ONNX graph has no outputs")
+    out = model.graph.output[0].type.tensor_type
+    rank = len(out.shape.dim) if out.HasField("shape") else None
+    if scored and rank is not None and rank != 2:
+        raise DistillpruneError(
+            f"{p}: its first output has {rank} dimensions; top-1 accuracy needs (batch, classes) logits "
+            "(bench it without --data to time it)"
+        )
+
+
+def check_batch_memory(p: Path, shape: Sequence[int], batch_sizes: Sequence[int]) -> None:
+    """Refuse, before allocating, a timing batch (random float32 inputs) larger than a quarter of memory."""
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    sample = 4 * math.prod(shape)
+    for bs in batch_sizes:
+        if bs * sample > have // 4:
+            raise DistillpruneError(
+                f"{p.name}: a batch of {bs} inputs of shape {tuple(shape)} needs {bs * sample / 2**30:.3g} GiB; "
+                f"this machine has {have / 2**30:.1f} GiB (lower --batch-sizes)"
+            )
+
+
 def input_shape(model) -> tuple[int, ...]:
-    dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
+    dims = graph_inputs(model)[0].type.tensor_type.shape.dim[1:]
     if any(not d.HasField("dim_value") for d in dims):
         raise DistillpruneError(
             f"the model's input has symbolic dimensions besides the batch: {[d.dim_param or d.dim_value for d in dims]}"
@@ -111,9 +149,11 @@ def bench_onnx(
         except Exception as e:  # noqa: BLE001 - protobuf decode errors
             raise DistillpruneError(f"{p}: not an ONNX model ({str(e).splitlines()[0] if str(e) else e!r})") from None
         check_external_data(p, model)
+        check_graph(model, p, x is not None and y is not None)
         row = OnnxBench(p.name, onnx_kind(model), p.stat().st_size)
         text = is_text(model)
         shape = (cfg.seq_lengths[0],) if text else input_shape(model)
+        check_batch_memory(p, shape, cfg.batch_sizes)
         if text and x is not None and not isinstance(x, NamedInputs):
             raise DistillpruneError(f"{p.name} takes token ids; the data has {tuple(x.shape[1:])}-shaped inputs")
         if not text and x is not None and tuple(x.shape[1:]) != shape:

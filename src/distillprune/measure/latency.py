@@ -36,7 +36,9 @@ class LatencyConfig(StrictModel):
     threads: int = Field(1, gt=0, description="ONNX Runtime intra-op threads (fixed so runs compare)")
     warmup: int = Field(10, ge=0)
     repeats: int = Field(7, gt=0, description="timed windows; the median is reported")
-    min_window_s: float = Field(0.05, gt=0, description="each timed window runs at least this long")
+    min_window_s: float = Field(
+        0.05, gt=0, le=60, description="each timed window runs at least this long (seconds, at most 60)"
+    )
     pairs: int = Field(
         5,
         ge=1,

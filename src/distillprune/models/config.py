@@ -66,6 +66,11 @@ class ModelConfig(StrictModel):
                 raise ValueError(
                     "checkpoint is a whole model (architecture + weights): give it without " + ", ".join(extra)
                 )
+        taken = sorted({"num_classes", "input_shape"} & set(self.kwargs))
+        if self.python is None and self.source == "zoo" and taken:  # a zoo builder gets them from the data
+            raise ValueError(
+                f"kwargs.{taken[0]}: set from the data (its classes and input shape), not by kwargs; drop it"
+            )
         if self.python is not None:
             if "name" in self.model_fields_set:
                 raise ValueError("give either name (a registered model) or python (your own class), not both")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distillprune.core.io import check_finite
 from distillprune.errors import CheckpointError
 
 SHOWN = 3  # keys named per kind of mismatch
@@ -70,6 +71,7 @@ def _tensors(obj: object, p: Path, where: str) -> dict[str, torch.Tensor]:
     state = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_finite(state, f"{where}: {p}")
     return state
 
 

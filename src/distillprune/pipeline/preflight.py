@@ -146,12 +146,28 @@ def check_sizes(recipe: Recipe, data: DataBundle) -> None:
 
 
 def check_filenames(recipe: Recipe) -> None:
-    """Every ``filename`` a stage names stays inside the run folder (checked again when written)."""
+    """Every ``filename`` a stage names (a quantize stage's default too) stays inside the run folder, is none
+    of the run's own files, and is written by one stage only (checked again when written)."""
+    from distillprune.quant import default_filename
+
     root = Path("/distillprune-run-folder")  # syntactic check: absolute, '..', reserved names
+    written: dict[str, int] = {}
     for i, st in enumerate(recipe.stages):
         name = getattr(st, "filename", None)
-        if isinstance(name, str):
-            confined(root, name, f"stages.{i}.filename")
+        default = st.type == "quantize" and name is None
+        if default:
+            name = default_filename(getattr(st, "method", ""))
+        if not isinstance(name, str):
+            continue
+        confined(root, name, f"stages.{i}.filename")
+        key = os.path.normpath(name)
+        if key in written:
+            j = written[key]
+            raise RecipeError(
+                f"stages.{i}.filename: {name!r}{' (the default)' if default else ''} is already written by "
+                f"stages.{j} ({recipe.stages[j].type}); give each stage its own file name"
+            )
+        written[key] = i
 
 
 def model_configs(node: Any, where: str = "") -> Iterator[tuple[str, ModelConfig]]:

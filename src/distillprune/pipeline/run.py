@@ -32,7 +32,7 @@ from distillprune.measure.metrics import count_macs, count_params, layer_widths
 from distillprune.measure.quality import embedding_quality
 from distillprune.models.config import ModelConfig
 from distillprune.models.user import vouched_sha
-from distillprune.pipeline import rundir
+from distillprune.pipeline import rundir, runlock
 from distillprune.pipeline.preflight import preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
@@ -44,9 +44,11 @@ from distillprune.train.logging import RunLogger, attach_run_log
 from distillprune.train.trainer import evaluate, resolve_device
 
 
-def prepare_run_dir(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None) -> Path | None:
-    """Check and create the run folder before any work (rules in ``pipeline.rundir``)."""
-    return rundir.prepare(run_dir, resume, recipe)
+def prepare_run_dir(
+    run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None, force: bool = False
+) -> Path | None:
+    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``)."""
+    return rundir.prepare(run_dir, resume, recipe, force)
 
 
 def compress(
@@ -57,15 +59,19 @@ def compress(
     model: nn.Module | None = None,
     data: DataBundle | None = None,
     quiet: bool = False,
+    force: bool = False,
     trust_code: bool = False,
 ) -> CompressionReport:
     """Run every stage of ``recipe``; returns the report (also written to ``run_dir``).
 
-    ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle). ``trust_code``
-    lets checkpoints the recipe names (``model.checkpoint``, a teacher folder) import the class file they
-    carry (see ``core.trust``); the recipe's own ``model.python`` classes need no opt-in.
+    ``model``/``data`` override the recipe's (Python API: any nn.Module, any DataBundle). ``force``: write
+    into a non-empty ``run_dir`` that is not a distillprune run folder. ``trust_code`` lets checkpoints the
+    recipe names (``model.checkpoint``, a teacher folder) import the class file they carry (see
+    ``core.trust``); the recipe's own ``model.python`` classes need no opt-in.
     """
-    return execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet, trust_code=trust_code).report
+    return execute(
+        recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet, force=force, trust_code=trust_code
+    ).report
 
 
 def execute(
@@ -76,13 +82,17 @@ def execute(
     model: nn.Module | None = None,
     data: DataBundle | None = None,
     quiet: bool = False,
+    force: bool = False,
     trust_code: bool = False,
 ) -> RunState:
     """``compress``, returning the final RunState (the compressed model is ``state.model``)."""
     # the recipe's own classes are the user's choice: their checkpoints in the run folder reload (--resume)
     with code_trust(trust_code, vouched=recipe_code(recipe)):
         with ddp.process_group(resolve_device(recipe.runtime)):  # torchrun's group (NCCL/gloo), else nothing
-            return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet)
+            try:
+                return _execute(recipe, run_dir, resume=resume, model=model, data=data, quiet=quiet, force=force)
+            finally:
+                runlock.release_all()
 
 
 def recipe_code(recipe: Recipe) -> list[str]:
@@ -113,12 +123,15 @@ def _execute(
     model: nn.Module | None,
     data: DataBundle | None,
     quiet: bool,
+    force: bool,
 ) -> RunState:
     console = Console(quiet=quiet or not ddp.is_rank0())
     # rank 0 names and creates the folder (a default name holds the time: ranks could disagree)
     run_dir = ddp.broadcast_json(None if run_dir is None else str(run_dir))
     run_path = ddp.once(
-        lambda: prepare_run_dir(run_dir, resume, recipe), encode=lambda p: p and str(p), decode=lambda p: p and Path(p)
+        lambda: prepare_run_dir(run_dir, resume, recipe, force),
+        encode=lambda p: p and str(p),
+        decode=lambda p: p and Path(p),
     )
     torch.manual_seed(recipe.seed)
     if data is None:

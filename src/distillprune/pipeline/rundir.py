@@ -11,14 +11,15 @@ completes, resumable after.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distillprune.core.io import write_json
+from distillprune.core.io import loads, write_json
 from distillprune.errors import CheckpointError, DistillpruneError
+from distillprune.pipeline.fingerprint import difference, fingerprint
+from distillprune.pipeline.runlock import LOCK, acquire
 
 if TYPE_CHECKING:
     from distillprune.recipes.schema import Recipe
@@ -29,7 +30,7 @@ FORMAT = "distillprune-run/1"
 #: what a run writes besides the recipe's named output files (cleared when a never-completed run starts over)
 RUN_FILES = ("stages", "teacher", "tb", "metrics.jsonl", "report.json", "report.md", "report.html", STATE, "error.log")
 #: names a recipe's output ``filename`` may not take: the run's own files
-RESERVED = frozenset(RUN_FILES) | {MARKER}
+RESERVED = frozenset(RUN_FILES) | {MARKER, LOCK, "run.log", "baseline.onnx"}
 #: recipe sections that may change when resuming (how it runs and is measured, not what it computes)
 MAY_CHANGE = ("name", "runtime", "measure")
 
@@ -38,8 +39,10 @@ class RunFolderError(DistillpruneError):
     """An ``--out`` folder that cannot hold this run (a file, not writable, another run's folder...)."""
 
 
-def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None) -> Path | None:
-    """Check (and create) the run folder before any work; see the module docstring for the rules."""
+def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None, force: bool = False) -> Path | None:
+    """Check (and create) the run folder before any work, and lock it for this run (released by
+    ``runlock.release_all``); see the module docstring for the rules. ``force``: write into a non-empty
+    folder that is not a distillprune run (its files of the names a run writes are replaced)."""
     if run_dir is None:
         return None
     p = Path(run_dir)
@@ -48,14 +51,21 @@ def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = No
     if resume:
         if not p.is_dir() or not is_run_folder(p):
             raise RunFolderError(f"--resume: no run to resume in {p} (no {MARKER} or {STATE})")
-        if recipe is not None:
-            check_same_recipe(p, recipe)
-    elif p.is_dir() and _entries(p):
-        if not is_run_folder(p):
-            raise RunFolderError(
-                f"run folder {p} already exists and is not empty (and is not a distillprune run "
-                "folder); choose another --out"
-            )
+    elif p.is_dir() and _entries(p) and not is_ours(p) and not force:
+        raise RunFolderError(
+            f"run folder {p} already exists and is not empty, and is not a distillprune run folder (no "
+            f"{MARKER} of ours); choose another --out, or pass --force to write into it"
+        )
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot create run folder {p}: {e.strerror or e}") from None
+    _check_writable(p)
+    acquire(p)  # before anything is cleared or written: a second run into p stops here
+    if resume and recipe is not None:
+        check_same_recipe(p, recipe)
+        check_same_data(p, recipe)
+    elif not resume and is_ours(p):
         done = completed(p)
         if done:
             raise RunFolderError(
@@ -63,14 +73,32 @@ def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = No
                 "pass --resume to continue it or choose another --out"
             )
         _clear(p)  # a run that never completed a stage starts over, without ceremony
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunFolderError(f"cannot create run folder {p}: {e.strerror or e}") from None
-    _check_writable(p)
     if recipe is not None and not (resume and (p / MARKER).exists()):
-        write_json(p / MARKER, {"format": FORMAT, "recipe": recipe.model_dump(mode="json")})
+        marker = {"format": FORMAT, "recipe": recipe.model_dump(mode="json"), "data": fingerprint(recipe.data.path)}
+        write_json(p / MARKER, marker)
     return p
+
+
+def is_ours(p: Path) -> bool:
+    """Whether ``p`` holds the ``run.json`` of a distillprune run (other files of these names may be anyone's)."""
+    try:
+        return loads((p / MARKER).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def check_same_data(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume when the data file (or folder) at the recipe's path is not the one the run started on."""
+    try:
+        then = loads((run_dir / MARKER).read_text(encoding="utf-8")).get("data")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return  # check_same_recipe has judged the marker
+    why = difference(then, fingerprint(recipe.data.path))
+    if why is not None:
+        raise RunFolderError(
+            f"--resume: the data at {recipe.data.path} is not the data {run_dir} started with ({why}); "
+            "resume with the same data, or start a new run"
+        )
 
 
 def is_run_folder(p: Path) -> bool:
@@ -80,7 +108,7 @@ def is_run_folder(p: Path) -> bool:
 def completed(p: Path) -> int:
     """How many stages the run in ``p`` completed (0 when none or no readable state)."""
     try:
-        return int(json.loads((p / STATE).read_text(encoding="utf-8"))["completed"])
+        return int(loads((p / STATE).read_text(encoding="utf-8"))["completed"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 
@@ -91,7 +119,7 @@ def read_state(run_dir: Path, recipe: Recipe) -> tuple[int, str] | None:
     if not f.exists():
         return None
     try:
-        done = json.loads(f.read_text(encoding="utf-8"))
+        done = loads(f.read_text(encoding="utf-8"))
         index, kind = done["completed"], done["kind"]
         if not isinstance(index, int) or isinstance(index, bool) or not isinstance(kind, str):
             raise TypeError(f"expected {{'completed': <int>, 'kind': <str>}}, got {done!r}"[:200])
@@ -119,7 +147,7 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     if not f.is_file():
         return  # a run folder written before run.json existed
     try:
-        old = json.loads(f.read_text(encoding="utf-8"))["recipe"]
+        old = loads(f.read_text(encoding="utf-8"))["recipe"]
         if not isinstance(old, dict):
             raise TypeError("'recipe' is not a mapping")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
@@ -160,7 +188,7 @@ def _first_difference(a: Any, b: Any, where: str) -> str | None:
 
 def _entries(p: Path) -> list[str]:
     try:
-        return os.listdir(p)
+        return [e for e in os.listdir(p) if e != LOCK]  # a lock file left by a run killed before run.json
     except OSError as e:
         raise RunFolderError(f"run folder {p} cannot be read: {e.strerror or e}") from None
 

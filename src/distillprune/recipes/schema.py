@@ -38,7 +38,7 @@ class StageConfig(StrictModel):
 
 class Recipe(StrictModel):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**62, description="torch and numpy seeds (stages add their index)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     runtime: RuntimeConfig = RuntimeConfig()

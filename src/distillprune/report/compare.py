@@ -253,7 +253,24 @@ def write_compare(runs: Sequence[RunData], out: str | Path) -> Path:
     out = Path(out)
     if out.is_dir():
         raise DistillpruneError(f"--out {out} is a folder; give the page's file name, e.g. {out / 'compare.html'}")
+    _not_a_run_file(runs, out)
     return write_text(out, render_compare_html(runs, out.resolve().parent))
+
+
+def _not_a_run_file(runs: Sequence[RunData], out: Path) -> None:
+    """Refuse an ``--out`` that would overwrite a compared run's own files (report.json, run.log, its ONNX):
+    inside a run folder the page may only be a new file or an earlier page (.html, not report.html)."""
+    from distillprune.pipeline.rundir import RESERVED
+
+    target = out.resolve()
+    for r in runs:
+        if r.folder is None or not target.is_relative_to(r.folder.resolve()):
+            continue
+        rel = target.relative_to(r.folder.resolve())
+        if rel.parts and (rel.parts[0] in RESERVED or (target.exists() and target.suffix != ".html")):
+            raise DistillpruneError(
+                f"--out {out} would overwrite {rel} of the run {r.folder}; write the page elsewhere (e.g. compare.html)"
+            )
 
 
 def print_compare(runs: Sequence[RunData], wide: bool = False, console=None) -> None:

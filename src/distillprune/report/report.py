@@ -9,7 +9,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from distillprune.core.io import write_json, write_text
+from distillprune.core.io import loads, write_json, write_text
 from distillprune.core.reporting import Details, details_from_dict, to_jsonable
 from distillprune.errors import DistillpruneError
 
@@ -130,7 +130,7 @@ class CompressionReport:
         p = Path(path)
         p = p / "report.json" if p.is_dir() else p
         try:
-            report = cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
+            report = cls.from_dict(loads(p.read_text(encoding="utf-8")))
             from distillprune.report.render import render_markdown
 
             render_markdown(report)  # a report that loads also renders (types inside details included)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillprune.core.io import loads
 from distillprune.errors import DistillpruneError
 from distillprune.report.report import CompressionReport
 
@@ -40,7 +41,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return []
     for line in lines:
         try:
-            rec = json.loads(line)
+            rec = loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and "tag" in rec:
@@ -52,7 +53,7 @@ def read_recipe(folder: str | Path) -> dict[str, Any] | None:
     """The resolved recipe from the latest stage checkpoint (``stages/NN_type/model.json``)."""
     for meta in sorted(Path(folder).glob("stages/*/model.json"), reverse=True):
         try:
-            recipe = json.loads(meta.read_text()).get("recipe")
+            recipe = loads(meta.read_text()).get("recipe")
         except (OSError, json.JSONDecodeError, AttributeError):
             continue
         if isinstance(recipe, dict):

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distillprune.core.batch import Batch, call
-from distillprune.core.io import atomic_write, write_json
+from distillprune.core.io import atomic_write, loads, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
 from distillprune.train import distributed as ddp
@@ -161,7 +161,7 @@ def _meta(ckpt_dir: Path) -> dict:
     """The epoch checkpoint's record: from inside last.safetensors, else (older checkpoints) last.json."""
     with safe_open(str(ckpt_dir / "last.safetensors"), framework="pt") as f:
         inside = (f.metadata() or {}).get("meta")
-    meta = json.loads(inside if inside is not None else (ckpt_dir / "last.json").read_text(encoding="utf-8"))
+    meta = loads(inside if inside is not None else (ckpt_dir / "last.json").read_text(encoding="utf-8"))
     if not isinstance(meta, dict):
         raise ValueError(f"checkpoint record is a {type(meta).__name__}, expected a mapping")
     return meta

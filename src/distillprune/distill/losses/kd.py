@@ -57,6 +57,8 @@ class KDLoss(DistillLoss):
             raise ValueError(f"kd.temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"kd.alpha must be in [0, 1], got {alpha}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"kd.label_smoothing must be in [0, 1), got {label_smoothing}")
         if not isinstance(standardize, bool):
             raise ValueError(f"kd.standardize must be true or false, got {standardize!r}")
         self.temperature, self.alpha, self.label_smoothing = temperature, alpha, label_smoothing
