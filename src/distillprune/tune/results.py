@@ -86,6 +86,8 @@ def _best(study: optuna.Study) -> list[int]:
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return []
+    if len(study.directions) == 1:  # best_trials would list every trial tied with the best value
+        return [study.best_trial.number]
     return sorted(t.number for t in study.best_trials)
 
 
