@@ -37,7 +37,7 @@ GOOD = "stages.1.distill.losses.0.temperature: {float: [1, 8], log: true}\n"
         ("stages.1.optimizer.lr: {float: [0.01, 0.1], lg: true}\n", ["'lg' is not an option of float"]),
         (
             "stages.1.optimizer.name: {categorical: [sgd, adam]}\n",
-            ["stages.1.optimizer.name = \"adam\" (choice 1)"],
+            ['stages.1.optimizer.name = "adam" (choice 1)'],
         ),
         ("data.validation_split: {float: [0.1, 0.3]}\n", ["tune sets this itself"]),
         ("[1, 2]\n", ["a non-empty mapping"]),

@@ -12,7 +12,6 @@ from typing import Any
 
 from distillprune.train.distributed import is_rank0
 
-
 #: called with (tag, step, values) for every record logged, in the order registered (see ``listen``)
 _LISTENERS: list[Callable[[str, int, dict[str, Any]], None]] = []
 

@@ -67,7 +67,8 @@ def tune(
     fixed = _fixed_sets(base, budget_fraction, validation_split)
     check_space(space, raw, fixed, where)  # every drawable value builds a valid recipe, before any trial
     folder = Path(out)
-    setup = Setup(raw, where, space, fixed, objectives, folder / "trials", f"ort_bs{base.measure.batch_sizes[0]}", quiet)
+    speed_key = f"ort_bs{base.measure.batch_sizes[0]}"
+    setup = Setup(raw, where, space, fixed, objectives, folder / "trials", speed_key, quiet)
     identity = {
         "recipe": raw,
         "space": space.to_dict(),

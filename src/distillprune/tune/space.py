@@ -110,14 +110,16 @@ def load_space(space: str | Path | dict[str, Any]) -> Space:
     return Space(tuple(parse_param(str(k), v, source) for k, v in raw.items()), source)
 
 
-def parse_param(path: str, spec: Any, source: str) -> Param:
+def parse_param(path: str, entry: object, source: str) -> Param:
+    """One entry of the space file (``entry``: its YAML value) as a checked ``Param``."""
     where = f"{source}: {path}"
     if path in OWNED or any(path.startswith(o + ".") for o in OWNED):
         raise SpaceError(f"{where}: tune sets this itself on every trial (the hold-out split and the budget)")
     if path.split(".")[-1] == "type":
         raise SpaceError(f"{where}: a stage's type cannot be searched; search its options")
-    if not isinstance(spec, dict) or not spec:
-        raise SpaceError(f"{where}: expected one distribution like {{float: [1, 8], log: true}}; got {spec!r}")
+    if not isinstance(entry, dict) or not entry:
+        raise SpaceError(f"{where}: expected one distribution like {{float: [1, 8], log: true}}; got {entry!r}")
+    spec: dict[str, Any] = entry
     kinds = [k for k in spec if k in KINDS]
     if len(kinds) != 1:
         unknown = next((str(k) for k in spec if k not in KINDS and k not in ("log", "step")), None)
