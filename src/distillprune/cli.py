@@ -231,14 +231,16 @@ def tune(
     budget_fraction: float = typer.Option(1.0, help="share of the training data each trial trains on, in (0, 1]"),
     validation_split: float = typer.Option(0.2, help="share of the training data trials are judged on"),
     resume: bool = typer.Option(False, help="continue the study in --out (several processes may share one)"),
+    set_: list[str] = typer.Option([], "--set", help="override a value of the base recipe: a.b.c=value"),
 ) -> None:
     """Search the recipe's knobs with Optuna against validation top-1 (and measured speedup); the test set
     is read once, for the best trial(s). Writes best.yaml, tune.json and tune.html to --out."""
+    from distillprune.recipes import load_recipe
     from distillprune.tune import tune as tune_
 
     goals = tuple(o.strip() for o in objectives.split(",") if o.strip())
     rep = tune_(
-        recipe,
+        load_recipe(recipe, set_) if set_ else recipe,
         space,
         trials=trials,
         out=out,

@@ -143,3 +143,15 @@ def test_val_loss_is_recorded_only_when_asked(tmp_path):
     plain, asked = run(False, tmp_path / "a"), run(True, tmp_path / "b")
     assert all("val_loss" not in r for r in plain) and all(r["val_loss"] > 0 for r in asked)
     assert [r["loss"] for r in plain] == [r["loss"] for r in asked]  # training did not move
+
+
+def test_shipped_spaces_fit_their_recipes():
+    """Every space under spaces/ names the recipe it searches in its header comment and fits it."""
+    from distillprune.recipes.schema import read_yaml
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = sorted((root / "spaces").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        recipe = next(w for w in path.read_text().split() if w.endswith(".yaml") and "recipes" in w)
+        check_space(load_space(path), read_yaml(root / recipe), [], recipe)

@@ -154,11 +154,12 @@ def _open_study(
         pruner=_pruner(optuna, pruner),
         load_if_exists=True,
     )
+    plain = json.loads(json.dumps(identity, default=str))  # as the storage keeps it (JSON)
     stored = study.user_attrs.get("identity")
     if stored is None:
-        study.set_user_attr("identity", json.loads(json.dumps(identity)))
-    elif stored != json.loads(json.dumps(identity)):
-        changed = [k for k in identity if stored.get(k) != json.loads(json.dumps(identity[k]))]
+        study.set_user_attr("identity", plain)
+    elif stored != plain:
+        changed = [k for k in plain if stored.get(k) != plain[k]]
         raise TuneError(f"--resume: the study in {folder} searched another setup ({', '.join(changed)} differ)")
     return study
 
