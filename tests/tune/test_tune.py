@@ -118,7 +118,8 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_the_pruner_stops_a_trial_inside_training(tmp_path):
-    """The per-epoch record reaches the trial while it trains; a pruner's verdict stops the run there."""
+    """The per-epoch record reaches the trial while it trains; a pruner's verdict stops the run there. The
+    teacher's epochs (stage 1, which the space does not touch: the same in every trial) are not judged."""
     from distillprune.tune.space import load_space
     from distillprune.tune.trial import Setup, run_trial
 
@@ -127,9 +128,10 @@ def test_the_pruner_stops_a_trial_inside_training(tmp_path):
     study = optuna.create_study(pruner=AlwaysPrune())
     study.optimize(lambda t: run_trial(setup, t), n_trials=1)
     t = study.trials[0]
-    assert t.state.name == "PRUNED" and t.user_attrs["pruned_at"] == "1:train epoch 1"
-    lines = (tmp_path / "trials" / "trial-0000" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and "val_loss" in json.loads(lines[0])
+    assert t.state.name == "PRUNED" and t.user_attrs["pruned_at"] == "2:prune/step1 epoch 1"
+    assert list(t.intermediate_values) == [3]  # after the 3 teacher epochs, the first epoch of the prune stage
+    lines = [json.loads(ln) for ln in (tmp_path / "trials" / "trial-0000" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tag"] for r in lines] == ["1:train"] * 3 + ["2:prune/step1"] and all("val_loss" in r for r in lines)
 
 
 def _npz(path: Path, shift: int) -> Path:

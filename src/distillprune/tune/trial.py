@@ -58,8 +58,8 @@ def folder_of(trials_dir: Path, trial: optuna.Trial) -> Path:
 class Reporter:
     """Turns each epoch's record into the trial's intermediate value and asks the pruner whether to stop."""
 
-    def __init__(self, trial: optuna.Trial, prunable: bool, offset: int):
-        self.trial, self.prunable, self.step = trial, prunable, offset
+    def __init__(self, trial: optuna.Trial, prunable: bool, offset: int, first_stage: int = 1):
+        self.trial, self.prunable, self.step, self.first_stage = trial, prunable, offset, first_stage
         self.curve: list[float] = list(trial.user_attrs.get("curve", []))[:offset]
 
     def __call__(self, tag: str, step: int, values: dict[str, Any]) -> None:
@@ -70,14 +70,29 @@ class Reporter:
             return
         self.curve.append(value)
         self.trial.set_user_attr("curve", self.curve)
-        if not self.prunable:  # Optuna's pruners judge single-objective studies only
-            self.step += 1
-            return
-        self.trial.report(value, self.step)
         self.step += 1
+        # Optuna's pruners judge single-objective studies only; and the stages before the first one the space
+        # touches run the same in every trial (same recipe, same seed): their epochs would only fill the
+        # pruner's first rungs with ties, so the rungs start at the first searched stage
+        if not self.prunable or _stage_of(tag) < self.first_stage:
+            return
+        self.trial.report(value, self.step - 1)
         if self.trial.should_prune():
             self.trial.set_user_attr("pruned_at", f"{tag} epoch {step}")
             raise optuna.TrialPruned(f"pruned after {tag} epoch {step} (validation value {value:.4g})")
+
+
+def _stage_of(tag: str) -> int:
+    """The 1-based stage number of a log tag ("2:prune/step1" -> 2); 0 when the tag names none."""
+    head = tag.split(":", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def first_searched_stage(paths: list[str]) -> int:
+    """The 1-based number of the first stage a path under ``stages.`` names; 1 when any path is outside
+    the stages (data, model: every stage may differ)."""
+    numbers = [int(p.split(".")[1]) + 1 if p.startswith("stages.") and p.split(".")[1].isdigit() else 1 for p in paths]
+    return min(numbers, default=1)
 
 
 def intermediate(values: dict[str, Any]) -> float | None:
@@ -102,7 +117,8 @@ def run_trial(setup: Setup, trial: optuna.Trial) -> float | tuple[float, float]:
     trial.set_user_attr("sets", setup.sets(values))
     resume = rundir.completed(folder) > 0  # a retried trial continues where its run stopped
     offset = _logged_epochs(folder) if resume else 0
-    reporter = Reporter(trial, prunable=len(setup.objectives) == 1, offset=offset)
+    first = first_searched_stage(setup.space.paths())
+    reporter = Reporter(trial, prunable=len(setup.objectives) == 1, offset=offset, first_stage=first)
     with listen(reporter):
         report = compress(recipe, folder, resume=resume, quiet=setup.quiet)
     return objective_values(setup, trial, report)
