@@ -5,6 +5,7 @@ reaches a trial."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,28 @@ def test_no_test_set_number_influences_a_trial(tmp_path):
     seen = [[(t.params, t.val_top1, t.curve, t.state) for t in r.trials] for r in (a, b)]
     assert seen[0] == seen[1]
     assert a.trial(a.chosen).test_top1 != b.trial(b.chosen).test_top1
+
+
+def test_a_killed_trial_is_retried_in_its_own_folder(tmp_path, monkeypatch):
+    """A trial whose process died (its heartbeat stopped) is failed and retried with the same values, in
+    the same run folder, when the search resumes."""
+    from distillprune.tune import api
+
+    monkeypatch.setattr(api, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(api, "GRACE_S", 1)
+    recipe = write(tmp_path / "recipe.yaml", RECIPE)
+    out = tmp_path / "out"
+    tune(recipe, SPACE, trials=1, out=out, budget_fraction=0.2, pruner="none")
+    study = optuna.load_study(study_name=api.STUDY, storage=f"sqlite:///{out / 'study.db'}")
+    killed = study.ask()  # a second trial that starts, beats once, and dies
+    params = {p: killed.suggest_float(p, *d["float"], log=d.get("log", False)) for p, d in SPACE.items()}
+    killed.set_user_attr("folder", "trial-0001")
+    study._storage.record_heartbeat(killed._trial_id)
+    (out / "trials" / "trial-0001").mkdir()
+    time.sleep(2.5)
+    rep = tune(recipe, SPACE, trials=2, out=out, budget_fraction=0.2, pruner="none", resume=True)
+    states = {t.number: t.state for t in rep.trials}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}
+    retry = rep.trial(2)
+    assert retry.params == pytest.approx(params) and retry.folder == "trial-0001"
+    assert (out / "trials" / "trial-0001" / "report.json").is_file()
