@@ -8,6 +8,8 @@ import json
 from html import escape
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
+
 from distillprune.core.io import write_text
 from distillprune.report.page import cards, figure, page, table
 from distillprune.report.plots import latency_label, pareto_front
@@ -80,6 +82,7 @@ def curves_svg(rep: TuneReport) -> str | None:
         ls = "--" if t.state == "PRUNED" else "-"
         lw = 2.2 if t.number == rep.chosen else 1.0
         ax.plot(range(1, len(t.curve) + 1), t.curve, ls=ls, lw=lw, color=colour(i + 1), label=f"trial {t.number}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (all training stages of the run, in order)")
     ax.set_ylabel("validation loss")
     ax.set_yscale("log" if min(min(t.curve) for t in drawn) > 0 else "linear")
