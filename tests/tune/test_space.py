@@ -128,16 +128,17 @@ def test_val_loss_is_recorded_only_when_asked(tmp_path):
     import distillprune as dp
 
     def run(flag: bool, folder: Path) -> list[dict]:
-        sets = [
-            "data.limit_train=200",
-            "model.kwargs={widths: [8, 8, 16], blocks: [1, 1, 1]}",
-            "runtime.progress=false",
-            "runtime.tensorboard=false",
-            "measure.enabled=false",
-            "stages=[{type: train, epochs: 1}, {type: finetune, epochs: 1, distill: {losses: [{name: kd}]}}]",
-            f"runtime.val_loss={str(flag).lower()}",
-        ]
-        dp.compress(dp.load_recipe(DEMO, sets), folder, quiet=True)
+        raw = {
+            "model": {"name": "digits_cnn", "kwargs": {"widths": [8, 8, 16], "blocks": [1, 1, 1]}},
+            "data": {"source": "digits", "limit_train": 200, "validation_split": 0.2},
+            "runtime": {"threads": 1, "progress": False, "tensorboard": False, "val_loss": flag},
+            "measure": {"enabled": False},
+            "stages": [
+                {"type": "train", "epochs": 1},
+                {"type": "finetune", "epochs": 1, "distill": {"losses": [{"name": "kd"}]}},
+            ],
+        }
+        dp.compress(dp.Recipe.model_validate(raw), folder, quiet=True)
         return [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines()]
 
     plain, asked = run(False, tmp_path / "a"), run(True, tmp_path / "b")
