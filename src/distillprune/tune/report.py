@@ -77,4 +77,8 @@ class TuneReport:
             speed = f", {t.speedup:.2f}x measured" if t.speedup is not None else ""
             test = f", test top-1 {t.test_top1:.2f}%" if t.test_top1 is not None else ""
             lines.append(f"  trial {n}{mark}: validation top-1 {t.val_top1}%{speed}{test}")
+        if len(self.best) > 1 and "tune.json" in self.files:  # the front's run folders on one plane
+            trials = Path(self.files["tune.json"]).parent / "trials"
+            runs = " ".join(str(trials / str(self.trial(n).folder)) for n in self.best)
+            lines.append(f"  compare them: distillprune compare {runs} --out compare.html")
         return "\n".join(lines)
