@@ -240,6 +240,43 @@ def list_(
             typer.echo(f"{name}: {', '.join(reg.names())}")
 
 
+@app.command()
+def tune(
+    recipe: Path = typer.Argument(..., help="recipe YAML (the base every trial overrides)"),
+    space: Path = typer.Option(..., "--space", help="search space YAML: recipe paths (as --set) -> distributions"),
+    trials: int = typer.Option(..., "--trials", help="finished trials the study should hold (resume counts them)"),
+    out: Path = typer.Option(..., "--out", help="tune folder: study.db, trials/, best.yaml, tune.json, tune.html"),
+    objectives: str = typer.Option("top1", help="top1 (at the recipe's target) or top1,speedup (a Pareto front)"),
+    sampler: str = typer.Option("tpe", help="tpe (one or two objectives) or nsga2 (two)"),
+    pruner: str = typer.Option("halving", help="halving | hyperband | none: stop trials by per-epoch val loss"),
+    budget_fraction: float = typer.Option(1.0, help="share of the training data each trial trains on, in (0, 1]"),
+    validation_split: float = typer.Option(0.2, help="share of the training data trials are judged on"),
+    resume: bool = typer.Option(False, help="continue the study in --out (several processes may share one)"),
+    set_: list[str] = typer.Option([], "--set", help="override a value of the base recipe: a.b.c=value"),
+) -> None:
+    """Search the recipe's knobs with Optuna against validation top-1 (and measured speedup); the test set
+    is read once, for the best trial(s). Writes best.yaml, tune.json and tune.html to --out."""
+    from distillprune.recipes import load_recipe
+    from distillprune.tune import tune as tune_
+
+    goals = tuple(o.strip() for o in objectives.split(",") if o.strip())
+    rep = tune_(
+        load_recipe(recipe, set_) if set_ else recipe,
+        space,
+        trials=trials,
+        out=out,
+        objectives=goals,
+        sampler=sampler,
+        pruner=pruner,
+        budget_fraction=budget_fraction,
+        validation_split=validation_split,
+        resume=resume,
+        quiet=False,
+    )
+    typer.echo(rep.summary())
+    typer.echo(f"wrote {', '.join(rep.files.values())}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``distillprune`` command: exit 0 done, 2 bad input or usage, 130 interrupted, 1 a bug (one line
     and the path of the full traceback); see ``distillprune.boundary``."""

@@ -15,6 +15,7 @@ FIX = {
     "vision": "make vision (a venv with a matching torch + torchvision pair: bash scripts/install_torch.sh "
     "PYTHON vision, then pip install -e '.[vision]')",
     "hf": "pip install 'distillprune[hf]'",
+    "tune": "pip install 'distillprune[tune]'",
 }
 
 

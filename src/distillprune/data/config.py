@@ -74,6 +74,13 @@ class DataConfig(StrictModel):
     limit_test: int | None = Field(None, gt=0, description="use N test samples: a seeded, class-balanced subset")
     labels: bool = Field(True, description="false: withhold training labels (label-free distillation)")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits, text: share held out for testing")
+    validation_split: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="carve this share of the training split (seeded, class-balanced) as a validation split that "
+        "replaces the test split, so nothing of the run sees the test set (distillprune tune judges trials on it)",
+    )
     seed: int = 0
     normalize: NormalizeConfig | None = Field(
         None, description="the mean/std your model was trained with (default: computed from the training split)"

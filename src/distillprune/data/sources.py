@@ -34,12 +34,33 @@ def load_data(cfg: DataConfig) -> DataBundle:
             + (f" at {cfg.path}" if cfg.path else "")
             + f" cannot be read: {type(e).__name__}: {_first_line(e)}"
         ) from None
+    if cfg.validation_split is not None:  # before limit_train: the validation split does not move with it
+        bundle.train, bundle.test = carve_validation(bundle.train, cfg.validation_split, cfg.seed)
     bundle.train = bundle.train.subset(cfg.limit_train, cfg.seed)
     bundle.test = bundle.test.subset(cfg.limit_test, cfg.seed)
     if cfg.normalize is not None:
         bundle.mean, bundle.std = given_stats(cfg, len(bundle.mean))
     check_bundle(bundle, f"data '{cfg.path or cfg.source}'")
     return bundle.without_labels() if not cfg.labels else bundle
+
+
+def carve_validation(train: Split, fraction: float, seed: int = 0) -> tuple[Split, Split]:
+    """``(train without the validation samples, validation)``: a seeded, class-balanced ``fraction`` of the
+    training split. The test split is dropped by the caller: what is judged on this never saw it."""
+    n_val = int(np.ceil(fraction * len(train)))
+    if n_val >= len(train):
+        raise DataError(
+            f"data.validation_split {fraction} of {len(train)} training samples leaves none to train on; lower it"
+        )
+    labels = None if train.y is None else train.y.cpu().numpy()
+    val = torch.from_numpy(subset_indices(labels, len(train), n_val, seed + 1))  # not limit_train's draw
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[val] = False
+    return _take(train, torch.nonzero(keep).flatten()), _take(train, val)
+
+
+def _take(split: Split, idx: torch.Tensor) -> Split:
+    return Split(split.x[idx.to(split.x.device)], None if split.y is None else split.y[idx.to(split.y.device)])
 
 
 def given_stats(cfg: DataConfig, channels: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,6 +50,11 @@ class CrossEntropy(nn.Module):
         logits = call(model, x)
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits
 
+    @torch.no_grad()
+    def eval_loss(self, model: nn.Module, x: Batch, y: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy on held-out data (no state to keep apart from training)."""
+        return self(model, x, y)[0]
+
 
 def freeze(teacher: nn.Module) -> nn.Module:
     teacher = teacher.eval()
@@ -191,6 +196,20 @@ class Distiller(nn.Module):
         s, t = self._outputs(model, x)
         total = sum(term.weight_at(progress) * term.loss(s, t, y) for term in self.terms)
         return total, s.logits
+
+    @torch.no_grad()
+    def eval_loss(self, model: nn.Module, x: Batch, y: torch.Tensor | None) -> torch.Tensor:
+        """The objective on held-out data, for validation: the teacher run live (a teacher cache holds the
+        training samples only), the loss weights where training stands, the clock and the adapters' state
+        (their BatchNorm statistics) untouched."""
+        was = self.losses.training
+        self.losses.eval()
+        try:
+            s, t = self._outputs(model, x, live=True)
+            progress = self.clock.now()
+            return sum(term.weight_at(progress) * term.loss(s, t, y) for term in self.terms)  # type: ignore[return-value]
+        finally:
+            self.losses.train(was)
 
     def trainable(self) -> Iterator[nn.Parameter]:
         return self.losses.parameters()

@@ -97,8 +97,13 @@ class Clock:
     def begin_epoch(self, steps_per_epoch: int, epoch: int, epochs: int) -> None:
         self.step, self.total = epoch * steps_per_epoch, epochs * steps_per_epoch
 
-    def tick(self) -> float:
-        """Progress in [0, 1] of the step about to run (the last step of the stage is at 1); then advance."""
+    def now(self) -> float:
+        """Progress in [0, 1] of the step about to run (the last step of the stage is at 1)."""
         p = self.step / max(self.total - 1, 1) if self.total else 0.0
-        self.step += 1
         return min(p, 1.0)
+
+    def tick(self) -> float:
+        """``now()``, then advance."""
+        p = self.now()
+        self.step += 1
+        return p

@@ -37,6 +37,11 @@ class RuntimeConfig(StrictModel):
     )
     progress: bool = True
     tensorboard: bool = True
+    val_loss: bool = Field(
+        False,
+        description="after each epoch also compute the stage's objective (the KD loss in distil stages) on the "
+        "held-out split: val_loss in metrics.jsonl (distillprune tune's pruners read it)",
+    )
 
 
 class TrainingOptions(StrictModel):

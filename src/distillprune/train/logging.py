@@ -5,11 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from distillprune.train.distributed import is_rank0
+
+#: called with (tag, step, values) for every record logged, in the order registered (see ``listen``)
+_LISTENERS: list[Callable[[str, int, dict[str, Any]], None]] = []
+
+
+@contextmanager
+def listen(fn: Callable[[str, int, dict[str, Any]], None]) -> Iterator[None]:
+    """Call ``fn(tag, step, values)`` for every record any ``RunLogger`` logs while the block runs (each
+    epoch of each training stage), after the record is written. An exception from ``fn`` propagates out of
+    the training loop: that is how ``distillprune tune`` stops a trial its pruner gave up on."""
+    _LISTENERS.append(fn)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(fn)
 
 
 class RunLogger:
@@ -29,6 +45,11 @@ class RunLogger:
                     self._tb = None
 
     def log(self, tag: str, step: int, values: dict[str, Any]) -> None:
+        self._write(tag, step, values)
+        for fn in list(_LISTENERS):
+            fn(tag, step, values)
+
+    def _write(self, tag: str, step: int, values: dict[str, Any]) -> None:
         if self.path is None:
             return
         rec = {"time": round(time.time(), 3), "tag": tag, "step": step, **values}

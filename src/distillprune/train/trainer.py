@@ -112,6 +112,24 @@ def evaluate(
     return 100.0 * correct / total
 
 
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module, objective: nn.Module, split: Split, data: DataBundle, runtime: RuntimeConfig
+) -> float:
+    """The mean of ``objective.eval_loss`` over ``split`` (the held-out split: a validation split under
+    ``data.validation_split``), the model in eval mode; nothing that training reads is changed."""
+    device = resolve_device(runtime)
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in TensorLoader(split, 256, data.mean, data.std, device=device):
+        with autocast(runtime, device):
+            total += float(objective.eval_loss(model, x, y)) * len(x)  # type: ignore[operator]
+        n += len(x)
+    model.train(was_training)
+    return total / max(n, 1)
+
+
 def _save(
     ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer, history: list[dict]
 ) -> None:
@@ -263,6 +281,8 @@ def fit(
             par.sync_buffers()
             scored = data.test.y is not None and getattr(model, "output_kind", "logits") != "embedding"
             rec["test_acc"] = evaluate(model, data, runtime=runtime, shard=True) if scored else float("nan")
+            if runtime.val_loss and hasattr(objective, "eval_loss"):
+                rec["val_loss"] = validation_loss(model, objective, data.test, data, runtime)
             history.append(rec)
             if logger:
                 logger.log(desc, epoch + 1, rec)

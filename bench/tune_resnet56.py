@@ -1,0 +1,159 @@
+"""``distillprune tune`` on the real ResNet-56: the tuned recipe's test top-1 against the shipped default
+recipe's, both pruned to the same measured target, both trained on all the training data afterwards.
+
+1. search: ``tune`` over the KD temperature and weight, both learning rates and the depth shares the planner
+   may try, on a validation split carved from the training data (E epochs per stage, halving pruner);
+2. default: the recipe with its shipped values, trained on all the training data, test top-1 and speedup;
+3. tuned: best.yaml with the validation split and the budget removed, the same way.
+
+Full run (GPU; a trained teacher checkpoint, e.g. from bench/cifar10_real_teacher.py):
+  python bench/tune_resnet56.py --teacher TEACHER_DIR --data PACK.npz --trials 10 --epochs 1
+Quick (tests, CPU, seconds): a small digits net, a tiny space, 3 trials:
+  python bench/tune_resnet56.py --quick --out /tmp/tq
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import distillprune as dp
+from distillprune.core.config import validate
+from distillprune.recipes.schema import apply_overrides, read_yaml
+from distillprune.tune import tune
+
+KD = {"name": "kd", "temperature": 4.0, "alpha": 0.9}
+
+
+def full_recipe(a: argparse.Namespace) -> dict[str, Any]:
+    """ResNet-56 from its trained checkpoint, pruned to a 2x measured ORT speedup while distilling, fine-tuned."""
+    return {
+        "name": "tune_resnet56",
+        "seed": 0,
+        "model": {"name": "resnet56", "checkpoint": a.teacher},
+        "data": {
+            "source": a.source,
+            "path": a.data,
+            "batch_size": 256,
+            "eval_batch_size": 1000,
+            "augment": {"crop_padding": 4, "hflip": True},
+        },
+        "runtime": {"device": "auto", "amp": "bf16", "channels_last": True, "progress": False},
+        "measure": {"batch_sizes": [1], "threads": 1},
+        "stages": [
+            {
+                "type": "prune",
+                "target": {"latency_speedup": a.target},
+                "width": {"importance": "taylor", "round_to": 8},
+                "steps": 1,
+                "epochs_per_step": a.epochs,
+                "optimizer": {"lr": 0.05},
+                "distill": {"losses": [dict(KD)]},
+            },
+            {"type": "finetune", "epochs": a.epochs, "optimizer": {"lr": 0.1}, "distill": {"losses": [dict(KD)]}},
+        ],
+    }
+
+
+FULL_SPACE = {
+    "stages.0.distill.losses.0.temperature": {"float": [1, 8], "log": True},
+    "stages.0.distill.losses.0.alpha": {"float": [0.5, 1.0]},
+    "stages.0.optimizer.lr": {"float": [0.01, 0.2], "log": True},
+    "stages.1.optimizer.lr": {"float": [0.01, 0.3], "log": True},
+    "stages.0.target.depth_fractions": {"categorical": [[0.0], [0.0, 0.25], [0.0, 0.25, 0.5]]},
+}
+
+
+def quick_recipe(a: argparse.Namespace) -> dict[str, Any]:
+    """A small digits net trained, pruned while distilling and fine-tuned, in a few seconds on a CPU."""
+    return {
+        "name": "tune_quick",
+        "seed": 0,
+        "model": {"name": "digits_cnn", "kwargs": {"widths": [8, 8, 16], "blocks": [1, 1, 1]}},
+        "data": {"source": "digits", "batch_size": 32},
+        "runtime": {"threads": 1, "progress": False, "tensorboard": False},
+        "measure": {"batch_sizes": [1], "threads": 1, "repeats": 2, "min_window_s": 0.005, "pairs": 1},
+        "stages": [
+            {"type": "train", "epochs": 3, "optimizer": {"lr": 0.2}},
+            {
+                "type": "prune",
+                "width": {"ratio": 0.3, "importance": "l2", "round_to": 4},
+                "steps": 1,
+                "epochs_per_step": 2,
+                "optimizer": {"lr": 0.05},
+                "distill": {"losses": [dict(KD)]},
+            },
+        ],
+    }
+
+
+QUICK_SPACE = {
+    "stages.1.distill.losses.0.temperature": {"float": [1, 8], "log": True},
+    "stages.1.optimizer.lr": {"float": [0.01, 0.2], "log": True},
+}
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", help="trained ResNet-56 checkpoint folder (full run)")
+    ap.add_argument("--data", default="../shared/data/cifar10-jpeg.npz")
+    ap.add_argument("--source", default="cifar10_jpeg")
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=1, help="E: epochs of each training stage, per trial and after")
+    ap.add_argument("--target", type=float, default=2.0, help="measured ORT CPU speedup the prune stage must reach")
+    ap.add_argument("--budget-fraction", type=float, default=1.0)
+    ap.add_argument("--out", default="bench_out/tune_resnet56")
+    ap.add_argument("--resume", action="store_true", help="continue the search in --out")
+    ap.add_argument("--quick", action="store_true", help="digits, tiny space, 3 trials (tests)")
+    a = ap.parse_args()
+    if a.quick:
+        a.trials, a.budget_fraction = 3, 0.4
+    elif not a.teacher:
+        ap.error("--teacher TEACHER_DIR is needed for the full run (or --quick)")
+    return a
+
+
+def final_run(raw: dict[str, Any], sets: list[str], out: Path) -> dict[str, Any]:
+    """Train ``raw`` (with ``sets``) on all the training data; its test top-1, speedup and wall time."""
+    recipe = validate(dp.Recipe, apply_overrides(copy.deepcopy(raw), sets), where=str(out))
+    t0 = time.perf_counter()
+    report = dp.compress(recipe, out, quiet=True)
+    final = report.final
+    assert final is not None
+    key = f"ort_bs{recipe.measure.batch_sizes[0]}"
+    return {"test_top1": final.accuracy, "speedup": report.speedup(final, key), "seconds": time.perf_counter() - t0}
+
+
+def main() -> int:
+    a = parse()
+    out = Path(a.out)
+    raw, space = (quick_recipe(a), QUICK_SPACE) if a.quick else (full_recipe(a), FULL_SPACE)
+    t0 = time.perf_counter()
+    rep = tune(dp.Recipe.model_validate(raw), space, trials=a.trials, out=out / "search",
+               budget_fraction=a.budget_fraction, resume=a.resume)  # fmt: skip
+    search_s = time.perf_counter() - t0
+    if rep.chosen is None:
+        print("no trial completed", file=sys.stderr)
+        return 1
+    tuned = read_yaml(out / "search" / "best.yaml")
+    unbudgeted = ["data.validation_split=null", "data.limit_train=null", "runtime.val_loss=false"]
+    rows = {"default": final_run(raw, [], out / "default"), "tuned": final_run(tuned, unbudgeted, out / "tuned")}
+    chosen = rep.trial(rep.chosen)
+    result = {"search_seconds": search_s, "trials": rep.counts, "chosen": chosen.number, "params": chosen.params,
+              "validation_top1": chosen.val_top1, "rows": rows}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    print(f"search: {len(rep.trials)} trials ({rep.counts}) in {search_s:.0f}s; best.yaml = trial {chosen.number}")
+    print("| recipe | test top-1 % | measured speedup (ORT CPU bs1) | wall s |\n|---|---|---|---|")
+    for name, r in rows.items():
+        sp = "–" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        print(f"| {name} | {r['test_top1']:.2f} | {sp} | {r['seconds']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
