@@ -202,6 +202,7 @@ def test_a_folder_with_our_file_names_but_no_run_json_is_refused_unless_forced(t
     assert (out / "run.json").exists() and (out / "stages" / "keep.txt").read_text() == "mine"  # nothing cleared
 
 
+@pytest.mark.slow  # a second process holds the lock
 def test_a_second_run_into_a_locked_folder_says_who_holds_it(tmp_path):
     out = tmp_path / "run"
     r = Recipe.model_validate({"stages": [{"type": "evaluate"}]})
@@ -311,6 +312,7 @@ def test_a_deep_report_json_is_one_line(tmp_path):
         CompressionReport.load(tmp_path)
 
 
+@pytest.mark.slow  # a subprocess that imports distillprune
 def test_ctrl_c_outside_the_command_exits_130_with_one_line():
     """The command's handler once the boundary has returned (the interpreter exiting): 130 and the line."""
     code = (
