@@ -9,7 +9,8 @@ import os
 # differently, which moves a 10-epoch training curve by far more than its 2% tolerance (measured: epoch-2 loss
 # 0.914 vs 0.865). Each of these is a ceiling read when the library first dispatches, so machines without
 # AVX2 keep their own kernels. Set before torch is imported (subprocess CLI tests inherit them).
-for _var, _isa in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_ENABLE_INSTRUCTIONS", "AVX2")):
+_CEILINGS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+for _var, _isa in _CEILINGS.items():
     os.environ.setdefault(_var, _isa)
 
 import pytest  # noqa: E402
