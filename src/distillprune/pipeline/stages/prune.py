@@ -1,11 +1,11 @@
-"""``prune``: prune while distilling (``prune.PruneSession``), with the pipeline's checkpointing trainer."""
+"""``prune``: prune a CNN while distilling (``prune.PruneSession``), with the pipeline's checkpointing trainer;
+``run_session`` is every family's prune stage runner."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
 from distillprune.pipeline.state import RunState
-from distillprune.prune.api import refuse_named_width
 from distillprune.prune.config import PruneConfig
 from distillprune.prune.session import PruneSession
 from distillprune.recipes.registry import StageOutcome, register_stage
@@ -26,13 +26,19 @@ class PruneStage(StageConfig, PruneConfig):
 
 @register_stage(PruneStage)
 def run_prune(st: PruneStage, state: RunState, index: int) -> StageOutcome:
-    refuse_named_width(state.model, st)
-    teacher = state.resolve_teacher(st.distill) if st.distill else None  # None: the unpruned self
+    return run_session(st, state, index)
+
+
+def run_session(st: StageConfig, state: RunState, index: int) -> StageOutcome:
+    """Any family's prune stage: the session with the run's teacher, peer and checkpointing trainer (the
+    stage's config type picks the structure)."""
+    cfg: Any = st
+    teacher = state.resolve_teacher(cfg.distill) if cfg.distill else None  # None: the unpruned self
 
     def trainer(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
-        return state.fit(st, epochs, objective, index, "prune", sub=tag, on_step=on_step)
+        return state.fit(cfg, epochs, objective, index, cfg.type, sub=tag, on_step=on_step)
 
-    peer = state.peer(st.distill) if st.distill else None
+    peer = state.peer(cfg.distill) if cfg.distill else None
     session = PruneSession(
         state.model,
         st,
