@@ -61,9 +61,9 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
     """Dry-run the first prune stage (without a target) on the model it will meet, when the stages before it
     leave the layers alone: more blocks than the model can lose, or a width request that removes no
     channel, is an error now, not after the stages before it have trained."""
+    from distillprune.prune.cnn import nothing_removed
     from distillprune.prune.config import PruneConfig
     from distillprune.prune.depth import removable_blocks
-    from distillprune.prune.session import nothing_removed
     from distillprune.prune.structured import prune_step, width_pruner
 
     current = recipe.model

@@ -34,7 +34,8 @@ from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES, StageOutcome
 from distillprune.recipes.schema import Recipe
-from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
+from distillprune.report.render import write_markdown
+from distillprune.report.report import CompressionReport, StageResult, environment
 from distillprune.train import distributed as ddp
 from distillprune.train.logging import RunLogger, attach_run_log
 from distillprune.train.trainer import evaluate, resolve_device

@@ -4,10 +4,10 @@ plans."""
 
 from distillprune.prune import history as _history  # noqa: F401  (registers the history ops)
 from distillprune.prune.api import prune_
-from distillprune.prune.cnn import CnnStructure
+from distillprune.prune.cnn import CnnStructure, PruneReport
 from distillprune.prune.config import DepthConfig, PruneConfig, TargetConfig, UnstructuredConfig, WidthConfig
 from distillprune.prune.planner import Candidate, Plan, plan_target
-from distillprune.prune.session import PruneReport, PruneSession
+from distillprune.prune.session import PruneSession
 from distillprune.prune.structure import STRUCTURES, Structure, structure_for_config
 
 __all__ = [

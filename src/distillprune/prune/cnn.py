@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from distillprune.core.batch import Batch, NamedInputs, call, has_named_inputs
@@ -25,14 +26,13 @@ from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import normalize, standard_layout
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
-from distillprune.prune.blocks import remove_blocks
+from distillprune.prune.blocks import choose_blocks, remove_blocks
 from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
-from distillprune.prune.depth import choose_blocks
 from distillprune.prune.groups import apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrate_bn
-from distillprune.prune.structure import Structure, structure_for_config
+from distillprune.prune.structure import Session, Structure, structure_for_config
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
 from distillprune.train.config import TrainSummary
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import torch_pruning as tp
 
     from distillprune.data.base import DataBundle
-    from distillprune.prune.session import PruneSession
 
 
 @details_type
@@ -69,7 +68,7 @@ class CnnStructure(Structure):
 
     plan_type = Plan
 
-    def __init__(self, session: PruneSession) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__(session)
         cfg: PruneConfig = session.cfg
         self.cfg = cfg
@@ -81,7 +80,8 @@ class CnnStructure(Structure):
         self._masks: MagnitudeMasks | None = None
 
     @classmethod
-    def check(cls, model: nn.Module, cfg: Any, data: DataBundle | None) -> None:
+    def check(cls, model: nn.Module, cfg: BaseModel, data: DataBundle | None) -> None:
+        assert isinstance(cfg, PruneConfig)  # this structure is registered for PruneConfig (and its subclasses)
         refuse_named_width(model, cfg)
         if cfg.width is not None and cfg.width.importance in NEEDS_GRADIENTS and data is None:
             raise DistillpruneError(f"importance '{cfg.width.importance}' needs gradients: pass data=...")

@@ -35,12 +35,11 @@ from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
-from distillprune.prune.cnn import PruneReport, nothing_removed, taylor_loss, tensor_inputs
 from distillprune.prune.structure import Structure, structure_type
 from distillprune.train import distributed as ddp
 from distillprune.train.config import TrainSummary
 
-__all__ = ["PruneReport", "PruneSession", "Trainer", "nothing_removed", "taylor_loss", "tensor_inputs"]
+__all__ = ["PruneSession", "Trainer"]
 
 #: ``trainer(model, objective, epochs, tag, on_step) -> per-epoch records``: how the session trains between
 #: steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume)

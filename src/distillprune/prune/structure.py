@@ -20,8 +20,10 @@ the lookup walks the class's MRO).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import torch
 from pydantic import BaseModel
 from torch import nn
 
@@ -30,24 +32,44 @@ from distillprune.core.reporting import Details
 from distillprune.errors import DistillpruneError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
+    from distillprune.core.batch import Batch
+    from distillprune.core.history import HistoryOp
     from distillprune.data.base import DataBundle
     from distillprune.distill.config import DistillConfig
-    from distillprune.prune.session import PruneSession
+    from distillprune.measure.latency import LatencyConfig
+
+
+class Session(Protocol):
+    """What a structure may use of the session (``prune.session.PruneSession``)."""
+
+    model: nn.Module
+    cfg: Any  # the family's config
+    data: DataBundle | None
+    example: torch.Tensor | None  # the calibration batch without data
+    teacher: nn.Module | None
+    device: torch.device
+    input_shape: tuple[int, ...]
+    num_classes: int
+    latency: LatencyConfig | None
+    batch_size: int
+    seed: int
+
+    def record(self, op: HistoryOp) -> None: ...
+
+    def calibration(self, n: int) -> list[tuple[Batch, torch.Tensor | None]]: ...
 
 
 class Structure:
-    """Base of a family's structure; ``session`` is the :class:`PruneSession` it cuts for."""
+    """Base of a family's structure; ``session`` is the session it cuts for."""
 
     #: the dataclass ``plan()`` returns (rebuilt from JSON on the ranks that did not plan)
     plan_type: ClassVar[type | None] = None
 
-    def __init__(self, session: PruneSession) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     @classmethod
-    def check(cls, model: nn.Module, cfg: Any, data: DataBundle | None) -> None:
+    def check(cls, model: nn.Module, cfg: BaseModel, data: DataBundle | None) -> None:
         """Refuse, in one line, a model or a data set this family cannot prune (before any work)."""
 
     def distill_config(self) -> DistillConfig | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from distillprune.core.batch import Batch
@@ -32,8 +33,7 @@ from distillprune.distill.config import DistillConfig, LossSpec
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.api import prune_
-from distillprune.prune.session import PruneSession
-from distillprune.prune.structure import Structure, structure_for_config
+from distillprune.prune.structure import Session, Structure, structure_for_config
 from distillprune.train.config import RuntimeConfig, TrainSummary
 from distillprune.transformers.config import TransformerPruneConfig
 from distillprune.transformers.importance import choose_layers, fisher_scores
@@ -84,7 +84,7 @@ class EncoderStructure(Structure):
 
     plan_type = TransformerPlan
 
-    def __init__(self, session: PruneSession) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__(session)
         cfg: TransformerPruneConfig = session.cfg
         model = session.model
@@ -96,7 +96,7 @@ class EncoderStructure(Structure):
         self._base: tuple[list[int], list[int]] | None = None
 
     @classmethod
-    def check(cls, model: nn.Module, cfg: Any, data: DataBundle | None) -> None:
+    def check(cls, model: nn.Module, cfg: BaseModel, data: DataBundle | None) -> None:
         if data is None:
             raise DistillpruneError("transformer pruning scores heads, neurons and layers on data: pass data=...")
         layers(model)  # one clear line when the model is not an encoder
