@@ -124,7 +124,7 @@ def _execute(
     detach = attach_run_log(run_path) if ddp.is_rank0() else (lambda: None)
     ddp.barrier()  # every rank has read the run folder before rank 0 writes to it again
     try:
-        if done == 0 and recipe.stages[0].type not in ("train", "evaluate"):  # those measure it themselves
+        if done == 0 and not recipe.stages[0].measures_input:
             _measure_input(state, console)
         for index, stage in enumerate(recipe.stages, start=1):
             if index <= done:

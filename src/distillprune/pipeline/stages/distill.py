@@ -29,6 +29,7 @@ class DistillStage(StageConfig, TrainingOptions):
 
     example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
+    keeps_layers: ClassVar[bool] = True
     type: Literal["distill"]
     epochs: int = Field(..., ge=1)
     generations: int = Field(

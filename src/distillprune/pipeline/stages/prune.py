@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+import torch
+from torch import nn
+
+from distillprune.data.base import DataBundle
+from distillprune.errors import DistillpruneError, RecipeError
 from distillprune.pipeline.state import RunState
+from distillprune.prune.cnn import nothing_removed
 from distillprune.prune.config import PruneConfig
+from distillprune.prune.depth import removable_blocks
 from distillprune.prune.session import PruneSession
+from distillprune.prune.structured import prune_step, width_pruner
 from distillprune.recipes.registry import StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
 
@@ -22,6 +31,32 @@ class PruneStage(StageConfig, PruneConfig):
     example: ClassVar[dict[str, Any]] = {"width": {"ratio": 0.5, "round_to": 4}, "epochs_per_step": 1}
 
     type: Literal["prune"]
+
+    def dry_run(self, model: Callable[[], nn.Module | None], data: DataBundle, where: str, name: str) -> None:
+        """Without a target, the cut this stage asks for on the model it meets: more blocks than it can lose,
+        or a width request that removes no channel, is a recipe error before anything trains."""
+        if self.target is not None:
+            return
+        net = model()
+        if net is None:
+            return
+        if self.depth is not None and self.depth.blocks > len(removable_blocks(net)):
+            blocks = removable_blocks(net)
+            raise RecipeError(
+                f"{where}.depth.blocks: {self.depth.blocks} blocks to remove but model "
+                f"'{name}' has {len(blocks)} removable residual blocks "
+                f"({', '.join(blocks) or 'none'})"
+            )
+        width = self.width
+        if width is not None and width.ratio is not None:
+            cfg = width.model_copy(update={"importance": "l1"})  # the count does not depend on the scores
+            try:
+                pruner = width_pruner(net, torch.zeros(1, *data.input_shape), cfg, data.num_classes, self.steps)
+                removed = any(entry[2] for _ in range(self.steps) for entry in prune_step(pruner))
+            except DistillpruneError as e:  # e.g. a width.layers pattern that names no layer
+                raise RecipeError(f"{where} ({self.type}): {e}") from None
+            if not removed:
+                raise RecipeError(f"{where}.width: {nothing_removed(width)} (checked on model '{name}')")
 
 
 @register_stage(PruneStage)
