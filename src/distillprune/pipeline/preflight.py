@@ -9,6 +9,7 @@ Each failure is one ``DistillpruneError`` line naming the recipe key.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ def check_pruning(recipe: Recipe, data: DataBundle) -> None:
     current = recipe.model
     for i, st in enumerate(recipe.stages):
         current = getattr(st, "student", None) or current
-        st.dry_run(lambda cfg=current: _buildable(cfg, data), data, f"stages.{i}", current.name)
+        st.dry_run(functools.partial(_buildable, current, data), data, f"stages.{i}", current.name)
         if not st.keeps_layers:
             return  # the model changes here: later stages would need the changed one
 
