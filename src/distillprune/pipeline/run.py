@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from distillprune.core.batch import NamedInputs
+from distillprune.core.batch import NamedInputs, is_embedder
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.reporting import Deployed
 from distillprune.data.base import DataBundle
@@ -190,7 +190,7 @@ def _write_html(report: CompressionReport, run_path: Path, console: Console) -> 
 def _measure(state: RunState, result: StageResult) -> None:
     """Accuracy, params, MACs, ONNX size and latency (back to back with the dense model) of the current model."""
     model = state.model.eval()
-    embedder = getattr(model, "output_kind", "logits") == "embedding"
+    embedder = is_embedder(model)
     acc = (
         evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime)
         if state.data.test.y is not None and not embedder

@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from distillprune.core.batch import Batch
+from distillprune.core.batch import Batch, is_embedder
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp
@@ -73,7 +73,7 @@ class TransformerPruneReport(Details):
 def default_losses(cfg: TransformerPruneConfig, model: nn.Module) -> DistillConfig | None:
     """The config's KD options, with the task's loss when the recipe names none (embedders: ``embedding``)."""
     d = cfg.distill
-    if d is None or "losses" in d.model_fields_set or getattr(model, "output_kind", "") != "embedding":
+    if d is None or "losses" in d.model_fields_set or not is_embedder(model):
         return d
     return d.model_copy(update={"losses": [LossSpec(name="embedding")]})
 
