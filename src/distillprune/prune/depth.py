@@ -3,7 +3,8 @@
 At equal MACs a shallower network is far faster (fewer kernel launches / operator calls), so
 depth is a pruning dimension of its own. Residual blocks ``y = x + f(x)`` are found in the model's graph
 (``prune.residual``, torch.fx), whatever their class; removing one leaves ``x + f(x)`` as ``x``. Blocks are
-chosen greedily by the smallest increase of the distillation loss (KL to the teacher) when skipped.
+chosen greedily by the smallest increase of the distillation loss (KL to the teacher) when skipped
+(``prune.blocks.choose_blocks``, beside the scorer it uses).
 """
 
 from __future__ import annotations
