@@ -8,7 +8,7 @@ VISION  := .venv-vision
 VPY     := $(VISION)/bin/python
 VSTAMP  := $(VISION)/.installed
 
-.PHONY: demo test lint clean vision vision-env
+.PHONY: demo test test-fast lint clean vision vision-env
 
 $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fast tier: unit and contract tests that start no subprocess, torchrun job or browser, without the
+# `slow`-marked ones (a whole pipeline, a planner search). CI runs `make test`, the full suite.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests/unit tests/contract
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

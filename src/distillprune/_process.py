@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -36,6 +37,9 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 class _State:
     cli = False  # this process is the command
     in_command = False  # the boundary is running a command (it reports KeyboardInterrupt itself)
+    #: the one line a Ctrl-C outside the command prints; the boundary sets it when it is imported (this
+    #: module imports nothing of the package, so that it can run before torch)
+    interrupted: Callable[[], str] = staticmethod(lambda: "interrupted")
 
 
 state = _State()
@@ -92,8 +96,6 @@ def _can_write(folder: Path) -> bool:
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     if state.in_command:
         raise KeyboardInterrupt
-    from distillprune.boundary import interrupted_message
-
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -101,7 +103,7 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
         except (OSError, ValueError):
             pass
     try:
-        os.write(2, (interrupted_message() + "\n").encode())
+        os.write(2, (state.interrupted() + "\n").encode())
     except OSError:
         pass
     os._exit(130)

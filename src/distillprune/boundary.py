@@ -68,6 +68,9 @@ def interrupted_message() -> str:
     return f"interrupted; completed stages and epochs are saved in {run}; resume with: {shlex.join(cmd)}"
 
 
+_process.state.interrupted = interrupted_message  # type: ignore[method-assign]  # (set once, here)
+
+
 def one_line(text: str) -> str:
     """``text`` on one line (messages quoting library errors can span several)."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())

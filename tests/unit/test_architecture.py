@@ -75,14 +75,15 @@ def _parents(mod: str) -> list[str]:
 
 
 def test_no_import_cycles():
-    """Module-level imports, with the package ``__init__`` a submodule import runs, form no cycle (the
-    top-level ``distillprune/__init__`` re-exports everything and is left out)."""
+    """Every import -- module-level, inside a function (a "lazy" import hides a circle, it does not remove
+    it) and under ``if TYPE_CHECKING:`` -- with the package ``__init__`` a submodule import runs, forms no
+    cycle (the top-level ``distillprune/__init__`` re-exports everything and is left out)."""
     graph: dict[str, set[str]] = {}
     for mod, path in MODULES.items():
         if mod == "distillprune":
             continue
         deps = set()
-        for imp in _imports(path, top_level_only=True):
+        for imp in _imports(path, top_level_only=False):
             deps |= {d for d in [*_parents(imp), imp] if d in MODULES and d != "distillprune" and d != mod}
         graph[mod] = deps - set(_parents(mod))  # a package __init__ importing its own children is not a cycle
     seen: dict[str, int] = {}
@@ -191,3 +192,74 @@ def test_cli_list_and_the_readme_stage_table_come_from_the_registry():
     assert readme.split(begin)[1].split(end)[0].strip() == stage_table().strip(), (
         "README stage table is stale: regenerate it with `distillprune list stages --markdown`"
     )
+
+
+# ---------------------------------------------------------------- stages know themselves
+def _names_a_stage_type(node: ast.AST, names: set[str]) -> bool:
+    """``x.type == "prune"`` / ``st.type not in ("train", ...)``, or a module constant listing stage names."""
+    strings = lambda n: (  # noqa: E731
+        {n.value}
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        else {e.value for e in getattr(n, "elts", []) if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+    )
+    if isinstance(node, ast.Compare):
+        sides = [node.left, *node.comparators]
+        if any(isinstance(s, ast.Attribute) and s.attr == "type" for s in sides):
+            return any(strings(s) & names for s in sides)
+    if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, (ast.Tuple, ast.List, ast.Set)):
+        found = strings(node.value)
+        return len(found) > 1 and found <= names
+    return False
+
+
+def test_the_pipeline_and_preflight_name_no_stage_type():
+    """What a stage is (keeps layers, measures its input, its preflight dry-run) is a trait of its config,
+    so the pipeline's modules outside ``pipeline/stages/`` never test a stage's type by name."""
+    names = set(STAGES.names())
+    offenders = []
+    for mod, path in MODULES.items():
+        if mod.startswith("distillprune.pipeline") and not mod.startswith("distillprune.pipeline.stages"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if _names_a_stage_type(node, names):
+                    offenders.append(f"{mod}:{node.lineno}")
+    assert not offenders, offenders
+
+
+class DryStage(StageConfig):
+    """A toy stage whose preflight dry-run refuses a residual net (a model with a ``layer1``)."""
+
+    keeps_layers: ClassVar[bool] = True
+    type: Literal["dry"]
+
+    def dry_run(self, model, data, where, name):  # type: ignore[no-untyped-def]
+        net = model()
+        if net is not None and hasattr(net, "layer1"):
+            raise dp.RecipeError(f"{where}: model '{name}' is a residual net")
+
+
+def test_a_stage_s_own_dry_run_runs_in_preflight_and_its_traits_steer_the_run(tmp_path):
+    from distillprune.pipeline.preflight import preflight
+
+    @register_stage(DryStage)
+    def run(st: DryStage, state, index: int) -> StageOutcome:
+        return StageOutcome()
+
+    try:
+        base = {
+            "data": {"source": "digits", "limit_train": 64, "limit_test": 32},
+            "runtime": {"progress": False, "tensorboard": False},
+            "measure": {"enabled": False},
+        }
+        data = dp.load_data(dp.DataConfig(source="digits", limit_train=64, limit_test=32))
+        cnn = {"name": "digits_cnn", "kwargs": {"widths": [8, 8, 16], "blocks": [1, 1, 1]}}
+        bad = dp.Recipe.model_validate({**base, "model": cnn, "stages": [{"type": "evaluate"}, {"type": "dry"}]})
+        with pytest.raises(dp.RecipeError, match="stages.1: model 'digits_cnn' is a residual net"):
+            preflight(bad, data)  # evaluate keeps the layers: the dry-run sees the recipe's model
+        after_prune = [{"type": "prune", "width": {"ratio": 0.5, "round_to": 4}}, {"type": "dry"}]
+        preflight(dp.Recipe.model_validate({**base, "model": cnn, "stages": after_prune}), data)  # model changed
+        mlp = {"name": "mlp", "kwargs": {"hidden": [16]}}
+        ok = dp.Recipe.model_validate({**base, "model": mlp, "stages": [{"type": "dry"}, {"type": "evaluate"}]})
+        state = dp.pipeline.execute(ok, tmp_path / "run", quiet=True)
+        assert [s.name for s in state.report.stages][:2] == ["0:input", "1:dry"]  # dry does not measure its input
+    finally:
+        STAGES.unregister("dry")

@@ -41,6 +41,7 @@ def _recipe(stages=STAGES) -> Recipe:
     return validate(Recipe, {"name": "t", **FAST, "stages": stages})
 
 
+@pytest.mark.slow
 def test_rows_measure_the_deployed_files(tmp_path: Path):
     run = tmp_path / "run"
     state = execute(_recipe(), run, quiet=True)
@@ -70,6 +71,7 @@ def test_rows_measure_the_deployed_files(tmp_path: Path):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_a_factorized_stage(tmp_path: Path):
     run = tmp_path / "run"
     recipe = _recipe(STAGES[:3])
@@ -82,6 +84,7 @@ def test_resume_after_a_factorized_stage(tmp_path: Path):
     assert [s.type for s in report.stages] == ["train", "lowrank", "cluster"]
 
 
+@pytest.mark.slow
 def test_qat_stage_and_cli_errors(tmp_path: Path):
     qat = {
         "type": "quantize",
@@ -105,6 +108,7 @@ def test_qat_stage_and_cli_errors(tmp_path: Path):
     assert main(["run", str(bad), "--set", "stages.0.method=int4"]) == 2
 
 
+@pytest.mark.slow
 def test_bench_cli(tmp_path: Path, capsys):
     recipe = _recipe([STAGES[0], STAGES[3]])
     dp.compress(recipe, tmp_path / "run", quiet=True)

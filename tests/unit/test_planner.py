@@ -158,6 +158,7 @@ def test_planned_prune_re_estimates_batchnorm_as_the_planner_assumed():
         torch.testing.assert_close(a.running_var, b.running_var)
 
 
+@pytest.mark.slow
 def test_latency_plan_is_measured_against_the_dense_model():
     # 32x32 inputs: an 8x8 toy net at batch 1 is all per-operator overhead, which width cannot remove
     s, _ = _session({"latency_speedup": 1.3, "depth_fractions": [0.0, 0.5], "refits": 2}, shape=(3, 32, 32))

@@ -116,6 +116,17 @@ def has_named_inputs(model: nn.Module) -> bool:
     return getattr(model, "input_names", None) is not None
 
 
+def output_kind(model: nn.Module) -> str:
+    """What the model's output is: ``"logits"`` (a classifier: every model that does not say otherwise) or
+    ``"embedding"`` (a sentence embedder declares ``output_kind``), the one default for every reader."""
+    return str(getattr(model, "output_kind", "logits"))
+
+
+def is_embedder(model: nn.Module) -> bool:
+    """Whether the model outputs embeddings (judged by cosine, distilled with the embedding loss), not logits."""
+    return output_kind(model) == "embedding"
+
+
 def example_inputs(
     model: nn.Module, input_shape: Sequence[int], batch: int = 1, device: torch.device | str = "cpu"
 ) -> Batch:

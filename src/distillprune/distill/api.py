@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from distillprune.core.batch import has_named_inputs
+from distillprune.core.batch import has_named_inputs, is_embedder
 from distillprune.core.config import validate
 from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import DataBundle
@@ -63,7 +63,7 @@ def distill(
         if isinstance(schedule, ScheduleConfig)
         else validate(ScheduleConfig, {"name": schedule} if isinstance(schedule, str) else schedule, where="schedule")
     )
-    specs = losses or [{"name": "embedding" if getattr(student, "output_kind", "") == "embedding" else "kd"}]
+    specs = losses or [{"name": "embedding" if is_embedder(student) else "kd"}]
     objective = Distiller.from_specs(teacher, specs, cache=cache)
     history = fit(
         student,

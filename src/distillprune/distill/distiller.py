@@ -24,7 +24,7 @@ from distillprune.core.taps import FeatureTaps
 from distillprune.distill.cache import TeacherCache
 from distillprune.distill.fast_teacher import TeacherSpeed, fast_teacher
 from distillprune.distill.losses import Outputs
-from distillprune.distill.losses.base import DistillLoss, sequence_mask
+from distillprune.distill.losses.base import LOSSES, DistillLoss, sequence_mask
 from distillprune.distill.schedule import Clock, Term, build_term
 from distillprune.errors import DataError, DistillpruneError
 
@@ -63,6 +63,11 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
+def label_free_losses() -> list[str]:
+    """The registered losses that learn from the teacher alone (no labels needed), by name."""
+    return [n for n, cls in LOSSES.items() if cls.reads_teacher and not cls.needs_labels]
+
+
 def check_terms(terms: list[Term], has_labels: bool) -> None:
     """Fail before training when the losses cannot work on this data (label-free needs a teacher loss)."""
     if has_labels:
@@ -71,7 +76,7 @@ def check_terms(terms: list[Term], has_labels: bool) -> None:
     if need:
         raise DataError(
             f"loss {', '.join(need)} needs labels but the training data has none (data.labels: false); "
-            "label-free distillation works with kd, dist, rkd, pkt, at, fitnet, crd"
+            f"label-free distillation works with {', '.join(label_free_losses())}"
         )
     if not any(t.loss.reads_teacher for t in terms):
         raise DataError(

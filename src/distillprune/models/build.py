@@ -88,3 +88,9 @@ def _new_classifier(model: nn.Module, spec: ArchSpec, n: int, where: str) -> str
     else:
         lin.reset_parameters()
     return path
+
+
+@MODEL_SOURCES.register("zoo")
+def zoo_source(cfg: ModelConfig, num_classes: int, input_shape: Sequence[int]) -> tuple[nn.Module, ArchSpec]:
+    """A recipe's ``model.name`` from the zoo or ``model.python`` (your class), with weights and head."""
+    return make_model(cfg, num_classes, input_shape)

@@ -11,9 +11,8 @@ from torch import nn
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
 from distillprune.core.extras import import_extra
 from distillprune.errors import DistillpruneError
-from distillprune.models.config import ModelConfig
 from distillprune.models.mlp import MLP
-from distillprune.models.registry import MODEL_SOURCES, MODELS, Builder, with_example
+from distillprune.models.registry import MODELS, Builder, with_example
 from distillprune.models.resnet import ResNet, cifar_resnet
 
 
@@ -128,11 +127,3 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwarg
 @ARCH_BUILDERS.register("zoo")
 def _from_spec(spec: ArchSpec) -> nn.Module:
     return build_model(str(spec.name), spec.num_classes, spec.input_shape, **spec.kwargs)
-
-
-@MODEL_SOURCES.register("zoo")
-def zoo_source(cfg: ModelConfig, num_classes: int, input_shape: Sequence[int]) -> tuple[nn.Module, ArchSpec]:
-    """A recipe's ``model.name`` from the zoo or ``model.python`` (your class), with weights and head."""
-    from distillprune.models.build import make_model
-
-    return make_model(cfg, num_classes, input_shape)

@@ -9,6 +9,7 @@ Each failure is one ``DistillpruneError`` line naming the recipe key.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -54,46 +55,21 @@ def _preflight(recipe: Recipe, data: DataBundle, base_model: bool) -> None:
     check_pruning(recipe, data)
 
 
-#: stage types that leave the model's layers as they are (after any other, the prune dry-run stops)
-KEEP_LAYERS = ("train", "distill", "finetune", "evaluate", "export")
-
-
 def check_pruning(recipe: Recipe, data: DataBundle) -> None:
-    """Dry-run the first prune stage (without a target) on the model it will meet, when the stages before it
-    leave the layers alone: more blocks than the model can lose, or a width request that removes no
+    """Each stage's own dry-run (``StageConfig.dry_run``) on the model it will meet, while the stages before
+    it keep the layers: e.g. more blocks than the model can lose, or a width request that removes no
     channel, is an error now, not after the stages before it have trained."""
-    from distillprune.prune.config import PruneConfig
-    from distillprune.prune.depth import removable_blocks
-    from distillprune.prune.session import nothing_removed
-    from distillprune.prune.structured import prune_step, width_pruner
-
     current = recipe.model
     for i, st in enumerate(recipe.stages):
         current = getattr(st, "student", None) or current
-        if st.type == "prune" and isinstance(st, PruneConfig) and st.target is None:  # PruneStage is one
-            model = None if current.checkpoint or current.source != "zoo" else _cpu_model(current, data)
-            if model is None:
-                return
-            depth, width = getattr(st, "depth", None), getattr(st, "width", None)
-            if depth is not None and depth.blocks > len(removable_blocks(model)):
-                blocks = removable_blocks(model)
-                raise RecipeError(
-                    f"stages.{i}.depth.blocks: {depth.blocks} blocks to remove but model "
-                    f"'{current.name}' has {len(blocks)} removable residual blocks "
-                    f"({', '.join(blocks) or 'none'})"
-                )
-            if width is not None and width.ratio is not None:
-                cfg = width.model_copy(update={"importance": "l1"})  # the count does not depend on the scores
-                try:
-                    pruner = width_pruner(model, torch.zeros(1, *data.input_shape), cfg, data.num_classes, st.steps)
-                    removed = any(entry[2] for _ in range(st.steps) for entry in prune_step(pruner))
-                except DistillpruneError as e:  # e.g. a width.layers pattern that names no layer
-                    raise RecipeError(f"stages.{i} ({st.type}): {e}") from None
-                if not removed:
-                    raise RecipeError(f"stages.{i}.width: {nothing_removed(width)} (checked on model '{current.name}')")
-            return  # the model has changed: later stages would need the pruned one
-        if st.type not in KEEP_LAYERS:
-            return
+        st.dry_run(functools.partial(_buildable, current, data), data, f"stages.{i}", current.name)
+        if not st.keeps_layers:
+            return  # the model changes here: later stages would need the changed one
+
+
+def _buildable(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
+    """The model of ``cfg`` on the CPU when it is a zoo model built from scratch (else None)."""
+    return None if cfg.checkpoint or cfg.source != "zoo" else _cpu_model(cfg, data)
 
 
 def _cpu_model(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
@@ -148,16 +124,12 @@ def check_sizes(recipe: Recipe, data: DataBundle) -> None:
 def check_filenames(recipe: Recipe) -> None:
     """Every ``filename`` a stage names (a quantize stage's default too) stays inside the run folder, is none
     of the run's own files, and is written by one stage only (checked again when written)."""
-    from distillprune.quant import default_filename
-
     root = Path("/distillprune-run-folder")  # syntactic check: absolute, '..', reserved names
     written: dict[str, int] = {}
     for i, st in enumerate(recipe.stages):
-        name = getattr(st, "filename", None)
-        default = st.type == "quantize" and name is None
-        if default:
-            name = default_filename(getattr(st, "method", ""))
-        if not isinstance(name, str):
+        name = st.output_file()
+        default = getattr(st, "filename", None) is None
+        if name is None:
             continue
         confined(root, name, f"stages.{i}.filename")
         key = os.path.normpath(name)

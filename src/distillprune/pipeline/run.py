@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from torch import nn
 
-from distillprune.core.batch import NamedInputs
+from distillprune.core.batch import NamedInputs, is_embedder
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.reporting import Deployed
 from distillprune.core.trust import code_trust
@@ -38,7 +38,8 @@ from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES, StageOutcome
 from distillprune.recipes.schema import Recipe
-from distillprune.report.report import CompressionReport, StageResult, environment, write_markdown
+from distillprune.report.render import write_markdown
+from distillprune.report.report import CompressionReport, StageResult, environment
 from distillprune.train import distributed as ddp
 from distillprune.train.logging import RunLogger, attach_run_log
 from distillprune.train.trainer import evaluate, resolve_device
@@ -166,7 +167,7 @@ def _execute(
     detach = attach_run_log(run_path) if ddp.is_rank0() else (lambda: None)
     ddp.barrier()  # every rank has read the run folder before rank 0 writes to it again
     try:
-        if done == 0 and recipe.stages[0].type not in ("train", "evaluate"):  # those measure it themselves
+        if done == 0 and not recipe.stages[0].measures_input:
             _measure_input(state, console)
         for index, stage in enumerate(recipe.stages, start=1):
             if index <= done:
@@ -232,7 +233,7 @@ def _write_html(report: CompressionReport, run_path: Path, console: Console) -> 
 def _measure(state: RunState, result: StageResult) -> None:
     """Accuracy, params, MACs, ONNX size and latency (back to back with the dense model) of the current model."""
     model = state.model.eval()
-    embedder = getattr(model, "output_kind", "logits") == "embedding"
+    embedder = is_embedder(model)
     acc = (
         evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime)
         if state.data.test.y is not None and not embedder

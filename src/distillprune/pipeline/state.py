@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from distillprune.core.batch import NamedInputs, call
+from distillprune.core.batch import NamedInputs, call, is_embedder
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.io import write_json
 from distillprune.data.base import DataBundle
@@ -208,7 +208,7 @@ def probe_shapes(model: nn.Module, data: DataBundle, name: str) -> None:
         raise DataError(
             f"data inputs of shape {tuple(data.input_shape)} do not fit model '{name}': {str(e).splitlines()[0]}"
         ) from None
-    if getattr(model, "output_kind", "logits") == "embedding":  # an embedder's width is not a class count
+    if is_embedder(model):  # an embedder's width is not a class count
         return
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise DataError(

@@ -1,43 +1,34 @@
-"""``distillprune.prune_``: prune a model in place, optionally while distilling (the recipe's prune stage)."""
+"""``distillprune.prune_``: prune a model in place, optionally while distilling (the recipe's prune stages).
+
+One verb for every model family: the config's type picks the family's structure (``prune.structure``):
+``PruneConfig`` prunes a CNN's blocks and channels, ``TransformerPruneConfig`` an encoder's heads, FFN
+neurons and layers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from pydantic import BaseModel
 from torch import nn
 
-from distillprune.core.batch import has_named_inputs
 from distillprune.core.checkpoint import ArchSpec
-from distillprune.core.config import validate
 from distillprune.data.base import DataBundle
-from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
+from distillprune.prune.cnn import refuse_named_width
 from distillprune.prune.config import PruneConfig
-from distillprune.prune.session import PruneReport, PruneSession, Trainer
+from distillprune.prune.session import PruneSession, Trainer
+from distillprune.prune.structure import config_of
 from distillprune.train import distributed as ddp
-from distillprune.train.config import RuntimeConfig
+from distillprune.train.config import RuntimeConfig, TrainingOptions
 from distillprune.train.trainer import FitSettings, fit, resolve_device
 
-#: config type -> verb, for families that prune their own structures (``transformers`` registers
-#: ``TransformerPruneConfig``); ``prune_`` hands such a config (or a dict of its keys) to that verb
-PRUNERS: dict[type[BaseModel], Callable[..., Any]] = {}
-
-
-def _family(cfg: PruneConfig | BaseModel | dict[str, Any]) -> Callable[..., Any] | None:
-    for cls, verb in PRUNERS.items():
-        if isinstance(cfg, cls):
-            return verb
-        if isinstance(cfg, dict) and set(cfg) - set(PruneConfig.model_fields) and set(cfg) <= set(cls.model_fields):
-            return verb
-    return None
+__all__ = ["fit_trainer", "prune_", "refuse_named_width"]
 
 
 def prune_(
     model: nn.Module,
-    cfg: PruneConfig | dict[str, Any],
+    cfg: BaseModel | dict[str, Any],
     example_inputs: torch.Tensor | None = None,
     num_classes: int | None = None,
     *,
@@ -51,45 +42,31 @@ def prune_(
     train_seed: int | None = None,
     crop_padding: int = 0,
     hflip: bool = False,
-) -> PruneReport:
-    """Prune ``model`` in place as the recipe's ``prune`` stage does; returns a :class:`PruneReport`.
+) -> Any:
+    """Prune ``model`` in place as the recipe's prune stages do; returns the family's report
+    (:class:`PruneReport` for a CNN, ``TransformerPruneReport`` for an encoder).
 
-    ``cfg``: a PruneConfig or its dict (``{"width": {"ratio": 0.5}, "depth": {"blocks": 2}, "steps": 2,
-    "epochs_per_step": 3, "target": {"latency_speedup": 2.0}}``). With ``data`` it prunes while distilling:
-    blocks and Taylor importance are scored on seeded training batches, and each step is followed by
-    ``epochs_per_step`` epochs of KD from ``teacher`` (default: a frozen copy of ``model`` as it is now).
-    Without data, ``example_inputs`` is the one calibration batch and nothing trains (one-shot pruning).
-    ``spec`` (if given) receives the replayable history, so ``save_checkpoint`` can rebuild the model.
-    ``seed`` seeds the calibration batches, ``train_seed`` (default ``seed``) the training between steps.
+    ``cfg``: a family's prune config or its dict (``{"width": {"ratio": 0.5}, "depth": {"blocks": 2}, "steps": 2,
+    "epochs_per_step": 3, "target": {"latency_speedup": 2.0}}``; an encoder's ``{"heads": {"ratio": 0.25},
+    "ffn": {"ratio": 0.5}, "layers": {"drop": 2}}``). With ``data`` it prunes while distilling: what to
+    cut is scored on seeded training batches, and each step is followed by ``epochs_per_step`` epochs of KD
+    from ``teacher`` (default: a frozen copy of ``model`` as it is now). Without data, ``example_inputs`` is
+    the one calibration batch and nothing trains (one-shot pruning). ``spec`` (if given) receives the
+    replayable history, so ``save_checkpoint`` can rebuild the model. ``seed`` seeds the calibration
+    batches, ``train_seed`` (default ``seed``) the training between steps. Under ``torchrun`` rank 0 makes
+    every decision (plan, scores, cuts) and the other ranks replay it.
     """
-    verb = _family(cfg)
-    if verb is not None:  # e.g. heads / ffn / layers of a transformer
-        return verb(
-            model,
-            cfg,
-            example_inputs,
-            num_classes,
-            teacher=teacher,
-            data=data,
-            spec=spec,
-            runtime=runtime,
-            latency=latency,
-            batch_size=batch_size,
-            seed=seed,
-            train_seed=train_seed,
-        )
-    cfg = cfg if isinstance(cfg, PruneConfig) else validate(PruneConfig, cfg, where="prune config")
-    refuse_named_width(model, cfg)
+    conf: Any = config_of(cfg, PruneConfig)
     runtime = runtime or RuntimeConfig(progress=False, tensorboard=False)
     ddp.setup(resolve_device(runtime))  # under torchrun: decisions on rank 0, training on every rank
     trainer = None
-    if data is not None and cfg.epochs_per_step:
+    if data is not None and conf.epochs_per_step:
         trainer = fit_trainer(
-            cfg, data, runtime, seed if train_seed is None else train_seed, batch_size, crop_padding, hflip
+            conf, data, runtime, seed if train_seed is None else train_seed, batch_size, crop_padding, hflip
         )
     session = PruneSession(
         model,
-        cfg,
+        conf,
         data=data,
         teacher=teacher,
         example_inputs=example_inputs,
@@ -105,7 +82,7 @@ def prune_(
 
 
 def fit_trainer(
-    cfg: PruneConfig,
+    cfg: TrainingOptions,
     data: DataBundle,
     runtime: RuntimeConfig,
     seed: int,
@@ -132,14 +109,3 @@ def fit_trainer(
         )
 
     return train
-
-
-def refuse_named_width(model: nn.Module, cfg: PruneConfig) -> None:
-    """Channel (width) and residual-block (depth) pruning do not fit encoders with named inputs: their Q/K/V
-    would lose columns while the head count stays, and their layers are no residual blocks."""
-    if has_named_inputs(model) and (cfg.width is not None or cfg.depth is not None):
-        raise DistillpruneError(
-            "width/depth pruning does not fit a transformer with named inputs: prune its "
-            "heads / ffn / layers instead (a prune_transformer stage, or prune_(model, "
-            "{'heads': {'ratio': ...}, 'ffn': {'ratio': ...}, 'layers': {'drop': ...}}, data=...))"
-        )

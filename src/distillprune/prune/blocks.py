@@ -23,7 +23,8 @@ from torch import nn
 from distillprune.core.batch import call
 from distillprune.core.modules import set_module
 from distillprune.distill.losses.kd import soft_kl
-from distillprune.prune.depth import _affected, remove_block
+from distillprune.errors import DistillpruneError
+from distillprune.prune.depth import _affected, removable_blocks, remove_block, why_none
 from distillprune.prune.residual import residual_at
 
 
@@ -183,3 +184,24 @@ def remove_blocks(model: nn.Module, paths: Sequence[str]) -> None:
     """Remove the residual blocks (or branches) at ``paths`` (``prune.depth.remove_block``)."""
     for p in paths:
         remove_block(model, p)
+
+
+@torch.no_grad()
+def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor], count: int) -> list[str]:
+    """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``.
+
+    Scored by ``BlockScorer`` (torch.fx with cached activations, lazy-greedy)."""
+    candidates = removable_blocks(model)
+    if count > len(candidates):
+        raise DistillpruneError(
+            f"depth.blocks={count} but the model has only {len(candidates)} removable "
+            f"residual blocks ({', '.join(candidates) or why_none(model)})"
+        )
+    was = model.training
+    model.eval()
+    scorer = BlockScorer(model, candidates, batches, [call(teacher, x) for x in batches])
+    chosen = scorer.greedy(count)
+    for p in chosen:
+        remove_block(model, p)
+    model.train(was)
+    return chosen

@@ -64,14 +64,32 @@ class UnstructuredConfig(StrictModel):
     layers: LayerSelect = Field(default_factory=LayerSelect, description="layers to sparsify")
 
 
-class TargetConfig(StrictModel):
-    """What pruning must reach: a measured ONNX Runtime speedup or a MACs ratio. The planner searches how many
-    residual blocks to remove and how wide each channel group stays, and keeps the plan with the best
-    estimated accuracy (``prune.planner``)."""
+class SpeedTarget(StrictModel):
+    """What every family's target names: a measured ONNX Runtime speedup or a MACs ratio, and the shares
+    of the removable depth (blocks, layers) to try removing. A family's target adds only what its planner
+    reads."""
 
     macs_ratio: float | None = Field(None, gt=1, description="dense MACs / pruned MACs")
     latency_speedup: float | None = Field(None, gt=1, description="measured ORT CPU speedup at batch_size")
     batch_size: int = Field(1, gt=0, description="batch size of the latency target")
+    depth_fractions: list[float] = Field(
+        default_factory=lambda: [0.0], description="shares of the removable depth to try removing"
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> SpeedTarget:
+        if (self.macs_ratio is None) == (self.latency_speedup is None):
+            raise ValueError("target needs exactly one of macs_ratio, latency_speedup")
+        if any(not 0 <= f < 1 for f in self.depth_fractions):
+            raise ValueError("target.depth_fractions must be in [0, 1)")
+        return self
+
+
+class TargetConfig(SpeedTarget):
+    """What pruning must reach: a measured ONNX Runtime speedup or a MACs ratio. The planner searches how many
+    residual blocks to remove and how wide each channel group stays, and keeps the plan with the best
+    estimated accuracy (``prune.planner``)."""
+
     depth_fractions: list[float] = Field(
         default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5],
         description="shares of the removable blocks to try removing",
@@ -87,14 +105,6 @@ class TargetConfig(StrictModel):
     calib_samples: int = Field(
         256, gt=0, description="training samples for block scores, Taylor costs and BatchNorm re-estimation"
     )
-
-    @model_validator(mode="after")
-    def _one(self) -> TargetConfig:
-        if (self.macs_ratio is None) == (self.latency_speedup is None):
-            raise ValueError("target needs exactly one of macs_ratio, latency_speedup")
-        if any(not 0 <= f < 1 for f in self.depth_fractions):
-            raise ValueError("target.depth_fractions must be in [0, 1)")
-        return self
 
 
 class PruneConfig(TrainingOptions):

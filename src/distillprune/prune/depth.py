@@ -3,17 +3,14 @@
 At equal MACs a shallower network is far faster (fewer kernel launches / operator calls), so
 depth is a pruning dimension of its own. Residual blocks ``y = x + f(x)`` are found in the model's graph
 (``prune.residual``, torch.fx), whatever their class; removing one leaves ``x + f(x)`` as ``x``. Blocks are
-chosen greedily by the smallest increase of the distillation loss (KL to the teacher) when skipped.
+chosen greedily by the smallest increase of the distillation loss (KL to the teacher) when skipped
+(``prune.blocks.choose_blocks``, beside the scorer it uses).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from torch import nn
 
-from distillprune.core.batch import call
 from distillprune.core.modules import set_module
 from distillprune.errors import DistillpruneError
 from distillprune.prune.residual import ZeroBranch, find_residuals, residual_at
@@ -61,26 +58,3 @@ def _affected(model: nn.Module, path: str) -> dict[str, nn.Module]:
     res = residual_at(model, path)
     paths = res.chain if res is not None and res.kind == "branch" else [path]
     return {p: model.get_submodule(p) for p in paths}
-
-
-@torch.no_grad()
-def choose_blocks(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tensor], count: int) -> list[str]:
-    """Greedily pick ``count`` blocks whose removal raises the KD loss least; removes them from ``model``.
-
-    Scored by ``prune.blocks.BlockScorer`` (torch.fx with cached activations, lazy-greedy)."""
-    from distillprune.prune.blocks import BlockScorer
-
-    candidates = removable_blocks(model)
-    if count > len(candidates):
-        raise DistillpruneError(
-            f"depth.blocks={count} but the model has only {len(candidates)} removable "
-            f"residual blocks ({', '.join(candidates) or why_none(model)})"
-        )
-    was = model.training
-    model.eval()
-    scorer = BlockScorer(model, candidates, batches, [call(teacher, x) for x in batches])
-    chosen = scorer.greedy(count)
-    for p in chosen:
-        remove_block(model, p)
-    model.train(was)
-    return chosen

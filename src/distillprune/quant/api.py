@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distillprune.core.batch import NamedInputs
+from distillprune.core.batch import NamedInputs, is_embedder
 from distillprune.core.config import validate
 from distillprune.data.base import DataBundle
 from distillprune.errors import QuantizationError
@@ -50,7 +50,7 @@ def make_job(
     else:
         raise QuantizationError("quantize needs data (a DataBundle) or calibration batches")
     if cfg.parity == "auto":  # embedders are judged by cosine: the argmax of an embedding means nothing
-        embedder = getattr(model, "output_kind", "logits") == "embedding"
+        embedder = is_embedder(model)
         cfg = cfg.model_copy(update={"parity": "cosine" if embedder else "top1"})
     if data is not None:
         n = min(cfg.parity_samples, len(data.test))

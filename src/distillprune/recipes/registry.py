@@ -10,14 +10,11 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from distillprune.core.config import StrictModel, register_union_tags
 from distillprune.core.registry import Registry
 from distillprune.core.reporting import Deployed, Details
-
-if TYPE_CHECKING:
-    from distillprune.pipeline.state import RunState
 
 
 @dataclass
@@ -29,7 +26,9 @@ class StageOutcome:
     deployed: Deployed | None = None
 
 
-Runner = Callable[[Any, "RunState", int], StageOutcome]
+#: ``run(stage_config, state, index) -> StageOutcome``; ``state`` is the pipeline's ``RunState``, a layer above
+#: this registry (which the recipe schema reads), so it is not named here, not even for the type checker
+Runner = Callable[[Any, Any, int], StageOutcome]
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,16 @@ This module only composes: each family owns its config (``models.ModelConfig``, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import Field, SerializeAsAny, model_validator
+from torch import nn
 
 from distillprune.core.config import StrictModel, validate
 from distillprune.core.registry import nearest
+from distillprune.data.base import DataBundle
 from distillprune.data.config import DataConfig
 from distillprune.errors import RecipeError
 from distillprune.measure.latency import LatencyConfig
@@ -28,12 +31,30 @@ class StageConfig(StrictModel):
     contract tests run it with (after one training epoch on a tiny model)."""
 
     example: ClassVar[dict[str, Any]] = {}
+    #: the stage leaves the model's layers as they are (training, export): a later stage's preflight
+    #: dry-run still sees the model the recipe names
+    keeps_layers: ClassVar[bool] = False
+    #: the stage measures the model it receives (its row is the run's dense baseline): as the first stage,
+    #: the run adds no "0:input" row before it
+    measures_input: ClassVar[bool] = False
     type: str
 
     def changes_model(self) -> bool:
         """Whether the stage trains or changes the model. Under torchrun every rank runs such a stage; one
         that only reads the model (export, evaluate, post-training quantization) runs on rank 0 alone."""
         return True
+
+    def output_file(self) -> str | None:
+        """The file the stage writes into the run folder (its ``filename``, or the default it writes when
+        none is given); preflight checks that it stays inside the folder and that no two stages share it."""
+        name = getattr(self, "filename", None)
+        return name if isinstance(name, str) else None
+
+    def dry_run(self, model: Callable[[], nn.Module | None], data: DataBundle, where: str, name: str) -> None:
+        """Preflight: raise one ``RecipeError`` line (prefixed ``where``, e.g. ``stages.2``) for what this stage
+        would refuse on the model it meets, before the stages before it train. ``model()`` builds that
+        model on the CPU (None when it cannot be built cheaply: a checkpoint, another source); ``name``
+        is its recipe name. Called only while every earlier stage keeps the layers."""
 
 
 class Recipe(StrictModel):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from distillprune.report.report import CompressionReport, StageResult
+from pathlib import Path
+
+from distillprune.core.io import write_text
+from distillprune.report.report import LOAD_CHECKS, CompressionReport, StageResult
 
 COLUMNS = [
     "stage",
@@ -189,3 +192,10 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
     for s in report.stages:
         for f in s.flags:
             console.print(f"[yellow]flag[/] {escape(s.name)}: {escape(f)}")
+
+
+def write_markdown(report: CompressionReport, run_dir: str | Path) -> Path:
+    return write_text(Path(run_dir) / "report.md", render_markdown(report))
+
+
+LOAD_CHECKS.append(render_markdown)

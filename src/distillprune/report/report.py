@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from distillprune.core.io import loads, write_json, write_text
+from distillprune.core.io import loads, write_json
 from distillprune.core.reporting import Details, details_from_dict, to_jsonable
 from distillprune.errors import DistillpruneError
+
+#: run on every loaded report (``report.render`` adds its Markdown renderer, so a report that loads renders):
+#: the renderer reads this module's types, this module never imports the renderer
+LOAD_CHECKS: list[Callable[[CompressionReport], object]] = []
 
 
 @dataclass
@@ -131,9 +136,8 @@ class CompressionReport:
         p = p / "report.json" if p.is_dir() else p
         try:
             report = cls.from_dict(loads(p.read_text(encoding="utf-8")))
-            from distillprune.report.render import render_markdown
-
-            render_markdown(report)  # a report that loads also renders (types inside details included)
+            for check in LOAD_CHECKS:  # a report that loads also renders (types inside details included)
+                check(report)
             return report
         except (
             OSError,
@@ -222,12 +226,6 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
-
-
-def write_markdown(report: CompressionReport, run_dir: str | Path) -> Path:
-    from distillprune.report.render import render_markdown
-
-    return write_text(Path(run_dir) / "report.md", render_markdown(report))
 
 
 def check_field_types(cls: type, values: dict[str, Any], where: str) -> None:

@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distillprune.core.batch import Batch, call
+from distillprune.core.batch import Batch, call, is_embedder
 from distillprune.core.io import atomic_write, loads, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
@@ -279,7 +279,7 @@ def fit(
                 fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar, par, extra
             )
             par.sync_buffers()
-            scored = data.test.y is not None and getattr(model, "output_kind", "logits") != "embedding"
+            scored = data.test.y is not None and not is_embedder(model)
             rec["test_acc"] = evaluate(model, data, runtime=runtime, shard=True) if scored else float("nan")
             if runtime.val_loss and hasattr(objective, "eval_loss"):
                 rec["val_loss"] = validation_loss(model, objective, data.test, data, runtime)

@@ -2,20 +2,19 @@
 pruned by attention heads, FFN neurons and whole layers while distilling, exported with named inputs.
 
 Importing this package registers the ``hf`` model source, its checkpoint builder, the history ops and the
-``prune_`` dispatch for ``TransformerPruneConfig``; it does not import ``transformers`` (the optional extra
-``distillprune[hf]``) until a model or tokenizer is loaded.
+encoder's pruning structure for ``TransformerPruneConfig`` (what ``distillprune.prune_`` and the session cut);
+it does not import ``transformers`` (the optional extra ``distillprune[hf]``) until a model or tokenizer is
+loaded.
 """
 
-from distillprune.prune.api import PRUNERS
 from distillprune.transformers.config import FfnConfig, HeadsConfig, LayersConfig, TransformerPruneConfig
 from distillprune.transformers.model import TextEncoder, load_encoder, save_pretrained
-from distillprune.transformers.session import TransformerPruneReport, TransformerPruneSession, prune_transformer_
+from distillprune.transformers.structure import EncoderStructure, TransformerPruneReport, prune_transformer_
 from distillprune.transformers.surgery import DropLayersOp, HeadsOp, NeuronsOp
-
-PRUNERS[TransformerPruneConfig] = prune_transformer_
 
 __all__ = [
     "DropLayersOp",
+    "EncoderStructure",
     "FfnConfig",
     "HeadsConfig",
     "HeadsOp",
@@ -24,7 +23,6 @@ __all__ = [
     "TextEncoder",
     "TransformerPruneConfig",
     "TransformerPruneReport",
-    "TransformerPruneSession",
     "load_encoder",
     "prune_transformer_",
     "save_pretrained",

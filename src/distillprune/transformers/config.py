@@ -9,13 +9,14 @@ from pydantic import Field, model_validator
 
 from distillprune.core.config import StrictModel
 from distillprune.distill.config import DistillConfig
-from distillprune.prune.config import TargetConfig as _CNNTarget
+from distillprune.prune.config import SpeedTarget
 from distillprune.train.config import OptimizerConfig, TrainingOptions
 
 
-class TransformerTargetConfig(_CNNTarget):
+class TransformerTargetConfig(SpeedTarget):
     """A transformer's target: the share of layers to drop (``depth_fractions``) and one heads/FFN ratio,
-    searched up to ``max_width_ratio``, per option."""
+    searched up to ``max_width_ratio``, per option (nothing else: the CNN planner's tolerance, refits and
+    sample counts are not options here)."""
 
     depth_fractions: list[float] = Field(
         default_factory=lambda: [0.0], description="shares of the encoder layers to try dropping"

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillprune.core.batch import Batch, call
+from distillprune.core.batch import Batch, call, is_embedder
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.transformers.hub_code import PARTS, layer_family, linear_at
 from distillprune.transformers.surgery import head_dim, layers
@@ -32,7 +32,7 @@ from distillprune.transformers.surgery import head_dim, layers
 def _output_loss(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """A log-likelihood whose gradient has zero mean and per-sample independent noise (see module doc)."""
     out = out.float()
-    if getattr(model, "output_kind", "logits") == "embedding":
+    if is_embedder(model):
         return (out * torch.randn_like(out)).sum()
     y = torch.distributions.Categorical(logits=out.detach()).sample()
     return F.cross_entropy(out, y, reduction="sum")
@@ -94,7 +94,7 @@ def choose_layers(model: nn.Module, teacher: nn.Module, batches: Sequence[Batch]
     """Greedily pick ``count`` layers whose skipping raises the KD loss least; returns their indices (in the
     model as it is; nothing is removed)."""
     ls = layers(model)
-    embedding = getattr(model, "output_kind", "logits") == "embedding"
+    embedding = is_embedder(model)
     was = model.training
     model.eval()
     targets = [call(teacher, x) for x in batches]

@@ -29,7 +29,7 @@ from distillprune.models.config import ModelConfig
 from distillprune.models.registry import MODEL_SOURCES
 from distillprune.transformers import hub_code
 from distillprune.transformers.hub_code import shrink_to_layout
-from distillprune.transformers.surgery import hf_of
+from distillprune.transformers.surgery import hf_of, layers, layers_path
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -73,6 +73,16 @@ class TextEncoder(nn.Module):
     @property
     def config(self) -> Any:
         return self.hf.config
+
+    def encoder_layers(self) -> tuple[str, nn.ModuleList]:
+        """(module path, list) of the encoder's layers: what the sequence KD losses tap (``hidden``,
+        ``minilm``) without importing this family."""
+        return layers_path(self), layers(self)
+
+    def attention_parts(self, layer: nn.Module) -> tuple[str, str, str]:
+        """The query, key and value projections' paths inside one of this encoder's layers."""
+        q, k, v = hub_code.PARTS[hub_code.layer_family(layer)][:3]
+        return q, k, v
 
     def save_pretrained(self, folder: str | Path, tokenizer: str | Path | None = None) -> Path:
         """The Hugging Face folder of this encoder (see :func:`save_pretrained`)."""

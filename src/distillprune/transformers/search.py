@@ -1,5 +1,6 @@
 """Target-driven plans for encoders: how many layers to drop and what share of heads / FFN neurons to remove
-to reach a *measured* ONNX Runtime speedup (or a MACs ratio), the same way ``prune.search`` plans CNNs.
+to reach a *measured* ONNX Runtime speedup (or a MACs ratio); the encoder structure's ``plan``
+(``transformers.structure``), beside the CNN's ``prune.planner``.
 
 Candidates are pruned copies scored without training (latency and MACs depend on the shapes only): for each
 number of layers dropped (``target.depth_fractions`` of the layers) and each way of spending width (heads

@@ -54,12 +54,10 @@ class MiniLMLoss(DistillLoss):
     def bind(self, student: nn.Module, teacher: nn.Module) -> None:
         if not self.auto:
             return
-        from distillprune.transformers.hub_code import PARTS, layer_family  # lazy: the transformers family
-
         ((s, t),) = encoder_pairs(student, teacher, "last")
-        fam_s = layer_family(student.get_submodule(s))
-        fam_t = layer_family(teacher.get_submodule(t))
-        self.taps = [(f"{s}.{PARTS[fam_s][i]}", f"{t}.{PARTS[fam_t][i]}") for i in range(3)]
+        parts_s = student.attention_parts(student.get_submodule(s))  # type: ignore[operator]
+        parts_t = teacher.attention_parts(teacher.get_submodule(t))  # type: ignore[operator]
+        self.taps = [(f"{s}.{a}", f"{t}.{b}") for a, b in zip(parts_s, parts_t, strict=True)]
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor | None) -> torch.Tensor:
         if not self.taps:

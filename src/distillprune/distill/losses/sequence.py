@@ -38,17 +38,15 @@ def encoder_pairs(student: nn.Module, teacher: nn.Module, which: str) -> list[tu
     """(student layer path, teacher layer path) of two Hugging Face encoders: ``all`` maps every student
     layer to the teacher layer it was pruned from (``dp_origin``) or else uniformly (TinyBERT's mapping
     for students with fewer layers); ``last`` pairs the last layers."""
-    from distillprune.transformers.surgery import layers, layers_path  # lazy: the transformers family
-
-    try:
-        sp, tp = layers_path(student), layers_path(teacher)
-    except (ValueError, DistillpruneError, AttributeError):
+    try:  # an encoder names its layers (transformers.TextEncoder): the distill family imports no other
+        (sp, s_layers), (tp, t_layers) = student.encoder_layers(), teacher.encoder_layers()  # type: ignore[operator]
+    except (ValueError, DistillpruneError, AttributeError, TypeError):
         raise DistillpruneError("layers: auto needs two Hugging Face encoders (model.source: hf)") from None
-    ns, nt = len(layers(student)), len(layers(teacher))
+    ns, nt = len(s_layers), len(t_layers)
     if which == "last":
         return [(f"{sp}.{ns - 1}", f"{tp}.{nt - 1}")]
     out = []
-    for i, layer in enumerate(layers(student)):
+    for i, layer in enumerate(s_layers):
         origin: Any = getattr(layer, "dp_origin", None)
         j = origin if origin is not None and ns < nt and origin < nt else round((i + 1) * nt / ns) - 1
         out.append((f"{sp}.{i}", f"{tp}.{j}"))

@@ -22,13 +22,15 @@ from distillprune.train.trainer import evaluate
 
 class DistillStage(StageConfig, TrainingOptions):
     """Distillation into the current model or a new `student`: losses `kd` (optionally with logit
-    standardisation), `fitnet` (automatic adapters), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, as
+    standardisation), `fitnet` (automatic adapters), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, and for
+    encoders `hidden` (TinyBERT), `minilm` (self-attention relations), `embedding` (sentence embeddings), as
     weighted sums whose weights and temperatures can follow linear/cosine ramps; modes: `teachers: [...]`
     (weighted multi-teacher), `mode: mutual` (online, both nets train), `generations: N` (born-again),
     `cache: true` (teacher outputs computed once), label-free (`data.labels: false`)."""
 
     example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
+    keeps_layers: ClassVar[bool] = True
     type: Literal["distill"]
     epochs: int = Field(..., ge=1)
     generations: int = Field(

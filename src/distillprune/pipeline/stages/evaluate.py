@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from distillprune.pipeline.state import RunState
 from distillprune.recipes.registry import StageOutcome, register_stage
@@ -12,6 +12,8 @@ from distillprune.recipes.schema import StageConfig
 class EvaluateStage(StageConfig):
     """Measure only (accuracy, params, MACs, file size, latency)."""
 
+    keeps_layers: ClassVar[bool] = True
+    measures_input: ClassVar[bool] = True
     type: Literal["evaluate"]
 
     def changes_model(self) -> bool:

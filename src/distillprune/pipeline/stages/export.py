@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,7 @@ class ExportStage(StageConfig):
     against torch (max abs diff in the report); a Hugging Face encoder is also saved with `save_pretrained`
     (`hf/`, with the tokenizer)."""
 
+    keeps_layers: ClassVar[bool] = True
     type: Literal["export"]
     filename: str = Field("model.onnx", description="file name inside the run folder")
     max_abs_diff: float = Field(1e-3, gt=0, description="parity tolerance on the logits")

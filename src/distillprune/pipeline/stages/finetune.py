@@ -19,6 +19,7 @@ class FinetuneStage(StageConfig, TrainingOptions):
 
     example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
+    keeps_layers: ClassVar[bool] = True
     type: Literal["finetune"]
     epochs: int = Field(..., ge=1)
     distill: DistillConfig | None = Field(default_factory=DistillConfig)

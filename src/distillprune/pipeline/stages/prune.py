@@ -1,13 +1,22 @@
-"""``prune``: prune while distilling (``prune.PruneSession``), with the pipeline's checkpointing trainer."""
+"""``prune``: prune a CNN while distilling (``prune.PruneSession``), with the pipeline's checkpointing trainer;
+``run_session`` is every family's prune stage runner."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+import torch
+from torch import nn
+
+from distillprune.data.base import DataBundle
+from distillprune.errors import DistillpruneError, RecipeError
 from distillprune.pipeline.state import RunState
-from distillprune.prune.api import refuse_named_width
+from distillprune.prune.cnn import nothing_removed
 from distillprune.prune.config import PruneConfig
+from distillprune.prune.depth import removable_blocks
 from distillprune.prune.session import PruneSession
+from distillprune.prune.structured import prune_step, width_pruner
 from distillprune.recipes.registry import StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
 
@@ -23,16 +32,48 @@ class PruneStage(StageConfig, PruneConfig):
 
     type: Literal["prune"]
 
+    def dry_run(self, model: Callable[[], nn.Module | None], data: DataBundle, where: str, name: str) -> None:
+        """Without a target, the cut this stage asks for on the model it meets: more blocks than it can lose,
+        or a width request that removes no channel, is a recipe error before anything trains."""
+        if self.target is not None:
+            return
+        net = model()
+        if net is None:
+            return
+        if self.depth is not None and self.depth.blocks > len(removable_blocks(net)):
+            blocks = removable_blocks(net)
+            raise RecipeError(
+                f"{where}.depth.blocks: {self.depth.blocks} blocks to remove but model "
+                f"'{name}' has {len(blocks)} removable residual blocks "
+                f"({', '.join(blocks) or 'none'})"
+            )
+        width = self.width
+        if width is not None and width.ratio is not None:
+            cfg = width.model_copy(update={"importance": "l1"})  # the count does not depend on the scores
+            try:
+                pruner = width_pruner(net, torch.zeros(1, *data.input_shape), cfg, data.num_classes, self.steps)
+                removed = any(entry[2] for _ in range(self.steps) for entry in prune_step(pruner))
+            except DistillpruneError as e:  # e.g. a width.layers pattern that names no layer
+                raise RecipeError(f"{where} ({self.type}): {e}") from None
+            if not removed:
+                raise RecipeError(f"{where}.width: {nothing_removed(width)} (checked on model '{name}')")
+
 
 @register_stage(PruneStage)
 def run_prune(st: PruneStage, state: RunState, index: int) -> StageOutcome:
-    refuse_named_width(state.model, st)
-    teacher = state.resolve_teacher(st.distill) if st.distill else None  # None: the unpruned self
+    return run_session(st, state, index)
+
+
+def run_session(st: StageConfig, state: RunState, index: int) -> StageOutcome:
+    """Any family's prune stage: the session with the run's teacher, peer and checkpointing trainer (the
+    stage's config type picks the structure)."""
+    cfg: Any = st
+    teacher = state.resolve_teacher(cfg.distill) if cfg.distill else None  # None: the unpruned self
 
     def trainer(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
-        return state.fit(st, epochs, objective, index, "prune", sub=tag, on_step=on_step)
+        return state.fit(cfg, epochs, objective, index, cfg.type, sub=tag, on_step=on_step)
 
-    peer = state.peer(st.distill) if st.distill else None
+    peer = state.peer(cfg.distill) if cfg.distill else None
     session = PruneSession(
         state.model,
         st,

@@ -1,15 +1,15 @@
 """``prune_transformer``: prune an encoder's heads, FFN neurons and layers while distilling
-(``transformers.TransformerPruneSession``), with the pipeline's checkpointing trainer."""
+(``prune.PruneSession`` with the encoder's structure), with the pipeline's checkpointing trainer."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from distillprune.pipeline.stages.prune import run_session
 from distillprune.pipeline.state import RunState
 from distillprune.recipes.registry import StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
 from distillprune.transformers.config import TransformerPruneConfig
-from distillprune.transformers.session import TransformerPruneSession
 
 
 class PruneTransformerStage(StageConfig, TransformerPruneConfig):
@@ -31,21 +31,4 @@ class PruneTransformerStage(StageConfig, TransformerPruneConfig):
 
 @register_stage(PruneTransformerStage)
 def run_prune_transformer(st: PruneTransformerStage, state: RunState, index: int) -> StageOutcome:
-    teacher = state.resolve_teacher(st.distill) if st.distill else None
-
-    def trainer(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
-        return state.fit(st, epochs, objective, index, "prune_transformer", sub=tag, on_step=on_step)
-
-    session = TransformerPruneSession(
-        state.model,
-        st,
-        data=state.data,
-        teacher=teacher,
-        history=state.spec.history,
-        trainer=trainer,
-        latency=state.recipe.measure,
-        device=state.device,
-        batch_size=state.recipe.data.batch_size,
-        seed=state.recipe.seed,
-    )
-    return StageOutcome(session.run())
+    return run_session(st, state, index)

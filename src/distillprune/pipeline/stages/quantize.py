@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
+from distillprune.core.batch import is_embedder
 from distillprune.core.io import atomic_write
 from distillprune.core.reporting import Deployed
 from distillprune.export.onnx import onnx_accuracy, run_onnx
@@ -43,6 +44,9 @@ class QuantizeStage(StageConfig, QuantConfig):
             raise ValueError(f"qat options given but method is {self.method!r}; set method: qat or drop qat")
         return self
 
+    def output_file(self) -> str | None:
+        return self.filename if self.filename is not None else default_filename(self.method)
+
     def changes_model(self) -> bool:
         return self.method == "qat"  # QAT trains (on every rank under torchrun); PTQ only reads the model
 
@@ -74,7 +78,7 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
         measure_cpu = state.recipe.measure.enabled and cfg.method not in HALF and ddp.is_rank0()
         timing = state.timer.time(out.read_bytes(), f"{index}:quantize") if measure_cpu and state.timer else None
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
-        embedder = getattr(state.model, "output_kind", "logits") == "embedding"
+        embedder = is_embedder(state.model)
         labels = None if embedder else state.data.labels("test")
         acc = onnx_accuracy(out, state.data.inputs("test"), labels) if on_ort else res.accuracy
         metrics = embedding_metrics(state, run_onnx(out, state.data.inputs("test"))) if embedder and on_ort else None

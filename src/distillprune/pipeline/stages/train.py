@@ -19,6 +19,8 @@ class TrainStage(StageConfig, TrainingOptions):
 
     example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
+    keeps_layers: ClassVar[bool] = True
+    measures_input: ClassVar[bool] = True
     type: Literal["train"]
     epochs: int = Field(..., ge=1)
 

@@ -1,0 +1,281 @@
+"""The CNN family's structure: residual blocks, channel groups (Torch-Pruning's dependency graph) and
+unstructured magnitude masks, cut for :class:`~distillprune.prune.session.PruneSession`.
+
+* ``plan``: with a target, the planner (``prune.planner``) searches how many blocks to remove and how wide
+  each channel group stays.
+* ``cut(k)``: on the first step remove the residual blocks whose removal raises the KD loss least (or the
+  planned ones); then remove a share of channels (Taylor importance from the KD loss's gradients), or,
+  planned, move every group a share of the way to its planned width.
+* ``settle(k)``: re-estimate BatchNorm statistics, raise the unstructured sparsity.
+* ``finish``: make masks permanent; a :class:`PruneReport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from distillprune.core.batch import Batch, NamedInputs, call, has_named_inputs
+from distillprune.core.history import HistoryOp
+from distillprune.core.reporting import Details, details_type
+from distillprune.data.base import normalize, standard_layout
+from distillprune.distill.losses.kd import soft_kl
+from distillprune.errors import DistillpruneError
+from distillprune.prune.blocks import choose_blocks, remove_blocks
+from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
+from distillprune.prune.groups import apply_widths
+from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
+from distillprune.prune.importance import NEEDS_GRADIENTS
+from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrate_bn
+from distillprune.prune.structure import Session, Structure, structure_for_config
+from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
+from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
+from distillprune.train.config import TrainSummary
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
+
+    from distillprune.data.base import DataBundle
+
+
+@details_type
+@dataclass
+class PruneReport(Details):
+    """What a prune run did."""
+
+    kind = "prune"
+    steps: int
+    removed_blocks: list[str] = field(default_factory=list)
+    channels_removed: dict[str, int] = field(default_factory=dict)  # output channels removed per layer
+    plan: Plan | None = None
+    sparsity: float | None = None
+    training: TrainSummary | None = None
+    log: list[str] = field(default_factory=list)  # what the planner decided, step by step
+    skipped: list[dict[str, str]] = field(default_factory=list)  # width: layer groups left alone, and why
+
+    def __post_init__(self) -> None:
+        self.history: list[HistoryOp] = []  # the ops this run added (not part of the JSON report)
+
+
+@structure_for_config(PruneConfig)
+class CnnStructure(Structure):
+    """Blocks, channels and masks of a CNN (tensor inputs)."""
+
+    plan_type = Plan
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        cfg: PruneConfig = session.cfg
+        self.cfg = cfg
+        self.width: WidthConfig | None = cfg.width
+        self.depth: DepthConfig | None = cfg.depth
+        self.plan_: Plan | None = None
+        self._report = PruneReport(cfg.steps)
+        self._pruner: tp.pruner.BasePruner | None = None
+        self._masks: MagnitudeMasks | None = None
+
+    @classmethod
+    def check(cls, model: nn.Module, cfg: BaseModel, data: DataBundle | None) -> None:
+        assert isinstance(cfg, PruneConfig)  # this structure is registered for PruneConfig (and its subclasses)
+        refuse_named_width(model, cfg)
+        if cfg.width is not None and cfg.width.importance in NEEDS_GRADIENTS and data is None:
+            raise DistillpruneError(f"importance '{cfg.width.importance}' needs gradients: pass data=...")
+
+    @property
+    def report(self) -> PruneReport:
+        return self._report
+
+    # -- the protocol --------------------------------------------------------------------------------------
+    def plan(self) -> Plan | None:
+        s, target = self.session, self.cfg.target
+        if target is None:
+            return None
+        assert self.cfg.width is not None and s.teacher is not None
+        return plan_target(
+            s.model,
+            s.teacher,
+            target,
+            self.cfg.width,
+            self.plan_inputs(),
+            s.num_classes,
+            s.latency,
+            taylor_loss(s.teacher),
+            self.log,
+        )
+
+    def use_plan(self, plan: Plan | None) -> None:
+        self.plan_ = plan
+        self._report.plan = plan
+
+    def cut(self, k: int) -> None:
+        if self.plan_ is not None:
+            self._planned_step(k)
+            return
+        if k == 0 and self.depth:
+            self._remove_blocks(self.depth)
+        if self.width:
+            self._width_step()
+            if k == self.cfg.steps - 1 and not any(self._report.channels_removed.values()):
+                raise DistillpruneError(nothing_removed(self.width))
+
+    def settle(self, k: int) -> None:
+        cfg, s = self.cfg, self.session
+        recal = cfg.bn_recalibration
+        if self.plan_ is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
+            recal = max(1, -(-cfg.target.calib_samples // s.batch_size))
+        if recal and (self.plan_ is not None or self.width or (k == 0 and self.depth)):
+            recalibrate_bn(s.model, [x for x, _ in self._calibration(recal)])  # same seeded batches on every rank
+        if cfg.unstructured:  # magnitude masks: the weights, hence the masks, are the same on every rank
+            self._sparsity_step(k)
+
+    def on_train_step(self) -> Callable[[nn.Module], None] | None:
+        return self._masks.apply if self._masks else None
+
+    def finish(self) -> PruneReport:
+        if self._masks is not None:
+            self._masks.apply()
+            self._report.sparsity = round(self._masks.sparsity(), 4)
+            self.session.record(SparsityOp(self._report.sparsity))
+        return self._report
+
+    # -- pieces ----------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        self._report.log.append(message)
+
+    def _calibration(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return [(tensor_inputs(x), y) for x, y in self.session.calibration(n)]
+
+    def plan_inputs(self) -> PlanInputs:
+        """Calibration batches and a disjoint validation split, both from the training data (never the test
+        set); without data, the example inputs serve as both."""
+        s = self.session
+        assert self.cfg.target is not None
+        if s.data is None:
+            assert s.example is not None
+            ex = s.example.to(s.device)
+            return PlanInputs([(ex, None)], [(ex, None)], ex[:1])
+        t, split = self.cfg.target, s.data.train
+        perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(s.seed + 11))
+        n_val = min(t.val_samples, len(split) // 4)
+        val, cal = perm[:n_val], perm[n_val : n_val + t.calib_samples]
+        return PlanInputs(
+            self._batches(cal),
+            self._batches(val),
+            normalize(tensor_inputs(split.x[:1]), s.data.mean, s.data.std).to(s.device),
+        )
+
+    def _batches(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        s = self.session
+        assert s.data is not None
+        d, out = s.data, []
+        for i in range(0, len(idx), s.batch_size):
+            j = idx[i : i + s.batch_size].to(d.train.x.device)
+            x = standard_layout(normalize(tensor_inputs(d.train.x[j]), d.mean, d.std)).to(s.device)
+            out.append((x, None if d.train.y is None else d.train.y[j].to(s.device)))
+        return out
+
+    def _planned_step(self, k: int) -> None:
+        """Step ``k`` of a planned prune: the planned blocks first, then every group a share of the way to
+        its planned width (all of it on the last step)."""
+        s, plan, width = self.session, self.plan_, self.cfg.width
+        assert plan is not None and width is not None and s.teacher is not None
+        if k == 0 and plan.blocks:
+            remove_blocks(s.model, plan.blocks)
+            for p in plan.blocks:
+                s.record(RemoveBlockOp(p))
+            self._report.removed_blocks += plan.blocks
+        frac, step = (k + 1) / self.cfg.steps, width.round_to or 1
+        keep = {}
+        for root, (kept, size) in plan.widths.items():
+            want = size - (size - kept) * frac
+            keep[root] = kept if k + 1 == self.cfg.steps else max(kept, int(round(want / step)) * step)
+        if width.importance in NEEDS_GRADIENTS:
+            accumulate_gradients(s.model, self._calibration(width.taylor_batches), taylor_loss(s.teacher))
+        example = torch.zeros(1, *s.input_shape, device=s.device)
+        op = apply_widths(s.model, example, width, s.num_classes, keep)
+        s.model.zero_grad(set_to_none=True)
+        if op is not None:
+            self._count(op)
+
+    def _count(self, op: ChannelsOp) -> None:
+        self.session.record(op)
+        for name, n in op.removed().items():
+            self._report.channels_removed[name] = self._report.channels_removed.get(name, 0) + n
+
+    def _remove_blocks(self, depth: DepthConfig) -> None:
+        s = self.session
+        assert s.teacher is not None
+        batches = [x for x, _ in self._calibration(depth.calib_batches)]
+        chosen = choose_blocks(s.model, s.teacher, batches, depth.blocks)
+        for p in chosen:
+            s.record(RemoveBlockOp(p))
+        self._report.removed_blocks += chosen
+
+    def _width_step(self) -> None:
+        s = self.session
+        assert self.width is not None and s.teacher is not None
+        if self._pruner is None:
+            example = torch.zeros(1, *s.input_shape, device=s.device)
+            self._pruner = width_pruner(s.model, example, self.width, s.num_classes, self.cfg.steps)
+        if self.width.importance in NEEDS_GRADIENTS:
+            accumulate_gradients(s.model, self._calibration(self.width.taylor_batches), taylor_loss(s.teacher))
+        op = ChannelsOp(prune_step(self._pruner))
+        self._report.skipped = [g.to_dict() for g in self._pruner.skipped]
+        self._count(op)
+        s.model.zero_grad(set_to_none=True)
+
+    def _sparsity_step(self, k: int) -> None:
+        u, s = self.cfg.unstructured, self.session
+        assert u is not None
+        if self._masks is None:
+            self._masks = MagnitudeMasks(s.model, u.scope, classifier_layers(s.model, s.num_classes), u.layers)
+        self._masks.update(u.sparsity if u.schedule == "oneshot" else cubic_sparsity(k + 1, self.cfg.steps, u.sparsity))
+
+
+def nothing_removed(width: WidthConfig) -> str:
+    """Why a width-pruning request that removed no channel is an error, and what to change."""
+    return (
+        f"width pruning with ratio {width.ratio} and round_to {width.round_to} removes no channel: every "
+        "prunable layer keeps all its channels after rounding (or width.layers selects no prunable layer); "
+        "raise width.ratio or lower width.round_to"
+    )
+
+
+def refuse_named_width(model: nn.Module, cfg: PruneConfig) -> None:
+    """Channel (width) and residual-block (depth) pruning do not fit encoders with named inputs: their Q/K/V
+    would lose columns while the head count stays, and their layers are no residual blocks."""
+    if has_named_inputs(model) and (cfg.width is not None or cfg.depth is not None):
+        raise DistillpruneError(
+            "width/depth pruning does not fit a transformer with named inputs: prune its "
+            "heads / ffn / layers instead (a prune_transformer stage, or prune_(model, "
+            "{'heads': {'ratio': ...}, 'ffn': {'ratio': ...}, 'layers': {'drop': ...}}, data=...))"
+        )
+
+
+def tensor_inputs(x: Batch) -> torch.Tensor:
+    """``x`` as the one tensor that width/depth pruning and the planner feed a model (``refuse_named_width``
+    turns models with named inputs away before a session starts)."""
+    if isinstance(x, NamedInputs):
+        raise DistillpruneError(
+            "width/depth pruning and target plans take tensor inputs, got named inputs "
+            f"({', '.join(x.names())}): prune a transformer's heads / ffn / layers instead"
+        )
+    return x
+
+
+def taylor_loss(teacher: nn.Module) -> Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """The loss whose gradients score channels for Taylor importance: KL to the teacher (+ CE with labels)."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            t = call(teacher, x)
+        s = call(model, x)
+        kd = soft_kl(s, t, 1.0)
+        return kd if y is None else kd + torch.nn.functional.cross_entropy(s, y)
+
+    return loss
