@@ -273,8 +273,10 @@ class PruneSession:
         if self.cfg.width.importance in NEEDS_GRADIENTS:
             accumulate_gradients(self.model, self.calibration(self.cfg.width.taylor_batches), taylor_loss(self.teacher))
         example = torch.zeros(1, *self.input_shape, device=self.device)
-        op = apply_widths(self.model, example, self.cfg.width, self.num_classes, keep)
+        cut = apply_widths(self.model, example, self.cfg.width, self.num_classes, keep)
         self.model.zero_grad(set_to_none=True)
+        self.report.skipped = [s.to_dict() for s in cut.skipped]
+        op = cut.op
         if op is not None:
             self._record(op)
             for name, n in op.removed().items():
