@@ -41,6 +41,14 @@ class CutResult:
     seconds: float = 0.0
 
 
+class StepFailed(Exception):
+    """A step the cutter rolled back whole: why, and the group that failed when known."""
+
+    def __init__(self, error: str, group: tp.Group | None = None):
+        super().__init__(error)
+        self.error, self.group = error, group
+
+
 def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
@@ -94,15 +102,54 @@ Snapshot = list[tuple[nn.Module, dict, dict, dict, dict]]
 def snapshot(modules: Iterable[nn.Module]) -> Snapshot:
     # Torch-Pruning replaces parameters and buffers by new, smaller tensors and rewrites attributes
     # (in_channels, a concat's offsets...): each module's attribute dicts (shallow copies) undo a cut, and the
-    # modules stay the same objects, so the dependency graph stays valid after a rollback
-    return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
+    # modules stay the same objects, so the dependency graph stays valid after a rollback. Lists are copied:
+    # Torch-Pruning edits a concat's ``concat_sizes`` in place
+    return [
+        (m, {k: list(v) if isinstance(v, list) else v for k, v in m.__dict__.items()}, dict(m._parameters),
+         dict(m._buffers), dict(m._modules))
+        for m in modules
+    ]
 
 
 def restore(snap: Snapshot) -> None:
     for m, attrs, params, buffers, modules in snap:
         m.__dict__.clear()
-        m.__dict__.update(attrs)
+        m.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in attrs.items()})  # (a later cut
+        # edits them in place again: the snapshot keeps its own copy)
         m.__dict__.update(_parameters=dict(params), _buffers=dict(buffers), _modules=dict(modules))
+
+
+@dataclass
+class _State:
+    """Everything a cut changes: the modules' attributes, and the dependency graph's history and its maps from
+    parameters to nodes and names (a bare parameter is replaced by a new, smaller one)."""
+
+    modules: Snapshot
+    history: int
+    nodes: dict
+    param_names: dict
+    node_modules: list[tuple[object, object]]
+
+    @classmethod
+    def of(cls, modules: list[nn.Module], dg: tp.DependencyGraph) -> _State:
+        nodes = dict(dg.module2node)
+        return cls(
+            snapshot(modules),
+            len(dg._pruning_history),
+            nodes,
+            dict(dg._param_to_name),
+            [(n, n.module) for n in nodes.values()],
+        )
+
+    def restore(self, dg: tp.DependencyGraph) -> None:
+        restore(self.modules)
+        del dg._pruning_history[self.history :]
+        dg.module2node.clear()
+        dg.module2node.update(self.nodes)
+        dg._param_to_name.clear()
+        dg._param_to_name.update(self.param_names)
+        for node, module in self.node_modules:
+            node.module = module
 
 
 class Cutter:
@@ -178,7 +225,8 @@ class Cutter:
         if not self.dg.check_pruning_group(group):
             self._skip(group, "the cut would empty one of its layers")
             return None
-        snap, mark = snapshot(self._modules()), len(self.dg._pruning_history)
+        state = _State.of(self._modules(), self.dg)
+        mark = state.history
         try:
             group.prune()
             fault = self._fault()
@@ -186,23 +234,32 @@ class Cutter:
             fault = f"Torch-Pruning failed on it ({_error(e)})"
         if fault is None:
             return [list(h) for h in self.dg._pruning_history[mark:]]
-        restore(snap)
-        del self.dg._pruning_history[mark:]
+        state.restore(self.dg)
         self._skip(group, self._reason(group, f"cutting {describe(group, self.names)}: {fault}"))
         return None
 
-    def cut(self, items: Iterable[Item]) -> CutResult:
-        """Cut every item in turn (each kept or rolled back), then check the whole step once through ONNX."""
+    def cut(self, items: Iterable[Item], max_skips: int | None = None) -> CutResult:
+        """Cut every item in turn (each kept or rolled back), then check the whole step once through ONNX.
+
+        All or nothing around that: when iterating ``items`` raises (Torch-Pruning's pruner scores every group
+        before it yields one), or more than ``max_skips`` groups fail, the whole step is rolled back and
+        :class:`StepFailed` raised."""
         t0 = time.perf_counter()
-        before = snapshot(self._modules()), len(self.dg._pruning_history)
+        before = _State.of(self._modules(), self.dg)
         kept: list[tuple[tp.Group, list[list]]] = []
-        for item in items:
-            if isinstance(item, SkippedGroup):
-                self.result.skipped.append(item)
-                continue
-            entries = self.try_group(item)
-            if entries:
-                kept.append((item, entries))
+        try:
+            for item in items:
+                if isinstance(item, SkippedGroup):
+                    self.result.skipped.append(item)
+                    continue
+                entries = self.try_group(item)
+                if entries:
+                    kept.append((item, entries))
+                elif max_skips is not None and len(self.result.skipped) > max_skips:
+                    raise StepFailed(self.result.skipped[-1].reason, item)
+        except Exception as e:
+            self._replay([], before)
+            raise e if isinstance(e, StepFailed) else StepFailed(_error(e)) from e
         if kept and self.onnx and self.example is not None:
             kept = self._onnx_checked(kept, before)
         self.result.entries = [e for _, entries in kept for e in entries]
@@ -224,10 +281,9 @@ class Cutter:
             return f"its ONNX output changed shape ({self.out_shape} -> {tuple(out.shape)})"
         return None
 
-    def _replay(self, kept: list[tuple[tp.Group, list[list]]], before: tuple[Snapshot, int]) -> None:
-        """Back to the model before the step, then the cuts of ``kept`` again (their recorded indices)."""
-        restore(before[0])
-        del self.dg._pruning_history[before[1] :]
+    def _replay(self, kept: list[tuple[tp.Group, list[list]]], before: _State) -> None:
+        """Back to the model before the step, then the cuts of ``kept`` again (their recorded root indices)."""
+        before.restore(self.dg)
         for _, entries in kept:
             for name, out, idxs in entries:
                 module = self.model.get_submodule(name)
@@ -236,7 +292,7 @@ class Cutter:
                 self.dg.get_pruning_group(module, fn, idxs).prune()
 
     def _onnx_checked(
-        self, kept: list[tuple[tp.Group, list[list]]], before: tuple[Snapshot, int]
+        self, kept: list[tuple[tp.Group, list[list]]], before: _State
     ) -> list[tuple[tp.Group, list[list]]]:
         """``kept`` less the groups whose cut breaks the ONNX graph, found by bisection on prefixes."""
         while kept:

@@ -97,23 +97,6 @@ def prunable_groups(pruner: tp.pruner.BasePruner, ignored: list[nn.Module] | Non
     )
 
 
-Snapshot = list[tuple[nn.Module, dict, dict, dict, dict]]
-
-
-def _snapshot(model: nn.Module) -> Snapshot:
-    # Torch-Pruning replaces parameters and buffers by new, smaller tensors and rewrites attributes
-    # (in_channels...): keeping each module's attribute dicts (shallow copies) is enough to undo a step, and
-    # the modules stay the same objects, so the pruner's dependency graph stays valid for a retry
-    return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
-
-
-def _restore(snapshot: Snapshot) -> None:
-    for m, attrs, params, buffers, modules in snapshot:
-        m.__dict__.clear()
-        m.__dict__.update(attrs)
-        m.__dict__.update(_parameters=dict(params), _buffers=dict(buffers), _modules=dict(modules))
-
-
 def _find_culprit(pruner: tp.pruner.BasePruner) -> tp.Group | None:
     """The group whose scoring fails (Torch-Pruning scores every group before cutting any)."""
     for group in prunable_groups(pruner):
@@ -128,40 +111,25 @@ def _find_culprit(pruner: tp.pruner.BasePruner) -> tp.Group | None:
 def transactional_step(
     pruner: tp.pruner.BasePruner, model: nn.Module, example: torch.Tensor | None, retries: int = 8
 ) -> None:
-    """``pruner.step()`` group by group, all or nothing. When Torch-Pruning fails on a group (or the model no
-    longer runs after it), the model is restored, that group is skipped (``pruner.skipped``, with the error)
-    and the step is retried; when the failing group cannot be found, or after ``retries`` skips, the model is
-    restored and one line names the group, the pattern and the fix.
+    """``pruner.step()`` through the one channel cutter (:class:`prune.cut.Cutter`): each group is cut and
+    checked, or rolled back and skipped (``pruner.skipped``, with the reason, and ignored from then on).
+    When Torch-Pruning fails while scoring the step, the step is undone, the failing group skipped and the
+    step retried; after ``retries`` skips, or when the failing group cannot be found, the model is restored
+    and one line names the group, the pattern and the fix."""
+    from distillprune.prune.cut import Cutter, StepFailed
 
-    The model runs once after the step; only when that fails is the step redone with a run after every group,
-    to find the group that broke it (a run per group would cost more than the cut itself)."""
     names = names_of(model)
-    was = model.training
-    checked, skips = False, 0
+    skips = 0
     while True:
-        snapshot, history, step = _snapshot(model), len(pruner.DG._pruning_history), pruner.current_step
-        cutting = None
+        step = pruner.current_step
+        cutter = Cutter(model, pruner.DG, example)
         try:
-            for group in pruner.step(interactive=True):
-                cutting = group
-                group.prune()
-                if checked:
-                    _run(model, example, was)
-                cutting = None
-            _run(model, example, was)
-            return
-        except Exception as e:  # noqa: BLE001 - Torch-Pruning and the model's forward raise anything
-            _restore(snapshot)
-            model.train(was)
-            del pruner.DG._pruning_history[history:]
+            result = cutter.cut(pruner.step(interactive=True), max_skips=retries - skips)
+        except StepFailed as e:
             pruner.current_step = step
-            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            culprit = cutting if cutting is not None else _find_culprit(pruner)
-            if culprit is None and not checked and example is not None:
-                checked = True  # the model broke somewhere in the step: redo it group by group to find where
-                continue
-            if culprit is None or skips == retries:
-                _fail(culprit, names, error)
+            culprit = e.group or _find_culprit(pruner)
+            if culprit is None or skips >= retries:
+                _fail(culprit, names, e.error)
             assert culprit is not None
             skips += 1
             pattern = unsupported(culprit, names)
@@ -170,18 +138,16 @@ def transactional_step(
             pruner.skipped.append(
                 SkippedGroup(
                     names.get(root, "?"),
-                    (pattern + "; " if pattern else "") + f"Torch-Pruning failed on it ({error}), so it was left whole",
+                    (pattern + "; " if pattern else "") + f"Torch-Pruning failed on it ({e.error}), so it was left whole",
                 )
             )
-
-
-def _run(model: nn.Module, example: torch.Tensor | None, was: bool) -> None:
-    if example is None:
+            continue
+        by_name = {n: m for m, n in names.items()}
+        for s in result.skipped:  # left whole in the later steps too
+            if s.layer in by_name:
+                pruner.ignored_layers.append(by_name[s.layer])
+        pruner.skipped.extend(result.skipped)
         return
-    model.eval()
-    with torch.no_grad():
-        model(example)
-    model.train(was)
 
 
 def _fail(group: tp.Group | None, names: dict[nn.Module, str], error: str) -> None:
