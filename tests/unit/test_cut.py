@@ -99,3 +99,21 @@ def test_an_onnx_failure_is_bisected_to_its_group(monkeypatch, bad):
     n = len(keep)
     assert cut.result.exports <= 2 + (n - 1).bit_length()  # one check, the bisection, one check after
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
+
+
+def test_grouped_convs_keep_their_groups_and_lose_the_same_positions_in_each():
+    model = _model("resnext")
+    _, groups = channel_groups(model, torch.zeros(1, *SHAPE), WIDTH, 10)
+    grouped = {g.root: g for g in groups if g.blocks == 4}
+    assert set(grouped) >= {"layer.0.body.0.0", "layer.0.body.1.0"}  # the grouped conv's inputs and outputs
+    assert all(g.step % 4 == 0 and g.min_keep % 4 == 0 for g in grouped.values())
+    keep = {g.root: g.size - 2 * g.step for g in groups}
+    cut = apply_widths(model, torch.zeros(1, *SHAPE), WIDTH, 10, keep)
+    assert cut.skipped == [] and cut.op is not None
+    conv = model.layer[0].body[1][0]
+    assert conv.groups == 4 and conv.in_channels == keep["layer.0.body.0.0"] == 32 - 8
+    assert conv.out_channels == keep["layer.0.body.1.0"] and conv.weight.shape[1] == conv.in_channels // 4
+    idxs = next(e[2] for e in cut.op.entries if e[0] == "layer.0.body.0.0")
+    positions = {i % 8 for i in idxs}  # 32 channels = 4 blocks of 8: the same positions cut in every block
+    assert len(idxs) == 8 and len(positions) == 2 and set(idxs) == {b * 8 + p for b in range(4) for p in positions}
+    assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)

@@ -1,8 +1,7 @@
 """The six architectures of the latency-target generality matrix, tiny and written from scratch as a user
 would: MobileNetV2-like (depthwise, inverted residuals), ConvNeXt-like (depthwise 7x7, LayerNorm through
 permutes, layer scale), a tiny ViT (its own attention with reshape/transpose, a class token), raw
-``nn.Parameter`` weights in ``F.conv2d`` beside one conv called twice, SE-ResNet, DenseNet-style concat.
-Each maps 3x16x16 to 10 classes and builds in milliseconds."""
+``nn.Parameter`` weights in ``F.conv2d`` beside one conv called twice, SE-ResNet, DenseNet-style concat; and a ResNeXt-like net (grouped convs). Each maps 3x16x16 to 10 classes and builds in milliseconds."""
 
 from __future__ import annotations
 
@@ -167,6 +166,33 @@ class DenseNetLike(nn.Module):
         return self.fc(self.block2(self.trans(self.block1(self.stem(x)))).mean((2, 3)))
 
 
+class GroupedBlock(nn.Module):
+    """ResNeXt / RegNet's bottleneck: 1x1, a grouped 3x3 (4 groups), 1x1, identity shortcut."""
+
+    def __init__(self, channels: int, width: int, groups: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(
+            cbr(channels, width, 1),
+            cbr(width, width, 3, groups=groups),
+            nn.Conv2d(width, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class ResNeXtLike(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = cbr(3, 16)
+        self.layer = nn.Sequential(GroupedBlock(16, 32), GroupedBlock(16, 32))
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layer(self.stem(x)).mean((2, 3)))
+
+
 ARCHS = {
     "mobilenet_v2": MobileNetLike,
     "convnext": ConvNeXtLike,
@@ -174,4 +200,5 @@ ARCHS = {
     "raw_shared": RawShared,
     "se_resnet": SEResNet,
     "densenet": DenseNetLike,
+    "resnext": ResNeXtLike,  # grouped convs (beyond the six of the issue)
 }

@@ -34,6 +34,7 @@ LEFT_WHOLE = {
     "raw_shared": {"mid.0": "raw parameter `raw_w` (32, 16, 3, 3)"},
     "se_resnet": {},
     "densenet": {},
+    "resnext": {},
 }
 #: the MACs ratio each reaches at most (measured, default width.max_ratio, depth 0 or half the blocks): above it
 #: the target is refused in one line naming this best plan

@@ -39,6 +39,7 @@ class Group:
     inputs: list[str] = field(default_factory=list)  # Conv/Linear whose in channels shrink with the group
     order: list[int] = field(default_factory=list)  # channel indices, least important first (configured criterion)
     cost: list[float] = field(default_factory=list)  # first-order KD-loss increase of removing each channel (Taylor)
+    blocks: int = 1  # the groups of a grouped conv in it: channels go a whole position of every block at a time
 
 
 def _names(dg: tp.DependencyGraph) -> dict[nn.Module, str]:
@@ -50,14 +51,29 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGr
         return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
 
 
-def _grouped(group: tp.Group) -> str | None:
-    """Why a grouped (not depthwise) conv in ``group`` is left whole, or None: its channels would have to be
-    cut at the same positions of every channel group, which the planner does not size."""
-    for dep, _ in group:
-        m = dep.target.module
-        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
-            return f"grouped conv (groups={m.groups})"
-    return None
+def conv_blocks(group: tp.Group, size: int) -> int | str:
+    """How many channel blocks ``group`` must be cut in: 1, or the ``groups`` of the grouped (not depthwise)
+    convs it couples -- a grouped conv keeps its groups and loses the same positions in each of them, so its
+    channels split evenly; or why the group cannot be cut that way (a reason)."""
+    found = {
+        m.groups
+        for dep, _ in group
+        if isinstance(m := dep.target.module, nn.Conv2d) and 1 < m.groups and not m.groups == m.in_channels == m.out_channels
+    }
+    if len(found) > 1:
+        return f"grouped convs with different groups ({sorted(found)}) share its channels"
+    blocks = found.pop() if found else 1
+    if size % blocks or size // blocks < 2:
+        return f"its {size} channels do not split into the {blocks} groups of its grouped conv"
+    return blocks
+
+
+def _block_order(imp: torch.Tensor, blocks: int) -> list[int]:
+    """Channel order, least important first, moving whole positions: position p of every block together (its
+    importance summed over the blocks), so any prefix of ``blocks * n`` channels cuts every block alike."""
+    per = imp.numel() // blocks
+    positions = torch.argsort(imp.float().cpu().view(blocks, per).sum(0)).tolist()
+    return [b * per + p for p in positions for b in range(blocks)]
 
 
 def channel_groups(
@@ -77,7 +93,9 @@ def channel_groups(
     out = []
     for g in dg.get_all_groups(ignored_layers=ignored(model, width.layers, num_classes), root_module_types=ROOTS):
         root = g[0].dep.target.module
-        why = _grouped(g) or raw_parameter(g)
+        size = len(g[0].idxs)
+        blocks = conv_blocks(g, size)
+        why = blocks if isinstance(blocks, str) else raw_parameter(g)
         try:
             with torch.no_grad():
                 imp = criterion(g) if why is None else None
@@ -87,14 +105,14 @@ def channel_groups(
             if skipped is not None:
                 skipped.append(SkippedGroup(names.get(root, "?"), why + ", so it was left whole"))
             continue
-        size = len(g[0].idxs)
         if imp is None or size < 2:
             continue
-        step = width.round_to or 1
-        min_keep = max(step, size - int(width.max_ratio * size))
+        assert isinstance(blocks, int)
+        step = -(-(width.round_to or 1) // blocks) * blocks  # a whole number of positions of every block
+        min_keep = max(step, (size - int(width.max_ratio * size)) // blocks * blocks)
         if min_keep >= size:
             continue
-        grp = Group(names[root], size, min_keep, step, order=torch.argsort(imp.float().cpu()).tolist())
+        grp = Group(names[root], size, min_keep, step, blocks=blocks, order=_block_order(imp, blocks))
         for dep, _ in g:
             m = dep.target.module
             if isinstance(m, ROOTS) and m in names:
@@ -166,7 +184,10 @@ def apply_widths(
             for grp in groups:
                 if grp.root not in wanted:
                     continue
-                root, idxs = by_name[grp.root], sorted(grp.order[: grp.size - keep[grp.root]])
+                cut = (grp.size - keep[grp.root]) // grp.blocks * grp.blocks  # a grouped conv keeps its groups
+                if not cut:
+                    continue
+                root, idxs = by_name[grp.root], sorted(grp.order[:cut])
                 try:
                     yield dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs)
                 except Exception as e:  # noqa: BLE001 - the index mapping of a graph Torch-Pruning mishandles

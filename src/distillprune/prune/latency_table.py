@@ -36,8 +36,14 @@ class LayerShape:
     hw: tuple[int, int] = (1, 1)  # input spatial size (conv); (rows per sample, 1) of a linear (tokens, pixels)
 
     def resized(self, cin: int, cout: int) -> LayerShape:
-        """The same layer with other channel counts (a depthwise conv keeps groups == channels)."""
-        groups = cin if self.groups == self.cin == self.cout and self.groups > 1 else self.groups
+        """The same layer with other channel counts. A depthwise conv keeps groups == channels: its inputs and
+        outputs are one channel group (Torch-Pruning cuts them together, while a plan may list the conv on one
+        side only), so it takes the smaller of the two counts for both -- never an ``M not divisible by
+        group`` conv that ONNX Runtime refuses."""
+        if self.groups == self.cin == self.cout and self.groups > 1:
+            cin = cout = groups = min(cin, cout)
+        else:
+            groups = self.groups
         return LayerShape(self.kind, cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups, self.hw)
 
     def macs(self) -> int:
