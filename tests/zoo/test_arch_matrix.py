@@ -9,9 +9,9 @@ a measured latency target."""
 
 from __future__ import annotations
 
+import arch_nets
 import pytest
 import torch
-import arch_nets
 from arch_nets import ARCHS
 
 import distillprune as dp

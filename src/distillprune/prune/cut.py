@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 from distillprune.prune.safety import SkippedGroup, describe, names_of, unsupported
 
 #: what a cutter is fed: a group to cut, or a group that already failed before it could be built (named)
-Item = tp.Group | SkippedGroup
+Item: TypeAlias = tp.Group | SkippedGroup
 
 
 @dataclass
@@ -84,7 +85,11 @@ def layer_fault(model: nn.Module, depthwise: set[nn.Module]) -> str | None:
             if m in depthwise and not m.groups == m.in_channels == m.out_channels:
                 return f"`{name}`: a depthwise conv must keep groups == channels (groups={m.groups})"
             # torch stores a conv's weight (out, in / groups, ...), a transposed conv's (in, out / groups, ...)
-            want = (m.in_channels, m.out_channels // m.groups) if m.transposed else (m.out_channels, m.in_channels // m.groups)
+            want = (
+                (m.in_channels, m.out_channels // m.groups)
+                if m.transposed
+                else (m.out_channels, m.in_channels // m.groups)
+            )
             if tuple(w.shape[:2]) != want or (m.bias is not None and m.bias.numel() != m.out_channels):
                 return f"`{name}`: weight {tuple(w.shape)} does not fit {m.in_channels} -> {m.out_channels}"
         elif isinstance(m, nn.Linear) and tuple(m.weight.shape) != (m.out_features, m.in_features):
@@ -105,8 +110,13 @@ def snapshot(modules: Iterable[nn.Module]) -> Snapshot:
     # modules stay the same objects, so the dependency graph stays valid after a rollback. Lists are copied:
     # Torch-Pruning edits a concat's ``concat_sizes`` in place
     return [
-        (m, {k: list(v) if isinstance(v, list) else v for k, v in m.__dict__.items()}, dict(m._parameters),
-         dict(m._buffers), dict(m._modules))
+        (
+            m,
+            {k: list(v) if isinstance(v, list) else v for k, v in m.__dict__.items()},
+            dict(m._parameters),
+            dict(m._buffers),
+            dict(m._modules),
+        )
         for m in modules
     ]
 
@@ -128,7 +138,7 @@ class _State:
     history: int
     nodes: dict
     param_names: dict
-    node_modules: list[tuple[object, object]]
+    node_modules: list[tuple[Any, Any]]  # (Torch-Pruning's Node, the module or parameter it stands for)
 
     @classmethod
     def of(cls, modules: list[nn.Module], dg: tp.DependencyGraph) -> _State:
@@ -158,7 +168,7 @@ class Cutter:
     def __init__(self, model: nn.Module, dg: tp.DependencyGraph, example: torch.Tensor | None, onnx: bool = True):
         self.model, self.dg, self.example, self.onnx = model, dg, example, onnx
         self.names = names_of(model)
-        self.depthwise = {
+        self.depthwise: set[nn.Module] = {
             m for m in model.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels
         }
         self.calls: dict[nn.Module, int] = {}

@@ -58,7 +58,9 @@ def conv_blocks(group: tp.Group, size: int) -> int | str:
     found = {
         m.groups
         for dep, _ in group
-        if isinstance(m := dep.target.module, nn.Conv2d) and 1 < m.groups and not m.groups == m.in_channels == m.out_channels
+        if isinstance(m := dep.target.module, nn.Conv2d)
+        and 1 < m.groups
+        and not m.groups == m.in_channels == m.out_channels
     }
     if len(found) > 1:
         return f"grouped convs with different groups ({sorted(found)}) share its channels"

@@ -317,7 +317,9 @@ def plan_target(
     return _choose(plan, finals, order, band[0], timed, t0, table)
 
 
-def _priced_groups(base: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, plan: Plan) -> list[Group]:
+def _priced_groups(
+    base: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, plan: Plan
+) -> list[Group]:
     """The groups the plan may cut: scored, priced, and surviving the cutter at their deepest cut (a group the
     cutter would skip cannot carry the plan, so it is not priced); what is left whole is added to the plan."""
     skipped: list = []

@@ -138,7 +138,8 @@ def transactional_step(
             pruner.skipped.append(
                 SkippedGroup(
                     names.get(root, "?"),
-                    (pattern + "; " if pattern else "") + f"Torch-Pruning failed on it ({e.error}), so it was left whole",
+                    (pattern + "; " if pattern else "")
+                    + f"Torch-Pruning failed on it ({e.error}), so it was left whole",
                 )
             )
             continue
