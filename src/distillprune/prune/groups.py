@@ -210,3 +210,14 @@ def cuttable(
     cut = apply_widths(trial, example, width, num_classes, {g.root: g.min_keep for g in groups})
     left = {s.layer for s in cut.skipped}
     return [g for g in groups if g.root not in left], cut.skipped
+
+
+def priced_groups(
+    model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int
+) -> tuple[list[Group], list[SkippedGroup]]:
+    """The groups a plan may cut -- scored, priced (Taylor costs from the gradients on ``model``) and surviving
+    the cutter at their deepest cut -- and those left whole, with the reasons."""
+    skipped: list[SkippedGroup] = []
+    dg, groups = channel_groups(model, example, width, num_classes, skipped=skipped)
+    groups, left = cuttable(model, example, width, num_classes, taylor_costs(dg, groups))
+    return groups, skipped + left

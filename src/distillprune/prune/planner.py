@@ -37,7 +37,7 @@ from distillprune.measure.metrics import count_macs
 from distillprune.prune.blocks import BlockScorer, remove_blocks
 from distillprune.prune.config import TargetConfig, WidthConfig
 from distillprune.prune.depth import removable_blocks
-from distillprune.prune.groups import Group, apply_widths, channel_groups, cuttable, gradients, taylor_costs
+from distillprune.prune.groups import Group, apply_widths, gradients, priced_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
@@ -272,7 +272,8 @@ def plan_target(
         base = copy.deepcopy(dense)
         remove_blocks(base, order[:d])
         _copy_grads(dense, base)
-        groups = _priced_groups(base, inputs.example, width, num_classes, plan)
+        groups, left = priced_groups(base, inputs.example, width, num_classes)
+        plan.skipped += [s.to_dict() for s in left if s.to_dict() not in plan.skipped]
         shapes = layer_shapes(base, input_shape)
         tried: list[tuple[Candidate, dict[str, list[int]]]] = []
         if table is not None:
@@ -315,20 +316,6 @@ def plan_target(
         in_band = [t for t in tried if t[0].in_band]
         finals.append(in_band[0] if in_band else min(tried, key=lambda t: abs(_achieved(t[0], timed) - aim)))
     return _choose(plan, finals, order, band[0], timed, t0, table)
-
-
-def _priced_groups(
-    base: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, plan: Plan
-) -> list[Group]:
-    """The groups the plan may cut: scored, priced, and surviving the cutter at their deepest cut (a group the
-    cutter would skip cannot carry the plan, so it is not priced); what is left whole is added to the plan."""
-    skipped: list = []
-    dg, groups = channel_groups(base, example, width, num_classes, skipped=skipped)
-    groups, left = cuttable(base, example, width, num_classes, taylor_costs(dg, groups))
-    for s in skipped + left:
-        if s.to_dict() not in plan.skipped:
-            plan.skipped.append(s.to_dict())
-    return groups
 
 
 def next_goal(predicted: float, achieved: float, aim: float, dense_ms: float, slope: float) -> float:

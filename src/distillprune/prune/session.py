@@ -18,6 +18,7 @@ this object; the stage only supplies a trainer that checkpoints each epoch for `
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -48,6 +49,8 @@ from distillprune.train.config import TrainSummary
 
 if TYPE_CHECKING:
     import torch_pruning as tp
+
+_log = logging.getLogger("distillprune.prune")
 
 #: ``trainer(model, objective, epochs, tag, on_step) -> per-epoch records``: how the session trains between
 #: steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume)
@@ -227,7 +230,9 @@ class PruneSession:
         self.report.history.append(op)
 
     def log(self, message: str) -> None:
+        """A planner decision: in the report, and as it happens in ``run.log`` (the ``distillprune.prune`` logger)."""
         self.report.log.append(message)
+        _log.info(message)
 
     def plan_inputs(self) -> PlanInputs:
         """Calibration batches and a disjoint validation split, both from the training data (never the test
