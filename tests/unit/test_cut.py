@@ -61,7 +61,7 @@ def test_a_group_that_breaks_the_forward_is_rolled_back_and_named():
     cut = apply_widths(model, torch.zeros(1, *SHAPE), WIDTH, 10, _deepest(model))
     reasons = {s.layer: s.reason for s in cut.skipped}
     assert "the model no longer runs" in reasons["blocks.1.mlp.2"] and "left whole" in reasons["blocks.1.mlp.2"]
-    assert "cannot score it" in reasons["blocks.0.attn.qkv"]
+    assert "the head channels of the attention `blocks.0.attn` (num_heads=4)" in reasons["blocks.0.attn.qkv"]
     assert model.embed.out_channels == 32 and torch.equal(model.state_dict()["pos"], before["pos"])
     assert model.blocks[0].mlp[0].out_features < 64
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)

@@ -26,8 +26,8 @@ LEFT_WHOLE = {
     "mobilenet_v2": {},
     "convnext": {},
     "vit": {  # the heads (no head count given to Torch-Pruning), and the embedding width the attention reshapes
-        "blocks.0.attn.qkv": "cannot score it",
-        "blocks.1.attn.qkv": "cannot score it",
+        "blocks.0.attn.qkv": "head channels of the attention `blocks.0.attn` (num_heads=4)",
+        "blocks.1.attn.qkv": "head channels of the attention `blocks.1.attn` (num_heads=4)",
         "blocks.0.mlp.2": "the model no longer runs",  # (the root of that group once blocks.1 is removed)
         "blocks.1.mlp.2": "the model no longer runs",
     },

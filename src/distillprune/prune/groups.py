@@ -70,6 +70,27 @@ def conv_blocks(group: tp.Group, size: int) -> int | str:
     return blocks
 
 
+def attention_heads(group: tp.Group, names: dict[nn.Module, str], model: nn.Module) -> str | None:
+    """Why ``group`` is left whole when it cuts the head channels of an attention written by hand -- the outputs
+    of a Linear inside a module that declares ``num_heads``, but its last Linear (the output projection, whose
+    outputs are the embedding): its forward reshapes by a head size it holds, which a channel cut does not
+    update. None otherwise."""
+    for dep, _ in group:
+        m = dep.target.module
+        if not isinstance(m, nn.Linear) or m not in names or not group._DG.is_out_channel_pruning_fn(dep.handler):
+            continue
+        parent_name = names[m].rpartition(".")[0]
+        parent = model.get_submodule(parent_name) if parent_name else model
+        heads = next((getattr(parent, a) for a in ("num_heads", "n_heads", "heads") if hasattr(parent, a)), None)
+        linears = [c for c in parent.modules() if isinstance(c, nn.Linear)]
+        if isinstance(heads, int) and m is not linears[-1]:
+            return (
+                f"the head channels of the attention `{parent_name}` (num_heads={heads}): its forward reshapes by "
+                "the head size it was built with"
+            )
+    return None
+
+
 def _block_order(imp: torch.Tensor, blocks: int) -> list[int]:
     """Channel order, least important first, moving whole positions: position p of every block together (its
     importance summed over the blocks), so any prefix of ``blocks * n`` channels cuts every block alike."""
@@ -97,7 +118,7 @@ def channel_groups(
         root = g[0].dep.target.module
         size = len(g[0].idxs)
         blocks = conv_blocks(g, size)
-        why = blocks if isinstance(blocks, str) else raw_parameter(g)
+        why = blocks if isinstance(blocks, str) else raw_parameter(g) or attention_heads(g, names, model)
         try:
             with torch.no_grad():
                 imp = criterion(g) if why is None else None
