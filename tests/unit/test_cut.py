@@ -117,3 +117,37 @@ def test_grouped_convs_keep_their_groups_and_lose_the_same_positions_in_each():
     positions = {i % 8 for i in idxs}  # 32 channels = 4 blocks of 8: the same positions cut in every block
     assert len(idxs) == 8 and len(positions) == 2 and set(idxs) == {b * 8 + p for b in range(4) for p in positions}
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
+
+
+class _SharedBranch(nn.Module):
+    """One conv used as a residual branch and again, plainly: zeroing it as a 'block' would change both."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.body, self.fc = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.body(x)
+        return self.fc(torch.relu(self.body(x)).mean((2, 3)))
+
+
+class _SharedBlock(nn.Module):
+    """A residual block called twice: the identity is what it becomes at every call, so it stays removable."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.fc = nn.Conv2d(3, 8, 3, 1, 1), nn.Linear(8, 10)
+        self.block = ARCHS["se_resnet"]().layer1[0]
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, x], 1)[:, :16]
+        return self.fc(self.block(self.block(x)).mean((2, 3)))
+
+
+def test_a_shared_layer_is_never_a_half_removed_block():
+    from distillprune.prune.depth import removable_blocks
+
+    assert removable_blocks(_SharedBranch()) == []
+    assert removable_blocks(_SharedBlock()) == ["block"]
