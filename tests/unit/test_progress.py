@@ -68,3 +68,26 @@ def test_disabled_progress_is_silent(capsys):
         for _ in range(3):
             bar(1, loss=1.0)
     assert capsys.readouterr().out == ""
+
+
+def test_training_writes_step_scalars_and_plain_lines_outside_a_terminal(digits_bundle, tmp_path, capsys, monkeypatch):
+    from unit_helpers import tiny_digits_cnn
+
+    from distillprune.data.base import DataBundle
+    from distillprune.distill.distiller import CrossEntropy
+    from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
+    from distillprune.train.logging import RunLogger
+
+    b = digits_bundle
+    data = DataBundle(b.train.subset(128), b.test.subset(64), b.num_classes, b.classes, b.mean, b.std, "digits")
+    got = []
+    monkeypatch.setattr(RunLogger, "scalars", lambda self, tag, step, values: got.append((tag, step, values)))
+    logger = RunLogger(tmp_path, tensorboard=False)
+    rt = RuntimeConfig(device="cpu", progress=True, tensorboard=False)
+    fit(tiny_digits_cnn(seed=0), data, FitSettings(13, OptimizerConfig(lr=0.05), ScheduleConfig()), CrossEntropy(), runtime=rt,
+        batch_size=32, logger=logger, desc="1:train")  # fmt: skip
+    assert [s for _, s, _ in got] == [50]  # 13 epochs x 4 steps: one scalar record at step 50
+    tag, _, values = got[0]
+    assert tag == "1:train/steps" and set(values) == {"loss", "lr", "img_s"} and values["loss"] > 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("1:train  step 1/52") and out[-1].startswith("1:train  step 52/52 (100%)  loss ")
