@@ -84,8 +84,17 @@ def test_training_writes_step_scalars_and_plain_lines_outside_a_terminal(digits_
     monkeypatch.setattr(RunLogger, "scalars", lambda self, tag, step, values: got.append((tag, step, values)))
     logger = RunLogger(tmp_path, tensorboard=False)
     rt = RuntimeConfig(device="cpu", progress=True, tensorboard=False)
-    fit(tiny_digits_cnn(seed=0), data, FitSettings(13, OptimizerConfig(lr=0.05), ScheduleConfig()), CrossEntropy(), runtime=rt,
-        batch_size=32, logger=logger, desc="1:train")  # fmt: skip
+    settings = FitSettings(13, OptimizerConfig(lr=0.05), ScheduleConfig())
+    fit(
+        tiny_digits_cnn(seed=0),
+        data,
+        settings,
+        CrossEntropy(),
+        runtime=rt,
+        batch_size=32,
+        logger=logger,
+        desc="1:train",
+    )
     assert [s for _, s, _ in got] == [50]  # 13 epochs x 4 steps: one scalar record at step 50
     tag, _, values = got[0]
     assert tag == "1:train/steps" and set(values) == {"loss", "lr", "img_s"} and values["loss"] > 0
