@@ -151,3 +151,19 @@ def test_a_shared_layer_is_never_a_half_removed_block():
 
     assert removable_blocks(_SharedBranch()) == []
     assert removable_blocks(_SharedBlock()) == ["block"]
+
+
+def test_a_model_that_never_exported_keeps_its_cuts(monkeypatch):
+    """When the uncut model does not export either, the ONNX check says nothing about the cuts: they stay."""
+
+    def fault(self):
+        self.result.exports += 1
+        return "its ONNX export no longer runs (simulated)"
+
+    monkeypatch.setattr(Cutter, "_onnx_fault", fault)
+    model = _model("se_resnet")
+    keep = _deepest(model)
+    cut = apply_widths(model, torch.zeros(1, *SHAPE), WIDTH, 10, keep)
+    assert cut.skipped == [] and cut.op is not None
+    assert {name for name, _, _ in cut.op.entries} == set(keep)
+    assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
