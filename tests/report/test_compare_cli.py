@@ -207,3 +207,18 @@ def test_compare_notes_the_same_dense_model_timed_apart(two_runs):
     (b / "report.json").write_text(json.dumps(rep))
     (note,) = latency_notes(load_runs(two_runs))
     assert "0.300 ms (a) vs 0.450 ms (b) on ort_bs1" in note
+
+
+def test_stage_names_stay_whole_at_80_columns_and_the_ms_columns_are_labelled():
+    from dataclasses import replace
+
+    report = synthetic_report()
+    report.stages = [replace(s, name=f"{i}:evaluate_the_student") for i, s in enumerate(report.stages)]
+    console = Console(width=80, record=True)
+    print_table(report, console=console)
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    text = "\n".join(lines)
+    shown = [s.name for s in report.stages if s.measured]
+    assert len(shown) >= 4 and all(name in text.split() for name in shown)
+    assert "the ratio of two rows is not the speedup" in " ".join(text.split())

@@ -68,7 +68,9 @@ def test_groups_cut_to_planned_widths_and_replay():
     keep = {g.root: g.min_keep for g in groups[:3]}
     before = count_macs(m, SHAPE)
     spec = dp.ArchSpec("resnet", 10, list(SHAPE), {"widths": [16, 32, 64], "blocks": [3, 3, 3]})
-    op = apply_widths(m, torch.zeros(1, *SHAPE), WIDTH, 10, keep)
+    cut = apply_widths(m, torch.zeros(1, *SHAPE), WIDTH, 10, keep)
+    assert cut.skipped == [] and cut.result.exports == 1  # one ONNX check for the whole step
+    op = cut.op
     spec.history.append(op)
     assert count_macs(m, SHAPE) < before
     _, after = channel_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10)
@@ -171,7 +173,7 @@ def test_latency_plan_is_measured_against_the_dense_model():
 
 def test_an_unreachable_target_is_a_clear_error():
     s, _ = _session({"macs_ratio": 500.0, "depth_fractions": [0.0]}, max_ratio=0.5)
-    with pytest.raises(DistillpruneError, match="no plan reaches the target"):
+    with pytest.raises(DistillpruneError, match="the cuttable layers cannot reach the target"):
         s.prepare()
 
 
@@ -184,5 +186,5 @@ def test_a_target_inside_the_timing_noise_is_taken_with_a_note_and_one_outside_i
     close = [final(1.95, [1.7, 2.3], 0.5), final(1.5, [1.2, 2.1], 0.1)]  # the second is too far below
     plan = _choose(Plan({"latency_speedup": 2.0}), close, [], 2.0, True, 0.0, None)
     assert plan.speedup == 1.95 and "timing noise" in (plan.note or "")
-    with pytest.raises(DistillpruneError, match="no plan reaches the target"):
+    with pytest.raises(DistillpruneError, match="the cuttable layers cannot reach the target"):
         _choose(Plan({"latency_speedup": 2.0}), [final(1.95, [1.7, 1.99], 0.5)], [], 2.0, True, 0.0, None)

@@ -102,3 +102,38 @@ def test_imagenet_weights_with_a_new_head_and_a_folded_vgg_classifier(tmp_path):
     assert count_macs(model, SHAPE) < count_macs(torchvision.models.vgg11_bn(num_classes=10), SHAPE)
     dp.save_checkpoint(tmp_path / "ck", model, spec)
     torch.testing.assert_close(dp.load_checkpoint(tmp_path / "ck")[0](x), model(x))
+
+
+@pytest.mark.parametrize(
+    "source, arch",
+    [
+        ("torchvision", "mobilenet_v2"),
+        ("torchvision", "resnet18"),
+        ("timm", "efficientnet_b0"),
+        ("timm", "convnext_atto"),
+    ],
+)
+@pytest.mark.parametrize("target", [{"macs_ratio": 2.0}, {"latency_speedup": 2.0}])
+def test_a_2x_target_plans_a_model_that_exports_and_reloads(source, arch, target, tmp_path):
+    """The generality matrix on the real zoos: a 2x target is planned and cut through the transactional cutter
+    (depthwise convs keep groups == channels), or refused in one line; a plan's model exports with parity,
+    reloads from its checkpoint, and the report names what was left whole."""
+    model, spec = build(source, arch)
+    model.eval()
+    cfg = {"width": {"round_to": 8}, "target": {**target, "depth_fractions": [0.0, 0.25], "refits": 1}}
+    try:
+        report = dp.prune_(model, cfg, torch.randn(16, *SHAPE), 10, spec=spec)
+    except dp.DistillpruneError as e:
+        assert "\n" not in str(e) and "the cuttable layers cannot reach" in str(e)
+        return
+    plan = report.plan
+    assert plan is not None and plan.achieved is not None and plan.achieved >= 0.9 * 2.0
+    assert all(s["reason"] for s in plan.skipped + report.skipped)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1:
+            assert m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0
+    x = torch.randn(2, *SHAPE)
+    p = parity(model, onnx_bytes(model, SHAPE), x)
+    assert p["max_abs_diff"] < 1e-3 and p["top1_agreement"] == 1.0
+    dp.save_checkpoint(tmp_path / "ck", model, spec)
+    torch.testing.assert_close(dp.load_checkpoint(tmp_path / "ck")[0](x), model(x))

@@ -78,35 +78,40 @@ def test_depth_pruning_finds_residuals_in_the_graph(name, tmp_path):
     check_result(model, spec, before, tmp_path)
 
 
-def _unchecked_pruner(monkeypatch, model):
+def _unchecked_pruner(monkeypatch, model, cutter_check: bool = True):
+    import distillprune.prune.cut as cut
     import distillprune.prune.structured as structured
     from distillprune.prune.config import WidthConfig
 
     monkeypatch.setattr(structured, "skip_unsupported", lambda pruner, model: [])  # the pre-check off
+    if not cutter_check:  # and the cutter's own check of each group: Torch-Pruning runs into the pattern
+        monkeypatch.setattr(cut, "unsupported", lambda group, names: None)
     return structured.width_pruner(model, torch.zeros(1, *SHAPE), WidthConfig(ratio=0.5, round_to=4), 10)
 
 
 def test_a_group_that_fails_inside_torch_pruning_is_skipped_and_reported(monkeypatch):
-    """Without the pre-check, Torch-Pruning fails inside the step: the step is undone, the group skipped with
-    the error, and the retried step prunes the rest."""
+    """Without the pre-checks, Torch-Pruning cuts the group wrongly: the cutter rolls that group back, names it
+    with what broke, and cuts the rest."""
     import distillprune.prune.structured as structured
 
     model, _ = build("concat_grouped")
-    pruner = _unchecked_pruner(monkeypatch, model)
+    pruner = _unchecked_pruner(monkeypatch, model, cutter_check=False)
     entries = structured.prune_step(pruner)
     assert entries and all(name != "a.0" for name, _, _ in entries)
     reasons = {s.layer: s.reason for s in pruner.skipped}
     assert "a.0" in reasons and set(reasons) <= {"a.0", "b.0"}
     assert all(
-        "concat feeding a grouped conv at `g.0`" in r and "Torch-Pruning failed on it" in r for r in reasons.values()
-    )
+        r.startswith(f"cutting {layer} + ") and ("Torch-Pruning failed on it" in r or "no longer runs" in r)
+        for layer, r in reasons.items()
+    ), reasons
+    assert model.a[0].out_channels == 16 and model.block[0][0].out_channels < 32  # the rest was cut
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
 
 
 def test_width_pruning_is_all_or_nothing(monkeypatch):
     """When it may not skip (no retries), a failing step restores the model exactly and one line names the
     group, the pattern and the fix."""
-    from distillprune.prune.safety import transactional_step
+    from distillprune.prune.transactional import transactional_step
 
     model, _ = build("concat_grouped")
     pruner = _unchecked_pruner(monkeypatch, model)

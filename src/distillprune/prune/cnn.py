@@ -12,6 +12,7 @@ unstructured magnitude masks, cut for :class:`~distillprune.prune.session.PruneS
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     import torch_pruning as tp
 
     from distillprune.data.base import DataBundle
+
+_log = logging.getLogger("distillprune.prune")
 
 
 @details_type
@@ -145,7 +148,10 @@ class CnnStructure(Structure):
 
     # -- pieces ----------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
+        """A planner decision: in the report, and as it happens in ``run.log`` (the ``distillprune.prune``
+        logger)."""
         self._report.log.append(message)
+        _log.info(message)
 
     def _calibration(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         return [(tensor_inputs(x), y) for x, y in self.session.calibration(n)]
@@ -197,10 +203,11 @@ class CnnStructure(Structure):
         if width.importance in NEEDS_GRADIENTS:
             accumulate_gradients(s.model, self._calibration(width.taylor_batches), taylor_loss(s.teacher))
         example = torch.zeros(1, *s.input_shape, device=s.device)
-        op = apply_widths(s.model, example, width, s.num_classes, keep)
+        cut = apply_widths(s.model, example, width, s.num_classes, keep)
         s.model.zero_grad(set_to_none=True)
-        if op is not None:
-            self._count(op)
+        self._report.skipped = [g.to_dict() for g in cut.skipped]
+        if cut.op is not None:
+            self._count(cut.op)
 
     def _count(self, op: ChannelsOp) -> None:
         self.session.record(op)

@@ -9,7 +9,8 @@ and records the cut as one :class:`ChannelsOp`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +18,10 @@ import torch_pruning as tp
 from torch import nn
 
 from distillprune.prune.config import WidthConfig
+from distillprune.prune.cut import CutResult, Cutter, Item, raw_parameter
 from distillprune.prune.history import ChannelsOp
 from distillprune.prune.importance import IMPORTANCE
+from distillprune.prune.safety import SkippedGroup
 from distillprune.prune.structured import ignored, traceable
 
 ROOTS = (nn.Conv2d, nn.Linear)
@@ -36,6 +39,7 @@ class Group:
     inputs: list[str] = field(default_factory=list)  # Conv/Linear whose in channels shrink with the group
     order: list[int] = field(default_factory=list)  # channel indices, least important first (configured criterion)
     cost: list[float] = field(default_factory=list)  # first-order KD-loss increase of removing each channel (Taylor)
+    blocks: int = 1  # the groups of a grouped conv in it: channels go a whole position of every block at a time
 
 
 def _names(dg: tp.DependencyGraph) -> dict[nn.Module, str]:
@@ -44,41 +48,94 @@ def _names(dg: tp.DependencyGraph) -> dict[nn.Module, str]:
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     with traceable(model):
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
 
 
-def _supported(group: tp.Group) -> bool:
-    """Grouped (not depthwise) convolutions inside a group need channel-group bookkeeping we do not plan."""
+def conv_blocks(group: tp.Group, size: int) -> int | str:
+    """How many channel blocks ``group`` must be cut in: 1, or the ``groups`` of the grouped (not depthwise)
+    convs it couples -- a grouped conv keeps its groups and loses the same positions in each of them, so its
+    channels split evenly; or why the group cannot be cut that way (a reason)."""
+    found = {
+        m.groups
+        for dep, _ in group
+        if isinstance(m := dep.target.module, nn.Conv2d)
+        and 1 < m.groups
+        and not m.groups == m.in_channels == m.out_channels
+    }
+    if len(found) > 1:
+        return f"grouped convs with different groups ({sorted(found)}) share its channels"
+    blocks = found.pop() if found else 1
+    if size % blocks or size // blocks < 2:
+        return f"its {size} channels do not split into the {blocks} groups of its grouped conv"
+    return blocks
+
+
+def attention_heads(group: tp.Group, names: dict[nn.Module, str], model: nn.Module) -> str | None:
+    """Why ``group`` is left whole when it cuts the head channels of an attention written by hand -- the outputs
+    of a Linear inside a module that declares ``num_heads``, but its last Linear (the output projection, whose
+    outputs are the embedding): its forward reshapes by a head size it holds, which a channel cut does not
+    update. None otherwise."""
     for dep, _ in group:
         m = dep.target.module
-        if isinstance(m, nn.Conv2d) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
-            return False
-    return True
+        if not isinstance(m, nn.Linear) or m not in names or not group._DG.is_out_channel_pruning_fn(dep.handler):
+            continue
+        parent_name = names[m].rpartition(".")[0]
+        parent = model.get_submodule(parent_name) if parent_name else model
+        heads = next((getattr(parent, a) for a in ("num_heads", "n_heads", "heads") if hasattr(parent, a)), None)
+        linears = [c for c in parent.modules() if isinstance(c, nn.Linear)]
+        if isinstance(heads, int) and m is not linears[-1]:
+            return (
+                f"the head channels of the attention `{parent_name}` (num_heads={heads}): its forward reshapes by "
+                "the head size it was built with"
+            )
+    return None
+
+
+def _block_order(imp: torch.Tensor, blocks: int) -> list[int]:
+    """Channel order, least important first, moving whole positions: position p of every block together (its
+    importance summed over the blocks), so any prefix of ``blocks * n`` channels cuts every block alike."""
+    per = imp.numel() // blocks
+    positions = torch.argsort(imp.float().cpu().view(blocks, per).sum(0)).tolist()
+    return [b * per + p for p in positions for b in range(blocks)]
 
 
 def channel_groups(
-    model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, dg: tp.DependencyGraph | None = None
+    model: nn.Module,
+    example: torch.Tensor,
+    width: WidthConfig,
+    num_classes: int,
+    dg: tp.DependencyGraph | None = None,
+    skipped: list[SkippedGroup] | None = None,
 ) -> tuple[tp.DependencyGraph, list[Group]]:
     """The prunable groups of ``model`` (the classifier and ``width.layers`` exclusions stay whole), with the
-    channel order of ``width.importance`` (least important first)."""
+    channel order of ``width.importance`` (least important first). A group that cannot be scored or cut as
+    planned is left out and, when ``skipped`` is given, named there with the reason."""
     dg = dg or dependency_graph(model, example)
     names = _names(dg)
     criterion = IMPORTANCE.get(width.importance)()
     out = []
     for g in dg.get_all_groups(ignored_layers=ignored(model, width.layers, num_classes), root_module_types=ROOTS):
-        if not _supported(g):
-            continue
         root = g[0].dep.target.module
         size = len(g[0].idxs)
-        with torch.no_grad():
-            imp = criterion(g)
+        blocks = conv_blocks(g, size)
+        why = blocks if isinstance(blocks, str) else raw_parameter(g) or attention_heads(g, names, model)
+        try:
+            with torch.no_grad():
+                imp = criterion(g) if why is None else None
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning's scoring fails on graphs it mishandles
+            why = f"Torch-Pruning cannot score it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        if why is not None:
+            if skipped is not None:
+                skipped.append(SkippedGroup(names.get(root, "?"), why + ", so it was left whole"))
+            continue
         if imp is None or size < 2:
             continue
-        step = width.round_to or 1
-        min_keep = max(step, size - int(width.max_ratio * size))
+        assert isinstance(blocks, int)
+        step = -(-(width.round_to or 1) // blocks) * blocks  # a whole number of positions of every block
+        min_keep = max(step, (size - int(width.max_ratio * size)) // blocks * blocks)
         if min_keep >= size:
             continue
-        grp = Group(names[root], size, min_keep, step, order=torch.argsort(imp.float().cpu()).tolist())
+        grp = Group(names[root], size, min_keep, step, blocks=blocks, order=_block_order(imp, blocks))
         for dep, _ in g:
             m = dep.target.module
             if isinstance(m, ROOTS) and m in names:
@@ -99,37 +156,89 @@ def gradients(
         accumulate_gradients(model, batches, loss_fn)
 
 
-def taylor_costs(dg: tp.DependencyGraph, groups: Sequence[Group]) -> None:
+def taylor_costs(dg: tp.DependencyGraph, groups: Sequence[Group]) -> list[Group]:
     """Fill each group's ``cost`` from the gradients on the model (see :func:`gradients`): |w * dL/dw| summed
     over the group's coupled parameters per channel, a first-order estimate of the KD-loss increase of
-    removing it, comparable across groups."""
+    removing it, comparable across groups. Returns the groups it could price (Torch-Pruning's Taylor scoring
+    fails on a few graphs it mishandles; such a group is not planned)."""
     taylor = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
     by_name = {n: m for m, n in _names(dg).items()}
+    priced = []
     for grp in groups:
         root = by_name[grp.root]
-        g = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, list(range(grp.size)))
-        with torch.no_grad():
-            imp = taylor(g)
+        try:
+            g = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, list(range(grp.size)))
+            with torch.no_grad():
+                imp = taylor(g)
+        except Exception:  # noqa: BLE001, S112 - left out of the plan, like a group the cutter skips
+            continue
         grp.cost = [0.0] * grp.size if imp is None else imp.float().abs().cpu().tolist()
+        priced.append(grp)
+    return priced
+
+
+@dataclass
+class WidthCut:
+    """A planned cut: the op recording it (None when nothing was cut) and the groups left whole, and why."""
+
+    op: ChannelsOp | None
+    skipped: list[SkippedGroup]
+    result: CutResult
 
 
 def apply_widths(
-    model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, keep: dict[str, int]
-) -> ChannelsOp | None:
-    """Cut each group named in ``keep`` (by root) to that many channels, least important first; one op."""
-    dg, groups = channel_groups(model, example, width, num_classes)
-    by_name = {n: m for m, n in _names(dg).items()}
-    cuts = []
-    for grp in groups:
-        k = keep.get(grp.root)
-        if k is None or k >= grp.size:
-            continue
-        cuts.append((by_name[grp.root], sorted(grp.order[: grp.size - k])))
-    if not cuts:
-        return None
+    model: nn.Module,
+    example: torch.Tensor,
+    width: WidthConfig,
+    num_classes: int,
+    keep: dict[str, int],
+    onnx: bool = True,
+) -> WidthCut:
+    """Cut each group named in ``keep`` (by root) to that many channels, least important first, through the
+    transactional cutter (:class:`prune.cut.Cutter`): a group that breaks the model is rolled back and
+    named in ``skipped``; one op records what was cut."""
+    skipped: list[SkippedGroup] = []
     with traceable(model):
-        for root, idxs in cuts:
-            g = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs)
-            if dg.check_pruning_group(g):
-                g.prune()
-    return ChannelsOp([[n, bool(o), [int(i) for i in idx]] for n, o, idx in dg.pruning_history()])
+        dg, groups = channel_groups(model, example, width, num_classes, skipped=skipped)
+        by_name = {n: m for m, n in _names(dg).items()}
+        wanted = {g.root for g in groups if keep.get(g.root, g.size) < g.size}
+
+        def items() -> Iterator[Item]:
+            for grp in groups:
+                if grp.root not in wanted:
+                    continue
+                cut = (grp.size - keep[grp.root]) // grp.blocks * grp.blocks  # a grouped conv keeps its groups
+                if not cut:
+                    continue
+                root, idxs = by_name[grp.root], sorted(grp.order[:cut])
+                try:
+                    yield dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs)
+                except Exception as e:  # noqa: BLE001 - the index mapping of a graph Torch-Pruning mishandles
+                    yield SkippedGroup(grp.root, f"Torch-Pruning cannot map its channels ({e}), so it was left whole")
+
+        result = Cutter(model, dg, example, onnx=onnx).cut(items()) if wanted else CutResult()
+    skipped += result.skipped
+    op = ChannelsOp([[n, bool(o), [int(i) for i in idx]] for n, o, idx in result.entries]) if result.entries else None
+    return WidthCut(op, skipped, result)
+
+
+def cuttable(
+    model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int, groups: Sequence[Group]
+) -> tuple[list[Group], list[SkippedGroup]]:
+    """The groups that survive being cut as far as the plan may cut them (each to ``min_keep``, on a copy,
+    through the cutter): the planner prices only these, so a group the cut would skip cannot carry the plan."""
+    trial = copy.deepcopy(model)
+    cut = apply_widths(trial, example, width, num_classes, {g.root: g.min_keep for g in groups})
+    left = {s.layer for s in cut.skipped}
+    return [g for g in groups if g.root not in left], cut.skipped
+
+
+def priced_groups(
+    model: nn.Module, example: torch.Tensor, width: WidthConfig, num_classes: int
+) -> tuple[list[Group], list[SkippedGroup]]:
+    """The groups a plan may cut -- scored, priced (Taylor costs from the gradients on ``model``) and surviving
+    the cutter at their deepest cut -- and those left whole, with the reasons."""
+    skipped: list[SkippedGroup] = []
+    dg, groups = channel_groups(model, example, width, num_classes, skipped=skipped)
+    groups, left = cuttable(model, example, width, num_classes, taylor_costs(dg, groups))
+    return groups, skipped + left

@@ -33,19 +33,30 @@ class LayerShape:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
-    hw: tuple[int, int] = (1, 1)  # input spatial size (conv)
+    hw: tuple[int, int] = (1, 1)  # input spatial size (conv); (rows per sample, 1) of a linear (tokens, pixels)
 
     def resized(self, cin: int, cout: int) -> LayerShape:
-        """The same layer with other channel counts (a depthwise conv keeps groups == channels)."""
-        groups = cin if self.groups == self.cin == self.cout and self.groups > 1 else self.groups
+        """The same layer with other channel counts. A depthwise conv keeps groups == channels: its inputs and
+        outputs are one channel group (Torch-Pruning cuts them together, while a plan may list the conv on one
+        side only), so it takes the smaller of the two counts for both -- never an ``M not divisible by
+        group`` conv that ONNX Runtime refuses."""
+        if self.groups == self.cin == self.cout and self.groups > 1:
+            cin = cout = groups = min(cin, cout)
+        else:
+            groups = self.groups
         return LayerShape(self.kind, cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups, self.hw)
 
     def macs(self) -> int:
         if self.kind == "linear":
-            return self.cin * self.cout
+            return self.cin * self.cout * self.hw[0]
         h = (self.hw[0] + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
         w = (self.hw[1] + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
         return self.cout * (self.cin // self.groups) * self.kernel[0] * self.kernel[1] * h * w
+
+
+def layer_of(key: str) -> str:
+    """The module name of a :func:`layer_shapes` key (``conv@2``: the second call of ``conv``)."""
+    return key.split("@", 1)[0]
 
 
 def _pair(v: tuple[int, ...]) -> tuple[int, int]:
@@ -65,15 +76,18 @@ def conv_padding(m: nn.Conv2d) -> tuple[int, int]:
 
 
 def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShape]:
-    """Every Conv2d / Linear used in the forward pass, with its input's spatial size."""
+    """Every Conv2d / Linear used in the forward pass, with its input's spatial size. A layer called more than
+    once (a shared conv) costs once per call: its later calls are listed as ``name@2``, ``name@3``..."""
     shapes: dict[str, LayerShape] = {}
     hooks = []
 
     def hook(name: str, m: nn.Module):
         def fn(_m: nn.Module, inp: tuple) -> None:
             x = inp[0]
+            calls = sum(1 for n in shapes if n == name or n.startswith(name + "@"))
+            key = name if not calls else f"{name}@{calls + 1}"
             if isinstance(m, nn.Conv2d):
-                shapes[name] = LayerShape(
+                shapes[key] = LayerShape(
                     "conv",
                     m.in_channels,
                     m.out_channels,
@@ -85,7 +99,9 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, La
                     (int(x.shape[-2]), int(x.shape[-1])),
                 )
             elif isinstance(m, nn.Linear):
-                shapes[name] = LayerShape("linear", m.in_features, m.out_features)
+                # a Linear over tokens or channels-last pixels runs once per row: (N, ..., in) -> rows per sample
+                rows = max(1, x.numel() // max(int(x.shape[0]) * m.in_features, 1)) if x.dim() > 2 else 1
+                shapes[key] = LayerShape("linear", m.in_features, m.out_features, hw=(rows, 1))
 
         return fn
 
@@ -128,7 +144,7 @@ def _layer_onnx(shape: LayerShape, batch: int) -> bytes:
     else:
         w = rng.standard_normal((shape.cout, shape.cin)).astype(np.float32) * 0.1
         b = np.zeros(shape.cout, np.float32)
-        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, shape.cin])
+        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch * shape.hw[0], shape.cin])
         nodes = [helper.make_node("Gemm", ["input", "w", "b"], ["out"], transB=1)]
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
     graph = helper.make_graph(
@@ -188,7 +204,7 @@ class LatencyTable:
 
     def ms(self, shape: LayerShape) -> float:
         if shape not in self._ms:
-            dims = (self.batch, shape.cin, *shape.hw) if shape.kind == "conv" else (self.batch, shape.cin)
+            dims = (self.batch, shape.cin, *shape.hw) if shape.kind == "conv" else (self.batch * shape.hw[0], shape.cin)
             self._ms[shape] = max(self._time(_layer_onnx(shape, self.batch), dims) - self._overhead, 1e-4)
             self.measured += 1
         return self._ms[shape]

@@ -37,8 +37,8 @@ from distillprune.measure.metrics import count_macs
 from distillprune.prune.blocks import BlockScorer, remove_blocks
 from distillprune.prune.config import TargetConfig, WidthConfig
 from distillprune.prune.depth import removable_blocks
-from distillprune.prune.groups import Group, apply_widths, channel_groups, gradients, taylor_costs
-from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
+from distillprune.prune.groups import Group, apply_widths, gradients, priced_groups
+from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -76,6 +76,7 @@ class Plan:
     seconds: float = 0.0
     lut_entries: int = 0
     note: str | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # channel groups left whole, and why
 
     def keep(self) -> dict[str, int]:
         return {root: kept for root, (kept, _) in self.widths.items()}
@@ -92,6 +93,12 @@ class _Predictor:
 
     def total(self, shapes: dict[str, LayerShape]) -> float:
         return sum(self.cost(s) for s in shapes.values())
+
+
+def _touched(g: Group, shapes: dict[str, LayerShape]) -> list[str]:
+    """The layer calls (keys of ``shapes``) whose sizes change when ``g`` loses channels."""
+    layers = set(g.outputs) | set(g.inputs)
+    return [n for n in shapes if layer_of(n) in layers]
 
 
 def greedy_widths(
@@ -112,11 +119,11 @@ def greedy_widths(
     def delta(g: Group, new: int) -> float:
         k = size[g.root] - new
         saved = 0.0
-        touched = set(g.outputs) | set(g.inputs)
-        for name in touched & shapes.keys():
+        for name in _touched(g, shapes):
             before = shapes[name].resized(cin[name], cout[name])
+            layer = layer_of(name)
             after = before.resized(
-                cin[name] - (k if name in g.inputs else 0), cout[name] - (k if name in g.outputs else 0)
+                cin[name] - (k if layer in g.inputs else 0), cout[name] - (k if layer in g.outputs else 0)
             )
             cb, ca = predictor.cost(before), predictor.cost(after)
             if ca >= cb:  # a small layer's table entries are mostly per-call overhead and noise: fewer MACs
@@ -142,10 +149,9 @@ def greedy_widths(
             break  # nothing left to cut
         _, g, new, saved = best
         k = size[g.root] - new
-        for name in set(g.outputs) & shapes.keys():
-            cout[name] -= k
-        for name in set(g.inputs) & shapes.keys():
-            cin[name] -= k
+        for name in _touched(g, shapes):
+            cout[name] -= k if layer_of(name) in g.outputs else 0
+            cin[name] -= k if layer_of(name) in g.inputs else 0
         size[g.root] = new
         total -= saved
     return size, total
@@ -266,11 +272,14 @@ def plan_target(
         base = copy.deepcopy(dense)
         remove_blocks(base, order[:d])
         _copy_grads(dense, base)
-        dg, groups = channel_groups(base, inputs.example, width, num_classes)
-        taylor_costs(dg, groups)
+        groups, left = priced_groups(base, inputs.example, width, num_classes)
+        plan.skipped += [s.to_dict() for s in left if s.to_dict() not in plan.skipped]
         shapes = layer_shapes(base, input_shape)
         tried: list[tuple[Candidate, dict[str, list[int]]]] = []
-        goal = (dense_ms / aim - table.c0) / table.k if table is not None else dense_ms / aim
+        if table is not None:
+            goal = (dense_ms / aim - table.c0) / table.k
+        else:  # the shapes count Conv/Linear MACs only: aim at the saving the target needs, not the total
+            goal = predictor.total(shapes) - (count_macs(copy.deepcopy(base).cpu(), input_shape) - dense_ms / aim)
         for attempt in range(target.refits + 1):
             keep, predicted = greedy_widths(groups, shapes, predictor, goal)
             cand, achieved = _build(
@@ -390,9 +399,12 @@ def _choose(
         within_noise = bool(meeting)
     if not meeting:
         got = max((_achieved(c, timed) for c, _ in finals), default=None)
+        what = "speedup" if timed else "MACs ratio"
+        best_s = "none was built" if got is None else f"the best plan is {got:.3g}x"
         raise DistillpruneError(
-            f"no plan reaches the target {plan.target} (best measured: {got}); allow more "
-            "depth (target.depth_fractions), a larger width.max_ratio, or lower the target"
+            f"the cuttable layers cannot reach the target {what} {lo:g}x; {best_s} "
+            f"({len(plan.skipped)} layer groups left whole, see the report); allow more depth "
+            "(target.depth_fractions), a larger width.max_ratio, or lower the target"
         )
     best, widths = min(meeting, key=lambda f: f[0].est_kd if f[0].est_kd is not None else float("inf"))
     best.chosen = True

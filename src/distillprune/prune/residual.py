@@ -20,7 +20,7 @@ notes; a block class that marks itself ``removable`` (or a ``BasicBlock``/``Bott
 from __future__ import annotations
 
 import operator
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -205,12 +205,13 @@ def _find(model: nn.Module) -> tuple[list[Residual], list[str]]:
             found.append(Residual(name, "module"))
             module_blocks.add(name)
             continue
+        calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
         for n in graph.nodes:
             if not _is_add(n) or len(n.args) < 2:
                 continue
             chain = _branch_chain(n, m)
-            if not chain:
-                continue
+            if not chain or any(calls[c] > 1 for c in chain):
+                continue  # a layer the forward calls again elsewhere: zeroing it would change the other call too
             full = [f"{name}.{c}" if name else c for c in chain]
             if any(isinstance(model.get_submodule(p), ZeroBranch) for p in full):
                 continue  # already removed

@@ -18,7 +18,8 @@ from distillprune.core.modules import LayerSelect
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.importance import IMPORTANCE
-from distillprune.prune.safety import prunable_groups, skip_unsupported, transactional_step
+from distillprune.prune.safety import prunable_groups, skip_unsupported
+from distillprune.prune.transactional import transactional_step
 
 
 def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:

@@ -165,6 +165,14 @@ COMPACT = [
 ]
 
 
+#: what the console table's figures are: the ms of two rows were timed at different moments, so their ratio is
+#: not the speedup (that is the median of back-to-back pairs with the dense model)
+CAPTION = (
+    "ms: each row's own timing (the ratio of two rows is not the speedup); speedup: vs dense, median of "
+    "back-to-back pairs; real/MAC: best speedup / MAC ratio"
+)
+
+
 def print_table(report: CompressionReport, wide: bool = False, console=None) -> None:
     """The report as a console table: the compact columns, or all of them with ``wide``.
 
@@ -180,12 +188,16 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
     data = [[r[i] for i in pick] for r in rows(report)]
     table = Table(
         title=f"distillprune: {report.recipe}",
-        caption=None if wide else "speedup: bs1 vs dense; real/MAC: best speedup / MAC ratio; --wide: all columns",
+        caption=CAPTION + ("" if wide else "; --wide: all columns"),
     )
     for c, header in cols:
-        # "fold": on a narrow terminal a cell wraps, it is never cut short with an ellipsis
-        table.add_column(header, justify="left" if c == "stage" else "right", overflow="fold")
+        # "fold": on a narrow terminal a cell wraps, it is never cut short with an ellipsis; a stage name is
+        # never wrapped ("1:evaluat" / "e"): the other columns give way
+        stage = c == "stage"
+        table.add_column(header, justify="left" if stage else "right", overflow="fold", no_wrap=stage)
+    at = [c for c, _ in cols].index("stage")
     for r in data:
+        r[at] = r[at].replace(" [", "\n[", 1)  # the deployed file under its stage: the name column stays narrow
         table.add_row(*(escape(c) for c in r))  # '[model.int8.onnx]' is text, not rich markup
     console = console or Console()
     console.print(table)

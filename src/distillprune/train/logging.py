@@ -60,6 +60,12 @@ class RunLogger:
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(f"{tag}/{k}", v, step)
 
+    def scalars(self, tag: str, step: int, values: dict[str, float]) -> None:
+        """Per-step scalars (loss, lr, img/s): TensorBoard only -- ``metrics.jsonl`` keeps one record per epoch."""
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{tag}/{k}", v, step)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

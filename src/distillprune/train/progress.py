@@ -1,15 +1,111 @@
-"""A rich progress bar that is a no-op when disabled (tests, CI logs)."""
+"""Training progress a person can follow: a rich bar on a terminal; elsewhere (``nohup``, CI, a pipe) a plain
+line -- stage, step/total, loss, img/s, ETA -- every ~30 s or 5 % of the steps, on stdout and in ``run.log``
+(the ``distillprune.progress`` logger); and, either way, loss / lr / img/s as TensorBoard scalars every
+``scalar_every`` steps. Disabled (tests, library calls), it does nothing."""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
+
+log = logging.getLogger("distillprune.progress")
+
+#: ``scalars(tag, step, {"loss": ..., "lr": ..., "img_s": ...})``: where per-step scalars go (TensorBoard)
+Scalars = Callable[[str, int, dict[str, float]], None]
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Tracker:
+    """Counts steps, and says -- as a plain line, a TensorBoard scalar, or both -- how training goes."""
+
+    def __init__(
+        self,
+        desc: str,
+        total: int,
+        done: int = 0,
+        *,
+        plain: bool = False,
+        scalars: Scalars | None = None,
+        scalar_every: int = 50,
+        every_s: float = 30.0,
+        share: float = 0.05,
+        write: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.desc, self.total, self.done, self.start = desc, total, done, done
+        self.plain, self.scalars, self.scalar_every = plain, scalars, max(1, scalar_every)
+        self.every_s, self.share = every_s, share
+        self.write = write or _print_and_log
+        self.clock = clock
+        self.t0 = self.last_t = self._mark_t = clock()
+        self.last_step, self._mark_step = done, done
+        self.images, self._mark_images = 0, 0
+        self.loss: float | None = None
+        self.bar: Callable[[int], None] | None = None  # a terminal's rich bar, advanced with every step
+
+    def __call__(self, n: int = 1, loss: torch.Tensor | float | None = None, lr: float | None = None, images: int = 0):
+        self.done += n
+        self.images += images
+        if self.bar is not None:
+            self.bar(n)
+        due_line = self.plain and self._line_due()
+        due_scalar = self.scalars is not None and self.done % self.scalar_every == 0
+        if (due_line or due_scalar) and loss is not None:
+            self.loss = float(loss)  # read only when shown: reading a GPU tensor every step would synchronise
+        if due_scalar and self.scalars is not None:
+            values = {"img_s": self._rate(self._mark_t, self._mark_images)}
+            values.update({k: v for k, v in (("loss", self.loss), ("lr", lr)) if v is not None})
+            self.scalars(f"{self.desc}/steps", self.done, values)
+            self._mark_t, self._mark_images = self.clock(), self.images
+        if due_line or (self.plain and self.done >= self.total and self.last_step < self.total):
+            self.write(self.line())
+            self.last_t, self.last_step = self.clock(), self.done
+
+    def _line_due(self) -> bool:
+        since = self.clock() - self.last_t
+        chunk = max(1, int(self.share * self.total))
+        crossed = self.done // chunk > self.last_step // chunk
+        return since >= self.every_s or (crossed and since >= 1.0) or self.done == self.start + 1
+
+    def _rate(self, t: float, images: int) -> float:
+        return (self.images - images) / max(self.clock() - t, 1e-9)
+
+    def line(self) -> str:
+        ran = self.done - self.start
+        elapsed = self.clock() - self.t0
+        eta = elapsed / ran * (self.total - self.done) if ran else float("nan")
+        loss = "" if self.loss is None else f"  loss {self.loss:.4f}"
+        return (
+            f"{self.desc}  step {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%){loss}"
+            f"  {self._rate(self.t0, 0):.0f} img/s  elapsed {_clock(elapsed)}"
+            f"  ETA {'?' if eta != eta else _clock(eta)}"
+        )
+
+
+def _print_and_log(line: str) -> None:
+    print(line, flush=True)
+    log.info(line)
+
 
 @contextmanager
-def progress_bar(enabled: bool, desc: str, total: int, done: int = 0) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
+def progress_bar(
+    enabled: bool, desc: str, total: int, done: int = 0, scalars: Scalars | None = None
+) -> Iterator[Tracker]:
+    """The progress of ``total`` steps (``done`` already): a rich bar on a terminal, plain lines elsewhere;
+    ``scalars`` receives per-step scalars either way (enabled or not)."""
+    terminal = enabled and sys.stdout.isatty()
+    tracker = Tracker(desc, total, done, plain=enabled and not terminal, scalars=scalars)
+    if not terminal:
+        yield tracker
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -17,4 +113,5 @@ def progress_bar(enabled: bool, desc: str, total: int, done: int = 0) -> Iterato
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
     ) as prog:
         task = prog.add_task(desc, total=total, completed=done)
-        yield lambda n: prog.advance(task, n)
+        tracker.bar = lambda n: prog.advance(task, n)
+        yield tracker

@@ -268,7 +268,8 @@ def fit(
     total_steps = settings.epochs * len(loader)
     from distillprune.train.progress import progress_bar
 
-    with progress_bar(runtime.progress and ddp.is_rank0(), desc, total_steps, start * len(loader)) as bar:
+    scalars = logger.scalars if logger is not None else None
+    with progress_bar(runtime.progress and ddp.is_rank0(), desc, total_steps, start * len(loader), scalars) as bar:
         for epoch in range(start, settings.epochs):
             torch.manual_seed(seed * 7919 + epoch + 1_000_003 * par.rank)  # ranks draw their own dropout
             loader.set_epoch(epoch)
@@ -345,7 +346,7 @@ def _epoch(
         if y is not None:
             correct += (logits.argmax(1) == y).sum()
             labelled += len(y)
-        bar(1)
+        bar(1, loss=loss_sum / max(seen, 1), lr=peak * f, images=len(x))
     dt = time.perf_counter() - t0
     sums = [float(loss_sum), float(correct), float(seen), float(labelled)]
     loss_total, correct_total, n, n_labelled = ddp.all_reduce_sum(sums) if par.active else sums
