@@ -34,6 +34,7 @@ from distillprune.distill.losses.kd import soft_kl
 from distillprune.distill.modes import Objective, objective_for
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
+from distillprune.prune.alignment import kept_channels
 from distillprune.prune.blocks import remove_blocks
 from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
 from distillprune.prune.depth import choose_blocks
@@ -132,6 +133,7 @@ class PruneSession:
         self._masks: MagnitudeMasks | None = None
         self._records: list[dict] = []
         self._done = 0
+        self._aligned_from = 0
 
     # -- phases ----------------------------------------------------------------------------------------
     def prepare(self) -> Plan | None:
@@ -143,6 +145,9 @@ class PruneSession:
         else:
             teacher = snapshot(self.model)  # the unpruned self
         self.teacher = teacher.to(self.device)
+        # the history ops that turn the teacher into the student (channel-aligned losses replay them): this
+        # run's when the teacher is the model as it is now, else all of them (a teacher from before them)
+        self._aligned_from = len(self.history) if same_shapes(teacher, self.model) else 0
         self.objective = objective_for(cfg.distill, cfg.label_smoothing, lambda: teacher, self._peer)
         if cfg.target is not None:
             assert cfg.width is not None
@@ -176,6 +181,10 @@ class PruneSession:
         # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
         ddp.replicate(lambda: self._cut(k), self.history, self._replay, self.report)
         ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")
+        align = getattr(self.objective, "align", None)
+        if callable(align):  # losses that compare kept channels with the teacher's (distill.losses.aligned)
+            ops, teacher = self.history[self._aligned_from :], self.teacher
+            align(lambda: kept_channels(teacher, ops, self.input_shape))
         recal = cfg.bn_recalibration
         if self.plan is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
             recal = max(1, -(-cfg.target.calib_samples // self.batch_size))
@@ -328,6 +337,12 @@ def nothing_removed(width: WidthConfig) -> str:
         "prunable layer keeps all its channels after rounding (or width.layers selects no prunable layer); "
         "raise width.ratio or lower width.round_to"
     )
+
+
+def same_shapes(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models have the same parameter and buffer shapes (one architecture, one width)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
 
 
 def tensor_inputs(x: Batch) -> torch.Tensor:
