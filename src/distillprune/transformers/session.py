@@ -5,8 +5,9 @@ verb ``prune_transformer_`` (also what ``distillprune.prune_`` runs for a ``Tran
   the ``embedding`` loss for embedders, ``kd`` for classifiers, unless the config names losses) and, with a
   ``target``, the plan (layers to drop, heads / FFN ratios) from measured candidates.
 * ``step(k)``: on the first step drop the layers whose skipping raises the KD loss least; then score heads
-  and FFN neurons (Fisher mask importance) and remove them down to step k's share (linear schedule);
-  then train ``epochs_per_step`` epochs with the objective.
+  and FFN neurons (Fisher mask importance) and remove them down to step k's share (linear schedule),
+  re-fit the projections that lost inputs to the dense outputs (``transformers.recover``); then train
+  ``epochs_per_step`` epochs with the objective.
 * ``finish``: a :class:`TransformerPruneReport`.
 
 Every change is a history op (``prune_heads``, ``prune_ffn``, ``drop_layers``) and the HF config follows.
@@ -35,6 +36,7 @@ from distillprune.prune.session import Trainer
 from distillprune.train.config import RuntimeConfig, TrainSummary
 from distillprune.transformers.config import TransformerPruneConfig
 from distillprune.transformers.importance import choose_layers, fisher_scores
+from distillprune.transformers.recover import EncoderRecoveryReport, recover_encoder
 from distillprune.transformers.search import TransformerPlan, search
 from distillprune.transformers.surgery import (
     DropLayersOp,
@@ -63,6 +65,7 @@ class TransformerPruneReport(Details):
     ffn_after: list[int] = field(default_factory=list)
     plan: TransformerPlan | None = None
     training: TrainSummary | None = None
+    recovery: list[EncoderRecoveryReport] = field(default_factory=list)  # one per step that cut heads / FFN
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []
@@ -147,6 +150,9 @@ class TransformerPruneSession:
                 self._prune_heads(head_scores, self.heads_ratio * share)
             if self.ffn_ratio:
                 self._prune_ffn(ffn_scores, self.ffn_ratio * share)
+            if self.cfg.recovery.enabled:  # the projections that lost inputs, re-fitted to the dense outputs
+                assert self.teacher is not None
+                self.report.recovery.append(recover_encoder(self.model, self.teacher, batches, self.cfg.recovery))
         if self.cfg.epochs_per_step:
             assert self.trainer is not None
             self._records += self.trainer(self.model, self.objective, self.cfg.epochs_per_step, f"step{k + 1}", None)

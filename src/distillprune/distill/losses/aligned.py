@@ -33,9 +33,7 @@ class AlignedFeatureLoss(DistillLoss):
     zero_when_equal = True
     example = {"pairs": ["f"], "channels": [["f", [0, 2, 3, 5]]]}
 
-    def __init__(
-        self, pairs: list[list[str]] | list[str] | None = None, channels: list[list] | None = None
-    ) -> None:
+    def __init__(self, pairs: list[list[str]] | list[str] | None = None, channels: list[list] | None = None) -> None:
         super().__init__()
         self.taps = [] if pairs is None else parse_pairs(pairs, "aligned")
         self.explicit = dict(_channels(channels or []))
@@ -60,7 +58,9 @@ class AlignedFeatureLoss(DistillLoss):
     def _index(self, s: str, t: str, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor | None:
         """The teacher channels of the student's tap ``s`` (None: all of them, in order)."""
         if fs.dim() not in (2, 4) or ft.dim() != fs.dim():  # channels on dim 1: vectors, feature maps
-            raise DistillpruneError(f"aligned: cannot align student '{s}' {tuple(fs.shape)} to teacher {tuple(ft.shape)}")
+            raise DistillpruneError(
+                f"aligned: cannot align student '{s}' {tuple(fs.shape)} to teacher {tuple(ft.shape)}"
+            )
         cs, ct = fs.shape[1], ft.shape[1]
         if cs == ct:  # kept indices are increasing: all ct of ct channels can only be 0..ct-1
             return None
@@ -89,7 +89,9 @@ class AlignedFeatureLoss(DistillLoss):
             same_batch(fs, ft, f"feature '{s}'")
             ft = ft if idx is None else ft.index_select(1, idx.to(ft.device))
             if fs.shape != ft.shape:
-                raise DistillpruneError(f"aligned: student '{s}' {tuple(fs.shape)} and teacher {tuple(ft.shape)} differ")
+                raise DistillpruneError(
+                    f"aligned: student '{s}' {tuple(fs.shape)} and teacher {tuple(ft.shape)} differ"
+                )
             ft = ft.float()
             total = total + (fs.float() - ft).pow(2).sum() / ft.pow(2).sum().clamp_min(1e-12)
         return total / len(self.taps)
@@ -127,4 +129,3 @@ def stages(model: nn.Module) -> list[str]:
         if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in child.modules())
     ]
     return [n for n in found[:-1] if not isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))]
-
