@@ -19,7 +19,7 @@ from distillprune.prune.config import PruneConfig
 from distillprune.prune.session import PruneReport, PruneSession, Trainer
 from distillprune.train import distributed as ddp
 from distillprune.train.config import RuntimeConfig
-from distillprune.train.trainer import FitSettings, fit, resolve_device
+from distillprune.train.trainer import FitSettings, fit, resolve_device, spanned
 
 #: config type -> verb, for families that prune their own structures (``transformers`` registers
 #: ``TransformerPruneConfig``); ``prune_`` hands such a config (or a dict of its keys) to that verb
@@ -115,8 +115,8 @@ def fit_trainer(
 ) -> Trainer:
     """The session's trainer over the library's ``fit`` (no checkpoints)."""
 
-    def train(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
-        settings = FitSettings(epochs, cfg.optimizer, cfg.schedule, cfg.grad_clip)
+    def train(model, objective, epochs, tag, on_step, span=None):  # type: ignore[no-untyped-def]
+        settings = FitSettings(epochs, cfg.optimizer, cfg.schedule, cfg.grad_clip, *spanned(span))
         return fit(
             model,
             data,

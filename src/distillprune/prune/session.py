@@ -45,14 +45,16 @@ from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrat
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
 from distillprune.train import distributed as ddp
-from distillprune.train.config import TrainSummary
+from distillprune.train.config import Span, TrainSummary
 
 if TYPE_CHECKING:
     import torch_pruning as tp
 
-#: ``trainer(model, objective, epochs, tag, on_step) -> per-epoch records``: how the session trains between
-#: steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume)
-Trainer = Callable[[nn.Module, Objective, int, str, Callable[[nn.Module], None] | None], list[dict]]
+#: ``trainer(model, objective, epochs, tag, on_step[, span]) -> per-epoch records``: how the session trains
+#: between steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume).
+#: ``span`` (a ``train.config.Span``) is passed only when a step is not a run of its own: fractional
+#: ``epochs_per_step`` or ``lr_span: stage``
+Trainer = Callable[..., list[dict]]
 
 
 @details_type
@@ -195,7 +197,9 @@ class PruneSession:
         if cfg.epochs_per_step:
             assert self.trainer is not None
             on_step = self._masks.apply if self._masks else None
-            self._records += self.trainer(self.model, self.objective, cfg.epochs_per_step, f"step{k + 1}", on_step)
+            args = (self.model, self.objective, cfg.epochs_per_step, f"step{k + 1}", on_step)
+            span = step_span(cfg, k)
+            self._records += self.trainer(*args) if span is None else self.trainer(*args, span)
         self._done += 1
 
     def _cut(self, k: int) -> None:
@@ -337,6 +341,16 @@ def nothing_removed(width: WidthConfig) -> str:
         "prunable layer keeps all its channels after rounding (or width.layers selects no prunable layer); "
         "raise width.ratio or lower width.round_to"
     )
+
+
+def step_span(cfg: PruneConfig, k: int) -> Span | None:
+    """Where step ``k``'s training sits in the stage's: a fractional step continues through the epoch where
+    the last one stopped (a whole number of epochs per step replays epochs 0.. each step, as it always has);
+    ``lr_span: stage`` runs one lr schedule over all the steps. None: the step is a run of its own."""
+    e = cfg.epochs_per_step
+    start = 0.0 if float(e).is_integer() else k * e
+    schedule = (k * e, cfg.steps * e) if cfg.lr_span == "stage" else None
+    return None if start == 0 and schedule is None else Span(start, schedule)
 
 
 def same_shapes(a: nn.Module, b: nn.Module) -> bool:

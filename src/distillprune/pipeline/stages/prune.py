@@ -29,8 +29,8 @@ def run_prune(st: PruneStage, state: RunState, index: int) -> StageOutcome:
     refuse_named_width(state.model, st)
     teacher = state.resolve_teacher(st.distill) if st.distill else None  # None: the unpruned self
 
-    def trainer(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
-        return state.fit(st, epochs, objective, index, "prune", sub=tag, on_step=on_step)
+    def trainer(model, objective, epochs, tag, on_step, span=None):  # type: ignore[no-untyped-def]
+        return state.fit(st, epochs, objective, index, "prune", sub=tag, on_step=on_step, span=span)
 
     peer = state.peer(st.distill) if st.distill else None
     session = PruneSession(
