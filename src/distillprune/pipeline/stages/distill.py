@@ -22,7 +22,8 @@ from distillprune.train.trainer import evaluate
 
 class DistillStage(StageConfig, TrainingOptions):
     """Distillation into the current model or a new `student`: losses `kd` (optionally with logit
-    standardisation), `fitnet` (automatic adapters), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, as
+    standardisation), `fitnet` (automatic adapters), `aligned` (a pruned student's stage outputs on the
+    teacher's kept channels, no adapters; in a prune stage), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, as
     weighted sums whose weights and temperatures can follow linear/cosine ramps; modes: `teachers: [...]`
     (weighted multi-teacher), `mode: mutual` (online, both nets train), `generations: N` (born-again),
     `cache: true` (teacher outputs computed once), label-free (`data.labels: false`)."""
