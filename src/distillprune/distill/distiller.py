@@ -168,11 +168,11 @@ class Distiller(nn.Module):
     def align(self, kept: Callable[[], Mapping[str, torch.Tensor]]) -> None:
         """Hand the losses that compare channel by channel (``aligned``) the student's kept-channel map;
         ``kept`` is called only when one of them is present (it replays the pruning history)."""
-        takers = [loss for loss in self.losses if callable(getattr(loss, "align", None))]
+        takers = [f for f in (getattr(loss, "align", None) for loss in self.losses) if callable(f)]
         if takers:
             value = kept()
-            for loss in takers:
-                loss.align(value)
+            for align in takers:
+                align(value)
 
     def begin_epoch(self, loader, epoch: int, epochs: int) -> None:
         self.clock.begin_epoch(len(loader), epoch, epochs)

@@ -55,7 +55,9 @@ def _read(m: nn.Module) -> torch.Tensor:
         assert m.running_mean is not None  # checked when tagged
         tags = m.running_mean
     else:
-        tags = m.weight.flatten(1)[:, 0]  # type: ignore[union-attr]  # every entry of filter j holds j
+        weight = m.weight
+        assert isinstance(weight, torch.Tensor)  # Conv / Linear
+        tags = weight.flatten(1)[:, 0]  # every entry of filter j holds j
     return tags.detach().round().long().cpu()
 
 
