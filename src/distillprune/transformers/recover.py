@@ -10,7 +10,10 @@ bias are re-solved so that its output matches the dense model's output at the sa
     [W | b]* = argmin ||[X 1] [W | b]^T - Y||^2 + lam ||W||^2
 
 where ``X`` are the *pruned* model's inputs of the projection (so an error corrected upstream is not
-corrected twice) and ``Y`` the dense teacher's outputs (real tokens only, padding left out). Layers go in
+corrected twice) and ``Y`` the dense teacher's outputs (real tokens only, padding left out). In a BERT layer
+the projection's output ``y`` is added to the residual stream ``r`` before a LayerNorm, so the target is the
+dense sum less the pruned model's own residual, ``Y = y_dense + r_dense - r``: the LayerNorm then sees the
+dense input, which also makes up for what the residual stream lost upstream (a dropped layer). Layers go in
 order, the attention projection before the FFN one in each layer, each solved from a fresh forward pass
 through the layers already re-fitted. A solve that would not lower the calibration error leaves the
 weights as they were, so recovery never makes the calibration error worse; the report says, per projection,
@@ -61,24 +64,29 @@ class _Stop(Exception):
     """Raised by a hook once it has what it needs: the rest of the forward pass is not computed."""
 
 
-def _capture(module: nn.Module, want: str, store: list[torch.Tensor]):
+def _run(model: nn.Module, x: Batch, proj: nn.Linear, want: str, adder: nn.Module | None) -> list[torch.Tensor]:
+    """``[proj's input or output]`` on batch ``x``, plus the residual ``adder`` adds to that output before its
+    LayerNorm (its second argument) when ``adder`` is given; the forward stops at ``proj``."""
+    store: list[torch.Tensor] = []
+
+    def residual(_m: nn.Module, args: tuple) -> None:
+        store.append(args[1].detach())
+
     def hook(_m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        store.append((inp[0] if want == "input" else out).detach())
+        store.insert(0, (inp[0] if want == "input" else out).detach())
         raise _Stop
 
-    return module.register_forward_hook(hook)
-
-
-def _run(model: nn.Module, x: Batch, module: nn.Module, want: str) -> torch.Tensor:
-    store: list[torch.Tensor] = []
-    handle = _capture(module, want, store)
+    handles = [proj.register_forward_hook(hook)]
+    if adder is not None:
+        handles.append(adder.register_forward_pre_hook(residual))
     try:
         call(model, x)
     except _Stop:
         pass
     finally:
-        handle.remove()
-    return store[0]
+        for h in handles:
+            h.remove()
+    return store
 
 
 def _rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -94,18 +102,37 @@ def _projection(layer: nn.Module, i: int) -> nn.Linear:
     return m
 
 
+def _adder(layer: nn.Module, i: int) -> nn.Module | None:
+    """The module that adds projection ``i``'s output to the residual stream (BERT's ``attention.output`` /
+    ``output``: ``LayerNorm(dense(h) + residual)``, the residual its second argument); None where the sum
+    happens inside the layer's own forward (DistilBERT)."""
+    if layer_family(layer) != "bert":
+        return None
+    return layer.get_submodule(PARTS["bert"][i].rpartition(".")[0])
+
+
 @torch.no_grad()
 def _refit(
-    student: nn.Module, teacher: nn.Module, s_proj: nn.Linear, t_proj: nn.Linear, batches: Sequence[Batch], damp: float
+    student: nn.Module,
+    teacher: nn.Module,
+    s_layer: nn.Module,
+    t_layer: nn.Module,
+    i: int,
+    batches: Sequence[Batch],
+    damp: float,
 ) -> tuple[float, float, int]:
-    """Solve one projection in place; returns (error before, error after, tokens)."""
+    """Solve projection ``i`` of ``s_layer`` in place; returns (error before, error after, tokens)."""
+    s_proj, t_proj = _projection(s_layer, i), _projection(t_layer, i)
+    s_add, t_add = _adder(s_layer, i), _adder(t_layer, i)
     bias = s_proj.bias
     gram = Gram(s_proj.in_features, s_proj.out_features, bias=bias is not None)
     for x in batches:
         mask = sequence_mask(x)
-        xs = _rows(_run(student, x, s_proj, "input"), mask)
-        yt = _rows(_run(teacher, x, t_proj, "output"), mask)
-        gram.add(xs.cpu(), yt.cpu())
+        xs, *rs = _run(student, x, s_proj, "input", s_add)
+        yt, *rt = _run(teacher, x, t_proj, "output", t_add)
+        if rs and rt:  # match the dense sum y + r that the LayerNorm sees, not y alone
+            yt = yt + rt[0] - rs[0]
+        gram.add(_rows(xs, mask).cpu(), _rows(yt, mask).cpu())
     rows = [s_proj.weight.T] + ([] if bias is None else [bias.view(1, -1)])
     before = gram.residual(torch.cat(rows).double().cpu())
     w = gram.solve(damp)
@@ -164,7 +191,7 @@ def recover_encoder(
                 if s_proj.out_features != t_proj.out_features:
                     report.refits.append(Refit(li, name, "skipped", "its output width differs from the teacher's"))
                     continue
-                before, after, rows = _refit(student, teacher, s_proj, t_proj, batches, cfg.damp)
+                before, after, rows = _refit(student, teacher, layer, t_layer, i, batches, cfg.damp)
                 report.tokens = rows
                 status = "refit" if after < before else "kept"
                 reason = "" if status == "refit" else "the solve did not lower the calibration error"
