@@ -159,7 +159,7 @@ def train_row(name: str, teacher, data, args) -> dict:
                 "epochs_per_step": 1,
                 "optimizer": opt,
                 "distill": {"losses": [{"name": "embedding"}], "cache": True},
-                "recovery": {"enabled": not args.no_recovery},
+                "recovery": {"enabled": args.recovery},
             },
             teacher=teacher,
             data=data,
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dp-ffn", type=float, default=0.5)
     ap.add_argument("--dp-drop", type=int, default=2)
     ap.add_argument(
-        "--no-recovery", action="store_true", help="dp: no least-squares re-fit of the projections after the cuts"
+        "--recovery", action="store_true", help="dp: least-squares re-fit of the projections after the cuts"
     )
     ap.add_argument("--limit-train", type=int, default=None, help="training sentences (default: all)")
     ap.add_argument("--limit-test", type=int, default=1000, help="held-out sentences for cosine / overlap")

@@ -48,7 +48,11 @@ class EncoderRecoveryConfig(StrictModel):
     """After every head / FFN cut, re-fit the attention output and FFN down projections by least squares to
     the dense model's outputs on the calibration tokens (``transformers.recover``)."""
 
-    enabled: bool = Field(True, description="false: train from the cut weights as they are")
+    enabled: bool = Field(
+        False,
+        description="re-fit after every cut; off by default: on MiniLM (reduced, one epoch) it did not raise the "
+        "cosine after training (docs/benchmarks.md)",
+    )
     damp: float = Field(1e-4, gt=0, lt=1, description="ridge, relative to the mean diagonal of X^T X")
 
 

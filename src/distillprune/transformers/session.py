@@ -6,7 +6,8 @@ verb ``prune_transformer_`` (also what ``distillprune.prune_`` runs for a ``Tran
   ``target``, the plan (layers to drop, heads / FFN ratios) from measured candidates.
 * ``step(k)``: on the first step drop the layers whose skipping raises the KD loss least; then score heads
   and FFN neurons (Fisher mask importance) and remove them down to step k's share (linear schedule),
-  re-fit the projections that lost inputs to the dense outputs (``transformers.recover``); then train
+  with ``recovery.enabled`` re-fit the projections that lost inputs to the dense outputs
+  (``transformers.recover``); then train
   ``epochs_per_step`` epochs with the objective.
 * ``finish``: a :class:`TransformerPruneReport`.
 

@@ -15,8 +15,8 @@ from distillprune.transformers.session import TransformerPruneSession
 class PruneTransformerStage(StageConfig, TransformerPruneConfig):
     """Hugging Face encoders (`model.source: hf`): `steps` times remove attention heads (`heads.ratio`, ranked
     globally by Fisher mask importance) and FFN neurons (`ffn.ratio`, rounded to `round_to` 64), dropping
-    `layers.drop` whole layers (smallest KD-loss increase) on the first step, re-fit the attention output
-    and FFN down projections to the dense outputs by least squares (`recovery`), then train
+    `layers.drop` whole layers (smallest KD-loss increase) on the first step, optionally re-fit the
+    attention output and FFN down projections to the dense outputs by least squares (`recovery`), then train
     `epochs_per_step` with KD from the unpruned model (AdamW; `embedding` loss for embedders, `kd` for
     classifiers); `target` searches layers x width for a measured speedup."""
 
