@@ -186,6 +186,7 @@ class PruneSession:
         align = getattr(self.objective, "align", None)
         if callable(align):  # losses that compare kept channels with the teacher's (distill.losses.aligned)
             ops, teacher = self.history[self._aligned_from :], self.teacher
+            assert teacher is not None  # set by prepare()
             align(lambda: kept_channels(teacher, ops, self.input_shape))
         recal = cfg.bn_recalibration
         if self.plan is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
