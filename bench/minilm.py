@@ -159,6 +159,7 @@ def train_row(name: str, teacher, data, args) -> dict:
                 "epochs_per_step": 1,
                 "optimizer": opt,
                 "distill": {"losses": [{"name": "embedding"}], "cache": True},
+                "recovery": {"enabled": args.recovery},
             },
             teacher=teacher,
             data=data,
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dp-heads", type=float, default=1 / 3)
     ap.add_argument("--dp-ffn", type=float, default=0.5)
     ap.add_argument("--dp-drop", type=int, default=2)
+    ap.add_argument(
+        "--recovery", action="store_true", help="dp: least-squares re-fit of the projections after the cuts"
+    )
     ap.add_argument("--limit-train", type=int, default=None, help="training sentences (default: all)")
     ap.add_argument("--limit-test", type=int, default=1000, help="held-out sentences for cosine / overlap")
     ap.add_argument("--rounds", type=int, default=3, help="latency rounds (teacher and model back to back)")

@@ -6,14 +6,15 @@ The teacher is frozen: eval mode, no gradients, forward under ``torch.no_grad`` 
 ``inference_mode``: its outputs are saved for the student's backward, which inference tensors
 refuse), by default through a BatchNorm-folded, checked copy (``distill.fast_teacher``). Optional hooks
 the trainer calls when present: ``begin_epoch(loader, epoch, epochs)`` (schedules, teacher cache),
-``check_labels(has_labels)`` (before training), ``trainable()`` (extra parameters to optimise).
+``check_labels(has_labels)`` (before training), ``trainable()`` (extra parameters to optimise), ``align(kept)``
+(the prune session's kept-channel map after a cut).
 Online (mutual) distillation, where the teacher trains too, is ``distill.mutual.MutualDistiller``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -173,6 +174,15 @@ class Distiller(nn.Module):
 
     def check_labels(self, has_labels: bool) -> None:
         check_terms(self.terms, has_labels)
+
+    def align(self, kept: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        """Hand the losses that compare channel by channel (``aligned``) the student's kept-channel map;
+        ``kept`` is called only when one of them is present (it replays the pruning history)."""
+        takers = [f for f in (getattr(loss, "align", None) for loss in self.losses) if callable(f)]
+        if takers:
+            value = kept()
+            for align in takers:
+                align(value)
 
     def begin_epoch(self, loader, epoch: int, epochs: int) -> None:
         self.clock.begin_epoch(len(loader), epoch, epochs)

@@ -26,9 +26,9 @@ from distillprune.models.config import ModelConfig
 from distillprune.pipeline.rundir import RESERVED, read_state
 from distillprune.report.report import CompressionReport
 from distillprune.train import distributed as ddp
-from distillprune.train.config import TrainingOptions
+from distillprune.train.config import Span, TrainingOptions
 from distillprune.train.logging import RunLogger
-from distillprune.train.trainer import FitSettings, fit, resolve_device
+from distillprune.train.trainer import FitSettings, fit, resolve_device, spanned
 
 if TYPE_CHECKING:
     from distillprune.pipeline.timing import StageTimer
@@ -109,12 +109,13 @@ class RunState:
     def fit(
         self,
         opts: TrainingOptions,
-        epochs: int,
+        epochs: float,
         objective: nn.Module,
         index: int,
         tag: str,
         sub: str = "train",
         on_step: Callable[[nn.Module], None] | None = None,
+        span: Span | None = None,
     ) -> list[dict]:
         """Train the current model with the recipe's data and runtime; checkpoints every epoch under the
         stage's folder, so ``--resume`` continues inside a stage."""
@@ -123,7 +124,7 @@ class RunState:
         return fit(
             self.model,
             self.data,
-            FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip),
+            FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip, *spanned(span)),
             objective,
             runtime=r.runtime,
             seed=r.seed + index,

@@ -21,7 +21,7 @@ from distillprune.prune.session import PruneSession, Trainer
 from distillprune.prune.structure import config_of
 from distillprune.train import distributed as ddp
 from distillprune.train.config import RuntimeConfig, TrainingOptions
-from distillprune.train.trainer import FitSettings, fit, resolve_device
+from distillprune.train.trainer import FitSettings, fit, resolve_device, spanned
 
 __all__ = ["fit_trainer", "prune_", "refuse_named_width"]
 
@@ -92,8 +92,8 @@ def fit_trainer(
 ) -> Trainer:
     """The session's trainer over the library's ``fit`` (no checkpoints)."""
 
-    def train(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
-        settings = FitSettings(epochs, cfg.optimizer, cfg.schedule, cfg.grad_clip)
+    def train(model, objective, epochs, tag, on_step, span=None):  # type: ignore[no-untyped-def]
+        settings = FitSettings(epochs, cfg.optimizer, cfg.schedule, cfg.grad_clip, *spanned(span))
         return fit(
             model,
             data,

@@ -119,7 +119,18 @@ class PruneConfig(TrainingOptions):
         None, description="search width ratio (and depth) to reach a MACs ratio or a measured ORT speedup"
     )
     steps: int = Field(1, ge=1)
-    epochs_per_step: int = Field(0, ge=0)
+    epochs_per_step: float = Field(
+        0,
+        ge=0,
+        allow_inf_nan=False,
+        description="training after each cut, in epochs; a fraction trains that share of an epoch's batches, "
+        "the steps continuing through the epoch (4 steps of 0.25: one epoch in all)",
+    )
+    lr_span: Literal["step", "stage"] = Field(
+        "step",
+        description="step: the lr schedule runs its course in every step's training; stage: one schedule over "
+        "all the steps (one warm-up, one decay: for short budgets cut into many steps)",
+    )
     bn_recalibration: int = Field(
         0,
         ge=0,

@@ -35,15 +35,18 @@ from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
+from distillprune.prune.alignment import kept_channels
 from distillprune.prune.structure import Structure, structure_type
 from distillprune.train import distributed as ddp
-from distillprune.train.config import TrainSummary
+from distillprune.train.config import Span, TrainSummary
 
 __all__ = ["PruneSession", "Trainer"]
 
-#: ``trainer(model, objective, epochs, tag, on_step) -> per-epoch records``: how the session trains between
-#: steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume)
-Trainer = Callable[[nn.Module, Objective, int, str, Callable[[nn.Module], None] | None], list[dict]]
+#: ``trainer(model, objective, epochs, tag, on_step[, span]) -> per-epoch records``: how the session trains
+#: between steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume).
+#: ``span`` (a ``train.config.Span``) is passed only when a step is not a run of its own: fractional
+#: ``epochs_per_step`` or ``lr_span: stage``
+Trainer = Callable[..., list[dict]]
 
 
 class PruneSession:
@@ -104,6 +107,7 @@ class PruneSession:
         self.report: Details = self.structure.report
         self._records: list[dict] = []
         self._done = 0
+        self._aligned_from = 0
 
     # -- phases ----------------------------------------------------------------------------------------
     def prepare(self) -> Any | None:
@@ -114,6 +118,9 @@ class PruneSession:
         else:
             teacher = snapshot(self.model)  # the unpruned self
         self.teacher = teacher.to(self.device)
+        # the history ops that turn the teacher into the student (channel-aligned losses replay them): this
+        # run's when the teacher is the model as it is now, else all of them (a teacher from before them)
+        self._aligned_from = len(self.history) if same_shapes(teacher, self.model) else 0
         cfg = self.cfg
         distill = self.structure.distill_config()
         self.objective = objective_for(distill, cfg.label_smoothing, lambda: teacher, self._peer)
@@ -136,11 +143,18 @@ class PruneSession:
         # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
         ddp.replicate(lambda: self.structure.cut(k), self.history, self._replay, self.report)
         ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")
+        align = getattr(self.objective, "align", None)
+        if callable(align):  # losses that compare kept channels with the teacher's (distill.losses.aligned)
+            ops, teacher = self.history[self._aligned_from :], self.teacher
+            assert teacher is not None  # set by prepare()
+            align(lambda: kept_channels(teacher, ops, self.input_shape))
         self.structure.settle(k)
         if cfg.epochs_per_step:
             assert self.trainer is not None
             on_step = self.structure.on_train_step()
-            self._records += self.trainer(self.model, self.objective, cfg.epochs_per_step, f"step{k + 1}", on_step)
+            args = (self.model, self.objective, cfg.epochs_per_step, f"step{k + 1}", on_step)
+            span = step_span(cfg.epochs_per_step, cfg.steps, getattr(cfg, "lr_span", "step"), k)
+            self._records += self.trainer(*args) if span is None else self.trainer(*args, span)
         self._done += 1
 
     def _replay(self, op: HistoryOp) -> None:
@@ -178,3 +192,19 @@ class PruneSession:
             d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1, device=self.device
         )
         return [(x, y) for _, (x, y) in zip(range(n), loader, strict=False)]
+
+
+def step_span(epochs_per_step: float, steps: int, lr_span: str, k: int) -> Span | None:
+    """Where step ``k``'s training sits in the stage's: a fractional step continues through the epoch where
+    the last one stopped (a whole number of epochs per step replays epochs 0.. each step, as it always has);
+    ``lr_span: stage`` runs one lr schedule over all the steps. None: the step is a run of its own."""
+    e = epochs_per_step
+    start = 0.0 if float(e).is_integer() else k * e
+    schedule = (k * e, steps * e) if lr_span == "stage" else None
+    return None if start == 0 and schedule is None else Span(start, schedule)
+
+
+def same_shapes(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models have the same parameter and buffer shapes (one architecture, one width)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)

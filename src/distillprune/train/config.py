@@ -53,6 +53,16 @@ class TrainingOptions(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
+@dataclass(frozen=True)
+class Span:
+    """Where one training run sits in a longer one (a prune step among the stage's steps): it starts
+    ``start`` epochs into the stream of epochs, and its lr follows ``schedule`` = (offset, length) in epochs
+    of a schedule shared with the other runs (None: a schedule of its own)."""
+
+    start: float = 0.0
+    schedule: tuple[float, float] | None = None
+
+
 @dataclass
 class TrainSummary:
     """What a training run did, for reports: epochs, last loss, throughput and time."""

@@ -32,7 +32,7 @@ from distillprune.core.io import atomic_write, loads, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
 from distillprune.train import distributed as ddp
-from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
+from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig, Span
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
 
@@ -49,10 +49,56 @@ class ObjectiveHooks(Protocol):
 
 @dataclass
 class FitSettings:
-    epochs: int
+    """How long and how ``fit`` trains. ``epochs`` may be fractional (that share of an epoch's batches).
+
+    ``start``: where in the stream of epochs this run begins (a prune step after others: 0.25 starts a
+    quarter into epoch 0's shuffle, so quarter-epoch steps together see every sample once per epoch).
+    ``schedule_span``: ``(offset, length)`` in epochs of the learning-rate schedule this run is part of
+    (one schedule over several runs); None: the schedule spans this run alone."""
+
+    epochs: float
     optimizer: OptimizerConfig
     schedule: ScheduleConfig
     grad_clip: float | None = None
+    start: float = 0.0
+    schedule_span: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        values = [self.epochs, self.start, *(self.schedule_span or ())]
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise DistillpruneError(f"training epochs, start and schedule span must be finite and >= 0, got {values}")
+
+    def batches(self, per_epoch: int) -> tuple[int, int]:
+        """The run's global batch indices ``[first, last)`` in the epoch stream (``per_epoch`` batches each)."""
+        first, count = round(self.start * per_epoch), round(self.epochs * per_epoch)
+        if self.epochs > 0 and count == 0:
+            raise DistillpruneError(
+                f"{self.epochs:g} epochs is less than one batch of the {per_epoch} an epoch has: "
+                f"train at least 1/{per_epoch} of an epoch"
+            )
+        return first, first + count
+
+    def lr_steps(self, per_epoch: int, first: int, last: int) -> tuple[int, int]:
+        """(the schedule step of global batch ``first``, the schedule's length in batches)."""
+        if self.schedule_span is None:
+            return 0, last - first
+        offset, length = self.schedule_span
+        return round(offset * per_epoch), max(round(length * per_epoch), 1)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A run's global batches ``[first, last)``, the lr schedule's step at ``first`` and its length."""
+
+    first: int
+    last: int
+    lr_offset: int
+    lr_total: int
+
+
+def spanned(span: Span | None) -> tuple[float, tuple[float, float] | None]:
+    """FitSettings' (start, schedule_span) of a session's ``span`` (None: a run of its own)."""
+    return (0.0, None) if span is None else (span.start, span.schedule)
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:
@@ -258,26 +304,43 @@ def fit(
     trainable = getattr(objective, "trainable", None)
     extra: list[nn.Parameter] = list(trainable()) if trainable is not None else []
     opt = make_optimizer(params + extra, settings.optimizer)
-    start = 0
+    n = len(loader)
+    first, last = settings.batches(n)
+    window = Window(first, last, *settings.lr_steps(n, first, last))
+    start = first // n  # epochs are numbered in the stream: a checkpoint records the next one
     history: list[dict] = []
     if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
         start, history = _load(ckpt_dir, model, objective, opt)
     wrapped = par.start()  # DDP around the model under torchrun, else the model
     fwd = torch.compile(wrapped) if runtime.compile else wrapped
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
-    total_steps = settings.epochs * len(loader)
     from distillprune.train.progress import progress_bar
 
     scalars = logger.scalars if logger is not None else None
-    with progress_bar(runtime.progress and ddp.is_rank0(), desc, total_steps, start * len(loader), scalars) as bar:
-        for epoch in range(start, settings.epochs):
+    done = min(max(start * n - first, 0), last - first)
+    with progress_bar(runtime.progress and ddp.is_rank0(), desc, last - first, done, scalars) as bar:
+        for epoch in range(start, -(-last // n)):
             torch.manual_seed(seed * 7919 + epoch + 1_000_003 * par.rank)  # ranks draw their own dropout
             loader.set_epoch(epoch)
             begin_epoch = getattr(objective, "begin_epoch", None)
             if begin_epoch is not None:  # schedules, teacher-output cache (distill objectives)
-                begin_epoch(loader, epoch, settings.epochs)
+                begin_epoch(loader, epoch - first // n, settings.epochs)
             rec = _epoch(
-                fwd, model, loader, objective, opt, scaler, settings, runtime, device, epoch, on_step, bar, par, extra
+                fwd,
+                model,
+                loader,
+                objective,
+                opt,
+                scaler,
+                settings,
+                runtime,
+                device,
+                epoch,
+                on_step,
+                bar,
+                par,
+                extra,
+                window,
             )
             par.sync_buffers()
             scored = data.test.y is not None and not is_embedder(model)
@@ -310,6 +373,7 @@ def _epoch(
     bar,
     par: ddp.DataParallel,
     extra: list[nn.Parameter],
+    window: Window,
 ) -> dict:
     model.train()
     t0, seen, labelled = time.perf_counter(), 0, 0
@@ -318,9 +382,14 @@ def _epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     check_every = 1 if device.type == "cpu" else 25
     steps = len(loader)
+    lo, hi = max(window.first - epoch * steps, 0), min(window.last - epoch * steps, steps)
     peak = settings.optimizer.lr
     for i, (x, y) in enumerate(loader):
-        f = lr_factor(settings.schedule, epoch * steps + i, settings.epochs * steps)
+        if i < lo:  # drawn all the same: the augmentation of batch i depends on the batches before it
+            continue
+        if i >= hi:
+            break
+        f = lr_factor(settings.schedule, window.lr_offset + epoch * steps + i - window.first, window.lr_total)
         for g in opt.param_groups:
             g["lr"] = peak * f
         if runtime.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
@@ -328,7 +397,7 @@ def _epoch(
         with autocast(runtime, device):
             loss, logits = objective(fwd, x, y)
         loss_sum += loss.detach().float() * len(x)
-        if (i + 1) % check_every == 0 or i + 1 == steps:
+        if (i + 1) % check_every == 0 or i + 1 == hi:
             _check_finite(loss_sum, epoch, i, opt, exact=check_every == 1)
         opt.zero_grad(set_to_none=True)
         if par.active:  # DDP averages per-rank losses: weigh each by its share of the global batch

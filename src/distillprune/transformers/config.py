@@ -45,6 +45,18 @@ class FfnConfig(StrictModel):
     round_to: int = Field(64, gt=0, description="kept neurons per layer: nearest multiple (hardware-friendly)")
 
 
+class EncoderRecoveryConfig(StrictModel):
+    """After every head / FFN cut, re-fit the attention output and FFN down projections by least squares to
+    the dense model's outputs on the calibration tokens (``transformers.recover``)."""
+
+    enabled: bool = Field(
+        False,
+        description="re-fit after every cut; off by default: on MiniLM (reduced, one epoch) it did not raise the "
+        "cosine after training (docs/benchmarks.md)",
+    )
+    damp: float = Field(1e-4, gt=0, lt=1, description="ridge, relative to the mean diagonal of X^T X")
+
+
 class LayersConfig(StrictModel):
     """Drop whole encoder layers, chosen greedily by the smallest increase of the KD loss when skipped."""
 
@@ -66,6 +78,9 @@ class TransformerPruneConfig(TrainingOptions):
     target: TransformerTargetConfig | None = Field(
         None,
         description="search layers to drop and the heads/FFN ratio that reach a measured ORT speedup or a MACs ratio",
+    )
+    recovery: EncoderRecoveryConfig = Field(
+        default_factory=EncoderRecoveryConfig, description="least-squares re-fit of the projections after each cut"
     )
     steps: int = Field(1, ge=1)
     epochs_per_step: int = Field(0, ge=0)

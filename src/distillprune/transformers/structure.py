@@ -8,6 +8,8 @@ or the ``prune_transformer`` stage).
   (``transformers.search``).
 * ``cut(k)``: on the first step drop the layers whose skipping raises the KD loss least; then score heads
   and FFN neurons (Fisher mask importance) and remove them down to step k's share (linear schedule).
+* ``settle(k)``: with ``recovery.enabled``, re-fit the projections that lost inputs to the dense outputs by
+  least squares (``transformers.recover``).
 * ``finish``: a :class:`TransformerPruneReport`.
 
 Every change is a history op (``prune_heads``, ``prune_ffn``, ``drop_layers``) and the HF config follows.
@@ -37,6 +39,7 @@ from distillprune.prune.structure import Session, Structure, structure_for_confi
 from distillprune.train.config import RuntimeConfig, TrainSummary
 from distillprune.transformers.config import TransformerPruneConfig
 from distillprune.transformers.importance import choose_layers, fisher_scores
+from distillprune.transformers.recover import EncoderRecoveryReport, recover_encoder
 from distillprune.transformers.search import TransformerPlan, search
 from distillprune.transformers.surgery import (
     DropLayersOp,
@@ -65,6 +68,7 @@ class TransformerPruneReport(Details):
     ffn_after: list[int] = field(default_factory=list)
     plan: TransformerPlan | None = None
     training: TrainSummary | None = None
+    recovery: list[EncoderRecoveryReport] = field(default_factory=list)  # one per step that cut heads / FFN
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []
@@ -138,6 +142,15 @@ class EncoderStructure(Structure):
                 self._prune_heads(head_scores, self.heads_ratio * share)
             if self.ffn_ratio:
                 self._prune_ffn(ffn_scores, self.ffn_ratio * share)
+
+    def settle(self, k: int) -> None:
+        """With ``recovery.enabled``, re-fit the projections that lost inputs to the dense outputs
+        (``transformers.recover``). On every rank, from the same seeded calibration batches, so the ranks
+        keep equal weights (the cut itself is rank 0's and replayed)."""
+        if self.cfg.recovery.enabled and (self.heads_ratio or self.ffn_ratio):
+            s = self.session
+            assert s.teacher is not None
+            self._report.recovery.append(recover_encoder(s.model, s.teacher, self.calibration(), self.cfg.recovery))
 
     def finish(self) -> TransformerPruneReport:
         model = self.session.model

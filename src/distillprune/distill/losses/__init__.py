@@ -1,6 +1,7 @@
 """Distillation losses: one file each, registered in LOSSES. Importing this package registers them."""
 
 from distillprune.distill.losses import (  # noqa: F401
+    aligned,
     attention,
     ce,
     crd,

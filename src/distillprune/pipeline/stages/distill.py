@@ -22,7 +22,8 @@ from distillprune.train.trainer import evaluate
 
 class DistillStage(StageConfig, TrainingOptions):
     """Distillation into the current model or a new `student`: losses `kd` (optionally with logit
-    standardisation), `fitnet` (automatic adapters), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, and for
+    standardisation), `fitnet` (automatic adapters), `aligned` (a pruned student's stage outputs on the
+    teacher's kept channels, no adapters; in a prune stage), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, and for
     encoders `hidden` (TinyBERT), `minilm` (self-attention relations), `embedding` (sentence embeddings), as
     weighted sums whose weights and temperatures can follow linear/cosine ramps; modes: `teachers: [...]`
     (weighted multi-teacher), `mode: mutual` (online, both nets train), `generations: N` (born-again),

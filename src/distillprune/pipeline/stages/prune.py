@@ -25,8 +25,9 @@ class PruneStage(StageConfig, PruneConfig):
     """`steps` times: prune a little (`depth`: remove residual blocks chosen by the smallest KD-loss
      increase; `width`: Torch-Pruning dependency-graph channel removal, importance `l1`/`l2`/`taylor`/`bn_scale`
     , uniform or global, `round_to: 8` by default; or `unstructured`: global/layer magnitude
-     masks on a cubic schedule), then train `epochs_per_step` with KD from the dense teacher; `target`
-     searches the plan that reaches a MACs ratio or a measured speedup."""
+     masks on a cubic schedule), then train `epochs_per_step` with KD from the dense teacher (a fraction
+     such as 0.25 puts several steps in one epoch; `lr_span: stage` runs one lr schedule over all the
+     steps); `target` searches the plan that reaches a MACs ratio or a measured speedup."""
 
     example: ClassVar[dict[str, Any]] = {"width": {"ratio": 0.5, "round_to": 4}, "epochs_per_step": 1}
 
@@ -70,8 +71,8 @@ def run_session(st: StageConfig, state: RunState, index: int) -> StageOutcome:
     cfg: Any = st
     teacher = state.resolve_teacher(cfg.distill) if cfg.distill else None  # None: the unpruned self
 
-    def trainer(model, objective, epochs, tag, on_step):  # type: ignore[no-untyped-def]
-        return state.fit(cfg, epochs, objective, index, cfg.type, sub=tag, on_step=on_step)
+    def trainer(model, objective, epochs, tag, on_step, span=None):  # type: ignore[no-untyped-def]
+        return state.fit(cfg, epochs, objective, index, cfg.type, sub=tag, on_step=on_step, span=span)
 
     peer = state.peer(cfg.distill) if cfg.distill else None
     session = PruneSession(

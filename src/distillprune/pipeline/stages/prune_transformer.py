@@ -15,9 +15,10 @@ from distillprune.transformers.config import TransformerPruneConfig
 class PruneTransformerStage(StageConfig, TransformerPruneConfig):
     """Hugging Face encoders (`model.source: hf`): `steps` times remove attention heads (`heads.ratio`, ranked
     globally by Fisher mask importance) and FFN neurons (`ffn.ratio`, rounded to `round_to` 64), dropping
-    `layers.drop` whole layers (smallest KD-loss increase) on the first step, then train `epochs_per_step`
-    with KD from the unpruned model (AdamW; `embedding` loss for embedders, `kd` for classifiers); `target`
-    searches layers x width for a measured speedup."""
+    `layers.drop` whole layers (smallest KD-loss increase) on the first step, optionally re-fit the
+    attention output and FFN down projections to the dense outputs by least squares (`recovery`), then train
+    `epochs_per_step` with KD from the unpruned model (AdamW; `embedding` loss for embedders, `kd` for
+    classifiers); `target` searches layers x width for a measured speedup."""
 
     example: ClassVar[dict[str, Any]] = {
         "heads": {"ratio": 0.5},
