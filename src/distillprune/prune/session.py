@@ -41,6 +41,7 @@ from distillprune.prune.groups import apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrate_bn
+from distillprune.prune.recovery import RecoveryConfig, RecoveryReport, recover_
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
 from distillprune.train import distributed as ddp
@@ -68,6 +69,7 @@ class PruneReport(Details):
     training: TrainSummary | None = None
     log: list[str] = field(default_factory=list)  # what the planner decided, step by step
     skipped: list[dict[str, str]] = field(default_factory=list)  # width: layer groups left alone, and why
+    recovery: list[RecoveryReport] = field(default_factory=list)  # one per structural cut (prune.recovery)
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []  # the ops this run added (not part of the JSON report)
@@ -159,6 +161,7 @@ class PruneSession:
                     self.latency,
                     taylor_loss(teacher),
                     self.log,
+                    cfg.recovery_config(),
                 ),
                 to_jsonable,
                 lambda d: from_jsonable(Plan, d),
@@ -173,12 +176,18 @@ class PruneSession:
         if k != self._done:
             raise DistillpruneError(f"PruneSession.step({k}): the next step is {self._done}")
         cfg = self.cfg
+        recovery = cfg.recovery_config() if (self.plan is not None or self.width or (k == 0 and self.depth)) else None
+        before = snapshot(self.model) if recovery is not None else None  # what the cut starts from
         # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
         ddp.replicate(lambda: self._cut(k), self.history, self._replay, self.report)
         ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")
+        if recovery is not None and before is not None:  # the same seeded batches on every rank: same weights
+            self._recover(before, recovery)
         recal = cfg.bn_recalibration
         if self.plan is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
             recal = max(1, -(-cfg.target.calib_samples // self.batch_size))
+        if recovery is not None and not recovery.recalibrate():
+            recal = 0  # the re-fit layers match the dense pre-BN outputs its kept statistics normalise
         if recal and (self.plan is not None or self.width or (k == 0 and self.depth)):
             recalibrate_bn(self.model, [x for x, _ in self.calibration(recal)])  # same seeded batches on every rank
         if cfg.unstructured:  # magnitude masks: the weights, hence the masks, are the same on every rank
@@ -298,6 +307,15 @@ class PruneSession:
         for p in chosen:
             self._record(RemoveBlockOp(p))
         self.report.removed_blocks += chosen
+
+    def _recover(self, before: nn.Module, cfg: RecoveryConfig) -> None:
+        """Re-fit the cut model toward ``before`` (``prune.recovery.recover_``), on seeded training batches."""
+        n = -(-cfg.calib_samples // self.batch_size)
+        calib = [x for x, _ in self.calibration(n)] if self.data is not None else None
+        example = None if self.example is None else self.example.to(self.device)
+        rep = recover_(self.model, before, calib, cfg, seed=self.seed, example=example)
+        self.report.recovery.append(rep)
+        self.log(rep.summary())
 
     def _width_step(self) -> None:
         assert self.width is not None and self.teacher is not None
