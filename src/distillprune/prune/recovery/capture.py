@@ -65,7 +65,8 @@ def conv_rows(conv: nn.Conv2d, x: Tensor, pos: Tensor) -> Tensor:
     """im2col rows of ``conv``'s input ``x`` at flattened output positions ``pos`` (n, k): (n * k, cin * kh *
     kw), in the layout of ``conv.weight.reshape(cout, -1)`` (``F.unfold``'s, gathered only where sampled:
     unfolding the whole map first costs far more than the solve)."""
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding  # type: ignore[misc]
+    assert not isinstance(conv.padding, str)  # lstsq.why_not skips string paddings
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
     xp = F.pad(x, (pw, pw, ph, ph))
     hp, wp = xp.shape[2], xp.shape[3]
     ow = (wp - dw * (kw - 1) - 1) // sw + 1
@@ -96,11 +97,19 @@ def token_rows(t: Tensor, pos: Tensor | None) -> Tensor:
     return flat.gather(1, idx).reshape(-1, flat.shape[2])
 
 
-def execution_order(model: nn.Module, x: Tensor, kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[str]:
+LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+def execution_order(model: nn.Module, x: Tensor, kinds: tuple[type[nn.Module], ...] = LAYERS) -> list[str]:
     """Paths of the ``kinds`` modules in the order one forward calls them (each once, first call)."""
     order: list[str] = []
+
+    def seen(n: str) -> None:
+        if n not in order:
+            order.append(n)
+
     handles = [
-        m.register_forward_pre_hook(lambda mod, a, n=n: order.append(n) if n not in order else None)
+        m.register_forward_pre_hook(lambda mod, a, n=n: seen(n))
         for n, m in model.named_modules()
         if isinstance(m, kinds)
     ]

@@ -69,6 +69,7 @@ def _input_mean(inp: Tensor, bn_out: dict[str, Tensor], model: nn.Module) -> Ten
         if o.shape != inp.shape:
             continue
         bn = model.get_submodule(n)
+        assert isinstance(bn, BN)
         beta = bn.bias.detach() if bn.bias is not None else torch.zeros(bn.num_features)
         gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
         if torch.equal(o, inp):
@@ -87,7 +88,7 @@ def compensate(pruned: nn.Module, dense: nn.Module, x: Tensor) -> list[LayerReco
         if not isinstance(m, LAYERS) or p not in d_in:
             continue
         m0 = dense.get_submodule(p)
-        if type(m0) is not type(m) or m.weight.shape[1] >= m0.weight.shape[1]:
+        if not isinstance(m0, type(m)) or m.weight.shape[1] >= m0.weight.shape[1]:
             continue
         out.append(_one(p, m, m0, d_in[p], d_bn, dense, p_in, p_bn_in, pruned))
     return out

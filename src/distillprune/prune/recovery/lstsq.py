@@ -59,24 +59,27 @@ def why_not(m: nn.Module, m0: nn.Module) -> str | None:
     return None
 
 
-def unknowns(m: nn.Module) -> int:
-    return int(m.weight[0].numel()) + int(m.bias is not None)  # type: ignore[index, union-attr]
+Layer = nn.Conv2d | nn.Linear
 
 
-def as_matrix(m: nn.Module) -> Tensor:
+def unknowns(m: Layer) -> int:
+    return int(m.weight[0].numel()) + int(m.bias is not None)
+
+
+def as_matrix(m: Layer) -> Tensor:
     """The layer's weights (and bias, as a last row) in the ``X @ W`` layout of its calibration rows."""
-    w = m.weight.detach().reshape(m.weight.shape[0], -1).T  # type: ignore[union-attr]
+    w = m.weight.detach().reshape(m.weight.shape[0], -1).T
     if m.bias is not None:
-        w = torch.cat([w, m.bias.detach()[None]], 0)  # type: ignore[union-attr, index]
+        w = torch.cat([w, m.bias.detach()[None]], 0)
     return w.to(torch.float64).cpu()
 
 
 @torch.no_grad()
-def set_matrix(m: nn.Module, w: Tensor) -> None:
-    k = m.weight[0].numel()  # type: ignore[index]
-    m.weight.copy_(w[:k].T.reshape(m.weight.shape).to(m.weight))  # type: ignore[union-attr, operator]
+def set_matrix(m: Layer, w: Tensor) -> None:
+    k = m.weight[0].numel()
+    m.weight.copy_(w[:k].T.reshape(m.weight.shape).to(m.weight))
     if m.bias is not None:
-        m.bias.copy_(w[k].to(m.bias))  # type: ignore[union-attr, operator]
+        m.bias.copy_(w[k].to(m.bias))
 
 
 def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
@@ -125,6 +128,7 @@ def refit(
     """Re-solve the layer ``t.path`` of ``pruned`` against the dense ``rows`` (see ``dense_rows``) on the
     pruned model's own inputs; returns what happened."""
     m = pruned.get_submodule(t.path)
+    assert isinstance(m, (nn.Conv2d, nn.Linear))  # layer_targets chose it
     gram = Gram(unknowns(m) - int(m.bias is not None), len(t.out), bias=m.bias is not None, products=torch.float32)
     for x, (pos, y) in zip(batches, rows, strict=True):
         cp = capture(pruned, x, inputs=[t.path] + ([t.stream.block] if t.stream else []))
@@ -136,7 +140,7 @@ def refit(
     return _accept(m, t, gram, damp)
 
 
-def _accept(m: nn.Module, t: Target, gram: Gram, damp: float) -> LayerRecovery:
+def _accept(m: Layer, t: Target, gram: Gram, damp: float) -> LayerRecovery:
     """Solve; keep the solution only if it lowers the layer's calibration error."""
     rec = LayerRecovery(t.path, rows=gram.rows)
     energy = float(gram.yty) / max(gram.rows, 1)
@@ -161,7 +165,13 @@ def _accept(m: nn.Module, t: Target, gram: Gram, damp: float) -> LayerRecovery:
     return rec
 
 
+def _w(m: nn.Module) -> Tensor:
+    w = m.weight
+    assert isinstance(w, Tensor)
+    return w
+
+
 def out_channels(m: nn.Module, m0: nn.Module) -> Tensor | None:
     """The dense output channels layer ``m`` kept (``channels.kept_channels``)."""
-    found = kept_channels(m0.weight, m.weight)  # type: ignore[arg-type]
+    found = kept_channels(_w(m0), _w(m))
     return None if found is None else found[0]

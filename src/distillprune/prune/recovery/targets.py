@@ -46,7 +46,7 @@ def consumers(pruned: nn.Module, dense: nn.Module, order: list[str], dense_order
     found = set()
     for p in order:
         m, m0 = pruned.get_submodule(p), dense.get_submodule(p)
-        if isinstance(m, LAYERS) and m.weight.shape[1] < m0.weight.shape[1]:
+        if isinstance(m, LAYERS) and isinstance(m0, LAYERS) and m.weight.shape[1] < m0.weight.shape[1]:
             found.add(p)
     present, gap, after = set(order), False, set()
     for p in dense_order:
