@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import time
 
+import torch
+
 from distillprune.core.reporting import from_jsonable, to_jsonable
 from distillprune.distill.distiller import snapshot
 from distillprune.prune.config import PruneConfig
@@ -48,7 +50,11 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
     )
     s = PruneSession(copy.deepcopy(teacher), cfg, data=data, latency=lat, batch_size=128, seed=0)
     t0 = time.perf_counter()
-    if plan is None:
+    if plan is None and a.fixed_plan:
+        s.model.eval()
+        s.teacher = snapshot(teacher)
+        s.plan = fixed_plan(s, target, a.fixed_plan)
+    elif plan is None:
         s.prepare()
     else:
         s.model.eval()
@@ -59,15 +65,44 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
     return s, seconds
 
 
+def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
+    """A plan without the planner's search (for a loaded machine): ``"BLOCKS:PREFIX,PREFIX"`` removes BLOCKS
+    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.blocks.BlockScorer``; or
+    "+"-separated block paths) and halves every
+    channel group whose root layer starts with one of the prefixes (``conv1`` is the stem)."""
+    from distillprune.prune.blocks import BlockScorer, remove_blocks
+    from distillprune.prune.depth import removable_blocks
+    from distillprune.prune.groups import channel_groups
+
+    count, _, prefixes = spec.partition(":")
+    batches = [x for x, _ in s.calibration(2)]
+    assert s.teacher is not None and s.cfg.width is not None
+    if count.isdigit():
+        with torch.no_grad():
+            logits = [s.teacher(x) for x in batches]
+        blocks = BlockScorer(s.model, removable_blocks(s.model), batches, logits).greedy(int(count))
+    else:  # the blocks named ("+"-separated paths)
+        blocks = count.split("+")
+    probe = copy.deepcopy(s.model)
+    remove_blocks(probe, blocks)
+    by_size = s.cfg.width.model_copy(update={"importance": "l2"})  # only the groups' roots and sizes are read
+    _, groups = channel_groups(probe, batches[0][:1], by_size, s.num_classes)
+    roots = tuple(p for p in prefixes.split(",") if p)
+    widths = {g.root: [max(g.min_keep, g.size // 2), g.size] for g in groups if g.root.startswith(roots)}
+    return Plan({"latency_speedup": target}, blocks=blocks, widths=widths, note=f"fixed plan {spec}")
+
+
 def e0_row(target: float, ctx: dict, a, cached: dict | None, top1) -> dict:
     t, data = ctx["teacher"], ctx["data"]
     s, plan_s = session(t, data, target, ctx["lat"], a, (cached or {}).get("plan"))
     calib = [x for x, _ in s.calibration(-(-a.calib // 128))]
     rec: dict = {
         "target": target,
+        "fixed_plan": a.fixed_plan,
         "plan": to_jsonable(s.plan),
         "plan_s": round(plan_s, 1) if cached is None else (cached or {}).get("plan_s"),
         "speedup_planner": s.plan.speedup if s.plan else None,
+        "latency": ctx["time"](copy.deepcopy(s.model)) if a.fixed_plan and not (cached or {}).get("latency") else None,
         "calib_images": sum(len(x) for x in calib),
         "variants": {},
     }

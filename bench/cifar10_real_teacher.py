@@ -128,6 +128,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--plan-recovery", action="store_true", help="e0 rows: the planner compares candidates after recovery"
     )
     ap.add_argument("--replan", action="store_true", help="e0 rows: plan again even if a plan is cached")
+    ap.add_argument(
+        "--fixed-plan", default=None, help="e0 rows: 'BLOCKS:PREFIX,...' instead of the planner (see _recovery_e0)"
+    )
     ap.add_argument("--trainer-steps", type=int, default=20)
     ap.add_argument("--trainer-rounds", type=int, default=3)
     ap.add_argument("--trainer-compile", action="store_true", help="trainer line: also a torch.compile'd teacher")
@@ -469,7 +472,7 @@ def context(a) -> dict:
     data = load_data(DataConfig(source=a.source, path=a.data, limit_train=a.limit_train, limit_test=a.limit_test))
     teacher, spec = load_teacher(a.teacher)
     shape = tuple(data.input_shape)
-    return {
+    ctx = {
         "data": data,
         "teacher": teacher,
         "spec": spec,
@@ -479,6 +482,8 @@ def context(a) -> dict:
         "teacher_macs": size_of(teacher, shape)["macs"],
         "lat": latency_cfg(a),
     }
+    ctx["time"] = lambda m: latency_vs_teacher(m, onnx_of(m.cpu().eval(), shape), ctx, a)  # e0 rows
+    return ctx
 
 
 def onnx_for(key: str, rec: dict, ctx: dict, a):
