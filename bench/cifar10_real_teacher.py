@@ -11,6 +11,8 @@ The teacher is the user's model, a trained ResNet-56 checkpoint (``--teacher``).
   dp_2x/3x/4x  4. distillprune through its recipe path (``pipeline.execute``), a *measured* latency target
                 (``target: {latency_speedup: X}`` on a prune stage with KD), KD fine-tuning, ONNX export
   trainer    images/s of distillprune's KD fine-tuning against a plain eager KD loop (``_trainer_line``)
+  e0_2x/3x   E = 0: the planned cut, then recovery only (<= ``--calib`` training images, no gradient step),
+             an ablation of BatchNorm re-estimation, bias compensation and least squares (``_recovery_e0``)
 
 Every row fine-tunes for the same E epochs (``--epochs``, all training images, crop + flip, one-cycle SGD
 at ``--lr``) and is evaluated on the whole test split. Latency: each row's ONNX and the teacher's ONNX
@@ -56,6 +58,7 @@ from _common import (
     size_of,
     write_table,
 )
+from _recovery_e0 import e0_row, e0_table
 from _trainer_line import render_trainer_line, trainer_line
 
 import distillprune as dp
@@ -72,7 +75,8 @@ from distillprune.train.trainer import resolve_device
 
 PEERS = ["tp_l2", "tp_l2_r8", "drop"]
 DP = {"dp_2x": 2.0, "dp_3x": 3.0, "dp_4x": 4.0}
-ROWS = ["teacher", "trainer", *PEERS, *DP]
+E0 = {"e0_2x": 2.0, "e0_3x": 3.0}
+ROWS = ["teacher", "trainer", *PEERS, *DP, *E0]
 LABELS = {
     "teacher": "teacher",
     "tp_l2": "1. Torch-Pruning L2, default rounding",
@@ -115,6 +119,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="distillprune rows: target.refits (default: the library's; --quick: 4, as a tiny net's "
         "timings are mostly per-call overhead and noise)",
+    )
+    ap.add_argument("--calib", type=int, default=1024, help="e0 rows: calibration images (training split)")
+    ap.add_argument("--damp", type=float, default=1e-3, help="e0 rows: ridge of the least-squares re-fits")
+    ap.add_argument("--positions", type=int, default=64, help="e0 rows: conv output positions per image")
+    ap.add_argument("--e0-variants", default=None, help="e0 rows: comma list of variants (default: all)")
+    ap.add_argument(
+        "--plan-recovery", action="store_true", help="e0 rows: the planner compares candidates after recovery"
+    )
+    ap.add_argument("--replan", action="store_true", help="e0 rows: plan again even if a plan is cached")
+    ap.add_argument(
+        "--fixed-plan", default=None, help="e0 rows: 'BLOCKS:PREFIX,...' instead of the planner (see _recovery_e0)"
     )
     ap.add_argument("--trainer-steps", type=int, default=20)
     ap.add_argument("--trainer-rounds", type=int, default=3)
@@ -447,7 +462,8 @@ def table(results: dict) -> str:
     if "trainer" in results:
         r = results["trainer"][0]
         text += "\n\n" + render_trainer_line(r, r["student"])
-    return text
+    e0 = e0_table(results)
+    return text + ("\n\nE = 0 (recovery only, no gradient step), top-1 %:\n\n" + e0 if e0 else "")
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -456,7 +472,7 @@ def context(a) -> dict:
     data = load_data(DataConfig(source=a.source, path=a.data, limit_train=a.limit_train, limit_test=a.limit_test))
     teacher, spec = load_teacher(a.teacher)
     shape = tuple(data.input_shape)
-    return {
+    ctx = {
         "data": data,
         "teacher": teacher,
         "spec": spec,
@@ -464,7 +480,10 @@ def context(a) -> dict:
         "rt": runtime(a),
         "teacher_onnx": onnx_of(teacher, shape),
         "teacher_macs": size_of(teacher, shape)["macs"],
+        "lat": latency_cfg(a),
     }
+    ctx["time"] = lambda m: latency_vs_teacher(m, onnx_of(m.cpu().eval(), shape), ctx, a)  # e0 rows
+    return ctx
 
 
 def onnx_for(key: str, rec: dict, ctx: dict, a):
@@ -546,6 +565,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(a.seeds if key in DP else 1):
             if a.budget_s is not None and time.perf_counter() - t_start + longest > a.budget_s:
                 print(f"budget of {a.budget_s:.0f} s: {key} seed {seed} not started", flush=True)
+                continue
+            if key in E0:
+                cached = None if a.replan or not results.get(key) else results[key][-1]
+                results.pop(key, None)
+                for rec in e0_row(E0[key], ctx, a, cached, top1):  # one record per variant, saved as it comes
+                    results[key] = [rec]
+                    save_results(path, results)
                 continue
             with Timer() as tm:
                 rec = run_row(key, seed, ctx, a)

@@ -125,10 +125,14 @@ def test_bn_recalibration_matches_the_inputs():
 
 
 # ---------------------------------------------------------------- plans
-def _session(target: dict, shape=SHAPE, **cfg):
+def _session(target: dict, shape=SHAPE, recovery: dict | None = None, **cfg):
     data = random_bundle(n_train=400, n_test=40, shape=shape)
     conf = dp.PruneConfig.model_validate(
-        {"width": {"round_to": 8, **cfg}, "target": {"val_samples": 64, "calib_samples": 64, **target}}
+        {
+            "width": {"round_to": 8, **cfg},
+            "target": {"val_samples": 64, "calib_samples": 64, **target},
+            **({"recovery": recovery} if recovery is not None else {}),
+        }
     )
     return dp.PruneSession(model(), conf, data=data, latency=FAST, batch_size=32), data
 
@@ -142,12 +146,14 @@ def test_macs_plan_lands_in_the_band_and_is_applied():
     assert len(plan.candidates) >= 2 and sum(c.chosen for c in plan.candidates) == 1
     assert before / count_macs(s.model, SHAPE) == pytest.approx(plan.macs_ratio, rel=1e-3)
     assert report.removed_blocks == plan.blocks
+    assert len(report.recovery) == 1 and report.recovery[0].accepted  # least squares by default with a target
     widths = {k: v[0] for k, v in plan.widths.items()}
     assert len(set(widths.values())) > 1  # non-uniform widths
 
 
 def test_planned_prune_re_estimates_batchnorm_as_the_planner_assumed():
-    s, _ = _session({"macs_ratio": 2.0, "depth_fractions": [0.0]})
+    # without recovery (with least squares, the re-fit layers keep the dense statistics, as the planner assumed)
+    s, _ = _session({"macs_ratio": 2.0, "depth_fractions": [0.0]}, recovery={"method": "none"})
     s.run()  # bn_recalibration 0: the plan's calib_samples (64 = 2 batches of 32) re-estimate the statistics
     again = copy.deepcopy(s.model)
     recalibrate_bn(again, [x for x, _ in s.calibration(2)])

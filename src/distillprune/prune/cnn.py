@@ -25,6 +25,7 @@ from distillprune.core.batch import Batch, NamedInputs, call, has_named_inputs
 from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import normalize, standard_layout
+from distillprune.distill.distiller import snapshot
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
 from distillprune.prune.blocks import choose_blocks, remove_blocks
@@ -33,6 +34,7 @@ from distillprune.prune.groups import apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrate_bn
+from distillprune.prune.recovery import RecoveryConfig, RecoveryReport, recover_
 from distillprune.prune.structure import Session, Structure, structure_for_config
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
@@ -60,6 +62,7 @@ class PruneReport(Details):
     training: TrainSummary | None = None
     log: list[str] = field(default_factory=list)  # what the planner decided, step by step
     skipped: list[dict[str, str]] = field(default_factory=list)  # width: layer groups left alone, and why
+    recovery: list[RecoveryReport] = field(default_factory=list)  # one per structural cut (prune.recovery)
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []  # the ops this run added (not part of the JSON report)
@@ -81,6 +84,8 @@ class CnnStructure(Structure):
         self._report = PruneReport(cfg.steps)
         self._pruner: tp.pruner.BasePruner | None = None
         self._masks: MagnitudeMasks | None = None
+        self._recovery: RecoveryConfig | None = None  # in force for the step being cut
+        self._before: nn.Module | None = None  # the model as the cut found it (what recovery matches)
 
     @classmethod
     def check(cls, model: nn.Module, cfg: BaseModel, data: DataBundle | None) -> None:
@@ -109,6 +114,7 @@ class CnnStructure(Structure):
             s.latency,
             taylor_loss(s.teacher),
             self.log,
+            self.cfg.recovery_config(),
         )
 
     def use_plan(self, plan: Plan | None) -> None:
@@ -126,11 +132,21 @@ class CnnStructure(Structure):
             if k == self.cfg.steps - 1 and not any(self._report.channels_removed.values()):
                 raise DistillpruneError(nothing_removed(self.width))
 
+    def before_cut(self, k: int) -> None:
+        structural = self.plan_ is not None or self.width or (k == 0 and self.depth)
+        self._recovery = self.cfg.recovery_config() if structural else None
+        self._before = snapshot(self.session.model) if self._recovery is not None else None
+
     def settle(self, k: int) -> None:
         cfg, s = self.cfg, self.session
+        recovery, before, self._before = self._recovery, self._before, None
+        if recovery is not None and before is not None:  # the same seeded batches on every rank: same weights
+            self._recover(before, recovery)
         recal = cfg.bn_recalibration
         if self.plan_ is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
             recal = max(1, -(-cfg.target.calib_samples // s.batch_size))
+        if recovery is not None and not recovery.recalibrate():
+            recal = 0  # the re-fit layers match the dense pre-BN outputs its kept statistics normalise
         if recal and (self.plan_ is not None or self.width or (k == 0 and self.depth)):
             recalibrate_bn(s.model, [x for x, _ in self._calibration(recal)])  # same seeded batches on every rank
         if cfg.unstructured:  # magnitude masks: the weights, hence the masks, are the same on every rank
@@ -152,6 +168,16 @@ class CnnStructure(Structure):
         logger)."""
         self._report.log.append(message)
         _log.info(message)
+
+    def _recover(self, before: nn.Module, cfg: RecoveryConfig) -> None:
+        """Re-fit the cut model toward ``before`` (``prune.recovery.recover_``), on seeded training batches."""
+        s = self.session
+        n = -(-cfg.calib_samples // s.batch_size)
+        calib = [x for x, _ in self._calibration(n)] if s.data is not None else None
+        example = None if s.example is None else s.example.to(s.device)
+        rep = recover_(s.model, before, calib, cfg, seed=s.seed, example=example)
+        self._report.recovery.append(rep)
+        self.log(rep.summary())
 
     def _calibration(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         return [(tensor_inputs(x), y) for x, y in self.session.calibration(n)]

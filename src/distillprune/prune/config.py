@@ -10,6 +10,7 @@ from distillprune.core.config import StrictModel, registered
 from distillprune.core.modules import LayerSelect
 from distillprune.distill.config import DistillConfig
 from distillprune.prune.importance import IMPORTANCE
+from distillprune.prune.recovery.config import RecoveryConfig
 from distillprune.train.config import TrainingOptions
 
 if TYPE_CHECKING:
@@ -141,6 +142,16 @@ class PruneConfig(TrainingOptions):
     distill: DistillConfig | None = Field(
         default_factory=DistillConfig, description="KD between steps (null: cross-entropy)"
     )
+    recovery: RecoveryConfig | None = Field(
+        None,
+        description="re-fit the layers a cut disturbed, before training (prune.recovery); unset: least squares "
+        "with a target (the planner compares its candidates after recovery), off otherwise",
+    )
+
+    def recovery_config(self) -> RecoveryConfig | None:
+        """The recovery in force: the one given, else least squares with a target, else none."""
+        r = self.recovery if self.recovery is not None else (RecoveryConfig() if self.target is not None else None)
+        return None if r is None or r.method == "none" else r
 
     @model_validator(mode="after")
     def _something(self) -> PruneConfig:

@@ -39,6 +39,7 @@ from distillprune.prune.config import TargetConfig, WidthConfig
 from distillprune.prune.depth import removable_blocks
 from distillprune.prune.groups import Group, apply_widths, gradients, priced_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
+from distillprune.prune.recovery import RecoveryConfig, recover_
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -219,6 +220,7 @@ def plan_target(
     latency: LatencyConfig | None,
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
     log: Callable[[str], None] = lambda s: None,
+    recovery: RecoveryConfig | None = None,
 ) -> Plan:
     """The plan for ``model`` (unchanged; work happens on copies). See the module docstring."""
     t0 = time.perf_counter()
@@ -298,6 +300,7 @@ def plan_target(
                 table,
                 dense_onnx,
                 dense_ms,
+                (dense, recovery),
             )
             cand.in_band = band[0] <= achieved <= band[1]
             plan.candidates.append(cand)
@@ -355,13 +358,20 @@ def _build(
     table: LatencyTable | None,
     dense_onnx: bytes,
     dense_ms: float,
+    recover: tuple[nn.Module, RecoveryConfig | None],
 ) -> tuple[Candidate, float]:
-    """Cut a copy of ``base`` to ``keep``, re-estimate its BatchNorm, estimate its accuracy, measure it."""
+    """Cut a copy of ``base`` to ``keep``, recover it (``recover``: the dense model and the session's recovery),
+    re-estimate its BatchNorm, estimate its accuracy, measure it: candidates are compared as the session will
+    leave them."""
     model = copy.deepcopy(base)
     _copy_grads(base, model)
     apply_widths(model, inputs.example, width, num_classes, keep)
     model.zero_grad(set_to_none=True)
-    recalibrate_bn(model, [x for x, _ in inputs.calibration])
+    dense, rcfg = recover
+    if rcfg is not None:
+        recover_(model, dense, [x for x, _ in inputs.calibration], rcfg)
+    if rcfg is None or rcfg.recalibrate():
+        recalibrate_bn(model, [x for x, _ in inputs.calibration])
     est_kd, est_top1 = estimate(model, inputs.validation, t_val)
     cpu = copy.deepcopy(model).cpu().eval()
     macs = count_macs(cpu, input_shape)

@@ -140,6 +140,7 @@ class PruneSession:
         if k != self._done:
             raise DistillpruneError(f"PruneSession.step({k}): the next step is {self._done}")
         cfg = self.cfg
+        self.structure.before_cut(k)
         # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
         ddp.replicate(lambda: self.structure.cut(k), self.history, self._replay, self.report)
         ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")

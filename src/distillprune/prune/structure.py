@@ -83,6 +83,9 @@ class Structure:
     def use_plan(self, plan: Any) -> None:
         """Take the plan (every rank)."""
 
+    def before_cut(self, k: int) -> None:
+        """Before step ``k``'s cut, on every rank (e.g. keep the model as it is, for recovery to match)."""
+
     def cut(self, k: int) -> None:
         raise NotImplementedError
 

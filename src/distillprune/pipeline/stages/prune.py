@@ -25,9 +25,11 @@ class PruneStage(StageConfig, PruneConfig):
     """`steps` times: prune a little (`depth`: remove residual blocks chosen by the smallest KD-loss
      increase; `width`: Torch-Pruning dependency-graph channel removal, importance `l1`/`l2`/`taylor`/`bn_scale`
     , uniform or global, `round_to: 8` by default; or `unstructured`: global/layer magnitude
-     masks on a cubic schedule), then train `epochs_per_step` with KD from the dense teacher (a fraction
-     such as 0.25 puts several steps in one epoch; `lr_span: stage` runs one lr schedule over all the
-     steps); `target` searches the plan that reaches a MACs ratio or a measured speedup."""
+     masks on a cubic schedule), `recovery` re-fits the layers each cut disturbed (least squares to the dense
+     outputs on calibration images, or data-free bias compensation), then train `epochs_per_step` with KD from
+     the dense teacher (a fraction such as 0.25 puts several steps in one epoch; `lr_span: stage` runs one lr
+     schedule over all the steps); `target` searches the plan that reaches a MACs ratio or a measured speedup,
+     comparing candidates after recovery (on by default with a target)."""
 
     example: ClassVar[dict[str, Any]] = {"width": {"ratio": 0.5, "round_to": 4}, "epochs_per_step": 1}
 

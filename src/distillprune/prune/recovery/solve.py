@@ -15,11 +15,12 @@ class Gram:
     """Running ``X^T X``, ``X^T Y`` (and ``Y^T Y``, for the residual) over calibration batches.
 
     ``bias=True`` appends a column of ones to ``X`` so the solve fits an intercept too (the last row of the
-    solution is the bias).
+    solution is the bias). ``products``: the dtype of each batch's products; float32 is ~3x faster on a CPU
+    and loses nothing that matters over a few thousand rows, while the running sums stay float64.
     """
 
-    def __init__(self, n_in: int, n_out: int, bias: bool = False) -> None:
-        self.bias = bias
+    def __init__(self, n_in: int, n_out: int, bias: bool = False, products: torch.dtype = torch.float64) -> None:
+        self.bias, self.products = bias, products
         k = n_in + int(bias)
         self.xtx = torch.zeros(k, k, dtype=torch.float64)
         self.xty = torch.zeros(k, n_out, dtype=torch.float64)
@@ -28,13 +29,13 @@ class Gram:
 
     def add(self, x: Tensor, y: Tensor) -> None:
         """Add rows: ``x`` is (N, n_in), ``y`` is (N, n_out)."""
-        x = x.detach().to(torch.float64)
-        y = y.detach().to(torch.float64)
+        x = x.detach().to(self.products)
+        y = y.detach().to(self.products)
         if self.bias:
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-        self.xtx += x.T @ x
-        self.xty += x.T @ y
-        self.yty += (y * y).sum()
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+        self.xtx += (x.T @ x).cpu().to(torch.float64)
+        self.xty += (x.T @ y).cpu().to(torch.float64)
+        self.yty += (y.to(torch.float64) * y.to(torch.float64)).sum().cpu()
         self.rows += x.shape[0]
 
     def solve(self, damp: float = 1e-4) -> Tensor:

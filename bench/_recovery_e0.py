@@ -1,0 +1,145 @@
+"""E = 0 rows of the real-teacher benchmark (issue 19): the planned cut of the trained ResNet-56, then recovery
+only -- at most ``--calib`` training images, no gradient step -- and top-1 on the whole test split.
+
+One plan per target (the library's planner, ``PruneSession.prepare``; cached in the results so the ablation
+can be re-run without re-planning), one cut, then each ablation variant on a copy of the cut:
+
+  cut          the cut alone (dense BatchNorm statistics)
+  bn           BatchNorm re-estimated on the calibration images (the library before recovery)
+  bias+bn      data-free bias compensation, then BatchNorm re-estimation
+  bias         data-free bias compensation alone (what runs without data)
+  lstsq        least-squares re-fit of every layer downstream of the cut (no residual-stream target)
+  lstsq+stream the same with the residual-stream target on each surviving block's last conv (the default)
+  lstsq+stream+bn   ... then BatchNorm re-estimated as well
+  consumers+stream  only the layers that read a cut tensor (+ stream)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from distillprune.core.reporting import from_jsonable, to_jsonable
+from distillprune.distill.distiller import snapshot
+from distillprune.prune.config import PruneConfig
+from distillprune.prune.planner import Plan, recalibrate_bn
+from distillprune.prune.recovery import RecoveryConfig, recover_
+from distillprune.prune.session import PruneSession
+
+VARIANTS: dict[str, tuple[dict | None, bool]] = {  # name: (recovery options or None, BN re-estimated after)
+    "cut": (None, False),
+    "bn": (None, True),
+    "bias+bn": ({"method": "bias"}, True),
+    "bias": ({"method": "bias"}, False),
+    "lstsq": ({"stream": False}, False),
+    "lstsq+stream": ({}, False),
+    "lstsq+stream+bn": ({}, True),
+    "consumers+stream": ({"scope": "consumers"}, False),
+}
+
+
+def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[PruneSession, float]:
+    """A session over a copy of the teacher, planned (or given the cached ``plan``) and cut (step 0's cut only:
+    the ablation does its own recovery and BatchNorm)."""
+    cfg = PruneConfig(
+        target={"latency_speedup": target, **({"depth_fractions": a.depth_fractions} if a.depth_fractions else {})},
+        width={"importance": "taylor", "round_to": 8},
+        recovery={"method": "lstsq" if a.plan_recovery else "none", "calib_samples": a.calib},
+    )
+    s = PruneSession(copy.deepcopy(teacher), cfg, data=data, latency=lat, batch_size=128, seed=0)
+    t0 = time.perf_counter()
+    if plan is None and a.fixed_plan:
+        s.model.eval()
+        s.teacher = snapshot(teacher)
+        s.plan = fixed_plan(s, target, a.fixed_plan)
+    elif plan is None:
+        s.prepare()
+    else:
+        s.model.eval()
+        s.teacher = snapshot(teacher)
+        s.plan = from_jsonable(Plan, plan)
+    seconds = time.perf_counter() - t0
+    s.structure.use_plan(s.plan)
+    s.structure.cut(0)  # the planned cut of step 0, without the step's BatchNorm / recovery (settle)
+    return s, seconds
+
+
+def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
+    """A plan without the planner's search (for a loaded machine): ``"BLOCKS:PREFIX,PREFIX"`` removes BLOCKS
+    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.blocks.BlockScorer``; or
+    "+"-separated block paths) and halves every
+    channel group whose root layer starts with one of the prefixes (``conv1`` is the stem)."""
+    from distillprune.prune.blocks import BlockScorer, remove_blocks
+    from distillprune.prune.depth import removable_blocks
+    from distillprune.prune.groups import channel_groups
+
+    count, _, prefixes = spec.partition(":")
+    batches = [x for x, _ in s.calibration(2)]
+    assert s.teacher is not None and s.cfg.width is not None
+    if count.isdigit():
+        with torch.no_grad():
+            logits = [s.teacher(x) for x in batches]
+        blocks = BlockScorer(s.model, removable_blocks(s.model), batches, logits).greedy(int(count))
+    else:  # the blocks named ("+"-separated paths)
+        blocks = count.split("+")
+    probe = copy.deepcopy(s.model)
+    remove_blocks(probe, blocks)
+    by_size = s.cfg.width.model_copy(update={"importance": "l2"})  # only the groups' roots and sizes are read
+    _, groups = channel_groups(probe, batches[0][:1], by_size, s.num_classes)
+    roots = tuple(p for p in prefixes.split(",") if p)
+    widths = {g.root: [max(g.min_keep, g.size // 2), g.size] for g in groups if g.root.startswith(roots)}
+    return Plan({"latency_speedup": target}, blocks=blocks, widths=widths, note=f"fixed plan {spec}")
+
+
+def e0_row(target: float, ctx: dict, a, cached: dict | None, top1) -> dict:
+    t, data = ctx["teacher"], ctx["data"]
+    s, plan_s = session(t, data, target, ctx["lat"], a, (cached or {}).get("plan"))
+    calib = [x for x, _ in s.calibration(-(-a.calib // 128))]
+    rec: dict = {
+        "target": target,
+        "fixed_plan": a.fixed_plan,
+        "plan": to_jsonable(s.plan),
+        "plan_s": round(plan_s, 1) if cached is None else (cached or {}).get("plan_s"),
+        "speedup_planner": s.plan.speedup if s.plan else None,
+        "latency": ctx["time"](copy.deepcopy(s.model)) if a.fixed_plan and not (cached or {}).get("latency") else None,
+        "calib_images": sum(len(x) for x in calib),
+        "variants": {},
+    }
+    wanted = a.e0_variants.split(",") if a.e0_variants else list(VARIANTS)
+    for name in wanted:
+        opts, bn = VARIANTS[name]
+        m = copy.deepcopy(s.model).eval()
+        t0 = time.perf_counter()
+        report = None
+        if opts is not None:
+            cfg = RecoveryConfig(calib_samples=a.calib, damp=a.damp, positions_per_image=a.positions, **opts)
+            report = recover_(m, t, calib, cfg, seed=0)
+        if bn:
+            recalibrate_bn(m, calib)
+        secs = time.perf_counter() - t0
+        acc = top1(m.eval(), data, ctx)
+        rec["variants"][name] = {
+            "top1": round(acc, 2),
+            "seconds": round(secs, 1),
+            "summary": report.summary() if report else None,
+            "skipped": report.skipped if report else {},
+        }
+        print(f"  e0 {target:g}x {name}: top-1 {acc:.2f}% ({secs:.0f} s)", flush=True)
+        yield rec
+
+
+def e0_table(results: dict) -> str:
+    rows = [k for k in results if k.startswith("e0_")]
+    if not rows:
+        return ""
+    names = list(VARIANTS)
+    head = "| target | measured bs-1 (planner) | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
+    body = ""
+    for k in rows:
+        r = results[k][-1]
+        v = r.get("variants", {})
+        cells = [f"{v[n]['top1']:.2f}" if n in v else "-" for n in names]
+        body += f"| {r['target']:g}x | {r.get('speedup_planner')} | " + " | ".join(cells) + " |\n"
+    return head + body

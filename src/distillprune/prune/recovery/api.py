@@ -1,0 +1,78 @@
+"""``recover_(pruned, dense, calibration, cfg)``: the recovery engine as one library verb.
+
+The prune session calls it after every structural cut (planned widths, uniform width steps, block removal)
+and the planner for every candidate, so candidates are compared after recovery. BatchNorm statistics are
+re-estimated afterwards by the caller (``prune.planner.recalibrate_bn``), on the same calibration batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from distillprune.errors import DistillpruneError
+from distillprune.prune.recovery.compensate import compensate
+from distillprune.prune.recovery.config import RecoveryConfig
+from distillprune.prune.recovery.lstsq import dense_rows, refit
+from distillprune.prune.recovery.report import RecoveryReport
+from distillprune.prune.recovery.targets import layer_targets
+
+Calibration = Tensor | Sequence[Tensor | tuple[Tensor, object]]
+
+
+def calibration_batches(calib: Calibration, limit: int, batch_size: int = 128) -> list[Tensor]:
+    """Input batches, at most ``limit`` samples in all (labels, if given, are dropped)."""
+    batches = (
+        list(calib.split(batch_size))
+        if isinstance(calib, Tensor)
+        else [b[0] if isinstance(b, tuple) else b for b in calib]
+    )
+    out, n = [], 0
+    for b in batches:
+        if n >= limit:
+            break
+        out.append(b[: limit - n])
+        n += len(out[-1])
+    return out
+
+
+@torch.no_grad()
+def recover_(
+    pruned: nn.Module,
+    dense: nn.Module,
+    calibration: Calibration | None,
+    cfg: RecoveryConfig | None = None,
+    seed: int = 0,
+    example: Tensor | None = None,
+) -> RecoveryReport:
+    """Re-fit ``pruned`` (in place) toward ``dense`` (the model the cut started from; unchanged). Without
+    calibration data (``None``), ``lstsq`` falls back to ``bias`` compensation, which needs ``example`` (one
+    input, for the layer order) instead. Deterministic for a seed."""
+    cfg = cfg or RecoveryConfig()
+    t0 = time.perf_counter()
+    batches = [] if calibration is None else calibration_batches(calibration, cfg.calib_samples)
+    method = cfg.method if batches or cfg.method == "none" else "bias"
+    report = RecoveryReport(method, samples=sum(len(b) for b in batches))
+    if method == "none":
+        return report
+    x = batches[0][:1] if batches else example
+    if x is None:
+        raise DistillpruneError("recovery without calibration data needs an example input (example=...)")
+    was, was_dense = pruned.training, dense.training
+    pruned.eval(), dense.eval()
+    try:
+        if method == "bias":
+            report.layers = compensate(pruned, dense, x)
+        else:
+            targets, skipped = layer_targets(pruned, dense, x, cfg.scope, cfg.stream)
+            report.layers = skipped
+            rows = dense_rows(dense, targets, batches, cfg.positions_per_image, seed)
+            for t, r in zip(targets, rows, strict=True):
+                report.layers.append(refit(pruned, t, batches, r, cfg.damp))
+    finally:
+        pruned.train(was), dense.train(was_dense)
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report

@@ -1,0 +1,177 @@
+"""Layer-wise least-squares reconstruction (He et al. 2017, ThiNet): after a cut, re-solve each Conv2d/Linear
+so that, on calibration inputs, its output matches the dense model's output at the same module.
+
+* Forward order, the pruned model's own inputs: layer ``k`` is solved on what the already re-fit layers
+  before it now produce, so errors do not accumulate down the network.
+* A conv is an im2col regression (``capture.conv_rows``) over output positions sampled per image.
+* BatchNorm is kept, not folded: the target is the dense conv's *pre-BN* output on the kept channels. The
+  least-squares problem separates by output channel, and an eval-mode BN is a per-channel affine map, so
+  matching the pre-BN output is matching the post-BN output channel by channel; keeping the BN keeps the
+  architecture, its history ops and the later BatchNorm re-estimation untouched. A bias-free conv gets no
+  intercept: the BN after it absorbs any shift, and its re-estimation after recovery sets it.
+* Residual stream (``stream``): the last layer of a surviving identity-shortcut block ``y = f(x) + x`` with
+  ``f`` ending in ``conv -> bn`` is fitted to ``z_d + (x_d - x_p) / a`` (``a``: the BN's scale), so the
+  block's output ``bn(z) + x_p`` matches the dense ``bn(z_d) + x_d``: the block absorbs what a removed block
+  upstream, or an earlier error in the stream, took away.
+* A solve is accepted only if it lowers the layer's calibration error; otherwise the old weights stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from distillprune.prune.recovery.capture import capture, conv_rows, map_rows, positions, token_rows
+from distillprune.prune.recovery.channels import kept_channels
+from distillprune.prune.recovery.report import LayerRecovery
+from distillprune.prune.recovery.solve import Gram
+
+
+@dataclass
+class Stream:
+    """The residual block whose output layer ``path`` feeds, and the BN between them."""
+
+    block: str
+    bn: nn.modules.batchnorm._BatchNorm
+
+
+@dataclass
+class Target:
+    """One layer to re-fit: its path, the dense output channels it kept, and its residual stream, if any."""
+
+    path: str
+    out: Tensor
+    stream: Stream | None = None
+
+
+def why_not(m: nn.Module, m0: nn.Module) -> str | None:
+    """Why layer ``m`` (dense counterpart ``m0``) cannot be re-fit, or None."""
+    if type(m) is not type(m0):
+        return f"a {type(m0).__name__} in the dense model, a {type(m).__name__} here"
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1:
+            return f"grouped/depthwise convolution (groups={m.groups}): a per-group solve is not implemented"
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return f"padding {m.padding!r} / {m.padding_mode}: im2col rows assume explicit zero padding"
+    return None
+
+
+Layer = nn.Conv2d | nn.Linear
+
+
+def unknowns(m: Layer) -> int:
+    return int(m.weight[0].numel()) + int(m.bias is not None)
+
+
+def as_matrix(m: Layer) -> Tensor:
+    """The layer's weights (and bias, as a last row) in the ``X @ W`` layout of its calibration rows."""
+    w = m.weight.detach().reshape(m.weight.shape[0], -1).T
+    if m.bias is not None:
+        w = torch.cat([w, m.bias.detach()[None]], 0)
+    return w.to(torch.float64).cpu()
+
+
+@torch.no_grad()
+def set_matrix(m: Layer, w: Tensor) -> None:
+    k = m.weight[0].numel()
+    m.weight.copy_(w[:k].T.reshape(m.weight.shape).to(m.weight))
+    if m.bias is not None:
+        m.bias.copy_(w[k].to(m.bias))
+
+
+def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
+    var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
+    scale = torch.rsqrt(var + bn.eps)
+    return scale * bn.weight.detach() if bn.weight is not None else scale
+
+
+def _positions(y: Tensor, per_image: int, gen: torch.Generator) -> Tensor | None:
+    if y.dim() == 4:  # a conv's output map
+        return positions(y.shape[0], y.shape[2] * y.shape[3], per_image, gen)
+    return None if y.dim() <= 2 else positions(y.shape[0], y[0].numel() // y.shape[-1], per_image, gen)
+
+
+def _at(t: Tensor, pos: Tensor | None) -> Tensor:
+    return map_rows(t, pos) if t.dim() == 4 and pos is not None else token_rows(t, pos)
+
+
+@torch.no_grad()
+def dense_rows(
+    dense: nn.Module, targets: Sequence[Target], batches: Sequence[Tensor], per_image: int, seed: int
+) -> list[list[tuple[Tensor | None, Tensor]]]:
+    """For every target and batch, the sampled positions and the dense target rows, from one dense forward
+    per batch (the dense model is the larger one: it is run once, not once per layer). A stream target's rows
+    already hold the dense half of its correction, ``z_d + x_d / a``."""
+    rows: list[list[tuple[Tensor | None, Tensor]]] = [[] for _ in targets]
+    for b, x in enumerate(batches):
+        blocks = [t.stream.block for t in targets if t.stream is not None]
+        got = capture(dense, x, inputs=blocks, outputs=[t.path for t in targets], stop=False)
+        for i, t in enumerate(targets):
+            y = got[f"out:{t.path}"][:, t.out]
+            pos = _positions(y, per_image, torch.Generator().manual_seed(seed * 1_000_003 + i * 7919 + b))
+            if t.stream is not None:
+                y = y + got[f"in:{t.stream.block}"][:, t.out] / _scale(t.stream.bn, y)
+            rows[i].append((pos, _at(y, pos)))
+    return rows
+
+
+def _scale(bn: nn.modules.batchnorm._BatchNorm, like: Tensor) -> Tensor:
+    return _bn_scale(bn).to(like).reshape((1, -1) + (1,) * (like.dim() - 2))
+
+
+def refit(
+    pruned: nn.Module, t: Target, batches: Sequence[Tensor], rows: Sequence[tuple[Tensor | None, Tensor]], damp: float
+) -> LayerRecovery:
+    """Re-solve the layer ``t.path`` of ``pruned`` against the dense ``rows`` (see ``dense_rows``) on the
+    pruned model's own inputs; returns what happened."""
+    m = pruned.get_submodule(t.path)
+    assert isinstance(m, (nn.Conv2d, nn.Linear))  # layer_targets chose it
+    gram = Gram(unknowns(m) - int(m.bias is not None), len(t.out), bias=m.bias is not None, products=torch.float32)
+    for x, (pos, y) in zip(batches, rows, strict=True):
+        cp = capture(pruned, x, inputs=[t.path] + ([t.stream.block] if t.stream else []))
+        xin = cp[f"in:{t.path}"]
+        if t.stream is not None:  # the pruned half of the stream correction: - x_p / a
+            xp = cp[f"in:{t.stream.block}"]
+            y = y - _at(xp / _scale(t.stream.bn, xp), pos)
+        gram.add(conv_rows(m, xin, pos) if isinstance(m, nn.Conv2d) and pos is not None else _at(xin, pos), y)
+    return _accept(m, t, gram, damp)
+
+
+def _accept(m: Layer, t: Target, gram: Gram, damp: float) -> LayerRecovery:
+    """Solve; keep the solution only if it lowers the layer's calibration error."""
+    rec = LayerRecovery(t.path, rows=gram.rows)
+    energy = float(gram.yty) / max(gram.rows, 1)
+    rec.before = gram.residual(as_matrix(m)) / max(energy, 1e-30)
+    if gram.rows < unknowns(m):
+        rec.skipped = f"ill-posed: {gram.rows} calibration rows for {unknowns(m)} unknowns per output"
+        return rec
+    if rec.before < 1e-10:
+        rec.skipped = "already matches the dense output"
+        return rec
+    w = gram.solve(damp)
+    if not bool(torch.isfinite(w).all()):
+        rec.skipped = "the solve is not finite"
+        return rec
+    rec.after = gram.residual(w) / max(energy, 1e-30)
+    if rec.after >= rec.before:
+        rec.skipped = f"the solve does not lower the calibration error ({rec.after:.4g} >= {rec.before:.4g})"
+        rec.after = rec.before
+        return rec
+    set_matrix(m, w)
+    rec.accepted = True
+    return rec
+
+
+def _w(m: nn.Module) -> Tensor:
+    w = m.weight
+    assert isinstance(w, Tensor)
+    return w
+
+
+def out_channels(m: nn.Module, m0: nn.Module) -> Tensor | None:
+    """The dense output channels layer ``m`` kept (``channels.kept_channels``)."""
+    found = kept_channels(_w(m0), _w(m))
+    return None if found is None else found[0]
