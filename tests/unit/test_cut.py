@@ -167,3 +167,17 @@ def test_a_model_that_never_exported_keeps_its_cuts(monkeypatch):
     assert cut.skipped == [] and cut.op is not None
     assert {name for name, _, _ in cut.op.entries} == set(keep)
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
+
+
+def test_taylor_planning_prices_every_group_of_a_resnet():
+    """The planner's survival check cuts a copy, which has no gradients: taylor must not make every group
+    'unscorable' there (regression: a ResNet target run found no cuttable group and refused the target)."""
+    from distillprune.prune.config import WidthConfig
+    from distillprune.prune.groups import priced_groups
+    from unit_helpers import tiny_resnet
+
+    model = tiny_resnet().eval()
+    x = torch.randn(4, 3, 16, 16)
+    model(x).logsumexp(1).mean().backward()
+    groups, skipped = priced_groups(model, x[:1], WidthConfig(importance="taylor", round_to=4), 10)
+    assert groups and not skipped, [s.reason for s in skipped]

@@ -227,8 +227,9 @@ def cuttable(
 ) -> tuple[list[Group], list[SkippedGroup]]:
     """The groups that survive being cut as far as the plan may cut them (each to ``min_keep``, on a copy,
     through the cutter): the planner prices only these, so a group the cut would skip cannot carry the plan."""
-    trial = copy.deepcopy(model)
-    cut = apply_widths(trial, example, width, num_classes, {g.root: g.min_keep for g in groups})
+    trial = copy.deepcopy(model)  # (a deep copy has no gradients: taylor could not order its channels)
+    by_size = width.model_copy(update={"importance": "l2"})  # which channels go does not decide survival
+    cut = apply_widths(trial, example, by_size, num_classes, {g.root: g.min_keep for g in groups})
     left = {s.layer for s in cut.skipped}
     return [g for g in groups if g.root not in left], cut.skipped
 
