@@ -172,9 +172,10 @@ def test_a_model_that_never_exported_keeps_its_cuts(monkeypatch):
 def test_taylor_planning_prices_every_group_of_a_resnet():
     """The planner's survival check cuts a copy, which has no gradients: taylor must not make every group
     'unscorable' there (regression: a ResNet target run found no cuttable group and refused the target)."""
+    from unit_helpers import tiny_resnet
+
     from distillprune.prune.config import WidthConfig
     from distillprune.prune.groups import priced_groups
-    from unit_helpers import tiny_resnet
 
     model = tiny_resnet().eval()
     x = torch.randn(4, 3, 16, 16)
