@@ -34,12 +34,16 @@ from types import FrameType
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+#: the line a Ctrl-C prints when no run folder holds anything to resume (the boundary's too)
+NOTHING_TO_RESUME = "interrupted before any run folder was written; nothing to resume (run the command again)"
+
+
 class _State:
     cli = False  # this process is the command
     in_command = False  # the boundary is running a command (it reports KeyboardInterrupt itself)
     #: the one line a Ctrl-C outside the command prints; the boundary sets it when it is imported (this
     #: module imports nothing of the package, so that it can run before torch)
-    interrupted: Callable[[], str] = staticmethod(lambda: "interrupted")
+    interrupted: Callable[[], str] = staticmethod(lambda: NOTHING_TO_RESUME)
 
 
 state = _State()

@@ -64,7 +64,7 @@ def note_run(run_dir: Path, resume_command: list[str]) -> None:
 def interrupted_message() -> str:
     run, cmd = current.run_dir, current.resume_command
     if run is None or cmd is None or not (run / "run.json").is_file():
-        return "interrupted before any run folder was written; nothing to resume (run the command again)"
+        return _process.NOTHING_TO_RESUME
     return f"interrupted; completed stages and epochs are saved in {run}; resume with: {shlex.join(cmd)}"
 
 

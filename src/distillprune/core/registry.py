@@ -40,7 +40,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise DistillpruneError(
-                f"unknown {self.family} '{name}'{nearest(name, list(self._items))}; "
+                f"unknown {self.family} {str(name)!r}{nearest(str(name), list(self._items))}; "
                 f"expected one of: {', '.join(sorted(self._items))}"
             ) from None
 
@@ -58,7 +58,7 @@ class Registry(Generic[T]):
         with its location in the recipe)."""
         if name not in self._items:
             raise ValueError(
-                f"unknown {self.family} '{name}'{nearest(str(name), list(self._items))}; "
+                f"unknown {self.family} {str(name)!r}{nearest(str(name), list(self._items))}; "
                 f"expected one of: {', '.join(sorted(self._items))}"
             )
         return name

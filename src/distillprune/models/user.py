@@ -171,6 +171,7 @@ def _bundle(spec: ArchSpec, file: str | Path) -> None:
 def _refuse(spec: ArchSpec, why: str) -> DistillpruneError:
     ref = spec.ref or {}
     what = f"{ref.get('module') or ref.get('file')}:{ref.get('attr')}"
+    what = "".join(c if c.isprintable() else repr(c)[1:-1] for c in what)[:200]  # the JSON's text, on one line
     where = "model.json" if spec.folder else "the checkpoint"  # load_checkpoint prefixes the folder
     return DistillpruneError(f"{where} names Python code ({what}); {why}")
 

@@ -17,7 +17,7 @@ from distillprune.errors import DistillpruneError
 from distillprune.prune.recovery.compensate import compensate
 from distillprune.prune.recovery.config import RecoveryConfig
 from distillprune.prune.recovery.lstsq import dense_rows, refit
-from distillprune.prune.recovery.report import RecoveryReport
+from distillprune.prune.recovery.report import LayerRecovery, RecoveryReport
 from distillprune.prune.recovery.targets import layer_targets
 
 Calibration = Tensor | Sequence[Tensor | tuple[Tensor, object]]
@@ -67,12 +67,42 @@ def recover_(
         if method == "bias":
             report.layers = compensate(pruned, dense, x)
         else:
-            targets, skipped = layer_targets(pruned, dense, x, cfg.scope, cfg.stream)
-            report.layers = skipped
-            rows = dense_rows(dense, targets, batches, cfg.positions_per_image, seed)
-            for t, r in zip(targets, rows, strict=True):
-                report.layers.append(refit(pruned, t, batches, r, cfg.damp))
+            _least_squares(report, pruned, dense, x, batches, cfg, seed)
     finally:
         pruned.train(was), dense.train(was_dense)
     report.seconds = round(time.perf_counter() - t0, 2)
     return report
+
+
+#: what a model whose layers the engine cannot read raises (a layout it does not know): the layer, or the
+#: whole pass, is left as the cut left it and named in the report -- recovery never breaks a prune
+UNREADABLE = (RuntimeError, IndexError, ValueError, KeyError, TypeError)
+
+
+def _least_squares(
+    report: RecoveryReport,
+    pruned: nn.Module,
+    dense: nn.Module,
+    x: Tensor,
+    batches: list[Tensor],
+    cfg: RecoveryConfig,
+    seed: int,
+) -> None:
+    targets, skipped = layer_targets(pruned, dense, x, cfg.scope, cfg.stream)
+    report.layers = skipped
+    try:
+        rows = dense_rows(dense, targets, batches, cfg.positions_per_image, seed)
+    except UNREADABLE as e:
+        why = f"recovery cannot read the dense outputs ({type(e).__name__}: {_first(e)}); left as cut"
+        report.layers += [LayerRecovery(t.path, skipped=why) for t in targets]
+        return
+    for t, r in zip(targets, rows, strict=True):
+        try:  # a refit writes the layer's weights only once its solve is accepted: a failure leaves it as cut
+            report.layers.append(refit(pruned, t, batches, r, cfg.damp))
+        except UNREADABLE as e:
+            why = f"recovery cannot fit it ({type(e).__name__}: {_first(e)}); left as cut"
+            report.layers.append(LayerRecovery(t.path, skipped=why))
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:120]

@@ -106,16 +106,22 @@ def dense_rows(
     per batch (the dense model is the larger one: it is run once, not once per layer). A stream target's rows
     already hold the dense half of its correction, ``z_d + x_d / a``."""
     rows: list[list[tuple[Tensor | None, Tensor]]] = [[] for _ in targets]
+    # a Linear's features are its last dimension (tokens: B, L, D); a conv's channels its second
+    last = [isinstance(dense.get_submodule(t.path), nn.Linear) for t in targets]
     for b, x in enumerate(batches):
         blocks = [t.stream.block for t in targets if t.stream is not None]
         got = capture(dense, x, inputs=blocks, outputs=[t.path for t in targets], stop=False)
         for i, t in enumerate(targets):
-            y = got[f"out:{t.path}"][:, t.out]
+            y = _channels(got[f"out:{t.path}"], t.out, last[i])
             pos = _positions(y, per_image, torch.Generator().manual_seed(seed * 1_000_003 + i * 7919 + b))
             if t.stream is not None:
-                y = y + got[f"in:{t.stream.block}"][:, t.out] / _scale(t.stream.bn, y)
+                y = y + _channels(got[f"in:{t.stream.block}"], t.out, last[i]) / _scale(t.stream.bn, y)
             rows[i].append((pos, _at(y, pos)))
     return rows
+
+
+def _channels(y: Tensor, idx: Tensor, last: bool) -> Tensor:
+    return y[..., idx] if last else y[:, idx]
 
 
 def _scale(bn: nn.modules.batchnorm._BatchNorm, like: Tensor) -> Tensor:
