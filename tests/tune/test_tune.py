@@ -183,3 +183,6 @@ def test_a_killed_trial_is_retried_in_its_own_folder(tmp_path, monkeypatch):
     retry = rep.trial(2)
     assert retry.params == pytest.approx(params) and retry.folder == "trial-0001"
     assert (out / "trials" / "trial-0001" / "report.json").is_file()
+    # the test set is read for the best trial in its own folder, the retried one's too (it was missed when
+    # the retry won: its number says trial-0002, its run is trial-0001)
+    assert rep.chosen is not None and rep.trial(rep.chosen).test_top1 is not None

@@ -67,6 +67,24 @@ def latency_spread(s: StageResult, key: str) -> tuple[float, float] | None:
     return None
 
 
+def draw_front(ax: Any, pts: Sequence[tuple[float, float]], label: str, **kw: Any) -> None:
+    """The Pareto front of ``(latency, accuracy)`` points as a dashed step line (``gid="front"``), when it has
+    more than one point."""
+    front = pareto_front(list(pts))
+    if len(front) > 1:
+        ax.plot(
+            [pts[i][0] for i in front],
+            [pts[i][1] for i in front],
+            drawstyle="steps-post",
+            ls="--",
+            color="#555555",
+            lw=1,
+            label=label,
+            gid="front",
+            **kw,
+        )
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the (latency, accuracy) points no other point beats on both (lower ms, higher top-1),
     ordered by latency."""
@@ -183,19 +201,7 @@ def accuracy_latency_svg(report: CompressionReport, key: str) -> str | None:
             label=stage_label(s) + (" (dense)" if dense else ""),
         )
         eb.lines[0].set_gid(f"stage-{s.index}")
-    front = pareto_front([(lat, acc) for _, lat, acc in pts])
-    if len(front) > 1:
-        ax.plot(
-            [pts[i][1] for i in front],
-            [pts[i][2] for i in front],
-            drawstyle="steps-post",
-            ls="--",
-            color="#555555",
-            lw=1,
-            zorder=2,
-            label="Pareto front (stages)",
-            gid="front",
-        )
+    draw_front(ax, [(lat, acc) for _, lat, acc in pts], "Pareto front (stages)", zorder=2)
     _draw_candidates(ax, report, key)
     ax.set_xlabel(f"measured latency, ms ({latency_label(key)})")
     ax.set_ylabel("top-1 %")

@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from distillprune.core.io import write_text
 from distillprune.report.page import cards, figure, page, table
-from distillprune.report.plots import latency_label, pareto_front
+from distillprune.report.plots import draw_front, latency_label
 from distillprune.report.svg import colour, new_figure, styled, to_svg
 from distillprune.tune.report import TuneReport
 
@@ -34,18 +34,7 @@ def plane_svg(rep: TuneReport) -> str | None:
     fig = new_figure(5.6, 4.2)
     ax = fig.add_subplot()
     ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=28, color=colour(1), zorder=3, label="trial")
-    front = pareto_front([(lat, acc) for _, lat, acc in pts])
-    if len(front) > 1:
-        ax.plot(
-            [pts[i][1] for i in front],
-            [pts[i][2] for i in front],
-            drawstyle="steps-post",
-            ls="--",
-            color="#555555",
-            lw=1,
-            label="Pareto front",
-            gid="front",
-        )
+    draw_front(ax, [(lat, acc) for _, lat, acc in pts], "Pareto front")
     for n, lat, acc in pts:
         ax.annotate(str(n), (lat, acc), textcoords="offset points", xytext=(4, 3), fontsize=7)
     chosen = [p for p in pts if p[0] == rep.chosen]

@@ -45,7 +45,8 @@ def finish(
         _chosen(records, best),
     )
     rep.importances, rep.importance_note = importances(study)
-    tested = test_top1(base, setup, folder, best)  # the one place the test set is read
+    folders = {t.number: t.folder or f"trial-{t.number:04d}" for t in records}
+    tested = test_top1(base, setup, folder, best, folders)  # the one place the test set is read
     for n, acc in tested.items():
         rep.trial(n).test_top1 = acc
     if rep.chosen is not None:
@@ -119,9 +120,10 @@ def importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
     return {k: round(float(v), 4) for k, v in imp.items()}, note
 
 
-def test_top1(base: Recipe, setup: Setup, folder: Path, best: list[int]) -> dict[int, float]:
+def test_top1(base: Recipe, setup: Setup, folder: Path, best: list[int], folders: dict[int, str]) -> dict[int, float]:
     """Top-1 on the recipe's own test split of each best trial's final model, evaluated once per trial:
-    kept in ``<out>/test.json`` so a resumed search does not read the test set again for the same trial."""
+    kept in ``<out>/test.json`` so a resumed search does not read the test set again for the same trial.
+    ``folders``: each trial's run folder under ``trials/`` (a retried trial runs in the killed one's)."""
     cache_path = folder / "test.json"
     cache: dict[str, float] = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
     todo = [n for n in best if str(n) not in cache]
@@ -131,7 +133,7 @@ def test_top1(base: Recipe, setup: Setup, folder: Path, best: list[int]) -> dict
         data = load_data(base.data)  # the user's split: the test set, read for the first time here
         if data.test.y is not None:
             for n in todo:
-                cache[str(n)] = _evaluate_trial(setup.trials_dir / f"trial-{n:04d}", data, base)
+                cache[str(n)] = _evaluate_trial(setup.trials_dir / folders[n], data, base)
             write_json(cache_path, cache)
     return {n: cache[str(n)] for n in best if str(n) in cache}
 
