@@ -131,6 +131,29 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--fixed-plan", default=None, help="e0 rows: 'BLOCKS:PREFIX,...' instead of the planner (see _recovery_e0)"
     )
+    ap.add_argument(
+        "--dp-recovery",
+        default=None,
+        help="distillprune rows: prune.recovery.method (lstsq | bias | none; default: the library's)",
+    )
+    ap.add_argument("--dp-lr", type=float, default=None, help="distillprune rows: peak lr (default: --lr)")
+    ap.add_argument(
+        "--dp-schedule", default=None, help="distillprune rows: onecycle | cosine | constant (default: the library's)"
+    )
+    ap.add_argument(
+        "--aligned",
+        type=float,
+        default=None,
+        help="distillprune rows: add channel-aligned feature KD at this weight (the epochs move into the prune "
+        "stage, where the kept channels are known)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="distillprune rows: prune steps inside the budget (the E epochs in the prune stage, E/steps each, "
+        "one lr schedule over the stage)",
+    )
     ap.add_argument("--trainer-steps", type=int, default=20)
     ap.add_argument("--trainer-rounds", type=int, default=3)
     ap.add_argument("--trainer-compile", action="store_true", help="trainer line: also a torch.compile'd teacher")
@@ -304,6 +327,26 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
         tgt["refits"] = a.refits
     lat = latency_cfg(a).model_dump()
     distill = {"losses": [HINTON_KD], "compile_teacher": a.gpu}
+    lr = a.dp_lr or a.lr
+    opt = {"optimizer": {"lr": lr}, **({"schedule": {"name": a.dp_schedule}} if a.dp_schedule else {})}
+    prune: dict = {
+        "type": "prune",
+        "target": tgt,
+        "width": {"importance": "taylor", "round_to": 8},
+        "distill": distill,
+        **opt,
+    }
+    if a.dp_recovery:
+        prune["recovery"] = {"method": a.dp_recovery}
+    inside = a.aligned is not None or a.steps is not None  # the budget is spent in the prune stage
+    if inside:
+        steps = a.steps or 1
+        losses = [HINTON_KD] + ([{"name": "aligned", "weight": a.aligned}] if a.aligned else [])
+        prune.update(steps=steps, epochs_per_step=a.epochs / steps, lr_span="stage")
+        prune["distill"] = {**distill, "losses": losses}
+    stages = [prune]
+    if not inside:
+        stages.append({"type": "finetune", "epochs": a.epochs, "distill": distill, **opt})
     raw = {
         "name": f"bench-dp-{target:g}x",
         "seed": seed,
@@ -318,17 +361,7 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
         },
         "runtime": runtime(a).model_dump(),
         "measure": {**lat, "enabled": False},
-        "stages": [
-            {
-                "type": "prune",
-                "target": tgt,
-                "width": {"importance": "taylor", "round_to": 8},
-                "distill": distill,
-                "optimizer": {"lr": a.lr},
-            },
-            {"type": "finetune", "epochs": a.epochs, "optimizer": {"lr": a.lr}, "distill": distill},
-            {"type": "export"},
-        ],
+        "stages": [*stages, {"type": "export"}],
     }
     return validate(Recipe, raw, where="bench dp recipe")
 
@@ -339,8 +372,10 @@ def dp_row(key: str, ctx: dict, a, seed: int) -> dict:
     with Timer() as wall:
         state = execute(dp_recipe(DP[key], a, seed, ctx["spec"].name), run_dir, data=ctx["data"], quiet=True)
     st = {s.type: s for s in state.report.stages}
-    prune, fine = st["prune"], st["finetune"]
-    runs = [t for t in (getattr(s.details, "training", None) for s in (prune, fine)) if t is not None]
+    prune = st["prune"]
+    fine = st.get("finetune", prune)  # the budget spent inside the prune stage: its accuracy is the row's
+    stages = (prune,) if fine is prune else (prune, fine)
+    runs = [t for t in (getattr(s.details, "training", None) for s in stages) if t is not None]
     train_s = sum(t.train_seconds for t in runs)
     images = sum(t.train_seconds * t.train_images_per_s for t in runs)
     details = prune.details_dict()
@@ -349,8 +384,9 @@ def dp_row(key: str, ctx: dict, a, seed: int) -> dict:
         "plan": to_jsonable(details.get("plan")),
         "removed_blocks": details.get("removed_blocks"),
         "planner_log": details.get("log"),
-        "top1_before": prune.accuracy,
+        "top1_before": prune.accuracy if fine is not prune else details.get("top1_after_cut"),
         "top1": fine.accuracy,
+        "settings": {k: getattr(a, k) for k in ("dp_recovery", "dp_lr", "dp_schedule", "aligned", "steps")},
         **size_of(state.model, ctx["shape"]),
         "train_s": train_s,
         "img_s": images / max(train_s, 1e-9),

@@ -175,6 +175,10 @@ def test_latency_plan_is_measured_against_the_dense_model():
     chosen = next(c for c in plan.candidates if c.chosen)
     assert chosen.spread[0] <= chosen.speedup <= chosen.spread[1]
     assert plan.lut_entries > 0 and plan.seconds > 0
+    # only the candidate kept for each depth is recovered and estimated (the costly step); the rest missed the band
+    assert chosen.est_kd is not None
+    assert all(not c.in_band and not c.chosen for c in plan.candidates if c.est_kd is None)
+    assert len({c.blocks for c in plan.candidates if c.est_kd is not None}) == len({c.blocks for c in plan.candidates})
 
 
 def test_an_unreachable_target_is_a_clear_error():

@@ -97,6 +97,25 @@ def test_reconstruction_never_increases_the_calibration_error():
     assert _err(pruned, dense, x) < 0.5 * before
 
 
+def test_a_downsampling_block_absorbs_the_stream_through_its_projection_shortcut():
+    from distillprune.prune.recovery.targets import layer_targets
+
+    pruned, dense, x = _cut_resnet()  # layer1.1 removed: layer2.0 (conv + BN shortcut) reads a cut stream
+    targets, _ = layer_targets(pruned, dense, x[:1], "downstream", stream=True)
+    paths = [t.path for t in targets]
+    last = targets[paths.index("layer2.0.conv2")]
+    assert last.stream is not None and last.stream.shortcut == "layer2.0.shortcut"
+    assert paths.index("layer2.0.conv2") > paths.index("layer2.0.shortcut.0")  # fitted on the re-fit shortcut
+
+    def block_error(stream: bool) -> float:
+        m = copy.deepcopy(pruned)
+        recover_(m, dense, x, RecoveryConfig(stream=stream, scope="consumers"))
+        got, want = (capture(n, x, outputs=["layer2.0"])["out:layer2.0"] for n in (m, dense))
+        return float(((got - want[:, last.out]) ** 2).mean())  # on the channels the cut kept
+
+    assert block_error(True) < 0.9 * block_error(False)
+
+
 def test_a_solve_that_would_raise_the_error_keeps_the_old_weights():
     pruned, dense, x = _cut_resnet()
     old = copy.deepcopy(pruned.state_dict())

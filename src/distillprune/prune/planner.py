@@ -224,16 +224,7 @@ def plan_target(
 ) -> Plan:
     """The plan for ``model`` (unchanged; work happens on copies). See the module docstring."""
     t0 = time.perf_counter()
-    input_shape = tuple(inputs.example.shape[1:])
-    dense = copy.deepcopy(model).eval()
-    dense.requires_grad_(True)
-    teacher.eval()
-    with torch.no_grad():
-        t_cal = [teacher(x) for x, _ in inputs.calibration]
-        t_val = [teacher(x) for x, _ in inputs.validation]
-    lat = (latency or LatencyConfig()).model_copy(update={"enabled": True})
-    timed = target.latency_speedup is not None
-    goal_ratio = float(target.latency_speedup or target.macs_ratio)  # type: ignore[arg-type]
+    search = _Search.start(model, teacher, target, width, inputs, num_classes, latency, recovery)
     plan = Plan(
         {
             k: v
@@ -241,84 +232,175 @@ def plan_target(
             if k in ("latency_speedup", "macs_ratio", "batch_size") and v is not None
         }
     )
-
-    cpu_dense = copy.deepcopy(dense).cpu()
-    dense_macs = count_macs(cpu_dense, input_shape)
-    table = LatencyTable(lat, target.batch_size) if timed else None
-    predictor = _Predictor(table)
-    timer = OrtTimer(lat) if timed else None
-    dense_onnx = onnx_bytes(cpu_dense, input_shape) if timed else b""
-    dense_shapes = layer_shapes(dense, input_shape)
-    if timed:
-        assert table is not None and timer is not None
-        dense_ms = timer.ms(dense_onnx, input_shape, target.batch_size)
-        table.fit(table.raw(dense_shapes.values()), dense_ms)
-    else:
-        dense_ms = float(dense_macs)
-
-    blocks = removable_blocks(dense)
+    blocks = removable_blocks(search.dense)
     counts = sorted({int(round(f * len(blocks))) for f in target.depth_fractions})
     order: list[str] = []
     if counts and counts[-1] > 0:
-        scorer = BlockScorer(dense, blocks, [x for x, _ in inputs.calibration], t_cal)
+        scorer = BlockScorer(search.dense, blocks, [x for x, _ in inputs.calibration], search.t_cal)
         order = scorer.greedy(counts[-1])
         log(f"blocks by KD loss: {order} ({scorer.evaluations} evaluations)")
-
-    aim = goal_ratio * (1 + target.tolerance / 2) if timed else goal_ratio
-    band = (goal_ratio, goal_ratio * (1 + target.tolerance))
-    finals: list[tuple[Candidate, dict[str, list[int]]]] = []  # the last candidate of each depth, its widths
     # one backward pass on the dense model: every depth option reads its Taylor costs (and taylor importance)
     # from these gradients, restricted to the layers it keeps
-    gradients(dense, inputs.calibration, loss_fn)
-    for d in counts:
-        base = copy.deepcopy(dense)
-        remove_blocks(base, order[:d])
-        _copy_grads(dense, base)
-        groups, left = priced_groups(base, inputs.example, width, num_classes)
+    gradients(search.dense, inputs.calibration, loss_fn)
+    finals = [search.depth_option(d, order[:d], plan, log) for d in counts]
+    return _choose(plan, finals, order, search.band[0], search.timed, t0, search.table)
+
+
+@dataclass
+class _Search:
+    """What every candidate of one plan shares: the dense model and its measurements, the inputs, the options."""
+
+    dense: nn.Module
+    target: TargetConfig
+    width: WidthConfig
+    inputs: PlanInputs
+    num_classes: int
+    recovery: RecoveryConfig | None
+    t_cal: list[torch.Tensor]
+    t_val: list[torch.Tensor]
+    dense_macs: int
+    table: LatencyTable | None = None
+    timer: OrtTimer | None = None
+    dense_onnx: bytes = b""
+    dense_ms: float = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        teacher: nn.Module,
+        target: TargetConfig,
+        width: WidthConfig,
+        inputs: PlanInputs,
+        num_classes: int,
+        latency: LatencyConfig | None,
+        recovery: RecoveryConfig | None,
+    ) -> _Search:
+        """Copy the dense model, take the teacher's logits, and (latency target) time the dense model and fit the
+        latency table to it."""
+        dense = copy.deepcopy(model).eval()
+        dense.requires_grad_(True)
+        teacher.eval()
+        with torch.no_grad():
+            t_cal = [teacher(x) for x, _ in inputs.calibration]
+            t_val = [teacher(x) for x, _ in inputs.validation]
+        cpu_dense = copy.deepcopy(dense).cpu()
+        shape = tuple(inputs.example.shape[1:])
+        s = cls(dense, target, width, inputs, num_classes, recovery, t_cal, t_val, count_macs(cpu_dense, shape))
+        if target.latency_speedup is None:
+            s.dense_ms = float(s.dense_macs)
+            return s
+        lat = (latency or LatencyConfig()).model_copy(update={"enabled": True})
+        s.table, s.timer = LatencyTable(lat, target.batch_size), OrtTimer(lat)
+        s.dense_onnx = onnx_bytes(cpu_dense, shape)
+        s.dense_ms = s.timer.ms(s.dense_onnx, shape, target.batch_size)
+        s.table.fit(s.table.raw(layer_shapes(dense, shape).values()), s.dense_ms)
+        return s
+
+    @property
+    def timed(self) -> bool:
+        return self.timer is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.inputs.example.shape[1:])
+
+    @property
+    def goal_ratio(self) -> float:
+        return float(self.target.latency_speedup or self.target.macs_ratio)  # type: ignore[arg-type]
+
+    @property
+    def aim(self) -> float:
+        """The speedup aimed at: the middle of the band when timed (noise either way stays inside it)."""
+        return self.goal_ratio * (1 + self.target.tolerance / 2) if self.timed else self.goal_ratio
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return self.goal_ratio, self.goal_ratio * (1 + self.target.tolerance)
+
+    def depth_option(
+        self, d: int, blocks: list[str], plan: Plan, log: Callable[[str], None]
+    ) -> tuple[Candidate, dict[str, list[int]]]:
+        """The candidates of one depth (``blocks`` removed): widths planned, built, timed and re-planned until
+        one lands in the band; only the one kept for this depth is recovered and estimated (an estimate is
+        the planner's costliest step, and a candidate outside the band is never chosen over it)."""
+        base = copy.deepcopy(self.dense)
+        remove_blocks(base, blocks)
+        _copy_grads(self.dense, base)
+        groups, left = priced_groups(base, self.inputs.example, self.width, self.num_classes)
         plan.skipped += [s.to_dict() for s in left if s.to_dict() not in plan.skipped]
-        shapes = layer_shapes(base, input_shape)
-        tried: list[tuple[Candidate, dict[str, list[int]]]] = []
-        if table is not None:
-            goal = (dense_ms / aim - table.c0) / table.k
-        else:  # the shapes count Conv/Linear MACs only: aim at the saving the target needs, not the total
-            goal = predictor.total(shapes) - (count_macs(copy.deepcopy(base).cpu(), input_shape) - dense_ms / aim)
-        for attempt in range(target.refits + 1):
+        shapes = layer_shapes(base, self.shape)
+        predictor = _Predictor(self.table)
+        goal = self._first_goal(base, shapes, predictor)
+        tried: list[tuple[Candidate, dict[str, list[int]], nn.Module]] = []
+        for attempt in range(self.target.refits + 1):
             keep, predicted = greedy_widths(groups, shapes, predictor, goal)
-            cand, achieved = _build(
-                base,
-                keep,
-                d,
-                attempt,
-                inputs,
-                width,
-                num_classes,
-                t_val,
-                dense_macs,
-                input_shape,
-                target,
-                timer,
-                table,
-                dense_onnx,
-                dense_ms,
-                (dense, recovery),
-            )
-            cand.in_band = band[0] <= achieved <= band[1]
+            cand, model = self.build(base, keep, d, attempt)
+            achieved = _achieved(cand, self.timed)
+            cand.in_band = self.band[0] <= achieved <= self.band[1]
             plan.candidates.append(cand)
-            tried.append((cand, {g.root: [keep[g.root], g.size] for g in groups}))
-            log(
-                f"candidate {cand.label}: speedup {cand.speedup} macs x{cand.macs_ratio} est top-1 "
-                f"{cand.est_top1} kd {cand.est_kd} (predicted cost {predicted:.4g} for goal {goal:.4g})"
-            )
-            if cand.in_band or not timed:
+            tried.append((cand, {g.root: [keep[g.root], g.size] for g in groups}, model))
+            if cand.in_band or not self.timed:
+                self.estimate(cand, model)
+            log(f"candidate {cand.label}: {_line(cand)} (predicted cost {predicted:.4g} for goal {goal:.4g})")
+            if cand.in_band or not self.timed:
                 break
-            if achieved < band[0] and all(keep[g.root] <= g.min_keep for g in groups):
+            if achieved < self.band[0] and all(keep[g.root] <= g.min_keep for g in groups):
                 break  # nothing left to cut at this depth
-            if achieved > band[1] and all(keep[g.root] >= g.size for g in groups):
+            if achieved > self.band[1] and all(keep[g.root] >= g.size for g in groups):
                 break  # the blocks alone overshoot: no width left to give back at this depth
-            goal = next_goal(predicted, achieved, aim, dense_ms, table.k if table is not None else 1.0)
+            assert self.table is not None  # timed
+            goal = next_goal(predicted, achieved, self.aim, self.dense_ms, self.table.k)
         in_band = [t for t in tried if t[0].in_band]
-        finals.append(in_band[0] if in_band else min(tried, key=lambda t: abs(_achieved(t[0], timed) - aim)))
-    return _choose(plan, finals, order, band[0], timed, t0, table)
+        cand, widths, model = in_band[0] if in_band else min(tried, key=lambda t: abs(_achieved(t[0], True) - self.aim))
+        if cand.est_kd is None:
+            self.estimate(cand, model)
+            log(f"candidate {cand.label} (closest to the band at this depth): {_line(cand)}")
+        return cand, widths
+
+    def _first_goal(self, base: nn.Module, shapes: dict[str, LayerShape], predictor: _Predictor) -> float:
+        """The predicted cost (ms, or MACs) the first candidate of a depth aims at."""
+        if self.table is not None:
+            return (self.dense_ms / self.aim - self.table.c0) / self.table.k
+        # the shapes count Conv/Linear MACs only: aim at the saving the target needs, not the total
+        return predictor.total(shapes) - (count_macs(copy.deepcopy(base).cpu(), self.shape) - self.dense_ms / self.aim)
+
+    def build(self, base: nn.Module, keep: dict[str, int], d: int, attempt: int) -> tuple[Candidate, nn.Module]:
+        """Cut a copy of ``base`` to ``keep`` and (latency target) time it back to back with the dense model;
+        the measurement refits the latency table."""
+        model = copy.deepcopy(base)
+        _copy_grads(base, model)
+        apply_widths(model, self.inputs.example, self.width, self.num_classes, keep)
+        model.zero_grad(set_to_none=True)
+        cpu = copy.deepcopy(model).cpu().eval()
+        macs = count_macs(cpu, self.shape)
+        label = f"{d} blocks removed" + (f", refit {attempt}" if attempt else "")
+        cand = Candidate(label, d, macs, macs_ratio=round(self.dense_macs / max(macs, 1), 3))
+        if self.timer is None or self.table is None:
+            return cand, model
+        pair = self.timer.paired(onnx_bytes(cpu, self.shape), self.dense_onnx, self.shape, self.target.batch_size)
+        cand.latency_ms = {f"ort_bs{self.target.batch_size}": round(pair.ms, 4)}
+        cand.speedup, cand.spread = round(pair.speedup, 3), [round(v, 3) for v in pair.spread]
+        # the measurement (as ms of the dense model's first timing, so load drift cancels) refits the predictor
+        self.table.fit(self.table.raw(layer_shapes(model, self.shape).values()), self.dense_ms / pair.speedup)
+        return cand, model
+
+    def estimate(self, cand: Candidate, model: nn.Module) -> None:
+        """Recover ``model`` (the session's recovery), re-estimate its BatchNorm and estimate its accuracy on the
+        validation split: candidates are compared as the session will leave them."""
+        batches = [x for x, _ in self.inputs.calibration]
+        if self.recovery is not None:
+            recover_(model, self.dense, batches, self.recovery)
+        if self.recovery is None or self.recovery.recalibrate():
+            recalibrate_bn(model, batches)
+        est_kd, est_top1 = estimate(model, self.inputs.validation, self.t_val)
+        cand.est_kd = round(est_kd, 5)
+        cand.est_top1 = None if est_top1 is None else round(est_top1, 2)
+
+
+def _line(c: Candidate) -> str:
+    est = f"est top-1 {c.est_top1} kd {c.est_kd}" if c.est_kd is not None else "not estimated (outside the band)"
+    return f"speedup {c.speedup} macs x{c.macs_ratio} {est}"
 
 
 def next_goal(predicted: float, achieved: float, aim: float, dense_ms: float, slope: float) -> float:
@@ -340,57 +422,6 @@ def _copy_grads(src: nn.Module, dst: nn.Module) -> None:
 
 def _achieved(c: Candidate, timed: bool) -> float:
     return (c.speedup if timed else c.macs_ratio) or 0.0
-
-
-def _build(
-    base: nn.Module,
-    keep: dict[str, int],
-    d: int,
-    attempt: int,
-    inputs: PlanInputs,
-    width: WidthConfig,
-    num_classes: int,
-    t_val: Sequence[torch.Tensor],
-    dense_macs: int,
-    input_shape: tuple[int, ...],
-    target: TargetConfig,
-    timer: OrtTimer | None,
-    table: LatencyTable | None,
-    dense_onnx: bytes,
-    dense_ms: float,
-    recover: tuple[nn.Module, RecoveryConfig | None],
-) -> tuple[Candidate, float]:
-    """Cut a copy of ``base`` to ``keep``, recover it (``recover``: the dense model and the session's recovery),
-    re-estimate its BatchNorm, estimate its accuracy, measure it: candidates are compared as the session will
-    leave them."""
-    model = copy.deepcopy(base)
-    _copy_grads(base, model)
-    apply_widths(model, inputs.example, width, num_classes, keep)
-    model.zero_grad(set_to_none=True)
-    dense, rcfg = recover
-    if rcfg is not None:
-        recover_(model, dense, [x for x, _ in inputs.calibration], rcfg)
-    if rcfg is None or rcfg.recalibrate():
-        recalibrate_bn(model, [x for x, _ in inputs.calibration])
-    est_kd, est_top1 = estimate(model, inputs.validation, t_val)
-    cpu = copy.deepcopy(model).cpu().eval()
-    macs = count_macs(cpu, input_shape)
-    cand = Candidate(
-        f"{d} blocks removed" + (f", refit {attempt}" if attempt else ""),
-        d,
-        macs,
-        macs_ratio=round(dense_macs / max(macs, 1), 3),
-        est_top1=None if est_top1 is None else round(est_top1, 2),
-        est_kd=round(est_kd, 5),
-    )
-    if timer is None or table is None:
-        return cand, dense_macs / max(macs, 1)
-    pair = timer.paired(onnx_bytes(cpu, input_shape), dense_onnx, input_shape, target.batch_size)
-    cand.latency_ms = {f"ort_bs{target.batch_size}": round(pair.ms, 4)}
-    cand.speedup, cand.spread = round(pair.speedup, 3), [round(v, 3) for v in pair.spread]
-    # the measurement (as ms of the dense model's first timing, so load drift cancels) refits the predictor
-    table.fit(table.raw(layer_shapes(model, input_shape).values()), dense_ms / pair.speedup)
-    return cand, pair.speedup
 
 
 def _choose(

@@ -12,7 +12,9 @@ so that, on calibration inputs, its output matches the dense model's output at t
 * Residual stream (``stream``): the last layer of a surviving identity-shortcut block ``y = f(x) + x`` with
   ``f`` ending in ``conv -> bn`` is fitted to ``z_d + (x_d - x_p) / a`` (``a``: the BN's scale), so the
   block's output ``bn(z) + x_p`` matches the dense ``bn(z_d) + x_d``: the block absorbs what a removed block
-  upstream, or an earlier error in the stream, took away.
+  upstream, or an earlier error in the stream, took away. A block with a projection shortcut
+  ``y = f(x) + s(x)`` (a downsampling block) is fitted the same way with ``s``'s outputs in place of ``x``,
+  after ``s`` itself is re-fit (``targets.layer_targets`` orders it so).
 * A solve is accepted only if it lowers the layer's calibration error; otherwise the old weights stay.
 """
 
@@ -32,10 +34,20 @@ from distillprune.prune.recovery.solve import Gram
 
 @dataclass
 class Stream:
-    """The residual block whose output layer ``path`` feeds, and the BN between them."""
+    """The residual block whose output layer ``path`` feeds, the BN between them, and the block's other addend:
+    its input (an identity shortcut, ``shortcut`` None) or the output of its projection ``shortcut``."""
 
     block: str
     bn: nn.modules.batchnorm._BatchNorm
+    shortcut: str | None = None
+
+    def key(self) -> str:
+        """The capture key of the other addend."""
+        return f"in:{self.block}" if self.shortcut is None else f"out:{self.shortcut}"
+
+    def request(self) -> tuple[list[str], list[str]]:
+        """``capture``'s (inputs, outputs) for the other addend."""
+        return ([self.block], []) if self.shortcut is None else ([], [self.shortcut])
 
 
 @dataclass
@@ -108,14 +120,16 @@ def dense_rows(
     rows: list[list[tuple[Tensor | None, Tensor]]] = [[] for _ in targets]
     # a Linear's features are its last dimension (tokens: B, L, D); a conv's channels its second
     last = [isinstance(dense.get_submodule(t.path), nn.Linear) for t in targets]
+    streams = [t.stream.request() for t in targets if t.stream is not None]
+    ins = [p for i, _ in streams for p in i]
+    outs = [t.path for t in targets] + [p for _, o in streams for p in o]
     for b, x in enumerate(batches):
-        blocks = [t.stream.block for t in targets if t.stream is not None]
-        got = capture(dense, x, inputs=blocks, outputs=[t.path for t in targets], stop=False)
+        got = capture(dense, x, inputs=ins, outputs=outs, stop=False)
         for i, t in enumerate(targets):
             y = _channels(got[f"out:{t.path}"], t.out, last[i])
             pos = _positions(y, per_image, torch.Generator().manual_seed(seed * 1_000_003 + i * 7919 + b))
             if t.stream is not None:
-                y = y + _channels(got[f"in:{t.stream.block}"], t.out, last[i]) / _scale(t.stream.bn, y)
+                y = y + _channels(got[t.stream.key()], t.out, last[i]) / _scale(t.stream.bn, y)
             rows[i].append((pos, _at(y, pos)))
     return rows
 
@@ -137,10 +151,11 @@ def refit(
     assert isinstance(m, (nn.Conv2d, nn.Linear))  # layer_targets chose it
     gram = Gram(unknowns(m) - int(m.bias is not None), len(t.out), bias=m.bias is not None, products=torch.float32)
     for x, (pos, y) in zip(batches, rows, strict=True):
-        cp = capture(pruned, x, inputs=[t.path] + ([t.stream.block] if t.stream else []))
+        ins, outs = t.stream.request() if t.stream else ([], [])
+        cp = capture(pruned, x, inputs=[t.path, *ins], outputs=outs)
         xin = cp[f"in:{t.path}"]
         if t.stream is not None:  # the pruned half of the stream correction: - x_p / a
-            xp = cp[f"in:{t.stream.block}"]
+            xp = cp[t.stream.key()]
             y = y - _at(xp / _scale(t.stream.bn, xp), pos)
         gram.add(conv_rows(m, xin, pos) if isinstance(m, nn.Conv2d) and pos is not None else _at(xin, pos), y)
     return _accept(m, t, gram, damp)

@@ -4,18 +4,20 @@
 layers after a removed block (every layer that reads the same tensor, e.g. a downsampling block's conv and its
 shortcut). ``downstream``: every layer from the first consumer on (each one corrects what is left of the
 error above it; the default, see docs/benchmarks.md). With ``stream``, the last layer of each surviving
-identity-shortcut block downstream of a cut is fitted to the block's output (``lstsq.Stream``).
+residual block downstream of a cut -- identity or projection shortcut -- is fitted to the block's output
+(``lstsq.Stream``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 
 from distillprune.prune.recovery.capture import execution_order
 from distillprune.prune.recovery.lstsq import Stream, Target, out_channels, why_not
 from distillprune.prune.recovery.report import LayerRecovery
-from distillprune.prune.residual import find_residuals
+from distillprune.prune.residual import _AFTER, _is_add, _passthrough, _strip, _trace, find_residuals
 
 LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -84,6 +86,74 @@ def _streams(pruned: nn.Module, dense: nn.Module, x: Tensor) -> dict[str, Stream
     return out
 
 
+def _projections(pruned: nn.Module, dense: nn.Module) -> dict[str, Stream]:
+    """The last layer of each block ``act(bn(layer(...)) + s(x))`` with a projection shortcut ``s`` (a child
+    module called on the block's input, e.g. a downsampling conv + BN), keyed by layer path. Read from the
+    block's one-level fx trace; a block fx cannot trace is left out (it keeps its plain per-layer target)."""
+    dense_paths = {n for n, _ in dense.named_modules()}
+    out: dict[str, Stream] = {}
+    for name, m in pruned.named_modules():
+        if not name or name not in dense_paths or isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            continue
+        if not any(True for _ in m.children()):
+            continue
+        try:
+            graph = _trace(m)
+        except Exception:  # noqa: BLE001 -- data-dependent control flow and the like: not a plain block
+            continue
+        found = _projection(graph, m)
+        if found is not None:
+            layer, bn, shortcut = found
+            out[f"{name}.{layer}"] = Stream(name, m.get_submodule(bn), shortcut=f"{name}.{shortcut}")  # type: ignore[arg-type]
+    return out
+
+
+def _projection(graph: fx.Graph, m: nn.Module) -> tuple[str, str, str] | None:
+    """(layer, bn, shortcut) child names of ``act(bn(layer(...)) + shortcut(x))``, or None."""
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    outs = [n for n in graph.nodes if n.op == "output"]
+    if len(inputs) != 1 or not outs or not isinstance(outs[0].args[0], fx.Node):
+        return None
+    n = outs[0].args[0]
+    while not _is_add(n) and _passthrough(n, m, _AFTER) and n.args and isinstance(n.args[0], fx.Node):
+        n = n.args[0]
+    if not _is_add(n) or len(n.args) < 2:
+        return None
+    a, b = (_strip(v, m) for v in n.args[:2])
+    for main, short in ((a, b), (b, a)):
+        if not (isinstance(main, fx.Node) and isinstance(short, fx.Node)):
+            continue
+        if not (_call(short, m, nn.Module) and short.args and short.args[0] is inputs[0]):
+            continue
+        layer = main.args[0] if main.args else None
+        if not (_call(main, m, nn.modules.batchnorm._BatchNorm) and isinstance(layer, fx.Node)):
+            continue
+        if _call(layer, m, LAYERS) and len(layer.users) == 1 and len(main.users) == 1:
+            return str(layer.target), str(main.target), str(short.target)
+    return None
+
+
+def _call(n: fx.Node, m: nn.Module, kinds: type | tuple[type, ...]) -> bool:
+    return (
+        n.op == "call_module"
+        and isinstance(m.get_submodule(str(n.target)), kinds)
+        and not isinstance(m.get_submodule(str(n.target)), nn.Identity)
+    )
+
+
+def _shortcut_first(targets: list[Target]) -> list[Target]:
+    """A projection-stream layer moves after the shortcut's own layers: its target reads their re-fit output."""
+    out = list(targets)
+    for t in targets:
+        if t.stream is None or t.stream.shortcut is None:
+            continue
+        inside = [i for i, u in enumerate(out) if u.path.startswith(t.stream.shortcut + ".")]
+        if inside:
+            out.remove(t)
+            out.insert(max(i for i, u in enumerate(out) if u.path.startswith(t.stream.shortcut + ".")) + 1, t)
+    return out
+
+
 def layer_targets(
     pruned: nn.Module, dense: nn.Module, x: Tensor, scope: str, stream: bool
 ) -> tuple[list[Target], list[LayerRecovery]]:
@@ -94,7 +164,7 @@ def layer_targets(
     cut = consumers(pruned, dense, order, dense_order, x)
     first = min((order.index(p) for p in cut), default=len(order))
     chosen = order[first:] if scope == "downstream" else [p for p in order if p in cut]
-    streams = _streams(pruned, dense, x) if stream else {}
+    streams = {**_projections(pruned, dense), **_streams(pruned, dense, x)} if stream else {}
     if stream and scope == "consumers":
         chosen = [p for p in order if p in cut or (p in streams and order.index(p) > first)]
     targets, skipped = [], []
@@ -109,4 +179,4 @@ def layer_targets(
             continue
         assert out is not None
         targets.append(Target(p, out, streams.get(p) if order.index(p) > first or p in cut else None))
-    return targets, skipped
+    return _shortcut_first(targets), skipped
