@@ -8,10 +8,12 @@ can be re-run without re-planning), one cut, then each ablation variant on a cop
   bn           BatchNorm re-estimated on the calibration images (the library before recovery)
   bias+bn      data-free bias compensation, then BatchNorm re-estimation
   bias         data-free bias compensation alone (what runs without data)
-  lstsq        least-squares re-fit of every layer downstream of the cut (no residual-stream target)
-  lstsq+stream the same with the residual-stream target on each surviving block's last conv (the default)
-  lstsq+stream+bn   ... then BatchNorm re-estimated as well
-  consumers+stream  only the layers that read a cut tensor (+ stream)
+  lstsq        least-squares re-fit of every layer downstream of the cut (no residual-stream target, no ReLU gate)
+  lstsq+stream the same with the residual-stream target on each surviving block's last conv (identity and
+               projection shortcuts)
+  lstsq+stream+relu  ... and ReLU-aware targets (``recovery.relu``): the library's default
+  lstsq+stream+bn   lstsq+stream+relu, then BatchNorm re-estimated as well
+  consumers+stream  only the layers that read a cut tensor (+ stream, + relu)
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {  # name: (recovery options or 
     "bn": (None, True),
     "bias+bn": ({"method": "bias"}, True),
     "bias": ({"method": "bias"}, False),
-    "lstsq": ({"stream": False}, False),
-    "lstsq+stream": ({}, False),
+    "lstsq": ({"stream": False, "relu": False}, False),
+    "lstsq+stream": ({"relu": False}, False),
+    "lstsq+stream+relu": ({}, False),
     "lstsq+stream+bn": ({}, True),
     "consumers+stream": ({"scope": "consumers"}, False),
 }

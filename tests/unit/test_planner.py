@@ -198,3 +198,23 @@ def test_a_target_inside_the_timing_noise_is_taken_with_a_note_and_one_outside_i
     assert plan.speedup == 1.95 and "timing noise" in (plan.note or "")
     with pytest.raises(DistillpruneError, match="the cuttable layers cannot reach the target"):
         _choose(Plan({"latency_speedup": 2.0}), [final(1.95, [1.7, 1.99], 0.5)], [], 2.0, True, 0.0, None)
+
+
+def test_a_depth_without_a_candidate_in_the_band_offers_the_slowest_that_reaches_the_target():
+    from distillprune.prune.config import TargetConfig
+    from distillprune.prune.planner import Candidate, _Search
+
+    search = _Search(
+        torch.nn.Identity(), TargetConfig(latency_speedup=3.0), WIDTH, None, 10, None, [], [], 1, timer=object()
+    )
+
+    def tried(*speedups: float) -> list:
+        return [(Candidate(f"c{i}", 0, 1, speedup=v), {}, torch.nn.Identity()) for i, v in enumerate(speedups)]
+
+    # 2.97x is the closest to the aim (3.15x) but misses the target: 3.45x is the one the depth can offer
+    assert search._kept(tried(2.97, 2.66, 3.45))[0].speedup == 3.45
+    assert search._kept(tried(3.6, 3.45))[0].speedup == 3.45  # the least overshoot
+    assert search._kept(tried(2.5, 2.9))[0].speedup == 2.9  # none reaches it: the closest (the error comes later)
+    band = tried(3.4, 3.1)
+    band[1][0].in_band = True
+    assert search._kept(band)[0].speedup == 3.1

@@ -229,3 +229,32 @@ def test_recovery_config_is_strict_and_defaults_to_on_with_a_target():
     assert PruneConfig(width={"ratio": 0.5}).recovery_config() is None
     planned = PruneConfig(width={"importance": "l2"}, target={"macs_ratio": 2.0})
     assert planned.recovery_config() is not None and planned.recovery_config().method == "lstsq"
+
+
+def test_relu_aware_targets_are_read_from_the_graph_and_never_raise_the_error_after_the_relu():
+    from distillprune.prune.recovery.relu import gated_targets, relu_layers
+
+    pruned, dense, x = _cut_resnet()
+    gates = relu_layers(pruned)
+    assert gates["layer1.0.conv1"].stream is False and gates["layer2.0.conv2"].stream is True
+    assert "fc" not in gates  # no ReLU after the head
+    # rows the dense ReLU closes: the fit's value where it is closed too, else the threshold; open rows keep y
+    y, fit, theta, a = (
+        torch.tensor([[-2.0, -1.0, 3.0]]),
+        torch.tensor([[-5.0, 1.0, 0.0]]),
+        torch.zeros(1, 3),
+        torch.ones(3),
+    )
+    assert torch.equal(gated_targets(y, fit, theta, a), torch.tensor([[-5.0, 0.0, 3.0]]))
+
+    def after_relu(relu: bool) -> tuple[float, list[str]]:
+        m = copy.deepcopy(pruned)
+        report = recover_(m, dense, x, RecoveryConfig(relu=relu))
+        return _err(m, dense, x), [r.layer for r in report.layers if r.gated]  # the logits
+
+    (plain, none), (gated, layers) = after_relu(False), after_relu(True)
+    assert none == [] and layers  # the gated solve won somewhere
+    assert gated < plain
+    for r in recover_(copy.deepcopy(pruned), dense, x, RecoveryConfig(relu=True)).layers:
+        if r.accepted:  # each kept solution errs less than the old weights (after the ReLU where gated)
+            assert r.after is not None and r.before is not None and r.after < r.before

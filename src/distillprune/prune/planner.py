@@ -351,12 +351,25 @@ class _Search:
                 break  # the blocks alone overshoot: no width left to give back at this depth
             assert self.table is not None  # timed
             goal = next_goal(predicted, achieved, self.aim, self.dense_ms, self.table.k)
-        in_band = [t for t in tried if t[0].in_band]
-        cand, widths, model = in_band[0] if in_band else min(tried, key=lambda t: abs(_achieved(t[0], True) - self.aim))
+        cand, widths, model = self._kept(tried)
         if cand.est_kd is None:
             self.estimate(cand, model)
             log(f"candidate {cand.label} (closest to the band at this depth): {_line(cand)}")
         return cand, widths
+
+    def _kept(
+        self, tried: list[tuple[Candidate, dict[str, list[int]], nn.Module]]
+    ) -> tuple[Candidate, dict[str, list[int]], nn.Module]:
+        """The candidate a depth offers the choice: the one in the band; else the slowest that still reaches the
+        target (an overshoot gives away accuracy, but one below the target can never be chosen); else the one
+        closest to the aim."""
+        in_band = [t for t in tried if t[0].in_band]
+        if in_band:
+            return in_band[0]
+        reaching = [t for t in tried if _achieved(t[0], self.timed) >= self.band[0]]
+        if reaching:
+            return min(reaching, key=lambda t: _achieved(t[0], self.timed))
+        return min(tried, key=lambda t: abs(_achieved(t[0], self.timed) - self.aim))
 
     def _first_goal(self, base: nn.Module, shapes: dict[str, LayerShape], predictor: _Predictor) -> float:
         """The predicted cost (ms, or MACs) the first candidate of a depth aims at."""

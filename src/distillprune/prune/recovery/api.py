@@ -88,7 +88,7 @@ def _least_squares(
     cfg: RecoveryConfig,
     seed: int,
 ) -> None:
-    targets, skipped = layer_targets(pruned, dense, x, cfg.scope, cfg.stream)
+    targets, skipped = layer_targets(pruned, dense, x, cfg.scope, cfg.stream, cfg.relu)
     report.layers = skipped
     try:
         rows = dense_rows(dense, targets, batches, cfg.positions_per_image, seed)

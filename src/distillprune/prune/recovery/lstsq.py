@@ -28,8 +28,9 @@ from torch import Tensor, nn
 
 from distillprune.prune.recovery.capture import capture, conv_rows, map_rows, positions, token_rows
 from distillprune.prune.recovery.channels import kept_channels
+from distillprune.prune.recovery.relu import ReluAfter, bn_affine, gated_targets, relu_error
 from distillprune.prune.recovery.report import LayerRecovery
-from distillprune.prune.recovery.solve import Gram
+from distillprune.prune.recovery.solve import Gram, ridge_solve
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Target:
     path: str
     out: Tensor
     stream: Stream | None = None
+    relu: ReluAfter | None = None  # a ReLU follows (relu.ReluAfter): the target is gated by it
 
 
 def why_not(m: nn.Module, m0: nn.Module) -> str | None:
@@ -150,15 +152,80 @@ def refit(
     m = pruned.get_submodule(t.path)
     assert isinstance(m, (nn.Conv2d, nn.Linear))  # layer_targets chose it
     gram = Gram(unknowns(m) - int(m.bias is not None), len(t.out), bias=m.bias is not None, products=torch.float32)
+    gate = _Gate(pruned, t) if t.relu is not None else None
     for x, (pos, y) in zip(batches, rows, strict=True):
         ins, outs = t.stream.request() if t.stream else ([], [])
         cp = capture(pruned, x, inputs=[t.path, *ins], outputs=outs)
         xin = cp[f"in:{t.path}"]
+        shift = None
         if t.stream is not None:  # the pruned half of the stream correction: - x_p / a
             xp = cp[t.stream.key()]
-            y = y - _at(xp / _scale(t.stream.bn, xp), pos)
-        gram.add(conv_rows(m, xin, pos) if isinstance(m, nn.Conv2d) and pos is not None else _at(xin, pos), y)
-    return _accept(m, t, gram, damp)
+            shift = _at(xp / _scale(t.stream.bn, xp), pos)
+            y = y - shift
+        xrows = conv_rows(m, xin, pos) if isinstance(m, nn.Conv2d) and pos is not None else _at(xin, pos)
+        gram.add(xrows, y)
+        if gate is not None:
+            gate.add(xrows, y, shift)
+    old = as_matrix(m)
+    rec = _accept(m, t, gram, damp)
+    if gate is not None and rec.after is not None and gram.rows >= unknowns(m):
+        gate.refine(m, rec, gram, old, damp)
+    return rec
+
+
+class _Gate:
+    """The ReLU-aware second solve of one layer (``relu``): the rows, kept for it, and the thresholds."""
+
+    def __init__(self, pruned: nn.Module, t: Target) -> None:
+        assert t.relu is not None
+        bn = pruned.get_submodule(t.relu.bn)
+        assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        a, b = bn_affine(bn)
+        self.a, self.theta0 = a.float(), (-b / a).float()
+        self.rows: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def add(self, x: Tensor, y: Tensor, shift: Tensor | None) -> None:
+        theta = self.theta0.to(y) - (shift if shift is not None else 0.0)  # where a * z + b + other = 0
+        self.rows.append((x.detach().float().cpu(), y.detach().float().cpu(), theta.expand_as(y).cpu()))
+
+    def error(self, w: Tensor, bias: bool) -> float:
+        return sum(relu_error(_apply(x, w, bias), y, th, self.a) for x, y, th in self.rows)
+
+    def refine(self, m: Layer, rec: LayerRecovery, gram: Gram, old: Tensor, damp: float, rounds: int = 3) -> None:
+        """Solve again on targets gated by the current fit, up to ``rounds`` times while the error after the
+        ReLU falls; keep whichever of (old, plain, gated) errs least there."""
+        bias = m.bias is not None
+        plain = as_matrix(m)
+        errs = {"old": self.error(old, bias), "plain": self.error(plain, bias)}
+        best_w, best = plain, errs["plain"]
+        for _ in range(rounds):
+            xty = torch.zeros_like(gram.xty)
+            for x, y, th in self.rows:
+                target = gated_targets(y, _apply(x, best_w, bias), th, self.a)
+                xty += (_design(x, bias).T @ target).double()
+            w = ridge_solve(gram.xtx, xty, damp)
+            e = self.error(w, bias) if bool(torch.isfinite(w).all()) else float("inf")
+            if e >= best:
+                break
+            best_w, best = w, e
+        energy = sum(float((self.a * (y - th)).clamp_min(0).pow(2).sum()) for _, y, th in self.rows)
+        rec.gated = best < errs["plain"]
+        rec.before, rec.after = errs["old"] / max(energy, 1e-30), min(best, errs["old"]) / max(energy, 1e-30)
+        if errs["old"] <= best:
+            set_matrix(m, old)
+            rec.accepted, rec.gated = False, False
+            rec.skipped = "no solve lowers the error after the ReLU"
+        else:
+            set_matrix(m, best_w)
+            rec.accepted, rec.skipped = True, None
+
+
+def _design(x: Tensor, bias: bool) -> Tensor:
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) if bias else x
+
+
+def _apply(x: Tensor, w: Tensor, bias: bool) -> Tensor:
+    return _design(x, bias) @ w.to(x.dtype)
 
 
 def _accept(m: Layer, t: Target, gram: Gram, damp: float) -> LayerRecovery:

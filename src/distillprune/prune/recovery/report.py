@@ -15,6 +15,7 @@ class LayerRecovery:
     rows: int = 0
     accepted: bool = False
     skipped: str | None = None  # why the layer was left alone (grouped conv, ill-posed solve, no gain...)
+    gated: bool = False  # the ReLU-aware solve was kept (recovery.relu; errors are then measured after the ReLU)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from distillprune.prune.recovery.capture import execution_order
 from distillprune.prune.recovery.lstsq import Stream, Target, out_channels, why_not
+from distillprune.prune.recovery.relu import relu_layers
 from distillprune.prune.recovery.report import LayerRecovery
 from distillprune.prune.residual import _AFTER, _is_add, _passthrough, _strip, _trace, find_residuals
 
@@ -155,7 +156,7 @@ def _shortcut_first(targets: list[Target]) -> list[Target]:
 
 
 def layer_targets(
-    pruned: nn.Module, dense: nn.Module, x: Tensor, scope: str, stream: bool
+    pruned: nn.Module, dense: nn.Module, x: Tensor, scope: str, stream: bool, relu: bool = False
 ) -> tuple[list[Target], list[LayerRecovery]]:
     """The layers to re-fit (forward order) and the ones that cannot be, with why."""
     dense_paths = dict(dense.named_modules())
@@ -167,6 +168,7 @@ def layer_targets(
     streams = {**_projections(pruned, dense), **_streams(pruned, dense, x)} if stream else {}
     if stream and scope == "consumers":
         chosen = [p for p in order if p in cut or (p in streams and order.index(p) > first)]
+    gates = relu_layers(pruned) if relu else {}
     targets, skipped = [], []
     for p in chosen:
         m, m0 = pruned.get_submodule(p), dense_paths[p]
@@ -178,5 +180,9 @@ def layer_targets(
             skipped.append(LayerRecovery(p, skipped=why))
             continue
         assert out is not None
-        targets.append(Target(p, out, streams.get(p) if order.index(p) > first or p in cut else None))
+        st = streams.get(p) if order.index(p) > first or p in cut else None
+        gate = gates.get(p)
+        if gate is not None and gate.stream != (st is not None):
+            gate = None  # a ReLU after a residual add gates a stream target only (and the reverse)
+        targets.append(Target(p, out, st, gate))
     return _shortcut_first(targets), skipped
