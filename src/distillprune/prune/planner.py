@@ -354,7 +354,7 @@ class _Search:
         cand, widths, model = self._kept(tried)
         if cand.est_kd is None:
             self.estimate(cand, model)
-            log(f"candidate {cand.label} (closest to the band at this depth): {_line(cand)}")
+            log(f"candidate {cand.label} (the one this depth offers, outside the band): {_line(cand)}")
         return cand, widths
 
     def _kept(
