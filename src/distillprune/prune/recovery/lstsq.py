@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from distillprune.prune.recovery.capture import capture, conv_rows, map_rows, positions, token_rows
 from distillprune.prune.recovery.channels import kept_channels
-from distillprune.prune.recovery.relu import ReluAfter, bn_affine, gated_targets, relu_error
+from distillprune.prune.recovery.relu import ReluAfter, bn_affine, bn_scale, gated_targets, relu_error
 from distillprune.prune.recovery.report import LayerRecovery
 from distillprune.prune.recovery.solve import Gram, ridge_solve
 
@@ -96,12 +96,6 @@ def set_matrix(m: Layer, w: Tensor) -> None:
         m.bias.copy_(w[k].to(m.bias))
 
 
-def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
-    var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
-    scale = torch.rsqrt(var + bn.eps)
-    return scale * bn.weight.detach() if bn.weight is not None else scale
-
-
 def _positions(y: Tensor, per_image: int, gen: torch.Generator) -> Tensor | None:
     if y.dim() == 4:  # a conv's output map
         return positions(y.shape[0], y.shape[2] * y.shape[3], per_image, gen)
@@ -141,7 +135,7 @@ def _channels(y: Tensor, idx: Tensor, last: bool) -> Tensor:
 
 
 def _scale(bn: nn.modules.batchnorm._BatchNorm, like: Tensor) -> Tensor:
-    return _bn_scale(bn).to(like).reshape((1, -1) + (1,) * (like.dim() - 2))
+    return bn_scale(bn).to(like).reshape((1, -1) + (1,) * (like.dim() - 2))
 
 
 def refit(

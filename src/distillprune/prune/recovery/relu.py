@@ -16,7 +16,6 @@ targets.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +23,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillprune.prune.residual import _ADDS
+
 _RELUS = {torch.relu, F.relu, torch.relu_}
-_ADDS = {operator.add, operator.iadd, torch.add}
 
 
 @dataclass
@@ -81,13 +81,17 @@ def relu_layers(model: nn.Module) -> dict[str, ReluAfter]:
     return found
 
 
-def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """(a, b) with ``bn(z) = a * z + b`` per channel, in eval mode (float64)."""
-    mean = bn.running_mean if bn.running_mean is not None else torch.zeros(bn.num_features)
+def bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
+    """``a`` of an eval-mode BN ``bn(z) = a * z + b``, per channel (the stream targets divide by it too)."""
     var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
-    a = torch.rsqrt(var.double() + bn.eps)
-    if bn.weight is not None:
-        a = a * bn.weight.detach().double()
+    scale = torch.rsqrt(var + bn.eps)
+    return scale * bn.weight.detach() if bn.weight is not None else scale
+
+
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """(a, b) with ``bn(z) = a * z + b`` per channel, in eval mode (float64, on the CPU)."""
+    a = bn_scale(bn).double()
+    mean = bn.running_mean if bn.running_mean is not None else torch.zeros(bn.num_features)
     b = -mean.double() * a + (bn.bias.detach().double() if bn.bias is not None else 0.0)
     return a.cpu(), b.cpu()
 
