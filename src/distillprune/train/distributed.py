@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -32,6 +34,8 @@ from torch import nn
 from distillprune import errors
 from distillprune.core.history import HistoryOp, op_from_dict
 from distillprune.errors import DistillpruneError
+
+log = logging.getLogger("distillprune.distributed")
 
 T = TypeVar("T")
 
@@ -84,9 +88,26 @@ def process_group(device: torch.device) -> Iterator[None]:
     joined = setup(device)
     try:
         yield
-    finally:
+    except BaseException:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    if joined and dist.is_initialized():
+        _closing_barrier()
+        dist.destroy_process_group()
+
+
+def _closing_barrier(timeout_s: float = 120.0) -> None:
+    """Every rank reaches the end before any leaves the group: a rank that tore gloo down while another still
+    held its pairs could abort at exit ("terminate called without an active exception"). Bounded on gloo, so
+    a rank that died does not hold the others for ever; the run itself has already succeeded here."""
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    except RuntimeError as e:  # a peer gone: nothing left to wait for
+        log.warning("closing barrier: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def barrier() -> None:
