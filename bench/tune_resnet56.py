@@ -22,12 +22,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import distillprune as dp
 from distillprune.core.config import validate
 from distillprune.recipes.schema import apply_overrides, read_yaml
 from distillprune.tune import tune
 
 KD = {"name": "kd", "temperature": 4.0, "alpha": 0.9}
+
+
+def runtime() -> dict[str, Any]:
+    """bf16, channels-last and compile where there is a GPU; plain float32 on a CPU (as the real-teacher bench)."""
+    cuda = torch.cuda.is_available()
+    return {"device": "auto", "amp": "bf16" if cuda else "none", "channels_last": cuda, "progress": False,
+            "tensorboard": False}  # fmt: skip
 
 
 def full_recipe(a: argparse.Namespace) -> dict[str, Any]:
@@ -39,11 +48,11 @@ def full_recipe(a: argparse.Namespace) -> dict[str, Any]:
         "data": {
             "source": a.source,
             "path": a.data,
-            "batch_size": 256,
+            "batch_size": 128,
             "eval_batch_size": 1000,
             "augment": {"crop_padding": 4, "hflip": True},
         },
-        "runtime": {"device": "auto", "amp": "bf16", "channels_last": True, "progress": False},
+        "runtime": runtime(),
         "measure": {"batch_sizes": [1], "threads": 1},
         "stages": [
             {
@@ -55,7 +64,7 @@ def full_recipe(a: argparse.Namespace) -> dict[str, Any]:
                 "optimizer": {"lr": 0.05},
                 "distill": {"losses": [dict(KD)]},
             },
-            {"type": "finetune", "epochs": a.epochs, "optimizer": {"lr": 0.1}, "distill": {"losses": [dict(KD)]}},
+            {"type": "finetune", "epochs": a.epochs, "optimizer": {"lr": 0.05}, "distill": {"losses": [dict(KD)]}},
         ],
     }
 
@@ -65,7 +74,9 @@ FULL_SPACE = {
     "stages.0.distill.losses.0.alpha": {"float": [0.5, 1.0]},
     "stages.0.optimizer.lr": {"float": [0.01, 0.2], "log": True},
     "stages.1.optimizer.lr": {"float": [0.01, 0.3], "log": True},
-    "stages.0.target.depth_fractions": {"categorical": [[0.0], [0.0, 0.25], [0.0, 0.25, 0.5]]},
+    "stages.0.target.depth_fractions": {
+        "categorical": [[0.0], [0.0, 0.25], [0.0, 0.25, 0.5], [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75]]
+    },
 }
 
 
