@@ -13,9 +13,8 @@ import distillprune as dp
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
-from distillprune.prune.blocks import BlockScorer
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.depth import removable_blocks
+from distillprune.prune.depth import BlockScorer, removable_blocks
 from distillprune.prune.groups import apply_widths, channel_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
 from distillprune.prune.planner import _Predictor, greedy_widths, next_goal, recalibrate_bn

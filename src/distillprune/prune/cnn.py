@@ -28,8 +28,8 @@ from distillprune.data.base import normalize, standard_layout
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
-from distillprune.prune.blocks import choose_blocks, remove_blocks
 from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
+from distillprune.prune.depth import choose_blocks, remove_blocks
 from distillprune.prune.groups import apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.importance import NEEDS_GRADIENTS

@@ -3,7 +3,7 @@
 
 For each depth option (a number of blocks, from ``target.depth_fractions``):
 
-1. the blocks are the greedy prefix of one lazy-greedy choice by KD loss (``prune.blocks.BlockScorer``:
+1. the blocks are the greedy prefix of one lazy-greedy choice by KD loss (``prune.depth.BlockScorer``:
    torch.fx with cached activations, so choosing 13 of ResNet-56's 27 blocks costs a few forwards);
 2. each coupled channel group is priced: its channels' first-order KD-loss cost (Taylor: |w * dL/dw|
    of the KD loss on calibration batches) against the milliseconds it saves, read from a latency lookup
@@ -34,9 +34,8 @@ from distillprune.errors import DistillpruneError
 from distillprune.export.onnx import onnx_bytes
 from distillprune.measure.latency import LatencyConfig, OrtTimer
 from distillprune.measure.metrics import count_macs
-from distillprune.prune.blocks import BlockScorer, remove_blocks
 from distillprune.prune.config import TargetConfig, WidthConfig
-from distillprune.prune.depth import removable_blocks
+from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
 from distillprune.prune.groups import Group, apply_widths, gradients, priced_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
 from distillprune.prune.recovery import RecoveryConfig, recover_
