@@ -191,10 +191,10 @@ def test_fisher_scores_and_layer_choice(folders, data):
 
 def test_target_plan_meets_a_macs_ratio(folders):
     from distillprune.transformers.config import TransformerTargetConfig as TargetConfig
-    from distillprune.transformers.search import search
+    from distillprune.transformers.plan import plan_encoder
 
     m = load_encoder(str(folders["emb"]), "embedding")
-    plan = search(m, (16,), TargetConfig(macs_ratio=2.0, depth_fractions=[0.0, 0.34]), round_to=8)
+    plan = plan_encoder(m, (16,), TargetConfig(macs_ratio=2.0, depth_fractions=[0.0, 0.34]), round_to=8)
     assert plan.macs_ratio >= 2.0 and plan.layers_dropped in (0, 1)
 
 

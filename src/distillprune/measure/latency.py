@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -104,7 +105,7 @@ def ort_latency(onnx: str | Path | bytes, input_shape: Sequence[int], cfg: Laten
                 .standard_normal((bs, *input_shape))
                 .astype(np.float32)
             }
-        out[f"bs{bs}"] = _time(lambda f=feeds: sess.run(None, f), cfg.warmup, cfg.repeats, cfg.min_window_s)
+        out[f"bs{bs}"] = _time(partial(sess.run, None, feeds), cfg.warmup, cfg.repeats, cfg.min_window_s)
     return out
 
 

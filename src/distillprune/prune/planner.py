@@ -371,6 +371,8 @@ class _Depth(Option):
     """One depth option of a CNN: ``blocks`` removed, then the widths planned to a predicted cost (the proposal),
     built, measured and re-planned (a Newton step on the measurement) until one lands in the band."""
 
+    estimates: ClassVar[bool] = True
+
     def __init__(self, planner: _Planner, d: int, blocks: list[str]) -> None:
         self.p, self.depth = planner, d
         self.base = copy.deepcopy(planner.dense)

@@ -191,6 +191,7 @@ class Option(ABC):
     candidate the option offers."""
 
     depth: int = 0
+    estimates: ClassVar[bool] = False  # whether ``estimate`` scores candidates (the log says when it did not)
 
     @abstractmethod
     def label(self, attempt: int) -> str:
@@ -258,12 +259,12 @@ class Search:
             nxt = None if cand.in_band else option.next(proposal, cand, achieved)
             if cand.in_band or (nxt is None and not self.measure.noisy):
                 option.estimate(cand, model)
-            self.log(f"candidate {cand.label}: {_line(cand)}{option.note(proposal)}")
+            self.log(f"candidate {cand.label}: {_line(cand, option.estimates)}{option.note(proposal)}")
             proposal, attempt = nxt, attempt + 1
         cand, keeps, model = self.kept(tried)
-        if not cand.in_band and cand.est_kd is None:
+        if option.estimates and not cand.in_band and cand.est_kd is None:
             option.estimate(cand, model)
-            self.log(f"candidate {cand.label} (the one this depth offers, outside the band): {_line(cand)}")
+            self.log(f"candidate {cand.label} (the one this depth offers, outside the band): {_line(cand, True)}")
         return cand, keeps
 
     def _measured(self, option: Option, model: nn.Module, attempt: int) -> Candidate:
@@ -317,9 +318,9 @@ class Search:
         return best, note
 
 
-def _line(c: Candidate) -> str:
+def _line(c: Candidate, estimates: bool) -> str:
     if c.est_kd is not None:
         est = f" est top-1 {c.est_top1} kd {c.est_kd}"
     else:
-        est = "" if c.in_band else " not estimated (outside the band)"
+        est = " not estimated (outside the band)" if estimates else ""
     return f"speedup {c.speedup} macs x{c.macs_ratio}{est}"
