@@ -26,7 +26,8 @@ import torch
 from distillprune.core.reporting import from_jsonable, to_jsonable
 from distillprune.distill.distiller import snapshot
 from distillprune.prune.config import PruneConfig
-from distillprune.prune.planner import Plan, recalibrate_bn
+from distillprune.prune.estimate import recalibrate_bn
+from distillprune.prune.planner import Plan
 from distillprune.prune.recovery import RecoveryConfig, recover_
 from distillprune.prune.session import PruneSession
 

@@ -15,9 +15,10 @@ from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import BlockScorer, removable_blocks
+from distillprune.prune.estimate import recalibrate_bn
 from distillprune.prune.groups import apply_widths, channel_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
-from distillprune.prune.planner import _Predictor, greedy_widths, next_goal, recalibrate_bn
+from distillprune.prune.planner import _Predictor, greedy_widths, next_goal
 
 SHAPE = (3, 8, 8)
 WIDTH = WidthConfig(ratio=None, round_to=8)

@@ -30,10 +30,11 @@ from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
 from distillprune.prune.depth import choose_blocks, remove_blocks
+from distillprune.prune.estimate import recalibrate_bn
 from distillprune.prune.groups import apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.importance import NEEDS_GRADIENTS
-from distillprune.prune.planner import Plan, PlanContext, PlanInputs, plan_target, recalibrate_bn
+from distillprune.prune.planner import Plan, PlanContext, PlanInputs, plan_target
 from distillprune.prune.recovery import RecoveryConfig, RecoveryReport, recover_
 from distillprune.prune.structure import Session, Structure, structure_for_config
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner

@@ -37,6 +37,7 @@ from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
 from distillprune.prune.config import TargetConfig, WidthConfig
 from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
+from distillprune.prune.estimate import estimate, recalibrate_bn
 from distillprune.prune.groups import Group, apply_widths, gradients, priced_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
 from distillprune.prune.recovery import RecoveryConfig, recover_
@@ -44,7 +45,7 @@ from distillprune.prune.search import Band, Baseline, Candidate, Measure, Option
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
-__all__ = ["Candidate", "Plan", "PlanContext", "PlanInputs", "greedy_widths", "plan_target", "recalibrate_bn"]
+__all__ = ["Candidate", "Plan", "PlanContext", "PlanInputs", "greedy_widths", "plan_target"]
 
 
 @dataclass
@@ -72,8 +73,6 @@ class Plan:
 class _Predictor:
     """The MACs of a model described by its layer shapes (a MACs target): exact for Conv/Linear, so a depth
     needs one candidate."""
-
-    exact: ClassVar[bool] = True
 
     def __init__(self, input_shape: tuple[int, ...] = ()) -> None:
         self.input_shape = input_shape
@@ -104,8 +103,6 @@ class _Predictor:
 class _LutPredictor(_Predictor):
     """Latency (ms) from the latency lookup table, fitted to the dense model's timing and refitted to every
     measured candidate (a latency target)."""
-
-    exact: ClassVar[bool] = False
 
     def __init__(self, table: LatencyTable, input_shape: tuple[int, ...]) -> None:
         super().__init__(input_shape)
@@ -190,48 +187,6 @@ def greedy_widths(
         size[g.root] = new
         total -= saved
     return size, total
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Re-estimate BatchNorm running statistics (cumulative average) on ``batches``: after a cut, the
-    statistics of the layers downstream no longer match their inputs."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns or not batches:
-        return
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    was = model.training
-    model.train()
-    for x in batches:
-        model(x)
-    for bn, m in zip(bns, momenta, strict=True):
-        bn.momentum = m
-    model.train(was)
-
-
-@torch.no_grad()
-def estimate(
-    model: nn.Module, batches: Sequence[Batch], teacher_logits: Sequence[torch.Tensor]
-) -> tuple[float, float | None]:
-    """(KD loss at T=1 to the teacher, top-1 % when labelled) on the validation batches."""
-    from distillprune.distill.losses.kd import soft_kl
-
-    was = model.training
-    model.eval()
-    kd, correct, n, labelled = 0.0, 0, 0, True
-    for (x, y), t in zip(batches, teacher_logits, strict=True):
-        out = model(x)
-        kd += float(soft_kl(out, t, 1.0)) * len(x)
-        n += len(x)
-        if y is None:
-            labelled = False
-        else:
-            correct += int((out.argmax(1) == y).sum())
-    model.train(was)
-    return kd / max(n, 1), (100.0 * correct / n if labelled and n else None)
 
 
 @dataclass
