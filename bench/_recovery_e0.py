@@ -26,7 +26,8 @@ import torch
 from distillprune.core.reporting import from_jsonable, to_jsonable
 from distillprune.distill.distiller import snapshot
 from distillprune.prune.config import PruneConfig
-from distillprune.prune.planner import Plan, recalibrate_bn
+from distillprune.prune.estimate import recalibrate_bn
+from distillprune.prune.planner import Plan
 from distillprune.prune.recovery import RecoveryConfig, recover_
 from distillprune.prune.session import PruneSession
 
@@ -71,11 +72,10 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
 
 def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
     """A plan without the planner's search (for a loaded machine): ``"BLOCKS:PREFIX,PREFIX"`` removes BLOCKS
-    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.blocks.BlockScorer``; or
+    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.depth.BlockScorer``; or
     "+"-separated block paths) and halves every
     channel group whose root layer starts with one of the prefixes (``conv1`` is the stem)."""
-    from distillprune.prune.blocks import BlockScorer, remove_blocks
-    from distillprune.prune.depth import removable_blocks
+    from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
     from distillprune.prune.groups import channel_groups
 
     count, _, prefixes = spec.partition(":")

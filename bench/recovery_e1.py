@@ -37,7 +37,8 @@ from distillprune.core.reporting import from_jsonable  # noqa: E402
 from distillprune.distill.distiller import Distiller  # noqa: E402
 from distillprune.prune.api import fit_trainer  # noqa: E402
 from distillprune.prune.config import PruneConfig  # noqa: E402
-from distillprune.prune.planner import Plan, recalibrate_bn  # noqa: E402
+from distillprune.prune.estimate import recalibrate_bn  # noqa: E402
+from distillprune.prune.planner import Plan  # noqa: E402
 from distillprune.prune.recovery import RecoveryConfig, recover_  # noqa: E402
 from distillprune.prune.session import PruneSession  # noqa: E402
 from distillprune.train.config import OptimizerConfig, ScheduleConfig  # noqa: E402

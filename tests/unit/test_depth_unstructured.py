@@ -11,8 +11,7 @@ from unit_helpers import randomise_bn, tiny_digits_cnn, tiny_resnet
 
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
-from distillprune.prune.blocks import choose_blocks
-from distillprune.prune.depth import removable_blocks, remove_block
+from distillprune.prune.depth import choose_blocks, removable_blocks, remove_block
 from distillprune.prune.structured import classifier_layers
 from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity, prunable_weights
 

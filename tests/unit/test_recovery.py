@@ -66,8 +66,8 @@ def test_removed_channels_that_are_combinations_of_kept_ones_reconstruct_exactly
 def _cut_resnet(seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """A small trained-like ResNet (random BN affine, real running stats) and its planned cut (one block
     removed, every group halved)."""
-    from distillprune.prune.blocks import remove_blocks
     from distillprune.prune.config import WidthConfig
+    from distillprune.prune.depth import remove_blocks
     from distillprune.prune.groups import apply_widths, channel_groups
 
     torch.manual_seed(seed)

@@ -191,11 +191,32 @@ def test_fisher_scores_and_layer_choice(folders, data):
 
 def test_target_plan_meets_a_macs_ratio(folders):
     from distillprune.transformers.config import TransformerTargetConfig as TargetConfig
-    from distillprune.transformers.search import search
+    from distillprune.transformers.plan import plan_encoder
 
     m = load_encoder(str(folders["emb"]), "embedding")
-    plan = search(m, (16,), TargetConfig(macs_ratio=2.0, depth_fractions=[0.0, 0.34]), round_to=8)
+    plan = plan_encoder(m, (16,), TargetConfig(macs_ratio=2.0, depth_fractions=[0.0, 0.34]), round_to=8)
     assert plan.macs_ratio >= 2.0 and plan.layers_dropped in (0, 1)
+    assert sum(c.chosen for c in plan.candidates) == 1 and plan.achieved == plan.macs_ratio
+
+
+def test_the_encoder_option_bisects_its_ratio_toward_the_band():
+    from distillprune.prune.search import Band, Candidate
+    from distillprune.transformers.plan import _Width
+
+    band, c = Band(2.0, 0.1), Candidate("c", 1, 1)
+    opt = _Width(torch.nn.Identity(), 1, "ffn", 0.8, band, 64)
+    assert opt.first() == 0.8
+    assert opt.next(0.8, c, 3.0) == 0.0  # the widest cut overshoots: the layers alone next
+    assert opt.next(0.0, c, 1.5) == pytest.approx(0.4)  # too slow: bisect between them
+    assert opt.next(0.4, c, 2.5) == pytest.approx(0.2)  # past the band: give width back
+    assert opt.next(0.2, c, 1.9) == pytest.approx(0.3)
+    assert _Width(torch.nn.Identity(), 1, "ffn", 0.8, band, 64).next(0.8, c, 1.9) is None  # the widest misses
+    alone = _Width(torch.nn.Identity(), 1, "ffn", 0.8, band, 64)
+    assert alone.next(0.8, c, 3.0) == 0.0 and alone.next(0.0, c, 2.5) is None  # the layers alone overshoot
+    no_depth = _Width(torch.nn.Identity(), 0, "ffn", 0.8, band, 64)
+    assert no_depth.next(0.8, c, 3.0) == pytest.approx(0.4)  # nothing dropped: never the dense model itself
+    steps = [no_depth.next(r, c, 3.0) for r in (0.4, 0.2, 0.1, 0.05, 0.025, 0.0125)]
+    assert steps[-2] == pytest.approx(0.0125) and steps[-1] is None  # six bisections at most
 
 
 def test_distill_defaults_to_adamw_and_the_embedding_loss_for_an_embedder(folders, data):

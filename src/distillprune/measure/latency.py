@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -53,7 +54,11 @@ class LatencyConfig(StrictModel):
     gpu_batch_size: int = 256
 
 
-def _time(fn, warmup: int, repeats: int, min_window_s: float) -> float:
+def windows(fn: Callable[[], object], warmup: int, repeats: int, min_window_s: float) -> list[float]:
+    """The one timing loop: ``warmup`` calls, then ``repeats`` timed windows of at least ``min_window_s``
+    seconds each (the calls per window sized from a short probe); each window's milliseconds per call.
+    Callers take the statistic they need: the median (:func:`_time`), or the minimum (a latency table's
+    entries on a loaded machine)."""
     for _ in range(warmup):
         fn()
     t0, n = time.perf_counter(), 0
@@ -62,13 +67,18 @@ def _time(fn, warmup: int, repeats: int, min_window_s: float) -> float:
         n += 1
     per = max((time.perf_counter() - t0) / n, 1e-7)
     iters = max(1, int(min_window_s / per))
-    windows = []
+    out = []
     for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(iters):
             fn()
-        windows.append((time.perf_counter() - t) / iters)
-    return statistics.median(windows) * 1e3
+        out.append((time.perf_counter() - t) / iters * 1e3)
+    return out
+
+
+def _time(fn: Callable[[], object], warmup: int, repeats: int, min_window_s: float) -> float:
+    """Median milliseconds per call over the timed windows."""
+    return statistics.median(windows(fn, warmup, repeats, min_window_s))
 
 
 def seq_length(cfg: LatencyConfig, i: int) -> int:
@@ -95,7 +105,7 @@ def ort_latency(onnx: str | Path | bytes, input_shape: Sequence[int], cfg: Laten
                 .standard_normal((bs, *input_shape))
                 .astype(np.float32)
             }
-        out[f"bs{bs}"] = _time(lambda f=feeds: sess.run(None, f), cfg.warmup, cfg.repeats, cfg.min_window_s)
+        out[f"bs{bs}"] = _time(partial(sess.run, None, feeds), cfg.warmup, cfg.repeats, cfg.min_window_s)
     return out
 
 

@@ -6,7 +6,7 @@ from distillprune.prune import history as _history  # noqa: F401  (registers the
 from distillprune.prune.api import prune_
 from distillprune.prune.cnn import CnnStructure, PruneReport
 from distillprune.prune.config import DepthConfig, PruneConfig, TargetConfig, UnstructuredConfig, WidthConfig
-from distillprune.prune.planner import Candidate, Plan, plan_target
+from distillprune.prune.planner import Candidate, Plan, PlanContext, PlanInputs, plan_target
 from distillprune.prune.session import PruneSession
 from distillprune.prune.structure import STRUCTURES, Structure, structure_for_config
 
@@ -16,6 +16,8 @@ __all__ = [
     "CnnStructure",
     "DepthConfig",
     "Plan",
+    "PlanContext",
+    "PlanInputs",
     "PruneConfig",
     "PruneReport",
     "PruneSession",

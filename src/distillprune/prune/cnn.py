@@ -28,12 +28,13 @@ from distillprune.data.base import normalize, standard_layout
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
-from distillprune.prune.blocks import choose_blocks, remove_blocks
 from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
+from distillprune.prune.depth import choose_blocks, remove_blocks
+from distillprune.prune.estimate import recalibrate_bn
 from distillprune.prune.groups import apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
 from distillprune.prune.importance import NEEDS_GRADIENTS
-from distillprune.prune.planner import Plan, PlanInputs, plan_target, recalibrate_bn
+from distillprune.prune.planner import Plan, PlanContext, PlanInputs, plan_target
 from distillprune.prune.recovery import RecoveryConfig, RecoveryReport, recover_
 from distillprune.prune.structure import Session, Structure, structure_for_config
 from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
@@ -104,18 +105,18 @@ class CnnStructure(Structure):
         if target is None:
             return None
         assert self.cfg.width is not None and s.teacher is not None
-        return plan_target(
+        ctx = PlanContext(
             s.model,
             s.teacher,
-            target,
-            self.cfg.width,
             self.plan_inputs(),
             s.num_classes,
-            s.latency,
+            self.cfg.width,
             taylor_loss(s.teacher),
-            self.log,
+            s.latency,
             self.cfg.recovery_config(),
+            self.log,
         )
+        return plan_target(target, ctx)
 
     def use_plan(self, plan: Plan | None) -> None:
         self.plan_ = plan

@@ -66,15 +66,22 @@ class UnstructuredConfig(StrictModel):
 
 
 class SpeedTarget(StrictModel):
-    """What every family's target names: a measured ONNX Runtime speedup or a MACs ratio, and the shares
-    of the removable depth (blocks, layers) to try removing. A family's target adds only what its planner
-    reads."""
+    """What every family's target names: a measured ONNX Runtime speedup or a MACs ratio, the shares of the
+    removable depth (blocks, layers) to try removing, and the band the search accepts (``prune.search``). A
+    family's target adds only what its planner reads."""
 
     macs_ratio: float | None = Field(None, gt=1, description="dense MACs / pruned MACs")
     latency_speedup: float | None = Field(None, gt=1, description="measured ORT CPU speedup at batch_size")
     batch_size: int = Field(1, gt=0, description="batch size of the latency target")
     depth_fractions: list[float] = Field(
         default_factory=lambda: [0.0], description="shares of the removable depth to try removing"
+    )
+    tolerance: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="accept a measured speedup in [target, target * (1 + tolerance)]; timed, the search aims at "
+        "the middle",
     )
 
     @model_validator(mode="after")
@@ -95,12 +102,6 @@ class TargetConfig(SpeedTarget):
         default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75],
         description="shares of the removable blocks to try removing (up to 3/4: at 3x on ResNet-56 the best plan "
         "removes 16 of 25 blocks at full width, docs/benchmarks.md)",
-    )
-    tolerance: float = Field(
-        0.1,
-        gt=0,
-        le=1,
-        description="accept a measured speedup in [target, target * (1 + tolerance)]; the planner aims at the middle",
     )
     refits: int = Field(2, ge=0, description="re-plans of a depth option whose measured speedup misses the band")
     val_samples: int = Field(500, gt=0, description="training samples held out to estimate each plan's accuracy")

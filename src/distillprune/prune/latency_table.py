@@ -12,7 +12,6 @@ layers (memory traffic, the non-conv operators, per-node overhead).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distillprune.measure.latency import LatencyConfig
+from distillprune.measure.latency import LatencyConfig, windows
 
 
 @dataclass(frozen=True)
@@ -166,24 +165,6 @@ def _empty_onnx(batch: int) -> bytes:
     return model.SerializeToString()
 
 
-def _best_ms(run, repeats: int = 5, window_s: float = 0.004) -> float:
-    """The fastest of a few short timed windows: on a loaded machine the minimum is the stable statistic."""
-    for _ in range(3):
-        run()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < window_s / 2 or n < 2:
-        run()
-        n += 1
-    iters = max(1, int(window_s / max((time.perf_counter() - t0) / n, 1e-7)))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(iters):
-            run()
-        best = min(best, (time.perf_counter() - t) / iters)
-    return best * 1e3
-
-
 class LatencyTable:
     """Per-layer ORT latency (ms) at one batch size, measured on demand; a fitted whole-model predictor."""
 
@@ -200,7 +181,8 @@ class LatencyTable:
 
         sess = session(blob, threads=self.cfg.threads)
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        return _best_ms(lambda: sess.run(None, {"input": x}))
+        # the fastest of a few short windows: on a loaded machine the minimum is the stable statistic
+        return min(windows(lambda: sess.run(None, {"input": x}), warmup=3, repeats=5, min_window_s=0.004))
 
     def ms(self, shape: LayerShape) -> float:
         if shape not in self._ms:

@@ -1,19 +1,21 @@
-"""Target-driven plans: how many residual blocks to remove and how wide each channel group stays, to reach a
-*measured* ONNX Runtime speedup (or a MACs ratio) while keeping the most accuracy.
+"""Target-driven plans for CNNs: how many residual blocks to remove and how wide each channel group stays, to
+reach a *measured* ONNX Runtime speedup (or a MACs ratio) while keeping the most accuracy. The CNN family's
+hooks on the one target search (``prune.search``: the baseline, the measurement, the band, the choice).
 
 For each depth option (a number of blocks, from ``target.depth_fractions``):
 
-1. the blocks are the greedy prefix of one lazy-greedy choice by KD loss (``prune.blocks.BlockScorer``:
+1. the blocks are the greedy prefix of one lazy-greedy choice by KD loss (``prune.depth.BlockScorer``:
    torch.fx with cached activations, so choosing 13 of ResNet-56's 27 blocks costs a few forwards);
 2. each coupled channel group is priced: its channels' first-order KD-loss cost (Taylor: |w * dL/dw|
    of the KD loss on calibration batches) against the milliseconds it saves, read from a latency lookup
-   table of the layer shapes that occur (``prune.latency_table``); NetAdapt-style, the group whose next cut
-   of ``round_to`` channels costs the least accuracy per millisecond is shrunk until the predicted latency
-   meets the target -- non-uniform widths, no export per step;
-3. the candidate is built, its BatchNorm statistics re-estimated, and its accuracy estimated on a
-   validation split carved from the *training* data (KD loss and top-1 against the teacher; never the test
-   set); its speedup is measured end to end, back to back with the dense model (median of pairs). A
-   candidate that misses the target band refits the latency model with that measurement and is re-planned.
+   table of the layer shapes that occur (``prune.latency_table``; the MACs themselves for a MACs target);
+   NetAdapt-style, the group whose next cut of ``round_to`` channels costs the least accuracy per
+   millisecond is shrunk until the predicted latency meets the target -- non-uniform widths, no export per step;
+3. the candidate is built and measured against the dense model (``prune.search``: back to back, median of
+   pairs). A candidate that misses the target band refits the latency table with that measurement and is
+   re-planned; the one the depth offers is recovered, its BatchNorm statistics re-estimated, and its accuracy
+   estimated on a validation split carved from the *training* data (KD loss and top-1 against the teacher;
+   never the test set).
 
 The plan is the candidate with the lowest estimated KD loss among those in the band
 ``[target, target * (1 + tolerance)]`` (a plan that overshoots throws away accuracy); the report lists every
@@ -26,39 +28,24 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from distillprune.errors import DistillpruneError
-from distillprune.export.onnx import onnx_bytes
-from distillprune.measure.latency import LatencyConfig, OrtTimer
+from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
-from distillprune.prune.blocks import BlockScorer, remove_blocks
 from distillprune.prune.config import TargetConfig, WidthConfig
-from distillprune.prune.depth import removable_blocks
+from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
+from distillprune.prune.estimate import estimate, recalibrate_bn
 from distillprune.prune.groups import Group, apply_widths, gradients, priced_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
 from distillprune.prune.recovery import RecoveryConfig, recover_
+from distillprune.prune.search import Band, Baseline, Candidate, Measure, Option, PairedOrt, Search, measure_for
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
-
-@dataclass
-class Candidate:
-    """One plan the search built and measured."""
-
-    label: str
-    blocks: int
-    macs: int
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    speedup: float | None = None  # measured, back to back with the dense model (median of pairs)
-    spread: list[float] | None = None  # min and max of the pairs' speedups
-    macs_ratio: float | None = None
-    est_top1: float | None = None  # validation top-1 (%) before fine-tuning, BN re-estimated
-    est_kd: float | None = None  # validation KD loss to the teacher (lower is better)
-    in_band: bool = False
-    chosen: bool = False
+__all__ = ["Candidate", "Plan", "PlanContext", "PlanInputs", "greedy_widths", "plan_target"]
 
 
 @dataclass
@@ -84,16 +71,60 @@ class Plan:
 
 
 class _Predictor:
-    """Latency (ms, LUT) or MACs of a model described by its layer shapes."""
+    """The MACs of a model described by its layer shapes (a MACs target): exact for Conv/Linear, so a depth
+    needs one candidate."""
 
-    def __init__(self, table: LatencyTable | None):
-        self.table = table
+    def __init__(self, input_shape: tuple[int, ...] = ()) -> None:
+        self.input_shape = input_shape
+
+    @property
+    def measured(self) -> int:
+        """Latency table entries timed (for the plan's report)."""
+        return 0
 
     def cost(self, shape: LayerShape) -> float:
-        return self.table.ms(shape) if self.table is not None else float(shape.macs())
+        return float(shape.macs())
 
     def total(self, shapes: dict[str, LayerShape]) -> float:
         return sum(self.cost(s) for s in shapes.values())
+
+    def first_goal(self, base: nn.Module, shapes: dict[str, LayerShape], dense: float, aim: float) -> float:
+        """The predicted cost the first candidate of a depth (``base``: its blocks removed) aims at."""
+        # the shapes count Conv/Linear MACs only: aim at the saving the target needs, not the total
+        return self.total(shapes) - (count_macs(copy.deepcopy(base).cpu(), self.input_shape) - dense / aim)
+
+    def observe(self, model: nn.Module, dense: float, measured: float | None) -> None:
+        """A candidate's measured speedup (None: not timed)."""
+
+    def next_goal(self, predicted: float, achieved: float, aim: float, dense: float) -> float | None:
+        return None  # exact: nothing to correct
+
+
+class _LutPredictor(_Predictor):
+    """Latency (ms) from the latency lookup table, fitted to the dense model's timing and refitted to every
+    measured candidate (a latency target)."""
+
+    def __init__(self, table: LatencyTable, input_shape: tuple[int, ...]) -> None:
+        super().__init__(input_shape)
+        self.table = table
+
+    @property
+    def measured(self) -> int:
+        return self.table.measured
+
+    def cost(self, shape: LayerShape) -> float:
+        return self.table.ms(shape)
+
+    def first_goal(self, base: nn.Module, shapes: dict[str, LayerShape], dense: float, aim: float) -> float:
+        return (dense / aim - self.table.c0) / self.table.k
+
+    def observe(self, model: nn.Module, dense: float, measured: float | None) -> None:
+        # the measurement (as ms of the dense model's first timing, so load drift cancels) refits the table
+        if measured is not None:
+            self.table.fit(self.table.raw(layer_shapes(model, self.input_shape).values()), dense / measured)
+
+    def next_goal(self, predicted: float, achieved: float, aim: float, dense: float) -> float | None:
+        return next_goal(predicted, achieved, aim, dense, self.table.k)
 
 
 def _touched(g: Group, shapes: dict[str, LayerShape]) -> list[str]:
@@ -158,48 +189,6 @@ def greedy_widths(
     return size, total
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Re-estimate BatchNorm running statistics (cumulative average) on ``batches``: after a cut, the
-    statistics of the layers downstream no longer match their inputs."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns or not batches:
-        return
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    was = model.training
-    model.train()
-    for x in batches:
-        model(x)
-    for bn, m in zip(bns, momenta, strict=True):
-        bn.momentum = m
-    model.train(was)
-
-
-@torch.no_grad()
-def estimate(
-    model: nn.Module, batches: Sequence[Batch], teacher_logits: Sequence[torch.Tensor]
-) -> tuple[float, float | None]:
-    """(KD loss at T=1 to the teacher, top-1 % when labelled) on the validation batches."""
-    from distillprune.distill.losses.kd import soft_kl
-
-    was = model.training
-    model.eval()
-    kd, correct, n, labelled = 0.0, 0, 0, True
-    for (x, y), t in zip(batches, teacher_logits, strict=True):
-        out = model(x)
-        kd += float(soft_kl(out, t, 1.0)) * len(x)
-        n += len(x)
-        if y is None:
-            labelled = False
-        else:
-            correct += int((out.argmax(1) == y).sum())
-    model.train(was)
-    return kd / max(n, 1), (100.0 * correct / n if labelled and n else None)
-
-
 @dataclass
 class PlanInputs:
     """What the planner reads: calibration batches (block scores, Taylor costs, BN re-estimation) and a
@@ -210,210 +199,184 @@ class PlanInputs:
     example: torch.Tensor  # one input, for tracing
 
 
-def plan_target(
-    model: nn.Module,
-    teacher: nn.Module,
-    target: TargetConfig,
-    width: WidthConfig,
-    inputs: PlanInputs,
-    num_classes: int,
-    latency: LatencyConfig | None,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor],
-    log: Callable[[str], None] = lambda s: None,
-    recovery: RecoveryConfig | None = None,
-) -> Plan:
-    """The plan for ``model`` (unchanged; work happens on copies). See the module docstring."""
+@dataclass
+class PlanContext:
+    """What a plan is made from besides its target: the model (unchanged; work happens on copies), its teacher,
+    the data, and the session's options."""
+
+    model: nn.Module
+    teacher: nn.Module
+    inputs: PlanInputs
+    num_classes: int
+    width: WidthConfig
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]  # the Taylor costs' loss
+    latency: LatencyConfig | None = None
+    recovery: RecoveryConfig | None = None
+    log: Callable[[str], None] = lambda s: None
+
+
+def plan_target(target: TargetConfig, ctx: PlanContext) -> Plan:
+    """The plan that reaches ``target`` for ``ctx.model``. See the module docstring."""
     t0 = time.perf_counter()
-    search = _Search.start(model, teacher, target, width, inputs, num_classes, latency, recovery)
-    plan = Plan(
-        {
-            k: v
-            for k, v in target.model_dump().items()
-            if k in ("latency_speedup", "macs_ratio", "batch_size") and v is not None
-        }
-    )
-    blocks = removable_blocks(search.dense)
-    counts = sorted({int(round(f * len(blocks))) for f in target.depth_fractions})
-    order: list[str] = []
-    if counts and counts[-1] > 0:
-        scorer = BlockScorer(search.dense, blocks, [x for x, _ in inputs.calibration], search.t_cal)
-        order = scorer.greedy(counts[-1])
-        log(f"blocks by KD loss: {order} ({scorer.evaluations} evaluations)")
+    planner = _Planner.start(target, ctx)
+    order, counts = planner.block_order()
     # one backward pass on the dense model: every depth option reads its Taylor costs (and taylor importance)
     # from these gradients, restricted to the layers it keeps
-    gradients(search.dense, inputs.calibration, loss_fn)
-    finals = [search.depth_option(d, order[:d], plan, log) for d in counts]
-    return _choose(plan, finals, order, search.band[0], search.timed, t0, search.table)
+    gradients(planner.dense, ctx.inputs.calibration, ctx.loss_fn)
+    offers = [planner.search.offer(_Depth(planner, d, order[:d])) for d in counts]
+    return planner.finish(offers, order, t0)
 
 
 @dataclass
-class _Search:
-    """What every candidate of one plan shares: the dense model and its measurements, the inputs, the options."""
+class _Planner:
+    """What every candidate of one CNN plan shares: the dense model (with the Taylor gradients), the teacher's
+    logits, the search (band, measurement, candidates) and the cost predictor paired with its measurement."""
 
-    dense: nn.Module
     target: TargetConfig
-    width: WidthConfig
-    inputs: PlanInputs
-    num_classes: int
-    recovery: RecoveryConfig | None
+    ctx: PlanContext
+    dense: nn.Module
     t_cal: list[torch.Tensor]
     t_val: list[torch.Tensor]
-    dense_macs: int
-    table: LatencyTable | None = None
-    timer: OrtTimer | None = None
-    dense_onnx: bytes = b""
-    dense_ms: float = 0.0
+    search: Search
+    predictor: _Predictor
+    plan: Plan
 
     @classmethod
-    def start(
-        cls,
-        model: nn.Module,
-        teacher: nn.Module,
-        target: TargetConfig,
-        width: WidthConfig,
-        inputs: PlanInputs,
-        num_classes: int,
-        latency: LatencyConfig | None,
-        recovery: RecoveryConfig | None,
-    ) -> _Search:
-        """Copy the dense model, take the teacher's logits, and (latency target) time the dense model and fit the
+    def start(cls, target: TargetConfig, ctx: PlanContext) -> _Planner:
+        """Copy the dense model, take the teacher's logits, measure the dense model and (latency target) fit the
         latency table to it."""
-        dense = copy.deepcopy(model).eval()
+        dense = copy.deepcopy(ctx.model).eval()
         dense.requires_grad_(True)
-        teacher.eval()
+        ctx.teacher.eval()
         with torch.no_grad():
-            t_cal = [teacher(x) for x, _ in inputs.calibration]
-            t_val = [teacher(x) for x, _ in inputs.validation]
-        cpu_dense = copy.deepcopy(dense).cpu()
-        shape = tuple(inputs.example.shape[1:])
-        s = cls(dense, target, width, inputs, num_classes, recovery, t_cal, t_val, count_macs(cpu_dense, shape))
-        if target.latency_speedup is None:
-            s.dense_ms = float(s.dense_macs)
-            return s
-        lat = (latency or LatencyConfig()).model_copy(update={"enabled": True})
-        s.table, s.timer = LatencyTable(lat, target.batch_size), OrtTimer(lat)
-        s.dense_onnx = onnx_bytes(cpu_dense, shape)
-        s.dense_ms = s.timer.ms(s.dense_onnx, shape, target.batch_size)
-        s.table.fit(s.table.raw(layer_shapes(dense, shape).values()), s.dense_ms)
-        return s
+            t_cal = [ctx.teacher(x) for x, _ in ctx.inputs.calibration]
+            t_val = [ctx.teacher(x) for x, _ in ctx.inputs.validation]
+        shape = tuple(ctx.inputs.example.shape[1:])
+        measure = measure_for(target, Baseline.of(dense, shape), ctx.latency)
+        keys = ("latency_speedup", "macs_ratio", "batch_size")
+        plan = Plan({k: v for k, v in target.model_dump().items() if k in keys and v is not None})
+        goal = float(target.latency_speedup or target.macs_ratio)  # type: ignore[arg-type]
+        search = Search(Band(goal, target.tolerance), measure, ctx.log, plan.candidates)
+        return cls(target, ctx, dense, t_cal, t_val, search, _predictor_for(measure, dense), plan)
 
     @property
-    def timed(self) -> bool:
-        return self.timer is not None
+    def measure(self) -> Measure:
+        return self.search.measure
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.inputs.example.shape[1:])
-
-    @property
-    def goal_ratio(self) -> float:
-        return float(self.target.latency_speedup or self.target.macs_ratio)  # type: ignore[arg-type]
-
-    @property
-    def aim(self) -> float:
-        """The speedup aimed at: the middle of the band when timed (noise either way stays inside it)."""
-        return self.goal_ratio * (1 + self.target.tolerance / 2) if self.timed else self.goal_ratio
-
-    @property
-    def band(self) -> tuple[float, float]:
-        return self.goal_ratio, self.goal_ratio * (1 + self.target.tolerance)
-
-    def depth_option(
-        self, d: int, blocks: list[str], plan: Plan, log: Callable[[str], None]
-    ) -> tuple[Candidate, dict[str, list[int]]]:
-        """The candidates of one depth (``blocks`` removed): widths planned, built, timed and re-planned until
-        one lands in the band; only the one kept for this depth is recovered and estimated (an estimate is
-        the planner's costliest step, and a candidate outside the band is never chosen over it)."""
-        base = copy.deepcopy(self.dense)
-        remove_blocks(base, blocks)
-        _copy_grads(self.dense, base)
-        groups, left = priced_groups(base, self.inputs.example, self.width, self.num_classes)
-        plan.skipped += [s.to_dict() for s in left if s.to_dict() not in plan.skipped]
-        shapes = layer_shapes(base, self.shape)
-        predictor = _Predictor(self.table)
-        goal = self._first_goal(base, shapes, predictor)
-        tried: list[tuple[Candidate, dict[str, list[int]], nn.Module]] = []
-        for attempt in range(self.target.refits + 1):
-            keep, predicted = greedy_widths(groups, shapes, predictor, goal)
-            cand, model = self.build(base, keep, d, attempt)
-            achieved = _achieved(cand, self.timed)
-            cand.in_band = self.band[0] <= achieved <= self.band[1]
-            plan.candidates.append(cand)
-            tried.append((cand, {g.root: [keep[g.root], g.size] for g in groups}, model))
-            if cand.in_band or not self.timed:
-                self.estimate(cand, model)
-            log(f"candidate {cand.label}: {_line(cand)} (predicted cost {predicted:.4g} for goal {goal:.4g})")
-            if cand.in_band or not self.timed:
-                break
-            if achieved < self.band[0] and all(keep[g.root] <= g.min_keep for g in groups):
-                break  # nothing left to cut at this depth
-            if achieved > self.band[1] and all(keep[g.root] >= g.size for g in groups):
-                break  # the blocks alone overshoot: no width left to give back at this depth
-            assert self.table is not None  # timed
-            goal = next_goal(predicted, achieved, self.aim, self.dense_ms, self.table.k)
-        cand, widths, model = self._kept(tried)
-        if cand.est_kd is None:
-            self.estimate(cand, model)
-            log(f"candidate {cand.label} (the one this depth offers, outside the band): {_line(cand)}")
-        return cand, widths
-
-    def _kept(
-        self, tried: list[tuple[Candidate, dict[str, list[int]], nn.Module]]
-    ) -> tuple[Candidate, dict[str, list[int]], nn.Module]:
-        """The candidate a depth offers the choice: the one in the band; else the slowest that still reaches the
-        target (an overshoot gives away accuracy, but one below the target can never be chosen); else the one
-        closest to the aim."""
-        in_band = [t for t in tried if t[0].in_band]
-        if in_band:
-            return in_band[0]
-        reaching = [t for t in tried if _achieved(t[0], self.timed) >= self.band[0]]
-        if reaching:
-            return min(reaching, key=lambda t: _achieved(t[0], self.timed))
-        return min(tried, key=lambda t: abs(_achieved(t[0], self.timed) - self.aim))
-
-    def _first_goal(self, base: nn.Module, shapes: dict[str, LayerShape], predictor: _Predictor) -> float:
-        """The predicted cost (ms, or MACs) the first candidate of a depth aims at."""
-        if self.table is not None:
-            return (self.dense_ms / self.aim - self.table.c0) / self.table.k
-        # the shapes count Conv/Linear MACs only: aim at the saving the target needs, not the total
-        return predictor.total(shapes) - (count_macs(copy.deepcopy(base).cpu(), self.shape) - self.dense_ms / self.aim)
-
-    def build(self, base: nn.Module, keep: dict[str, int], d: int, attempt: int) -> tuple[Candidate, nn.Module]:
-        """Cut a copy of ``base`` to ``keep`` and (latency target) time it back to back with the dense model;
-        the measurement refits the latency table."""
-        model = copy.deepcopy(base)
-        _copy_grads(base, model)
-        apply_widths(model, self.inputs.example, self.width, self.num_classes, keep)
-        model.zero_grad(set_to_none=True)
-        cpu = copy.deepcopy(model).cpu().eval()
-        macs = count_macs(cpu, self.shape)
-        label = f"{d} blocks removed" + (f", refit {attempt}" if attempt else "")
-        cand = Candidate(label, d, macs, macs_ratio=round(self.dense_macs / max(macs, 1), 3))
-        if self.timer is None or self.table is None:
-            return cand, model
-        pair = self.timer.paired(onnx_bytes(cpu, self.shape), self.dense_onnx, self.shape, self.target.batch_size)
-        cand.latency_ms = {f"ort_bs{self.target.batch_size}": round(pair.ms, 4)}
-        cand.speedup, cand.spread = round(pair.speedup, 3), [round(v, 3) for v in pair.spread]
-        # the measurement (as ms of the dense model's first timing, so load drift cancels) refits the predictor
-        self.table.fit(self.table.raw(layer_shapes(model, self.shape).values()), self.dense_ms / pair.speedup)
-        return cand, model
+    def block_order(self) -> tuple[list[str], list[int]]:
+        """The removable blocks in the order the lazy-greedy KD-loss choice removes them (as many as the deepest
+        option needs), and the number removed by each depth option."""
+        blocks = removable_blocks(self.dense)
+        counts = sorted({int(round(f * len(blocks))) for f in self.target.depth_fractions})
+        if not counts or counts[-1] == 0:
+            return [], counts
+        scorer = BlockScorer(self.dense, blocks, [x for x, _ in self.ctx.inputs.calibration], self.t_cal)
+        order = scorer.greedy(counts[-1])
+        self.ctx.log(f"blocks by KD loss: {order} ({scorer.evaluations} evaluations)")
+        return order, counts
 
     def estimate(self, cand: Candidate, model: nn.Module) -> None:
         """Recover ``model`` (the session's recovery), re-estimate its BatchNorm and estimate its accuracy on the
         validation split: candidates are compared as the session will leave them."""
-        batches = [x for x, _ in self.inputs.calibration]
-        if self.recovery is not None:
-            recover_(model, self.dense, batches, self.recovery)
-        if self.recovery is None or self.recovery.recalibrate():
+        batches = [x for x, _ in self.ctx.inputs.calibration]
+        recovery = self.ctx.recovery
+        if recovery is not None:
+            recover_(model, self.dense, batches, recovery)
+        if recovery is None or recovery.recalibrate():
             recalibrate_bn(model, batches)
-        est_kd, est_top1 = estimate(model, self.inputs.validation, self.t_val)
+        est_kd, est_top1 = estimate(model, self.ctx.inputs.validation, self.t_val)
         cand.est_kd = round(est_kd, 5)
         cand.est_top1 = None if est_top1 is None else round(est_top1, 2)
 
+    def finish(self, offers: list[tuple[Candidate, dict[str, list[int]]]], order: list[str], t0: float) -> Plan:
+        """The chosen offer as the plan (``Search.choose``: the lowest estimated KD loss)."""
+        plan = self.plan
+        hint = (
+            f"({len(plan.skipped)} layer groups left whole, see the report); allow more depth "
+            "(target.depth_fractions), a larger width.max_ratio, or lower the target"
+        )
+        (best, widths), plan.note = self.search.choose(offers, _kd, hint)
+        plan.blocks = order[: best.blocks]
+        plan.widths = widths
+        plan.macs_ratio = best.macs_ratio or 1.0
+        plan.speedup = best.speedup
+        plan.achieved = self.search.achieved(best)
+        plan.est_top1, plan.est_kd = best.est_top1, best.est_kd
+        plan.seconds = round(time.perf_counter() - t0, 2)
+        plan.lut_entries = self.predictor.measured
+        return plan
 
-def _line(c: Candidate) -> str:
-    est = f"est top-1 {c.est_top1} kd {c.est_kd}" if c.est_kd is not None else "not estimated (outside the band)"
-    return f"speedup {c.speedup} macs x{c.macs_ratio} {est}"
+
+def _kd(c: Candidate) -> float:
+    return c.est_kd if c.est_kd is not None else float("inf")
+
+
+def _predictor_for(measure: Measure, dense: nn.Module) -> _Predictor:
+    """The cost the greedy widths read, paired with the measurement: a latency table fitted to the dense model's
+    timing for paired ORT timing, the MACs for a MACs target."""
+    shape = measure.baseline.shape
+    if not isinstance(measure, PairedOrt):
+        return _Predictor(shape)
+    table = LatencyTable(measure.timer.cfg, measure.batch_size)
+    table.fit(table.raw(layer_shapes(dense, shape).values()), measure.dense_ms)
+    return _LutPredictor(table, shape)
+
+
+class _Depth(Option):
+    """One depth option of a CNN: ``blocks`` removed, then the widths planned to a predicted cost (the proposal),
+    built, measured and re-planned (a Newton step on the measurement) until one lands in the band."""
+
+    estimates: ClassVar[bool] = True
+
+    def __init__(self, planner: _Planner, d: int, blocks: list[str]) -> None:
+        self.p, self.depth = planner, d
+        self.base = copy.deepcopy(planner.dense)
+        remove_blocks(self.base, blocks)
+        _copy_grads(planner.dense, self.base)
+        ctx = planner.ctx
+        self.groups, left = priced_groups(self.base, ctx.inputs.example, ctx.width, ctx.num_classes)
+        skipped = planner.plan.skipped
+        skipped += [s.to_dict() for s in left if s.to_dict() not in skipped]
+        self.shapes = layer_shapes(self.base, planner.measure.baseline.shape)
+        self.keep: dict[str, int] = {}
+        self.predicted = 0.0
+        self.attempt = 0
+
+    def label(self, attempt: int) -> str:
+        return f"{self.depth} blocks removed" + (f", refit {attempt}" if attempt else "")
+
+    def first(self) -> float:
+        p = self.p
+        return p.predictor.first_goal(self.base, self.shapes, p.measure.cost, p.search.aim)
+
+    def build(self, goal: float) -> tuple[nn.Module, dict[str, list[int]]]:
+        self.keep, self.predicted = greedy_widths(self.groups, self.shapes, self.p.predictor, goal)
+        model = copy.deepcopy(self.base)
+        _copy_grads(self.base, model)
+        ctx = self.p.ctx
+        apply_widths(model, ctx.inputs.example, ctx.width, ctx.num_classes, self.keep)
+        model.zero_grad(set_to_none=True)
+        return model, {g.root: [self.keep[g.root], g.size] for g in self.groups}
+
+    def observe(self, cand: Candidate, model: nn.Module, measured: float | None) -> None:
+        self.p.predictor.observe(model, self.p.measure.cost, measured)
+
+    def next(self, goal: float, cand: Candidate, achieved: float) -> float | None:
+        p, band = self.p, self.p.search.band
+        self.attempt += 1
+        if self.attempt > p.target.refits:
+            return None
+        if achieved < band.lo and all(self.keep[g.root] <= g.min_keep for g in self.groups):
+            return None  # nothing left to cut at this depth
+        if achieved > band.hi and all(self.keep[g.root] >= g.size for g in self.groups):
+            return None  # the blocks alone overshoot: no width left to give back at this depth
+        return p.predictor.next_goal(self.predicted, achieved, p.search.aim, p.measure.cost)
+
+    def estimate(self, cand: Candidate, model: nn.Module) -> None:
+        self.p.estimate(cand, model)
+
+    def note(self, goal: float) -> str:
+        return f" (predicted cost {self.predicted:.4g} for goal {goal:.4g})"
 
 
 def next_goal(predicted: float, achieved: float, aim: float, dense_ms: float, slope: float) -> float:
@@ -431,52 +394,3 @@ def _copy_grads(src: nn.Module, dst: nn.Module) -> None:
     for n, p in dst.named_parameters():
         g = grads.get(n)
         p.grad = None if g is None or g.shape != p.shape else g.clone()
-
-
-def _achieved(c: Candidate, timed: bool) -> float:
-    return (c.speedup if timed else c.macs_ratio) or 0.0
-
-
-def _choose(
-    plan: Plan,
-    finals: list[tuple[Candidate, dict[str, list[int]]]],
-    order: list[str],
-    lo: float,
-    timed: bool,
-    t0: float,
-    table: LatencyTable | None,
-) -> Plan:
-    meeting = [f for f in finals if f[0].in_band] or [f for f in finals if _achieved(f[0], timed) >= lo]
-    within_noise = False
-    if not meeting and timed:  # no median reached it, but the pairs of some candidate straddle the target
-        meeting = [f for f in finals if f[0].spread and f[0].spread[1] >= lo and _achieved(f[0], timed) >= 0.9 * lo]
-        within_noise = bool(meeting)
-    if not meeting:
-        got = max((_achieved(c, timed) for c, _ in finals), default=None)
-        what = "speedup" if timed else "MACs ratio"
-        best_s = "none was built" if got is None else f"the best plan is {got:.3g}x"
-        raise DistillpruneError(
-            f"the cuttable layers cannot reach the target {what} {lo:g}x; {best_s} "
-            f"({len(plan.skipped)} layer groups left whole, see the report); allow more depth "
-            "(target.depth_fractions), a larger width.max_ratio, or lower the target"
-        )
-    best, widths = min(meeting, key=lambda f: f[0].est_kd if f[0].est_kd is not None else float("inf"))
-    best.chosen = True
-    plan.blocks = order[: best.blocks]
-    plan.widths = widths
-    plan.macs_ratio = best.macs_ratio or 1.0
-    plan.speedup = best.speedup
-    plan.achieved = _achieved(best, timed)
-    plan.est_top1, plan.est_kd = best.est_top1, best.est_kd
-    if within_noise and best.spread is not None:  # (every within-noise candidate has a spread)
-        lo_s, hi_s = best.spread
-        plan.note = (
-            f"no candidate's median speedup reached the target; the chosen one measured {best.speedup} "
-            f"with pairs from {lo_s} to {hi_s}: the target is within this machine's "
-            "timing noise (time it again on a quieter machine)"
-        )
-    elif not best.in_band:
-        plan.note = "no candidate landed inside the target band; the closest above the target was taken"
-    plan.seconds = round(time.perf_counter() - t0, 2)
-    plan.lut_entries = table.measured if table is not None else 0
-    return plan

@@ -15,8 +15,8 @@ from distillprune.train.config import OptimizerConfig, TrainingOptions
 
 class TransformerTargetConfig(SpeedTarget):
     """A transformer's target: the share of layers to drop (``depth_fractions``) and one heads/FFN ratio,
-    searched up to ``max_width_ratio``, per option (nothing else: the CNN planner's tolerance, refits and
-    sample counts are not options here)."""
+    searched up to ``max_width_ratio``, per option, until a candidate lands in the band (``tolerance``;
+    nothing else: the CNN planner's refits and sample counts are not options here)."""
 
     depth_fractions: list[float] = Field(
         default_factory=lambda: [0.0], description="shares of the encoder layers to try dropping"

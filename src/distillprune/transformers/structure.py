@@ -5,7 +5,7 @@ or the ``prune_transformer`` stage).
 * ``distill_config``: the task's KD loss when the config names none (``embedding`` for embedders, ``kd``
   for classifiers).
 * ``plan``: with a ``target``, the layers to drop and the heads / FFN ratios from measured candidates
-  (``transformers.search``).
+  (``transformers.plan``: the encoder's hooks on the one target search, ``prune.search``).
 * ``cut(k)``: on the first step drop the layers whose skipping raises the KD loss least; then score heads
   and FFN neurons (Fisher mask importance) and remove them down to step k's share (linear schedule).
 * ``settle(k)``: with ``recovery.enabled``, re-fit the projections that lost inputs to the dense outputs by
@@ -17,6 +17,7 @@ Every change is a history op (``prune_heads``, ``prune_ffn``, ``drop_layers``) a
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,8 +40,8 @@ from distillprune.prune.structure import Session, Structure, structure_for_confi
 from distillprune.train.config import RuntimeConfig, TrainSummary
 from distillprune.transformers.config import TransformerPruneConfig
 from distillprune.transformers.importance import choose_layers, fisher_scores
+from distillprune.transformers.plan import TransformerPlan, plan_encoder
 from distillprune.transformers.recover import EncoderRecoveryReport, recover_encoder
-from distillprune.transformers.search import TransformerPlan, search
 from distillprune.transformers.surgery import (
     DropLayersOp,
     HeadsOp,
@@ -52,6 +53,8 @@ from distillprune.transformers.surgery import (
     layers,
     neurons,
 )
+
+_log = logging.getLogger("distillprune.prune")
 
 
 @details_type
@@ -69,6 +72,7 @@ class TransformerPruneReport(Details):
     plan: TransformerPlan | None = None
     training: TrainSummary | None = None
     recovery: list[EncoderRecoveryReport] = field(default_factory=list)  # one per step that cut heads / FFN
+    log: list[str] = field(default_factory=list)  # what the target search decided, step by step
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []
@@ -118,7 +122,7 @@ class EncoderStructure(Structure):
         if t is None:
             return None
         round_to = self.cfg.ffn.round_to if self.cfg.ffn else 64
-        return search(s.model, s.input_shape, t, s.latency, round_to)
+        return plan_encoder(s.model, s.input_shape, t, s.latency, round_to, self.log)
 
     def use_plan(self, plan: TransformerPlan | None) -> None:
         if plan is None:
@@ -158,6 +162,12 @@ class EncoderStructure(Structure):
         return self._report
 
     # -- pieces ----------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        """A target-search decision: in the report, and as it happens in ``run.log`` (the ``distillprune.prune``
+        logger)."""
+        self._report.log.append(message)
+        _log.info(message)
+
     def calibration(self) -> list[Batch]:
         return [x for x, _ in self.session.calibration(self.cfg.calib_batches)]
 

@@ -2,7 +2,7 @@
 
 The prune session calls it after every structural cut (planned widths, uniform width steps, block removal)
 and the planner for every candidate, so candidates are compared after recovery. BatchNorm statistics are
-re-estimated afterwards by the caller (``prune.planner.recalibrate_bn``), on the same calibration batches.
+re-estimated afterwards by the caller (``prune.estimate.recalibrate_bn``), on the same calibration batches.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ the same shift for a consumer followed by a BN, so this matters when there is no
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -35,20 +36,28 @@ def relu_gaussian_mean(mean: Tensor, std: Tensor) -> Tensor:
     return mean * cdf + s * pdf
 
 
+@dataclass
+class _Pass:
+    """One forward of ``model``, recorded: each layer's input, each BN's input and output."""
+
+    model: nn.Module
+    layer_in: dict[str, Tensor] = field(default_factory=dict)
+    bn_in: dict[str, Tensor] = field(default_factory=dict)
+    bn_out: dict[str, Tensor] = field(default_factory=dict)
+
+
 @torch.no_grad()
-def _io(model: nn.Module, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-    """One forward: each layer's input, each BN's input and output."""
-    layer_in: dict[str, Tensor] = {}
-    bn_in: dict[str, Tensor] = {}
-    bn_out: dict[str, Tensor] = {}
+def _io(model: nn.Module, x: Tensor) -> _Pass:
+    """One forward of ``model`` on ``x``, recorded."""
+    rec = _Pass(model)
     hs = []
 
     def on_layer(mod: nn.Module, a: tuple, n: str) -> None:  # hooks return None: the forward is unchanged
-        layer_in.setdefault(n, a[0])
+        rec.layer_in.setdefault(n, a[0])
 
     def on_bn(mod: nn.Module, a: tuple, o: Tensor, n: str) -> None:
-        bn_in.setdefault(n, a[0])
-        bn_out.setdefault(n, o)
+        rec.bn_in.setdefault(n, a[0])
+        rec.bn_out.setdefault(n, o)
 
     for n, m in model.named_modules():
         if isinstance(m, LAYERS):
@@ -60,7 +69,7 @@ def _io(model: nn.Module, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tenso
     finally:
         for h in hs:
             h.remove()
-    return layer_in, bn_in, bn_out
+    return rec
 
 
 def _input_mean(inp: Tensor, bn_out: dict[str, Tensor], model: nn.Module) -> Tensor | None:
@@ -81,26 +90,26 @@ def _input_mean(inp: Tensor, bn_out: dict[str, Tensor], model: nn.Module) -> Ten
 
 def compensate(pruned: nn.Module, dense: nn.Module, x: Tensor) -> list[LayerRecovery]:
     """Fold the removed input channels' mean contributions into each consumer (see the module docstring)."""
-    d_in, _, d_bn = _io(dense, x)
-    p_in, p_bn_in, _ = _io(pruned, x)
+    d, q = _io(dense, x), _io(pruned, x)
     out = []
     for p, m in pruned.named_modules():
-        if not isinstance(m, LAYERS) or p not in d_in:
+        if not isinstance(m, LAYERS) or p not in d.layer_in:
             continue
         m0 = dense.get_submodule(p)
         if not isinstance(m0, type(m)) or m.weight.shape[1] >= m0.weight.shape[1]:
             continue
-        out.append(_one(p, m, m0, d_in[p], d_bn, dense, p_in, p_bn_in, pruned))
+        out.append(_one(p, m, m0, d, q))
     return out
 
 
-def _one(p, m, m0, inp, d_bn, dense, p_in, p_bn_in, pruned) -> LayerRecovery:  # noqa: ANN001 - internal
+def _one(p: str, m: nn.Conv2d | nn.Linear, m0: nn.Conv2d | nn.Linear, d: _Pass, q: _Pass) -> LayerRecovery:
+    """Compensate layer ``p`` (``m`` pruned, ``m0`` dense), from the dense pass ``d`` and the pruned pass ``q``."""
     rec = LayerRecovery(p)
     if isinstance(m, nn.Conv2d) and m.groups != 1:
         rec.skipped = f"grouped/depthwise convolution (groups={m.groups})"
         return rec
     found = kept_channels(m0.weight, m.weight)
-    mean = _input_mean(inp, d_bn, dense)
+    mean = _input_mean(d.layer_in[p], d.bn_out, d.model)
     if found is None or mean is None:
         rec.skipped = "no channel map" if found is None else "input is not bn or relu(bn): no data-free mean"
         return rec
@@ -112,7 +121,7 @@ def _one(p, m, m0, inp, d_bn, dense, p_in, p_bn_in, pruned) -> LayerRecovery:  #
     if m.bias is not None:
         m.bias.add_(c)
     else:
-        bn = _bn_after(m, p, p_in, p_bn_in, pruned)
+        bn = _bn_after(m, p, q)
         if bn is None:
             rec.skipped = "no bias and no BatchNorm right after it to take the compensation"
             return rec
@@ -122,11 +131,11 @@ def _one(p, m, m0, inp, d_bn, dense, p_in, p_bn_in, pruned) -> LayerRecovery:  #
 
 
 @torch.no_grad()
-def _bn_after(m: nn.Module, p: str, p_in: dict[str, Tensor], p_bn_in: dict[str, Tensor], pruned: nn.Module):  # noqa: ANN202
-    """The BN (tracking running statistics) whose input is layer ``m``'s output, or None."""
-    y = m(p_in[p])
-    for n, t in p_bn_in.items():
-        bn = pruned.get_submodule(n)
+def _bn_after(m: nn.Module, p: str, q: _Pass):  # noqa: ANN202
+    """The BN (tracking running statistics) whose input is layer ``m``'s output in the pass ``q``, or None."""
+    y = m(q.layer_in[p])
+    for n, t in q.bn_in.items():
+        bn = q.model.get_submodule(n)
         if t.shape == y.shape and bn.track_running_stats and torch.allclose(t, y, atol=1e-6, rtol=1e-5):
             return bn
     return None
