@@ -66,6 +66,14 @@ def objective_for(
     return make_objective(cfg, teacher() if peer is None else None, peer)
 
 
+def finetune_objective(
+    cfg: DistillConfig | None, label_smoothing: float, model: nn.Module, teacher: nn.Module | None = None
+) -> Objective:
+    """A verb's fine-tuning objective (its ``distill`` block; cross-entropy when it is null), built now: the
+    teacher is ``teacher``, or a frozen copy of ``model`` as it is before the verb changes it."""
+    return objective_for(cfg, label_smoothing, lambda: teacher if teacher is not None else snapshot(model))
+
+
 def make_objective(
     cfg: DistillConfig, teacher: nn.Module | None, peer: nn.Module | None = None
 ) -> Distiller | MutualDistiller:
