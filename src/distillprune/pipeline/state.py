@@ -27,6 +27,7 @@ from distillprune.pipeline.rundir import RESERVED, read_state
 from distillprune.report.report import CompressionReport
 from distillprune.train import distributed as ddp
 from distillprune.train.config import Span, TrainingOptions
+from distillprune.train.context import Context, LoaderOptions, Trainer
 from distillprune.train.logging import RunLogger
 from distillprune.train.trainer import FitSettings, fit, resolve_device, spanned
 
@@ -105,7 +106,37 @@ class RunState:
             peer,
         )
 
+    def teacher_for(self, cfg: DistillConfig | None) -> nn.Module | None:
+        """What a stage passes a verb as ``teacher=`` for its ``distill`` block: None without one; in mutual mode
+        with a named ``peer``, that fresh network (the verb trains a copy of it with the student); else the
+        resolved teacher (``auto``: the run's dense teacher)."""
+        if cfg is None:
+            return None
+        peer = self.peer(cfg)
+        return peer if peer is not None else self.resolve_teacher(cfg)
+
     # -- training ----------------------------------------------------------------------------------------
+    def context(self) -> Context:
+        """The verbs' context of this run: its runtime, its data's batch size and augmentation, the recipe's
+        seed and its ``measure`` block."""
+        r, d = self.recipe, self.recipe.data
+        return Context(
+            r.runtime, LoaderOptions(d.batch_size, r.seed, d.augment.crop_padding, d.augment.hflip), r.measure
+        )
+
+    def trainer(self, opts: TrainingOptions, index: int, kind: str) -> Trainer:
+        """A verb's trainer inside stage ``index``: ``fit`` as ``RunState.fit`` runs it (checkpoints every epoch
+        under ``stages/<index>_<kind>/<tag>``, for ``--resume``)."""
+
+        def train(  # type: ignore[no-untyped-def]
+            model: nn.Module, objective: nn.Module, epochs: float, tag: str, on_step=None, span: Span | None = None
+        ) -> list[dict]:
+            if model is not self.model:
+                raise RecipeError(f"stage {index} ({kind}): the verb trains another model than the run's")
+            return self.fit(opts, epochs, objective, index, kind, sub=tag, on_step=on_step, span=span)
+
+        return train
+
     def fit(
         self,
         opts: TrainingOptions,
