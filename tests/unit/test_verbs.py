@@ -184,3 +184,21 @@ def test_old_call_shapes_still_work_with_a_warning(data, tmp_path: Path):
     assert ops[0].op == "cluster"
     res = _warns(lambda: dp.quantize(tiny(), data, {"method": "dynamic", "min_agreement": 0.0}, tmp_path / "q.onnx"))
     assert res.method == "dynamic" and (tmp_path / "q.onnx").exists()
+
+
+def test_the_verb_teaches_with_its_distill_block_s_teacher(data, tmp_path: Path):
+    from distillprune.distill import api as distill_api
+
+    stored = tiny(1)
+    dp.save_checkpoint(tmp_path / "teacher", stored, dp.ArchSpec("digits_cnn", 10, [1, 8, 8], KW))
+    seen = []
+    real = distill_api.objective_for
+
+    def objective(cfg, ls, teacher):
+        seen.append(teacher())
+        return real(cfg, ls, teacher)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distill_api, "objective_for", objective)
+        dp.distill(tiny(), {"epochs": 1, "distill": {"teacher": str(tmp_path / "teacher")}}, data, context=CTX)
+    assert all(torch.equal(seen[0].state_dict()[k], v) for k, v in stored.state_dict().items())

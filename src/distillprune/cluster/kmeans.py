@@ -210,7 +210,8 @@ def cluster_(
     if conf.epochs:
         if data is None:
             raise CompressionError(f"cluster: epochs={conf.epochs} fine-tunes the centroids; pass data (a DataBundle)")
-        objective = finetune_objective(conf.distill, conf.label_smoothing, model, teacher)
+        seed = (context or Context()).loader.seed
+        objective = finetune_objective(conf.distill, conf.label_smoothing, model, teacher, seed, data)
         train = trainer or fit_trainer(conf, data, context, desc="cluster")
     wc = WeightClustering(model, conf)
     ks = wc.apply()

@@ -19,7 +19,7 @@ from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillOptions
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.ensemble import TeacherEnsemble
-from distillprune.distill.modes import objective_for, reinitialised
+from distillprune.distill.modes import objective_for, reinitialised, teacher_of
 from distillprune.distill.mutual import MutualDistiller
 from distillprune.errors import DistillpruneError
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig, TrainSummary
@@ -99,8 +99,8 @@ def distill(
     history: ArchSpec | list[HistoryOp] | None = None,
     context: Context | None = None,
 ) -> DistillReport:
-    """Distil ``teacher`` (default: a frozen copy of ``model`` as it is now; a list: the mean logits of
-    several) into ``model`` in place, as the recipe's distill stage does.
+    """Distil ``teacher`` (default: the ``distill`` block's, ``auto`` being a frozen copy of ``model`` as it is
+    now; a list: the mean logits of several) into ``model`` in place, as the recipe's distill stage does.
 
     ``cfg``: a ``DistillOptions`` or its dict (``{"epochs": 10, "optimizer": {"lr": 0.05}, "distill": {"losses":
     [{"name": "kd", "temperature": 4}], "mode": "mutual"}, "generations": 2}``). From a dict, what it leaves
@@ -118,7 +118,10 @@ def distill(
     train = trainer or fit_trainer(opts, data, ctx, desc="distill")
     if isinstance(teacher, (list, tuple)):
         teacher = TeacherEnsemble(list(teacher))
-    frozen: nn.Module = teacher if teacher is not None else snapshot(model)
+    if teacher is None:  # the distill block's teacher (auto: the model as it is now), or its mutual peer
+        teacher = teacher_of(opts.distill, lambda: snapshot(model), ctx.loader.seed, data.num_classes, data.input_shape)
+    assert teacher is not None  # a DistillConfig always names one
+    frozen: nn.Module = teacher
     spec = history if isinstance(history, ArchSpec) else None
     records: list[dict[str, Any]] = []
     gens = []

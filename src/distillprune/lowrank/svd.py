@@ -277,7 +277,8 @@ def lowrank_(
     if conf.epochs:
         if not isinstance(data, DataBundle):
             raise CompressionError(f"lowrank: epochs={conf.epochs} fine-tunes the model; pass data (a DataBundle)")
-        objective = finetune_objective(conf.distill, conf.label_smoothing, model, teacher)  # before the SVD
+        seed = (context or Context()).loader.seed
+        objective = finetune_objective(conf.distill, conf.label_smoothing, model, teacher, seed, data)  # before SVD
         train = trainer or fit_trainer(conf, data, context, desc="lowrank")
     explicit = [p for p in conf.layers.include if "*" not in p and "?" not in p and "[" not in p]
     mods = dict(model.named_modules())

@@ -19,7 +19,7 @@ from distillprune.core.io import write_json
 from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
-from distillprune.distill.modes import Objective, objective_for, resolve_teacher
+from distillprune.distill.modes import Objective, build_peer, objective_for, resolve_teacher, teacher_of
 from distillprune.errors import DataError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
@@ -88,11 +88,7 @@ class RunState:
 
     def peer(self, cfg: DistillConfig) -> nn.Module | None:
         """Mutual mode's second network when the recipe names one (else the objective copies the teacher)."""
-        if cfg.mode != "mutual" or cfg.peer is None:
-            return None
-        torch.manual_seed(self.recipe.seed + 7919)  # not the student's seed: identical twins stay identical
-        d = self.data
-        return make_model(cfg.peer, d.num_classes, d.input_shape, where="distill.peer")[0]
+        return build_peer(cfg, self.recipe.seed, self.data.num_classes, self.data.input_shape)
 
     def objective(
         self, cfg: DistillConfig | None, label_smoothing: float, teacher: nn.Module | None = None
@@ -110,10 +106,8 @@ class RunState:
         """What a stage passes a verb as ``teacher=`` for its ``distill`` block: None without one; in mutual mode
         with a named ``peer``, that fresh network (the verb trains a copy of it with the student); else the
         resolved teacher (``auto``: the run's dense teacher)."""
-        if cfg is None:
-            return None
-        peer = self.peer(cfg)
-        return peer if peer is not None else self.resolve_teacher(cfg)
+        d = self.data
+        return teacher_of(cfg, self.ensure_teacher, self.recipe.seed, d.num_classes, d.input_shape)
 
     # -- training ----------------------------------------------------------------------------------------
     def context(self) -> Context:

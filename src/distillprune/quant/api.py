@@ -18,8 +18,7 @@ from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp
 from distillprune.data.base import DataBundle
-from distillprune.distill.distiller import snapshot
-from distillprune.distill.modes import objective_for
+from distillprune.distill.modes import finetune_objective
 from distillprune.errors import QuantizationError
 from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult
 from distillprune.quant.calibration import bundle_batches, tensor_batches
@@ -163,7 +162,9 @@ def quantize(
         if not isinstance(data, DataBundle):
             raise QuantizationError("method=qat trains the model: pass data (a DataBundle)")
         opts = getattr(conf, "qat", None) or QATOptions()
-        train, steps = qat_trainer(model, data, opts, teacher, trainer or fit_trainer(opts, data, ctx, "quantize"), ctx)
+        fit = trainer or fit_trainer(opts, data, ctx, "quantize")
+        objective = finetune_objective(opts.distill, opts.label_smoothing, model, teacher, ctx.loader.seed, data)
+        train, steps = qat_trainer(data, opts, objective, fit, ctx)
     with tempfile.TemporaryDirectory(prefix="dp-quant-") as tmp:
         job = make_job(
             model,
@@ -181,18 +182,10 @@ def quantize(
 
 
 def qat_trainer(
-    model: nn.Module,
-    data: DataBundle,
-    opts: QATOptions,
-    teacher: nn.Module | None,
-    trainer: Trainer,
-    context: Context,
+    data: DataBundle, opts: QATOptions, objective: nn.Module, trainer: Trainer, context: Context
 ) -> tuple[Callable[..., list[dict]], int]:
-    """QAT's ``train(model, on_step)`` over ``trainer``, with the objective of ``opts.distill`` built now
-    (before the model is wrapped: the teacher is ``model`` as it is), and the optimizer steps it takes."""
-    objective = objective_for(
-        opts.distill, opts.label_smoothing, lambda: teacher if teacher is not None else snapshot(model)
-    )
+    """QAT's ``train(model, on_step)`` over ``trainer`` with ``objective`` (built before the model is wrapped:
+    the default teacher is the model as it is), and the optimizer steps it takes."""
 
     def train(m: nn.Module, on_step: Callable[[nn.Module], None]) -> list[dict]:
         return trainer(m, objective, opts.epochs, "qat", on_step)
