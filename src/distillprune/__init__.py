@@ -10,8 +10,8 @@ from distillprune._version import __version__
 from distillprune.cluster import ClusterConfig, ClusterReport, cluster_
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.trust import code_trust
-from distillprune.data import DataBundle, DataConfig, load_data
-from distillprune.distill import DistillConfig, DistillReport, distill
+from distillprune.data import DataBundle, DataConfig, Examples, load_data
+from distillprune.distill import DistillConfig, DistillOptions, DistillReport, distill
 from distillprune.errors import (
     CheckpointError,
     CompressionError,
@@ -28,16 +28,29 @@ from distillprune.measure import measure_model
 from distillprune.models import build_model, make_model
 from distillprune.pipeline import compress
 from distillprune.prune import PruneConfig, PruneReport, PruneSession, prune_
-from distillprune.quant import QuantConfig, QuantResult, quantize
+from distillprune.quant import (
+    BF16Config,
+    DynamicConfig,
+    FP16Config,
+    QATConfig,
+    QuantConfig,
+    QuantResult,
+    StaticConfig,
+    quantize,
+)
 from distillprune.recipes import Recipe, load_recipe
 from distillprune.report import CompressionReport
+from distillprune.train.context import Context, LoaderOptions, fit_trainer
 
 __all__ = [
     "ArchSpec",
     "CheckpointError",
     "CompressionReport",
+    "Context",
     "DataBundle",
     "DataConfig",
+    "Examples",
+    "LoaderOptions",
     "DataError",
     "DistillpruneError",
     "ExportError",
@@ -49,6 +62,7 @@ __all__ = [
     "compress",
     "make_model",
     "export_onnx",
+    "fit_trainer",
     "load_checkpoint",
     "load_data",
     "load_recipe",
@@ -58,6 +72,7 @@ __all__ = [
     "__version__",
     # distillation and pruning
     "DistillConfig",
+    "DistillOptions",
     "DistillReport",
     "PruneConfig",
     "PruneReport",
@@ -70,8 +85,13 @@ __all__ = [
     "CompressionError",
     "LowRankConfig",
     "LowRankReport",
+    "BF16Config",
+    "DynamicConfig",
+    "FP16Config",
+    "QATConfig",
     "QuantConfig",
     "QuantResult",
+    "StaticConfig",
     "QuantizationError",
     "cluster_",
     "lowrank_",

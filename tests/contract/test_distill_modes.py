@@ -313,12 +313,14 @@ def test_mutual_recipe_trains_both_and_leaves_the_stored_teacher_alone(teacher_d
 
 # ---------------------------------------------------------------- born-again generations
 def test_born_again_generations(teacher_dir, monkeypatch):
-    seen = {"teachers": [], "starts": [], "ends": []}
-    real_objective, real_train = RunState.objective, RunState.fit
+    from distillprune.distill import api as distill_api
 
-    def objective(state, cfg, ls, teacher=None):
-        seen["teachers"].append(None if teacher is None else copy.deepcopy(teacher.state_dict()))
-        return real_objective(state, cfg, ls, teacher=teacher)
+    seen = {"teachers": [], "starts": [], "ends": []}
+    real_objective, real_train = distill_api.objective_for, RunState.fit
+
+    def objective(cfg, ls, teacher):  # the verb builds each generation's objective from its teacher
+        seen["teachers"].append(copy.deepcopy(teacher().state_dict()))
+        return real_objective(cfg, ls, teacher)
 
     def train(state, *a, **kw):
         seen["starts"].append(copy.deepcopy(state.model.state_dict()))
@@ -326,7 +328,7 @@ def test_born_again_generations(teacher_dir, monkeypatch):
         seen["ends"].append(copy.deepcopy(state.model.state_dict()))
         return out
 
-    monkeypatch.setattr(RunState, "objective", objective)
+    monkeypatch.setattr(distill_api, "objective_for", objective)
     monkeypatch.setattr(RunState, "fit", train)
     state = execute(
         recipe(distill_stage({"losses": [{"name": "kd"}]}, generations=3), teacher_dir=teacher_dir),
@@ -335,7 +337,9 @@ def test_born_again_generations(teacher_dir, monkeypatch):
     )
     gens = state.report.stages[-1].details.generations
     assert [g["generation"] for g in gens] == [1, 2, 3]
-    assert seen["teachers"][0] is None  # generation 1: the recipe's teacher (auto)
+    stored, _, _ = load_checkpoint(teacher_dir)
+    for k, v in stored.state_dict().items():  # generation 1: the recipe's teacher (auto: the dense model)
+        torch.testing.assert_close(seen["teachers"][0][k], v)
     for g in (1, 2):
         for k, v in seen["ends"][g - 1].items():  # generation g's student teaches generation g + 1 ...
             torch.testing.assert_close(seen["teachers"][g][k], v)

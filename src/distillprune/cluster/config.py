@@ -1,4 +1,4 @@
-"""Weight-clustering options (the ``cluster`` stage)."""
+"""Weight-clustering options (``distillprune.cluster_`` and the ``cluster`` stage)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from distillprune.core.config import StrictModel
 from distillprune.core.modules import LayerSelect
+from distillprune.distill.config import DistillConfig
+from distillprune.train.config import TrainingOptions
 
 
-class ClusterConfig(StrictModel):
-    """k-means weight sharing per layer (Deep Compression), centroids fine-tuned, packed and entropy-coded."""
+class ClusterConfig(TrainingOptions):
+    """k-means weight sharing per layer (Deep Compression), centroids fine-tuned (``epochs``, with KD from the
+    ``distill`` block), packed and entropy-coded."""
 
     k: int = Field(16, ge=2, le=256, description="clusters (shared values) per layer: 16 -> 4-bit indices")
     overrides: dict[str, int] = Field(default_factory=dict, description="per-layer k by module-name pattern")
@@ -23,6 +25,8 @@ class ClusterConfig(StrictModel):
     keep_zeros: bool = Field(True, description="pruned zeros stay exactly zero (a fixed centroid)")
     codec: Literal["lzma", "zlib"] = Field("lzma", description="entropy coder for the packed file")
     filename: str = Field("model.cluster.xz", description="the packed, compressed weights in the run folder")
+    epochs: int = Field(0, ge=0, description="fine-tuning of the centroids (0: one-shot)")
+    distill: DistillConfig | None = Field(default_factory=DistillConfig)
 
     @field_validator("overrides")
     @classmethod

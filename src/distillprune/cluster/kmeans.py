@@ -9,19 +9,27 @@ layer holds zeros (pruned), they keep a fixed centroid of exactly 0 and the othe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from distillprune.cluster.config import ClusterConfig
+from distillprune.cluster.pack import load_packed, save_packed, sizes
+from distillprune.core.checkpoint import ArchSpec, history_list
+from distillprune.core.compat import legacy_shape
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.core.modules import first_match, get_module
 from distillprune.core.reporting import Details, details_type
+from distillprune.data.base import DataBundle
+from distillprune.distill.modes import finetune_objective
 from distillprune.errors import CompressionError
 from distillprune.train.config import TrainSummary
+from distillprune.train.context import Context, Trainer, fit_trainer
 
 
 def kmeans_1d(
@@ -167,15 +175,64 @@ class WeightClustering:
         return {f"{name}.weight": k for name, k in self.k.items()}
 
 
+def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
+    """``cluster_(model, cfg=None, history=None)``: the history list third, the old shape."""
+    if len(args) > 2 and isinstance(args[2], list):
+        return (
+            (*args[:2],),
+            {**kwargs, "history": args[2]},
+            "history is keyword-only now: cluster_(model, cfg, history=...)",
+        )
+    return None
+
+
+@legacy_shape(_legacy)
 def cluster_(
-    model: nn.Module, cfg: ClusterConfig | dict | None = None, history: list[HistoryOp] | None = None
+    model: nn.Module,
+    cfg: ClusterConfig | dict[str, Any] | None = None,
+    data: DataBundle | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    trainer: Trainer | None = None,
+    history: ArchSpec | list[HistoryOp] | None = None,
+    context: Context | None = None,
+    out: str | Path | None = None,
 ) -> ClusterReport:
-    """One-shot clustering in place (no fine-tuning); ``report.clustered`` ({weight tensor name: k}) is what
-    ``pack`` / ``save_packed`` take."""
-    cfg = cfg if isinstance(cfg, ClusterConfig) else validate(ClusterConfig, cfg or {}, where="ClusterConfig")
-    wc = WeightClustering(model, cfg)
-    wc.apply()
+    """Cluster ``model``'s weights in place as the recipe's cluster stage does: k-means per layer, the centroids
+    fine-tuned for ``cfg.epochs`` (with KD from ``teacher``, default a frozen copy of ``model`` as it is now,
+    through ``trainer``, default ``fit_trainer(cfg, data, context)``; pruned zeros kept zero), then packed.
+    ``report.sizes`` holds the packed sizes next to the dense fp32 size; with ``out`` the packed file
+    (``cfg.codec``) is written and read back, and a file that does not give the same weights back is an
+    error. ``report.clustered`` ({weight tensor name: k}) is what ``pack`` / ``save_packed`` take.
+    ``history`` (an ArchSpec or its ops) receives a ``ClusterOp``."""
+    conf = cfg if isinstance(cfg, ClusterConfig) else validate(ClusterConfig, cfg or {}, where="ClusterConfig")
+    train, objective = None, None
+    if conf.epochs:
+        if data is None:
+            raise CompressionError(f"cluster: epochs={conf.epochs} fine-tunes the centroids; pass data (a DataBundle)")
+        seed = (context or Context()).loader.seed
+        objective = finetune_objective(conf.distill, conf.label_smoothing, model, teacher, seed, data)
+        train = trainer or fit_trainer(conf, data, context, desc="cluster")
+    wc = WeightClustering(model, conf)
+    ks = wc.apply()
+    records = train(model, objective, conf.epochs, "train", wc.keep_zero) if train else []
     clustered = wc.finalize()
-    if history is not None:
-        history.append(ClusterOp(cfg.k, len(clustered)))
-    return ClusterReport(cfg.k, clustered, sum(wc.zero_slot.values()))
+    ops = history_list(history)
+    if ops is not None:
+        ops.append(ClusterOp(conf.k, len(ks)))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    info = packed(state, clustered, conf.codec, out)
+    ratio = round(info["dense_fp32_bytes"] / info["file_bytes"], 2)
+    return ClusterReport(conf.k, clustered, sum(wc.zero_slot.values()), info, ratio, TrainSummary.of(records))
+
+
+def packed(state: dict[str, torch.Tensor], clustered: dict[str, int], codec: str, out: str | Path | None) -> dict:
+    """The packed sizes; with ``out`` the file is written and read back (the round trip must be exact)."""
+    if out is None:
+        _, info = sizes(state, clustered)
+        return {**info, "codec": codec, "file_bytes": info[f"packed_{codec}_bytes"]}
+    info = save_packed(out, state, clustered, codec)
+    back = load_packed(out)
+    if back.keys() != state.keys() or any(not np.array_equal(back[k].numpy(), state[k].numpy()) for k in state):
+        raise CompressionError(f"{Path(out).name}: the packed weights do not round-trip")
+    return info

@@ -177,3 +177,8 @@ def load_checkpoint(
         first = str(e).splitlines()[0] if str(e) else "mismatch"
         raise CheckpointError(f"{folder}: weights do not fit the architecture ({first})") from None
     return model.eval(), spec, meta
+
+
+def history_list(history: ArchSpec | list[HistoryOp] | None) -> list[HistoryOp] | None:
+    """The list a verb records its history ops in (``history=``): an ArchSpec's, or the list itself."""
+    return history.history if isinstance(history, ArchSpec) else history

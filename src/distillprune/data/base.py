@@ -98,6 +98,28 @@ class DataBundle:
         )
 
 
+@dataclass
+class Examples:
+    """Inputs without a data set, for a verb that trains nothing: prune's one calibration batch (one-shot
+    pruning), lowrank's input shape, quantize's calibration batches. ``inputs``: one batch (a tensor of
+    normalised model inputs, or named inputs) or a list of batches; ``num_classes``: the classifier's output
+    size (one-shot pruning never prunes the layers that produce it)."""
+
+    inputs: Batch | list[Batch] | list[np.ndarray]
+    num_classes: int | None = None
+
+    def batches(self) -> list:
+        """The batches as a list (one batch given: a list of one)."""
+        return list(self.inputs) if isinstance(self.inputs, (list, tuple)) else [self.inputs]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        xs = self.batches()
+        if not xs:
+            raise DataError("Examples: no input batch given (expected a tensor of inputs or a list of batches)")
+        return tuple(xs[0].shape[1:])
+
+
 @overload
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor: ...
 @overload

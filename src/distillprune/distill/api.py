@@ -1,20 +1,30 @@
-"""``distillprune.distill``: distil one or several teachers into a student, in place."""
+"""``distillprune.distill``: distil one or several teachers into a student, in place; mutual learning
+(``distill.mode: mutual``) and born-again generations (``generations``), as the recipe's distill stage."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from distillprune.core.batch import has_named_inputs, is_embedder
+from distillprune.core.checkpoint import ArchSpec
+from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.config import validate
+from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import DataBundle
-from distillprune.distill.distiller import Distiller
+from distillprune.distill.config import DistillOptions
+from distillprune.distill.distiller import snapshot
 from distillprune.distill.ensemble import TeacherEnsemble
+from distillprune.distill.modes import objective_for, reinitialised, teacher_of
+from distillprune.distill.mutual import MutualDistiller
+from distillprune.errors import DistillpruneError
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig, TrainSummary
-from distillprune.train.trainer import FitSettings, fit
+from distillprune.train.context import Context, LoaderOptions, Trainer, fit_trainer
+from distillprune.train.trainer import evaluate
 
 
 @details_type
@@ -32,56 +42,135 @@ class DistillReport(Details):
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def distill(
-    student: nn.Module,
-    teacher: nn.Module | list[nn.Module],
-    data: DataBundle,
-    epochs: int = 10,
-    losses: list[dict[str, Any]] | None = None,
-    lr: float | None = None,
-    batch_size: int = 64,
-    runtime: RuntimeConfig | None = None,
-    seed: int = 0,
-    cache: bool = False,
-    optimizer: str | OptimizerConfig | dict[str, Any] = "auto",
-    schedule: str | ScheduleConfig | dict[str, Any] = "onecycle",
-    grad_clip: float | None = None,
-    crop_padding: int = 0,
-    hflip: bool = False,
-) -> DistillReport:
-    """Distil ``teacher`` (or the mean logits of a list of teachers) into ``student`` in place (Hinton KD
-    by default; ``embedding`` for an embedder). ``optimizer``: "auto" (AdamW for a transformer with named
-    inputs, else SGD) | "sgd" | "adamw" or an OptimizerConfig / its dict (``lr`` overrides its learning rate;
-    defaults: SGD 0.05, AdamW 2e-4). ``cache``: compute the teacher's outputs once."""
-    if isinstance(teacher, (list, tuple)):
-        teacher = TeacherEnsemble(teacher)
+OLD = ("epochs", "losses", "lr", "batch_size", "runtime", "seed", "cache", "optimizer", "schedule", "grad_clip")
+OLD_LOADER = ("crop_padding", "hflip")
+
+
+def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
+    """``distill(student, teacher, data, epochs=10, losses=None, lr=None, batch_size=64, runtime=None, seed=0,
+    cache=False, optimizer="auto", schedule="onecycle", grad_clip=None, crop_padding=0, hflip=False)``."""
+    second = args[1] if len(args) > 1 else None
+    old_teacher = isinstance(second, (nn.Module, list, tuple))
+    positional = OLD + OLD_LOADER
+    extra = dict(zip(positional, args[3:], strict=False)) if old_teacher else {}
+    old = {**extra, **pop_known(kwargs, OLD + OLD_LOADER)}
+    if not old_teacher and not old:
+        return None
+    model = args[0] if args else kwargs.pop("model")
+    teacher = second if old_teacher else kwargs.pop("teacher", None)
+    data = args[2] if len(args) > 2 else kwargs.pop("data", None)
+    optimizer = old.get("optimizer", "auto")
     if optimizer == "auto":
-        optimizer = "adamw" if has_named_inputs(student) else "sgd"
-    opt = _optimizer(optimizer, lr)
-    sched = (
-        schedule
-        if isinstance(schedule, ScheduleConfig)
-        else validate(ScheduleConfig, {"name": schedule} if isinstance(schedule, str) else schedule, where="schedule")
+        optimizer = "adamw" if has_named_inputs(model) else "sgd"
+    sched = old.get("schedule", "onecycle")
+    raw: dict[str, Any] = {
+        "epochs": old.get("epochs", 10),
+        "optimizer": _optimizer(optimizer, old.get("lr")),
+        "schedule": validate(ScheduleConfig, {"name": sched} if isinstance(sched, str) else sched, where="schedule")
+        if not isinstance(sched, ScheduleConfig)
+        else sched,
+        "grad_clip": old.get("grad_clip"),
+        "distill": {
+            "losses": old.get("losses") or [{"name": "embedding" if is_embedder(model) else "kd"}],
+            "cache": old.get("cache", False),
+        },
+    }
+    loader = LoaderOptions(
+        old.get("batch_size", 64), old.get("seed", 0), old.get("crop_padding", 0), old.get("hflip", False)
     )
-    specs = losses or [{"name": "embedding" if is_embedder(student) else "kd"}]
-    objective = Distiller.from_specs(teacher, specs, cache=cache)
-    history = fit(
-        student,
-        data,
-        FitSettings(epochs, opt, sched, grad_clip),
-        objective,
-        runtime=runtime or RuntimeConfig(progress=False),
-        seed=seed,
-        batch_size=batch_size,
-        crop_padding=crop_padding,
-        hflip=hflip,
+    ctx = Context(old.get("runtime") or RuntimeConfig(progress=False), loader)
+    kwargs.update(teacher=teacher, context=ctx)
+    new = "distill(model, DistillOptions(epochs=..., distill={'losses': [...]}), data, *, teacher=..., context=...)"
+    return (
+        (model, validate(DistillOptions, raw, where="distill options"), data),
+        kwargs,
+        f"the old shape is deprecated; call {new}",
     )
-    return DistillReport(
-        [s["name"] for s in specs],
-        training=TrainSummary.of(history),
-        history=history,
-        teacher_cache_seconds=None if objective.cache is None else round(objective.cache.seconds, 2),
+
+
+@legacy_shape(_legacy)
+def distill(
+    model: nn.Module,
+    cfg: DistillOptions | dict[str, Any] | None = None,
+    data: DataBundle | None = None,
+    *,
+    teacher: nn.Module | list[nn.Module] | None = None,
+    trainer: Trainer | None = None,
+    history: ArchSpec | list[HistoryOp] | None = None,
+    context: Context | None = None,
+) -> DistillReport:
+    """Distil ``teacher`` (default: the ``distill`` block's, ``auto`` being a frozen copy of ``model`` as it is
+    now; a list: the mean logits of several) into ``model`` in place, as the recipe's distill stage does.
+
+    ``cfg``: a ``DistillOptions`` or its dict (``{"epochs": 10, "optimizer": {"lr": 0.05}, "distill": {"losses":
+    [{"name": "kd", "temperature": 4}], "mode": "mutual"}, "generations": 2}``). From a dict, what it leaves
+    out follows the model: AdamW (lr 2e-4) for a transformer with named inputs, else SGD (0.05); the
+    ``embedding`` loss for an embedder, else ``kd``. ``distill.mode: mutual``: a trainable copy of the
+    teacher trains with the student (DML); ``generations`` > 1 (born-again): each generation's student
+    teaches the next, which restarts from a fresh initialisation, in place (seeded by
+    ``context.loader.seed``: rebuilt from ``history`` when it is the model's ArchSpec, else every layer's
+    ``reset_parameters``). ``trainer``: default ``fit_trainer(cfg, data, context)``.
+    """
+    opts = _options(model, cfg)
+    if data is None:
+        raise DistillpruneError("distill trains the student: pass data (a DataBundle)")
+    ctx = context or Context()
+    train = trainer or fit_trainer(opts, data, ctx, desc="distill")
+    if isinstance(teacher, (list, tuple)):
+        teacher = TeacherEnsemble(list(teacher))
+    if teacher is None:  # the distill block's teacher (auto: the model as it is now), or its mutual peer
+        teacher = teacher_of(opts.distill, lambda: snapshot(model), ctx.loader.seed, data.num_classes, data.input_shape)
+    assert teacher is not None  # a DistillConfig always names one
+    frozen: nn.Module = teacher
+    spec = history if isinstance(history, ArchSpec) else None
+    records: list[dict[str, Any]] = []
+    gens = []
+    for g in range(1, opts.generations + 1):
+        objective = objective_for(opts.distill, opts.label_smoothing, lambda t=frozen: t)  # type: ignore[misc]
+        if g > 1:
+            _reinitialise(model, ctx.loader.seed + g, spec)
+        h = train(model, objective, opts.epochs, "train" if g == 1 else f"gen{g}")
+        records += h
+        gens.append({"generation": g, "top1": round(h[-1]["test_acc"], 2) if h else None})
+        frozen = snapshot(model)
+    report = DistillReport(
+        [s.name for s in opts.distill.losses],
+        opts.distill.mode,
+        TrainSummary.of(records),
+        generations=gens if opts.generations > 1 else None,
+        history=records,
     )
+    if isinstance(objective, MutualDistiller) and data.test.y is not None:
+        report.peer_top1 = round(evaluate(objective.peer, data, runtime=ctx.runtime), 2)
+    cache = getattr(objective, "cache", None)
+    if cache is not None:
+        report.teacher_cache_seconds = round(cache.seconds, 2)
+    return report
+
+
+@torch.no_grad()
+def _reinitialise(model: nn.Module, seed: int, spec: ArchSpec | None) -> None:
+    """Born-again: ``model`` restarts, in place, from a fresh initialisation of its architecture."""
+    fresh = reinitialised(model, seed, spec)
+    model.load_state_dict(fresh.state_dict())
+
+
+def _options(model: nn.Module, cfg: DistillOptions | dict[str, Any] | None) -> DistillOptions:
+    """A DistillOptions as given, or from its dict with the model's defaults for what it leaves out."""
+    if isinstance(cfg, DistillOptions):
+        return cfg
+    raw = dict(cfg or {})
+    name = "adamw" if has_named_inputs(model) else "sgd"
+    given = raw.get("optimizer")
+    if given is None or isinstance(given, dict):
+        optimizer = {"name": name, **(given or {})}
+        optimizer.setdefault("lr", DEFAULT_LR.get(str(optimizer["name"]), 0.05))
+        raw["optimizer"] = optimizer
+    block = dict(raw.get("distill") or {})
+    if "losses" not in block and is_embedder(model):
+        block["losses"] = [{"name": "embedding"}]
+    raw["distill"] = block
+    return validate(DistillOptions, raw, where="distill options")
 
 
 DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-4}

@@ -14,6 +14,7 @@ from distillprune.distill.losses import LOSSES
 from distillprune.distill.schedule import build_term
 from distillprune.errors import DistillpruneError
 from distillprune.models.config import ModelConfig
+from distillprune.train.config import TrainingOptions
 
 
 class LossSpec(BaseModel):
@@ -129,3 +130,23 @@ class DistillConfig(StrictModel):
 
     def loss_specs(self) -> list[dict[str, Any]]:
         return [s.spec() for s in self.losses]
+
+
+class DistillOptions(TrainingOptions):
+    """``distillprune.distill``'s config (and the ``distill`` stage's): how long and how the student trains,
+    the ``distill`` block (losses, teachers, mode: offline / mutual, cache), and born-again ``generations``."""
+
+    epochs: float = Field(10, gt=0, description="training epochs (of each generation)")
+    generations: int = Field(
+        1,
+        ge=1,
+        description="born-again: each generation's student teaches the next, "
+        "which restarts from a fresh initialisation",
+    )
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+    @model_validator(mode="after")
+    def _generations(self) -> DistillOptions:
+        if self.generations > 1 and self.distill.mode == "mutual":
+            raise ValueError("generations (born-again) need an offline teacher; mode: mutual has none")
+        return self

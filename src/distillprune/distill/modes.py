@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint
+from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import CrossEntropy, Distiller, freeze, snapshot
 from distillprune.distill.ensemble import TeacherEnsemble
@@ -64,6 +65,43 @@ def objective_for(
     if cfg is None:
         return CrossEntropy(label_smoothing)
     return make_objective(cfg, teacher() if peer is None else None, peer)
+
+
+def build_peer(cfg: DistillConfig, seed: int, num_classes: int, input_shape: Sequence[int]) -> nn.Module | None:
+    """Mutual mode's second network when ``cfg`` names one (``peer``; else the objective copies the teacher),
+    built from ``seed + 7919``: not the student's seed, so identical twins stay identical."""
+    if cfg.mode != "mutual" or cfg.peer is None:
+        return None
+    torch.manual_seed(seed + 7919)
+    return make_model(cfg.peer, num_classes, input_shape, where="distill.peer")[0]
+
+
+def teacher_of(
+    cfg: DistillConfig | None, auto: Callable[[], nn.Module], seed: int, num_classes: int, input_shape: Sequence[int]
+) -> nn.Module | None:
+    """What a ``distill`` block teaches with: None without one; in mutual mode with a named ``peer``, that fresh
+    network (a copy of it trains with the student); else its resolved teacher (``auto``: the caller's
+    default)."""
+    if cfg is None:
+        return None
+    peer = build_peer(cfg, seed, num_classes, input_shape)
+    return peer if peer is not None else resolve_teacher(cfg, auto, num_classes, input_shape)
+
+
+def finetune_objective(
+    cfg: DistillConfig | None,
+    label_smoothing: float,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    seed: int,
+    data: DataBundle,
+) -> Objective:
+    """A verb's fine-tuning objective (its ``distill`` block; cross-entropy when it is null), built now: the
+    teacher is ``teacher``, else the block's (``auto``: a frozen copy of ``model`` as it is before the verb
+    changes it)."""
+    if teacher is None:
+        teacher = teacher_of(cfg, lambda: snapshot(model), seed, data.num_classes, data.input_shape)
+    return objective_for(cfg, label_smoothing, lambda: teacher)  # type: ignore[arg-type,return-value]
 
 
 def make_objective(

@@ -6,12 +6,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from distillprune.core.config import StrictModel
 from distillprune.core.modules import LayerSelect
+from distillprune.distill.config import DistillConfig
+from distillprune.train.config import TrainingOptions
 
 
-class LowRankConfig(StrictModel):
-    """Truncated SVD of Linear and Conv2d weights; the rank per layer from kept energy or a ratio."""
+class LowRankConfig(TrainingOptions):
+    """Truncated SVD of Linear and Conv2d weights; the rank per layer from kept energy or a ratio; then
+    ``epochs`` of fine-tuning with KD from the ``distill`` block."""
 
     rank_by: Literal["energy", "ratio"] = Field(
         "energy", description="energy: keep a share of sum(sigma^2); ratio: keep a share of the full rank"
@@ -25,6 +27,8 @@ class LowRankConfig(StrictModel):
         default_factory=dict,
         description="per-layer pattern: an int is a fixed rank, a float the energy/ratio",
     )
+    epochs: int = Field(0, ge=0, description="KD fine-tuning after the factorization (0: none)")
+    distill: DistillConfig | None = Field(default_factory=DistillConfig)
 
     @field_validator("overrides")
     @classmethod

@@ -14,17 +14,23 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from distillprune.core.checkpoint import ArchSpec, history_list
+from distillprune.core.compat import legacy_shape
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.core.modules import first_match, get_module, set_module
 from distillprune.core.reporting import Details, details_type
+from distillprune.data.base import DataBundle, Examples
+from distillprune.distill.modes import finetune_objective
 from distillprune.errors import CompressionError, DistillpruneError
 from distillprune.lowrank.config import LowRankConfig
 from distillprune.train.config import TrainSummary
+from distillprune.train.context import Context, Trainer, fit_trainer
 
 
 @dataclass
@@ -236,15 +242,45 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> list[LowRankOp]:
     return ops
 
 
+def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
+    """``lowrank_(model, input_shape, cfg=None, history=None)``, the old shape."""
+    if len(args) < 2 or not isinstance(args[1], (tuple, list)):
+        return None
+    shape, rest = tuple(args[1]), list(args[2:])
+    if len(rest) > 1:
+        kwargs["history"] = rest[1]
+    cfg = rest[0] if rest else kwargs.pop("cfg", None)
+    what = "lowrank_(model, input_shape, cfg, history) is deprecated; call lowrank_(model, cfg, data, history=...)"
+    return (args[0], cfg, Examples(torch.zeros(1, *shape))), kwargs, what
+
+
+@legacy_shape(_legacy)
 def lowrank_(
     model: nn.Module,
-    input_shape: tuple[int, ...],
-    cfg: LowRankConfig | dict | None = None,
-    history: list[HistoryOp] | None = None,
+    cfg: LowRankConfig | dict[str, Any] | None = None,
+    data: DataBundle | Examples | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    trainer: Trainer | None = None,
+    history: ArchSpec | list[HistoryOp] | None = None,
+    context: Context | None = None,
 ) -> LowRankReport:
-    """Plan and factorize ``model`` in place; appends the ops to ``history`` (an ArchSpec's) if given."""
-    cfg = cfg if isinstance(cfg, LowRankConfig) else validate(LowRankConfig, cfg or {}, where="LowRankConfig")
-    explicit = [p for p in cfg.layers.include if "*" not in p and "?" not in p and "[" not in p]
+    """Plan and factorize ``model`` in place as the recipe's lowrank stage does, then fine-tune it for
+    ``cfg.epochs`` with KD from ``teacher`` (default: a frozen copy of ``model`` before the factorization)
+    through ``trainer`` (default ``fit_trainer(cfg, data, context)``). ``data``: a DataBundle, or
+    ``Examples(inputs)`` when nothing trains (only its input shape is read). ``history`` (an ArchSpec or its
+    ops) receives the replayable ``LowRankOp``s."""
+    conf = cfg if isinstance(cfg, LowRankConfig) else validate(LowRankConfig, cfg or {}, where="LowRankConfig")
+    if data is None:
+        raise CompressionError("lowrank reads the model's input shape: pass data (a DataBundle or Examples(inputs))")
+    train, objective = None, None
+    if conf.epochs:
+        if not isinstance(data, DataBundle):
+            raise CompressionError(f"lowrank: epochs={conf.epochs} fine-tunes the model; pass data (a DataBundle)")
+        seed = (context or Context()).loader.seed
+        objective = finetune_objective(conf.distill, conf.label_smoothing, model, teacher, seed, data)  # before SVD
+        train = trainer or fit_trainer(conf, data, context, desc="lowrank")
+    explicit = [p for p in conf.layers.include if "*" not in p and "?" not in p and "[" not in p]
     mods = dict(model.named_modules())
     for name in explicit:
         if name not in mods:
@@ -253,8 +289,12 @@ def lowrank_(
             raise CompressionError(
                 f"lowrank: layer '{name}' is a {type(mods[name]).__name__}; supported: Linear and Conv2d (groups=1)"
             )
-    plans = plan(model, input_shape, cfg)
+    plans = plan(model, tuple(data.input_shape), conf)
     ops = apply_plan(model, plans)
-    if history is not None:
-        history.extend(ops)
-    return LowRankReport([p for p in plans if not p.skipped], [p for p in plans if p.skipped])
+    recorded = history_list(history)
+    if recorded is not None:
+        recorded.extend(ops)
+    report = LowRankReport([p for p in plans if not p.skipped], [p for p in plans if p.skipped])
+    if train is not None:
+        report.training = TrainSummary.of(train(model, objective, conf.epochs, "train"))
+    return report

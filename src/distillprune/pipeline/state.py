@@ -19,7 +19,7 @@ from distillprune.core.io import write_json
 from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
-from distillprune.distill.modes import Objective, objective_for, resolve_teacher
+from distillprune.distill.modes import Objective, build_peer, objective_for, resolve_teacher, teacher_of
 from distillprune.errors import DataError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
@@ -27,6 +27,7 @@ from distillprune.pipeline.rundir import RESERVED, read_state
 from distillprune.report.report import CompressionReport
 from distillprune.train import distributed as ddp
 from distillprune.train.config import Span, TrainingOptions
+from distillprune.train.context import Context, LoaderOptions, Trainer
 from distillprune.train.logging import RunLogger
 from distillprune.train.trainer import FitSettings, fit, resolve_device, spanned
 
@@ -87,11 +88,7 @@ class RunState:
 
     def peer(self, cfg: DistillConfig) -> nn.Module | None:
         """Mutual mode's second network when the recipe names one (else the objective copies the teacher)."""
-        if cfg.mode != "mutual" or cfg.peer is None:
-            return None
-        torch.manual_seed(self.recipe.seed + 7919)  # not the student's seed: identical twins stay identical
-        d = self.data
-        return make_model(cfg.peer, d.num_classes, d.input_shape, where="distill.peer")[0]
+        return build_peer(cfg, self.recipe.seed, self.data.num_classes, self.data.input_shape)
 
     def objective(
         self, cfg: DistillConfig | None, label_smoothing: float, teacher: nn.Module | None = None
@@ -105,7 +102,35 @@ class RunState:
             peer,
         )
 
+    def teacher_for(self, cfg: DistillConfig | None) -> nn.Module | None:
+        """What a stage passes a verb as ``teacher=`` for its ``distill`` block: None without one; in mutual mode
+        with a named ``peer``, that fresh network (the verb trains a copy of it with the student); else the
+        resolved teacher (``auto``: the run's dense teacher)."""
+        d = self.data
+        return teacher_of(cfg, self.ensure_teacher, self.recipe.seed, d.num_classes, d.input_shape)
+
     # -- training ----------------------------------------------------------------------------------------
+    def context(self) -> Context:
+        """The verbs' context of this run: its runtime, its data's batch size and augmentation, the recipe's
+        seed and its ``measure`` block."""
+        r, d = self.recipe, self.recipe.data
+        return Context(
+            r.runtime, LoaderOptions(d.batch_size, r.seed, d.augment.crop_padding, d.augment.hflip), r.measure
+        )
+
+    def trainer(self, opts: TrainingOptions, index: int, kind: str) -> Trainer:
+        """A verb's trainer inside stage ``index``: ``fit`` as ``RunState.fit`` runs it (checkpoints every epoch
+        under ``stages/<index>_<kind>/<tag>``, for ``--resume``)."""
+
+        def train(  # type: ignore[no-untyped-def]
+            model: nn.Module, objective: nn.Module, epochs: float, tag: str, on_step=None, span: Span | None = None
+        ) -> list[dict]:
+            if model is not self.model:
+                raise RecipeError(f"stage {index} ({kind}): the verb trains another model than the run's")
+            return self.fit(opts, epochs, objective, index, kind, sub=tag, on_step=on_step, span=span)
+
+        return train
+
     def fit(
         self,
         opts: TrainingOptions,

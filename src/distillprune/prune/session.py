@@ -20,7 +20,6 @@ for ``--resume``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,77 +27,77 @@ from pydantic import BaseModel
 from torch import nn
 
 from distillprune.core.batch import Batch
+from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, from_jsonable, to_jsonable
-from distillprune.data.base import DataBundle, TensorLoader
+from distillprune.data.base import DataBundle, Examples, TensorLoader
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for
 from distillprune.errors import DistillpruneError
-from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.alignment import kept_channels
 from distillprune.prune.structure import Structure, structure_type
 from distillprune.train import distributed as ddp
 from distillprune.train.config import Span, TrainSummary
+from distillprune.train.context import Context, LoaderOptions, Trainer
+from distillprune.train.trainer import resolve_device
 
 __all__ = ["PruneSession", "Trainer"]
-
-#: ``trainer(model, objective, epochs, tag, on_step[, span]) -> per-epoch records``: how the session trains
-#: between steps (``tag`` is "step1", "step2"...; the pipeline's trainer checkpoints under it for --resume).
-#: ``span`` (a ``train.config.Span``) is passed only when a step is not a run of its own: fractional
-#: ``epochs_per_step`` or ``lr_span: stage``
-Trainer = Callable[..., list[dict]]
 
 
 class PruneSession:
     """``PruneSession(model, cfg, data=..., teacher=...).run()`` prunes ``model`` in place.
 
     ``cfg``: a family's prune config (``PruneConfig``, ``TransformerPruneConfig``, or a stage's config).
-    ``data``: calibration batches (block / layer scores, importance) and the training data of the
-    default trainer. Without data, ``example_inputs`` serves as the only calibration batch and nothing
-    trains (``epochs_per_step`` must be 0). ``history``: a list that receives the typed ops (an ArchSpec's).
+    ``data``: calibration batches (block / layer scores, importance) and the training data; or
+    ``Examples(inputs, num_classes)``: the first batch of ``inputs`` is the only calibration batch and
+    nothing trains (``epochs_per_step`` must be 0). ``trainer``: how to train between steps (a
+    ``train.context.Trainer``; required when ``epochs_per_step`` > 0). ``history``: a list that receives
+    the typed ops (an ArchSpec's). ``context``: the device (``runtime``), the calibration batches' size and
+    seed (``loader``) and how a latency target is timed (``latency``). ``peer``: mutual mode's second
+    network, when it is not a copy of the teacher.
     """
 
+    @legacy_shape(lambda a, k: legacy_context(a, k, 3))
     def __init__(
         self,
         model: nn.Module,
         cfg: BaseModel,
+        data: DataBundle | Examples | None = None,
         *,
-        data: DataBundle | None = None,
         teacher: nn.Module | None = None,
         peer: nn.Module | None = None,
-        example_inputs: torch.Tensor | None = None,
-        num_classes: int | None = None,
-        history: list[HistoryOp] | None = None,
         trainer: Trainer | None = None,
-        latency: LatencyConfig | None = None,
-        device: torch.device | str = "cpu",
-        batch_size: int = 64,
-        seed: int = 0,
+        history: list[HistoryOp] | None = None,
+        context: Context | None = None,
     ):
+        bundle = data if isinstance(data, DataBundle) else None
         kind = structure_type(cfg)
-        kind.check(model, cfg, data)
-        if data is None and example_inputs is None:
-            raise DistillpruneError("prune needs data (a DataBundle) or example_inputs")
+        kind.check(model, cfg, bundle)
+        if data is None:
+            raise DistillpruneError(
+                "prune needs data: a DataBundle, or Examples(inputs, num_classes) for one-shot pruning"
+            )
         if getattr(cfg, "epochs_per_step", 0) and trainer is None:
             raise DistillpruneError("epochs_per_step > 0 needs training data: pass data=... (or a trainer)")
-        if num_classes is None and data is None:
+        if isinstance(data, Examples) and data.num_classes is None:
             raise DistillpruneError(
-                "prune without data needs num_classes=... (the classifier's output size: "
-                "the layers that produce it are never pruned)"
+                "prune without a data set needs Examples(inputs, num_classes=...) (the classifier's output "
+                "size: the layers that produce it are never pruned)"
             )
-        self.model, self.data = model, data
+        ctx = context or Context()
+        self.model, self.data = model, bundle
         self.cfg: Any = cfg  # the family's config: its structure reads its own fields
-        self.device = torch.device(device)
-        if data is not None:
-            self.num_classes = num_classes if num_classes is not None else data.num_classes
-            self.input_shape = tuple(data.input_shape)
+        self.device = resolve_device(ctx.runtime)
+        if isinstance(data, Examples):
+            assert data.num_classes is not None  # checked above
+            self.num_classes, self.input_shape = data.num_classes, data.input_shape
+            self.example: torch.Tensor | None = data.batches()[0]
         else:
-            assert num_classes is not None and example_inputs is not None  # both checked above
-            self.num_classes, self.input_shape = num_classes, tuple(example_inputs.shape[1:])
-        self.example = example_inputs
+            self.num_classes, self.input_shape = data.num_classes, tuple(data.input_shape)
+            self.example = None
         self.history = history if history is not None else []
-        self.trainer, self.latency = trainer, latency
-        self.batch_size, self.seed = batch_size, seed
+        self.trainer, self.latency = trainer, ctx.latency
+        self.batch_size, self.seed = ctx.loader.batch_size, ctx.loader.seed
         self._teacher_given, self._peer = teacher, peer
         self.teacher: nn.Module | None = None
         self.objective: Objective | None = None
@@ -193,6 +192,43 @@ class PruneSession:
             d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1, device=self.device
         )
         return [(x, y) for _, (x, y) in zip(range(n), loader, strict=False)]
+
+
+OLD_KEYWORDS = ("example_inputs", "num_classes", "latency", "device", "batch_size", "seed")
+
+
+def legacy_context(
+    args: tuple[Any, ...], kwargs: dict[str, Any], data_at: int
+) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
+    """The old call shape (``example_inputs=``, ``num_classes=``, ``latency=``, ``device=``, ``batch_size=``,
+    ``seed=``; ``data`` at ``data_at`` in ``args``) in the new one: ``Examples`` and a ``Context``."""
+    old = pop_known(kwargs, OLD_KEYWORDS)
+    if not old:
+        return None
+    args = list(args)  # type: ignore[assignment]
+    data = args[data_at] if len(args) > data_at else kwargs.pop("data", None)
+    if "example_inputs" in old and data is None:
+        data = Examples(old["example_inputs"], old.get("num_classes"))
+    elif isinstance(data, Examples) and "num_classes" in old:
+        data = Examples(data.inputs, old["num_classes"])
+    if len(args) > data_at:
+        args[data_at] = data  # type: ignore[index]
+    else:
+        kwargs["data"] = data
+    base = kwargs.get("context") or Context()
+    device = old.get("device")
+    runtime = base.runtime
+    if device is not None:
+        runtime = runtime.model_copy(update={"device": "cuda" if torch.device(device).type == "cuda" else "cpu"})
+    loader = LoaderOptions(
+        old.get("batch_size", base.loader.batch_size),
+        old.get("seed", base.loader.seed),
+        base.loader.crop_padding,
+        base.loader.hflip,
+    )
+    kwargs["context"] = Context(runtime, loader, old.get("latency", base.latency))
+    new = "data=Examples(inputs, num_classes), context=Context(runtime, LoaderOptions(batch_size, seed), latency)"
+    return tuple(args), kwargs, f"{', '.join(f'{k}=' for k in old)} are deprecated; pass {new}"
 
 
 def step_span(epochs_per_step: float, steps: int, lr_span: str, k: int) -> Span | None:

@@ -1,4 +1,5 @@
-"""``distillprune.quantize``: one entry point, dispatched by ``config.method`` through the registry."""
+"""``distillprune.quantize``: one entry point, dispatched by the config's type (one class per scheme:
+``StaticConfig``, ``DynamicConfig``, ``QATConfig``, ``FP16Config``, ``BF16Config``; ``QUANT_CONFIGS``)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,19 @@ import torch
 from torch import nn
 
 from distillprune.core.batch import NamedInputs, is_embedder
+from distillprune.core.checkpoint import ArchSpec
+from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.config import validate
+from distillprune.core.history import HistoryOp
 from distillprune.data.base import DataBundle
+from distillprune.distill.modes import finetune_objective
 from distillprune.errors import QuantizationError
 from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult
 from distillprune.quant.calibration import bundle_batches, tensor_batches
 from distillprune.quant.config import QATOptions, QuantConfig
+from distillprune.quant.registry import QUANT_CONFIGS
 from distillprune.train.config import RuntimeConfig
+from distillprune.train.context import Context, LoaderOptions, Trainer, fit_trainer
 
 SUFFIX = {"static": "int8", "dynamic": "int8-dynamic", "qat": "int8-qat", "fp16": "fp16", "bf16": "bf16"}
 
@@ -71,71 +78,117 @@ def make_job(
     return QuantJob(model, shape, cfg, Path(out), workdir, batches, test_x, test_y, teacher, train, qat, train_steps)
 
 
+def scheme_config(cfg: QuantConfig | dict[str, Any] | None) -> QuantConfig:
+    """The scheme's own config class for ``cfg``: a scheme config as it is; a plain ``QuantConfig`` (or a
+    stage's) or a dict through the class registered for its ``method`` (default ``static``)."""
+    if isinstance(cfg, QuantConfig) and type(cfg) is QUANT_CONFIGS.get(cfg.method):
+        return cfg
+    if isinstance(cfg, QuantConfig):
+        raw = cfg.model_dump(include=set(QuantConfig.model_fields))
+        qat = getattr(cfg, "qat", None)
+        if qat is not None:
+            raw["qat"] = qat
+    else:
+        raw = dict(cfg or {})
+    method = raw.get("method", "static")
+    if not isinstance(method, str):
+        raise QuantizationError(f"quantize config: method must be a name, received method={method!r}")
+    return validate(QUANT_CONFIGS.get(method), raw, where="quantize config")
+
+
+def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
+    """``quantize(model, data=None, config=None, out=None, *, calibration=, teacher=, qat=, runtime=,
+    batch_size=, seed=)``, the old shape."""
+    old_positional = len(args) > 1 and (isinstance(args[1], DataBundle) or len(args) > 3)
+    old = pop_known(kwargs, ("config", "qat", "runtime", "batch_size", "seed"))
+    if not old_positional and not old:
+        return None
+    model, rest = args[0], list(args[1:])
+    data = rest[0] if old_positional and rest else kwargs.pop("data", None)
+    config = rest[1] if old_positional and len(rest) > 1 else old.get("config")
+    if old_positional and len(rest) > 2:
+        kwargs["out"] = rest[2]
+    if not old_positional and rest:  # new positional cfg with old keywords
+        config = rest[0]
+        data = rest[1] if len(rest) > 1 else data
+    cfg = scheme_config(config)
+    if "qat" in old and old["qat"] is not None:
+        if cfg.method != "qat":
+            raise QuantizationError(f"qat options given but method is {cfg.method!r}")
+        opts = (
+            old["qat"] if isinstance(old["qat"], QATOptions) else validate(QATOptions, old["qat"], where="qat options")
+        )
+        cfg = cfg.model_copy(update={"qat": opts})
+    runtime = old.get("runtime") or RuntimeConfig(progress=False, tensorboard=False, device="cpu")
+    kwargs["context"] = Context(runtime, LoaderOptions(old.get("batch_size", 64), old.get("seed", 0)))
+    new = "quantize(model, QATConfig(qat=...) | StaticConfig(...) | ..., data, *, context=..., out=...)"
+    return (model, cfg, data), kwargs, f"the old shape is deprecated; call {new}"
+
+
+@legacy_shape(_legacy)
 def quantize(
     model: nn.Module,
+    cfg: QuantConfig | dict[str, Any] | None = None,
     data: DataBundle | None = None,
-    config: QuantConfig | dict | None = None,
-    out: str | Path | None = None,
     *,
-    calibration: Iterable[torch.Tensor | np.ndarray] | None = None,
     teacher: nn.Module | None = None,
-    qat: QATOptions | dict[str, Any] | None = None,
-    runtime: RuntimeConfig | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
+    trainer: Trainer | None = None,
+    history: ArchSpec | list[HistoryOp] | None = None,
+    context: Context | None = None,
+    out: str | Path | None = None,
+    calibration: Iterable[torch.Tensor | np.ndarray] | None = None,
+    workdir: Path | None = None,
 ) -> QuantResult:
-    """Quantize ``model`` to an ONNX file and check it against the float model.
+    """Quantize ``model`` to an ONNX file (``out``, default ``model.<method>.onnx``) and check it against the
+    float model, as the recipe's quantize stage does.
 
-    ``config``: a QuantConfig or its dict (``{"method": "static", "calibration": {"method": "entropy"}}``).
-    ``qat``: for ``method="qat"``, QAT options (``{"epochs": 2, "optimizer": {"lr": 0.01}}``); the teacher
-    defaults to a frozen copy of ``model`` as it is now. Returns a QuantResult (path, size, agreement...).
+    ``cfg``: the scheme's config (``StaticConfig(calibration={"method": "entropy"})``, ``DynamicConfig()``,
+    ``QATConfig(qat={"epochs": 2, "optimizer": {"lr": 0.01}})``, ``FP16Config()``, ``BF16Config()``), a
+    ``QuantConfig`` or a dict, dispatched by its type (a dict or a plain QuantConfig by its ``method``).
+    ``data``: a DataBundle (calibration from its training split, parity on its test split);
+    ``calibration``: normalised calibration batches instead (without data, parity on them too). QAT trains
+    ``model`` in place with KD from
+    ``teacher`` (default: a frozen copy of ``model`` as it is now) through ``trainer`` (default:
+    ``fit_trainer(cfg.qat, data, context)``: the context's loader, augmentation included). ``history`` is
+    left as it is (the model keeps its architecture). ``workdir``: intermediate files (default: a
+    temporary folder). Returns a QuantResult (path, size, agreement...).
     """
-    cfg = config if isinstance(config, QuantConfig) else validate(QuantConfig, config or {}, where="quantize config")
-    out = Path(out) if out is not None else Path(default_filename(cfg.method))
+    conf = scheme_config(cfg)
+    ctx = context or Context()
+    out = Path(out) if out is not None else Path(default_filename(conf.method))
     model = model.float().cpu().eval()
-    train, steps, qat_opts = None, 0, None
-    if cfg.method == "qat":
-        if data is None:
+    train, steps, opts = None, 0, None
+    if conf.method == "qat":
+        if not isinstance(data, DataBundle):
             raise QuantizationError("method=qat trains the model: pass data (a DataBundle)")
-        train, steps, qat_opts = _qat_trainer(model, data, qat, teacher, runtime, batch_size, seed)
+        opts = getattr(conf, "qat", None) or QATOptions()
+        fit = trainer or fit_trainer(opts, data, ctx, "quantize")
+        objective = finetune_objective(opts.distill, opts.label_smoothing, model, teacher, ctx.loader.seed, data)
+        train, steps = qat_trainer(data, opts, objective, fit, ctx)
     with tempfile.TemporaryDirectory(prefix="dp-quant-") as tmp:
         job = make_job(
             model,
-            cfg,
+            conf,
             out,
-            Path(tmp),
+            workdir or Path(tmp),
             data=data,
             calibration=calibration,
             teacher=teacher,
             train=train,
-            qat=qat_opts,
+            qat=opts,
             train_steps=steps,
         )
-        return QUANTIZERS.get(cfg.method)(job)
+        return QUANTIZERS.get(conf.method)(job)
 
 
-def _qat_trainer(
-    model: nn.Module,
-    data: DataBundle,
-    qat: QATOptions | dict[str, Any] | None,
-    teacher: nn.Module | None,
-    runtime: RuntimeConfig | None,
-    batch_size: int,
-    seed: int,
-) -> tuple[Callable[..., list[dict]], int, QATOptions]:
-    from distillprune.distill.distiller import snapshot
-    from distillprune.distill.modes import objective_for
-    from distillprune.train.trainer import FitSettings, fit
+def qat_trainer(
+    data: DataBundle, opts: QATOptions, objective: nn.Module, trainer: Trainer, context: Context
+) -> tuple[Callable[..., list[dict]], int]:
+    """QAT's ``train(model, on_step)`` over ``trainer`` with ``objective`` (built before the model is wrapped:
+    the default teacher is the model as it is), and the optimizer steps it takes."""
 
-    opts = qat if isinstance(qat, QATOptions) else validate(QATOptions, qat or {}, where="qat options")
-    frozen = teacher if teacher is not None else snapshot(model)
-    objective = objective_for(opts.distill, opts.label_smoothing, lambda: frozen)
-    runtime = runtime or RuntimeConfig(progress=False, tensorboard=False, device="cpu")
+    def train(m: nn.Module, on_step: Callable[[nn.Module], None]) -> list[dict]:
+        return trainer(m, objective, opts.epochs, "qat", on_step)
 
-    def train(m: nn.Module, on_step) -> list[dict]:
-        settings = FitSettings(opts.epochs, opts.optimizer, opts.schedule, opts.grad_clip)
-        return fit(m, data, settings, objective, runtime=runtime, seed=seed, batch_size=batch_size, on_step=on_step)
-
-    n = len(data.train)
-    steps = opts.epochs * (n // batch_size if n > batch_size else 1)
-    return train, steps, opts
+    n, bs = len(data.train), context.loader.batch_size
+    return train, opts.epochs * (n // bs if n > bs else 1)

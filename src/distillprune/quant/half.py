@@ -8,7 +8,7 @@ nature: top-1 agreement with the float model, with the max logit difference repo
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from distillprune.quant.base import (
     export_float,
     run_torch,
 )
+from distillprune.quant.config import QuantConfig
+from distillprune.quant.registry import QUANT_CONFIGS
 
 # inputs that ONNX requires in float32 whatever the compute type: (op, input index)
 FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
@@ -125,6 +127,20 @@ def _half(job: QuantJob, kind: str) -> QuantResult:
     )
     check_agreement(res, job.cfg, "a layer overflows in half precision; keep the model in float32")
     return res
+
+
+@QUANT_CONFIGS.register("fp16")
+class FP16Config(QuantConfig):
+    """A float16 ONNX file (for GPUs)."""
+
+    method: Literal["fp16"] = "fp16"
+
+
+@QUANT_CONFIGS.register("bf16")
+class BF16Config(QuantConfig):
+    """A bfloat16 ONNX file (for GPUs)."""
+
+    method: Literal["bf16"] = "bf16"
 
 
 @QUANTIZERS.register("fp16")

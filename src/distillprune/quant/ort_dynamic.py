@@ -8,6 +8,8 @@ they are most of a small encoder's file (47 of 90 MB in all-MiniLM-L6-v2).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from distillprune.quant.base import (
     QUANTIZERS,
     QuantJob,
@@ -21,9 +23,18 @@ from distillprune.quant.base import (
     run_onnx,
     run_torch,
 )
+from distillprune.quant.config import QuantConfig
 from distillprune.quant.ort_static import qtype, require_weighted_ops
+from distillprune.quant.registry import QUANT_CONFIGS
 
 LINEAR_OPS = ["MatMul", "Gemm"]
+
+
+@QUANT_CONFIGS.register("dynamic")
+class DynamicConfig(QuantConfig):
+    """int8 weights, activations quantized at run time (no calibration): for Linear-heavy models."""
+
+    method: Literal["dynamic"] = "dynamic"
 
 
 @QUANTIZERS.register("dynamic")

@@ -12,6 +12,7 @@ import contextlib
 import io
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from torch import nn
@@ -33,6 +34,7 @@ from distillprune.quant.base import (
 )
 from distillprune.quant.calibration import BatchReader
 from distillprune.quant.config import QuantConfig
+from distillprune.quant.registry import QUANT_CONFIGS
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 
@@ -178,6 +180,13 @@ def static_int8(
         },
     )
     return res
+
+
+@QUANT_CONFIGS.register("static")
+class StaticConfig(QuantConfig):
+    """int8 QDQ through ONNX Runtime, activation ranges calibrated on training inputs (``calibration``)."""
+
+    method: Literal["static"] = "static"
 
 
 @QUANTIZERS.register("static")

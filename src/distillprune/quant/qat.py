@@ -19,16 +19,19 @@ re-observed on the same calibration samples first.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from distillprune.core.modules import set_module
 from distillprune.errors import QuantizationError
 from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult, check_agreement, run_torch
+from distillprune.quant.config import QATOptions, QuantConfig
+from distillprune.quant.registry import QUANT_CONFIGS
 
 
 class ActQuant(nn.Module):
@@ -235,6 +238,14 @@ class FakeQuant:
             self.model(torch.from_numpy(np.asarray(x)).to(device))
         self.set_mode("frozen")
         self.model.train(was)
+
+
+@QUANT_CONFIGS.register("qat")
+class QATConfig(QuantConfig):
+    """Quantization-aware training with KD (``qat``: epochs, optimizer, distill), exported to int8 QDQ."""
+
+    method: Literal["qat"] = "qat"
+    qat: QATOptions = Field(default_factory=QATOptions, description="epochs, optimizer, distill")
 
 
 @QUANTIZERS.register("qat")

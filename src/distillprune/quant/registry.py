@@ -8,3 +8,7 @@ from typing import Any
 from distillprune.core.registry import Registry
 
 QUANTIZERS: Registry[Callable[[Any], Any]] = Registry("quantization method")
+
+#: one config class per scheme, by method name: ``quantize(model, StaticConfig(...))`` runs ``static``; a
+#: scheme's module registers its class next to its quantizer
+QUANT_CONFIGS: Registry[type[Any]] = Registry("quantization config")

@@ -31,13 +31,14 @@ from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, details_type
-from distillprune.data.base import DataBundle
+from distillprune.data.base import DataBundle, Examples
 from distillprune.distill.config import DistillConfig, LossSpec
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.api import prune_
 from distillprune.prune.structure import Session, Structure, structure_for_config
 from distillprune.train.config import RuntimeConfig, TrainSummary
+from distillprune.train.context import Context, LoaderOptions, fit_trainer
 from distillprune.transformers.config import TransformerPruneConfig
 from distillprune.transformers.importance import choose_layers, fisher_scores
 from distillprune.transformers.plan import TransformerPlan, plan_encoder
@@ -264,20 +265,21 @@ def prune_transformer_(
         DeprecationWarning,
         stacklevel=2,
     )
-    if not isinstance(cfg, TransformerPruneConfig):
-        cfg = validate(TransformerPruneConfig, cfg, where="transformer prune config")
-    report: TransformerPruneReport = prune_(
+    where = "transformer prune config"
+    conf = cfg if isinstance(cfg, TransformerPruneConfig) else validate(TransformerPruneConfig, cfg, where=where)
+    rt = runtime or RuntimeConfig(progress=False, tensorboard=False)
+    ctx = Context(rt, LoaderOptions(batch_size, seed), latency)
+    trainer = None
+    if data is not None and conf.epochs_per_step and train_seed is not None:
+        trainer = fit_trainer(conf, data, Context(rt, LoaderOptions(batch_size, train_seed), latency), desc="prune")
+    report = prune_(
         model,
-        cfg,
-        example_inputs,
-        num_classes,
-        data=data,
+        conf,
+        data if data is not None else Examples(example_inputs, num_classes),
         teacher=teacher,
-        spec=spec,
-        runtime=runtime,
-        latency=latency,
-        batch_size=batch_size,
-        seed=seed,
-        train_seed=train_seed,
+        trainer=trainer,
+        history=spec,
+        context=ctx,
     )
+    assert isinstance(report, TransformerPruneReport)  # the structure of a TransformerPruneConfig
     return report

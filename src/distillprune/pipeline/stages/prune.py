@@ -72,22 +72,15 @@ def run_session(st: StageConfig, state: RunState, index: int) -> StageOutcome:
     stage's config type picks the structure)."""
     cfg: Any = st
     teacher = state.resolve_teacher(cfg.distill) if cfg.distill else None  # None: the unpruned self
-
-    def trainer(model, objective, epochs, tag, on_step, span=None):  # type: ignore[no-untyped-def]
-        return state.fit(cfg, epochs, objective, index, cfg.type, sub=tag, on_step=on_step, span=span)
-
     peer = state.peer(cfg.distill) if cfg.distill else None
     session = PruneSession(
         state.model,
         st,
-        data=state.data,
+        state.data,
         teacher=teacher,
         peer=peer,
+        trainer=state.trainer(cfg, index, cfg.type),
         history=state.spec.history,
-        trainer=trainer,
-        latency=state.recipe.measure,
-        device=state.device,
-        batch_size=state.recipe.data.batch_size,
-        seed=state.recipe.seed,
+        context=state.context(),
     )
     return StageOutcome(session.run())

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
-from torch import nn
 
 from distillprune.core.batch import is_embedder
 from distillprune.core.io import atomic_write
@@ -16,7 +15,7 @@ from distillprune.core.reporting import Deployed
 from distillprune.export.onnx import onnx_accuracy, run_onnx
 from distillprune.pipeline.run import embedding_metrics
 from distillprune.pipeline.state import RunState
-from distillprune.quant import QUANTIZERS, QATOptions, QuantConfig, default_filename, make_job
+from distillprune.quant import QATOptions, QuantConfig, default_filename, quantize, scheme_config
 from distillprune.recipes.registry import StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
 from distillprune.train import distributed as ddp
@@ -50,30 +49,30 @@ class QuantizeStage(StageConfig, QuantConfig):
     def changes_model(self) -> bool:
         return self.method == "qat"  # QAT trains (on every rank under torchrun); PTQ only reads the model
 
-    def quant_config(self) -> QuantConfig:
-        return QuantConfig.model_validate(self.model_dump(include=set(QuantConfig.model_fields)))
-
 
 @register_stage(QuantizeStage)
 def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome:
-    cfg = st.quant_config()
+    """The verb on the run's model (QAT: its teacher and checkpointing trainer); then the file is timed,
+    its accuracy measured, and it is moved into the run folder."""
+    cfg = scheme_config(st)
     name = st.filename or default_filename(st.method)
-    train, steps = None, 0
-    if st.method == "qat":
-        opts = st.qat
-        assert opts is not None
-        objective = state.objective(opts.distill, opts.label_smoothing)  # teacher snapshot before wrapping
-        steps = opts.epochs * state.steps_per_epoch()
-
-        def train(_model: nn.Module, on_step) -> list[dict]:  # type: ignore[no-untyped-def]
-            return state.fit(opts, opts.epochs, objective, index, "quantize", sub="qat", on_step=on_step)
-
+    opts = getattr(cfg, "qat", None)
+    teacher = state.teacher_for(opts.distill) if opts is not None else None
+    trainer = state.trainer(opts, index, "quantize") if opts is not None else None
     with tempfile.TemporaryDirectory(prefix="dp-quantize-") as tmp:
         workdir = (state.stage_dir(index, "quantize") if state.writes else None) or Path(tmp)
         final = state.output_path(name, f"stages.{index - 1}.filename")
         out = Path(tmp) / Path(name).name  # moved into the run folder once it has passed its checks
-        job = make_job(state.model, cfg, out, workdir, data=state.data, train=train, qat=st.qat, train_steps=steps)
-        res = QUANTIZERS.get(cfg.method)(job)
+        res = quantize(
+            state.model,
+            cfg,
+            state.data,
+            teacher=teacher,
+            trainer=trainer,
+            context=state.context(),
+            out=out,
+            workdir=workdir,
+        )
         # fp16/bf16 target GPUs: ORT CPU timings mislead; under torchrun rank 0 times alone
         measure_cpu = state.recipe.measure.enabled and cfg.method not in HALF and ddp.is_rank0()
         timing = state.timer.time(out.read_bytes(), f"{index}:quantize") if measure_cpu and state.timer else None
