@@ -30,6 +30,7 @@ from distillprune.prune.estimate import recalibrate_bn
 from distillprune.prune.planner import Plan
 from distillprune.prune.recovery import RecoveryConfig, recover_
 from distillprune.prune.session import PruneSession
+from distillprune.train.context import Context, LoaderOptions
 
 VARIANTS: dict[str, tuple[dict | None, bool]] = {  # name: (recovery options or None, BN re-estimated after)
     "cut": (None, False),
@@ -52,7 +53,7 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
         width={"importance": "taylor", "round_to": 8},
         recovery={"method": "lstsq" if a.plan_recovery else "none", "calib_samples": a.calib},
     )
-    s = PruneSession(copy.deepcopy(teacher), cfg, data=data, latency=lat, batch_size=128, seed=0)
+    s = PruneSession(copy.deepcopy(teacher), cfg, data, context=Context(loader=LoaderOptions(128, 0), latency=lat))
     t0 = time.perf_counter()
     if plan is None and a.fixed_plan:
         s.model.eval()

@@ -17,6 +17,7 @@ from minilm import MODEL, data_config
 import distillprune as dp
 from distillprune.export.onnx import run_torch
 from distillprune.measure.quality import embedding_quality
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.transformers import load_encoder
 
 
@@ -42,7 +43,7 @@ def main() -> None:
             "calib_batches": a.calib_batches,
             "recovery": {"enabled": enabled},
         }
-        dp.prune_(m, cfg, teacher=teacher, data=data, batch_size=32)
+        dp.prune_(m, cfg, data, teacher=teacher, context=Context(loader=LoaderOptions(batch_size=32)))
         q = embedding_quality(run_torch(m.eval(), test_x), t_emb)
         dt = time.perf_counter() - t0
         print(f"| {'on' if enabled else 'off'} | {q['cosine']:.4f} | {q['top10_overlap']:.3f} | {dt:.0f} |", flush=True)

@@ -35,13 +35,13 @@ from _recovery_e0 import session  # noqa: E402
 
 from distillprune.core.reporting import from_jsonable  # noqa: E402
 from distillprune.distill.distiller import Distiller  # noqa: E402
-from distillprune.prune.api import fit_trainer  # noqa: E402
 from distillprune.prune.config import PruneConfig  # noqa: E402
 from distillprune.prune.estimate import recalibrate_bn  # noqa: E402
 from distillprune.prune.planner import Plan  # noqa: E402
 from distillprune.prune.recovery import RecoveryConfig, recover_  # noqa: E402
 from distillprune.prune.session import PruneSession  # noqa: E402
 from distillprune.train.config import OptimizerConfig, ScheduleConfig  # noqa: E402
+from distillprune.train.context import Context, LoaderOptions, fit_trainer  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,8 +105,9 @@ def session_row(o: argparse.Namespace, ctx: dict, plan_json: dict) -> dict:
         distill={"losses": losses},
     )
     data = ctx["data"]
-    trainer = fit_trainer(cfg, data, ctx["rt"], 0, 128, 4, True)
-    s = PruneSession(copy.deepcopy(ctx["teacher"]), cfg, data=data, trainer=trainer, latency=ctx["lat"], batch_size=128)
+    trainer = fit_trainer(cfg, data, Context(ctx["rt"], LoaderOptions(128, 0, crop_padding=4, hflip=True)))
+    context = Context(loader=LoaderOptions(128, 0), latency=ctx["lat"])
+    s = PruneSession(copy.deepcopy(ctx["teacher"]), cfg, data, trainer=trainer, context=context)
     s.structure.plan = lambda: plan  # type: ignore[method-assign]
     s.run()
     return {"before": None, "top1": bench.top1(s.model, data, ctx)}
