@@ -1,9 +1,9 @@
 """The six architectures of the latency-target generality matrix, tiny and written from scratch as a user
 would: MobileNetV2-like (depthwise, inverted residuals), ConvNeXt-like (depthwise 7x7, LayerNorm through
 permutes, layer scale), a tiny ViT (its own attention with reshape/transpose, a class token; and variants whose
-head count cannot be read, or that join the heads back to the input's width), raw ``nn.Parameter`` weights in ``F.conv2d`` beside one conv called twice,
-SE-ResNet, DenseNet-style concat; and a ResNeXt-like net (grouped convs). Each maps 3x16x16 to 10 classes and
-builds in milliseconds."""
+head count cannot be read, or that join the heads back to the input's width), raw ``nn.Parameter`` weights in
+``F.conv2d`` beside one conv called twice, SE-ResNet, DenseNet-style concat; and a ResNeXt-like net (grouped
+convs). Each maps 3x16x16 to 10 classes and builds in milliseconds."""
 
 from __future__ import annotations
 
