@@ -239,3 +239,14 @@ def test_a_forward_whose_heads_do_not_drop_is_rolled_back():
     result = Cutter(model, dependency_graph(model, X), X).cut([HeadCut.of(find_attentions(model)[0], [0])])
     [s] = result.skipped
     assert "does not drop the removed heads" in s.reason and model.attn.num_heads == 4
+
+
+def test_a_uniform_width_step_leaves_heads_whole_and_names_them():
+    import distillprune as dp
+
+    model = _net(Separate)
+    report = dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, X, 10)
+    [s] = [s for s in report.skipped if s["layer"] == "attn.to_q"]
+    assert "the head channels of the attention `attn`: a uniform width step cuts channels, not heads" in s["reason"]
+    assert (model.attn.heads, model.attn.to_q.out_features, model.attn.to_out[0].in_features) == (4, DIM, DIM)
+    assert model.embed.out_features < DIM and model(X).shape == (3, 10)
