@@ -250,3 +250,18 @@ def test_a_uniform_width_step_leaves_heads_whole_and_names_them():
     assert "the head channels of the attention `attn`: a uniform width step cuts channels, not heads" in s["reason"]
     assert (model.attn.heads, model.attn.to_q.out_features, model.attn.to_out[0].in_features) == (4, DIM, DIM)
     assert model.embed.out_features < DIM and model(X).shape == (3, 10)
+
+
+def test_macs_count_the_matmuls_of_scaled_dot_product_attention():
+    """The fused CPU kernel of F.scaled_dot_product_attention is invisible to torch's FLOP counter: counted
+    through its math kernel, an attention's MACs are its Linears' plus ``q @ k^T`` and ``softmax @ v``, what the
+    planner's layer shapes price."""
+    from distillprune.measure.metrics import count_macs
+    from distillprune.prune.latency_table import layer_shapes
+
+    model = Separate().eval()
+    linears = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear)) * TOKENS
+    assert count_macs(model, (TOKENS, DIM)) == linears + 2 * TOKENS * TOKENS * DIM
+    shapes = layer_shapes(model, (TOKENS, DIM))
+    assert sum(s.macs() for s in shapes.values()) == count_macs(model, (TOKENS, DIM))
+    assert {":scores", ":mix"} <= set(shapes)
