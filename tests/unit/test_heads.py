@@ -265,3 +265,13 @@ def test_macs_count_the_matmuls_of_scaled_dot_product_attention():
     shapes = layer_shapes(model, (TOKENS, DIM))
     assert sum(s.macs() for s in shapes.values()) == count_macs(model, (TOKENS, DIM))
     assert {":scores", ":mix"} <= set(shapes)
+
+
+def test_an_attention_cut_to_one_head_is_still_read_and_not_cut_again():
+    model = _net(Fused)
+    Cutter(model, dependency_graph(model, X), X).cut([HeadCut.of(find_attentions(model)[0], [0, 1, 2])])
+    [att] = find_attentions(model)
+    assert (att.heads, att.head_dim, att.count, att.why) == (1, 8, "num_heads", None)
+    skipped = []
+    _, groups = channel_groups(model, X, WidthConfig(round_to=4), 10, skipped=skipped)
+    assert [g.root for g in groups] == ["embed"] and skipped == []

@@ -134,7 +134,7 @@ def _graph_heads(module: nn.Module, width: int, fused: bool) -> int | None:
 
 def _read(module: nn.Module, name: str, qkv: list[str], width: int, proj: str) -> Attention:
     ints = {k: v for k, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool)}
-    count = next((k for k in COUNT_NAMES if ints.get(k, 0) > 1 and width % ints[k] == 0), None)
+    count = next((k for k in COUNT_NAMES if ints.get(k, 0) >= 1 and width % ints[k] == 0), None)  # (1 once cut)
     heads = ints[count] if count else _graph_heads(module, width, len(qkv) == 1)
     if heads is None:
         why = "its head count cannot be read (no num_heads / heads / n_head attribute, no head split in its forward)"
