@@ -15,7 +15,7 @@ from distillprune.prune.cut import Cutter, layer_fault
 from distillprune.prune.groups import apply_widths, channel_groups
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "zoo"))
-from arch_nets import ARCHS  # noqa: E402
+from arch_nets import ARCHS, OTHERS  # noqa: E402
 
 SHAPE = (3, 16, 16)
 WIDTH = WidthConfig(round_to=4)
@@ -23,7 +23,7 @@ WIDTH = WidthConfig(round_to=4)
 
 def _model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return ARCHS[name](10).eval()
+    return {**ARCHS, **OTHERS}[name](10).eval()
 
 
 def _deepest(model: nn.Module) -> dict[str, int]:
@@ -54,15 +54,17 @@ def test_depthwise_convs_follow_their_producers():
 
 
 def test_a_group_that_breaks_the_forward_is_rolled_back_and_named():
-    """The tiny ViT's embedding width: its attention reshapes to the width it was built with, so cutting it
-    breaks the forward; that group is restored exactly, the MLP groups stay cut."""
-    model = _model("vit")
+    """A tiny ViT whose attention joins its heads back to the width of its input: cutting the embedding width
+    or its heads breaks the forward; those groups are restored exactly, the MLP groups stay cut."""
+    model = _model("vit_width")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cut = apply_widths(model, torch.zeros(1, *SHAPE), WIDTH, 10, _deepest(model))
     reasons = {s.layer: s.reason for s in cut.skipped}
     assert "the model no longer runs" in reasons["blocks.1.mlp.2"] and "left whole" in reasons["blocks.1.mlp.2"]
-    assert "the head channels of the attention `blocks.0.attn` (num_heads=4)" in reasons["blocks.0.attn.qkv"]
+    heads = reasons["blocks.0.attn.qkv"]
+    assert "of the 4 of the attention `blocks.0.attn`: the model no longer runs" in heads and "left whole" in heads
     assert model.embed.out_channels == 32 and torch.equal(model.state_dict()["pos"], before["pos"])
+    assert model.blocks[0].attn.num_heads == 4 and model.blocks[0].attn.qkv.out_features == 96
     assert model.blocks[0].mlp[0].out_features < 64
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
 

@@ -137,3 +137,25 @@ def test_a_2x_target_plans_a_model_that_exports_and_reloads(source, arch, target
     assert p["max_abs_diff"] < 1e-3 and p["top1_agreement"] == 1.0
     dp.save_checkpoint(tmp_path / "ck", model, spec)
     torch.testing.assert_close(dp.load_checkpoint(tmp_path / "ck")[0](x), model(x))
+
+
+def test_a_timm_vit_loses_whole_heads_under_a_2x_macs_target(tmp_path):
+    """timm's ViT attention (fused qkv, ``num_heads``, ``attn_dim``) is found and its heads are planned and cut
+    whole; the model exports with parity and reloads from its checkpoint."""
+    kwargs = {"arch": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "depth": 2}
+    torch.manual_seed(0)
+    model, spec = dp.make_model({"name": "timm", "kwargs": kwargs}, 10, SHAPE)
+    model.eval()
+    cfg = {"width": {"round_to": 8}, "target": {"macs_ratio": 2.0, "depth_fractions": [0.0], "refits": 1}}
+    report = dp.prune_(model, cfg, torch.randn(16, *SHAPE), 10, spec=spec)
+    assert 2.0 <= report.plan.achieved <= 2.0 * 1.25
+    heads = [b.attn.num_heads for b in model.blocks]
+    assert sum(heads) < 3 * len(heads)
+    for b in model.blocks:
+        a = b.attn
+        assert a.attn_dim == a.num_heads * a.head_dim == a.proj.in_features and a.qkv.out_features == 3 * a.attn_dim
+    x = torch.randn(2, *SHAPE)
+    p = parity(model, onnx_bytes(model, SHAPE), x)
+    assert p["max_abs_diff"] < 1e-3 and p["top1_agreement"] == 1.0
+    dp.save_checkpoint(tmp_path / "ck", model, spec)
+    torch.testing.assert_close(dp.load_checkpoint(tmp_path / "ck")[0](x), model(x))

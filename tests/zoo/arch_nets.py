@@ -1,8 +1,9 @@
 """The six architectures of the latency-target generality matrix, tiny and written from scratch as a user
 would: MobileNetV2-like (depthwise, inverted residuals), ConvNeXt-like (depthwise 7x7, LayerNorm through
-permutes, layer scale), a tiny ViT (its own attention with reshape/transpose, a class token), raw
-``nn.Parameter`` weights in ``F.conv2d`` beside one conv called twice, SE-ResNet, DenseNet-style concat; and a
-ResNeXt-like net (grouped convs). Each maps 3x16x16 to 10 classes and builds in milliseconds."""
+permutes, layer scale), a tiny ViT (its own attention with reshape/transpose, a class token; and variants whose
+head count cannot be read, or that join the heads back to the input's width), raw ``nn.Parameter`` weights in
+``F.conv2d`` beside one conv called twice, SE-ResNet, DenseNet-style concat; and a ResNeXt-like net (grouped
+convs). Each maps 3x16x16 to 10 classes and builds in milliseconds."""
 
 from __future__ import annotations
 
@@ -49,20 +50,21 @@ class ConvNeXtLike(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention written by hand: one qkv Linear, reshape/permute into heads, proj."""
+    """Multi-head self-attention written by hand as timm writes it: one qkv Linear, reshape/permute into
+    ``num_heads`` heads of ``head_dim``, the heads joined back to ``attn_dim``, proj."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.num_heads, self.head_dim, self.attn_dim = num_heads, dim // num_heads, dim
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         att = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, self.attn_dim)
         return self.proj(y)
 
 
@@ -93,6 +95,50 @@ class TinyViT(nn.Module):
         x = self.embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos
         return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class UnreadAttention(Attention):
+    """The same attention with no head count anywhere: the heads split by their size (``-1`` heads of
+    ``head_dim``), so which number of heads a cut should leave cannot be read."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(dim, num_heads)
+        del self.num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        att = (qkv[0] @ qkv[1].transpose(-2, -1)) * self.head_dim**-0.5
+        return self.proj((att.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(b, n, self.attn_dim))
+
+
+class TinyViTUnread(TinyViT):
+    """The tiny ViT with :class:`UnreadAttention`: its heads stay whole, named in the report."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__(num_classes)
+        for block in self.blocks:
+            block.attn = UnreadAttention(32, 4)
+
+
+class InputWidthAttention(Attention):
+    """The same attention joining its heads back to the width of its input (``reshape(b, n, c)``): neither its
+    heads nor the embedding width can be cut without breaking that forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        att = (qkv[0] @ qkv[1].transpose(-2, -1)) * self.head_dim**-0.5
+        return self.proj((att.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(b, n, c))
+
+
+class TinyViTWidth(TinyViT):
+    """The tiny ViT with :class:`InputWidthAttention`: cuts of its heads and of its width are rolled back."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__(num_classes)
+        for block in self.blocks:
+            block.attn = InputWidthAttention(32, 4)
 
 
 class RawShared(nn.Module):
@@ -203,3 +249,5 @@ ARCHS = {
     "densenet": DenseNetLike,
     "resnext": ResNeXtLike,  # grouped convs (beyond the six of the issue)
 }
+#: beyond the matrix: an attention whose heads must stay whole
+OTHERS = {"vit_unread": TinyViTUnread, "vit_width": TinyViTWidth}

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from distillprune.core.batch import call, example_inputs
@@ -36,10 +37,11 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one sample's forward pass (torch's FLOP counter / 2); a text model's sample is
-    one sequence of ``input_shape[0]`` tokens."""
+    one sequence of ``input_shape[0]`` tokens. ``F.scaled_dot_product_attention`` runs its math kernel here: the
+    counter sees its two matmuls (the fused CPU kernel counts as 0)."""
     m = copy.deepcopy(model).float().cpu().eval()
     x = example_inputs(m, input_shape)
-    with FlopCounterMode(display=False) as counter:
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         call(m, x)
     return int(counter.get_total_flops() // 2)
 

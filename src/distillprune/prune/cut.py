@@ -11,6 +11,11 @@ An ONNX export (and an ONNX Runtime run) catches what a PyTorch forward accepts 
 not; it costs far more than a forward, so it runs once per step, after all groups. Only when it fails is the
 step replayed on prefixes of the kept groups (bisection: ~log2(n) exports) to find the group that broke it,
 which is skipped; the rest is cut again and checked again.
+
+Attention heads are cut the same way, as an item of their own (:class:`prune.heads.HeadCut`: whole heads out of
+q, k, v and the output projection, the head count attribute lowered), checked against the model with those
+heads' values zeroed, then like any group; a module called more than once is cut once for every use, so its
+cut must pass the checks of the whole model -- otherwise it is rolled back and named with the number of calls.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from distillprune.prune.heads import HeadCut, checked_cut
 from distillprune.prune.safety import SkippedGroup, describe, names_of, unsupported
 
-#: what a cutter is fed: a group to cut, or a group that already failed before it could be built (named)
-Item: TypeAlias = tp.Group | SkippedGroup
+#: what a cutter is fed: a group to cut, whole attention heads to cut, or a group that already failed before it
+#: could be built (named)
+Item: TypeAlias = tp.Group | HeadCut | SkippedGroup
+#: a cut the cutter kept: the group or heads, and Torch-Pruning's history entries it added (none for heads)
+Kept: TypeAlias = tuple[tp.Group | HeadCut, list[list]]
 
 
 @dataclass
@@ -36,6 +45,7 @@ class CutResult:
     """What a step cut: the history entries of the kept groups, what was left whole and why, and the cost."""
 
     entries: list[list] = field(default_factory=list)
+    heads: list[dict[str, Any]] = field(default_factory=list)  # HeadCut.to_dict() of the heads cut
     skipped: list[SkippedGroup] = field(default_factory=list)
     forwards: int = 0
     exports: int = 0
@@ -214,17 +224,39 @@ class Cutter:
                 return f"the output changed shape ({self.out_shape} -> {shape})"
         return fault
 
-    def _reason(self, group: tp.Group, why: str) -> str:
-        for dep, _ in group:
-            n = self.calls.get(dep.target.module, 0)
+    def _modules_of(self, item: tp.Group | HeadCut) -> list[nn.Module]:
+        if isinstance(item, HeadCut):
+            return [self.model.get_submodule(n) for n in (item.attention, *item.qkv, item.proj)]
+        return [dep.target.module for dep, _ in item]
+
+    def _reason(self, item: tp.Group | HeadCut, why: str) -> str:
+        for m in self._modules_of(item):
+            n = self.calls.get(m, 0)
             if n > 1:
-                name = self.names.get(dep.target.module, "?")
+                name = self.names.get(m, "?")
                 return f"{why}; `{name}` is called {n} times and its cut must fit every use"
         return why
 
-    def _skip(self, group: tp.Group, reason: str) -> None:
-        root = group[0].dep.target.module
-        self.result.skipped.append(SkippedGroup(self.names.get(root, "?"), reason + ", so it was left whole"))
+    def _skip(self, item: tp.Group | HeadCut, reason: str) -> None:
+        name = item.qkv[0] if isinstance(item, HeadCut) else self.names.get(item[0].dep.target.module, "?")
+        self.result.skipped.append(SkippedGroup(name, reason + ", so it was left whole"))
+
+    @staticmethod
+    def _what(item: HeadCut) -> str:
+        return f"heads {item.removed} of the {item.heads} of the attention `{item.attention}`"
+
+    def try_heads(self, cut: HeadCut) -> bool:
+        """Cut whole heads or roll them back (named in ``skipped``); whether they stay cut."""
+        state = _State.of(self._modules(), self.dg)
+        try:
+            fault = checked_cut(self.model, cut, self.example) or self._fault()
+        except Exception as e:  # noqa: BLE001 - a cut attention's forward raises anything
+            fault = f"the model no longer runs ({_error(e)})"
+        if fault is None:
+            return True
+        state.restore(self.dg)
+        self._skip(cut, self._reason(cut, f"cutting {self._what(cut)}: {fault}"))
+        return False
 
     def try_group(self, group: tp.Group) -> list[list] | None:
         """Cut one group or roll it back (named in ``skipped``); the history entries it added, or None."""
@@ -256,14 +288,17 @@ class Cutter:
         :class:`StepFailed` raised."""
         t0 = time.perf_counter()
         before = _State.of(self._modules(), self.dg)
-        kept: list[tuple[tp.Group, list[list]]] = []
+        kept: list[Kept] = []
         try:
             for item in items:
                 if isinstance(item, SkippedGroup):
                     self.result.skipped.append(item)
                     continue
-                entries = self.try_group(item)
-                if entries:
+                if isinstance(item, HeadCut):
+                    entries: list[list] | None = [] if self.try_heads(item) else None
+                else:
+                    entries = self.try_group(item) or None
+                if entries is not None:
                     kept.append((item, entries))
                 elif max_skips is not None and len(self.result.skipped) > max_skips:
                     raise StepFailed(self.result.skipped[-1].reason, item)
@@ -273,6 +308,7 @@ class Cutter:
         if kept and self.onnx and self.example is not None:
             kept = self._onnx_checked(kept, before)
         self.result.entries = [e for _, entries in kept for e in entries]
+        self.result.heads = [item.to_dict() for item, _ in kept if isinstance(item, HeadCut)]
         self.result.seconds = round(time.perf_counter() - t0, 3)
         return self.result
 
@@ -291,19 +327,19 @@ class Cutter:
             return f"its ONNX output changed shape ({self.out_shape} -> {tuple(out.shape)})"
         return None
 
-    def _replay(self, kept: list[tuple[tp.Group, list[list]]], before: _State) -> None:
+    def _replay(self, kept: list[Kept], before: _State) -> None:
         """Back to the model before the step, then the cuts of ``kept`` again (their recorded root indices)."""
         before.restore(self.dg)
-        for _, entries in kept:
+        for item, entries in kept:
+            if isinstance(item, HeadCut):
+                item.apply(self.model)
             for name, out, idxs in entries:
                 module = self.model.get_submodule(name)
                 fns = self.dg.get_pruner_of_module(module)
                 fn = fns.prune_out_channels if out else fns.prune_in_channels
                 self.dg.get_pruning_group(module, fn, idxs).prune()
 
-    def _onnx_checked(
-        self, kept: list[tuple[tp.Group, list[list]]], before: _State
-    ) -> list[tuple[tp.Group, list[list]]]:
+    def _onnx_checked(self, kept: list[Kept], before: _State) -> list[Kept]:
         """``kept`` less the groups whose cut breaks the ONNX graph, found by bisection on prefixes."""
         while kept:
             fault = self._onnx_fault()
@@ -323,7 +359,8 @@ class Cutter:
                 if self._onnx_fault() is not None:  # the uncut model does not export either: not the cuts'
                     self._replay(kept, before)
                     return kept
-            group, _ = kept.pop(hi - 1)
-            self._skip(group, self._reason(group, f"cutting {describe(group, self.names)}: {fault}"))
+            item, _ = kept.pop(hi - 1)
+            what = self._what(item) if isinstance(item, HeadCut) else describe(item, self.names)
+            self._skip(item, self._reason(item, f"cutting {what}: {fault}"))
             self._replay(kept, before)
         return kept

@@ -5,6 +5,11 @@ the inputs of every consumer, and across residual adds every layer that adds int
 planner gives each group its own kept width (non-uniform, rounded to ``round_to``); :func:`apply_widths`
 cuts every group to its planned width, choosing *which* channels by the configured importance criterion,
 and records the cut as one :class:`ChannelsOp`.
+
+The heads of an attention written by hand (``prune.heads``) are one group of their own: its channels are the
+attention's width, moved a whole head at a time, and its cut removes whole heads; Torch-Pruning's groups of the
+q/k/v outputs are left out (they cannot be cut as channels), and an attention whose head count cannot be read
+is left whole and named.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import nn
 
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.cut import CutResult, Cutter, Item, raw_parameter
+from distillprune.prune.heads import Attention, HeadCut, channel_scores, find_attentions, head_order
 from distillprune.prune.history import ChannelsOp
 from distillprune.prune.importance import IMPORTANCE
 from distillprune.prune.safety import SkippedGroup
@@ -40,6 +46,13 @@ class Group:
     order: list[int] = field(default_factory=list)  # channel indices, least important first (configured criterion)
     cost: list[float] = field(default_factory=list)  # first-order KD-loss increase of removing each channel (Taylor)
     blocks: int = 1  # the groups of a grouped conv in it: channels go a whole position of every block at a time
+    fanout: dict[str, int] = field(default_factory=dict)  # channels a layer loses per channel (a fused qkv: 3)
+    attention: Attention | None = None  # the attention whose heads this group is (step: one head)
+
+    def lost(self, layer: str, k: int) -> tuple[int, int]:
+        """(input, output) channels ``layer`` loses when the group loses ``k`` channels."""
+        n = k * self.fanout.get(layer, 1)
+        return (n if layer in self.inputs else 0, n if layer in self.outputs else 0)
 
 
 def _names(dg: tp.DependencyGraph) -> dict[nn.Module, str]:
@@ -71,10 +84,10 @@ def conv_blocks(group: tp.Group, size: int) -> int | str:
 
 
 def attention_heads(group: tp.Group, names: dict[nn.Module, str], model: nn.Module) -> str | None:
-    """Why ``group`` is left whole when it cuts the head channels of an attention written by hand -- the outputs
-    of a Linear inside a module that declares ``num_heads``, but its last Linear (the output projection, whose
-    outputs are the embedding): its forward reshapes by a head size it holds, which a channel cut does not
-    update. None otherwise."""
+    """Why ``group`` is left whole when it cuts the head channels of an attention whose Linears were not told
+    apart (``prune.heads.find_attentions``) -- the outputs of a Linear inside a module that declares
+    ``num_heads``, but its last Linear (the output projection, whose outputs are the embedding): its forward
+    reshapes by a head size it holds, which a channel cut does not update. None otherwise."""
     for dep, _ in group:
         m = dep.target.module
         if not isinstance(m, nn.Linear) or m not in names or not group._DG.is_out_channel_pruning_fn(dep.handler):
@@ -114,8 +127,17 @@ def channel_groups(
     names = _names(dg)
     criterion = IMPORTANCE.get(width.importance)()
     out = []
-    for g in dg.get_all_groups(ignored_layers=ignored(model, width.layers, num_classes), root_module_types=ROOTS):
+    left_out = ignored(model, width.layers, num_classes)
+    attentions = find_attentions(model)
+    qkv = {model.get_submodule(n): a for a in attentions for n in a.qkv}
+    for g in dg.get_all_groups(ignored_layers=left_out, root_module_types=ROOTS):
         root = g[0].dep.target.module
+        att = next((qkv[d.target.module] for d, _ in g if d.target.module in qkv and _is_out(g, d)), None)
+        if att is not None:  # its heads are a group of their own (below), or the attention stays whole
+            if att.why is not None and skipped is not None and att.root not in {s.layer for s in skipped}:
+                reason = f"the head channels of the attention `{att.name}`: {att.why}, so it was left whole"
+                skipped.append(SkippedGroup(att.root, reason))
+            continue
         size = len(g[0].idxs)
         blocks = conv_blocks(g, size)
         why = blocks if isinstance(blocks, str) else raw_parameter(g) or attention_heads(g, names, model)
@@ -141,7 +163,28 @@ def channel_groups(
             if isinstance(m, ROOTS) and m in names:
                 (grp.outputs if dg.is_out_channel_pruning_fn(dep.handler) else grp.inputs).append(names[m])
         out.append(grp)
+    out += [h for a in attentions if (h := _head_group(model, a, width, left_out)) is not None]
     return dg, out
+
+
+def _is_out(group: tp.Group, dep: tp.Dependency) -> bool:
+    return bool(group._DG.is_out_channel_pruning_fn(dep.handler))
+
+
+def _head_group(model: nn.Module, att: Attention, width: WidthConfig, left_out: list[nn.Module]) -> Group | None:
+    """The group of ``att``'s heads (one head per step, at least one kept and no more than ``width.max_ratio``
+    of them cut), or None when it cannot or may not be cut."""
+    layers = [model.get_submodule(n) for n in (*att.qkv, att.proj)]
+    if att.why is not None or att.heads < 2 or any(m in left_out for m in layers):
+        return None
+    min_heads = max(1, att.heads - int(width.max_ratio * att.heads))
+    if min_heads >= att.heads:
+        return None
+    d = att.head_dim
+    order = head_order(channel_scores(model, att, width.importance), d)
+    fanout = {att.qkv[0]: 3} if att.fused else {}
+    outputs, inputs = [*att.qkv, att.mix], [att.proj, att.scores]  # (the matmuls, as latency_table prices them)
+    return Group(att.root, att.width, min_heads * d, d, outputs, inputs, order, fanout=fanout, attention=att)
 
 
 def gradients(
@@ -165,6 +208,10 @@ def taylor_costs(dg: tp.DependencyGraph, groups: Sequence[Group]) -> list[Group]
     by_name = {n: m for m, n in _names(dg).items()}
     priced = []
     for grp in groups:
+        if grp.attention is not None:  # the same sum, over its rows of q, k, v and columns of the projection
+            grp.cost = channel_scores(dg.model, grp.attention, "taylor").tolist()
+            priced.append(grp)
+            continue
         root = by_name[grp.root]
         try:
             g = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, list(range(grp.size)))
@@ -208,6 +255,11 @@ def apply_widths(
                 if grp.root not in wanted:
                     continue
                 cut = (grp.size - keep[grp.root]) // grp.blocks * grp.blocks  # a grouped conv keeps its groups
+                if grp.attention is not None:
+                    gone = sorted({c // grp.step for c in grp.order[: cut // grp.step * grp.step]})
+                    if gone:
+                        yield HeadCut.of(grp.attention, gone)
+                    continue
                 if not cut:
                     continue
                 root, idxs = by_name[grp.root], sorted(grp.order[:cut])
@@ -218,7 +270,8 @@ def apply_widths(
 
         result = Cutter(model, dg, example, onnx=onnx).cut(items()) if wanted else CutResult()
     skipped += result.skipped
-    op = ChannelsOp([[n, bool(o), [int(i) for i in idx]] for n, o, idx in result.entries]) if result.entries else None
+    entries = [[n, bool(o), [int(i) for i in idx]] for n, o, idx in result.entries]
+    op = ChannelsOp(entries, result.heads) if entries or result.heads else None
     return WidthCut(op, skipped, result)
 
 

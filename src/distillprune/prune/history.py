@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from distillprune.core.history import HistoryOp, history_op
+from distillprune.errors import DistillpruneError
 from distillprune.prune.depth import remove_block
+from distillprune.prune.heads import HeadCut
 from distillprune.prune.structured import replay_channels
 
 
@@ -17,13 +20,21 @@ from distillprune.prune.structured import replay_channels
 @dataclass(frozen=True)
 class ChannelsOp(HistoryOp):
     """Channels removed by one width-pruning step: ``[module_name, is_out_channels, indices]`` entries
-    (Torch-Pruning's pruning history)."""
+    (Torch-Pruning's pruning history), and the whole attention heads it removed (``prune.heads.HeadCut`` as
+    dicts; they touch other dimensions than the entries, so they replay after them)."""
 
     op = "channels"
     entries: list[list]
+    heads: list[dict[str, Any]] = field(default_factory=list)
 
     def replay(self, model: nn.Module, input_shape: Sequence[int]) -> None:
-        replay_channels(model, torch.zeros(1, *input_shape), self.entries)
+        if self.entries:
+            replay_channels(model, torch.zeros(1, *input_shape), self.entries)
+        for cut in self.heads:
+            try:
+                HeadCut(**cut).apply(model)
+            except (AttributeError, IndexError, KeyError, TypeError, RuntimeError) as e:
+                raise DistillpruneError(f"pruning history (heads {cut}) does not fit this model: {e}") from None
 
     def removed(self) -> dict[str, int]:
         """Output channels removed per layer by this step."""
@@ -31,6 +42,9 @@ class ChannelsOp(HistoryOp):
         for name, is_out, idx in self.entries:
             if is_out:
                 out[name] = out.get(name, 0) + len(idx)
+        for cut in self.heads:
+            for name, n in HeadCut(**cut).channels_removed().items():
+                out[name] = out.get(name, 0) + n
         return out
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from distillprune.measure.latency import LatencyConfig, windows
+from distillprune.prune.heads import find_attentions
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,21 @@ def conv_padding(m: nn.Conv2d) -> tuple[int, int]:
 
 def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShape]:
     """Every Conv2d / Linear used in the forward pass, with its input's spatial size. A layer called more than
-    once (a shared conv) costs once per call: its later calls are listed as ``name@2``, ``name@3``..."""
+    once (a shared conv) costs once per call: its later calls are listed as ``name@2``, ``name@3``...
+
+    The two matmuls of each hand-written attention (``prune.heads``) are listed too, as the Linears of the same
+    MACs (``<attention>:scores``, ``q @ k^T``: ``width`` inputs, one output per token; ``<attention>:mix``: one
+    input per token, ``width`` outputs; one row per token): they shrink with its heads."""
+    shapes = _layers(model, input_shape)
+    for att in find_attentions(model):
+        for key in [k for k in shapes if layer_of(k) == att.root]:
+            rows, call = shapes[key].hw[0], key[len(att.root) :]  # ('' or '@2')
+            shapes[att.scores + call] = LayerShape("linear", att.width, rows, hw=(rows, 1))
+            shapes[att.mix + call] = LayerShape("linear", rows, att.width, hw=(rows, 1))
+    return shapes
+
+
+def _layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShape]:
     shapes: dict[str, LayerShape] = {}
     hooks = []
 

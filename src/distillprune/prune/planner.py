@@ -153,10 +153,8 @@ def greedy_widths(
         saved = 0.0
         for name in _touched(g, shapes):
             before = shapes[name].resized(cin[name], cout[name])
-            layer = layer_of(name)
-            after = before.resized(
-                cin[name] - (k if layer in g.inputs else 0), cout[name] - (k if layer in g.outputs else 0)
-            )
+            lost_in, lost_out = g.lost(layer_of(name), k)  # (a fused qkv loses 3 outputs per head channel)
+            after = before.resized(cin[name] - lost_in, cout[name] - lost_out)
             cb, ca = predictor.cost(before), predictor.cost(after)
             if ca >= cb:  # a small layer's table entries are mostly per-call overhead and noise: fewer MACs
                 ca = cb * after.macs() / max(before.macs(), 1)  # still save their share, so the greedy goes on
@@ -182,8 +180,9 @@ def greedy_widths(
         _, g, new, saved = best
         k = size[g.root] - new
         for name in _touched(g, shapes):
-            cout[name] -= k if layer_of(name) in g.outputs else 0
-            cin[name] -= k if layer_of(name) in g.inputs else 0
+            lost_in, lost_out = g.lost(layer_of(name), k)
+            cin[name] -= lost_in
+            cout[name] -= lost_out
         size[g.root] = new
         total -= saved
     return size, total

@@ -17,8 +17,9 @@ from torch import nn
 from distillprune.core.modules import LayerSelect
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import WidthConfig
+from distillprune.prune.heads import find_attentions
 from distillprune.prune.importance import IMPORTANCE
-from distillprune.prune.safety import prunable_groups, skip_unsupported
+from distillprune.prune.safety import SkippedGroup, prunable_groups, skip_unsupported
 from distillprune.prune.transactional import transactional_step
 
 
@@ -96,8 +97,24 @@ def width_pruner(
         )
         _check_selection(pruner, model, cfg.layers, num_classes)
         pruner.skipped = skip_unsupported(pruner, model)  # grows when a step has to skip a failing group
+        pruner.skipped += leave_heads_whole(pruner, model)
     pruner.example = example
     return pruner
+
+
+def leave_heads_whole(pruner: tp.pruner.BasePruner, model: nn.Module) -> list[SkippedGroup]:
+    """Keep the q/k/v outputs of every hand-written attention (``prune.heads``) out of a uniform step, named:
+    Torch-Pruning would cut them as channels, which either breaks the attention's forward or, through a
+    ``reshape(..., heads, -1)``, silently moves channels between heads. Whole heads are cut by a target's plan."""
+    skipped = []
+    for att in find_attentions(model):
+        layers = [model.get_submodule(n) for n in att.qkv]
+        if all(m in pruner.ignored_layers for m in layers):
+            continue
+        pruner.ignored_layers += layers
+        why = att.why or "a uniform width step cuts channels, not heads (a latency or MACs target cuts whole heads)"
+        skipped.append(SkippedGroup(att.root, f"the head channels of the attention `{att.name}`: {why}"))
+    return skipped
 
 
 def _check_selection(pruner: tp.pruner.BasePruner, model: nn.Module, layers: LayerSelect, num_classes: int) -> None:
