@@ -206,6 +206,15 @@ def latency_cfg(a: argparse.Namespace) -> LatencyConfig:
 
 
 # ------------------------------------------------------------------------------------------- students
+def classifier(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's last Linear (``fc`` of a ResNet, ``classifier[1]`` of a MobileNetV2): its outputs are the
+    classes, so no peer may cut them."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise SystemExit(f"{type(model).__name__}: no Linear classifier to keep out of the pruning")
+    return linears[-1]
+
+
 def tp_prune(teacher: torch.nn.Module, shape: tuple, ratio: float, round_to: int | None) -> torch.nn.Module:
     """Torch-Pruning's own API on a copy: L2 group magnitude, one uniform ``ratio``, classifier kept."""
     m = copy.deepcopy(teacher).cpu().eval().requires_grad_(True)  # TP traces autograd: unfreeze the copy
@@ -214,7 +223,7 @@ def tp_prune(teacher: torch.nn.Module, shape: tuple, ratio: float, round_to: int
         torch.zeros(1, *shape),
         importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=ratio,
-        ignored_layers=[m.fc],
+        ignored_layers=[classifier(m)],
         round_to=round_to,
     ).step()
     return m
