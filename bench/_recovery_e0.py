@@ -73,8 +73,9 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
 
 def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
     """A plan without the planner's search (for a loaded machine): ``"BLOCKS:PREFIX,PREFIX"`` removes BLOCKS
-    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.depth.BlockScorer``; or
-    "+"-separated block paths) and halves every
+    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.depth.BlockScorer``; a count
+    with ``r``, e.g. ``9r``: by recoverability per MAC saved, ``prune.recoverability``; or "+"-separated block
+    paths) and halves every
     channel group whose root layer starts with one of the prefixes (``conv1`` is the stem)."""
     from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
     from distillprune.prune.groups import channel_groups
@@ -86,6 +87,8 @@ def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
         with torch.no_grad():
             logits = [s.teacher(x) for x in batches]
         blocks = BlockScorer(s.model, removable_blocks(s.model), batches, logits).greedy(int(count))
+    elif count.endswith("r") and count[:-1].isdigit():  # by recoverability per MAC saved
+        blocks = recoverable(s, [x for x, _ in s.calibration(8)], int(count[:-1]))
     else:  # the blocks named ("+"-separated paths)
         blocks = count.split("+")
     probe = copy.deepcopy(s.model)
@@ -95,6 +98,21 @@ def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
     roots = tuple(p for p in prefixes.split(",") if p)
     widths = {g.root: [max(g.min_keep, g.size // 2), g.size] for g in groups if g.root.startswith(roots)}
     return Plan({"latency_speedup": target}, blocks=blocks, widths=widths, note=f"fixed plan {spec}")
+
+
+def recoverable(s: PruneSession, batches: list, count: int) -> list[str]:
+    """The first ``count`` blocks by recoverability per MAC saved (``prune.recoverability``)."""
+    from distillprune.prune.depth import removable_blocks
+    from distillprune.prune.latency_table import layer_of, layer_shapes
+    from distillprune.prune.recoverability import block_errors, by_recoverability
+
+    blocks = removable_blocks(s.model)
+    errors = block_errors(s.model, blocks, batches)
+    shapes = layer_shapes(s.model, s.input_shape)
+    saved = {b: float(sum(v.macs() for n, v in shapes.items() if layer_of(n).startswith(f"{b}."))) for b in blocks}
+    order = by_recoverability(errors, saved)
+    print("  blocks by recoverability per MAC:", ", ".join(f"{b} {errors[b]:.3f}" for b in order), flush=True)
+    return order[:count]
 
 
 def e0_row(target: float, ctx: dict, a, cached: dict | None, top1) -> dict:
