@@ -14,8 +14,10 @@ from typing import Any
 from distillprune.report.report import CompressionReport, StageResult
 from distillprune.report.svg import colour, new_figure, styled, to_svg
 
-CANDIDATES_LABEL = "candidates: estimated validation top-1 before fine-tuning"
-CANDIDATES_LEGEND = "candidates: estimated validation top-1\nbefore fine-tuning"
+CANDIDATES_LABEL = "candidates: top-1 estimated on held-out training images (optimistic), before fine-tuning"
+CANDIDATES_LEGEND = "candidates: top-1 estimated on training\nimages (optimistic), before fine-tuning"
+#: the column of a plan's candidates: the teacher has fitted its training images, so the estimate is optimistic
+EST_TOP1 = "est. top-1 % (training images, optimistic)"
 
 
 def latency_label(key: str) -> str:
