@@ -31,7 +31,7 @@ from distillprune.measure.latency import seq_length, torch_latency
 from distillprune.measure.metrics import count_macs, count_params, layer_widths
 from distillprune.measure.quality import embedding_quality
 from distillprune.models.config import ModelConfig
-from distillprune.models.user import vouched_sha
+from distillprune.models.user import vouched_code
 from distillprune.pipeline import rundir, runlock
 from distillprune.pipeline.preflight import preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
@@ -96,15 +96,15 @@ def execute(
                 runlock.release_all()
 
 
-def recipe_code(recipe: Recipe) -> list[str]:
-    """The sha256 of every class file the recipe itself names (``model.python`` of the model, students and
-    teachers): the code a run vouches for when it reloads its own checkpoints."""
-    found: list[str] = []
+def recipe_code(recipe: Recipe) -> dict[str, str]:
+    """sha256 -> place (file or module) of every class the recipe itself names (``model.python`` of the model,
+    students and teachers): the code a run vouches for when it reloads its own checkpoints."""
+    found: dict[str, str] = {}
 
     def walk(node: object) -> None:
         if isinstance(node, ModelConfig) and node.python:
-            sha = vouched_sha(node.python)
-            found.extend([sha] if sha else [])
+            code = vouched_code(node.python)
+            found.update([code] if code else [])
         if isinstance(node, BaseModel):
             for name in type(node).model_fields:
                 walk(getattr(node, name))
