@@ -4,6 +4,7 @@ never unpickling code) or ``.safetensors``, loaded into a model with one line na
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -45,10 +46,11 @@ def read_state_dict(path: str | Path, where: str = "weights") -> dict[str, torch
 def weights_only_failure(e: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in a few words: the global the pickle asked for
     (it never ran), without torch's advice to load it with ``weights_only=False`` (that would run it)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    if lines and lines[0].startswith("Weights only load failed"):
-        why = next((ln for ln in lines[1:] if not ln.startswith(("Check the documentation", "Please file"))), "")
-        return f"a pickle of more than tensors, never unpickled: {why}"[:300].rstrip(": ")
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"(Unsupported global|Trying to load unsupported)[^.\n]*", text)
+        return "a pickle of more than tensors, never unpickled" + (f": {found.group(0)}" if found else "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
