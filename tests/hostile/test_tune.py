@@ -5,6 +5,8 @@ Each is one line and exit 2, before any trial runs, and nothing outside the tune
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -19,17 +21,40 @@ optuna = pytest.importorskip("optuna")
 SPACE = "stages.0.optimizer.lr: {float: [0.01, 0.2], log: true}\n"
 
 
+NET = """
+import torch
+
+class Net(torch.nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+"""
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(recipe, space, tune folder) of a finished one-trial search."""
+    """(recipe, space, tune folder) of a finished one-trial search of a user's own class (``model.python``:
+    its trial checkpoints reload for the test-set evaluation without --trust-code, the recipe names it)."""
     from distillprune.cli import main
 
     root = tmp_path_factory.mktemp("tune")
-    recipe = write_recipe(root / "r.yaml", RECIPE)
+    (root / "net.py").write_text(NET)
+    recipe = write_recipe(root / "r.yaml", RECIPE, model={"python": f"{root / 'net.py'}:Net"})
     space = root / "space.yaml"
     space.write_text(SPACE)
-    assert main(["tune", str(recipe), "--space", str(space), "--trials", "1", "--out", str(root / "out")]) == 0
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["tune", str(recipe), "--space", str(space), "--trials", "1", "--out", str(root / "out")])
+    assert code == 0 and err.getvalue() == "", err.getvalue()  # Optuna's lines go to stdout
     return recipe, space, root / "out"
+
+
+def test_a_search_of_the_users_own_class_reads_the_test_set_once(searched):
+    _, _, out = searched
+    assert list(json.loads((out / "test.json").read_text())) == ["0"] and (out / "best.yaml").is_file()
 
 
 def _copy(searched, tmp_path: Path) -> tuple[Path, Path, Path]:

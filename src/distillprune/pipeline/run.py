@@ -33,7 +33,7 @@ from distillprune.measure.quality import embedding_quality
 from distillprune.models.config import ModelConfig
 from distillprune.models.user import vouched_code
 from distillprune.pipeline import rundir, runlock
-from distillprune.pipeline.preflight import preflight
+from distillprune.pipeline.preflight import check_not_inputs, preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES, StageOutcome
@@ -48,7 +48,10 @@ from distillprune.train.trainer import evaluate, resolve_device
 def prepare_run_dir(
     run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None, force: bool = False
 ) -> Path | None:
-    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``)."""
+    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``); a folder that is
+    or holds one of the recipe's inputs is refused first."""
+    if run_dir is not None and recipe is not None:
+        check_not_inputs(rundir.out_folder(run_dir), recipe)
     return rundir.prepare(run_dir, resume, recipe, force)
 
 

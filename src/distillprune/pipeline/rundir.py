@@ -50,8 +50,6 @@ def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = No
     p = out_folder(run_dir)
     if p.exists() and not p.is_dir():
         raise RunFolderError(f"--out {p} is a file; expected a run folder (new, empty, or a run to --resume)")
-    if recipe is not None:
-        check_not_inputs(p, recipe)
     if resume:
         if not p.is_dir() or not is_run_folder(p):
             raise RunFolderError(f"--resume: no run to resume in {p} (no {MARKER} or {STATE})")
@@ -247,32 +245,6 @@ def out_folder(run_dir: str | Path) -> Path:
             "through a link"
         )
     return p
-
-
-def check_not_inputs(p: Path, recipe: Recipe) -> None:
-    """Refuse a run folder that is, or holds, a file or folder the recipe reads (the data, a model, tokenizer
-    or teacher folder, a weights or class file): ``--force`` and starting over would replace or clear it."""
-    real = Path(os.path.realpath(p))
-    for key, path in input_paths(recipe):
-        inp = Path(os.path.realpath(Path(path).expanduser()))
-        if inp == real or real in inp.parents:
-            what = "is" if inp == real else "holds"
-            raise RunFolderError(f"--out {p} {what} {key} ({path}); choose a run folder apart from the inputs")
-
-
-def input_paths(recipe: Recipe) -> list[tuple[str, str]]:
-    """``(recipe key, path)`` of every file and folder the recipe reads."""
-    from distillprune.models.user import split_target
-    from distillprune.pipeline.preflight import model_configs, teacher_checkpoints
-
-    found = [("data.path", recipe.data.path), ("data.text.tokenizer", recipe.data.text.tokenizer)]
-    for where, cfg in model_configs(recipe):
-        found += [(f"{where}.{k}", getattr(cfg, k, None)) for k in ("path", "checkpoint", "weights")]
-        python = cfg.python if isinstance(cfg.python, str) else None
-        if python and ":" in python and python.rpartition(":")[0].endswith(".py"):
-            found.append((f"{where}.python", split_target(python)[0]))
-    found += list(teacher_checkpoints(recipe))
-    return [(k, str(v)) for k, v in found if isinstance(v, (str, Path)) and v and not str(v).startswith("package:")]
 
 
 def _written_names(recipe: Recipe | None) -> list[str]:
