@@ -180,19 +180,18 @@ def test_no_bytecode_beside_the_users_code_or_in_a_checkpoint(python_run):
 def test_tune_takes_trust_code_like_run(tmp_path, capsys, monkeypatch):
     pytest.importorskip("optuna")
     from distillprune.core.trust import current_trust
+    from distillprune.errors import DistillpruneError
 
     seen = []
-    monkeypatch.setattr("distillprune.tune.api._tune", lambda *a: seen.append(current_trust().trust_code) or _Done())
+
+    def fixed_sets(*args):  # called inside tune's trust block, before any trial
+        seen.append(current_trust().trust_code)
+        raise DistillpruneError("stop here")
+
+    monkeypatch.setattr("distillprune.tune.api._fixed_sets", fixed_sets)
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE)
     space = tmp_path / "space.yaml"
     space.write_text("stages.0.optimizer.lr: {float: [0.01, 0.2]}\n")
     for flag in ([], ["--trust-code"]):
-        assert run(capsys, "tune", recipe, "--space", space, "--trials", 1, "--out", tmp_path / "t", *flag)[0] == 0
+        refused(capsys, "tune", recipe, "--space", space, "--trials", 1, "--out", tmp_path / "t", *flag, match="stop")
     assert seen == [False, True]
-
-
-class _Done:
-    files: dict[str, str] = {}
-
-    def summary(self) -> str:
-        return "done"

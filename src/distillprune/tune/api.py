@@ -86,46 +86,25 @@ def tune(
     base = build(raw, [], where)
     from distillprune.pipeline.run import recipe_code
 
-    with code_trust(trust_code, vouched=recipe_code(base)):
-        return _tune(optuna, raw, where, base, space, trials, out, objectives, sampler, pruner, budget_fraction,
-                     validation_split, resume, quiet, trust_code)  # fmt: skip
-
-
-def _tune(  # noqa: PLR0913 - tune()'s options, checked, passed on
-    optuna: Any,
-    raw: dict[str, Any],
-    where: str,
-    base: Recipe,
-    space: Space | str | Path | dict[str, Any],
-    trials: int,
-    out: str | Path,
-    objectives: tuple[str, ...],
-    sampler: str,
-    pruner: str,
-    budget_fraction: float,
-    validation_split: float,
-    resume: bool,
-    quiet: bool,
-    trust_code: bool,
-) -> TuneReport:
-    if "speedup" in objectives and not base.measure.enabled:
-        raise TuneError("the speedup objective needs measured latency; the recipe sets measure.enabled: false")
-    space = space if isinstance(space, Space) else load_space(space)
-    fixed = _fixed_sets(base, budget_fraction, validation_split)
-    check_space(space, raw, fixed, where)  # every drawable value builds a valid recipe, before any trial
-    folder = tune_folder(out, resume)
-    speed_key = f"ort_bs{base.measure.batch_sizes[0]}"
-    setup = Setup(raw, where, space, fixed, objectives, folder / "trials", speed_key, quiet, trust_code)
-    identity = {
-        "recipe": raw,
-        "space": space.to_dict(),
-        "objectives": list(objectives),
-        "budget_fraction": budget_fraction,
-        "validation_split": validation_split,
-    }
-    study = _open_study(optuna, folder, resume, identity, objectives, sampler, pruner, base.seed)
-    _optimize(optuna, study, setup, trials, quiet)
-    return finish(study, setup, base, folder, sampler, pruner, identity)
+    with code_trust(trust_code, vouched=recipe_code(base)):  # the trials, and reading their checkpoints after
+        if "speedup" in objectives and not base.measure.enabled:
+            raise TuneError("the speedup objective needs measured latency; the recipe sets measure.enabled: false")
+        space = space if isinstance(space, Space) else load_space(space)
+        fixed = _fixed_sets(base, budget_fraction, validation_split)
+        check_space(space, raw, fixed, where)  # every drawable value builds a valid recipe, before any trial
+        folder = tune_folder(out, resume)
+        speed_key = f"ort_bs{base.measure.batch_sizes[0]}"
+        setup = Setup(raw, where, space, fixed, objectives, folder / "trials", speed_key, quiet, trust_code)
+        identity = {
+            "recipe": raw,
+            "space": space.to_dict(),
+            "objectives": list(objectives),
+            "budget_fraction": budget_fraction,
+            "validation_split": validation_split,
+        }
+        study = _open_study(optuna, folder, resume, identity, objectives, sampler, pruner, base.seed)
+        _optimize(optuna, study, setup, trials, quiet)
+        return finish(study, setup, base, folder, sampler, pruner, identity)
 
 
 def _check_options(
@@ -200,11 +179,13 @@ def _open_study(
         except TuneError:
             raise
         except Exception as e:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors on a damaged or foreign database
+            if not resume:
+                raise  # a new database in an empty folder: a full disk or the like, as it is
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise TuneError(f"--resume: {db} is not a readable study database ({type(e).__name__}: {why})") from None
     plain = json.loads(json.dumps(identity, default=str))  # as the storage keeps it (JSON)
     stored = study.user_attrs.get("identity")
-    if stored is None and not resume:
+    if stored is None:  # a new study (or one a process sharing it has just created)
         study.set_user_attr("identity", plain)
     elif not isinstance(stored, dict):
         raise TuneError(f"--resume: {db} records no search setup of this command (its identity is {stored!r:.60})")
