@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillprune.errors import DistillpruneError
+from distillprune.errors import DistillpruneError, printable
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def hf_options(folder: str | Path, where: str) -> dict[str, Any]:
     if not trust:
         code = hf_code(Path(folder))
         if code:
-            what = "".join(c if c.isprintable() else repr(c)[1:-1] for c in "; ".join(code))[:200]
+            what = printable("; ".join(code))[:200]
             raise DistillpruneError(
                 f"{where} {folder}: its auto_map names Python code ({what}); loading it would run that code. "
                 "If you trust this folder, pass --trust-code (trust_code=True in Python)"

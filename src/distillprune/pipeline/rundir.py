@@ -7,6 +7,9 @@ completes, resumable after.
   leftovers are cleared and it starts again). A folder with completed stages needs ``--resume``.
 * ``--resume`` continues after the last completed stage, with the recipe the run started with (stages not
   started yet may be changed or appended; ``name``, ``runtime`` and ``measure`` may change).
+* Nothing is written through a symbolic link: ``--out`` itself may not be one, a link where the run writes
+  (anywhere in a run folder of ours) is refused before any write, and every later write below the folder is
+  checked level by level (``core.io.guard``).
 """
 
 from __future__ import annotations
@@ -238,7 +241,7 @@ def out_folder(run_dir: str | Path) -> Path:
     its folders exist (``runs/none/../../fx`` is ``fx``), so the checks judge the folder the run would fill."""
     p = Path(run_dir)
     if ".." in p.parts:
-        p = Path(os.path.realpath(p.parent)) / p.name if p.name not in ("", "..") else Path(os.path.realpath(p))
+        p = Path(os.path.realpath(p)) if p.name == ".." else Path(os.path.realpath(p.parent)) / p.name
     if p.is_symlink():
         raise RunFolderError(
             f"--out {p} is a symbolic link (to {os.readlink(p)}); give the folder itself, a run never writes "
