@@ -49,7 +49,7 @@ def _run(
     force: bool = False,
 ) -> None:
     from distillprune.pipeline import compress
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
     from distillprune.report import print_table
 
     recipe = load_recipe(recipe_path, overrides)
@@ -124,7 +124,7 @@ def validate(
     from distillprune.data.sources import load_data
     from distillprune.pipeline.preflight import preflight
     from distillprune.pipeline.run import recipe_code
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
 
     r = load_recipe(recipe, set_)
     data = load_data(r.data)
@@ -256,7 +256,7 @@ def tune(
 ) -> None:
     """Search the recipe's knobs with Optuna against validation top-1 (and measured speedup); the test set
     is read once, for the best trial(s). Writes best.yaml, tune.json and tune.html to --out."""
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
     from distillprune.tune import tune as tune_
 
     goals = tuple(o.strip() for o in objectives.split(",") if o.strip())

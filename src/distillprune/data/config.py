@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from distillprune.core.config import StrictModel, registered
-from distillprune.data.registry import SOURCES
+from distillprune.registries import SOURCES
 
 if TYPE_CHECKING:
     SourceName = str

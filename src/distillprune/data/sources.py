@@ -20,8 +20,8 @@ from distillprune.core.extras import import_extra
 from distillprune.data.base import DataBundle, Split, channel_stats, subset_indices
 from distillprune.data.checks import check_bundle, check_inputs, class_count, labels_to_int
 from distillprune.data.config import DataConfig
-from distillprune.data.registry import SOURCES
 from distillprune.errors import DataError
+from distillprune.registries import SOURCES
 
 
 def load_data(cfg: DataConfig) -> DataBundle:

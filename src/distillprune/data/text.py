@@ -22,8 +22,8 @@ from distillprune.core.batch import NamedInputs
 from distillprune.core.io import loads, resolve_folder
 from distillprune.data.base import DataBundle, Split
 from distillprune.data.config import DataConfig, TextConfig
-from distillprune.data.registry import SOURCES
 from distillprune.errors import DataError
+from distillprune.registries import SOURCES
 
 SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 Rows = list[dict[str, Any]]
