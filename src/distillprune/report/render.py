@@ -128,7 +128,7 @@ def render_markdown(report: CompressionReport) -> str:
         "|" + "---|" * len(columns(report)),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
-    flags = [(s.name, f) for s in report.stages for f in s.flags]
+    flags = flag_lines(report)
     if flags:
         lines += ["", "## Flags", ""] + [f"- **{n}**: {f}" for n, f in flags]
     details = [(s.name, s.details_dict()) for s in report.stages if s.details]
@@ -138,6 +138,32 @@ def render_markdown(report: CompressionReport) -> str:
             shown = {k: v for k, v in d.items() if v not in (None, [], {})}
             lines.append(f"- **{n}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in shown.items()))
     return "\n".join(lines) + "\n"
+
+
+def load_note(report: CompressionReport, s: StageResult) -> str | None:
+    """How busy the machine was while ``s`` was timed (``StageResult.load``), or None when the report does not
+    say (written before it was recorded, or timed where there is no /proc/loadavg)."""
+    try:
+        (b1, br), (a1, ar) = ((s.load[k]["load1"], s.load[k]["runnable"]) for k in ("before", "after"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    cores = report.environment.get("cpu_count")
+    on = f" for {cores} cores" if isinstance(cores, int) else ""
+    return (
+        f"machine load while timing: 1-min load average {b1:.2f} before, {a1:.2f} after; "
+        f"{br:.0f} then {ar:.0f} runnable processes{on} (the timing one included)"
+    )
+
+
+def flag_lines(report: CompressionReport) -> list[tuple[str, str]]:
+    """(stage, text) for every flag, each flagged stage's timing followed by the machine's load while it ran."""
+    out = []
+    for s in report.stages:
+        out += [(s.name, f) for f in s.flags]
+        note = load_note(report, s) if s.flags else None
+        if note:
+            out.append((s.name, note))
+    return out
 
 
 def _sequence_note(env: dict) -> list[str]:
@@ -247,9 +273,8 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
             console.print(escape(line), highlight=False, width=min(console.width, 80))
     else:
         _print_wide(report, console)
-    for s in report.stages:
-        for f in s.flags:
-            console.print(f"[yellow]flag[/] {escape(s.name)}: {escape(f)}")
+    for name, f in flag_lines(report):
+        console.print(f"[yellow]flag[/] {escape(name)}: {escape(f)}")
 
 
 def compact_table(title: str, headers: list[str], data: list[list[str]], caption: str | None) -> Any:

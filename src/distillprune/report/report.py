@@ -40,6 +40,9 @@ class StageResult:
     timing: str | None = None  # how the latency was obtained ("paired with 0:input", "reused from 2:prune" ...)
     widths: dict[str, int] = field(default_factory=dict)  # out-channels/-features of each Conv/Linear, by name
     metrics: dict[str, float] = field(default_factory=dict)  # task quality besides top-1 (embedders: cosine...)
+    #: the machine while the row was timed: {"before": {"load1": 1-minute load average, "runnable": processes
+    #: runnable, the timing one included}, "after": {...}} (empty in reports written before it was recorded)
+    load: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def details_dict(self) -> dict[str, Any]:
         """The details as a plain mapping (for rendering), whatever their type."""
