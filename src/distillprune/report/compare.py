@@ -294,9 +294,8 @@ def print_compare(runs: Sequence[RunData], wide: bool = False, console=None) -> 
         pick = [COLUMNS.index(c) for c, _ in COMPACT]
         data = [[row[i] for i in pick] for row in compare_rows(runs)]
         data, footnotes = fit_labels([h for _, h in COMPACT], data, [None] * len(data), width)
-        caption = "speedup: ORT bs1; real/MAC: best speedup / MAC ratio; --wide: all columns"
-        console.print(compact_table(title, [h for _, h in COMPACT], data, caption))
-        for line in footnotes:
+        console.print(compact_table(title, [h for _, h in COMPACT], data))
+        for line in [*footnotes, "speedup: ORT bs1; real/MAC: best speedup / MAC ratio; --wide: all columns"]:
             console.print(rich_escape(line), highlight=False, width=width)
     for d in environment_differences(runs):
         console.print(f"[yellow]measured differently[/] {rich_escape(d)}")

@@ -267,17 +267,17 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
     console = console or Console()
     if not wide:
         headers, data, footnotes = compact_view(report, min(console.width, 80))
-        title, caption = f"distillprune: {report.recipe}", CAPTION + "; --wide: all columns"
-        console.print(compact_table(title, headers, data, caption))
-        for line in footnotes:
-            console.print(escape(line), highlight=False, width=min(console.width, 80))
+        width = min(console.width, 80)
+        console.print(compact_table(f"distillprune: {report.recipe}", headers, data))
+        for line in [*footnotes, CAPTION + "; --wide: all columns"]:  # under the table, as wide as a terminal
+            console.print(escape(line), highlight=False, width=width)
     else:
         _print_wide(report, console)
     for name, f in flag_lines(report):
         console.print(f"[yellow]flag[/] {escape(name)}: {escape(f)}")
 
 
-def compact_table(title: str, headers: list[str], data: list[list[str]], caption: str | None) -> Any:
+def compact_table(title: str, headers: list[str], data: list[list[str]], caption: str | None = None) -> Any:
     """A rich table that is exactly as wide as its cells and ``GAP``: no vertical rules, no cell wrapped."""
     from rich import box
     from rich.markup import escape

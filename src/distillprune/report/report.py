@@ -45,10 +45,10 @@ class StageResult:
     load: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def details_dict(self) -> dict[str, Any]:
-        """The details as a plain mapping (for rendering), whatever their type."""
-        if isinstance(self.details, Details):
-            return {k: v for k, v in self.details.to_dict().items() if k != "kind"}
-        return dict(self.details or {})
+        """The details as a plain mapping (for rendering), whatever their type: typed, or the mapping of a kind
+        whose module is not loaded (``distillprune report`` imports no torch), the same either way."""
+        d = self.details.to_dict() if isinstance(self.details, Details) else dict(self.details or {})
+        return {k: v for k, v in d.items() if k != "kind"}
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
