@@ -59,9 +59,19 @@ def test_report_renders_without_torch(tmp_path):
     from synthetic import write_run
 
     run = write_run(tmp_path / "r")
+    rep = json.loads((run / "report.json").read_text())
+    rep["stages"][-1]["details"] = {"kind": "export", "onnx": "model.onnx", "max_abs_diff": 1e-6, "top1_agreement": 1.0}
+    (run / "report.json").write_text(json.dumps(rep))
     got = _loaded_after(_command("report", str(run), "--html"))
     assert got["heavy"] == [] and "wrote" in got["stdout"]
     assert (run / "report.html").is_file()
+    # without torch the details stay mappings; the page and report.md say the same as from the typed report
+    import distillprune.pipeline  # noqa: F401  (the stage kinds: the report loads typed here)
+    from distillprune.report import CompressionReport, render_markdown
+
+    typed = CompressionReport.load(run)
+    assert type(typed.stages[-1].details).__name__ == "ExportReport"
+    assert (run / "report.md").read_text() == render_markdown(typed)
 
 
 def test_validate_loads_no_onnx_library():
