@@ -10,6 +10,7 @@ registrations) on first use, so the command answers ``--help``, ``list`` and ``r
 # the library's names, which load on first use)
 from distillprune import _process  # noqa: F401
 import importlib
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -101,3 +102,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(ModuleType):
+    """``distillprune.distill`` is the verb, as ``from distillprune import distill`` has always given, although
+    the ``distill`` subpackage shares the name: importing it sets this attribute, which must not hide the verb
+    (the subpackage stays in ``sys.modules``, where its own imports find it)."""
+
+    @property
+    def distill(self) -> Any:
+        return _load_library().distill
+
+    @distill.setter
+    def distill(self, subpackage: ModuleType) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -250,7 +250,7 @@ def export_(
     from distillprune.pipeline.oneshot import check_out, one_step_recipe
 
     check_out(out, force)
-    details = _one_step(one_step_recipe("export", source, data), out, trust_code)
+    details = _one_step(one_step_recipe(source, {"type": "export", "filename": "model.onnx"}, data), out, trust_code)
     diff = getattr(details, "max_abs_diff", None)
     typer.echo(f"wrote {out}" + (f"  (parity with torch: max abs diff {diff:.2e})" if diff is not None else ""))
 
@@ -271,7 +271,8 @@ def quantize_(
     if method == "qat":
         raise DistillpruneError("--method qat trains: write a recipe with a quantize stage (method: qat) instead")
     check_out(out, force)
-    details = _one_step(one_step_recipe("quantize", source, data, method, "model.quantized.onnx"), out, trust_code)
+    stage = {"type": "quantize", "filename": "model.quantized.onnx", "method": method}
+    details = _one_step(one_step_recipe(source, stage, data), out, trust_code)
     render = getattr(details, "render", None)
     typer.echo(f"wrote {out}" + (f"  ({render()})" if callable(render) else ""))
 

@@ -21,21 +21,15 @@ from distillprune.data.config import DataConfig
 from distillprune.errors import DistillpruneError
 from distillprune.recipes.schema import Recipe, read_yaml
 
-KINDS = ("export", "quantize")
 SOURCES = "a run folder, a stage checkpoint (model.json), a Hugging Face model folder or an ONNX file a run exported"
 
 
-def one_step_recipe(
-    kind: str, source: Path, data: Path | None = None, method: str = "static", filename: str = "model.onnx"
-) -> dict[str, Any]:
+def one_step_recipe(source: Path, stage: dict[str, Any], data: Path | None = None) -> dict[str, Any]:
     """The recipe of the job: ``source``'s model, its data (``data``, else the data its checkpoint was made
-    with), and one ``kind`` stage writing ``filename``."""
+    with), and the one ``stage`` (its options as a recipe has them)."""
     model, made_with = model_of(source)
-    stage: dict[str, Any] = {"type": kind, "filename": filename}
-    if kind == "quantize":
-        stage["method"] = method
     return {
-        "name": f"{kind}-{_name(source)}",
+        "name": f"{stage.get('type')}-{_name(source)}",
         "model": model,
         "data": data_of(data, made_with, model.get("source") == "hf"),
         "runtime": {"tensorboard": False},
