@@ -8,7 +8,7 @@ VISION  := .venv-vision
 VPY     := $(VISION)/bin/python
 VSTAMP  := $(VISION)/.installed
 
-.PHONY: demo test test-fast lint clean vision vision-env
+.PHONY: demo test test-fast lint clean vision vision-env readme
 
 $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 
 demo: $(STAMP)
 	$(VENV)/bin/distillprune demo
+
+# Run the demo and rewrite the README's (and docs/benchmarks.md's) figures from its report, and the test counts
+readme: $(STAMP)
+	$(PY) scripts/readme.py --run
 
 test: $(STAMP)
 	$(PY) -m pytest -q

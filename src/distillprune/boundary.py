@@ -10,8 +10,8 @@ code   meaning
        command or option, missing argument), a NaN loss, the user's own model code raising (the line
        names their file and line; the traceback goes where a bug's would); one line saying what was
        received, what was expected and where
-130    interrupted (Ctrl-C), also while starting or exiting: one line saying how to resume; the last
-       completed checkpoint is intact
+130    interrupted (Ctrl-C or SIGTERM), also while starting or exiting: one line saying how to resume; the
+       last completed checkpoint is intact
 141    the reader of stdout went away (``distillprune list | head -c1``): nothing more is printed
 =====  ==========================================================================================
 

@@ -50,7 +50,7 @@ def _run(
     force: bool = False,
 ) -> None:
     from distillprune.pipeline import compress
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
     from distillprune.report import print_table
 
     recipe = load_recipe(recipe_path, overrides)
@@ -125,7 +125,7 @@ def validate(
     from distillprune.data.sources import load_data
     from distillprune.pipeline.preflight import preflight
     from distillprune.pipeline.run import recipe_code
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
 
     r = load_recipe(recipe, set_)
     with code_trust(trust_code, vouched=recipe_code(r)):  # a tokenizer folder's code is under the rule too
@@ -214,6 +214,71 @@ def bench(
     )
 
 
+SOURCE = typer.Argument(
+    ...,
+    help="a run folder (its final model), a stage checkpoint folder, a Hugging Face model folder, or an ONNX "
+    "file a run exported",
+)
+ONE_STEP_DATA = typer.Option(
+    None,
+    "--data",
+    help="the inputs: a recipe YAML (its data block), an .npz, or for a text model a text file or folder "
+    "(default: the data the checkpoint was made with)",
+)
+
+
+def _one_step(raw: dict, out: Path, trust_code: bool) -> object:
+    """Say the recipe, run it, say what it wrote (``pipeline.oneshot``)."""
+    import yaml
+
+    from distillprune.pipeline.oneshot import run_one_step
+
+    typer.echo("running this recipe (save it as a .yaml to repeat or extend it with `distillprune run`):")
+    typer.echo("  " + yaml.safe_dump(raw, sort_keys=False).rstrip().replace("\n", "\n  "))
+    _, details = run_one_step(raw, out, trust_code=trust_code)
+    return details
+
+
+@app.command("export")
+def export_(
+    source: Path = SOURCE,
+    out: Path = typer.Argument(..., help="the ONNX file to write"),
+    data: Path | None = ONE_STEP_DATA,
+    trust_code: bool = TRUST,
+    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+) -> None:
+    """ONNX of a model in one line: builds the recipe (the model, its data, an export stage with its parity
+    check against torch), prints it and runs it."""
+    from distillprune.pipeline.oneshot import check_out, one_step_recipe
+
+    check_out(out, force)
+    details = _one_step(one_step_recipe(source, {"type": "export", "filename": "model.onnx"}, data), out, trust_code)
+    diff = getattr(details, "max_abs_diff", None)
+    typer.echo(f"wrote {out}" + (f"  (parity with torch: max abs diff {diff:.2e})" if diff is not None else ""))
+
+
+@app.command("quantize")
+def quantize_(
+    source: Path = SOURCE,
+    out: Path = typer.Argument(..., help="the quantized ONNX file to write"),
+    data: Path | None = ONE_STEP_DATA,
+    method: str = typer.Option("static", help="static | dynamic | fp16 | bf16 (ONNX Runtime int8, or half precision)"),
+    trust_code: bool = TRUST,
+    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+) -> None:
+    """Quantize a model in one line: builds the recipe (the model, its data for calibration and the parity
+    check, a quantize stage), prints it and runs it."""
+    from distillprune.pipeline.oneshot import check_out, one_step_recipe
+
+    if method == "qat":
+        raise DistillpruneError("--method qat trains: write a recipe with a quantize stage (method: qat) instead")
+    check_out(out, force)
+    stage = {"type": "quantize", "filename": "model.quantized.onnx", "method": method}
+    details = _one_step(one_step_recipe(source, stage, data), out, trust_code)
+    render = getattr(details, "render", None)
+    typer.echo(f"wrote {out}" + (f"  ({render()})" if callable(render) else ""))
+
+
 def stage_table() -> str:
     """The README's stage table, from the stage registry (each stage config's docstring)."""
     from distillprune.recipes.registry import STAGES
@@ -259,7 +324,7 @@ def tune(
 ) -> None:
     """Search the recipe's knobs with Optuna against validation top-1 (and measured speedup); the test set
     is read once, for the best trial(s). Writes best.yaml, tune.json and tune.html to --out."""
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
     from distillprune.tune import tune as tune_
 
     goals = tuple(o.strip() for o in objectives.split(",") if o.strip())

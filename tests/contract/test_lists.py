@@ -11,7 +11,6 @@ import pytest
 
 import distillprune as dp
 from distillprune.data.config import DataConfig
-from distillprune.data.registry import SOURCES
 from distillprune.distill.distiller import check_terms, label_free_losses
 from distillprune.distill.losses.base import LOSSES
 from distillprune.distill.schedule import build_term
@@ -24,6 +23,7 @@ from distillprune.prune.config import WidthConfig
 from distillprune.prune.importance import IMPORTANCE
 from distillprune.quant.config import QuantConfig
 from distillprune.quant.registry import QUANTIZERS
+from distillprune.registries import SOURCES
 
 pytest.importorskip("distillprune.transformers")  # registers the hf source
 

@@ -17,13 +17,12 @@ from distillprune.core.batch import NamedInputs, call
 from distillprune.core.reporting import Details
 from distillprune.data.config import DataConfig
 from distillprune.data.examples import EXAMPLES
-from distillprune.data.registry import SOURCES
 from distillprune.export.onnx import onnx_bytes, parity
 from distillprune.measure.metrics import count_macs, count_params
 from distillprune.models.registry import MODELS, example_of
 from distillprune.prune.importance import IMPORTANCE
 from distillprune.recipes.registry import STAGES
-from distillprune.registries import REGISTRIES
+from distillprune.registries import REGISTRIES, SOURCES
 
 
 def _needs(module: str | None) -> None:

@@ -263,3 +263,15 @@ def test_a_stage_s_own_dry_run_runs_in_preflight_and_its_traits_steer_the_run(tm
         assert [s.name for s in state.report.stages][:2] == ["0:input", "1:dry"]  # dry does not measure its input
     finally:
         STAGES.unregister("dry")
+
+
+def test_every_public_name_loads_from_the_lazy_package():
+    """``import distillprune`` imports no family; each name of ``__all__`` loads the library on first use."""
+    import distillprune._library as lib
+
+    for name in dp.__all__:
+        assert getattr(dp, name) is getattr(lib, name, getattr(dp, name)), name  # the verb, not a subpackage
+    assert callable(dp.distill) and dp.distill is lib.distill  # (``distillprune.distill`` is also a subpackage)
+    assert set(dp.__all__) <= set(dir(dp))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        dp.not_a_name  # noqa: B018

@@ -10,6 +10,7 @@ import torch
 from unit_helpers import random_bundle, randomise_bn, tiny_resnet
 
 import distillprune as dp
+from distillprune.core.progress import talking
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
@@ -140,8 +141,17 @@ def _session(target: dict, shape=SHAPE, recovery: dict | None = None, **cfg):
 def test_macs_plan_lands_in_the_band_and_is_applied():
     s, _ = _session({"macs_ratio": 2.0, "depth_fractions": [0.0, 0.25]})
     before = count_macs(copy.deepcopy(s.model), SHAPE)
-    report = s.run()
+    said: list[str] = []
+    with talking("2:prune", first_after=0.0, every=1e9, write=said.append):  # every phase says when it ends
+        report = s.run()
     plan = report.plan
+    # the run said, as it went, each candidate, the chosen one, and the end of each long phase
+    chosen = next(c for c in plan.candidates if c.chosen)
+    assert [ln for ln in said if "chosen:" in ln] == [f"2:prune  {ln}" for ln in report.log if ln.startswith("chosen:")]
+    assert any(ln.startswith(f"chosen: candidate {chosen.label}: ") for ln in report.log)
+    assert sum(ln.startswith("2:prune  candidate ") for ln in said) >= len(plan.candidates)
+    for what in ("scoring blocks", "recovery", "target search", "cut 1/1"):
+        assert any(ln.startswith(f"2:prune  {what}: done in ") for ln in said), (what, said)
     assert 2.0 <= plan.achieved <= 2.2 and plan.est_kd is not None
     assert len(plan.candidates) >= 2 and sum(c.chosen for c in plan.candidates) == 1
     assert before / count_macs(s.model, SHAPE) == pytest.approx(plan.macs_ratio, rel=1e-3)

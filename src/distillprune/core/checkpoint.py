@@ -26,7 +26,7 @@ from distillprune.errors import CheckpointError, DistillpruneError
 FORMAT = "distillprune/1"
 
 #: source name -> builder of the unpruned base model of a spec (the model zoo registers "zoo")
-ARCH_BUILDERS: Registry[Callable[[ArchSpec], nn.Module]] = Registry("architecture source")
+ARCH_BUILDERS: Registry[Callable[[ArchSpec], nn.Module]] = Registry("architecture source", loads_library=True)
 
 
 @dataclass

@@ -22,9 +22,9 @@ from distillprune.core.batch import NamedInputs
 from distillprune.core.io import loads, resolve_folder
 from distillprune.core.trust import hf_options
 from distillprune.data.base import DataBundle, Split
-from distillprune.data.config import DataConfig, TextConfig
-from distillprune.data.registry import SOURCES
+from distillprune.data.config import DataConfig, TextConfig, path_not_found
 from distillprune.errors import DataError
+from distillprune.registries import SOURCES
 
 SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 Rows = list[dict[str, Any]]
@@ -128,7 +128,7 @@ def read_splits(cfg: DataConfig) -> tuple[Rows, Rows]:
         raise DataError("data source 'text' needs data.path (a file or a folder)")
     p = Path(cfg.path).expanduser()
     if not p.exists():
-        raise DataError(f"data.path not found: {p}")
+        raise DataError(path_not_found(cfg, p))
     t = cfg.text
     if p.is_dir():
         pairs = {

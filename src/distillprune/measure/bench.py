@@ -114,7 +114,7 @@ def load_eval_data(spec: str | Path) -> DataBundle:
 
     p = Path(spec)
     if p.suffix in (".yaml", ".yml"):
-        from distillprune.recipes import load_recipe
+        from distillprune.recipes.schema import load_recipe
 
         return load_data(load_recipe(p).data)
     if p.suffix == ".npz":

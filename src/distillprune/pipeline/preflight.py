@@ -9,6 +9,7 @@ Each failure is one ``DistillpruneError`` line naming the recipe key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from distillprune.core.checkpoint import ArchSpec, read_meta
 from distillprune.data.base import DataBundle
@@ -32,6 +34,9 @@ from distillprune.recipes.schema import Recipe
 
 #: models with more parameters than this are not built on the CPU when the meta device cannot run them
 CPU_FALLBACK_PARAMS = 50_000_000
+#: models up to this size are run on the CPU straight away: building and running one costs less than the meta
+#: device's first forward, which imports torch's compiler (torch._dynamo and sympy: seconds, `validate`'s most)
+CPU_CHECK_PARAMS = 5_000_000
 
 
 def preflight(recipe: Recipe, data: DataBundle, *, base_model: bool = True) -> None:
@@ -73,9 +78,28 @@ def _buildable(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
     return None if cfg.checkpoint or cfg.source != "zoo" else _cpu_model(cfg, data)
 
 
+class _NoRandomInit(TorchFunctionMode):
+    """Random initialisation of a meta tensor does nothing (it has no values), so skip it: torch would route it
+    through its reference implementations, whose first call imports torch's compiler."""
+
+    RANDOM = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_})
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self.RANDOM and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _on_meta() -> Iterator[None]:
+    """Build modules on the meta device: shapes only, no memory, no time spent initialising weights."""
+    with torch.device("meta"), _NoRandomInit():
+        yield
+
+
 def _cpu_model(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
     try:
-        with torch.device("meta"):
+        with _on_meta():
             n = _params(_arch(cfg, data.num_classes, tuple(data.input_shape)))
     except Exception:  # noqa: BLE001 - check_model has judged this model already
         n = 0
@@ -194,7 +218,8 @@ def _arch(cfg: ModelConfig, classes: int, shape: tuple[int, ...]) -> nn.Module:
 
 
 def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
-    """``cfg`` builds and maps the data's inputs to one logit per class (meta device first, else CPU)."""
+    """``cfg`` builds and maps the data's inputs to one logit per class (a small model on the CPU; a larger one on
+    the meta device first, else the CPU)."""
     if cfg.checkpoint:
         check_checkpoint(cfg.checkpoint, data, f"{where}.checkpoint")
         return
@@ -204,7 +229,7 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
         return
     shape, classes = tuple(data.input_shape), data.num_classes
     try:
-        with torch.device("meta"):
+        with _on_meta():
             model = _arch(cfg, classes, shape)
     except DistillpruneError as e:
         raise RecipeError(f"{where}: {e}") from None
@@ -212,6 +237,7 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
         model = None
     if model is not None:
         _check_size(model, cfg, where)
+    if model is not None and _params(model) > CPU_CHECK_PARAMS:
         try:
             out = _forward(model, shape, torch.device("meta"))
         except Exception:  # noqa: BLE001 - an op without a meta kernel, or a real mismatch: the CPU decides

@@ -12,7 +12,6 @@ unstructured magnitude masks, cut for :class:`~distillprune.prune.session.PruneS
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from torch import nn
 
 from distillprune.core.batch import Batch, NamedInputs, call, has_named_inputs
 from distillprune.core.history import HistoryOp
+from distillprune.core.progress import note
 from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import normalize, standard_layout
 from distillprune.distill.distiller import snapshot
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
     import torch_pruning as tp
 
     from distillprune.data.base import DataBundle
-
-_log = logging.getLogger("distillprune.prune")
 
 
 @details_type
@@ -165,10 +163,10 @@ class CnnStructure(Structure):
 
     # -- pieces ----------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """A planner decision: in the report, and as it happens in ``run.log`` (the ``distillprune.prune``
-        logger)."""
+        """A planner decision: in the report, and as it happens on stdout and in ``run.log``
+        (``core.progress.note``)."""
         self._report.log.append(message)
-        _log.info(message)
+        note(message)
 
     def _recover(self, before: nn.Module, cfg: RecoveryConfig) -> None:
         """Re-fit the cut model toward ``before`` (``prune.recovery.recover_``), on seeded training batches."""

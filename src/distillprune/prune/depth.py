@@ -28,6 +28,7 @@ from torch import nn
 
 from distillprune.core.batch import call
 from distillprune.core.modules import set_module
+from distillprune.core.progress import phase, tick
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
 from distillprune.prune.residual import ZeroBranch, find_residuals, residual_at
@@ -186,6 +187,7 @@ class BlockScorer:
     def score(self, block: str) -> float:
         """KD loss with ``block`` skipped on top of the blocks removed so far."""
         self.evaluations += 1
+        tick()
         skip = set(self.removed) | {block}
         if self.gm is None:
             kept: dict[str, nn.Module] = {}
@@ -209,6 +211,7 @@ class BlockScorer:
             for j in range(len(self.batches)):
                 self._run(j, i, self.cache[j][block], set(self.removed), refresh=True)
 
+    @phase("scoring blocks", unit="evaluations")
     def greedy(self, count: int) -> list[str]:
         """Lazy-greedy: ``count`` more blocks, each the one whose removal raises the KD loss least."""
         was = self.model.training

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch_pruning as tp
 
-from distillprune.core.registry import Registry
+from distillprune.registries import IMPORTANCE  # (names declared there, so listing them imports no torch)
 
-IMPORTANCE: Registry[Callable[[], tp.importance.Importance]] = Registry("importance criterion")
 # criteria that need gradients accumulated on the model before scoring
 NEEDS_GRADIENTS = {"taylor"}
 

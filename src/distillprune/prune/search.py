@@ -315,6 +315,7 @@ class Search:
             )
         elif not c.in_band:
             note = "no candidate landed inside the target band; the closest above the target was taken"
+        self.log(f"chosen: candidate {c.label}: {_line(c, c.est_kd is not None)}" + (f" ({note})" if note else ""))
         return best, note
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from distillprune.core.batch import Batch
 from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.history import HistoryOp
+from distillprune.core.progress import phase
 from distillprune.core.reporting import Details, from_jsonable, to_jsonable
 from distillprune.data.base import DataBundle, Examples, TensorLoader
 from distillprune.distill.distiller import snapshot
@@ -126,9 +127,8 @@ class PruneSession:
         if getattr(cfg, "target", None) is not None:
             plan_type: Any = self.structure.plan_type
             # measured on rank 0 alone under torchrun, and shared: every rank follows one plan
-            self.plan = ddp.once(
-                self.structure.plan, to_jsonable, lambda d: None if d is None else from_jsonable(plan_type, d)
-            )
+            search = phase("target search")(self.structure.plan)
+            self.plan = ddp.once(search, to_jsonable, lambda d: None if d is None else from_jsonable(plan_type, d))
             self.structure.use_plan(self.plan)
         return self.plan
 
@@ -141,7 +141,8 @@ class PruneSession:
         cfg = self.cfg
         self.structure.before_cut(k)
         # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
-        ddp.replicate(lambda: self.structure.cut(k), self.history, self._replay, self.report)
+        cut = phase(f"cut {k + 1}/{cfg.steps}")(self.structure.cut)
+        ddp.replicate(lambda: cut(k), self.history, self._replay, self.report)
         ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")
         align = getattr(self.objective, "align", None)
         if callable(align):  # losses that compare kept channels with the teacher's (distill.losses.aligned)

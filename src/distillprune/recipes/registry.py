@@ -46,6 +46,21 @@ class StageDef:
 
 
 STAGES: Registry[StageDef] = Registry("stage")
+#: the built-in stages, one module each, in pipeline order (the order of ``distillprune list stages`` and of the
+#: README's table): declared, so listing them or reading a recipe's stage names imports none of them
+for _stage in (
+    "train",
+    "distill",
+    "prune",
+    "prune_transformer",
+    "finetune",
+    "lowrank",
+    "cluster",
+    "quantize",
+    "evaluate",
+    "export",
+):
+    STAGES.declare(f"distillprune.pipeline.stages.{_stage}", _stage)
 
 
 def stage_name(config: type[StrictModel]) -> str:

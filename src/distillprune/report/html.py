@@ -27,7 +27,7 @@ from distillprune.report.plots import (
     plans,
     stage_bars_svg,
 )
-from distillprune.report.render import COLUMNS, rows
+from distillprune.report.render import COLUMNS, flag_lines, load_note, rows
 from distillprune.report.report import CompressionReport
 from distillprune.report.run_folder import RunData, read_metrics, read_recipe
 from distillprune.report.widths import layer_rows, removed_blocks, widths_svg
@@ -150,7 +150,7 @@ def _has_spread(report: CompressionReport, key: str) -> bool:
 
 
 def _stages_section(report: CompressionReport) -> str:
-    flags = [(s.name, f) for s in report.stages for f in s.flags]
+    flags = flag_lines(report)
     flag_html = (
         (
             "<h3>Flags</h3><ul>"
@@ -260,8 +260,21 @@ def _environment_section(report: CompressionReport, recipe: dict[str, Any] | Non
         else '<p class="note">The recipe as run is not in this run folder (the stage '
         "checkpoints carry it; none was found).</p>"
     )
+    loads = [
+        [s.name, note.removeprefix("machine load while timing: ")]
+        for s in report.stages
+        if (note := load_note(report, s))
+    ]
+    load_html = (
+        "<h3>Machine load while timing</h3>" + table(["stage", "load (from /proc/loadavg)"], loads, text_cols=(0, 1))
+        if loads
+        else ""
+    )
     return (
-        table(["", "value"], rows_, text_cols=(0, 1)) + "<h3>Recipe as run (resolved, with defaults)</h3>" + recipe_html
+        table(["", "value"], rows_, text_cols=(0, 1))
+        + load_html
+        + "<h3>Recipe as run (resolved, with defaults)</h3>"
+        + recipe_html
     )
 
 

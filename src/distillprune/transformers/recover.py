@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from distillprune.core.batch import Batch, call
+from distillprune.core.progress import expect, phase, tick
 from distillprune.distill.losses.base import sequence_mask
 from distillprune.prune.recovery import Gram
 from distillprune.transformers.config import EncoderRecoveryConfig
@@ -162,6 +163,7 @@ def _origin(t_layers: nn.ModuleList, layer: nn.Module, index: int) -> nn.Module 
     return None
 
 
+@phase("recovery", unit="layers")
 def recover_encoder(
     student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], cfg: EncoderRecoveryConfig
 ) -> EncoderRecoveryReport:
@@ -175,8 +177,10 @@ def recover_encoder(
     was = student.training
     student.eval()
     t_layers = layers(teacher)
+    expect(len(layers(student)))
     try:
         for li, layer in enumerate(layers(student)):
+            tick()
             t_layer = _origin(t_layers, layer, li)
             if t_layer is None:
                 report.refits += [

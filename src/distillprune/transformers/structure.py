@@ -17,7 +17,6 @@ Every change is a history op (``prune_heads``, ``prune_ffn``, ``drop_layers``) a
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from distillprune.core.batch import Batch, is_embedder
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp
+from distillprune.core.progress import note
 from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import DataBundle, Examples
 from distillprune.distill.config import DistillConfig, LossSpec
@@ -54,8 +54,6 @@ from distillprune.transformers.surgery import (
     layers,
     neurons,
 )
-
-_log = logging.getLogger("distillprune.prune")
 
 
 @details_type
@@ -164,10 +162,10 @@ class EncoderStructure(Structure):
 
     # -- pieces ----------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """A target-search decision: in the report, and as it happens in ``run.log`` (the ``distillprune.prune``
-        logger)."""
+        """A target-search decision: in the report, and as it happens on stdout and in ``run.log``
+        (``core.progress.note``)."""
         self._report.log.append(message)
-        _log.info(message)
+        note(message)
 
     def calibration(self) -> list[Batch]:
         return [x for x, _ in self.session.calibration(self.cfg.calib_batches)]
