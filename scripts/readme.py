@@ -140,7 +140,8 @@ def count_tests(args: list[str]) -> int:
 
 def tests_block(fast: int, total: int, commit: str) -> str:
     text = (
-        f'`make test-fast` (`pytest -m "not slow" tests/unit tests/contract tests/hostile`) runs {fast} tests and is the tier to '
+        f'`make test-fast` (`pytest -m "not slow" tests/unit tests/contract tests/hostile`) runs {fast} tests and is '
+        "the tier to "
         f"run while editing; `make test` runs all {total} (CLI subprocess runs, torchrun jobs, the browser test, "
         f"whole recipes, the pinned demo). Counted by `make readme` at commit {commit}."
     )

@@ -34,6 +34,7 @@ for _loss, _module in [
     ("embedding", "embedding"),
     ("fitnet", "feature"),
     ("hidden", "hidden"),
+    ("mimic", "mimic"),
     ("minilm", "minilm"),
     ("pkt", "pkt"),
     ("rkd", "rkd"),
