@@ -69,6 +69,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--bn-renorm", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--bn-frozen", type=float, default=None)
+    ap.add_argument("--trainable", default=None, help="all | norms | near_cuts (train that first)")
+    ap.add_argument("--trainable-share", type=float, default=None)
     ap.add_argument("--aligned", type=float, default=0.0)
     ap.add_argument("--mimic", type=float, default=0.0)
     ap.add_argument("--kd-weight", type=float, default=1.0)
@@ -105,6 +107,8 @@ def options(o: argparse.Namespace) -> TrainingOptions:
         raw["batchnorm"]["renormalize"] = o.bn_renorm
     if o.bn_frozen is not None:
         raw["batchnorm"]["frozen"] = o.bn_frozen
+    if o.trainable is not None:
+        raw["trainable"] = {"first": o.trainable, **({"share": o.trainable_share} if o.trainable_share else {})}
     return validate(TrainingOptions, raw, where="recovery_e1 options")
 
 
@@ -160,6 +164,7 @@ def row(o: argparse.Namespace, ctx: dict, plan_json: dict) -> dict:
             "keep_best": settings.keep_best is not None,
             "bn_renormalize": settings.bn_renormalize,
             "bn_frozen": settings.bn_frozen,
+            "trainable": [settings.trainable_first, settings.trainable_share],
         },
         "checks": last.get("checks"),
         "kept": last.get("kept"),

@@ -239,3 +239,37 @@ def test_recoverability_ranks_a_redundant_block_first(small):
     assert by_recoverability(errors, saved)[0] == redundant
     cheap = {**saved, redundant: 1e-9}  # the same error, but its removal saves (almost) nothing
     assert by_recoverability({**errors, redundant: 0.01}, cheap)[-1] == redundant
+
+
+# ---------------------------------------------------------------------------------------- trainable
+def test_near_cuts_names_the_cut_layers_and_the_layer_after_a_removed_block():
+    from distillprune.prune.depth import remove_block
+    from distillprune.train.trainable import first_parameters, near_cuts
+
+    teacher = tiny_resnet(seed=0, widths=(16, 16), blocks=(3, 2), in_ch=1).eval()
+    student = copy.deepcopy(teacher)
+    remove_block(student, "layer1.1")
+    with torch.no_grad():  # layer2.0.conv1 loses input channels (a width cut, by hand)
+        conv = student.layer2[0].conv1
+        conv.weight = torch.nn.Parameter(conv.weight[:, :8].clone())
+        conv.in_channels = 8
+    found = {n for n, m in student.named_modules() if any(m is x for x in near_cuts(student, teacher))}
+    assert found == {"layer2.0.conv1", "layer1.2.conv1"}
+    first = {id(p) for p in first_parameters(student, "near_cuts", teacher)}
+    assert id(student.layer1[2].conv1.weight) in first and id(student.layer1[0].conv1.weight) not in first
+    assert id(student.layer1[0].bn1.weight) in first  # norms always
+    norms_only = {id(p) for p in first_parameters(student, "norms", teacher)}
+    assert id(student.layer1[2].conv1.weight) not in norms_only and first_parameters(student, "all", None) is None
+
+
+def test_trainable_first_keeps_other_layers_until_its_share_is_spent(small, trained):
+    model = copy.deepcopy(trained)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    settings = FitSettings(
+        1, OptimizerConfig(lr=0.05), ScheduleConfig(name="constant"), trainable_first="norms", trainable_share=1.0
+    )
+    fit(model, small, settings, CrossEntropy(), runtime=RT, seed=0)
+    norm_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    for n, p in model.named_parameters():
+        moved = not torch.equal(p, before[n])
+        assert moved == (n.endswith("bias") or id(p) in norm_params), n

@@ -235,6 +235,10 @@ class Distiller(nn.Module):
     def trainable(self) -> Iterator[nn.Parameter]:
         return self.losses.parameters()
 
+    def reference(self) -> nn.Module:
+        """The frozen teacher (what a fine-tune's ``trainable: near_cuts`` compares the student's layers with)."""
+        return self.teacher[0]
+
     def to_device(self, device: torch.device) -> Distiller:
         self.teacher[0].to(device)
         return self.to(device)

@@ -83,6 +83,15 @@ class BatchNormConfig(StrictModel):
     )
 
 
+class TrainableConfig(StrictModel):
+    """Which parameters of a fine-tuned student train first: all of them, only the normalisation scales and shifts
+    and the biases (``norms``), or those plus the layers next to each cut (``near_cuts``: layers whose width differs
+    from the teacher's, and the first layer after a removed block); after ``share`` of the budget, everything."""
+
+    first: Literal["all", "norms", "near_cuts"] = Field("all", description="all | norms | near_cuts")
+    share: float = Field(0.25, gt=0, le=1, allow_inf_nan=False, description="share of the budget trained that way")
+
+
 class TrainingOptions(StrictModel):
     """How a stage that trains optimises (train, distill, finetune, the training inside prune, QAT...).
 
@@ -103,6 +112,7 @@ class TrainingOptions(StrictModel):
     )
     keep_best: KeepBestConfig = KeepBestConfig()
     batchnorm: BatchNormConfig = BatchNormConfig()
+    trainable: TrainableConfig = TrainableConfig()
 
 
 @dataclass(frozen=True)

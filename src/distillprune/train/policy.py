@@ -55,4 +55,6 @@ def settings(opts: TrainingOptions, epochs: float, regime: Regime, span: Span | 
         keep_best=opts.keep_best if keep else None,
         bn_renormalize=bn.renormalize if bn.renormalize is not None else tune,
         bn_frozen=bn.frozen if bn.frozen is not None else (FINETUNE_BN_FROZEN if tune else 0.0),
+        trainable_first=opts.trainable.first,
+        trainable_share=opts.trainable.share,
     )

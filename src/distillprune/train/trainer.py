@@ -38,6 +38,7 @@ from distillprune.train.config import KeepBestConfig, OptimizerConfig, RuntimeCo
 from distillprune.train.guard import HOLDOUT_SEED, KeepBest, holdout
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
+from distillprune.train.trainable import first_parameters
 
 
 class ObjectiveHooks(Protocol):
@@ -54,15 +55,17 @@ class ObjectiveHooks(Protocol):
 class FitSettings:
     """How long and how ``fit`` trains. ``epochs`` may be fractional (that share of an epoch's batches).
 
-    ``keep_best``: hold out training images and end on the best point judged on them, the start included
-    (``train.guard``; None: off). ``bn_renormalize``: re-normalise BatchNorm before the first step, keeping the
-    function (``train.batchnorm``). ``bn_frozen``: the share of the run's batches with BatchNorm statistics
-    frozen. ``train.policy.settings`` fills these from a stage's training options and regime.
+        ``keep_best``: hold out training images and end on the best point judged on them, the start included
+        (``train.guard``; None: off). ``bn_renormalize``: re-normalise BatchNorm before the first step, keeping the
+        function (``train.batchnorm``). ``bn_frozen``: the share of the run's batches with BatchNorm statistics
+        frozen. ``trainable_first``: the parameters that train during the first ``trainable_share`` of the run (``all``,
+    ``norms``, ``near_cuts``: ``train.trainable``). ``train.policy.settings`` fills these from a stage's training
+    options and regime.
 
-    ``start``: where in the stream of epochs this run begins (a prune step after others: 0.25 starts a
-    quarter into epoch 0's shuffle, so quarter-epoch steps together see every sample once per epoch).
-    ``schedule_span``: ``(offset, length)`` in epochs of the learning-rate schedule this run is part of
-    (one schedule over several runs); None: the schedule spans this run alone."""
+        ``start``: where in the stream of epochs this run begins (a prune step after others: 0.25 starts a
+        quarter into epoch 0's shuffle, so quarter-epoch steps together see every sample once per epoch).
+        ``schedule_span``: ``(offset, length)`` in epochs of the learning-rate schedule this run is part of
+        (one schedule over several runs); None: the schedule spans this run alone."""
 
     epochs: float
     optimizer: OptimizerConfig
@@ -73,6 +76,8 @@ class FitSettings:
     keep_best: KeepBestConfig | None = None
     bn_renormalize: bool = False
     bn_frozen: float = 0.0
+    trainable_first: str = "all"
+    trainable_share: float = 0.25
 
     def __post_init__(self) -> None:
         values = [self.epochs, self.start, *(self.schedule_span or ())]
@@ -380,6 +385,7 @@ class _Loop:
     seed: int = 0
     history: list[dict] = field(default_factory=list)
     guard: KeepBest | None = None
+    first_params: set[int] | None = None  # ids of the parameters that train first (None: all)
     on_step: Callable[[nn.Module], None] | None = None
     logger: RunLogger | None = None
     desc: str = "train"
@@ -403,6 +409,9 @@ class _Loop:
         scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
         loop = cls(model, fwd, objective, loader, opt, scaler, settings, runtime, device, par, extra, window)
         loop.first_epoch = first // n  # epochs are numbered in the stream: a checkpoint records the next one
+        reference = getattr(objective, "reference", None)
+        chosen = first_parameters(model, settings.trainable_first, reference() if callable(reference) else None)
+        loop.first_params = None if chosen is None else {id(p) for p in chosen}
         return loop
 
     def begin(self, data: DataBundle) -> None:
@@ -513,6 +522,10 @@ class _Loop:
             loss = loss * self.par.loss_scale(len(x), self.loader.batch_len(g % len(self.loader)))
         self.scaler.scale(loss).backward()
         self.par.average_grads(self.extra)
+        if self.first_params is not None and g - w.first < s.trainable_share * (w.last - w.first):
+            for p in self.model.parameters():  # a parameter without a gradient is not stepped (nor decayed)
+                if id(p) not in self.first_params:
+                    p.grad = None
         if s.grad_clip:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_([p for grp in self.opt.param_groups for p in grp["params"]], s.grad_clip)
