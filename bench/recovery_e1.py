@@ -42,12 +42,13 @@ from _recovery_e0 import session  # noqa: E402
 
 from distillprune.core.config import validate  # noqa: E402
 from distillprune.distill.distiller import Distiller  # noqa: E402
+from distillprune.errors import TrainingDiverged  # noqa: E402
 from distillprune.prune.alignment import kept_channels  # noqa: E402
 from distillprune.prune.estimate import recalibrate_bn  # noqa: E402
 from distillprune.prune.recovery import RecoveryConfig, recover_  # noqa: E402
 from distillprune.train import policy  # noqa: E402
 from distillprune.train.config import TrainingOptions  # noqa: E402
-from distillprune.train.trainer import fit  # noqa: E402
+from distillprune.train.trainer import FitSettings, fit  # noqa: E402
 
 KNOBS = ("recovery", "lr", "schedule", "warmup", "batch_size", "keep_best", "bn_renorm", "bn_frozen", "aligned")
 
@@ -143,33 +144,40 @@ def row(o: argparse.Namespace, ctx: dict, plan_json: dict) -> dict:
     objective.align(lambda: kept_channels(teacher, s.history, ctx["shape"]))
     settings = policy.settings(options(o), o.epochs, "finetune")
     torch.manual_seed(o.seed)
-    hist = fit(
-        m,
-        data,
-        settings,
-        objective,
-        runtime=ctx["rt"],
-        seed=o.seed,
-        batch_size=o.batch_size,
-        crop_padding=4,
-        hflip=True,
-    )
+    try:
+        hist = fit(
+            m,
+            data,
+            settings,
+            objective,
+            runtime=ctx["rt"],
+            seed=o.seed,
+            batch_size=o.batch_size,
+            crop_padding=4,
+            hflip=True,
+        )
+    except TrainingDiverged as e:  # the row says so (frozen BatchNorm at a fine-tune's lr can diverge)
+        return {"before": round(before, 2), "top1": None, "error": str(e), "settings": _settings(settings)}
     last = hist[-1]
     return {
         "before": round(before, 2),
         "top1": round(last["test_acc"], 2),
-        "settings": {
-            "lr": settings.optimizer.lr,
-            "schedule": settings.schedule.model_dump(),
-            "keep_best": settings.keep_best is not None,
-            "bn_renormalize": settings.bn_renormalize,
-            "bn_frozen": settings.bn_frozen,
-            "trainable": [settings.trainable_first, settings.trainable_share],
-        },
+        "settings": _settings(settings),
         "checks": last.get("checks"),
         "kept": last.get("kept"),
         "note": last.get("note"),
         "train_s": round(sum(h["seconds"] for h in hist), 1),
+    }
+
+
+def _settings(settings: FitSettings) -> dict:
+    return {
+        "lr": settings.optimizer.lr,
+        "schedule": settings.schedule.model_dump(),
+        "keep_best": settings.keep_best is not None,
+        "bn_renormalize": settings.bn_renormalize,
+        "bn_frozen": settings.bn_frozen,
+        "trainable": [settings.trainable_first, settings.trainable_share],
     }
 
 
@@ -194,7 +202,7 @@ def table(path: Path) -> str:
             f"| {r['epochs']:g} | {st['lr']:g} | {sch['name']} (warm-up {sch['warmup_fraction']:g}) | "
             f"{r['batch_size']} | {'yes' if st['keep_best'] else 'no'} | {'yes' if st['bn_renormalize'] else 'no'} | "
             f"{st['bn_frozen']:g} | {r['aligned']:g} | {r.get('mimic', 0):g} | {r.get('seed', 0)} | "
-            f"{_pct(r['before'])} | {r['top1']:.2f} | {kept_s} |\n"
+            f"{_pct(r['before'])} | {_pct(r['top1']) if r['top1'] is not None else 'diverged'} | {kept_s} |\n"
         )
     return head + body
 

@@ -273,3 +273,22 @@ def test_trainable_first_keeps_other_layers_until_its_share_is_spent(small, trai
     for n, p in model.named_parameters():
         moved = not torch.equal(p, before[n])
         assert moved == (n.endswith("bias") or id(p) in norm_params), n
+
+
+def test_the_report_shows_the_curve_and_the_point_kept():
+    from distillprune.report.curves import curves_svg, training_curves
+    from distillprune.train.config import TrainSummary
+
+    checks = [
+        {"step": 0, "epoch": 0.0, "val_top1": 80.0, "val_loss": 0.5},
+        {"step": 5, "epoch": 0.5, "val_top1": 79.0, "val_loss": 0.6},
+        {"step": 10, "epoch": 1.0, "val_top1": 78.5, "val_loss": 0.7},
+    ]
+    note = "the fine-tune never beat its start on the held-out images: the start was kept"
+    last = {"tag": "3:finetune", "step": 1, "loss": 0.4, "test_acc": 70.0, "lr": 0.0, "checks": checks}
+    last.update(kept=checks[0], note=note)
+    curve = training_curves([last])[0]
+    assert curve.checks == [(0.0, 80.0), (0.5, 79.0), (1.0, 78.5)] and curve.kept == [(0.0, 80.0)]
+    assert "held-out" in (curves_svg([last]) or "")
+    summary = TrainSummary.of([{**last, "images_per_s": 10.0, "seconds": 1.0}])
+    assert summary is not None and summary.kept == [checks[0]] and summary.note == note

@@ -221,7 +221,9 @@ def _curves_section(metrics: list[dict[str, Any]]) -> str:
         curves_svg(metrics),
         "Per epoch of each training stage (metrics.jsonl): training loss (the "
         "stage's objective, e.g. KD + CE), train and test top-1, learning rate. Dotted lines separate "
-        "a stage's phases (prune steps, born-again generations).",
+        "a stage's phases (prune steps, born-again generations). A fine-tune of trained weights also shows its "
+        "held-out checks (top-1 on images held out of the training split, the start included) and, as a star, "
+        "the point it kept.",
         "No training curves: this run folder has no metrics.jsonl records (no training stage ran, "
         "or the run was not given a folder).",
     )

@@ -134,18 +134,25 @@ class TrainSummary:
     train_images_per_s: float
     train_seconds: float
     final_test_acc: float | None = None
+    kept: list[dict] | None = None  # keep-best: the point each run ended on ({step, epoch, val_top1, val_loss})
+    note: str | None = None  # keep-best: a run that never beat its start says so
 
     @classmethod
     def of(cls, history: list[dict]) -> TrainSummary | None:
-        """The summary of ``fit``'s per-epoch records (None when nothing was trained)."""
+        """The summary of ``fit``'s per-epoch records (None when nothing was trained); several runs (prune
+        steps) may be concatenated: each run's last record carries its keep-best point."""
         if not history:
             return None
         ips = [h["images_per_s"] for h in history]
         acc = history[-1].get("test_acc")
+        kept = [h["kept"] for h in history if isinstance(h.get("kept"), dict)]
+        notes = sorted({h["note"] for h in history if isinstance(h.get("note"), str)})
         return cls(
             len(history),
             round(history[-1]["loss"], 4),
             round(sum(ips) / len(ips), 1),
             round(sum(h["seconds"] for h in history), 2),
             None if acc is None or acc != acc else round(acc, 2),
+            kept or None,
+            "; ".join(notes) or None,
         )
