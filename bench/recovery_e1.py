@@ -75,6 +75,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--aligned", type=float, default=0.0)
     ap.add_argument("--mimic", type=float, default=0.0)
     ap.add_argument("--kd-weight", type=float, default=1.0)
+    ap.add_argument("--kd-temperature", type=float, default=HINTON_KD["temperature"])
+    ap.add_argument("--kd-alpha", type=float, default=HINTON_KD["alpha"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit-train", type=int, default=None)
@@ -137,7 +139,7 @@ def row(o: argparse.Namespace, ctx: dict, plan_json: dict) -> dict:
     data, teacher = ctx["data"], ctx["teacher"]
     before = bench.top1(m, data, ctx)
     print(f"start: top-1 {before:.2f}%", flush=True)
-    specs = [{**HINTON_KD, "weight": o.kd_weight}]
+    specs = [{**HINTON_KD, "temperature": o.kd_temperature, "alpha": o.kd_alpha, "weight": o.kd_weight}]
     specs += [{"name": "aligned", "weight": o.aligned}] if o.aligned else []
     specs += [{"name": "mimic", "weight": o.mimic}] if o.mimic else []
     objective = Distiller.from_specs(teacher, specs)
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_json = json.loads(Path(o.plan).read_text())[o.row][-1]["plan"]
     t0 = time.perf_counter()
     got = row(o, ctx, plan_json)
-    rec = {k: getattr(o, k) for k in (*KNOBS, "epochs", "mimic", "kd_weight", "seed")}
+    rec = {k: getattr(o, k) for k in (*KNOBS, "epochs", "mimic", "kd_weight", "kd_temperature", "kd_alpha", "seed")}
     rec.update(got, seconds=round(time.perf_counter() - t0, 1), plan=o.plan, machine=machine_line(machine()))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:

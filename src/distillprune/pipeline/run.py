@@ -203,9 +203,9 @@ def _run_stage(state: RunState, index: int, stage: StageConfig, console: Console
             e.args = (f"stages.{index - 1} ({stage.type}): {e}", *e.args[1:])
         raise
     result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
-    training = getattr(outcome.details, "training", None)
-    if getattr(training, "note", None):  # a fine-tune that never beat its start: said, not only in report.json
-        result.flags.append(f"fine-tune: {training.note}")
+    note = getattr(getattr(outcome.details, "training", None), "note", None)
+    if note:  # a fine-tune that never beat its start: said, not only in report.json
+        result.flags.append(f"fine-tune: {note}")
     if definition.measured and ddp.is_rank0():  # measured alone: other ranks would skew the latency
         _measure(state, result)
         if outcome.deployed is not None:

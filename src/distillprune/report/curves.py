@@ -82,7 +82,8 @@ def _held_out(c: Curve, r: dict[str, Any], offset: float) -> None:
             c.checks.append((offset + float(p["epoch"]) - first, float(p["val_top1"])))
     kept = r.get("kept")
     if first is not None and isinstance(kept, dict) and isinstance(kept.get("val_top1"), (int, float)):
-        c.kept.append((offset + float(kept.get("epoch", first)) - first, float(kept["val_top1"])))
+        at = kept.get("epoch", first)
+        c.kept.append((offset + float(first if at is None else at) - first, float(kept["val_top1"])))
 
 
 def _panel(ax, c: Curve, title: str, keys: tuple[str, ...], ylabel: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -142,6 +142,8 @@ def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.op
     decay = [p for p in params if p.dim() > 1]
     rest = [p for p in params if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if cfg.lr is None:  # the regime's default is filled in by train.policy.settings before a fit
+        raise DistillpruneError("train.optimizer.lr is unset: settings() fills the regime's default")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -370,7 +372,7 @@ class _Loop:
     runs beside the steps (BatchNorm policy, the keep-best checks, logs, checkpoints)."""
 
     model: nn.Module
-    fwd: nn.Module  # the model's forward as trained: DDP-wrapped and/or compiled
+    fwd: Callable[..., Any]  # the model's forward as trained: DDP-wrapped and/or compiled
     objective: nn.Module
     loader: TensorLoader
     opt: torch.optim.Optimizer
@@ -403,7 +405,8 @@ class _Loop:
         opt = make_optimizer(params + extra, settings.optimizer)
         n = len(loader)
         first, last = settings.batches(n)
-        window = Window(first, last, *settings.lr_steps(n, first, last), per_epoch=n)
+        lr_offset, lr_total = settings.lr_steps(n, first, last)
+        window = Window(first, last, lr_offset, lr_total, per_epoch=n)
         wrapped = par.start()  # DDP around the model under torchrun, else the model
         fwd = torch.compile(wrapped) if runtime.compile else wrapped
         scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
