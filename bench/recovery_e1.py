@@ -67,7 +67,7 @@ def verb_row(o: argparse.Namespace, ctx: dict, plan_json: dict) -> dict:
     a = bench.parse(["--threads", str(o.threads)])
     a.fixed_plan, a.plan_recovery = None, False
     s, _ = session(ctx["teacher"], ctx["data"], 2.0, ctx["lat"], a, plan_json)
-    calib = [x for x, _ in s.calibration(8)]
+    calib = [x for x, _ in s.calibration(8 * s.batch_size)]
     m = s.model.eval()
     if o.recovery == "bn":
         recalibrate_bn(m, calib)

@@ -15,9 +15,8 @@ import socket
 import time
 from pathlib import Path
 
+from distillprune.core.run_files import LOCK
 from distillprune.errors import DistillpruneError
-
-LOCK = "run.lock"
 
 _held: dict[str, int] = {}  # resolved folder -> fd of its lock file, for the runs of this process
 
