@@ -297,3 +297,10 @@ def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
                 seen.add(d)
                 todo.append(d)
     return seen
+
+
+def test_docs_architecture_names_every_file_of_prune():
+    """docs/architecture.md stays true to ``prune/``: every file under it is named there (``prune/<path>``)."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    files = sorted(p.relative_to(SRC).as_posix() for p in (SRC / "prune").rglob("*.py"))
+    assert files and [f for f in files if f"`{f}`" not in doc] == []

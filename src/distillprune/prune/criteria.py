@@ -38,6 +38,7 @@ class Group(Protocol):
     tp: Any  # Torch-Pruning's group (a channel group)
     model: nn.Module | None  # the model (a head group)
 
+
 LossFn = Callable[[nn.Module, Any, torch.Tensor | None], torch.Tensor]
 
 
