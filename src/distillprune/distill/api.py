@@ -21,7 +21,7 @@ from distillprune.distill.ensemble import TeacherEnsemble
 from distillprune.distill.modes import objective_for, reinitialised, teacher_of
 from distillprune.distill.mutual import MutualDistiller
 from distillprune.errors import DistillpruneError
-from distillprune.train.config import OptimizerConfig, TrainSummary
+from distillprune.train.config import TrainSummary
 from distillprune.train.context import Context, Trainer, fit_trainer
 from distillprune.train.trainer import evaluate
 
@@ -126,13 +126,3 @@ def _options(model: nn.Module, cfg: DistillOptions | dict[str, Any] | None) -> D
 
 
 DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-4}
-
-
-def _optimizer(optimizer: str | OptimizerConfig | dict[str, Any], lr: float | None) -> OptimizerConfig:
-    if isinstance(optimizer, OptimizerConfig):
-        return optimizer if lr is None else optimizer.model_copy(update={"lr": lr})
-    raw: dict[str, Any] = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
-    if lr is not None:
-        raw["lr"] = lr
-    raw.setdefault("lr", DEFAULT_LR.get(str(raw.get("name", "sgd")), 0.05))
-    return validate(OptimizerConfig, raw, where="optimizer")

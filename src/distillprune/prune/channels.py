@@ -24,8 +24,6 @@ cuts them through the one cutter).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,7 +34,7 @@ from torch import nn
 from distillprune.core.modules import LayerSelect
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.criteria import CannotScore, Criterion, criterion
+from distillprune.prune.criteria import CannotScore, Criterion, criterion, traceable
 from distillprune.prune.heads import Attention, find_attentions
 
 #: the layers whose output channels root a group (Torch-Pruning's default roots)
@@ -107,21 +105,6 @@ def ignored(model: nn.Module, layers: LayerSelect, num_classes: int) -> list[nn.
     """The layers no group may cut: the classifier and every leaf the selection leaves out."""
     layers.check(model, "width.layers")
     return classifier_layers(model, num_classes) + layers.excluded(model)
-
-
-@contextmanager
-def traceable(model: nn.Module) -> Iterator[None]:
-    """Torch-Pruning traces the autograd graph: with frozen parameters (a teacher) or under no_grad it
-    would find no dependencies and silently prune nothing. Unfreeze while tracing, then restore."""
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:

@@ -19,7 +19,8 @@ groups.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -201,20 +202,31 @@ def taylor_price(group: Group) -> list[float] | None:
     return [0.0] * group.size if imp is None else imp.float().abs().cpu().tolist()
 
 
-def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[Any, Any]], loss: LossFn) -> None:
-    """Sum the gradients of ``loss`` over ``batches`` on every parameter, BatchNorm in eval mode (scores must not
-    move its running statistics); frozen parameters (a teacher) are unfrozen while it runs."""
+@contextmanager
+def traceable(model: nn.Module) -> Iterator[None]:
+    """Gradients on: frozen parameters (a teacher) unfrozen and grad mode enabled, restored after. Torch-Pruning
+    traces the autograd graph (without it, it finds no dependencies and silently prunes nothing), and a
+    criterion's gradients need it too."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
     for p in frozen:
         p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[Any, Any]], loss: LossFn) -> None:
+    """Sum the gradients of ``loss`` over ``batches`` on every parameter, BatchNorm in eval mode (scores must not
+    move its running statistics)."""
     model.zero_grad(set_to_none=True)
     was = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        with traceable(model):
             for x, y in batches:
                 loss(model, x, y).backward()
     finally:
         model.train(was)
-        for p in frozen:
-            p.requires_grad_(False)

@@ -36,30 +36,18 @@ from distillprune.prune.heads import HeadCut
 
 class Cut(Protocol):
     """A cut the cutter applies itself (not a Torch-Pruning group): whole heads of a hand-written attention
-    (``prune.heads.HeadCut``), an encoder layer's heads or FFN neurons (``transformers.surgery``)."""
+    (``prune.heads.HeadCut``), an encoder layer's heads or FFN neurons (``transformers.surgery.LayerCut``).
+    ``layer`` is named when it is left whole; ``noun`` and ``what()`` say what it removes; ``touched`` lists the
+    modules it changes (their state is kept to roll it back); ``silenced`` the parameters and rows whose zeroing
+    makes the model compute what it computes after the cut."""
 
     @property
-    def layer(self) -> str:
-        """The layer named when the cut is left whole."""
-        ...
-
+    def layer(self) -> str: ...
     @property
-    def noun(self) -> str:
-        """What it removes ("heads", "neurons"), for messages."""
-        ...
-
-    def what(self) -> str:
-        """What it removes, for messages."""
-        ...
-
-    def touched(self, model: nn.Module) -> list[nn.Module]:
-        """The modules it changes (their state is kept to roll it back)."""
-        ...
-
-    def silenced(self, model: nn.Module) -> list[tuple[torch.Tensor, list[int]]]:
-        """Parameters and rows whose zeroing makes the model compute what it computes after the cut."""
-        ...
-
+    def noun(self) -> str: ...
+    def what(self) -> str: ...
+    def touched(self, model: nn.Module) -> list[nn.Module]: ...
+    def silenced(self, model: nn.Module) -> list[tuple[torch.Tensor, list[int]]]: ...
     def apply(self, model: nn.Module) -> None: ...
 
 

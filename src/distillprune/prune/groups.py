@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distillprune.prune.channels import Group, Groups, SkippedGroup, enumerate_groups, traceable
+from distillprune.prune.channels import Group, Groups, SkippedGroup, enumerate_groups
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.criteria import criterion, taylor_price
+from distillprune.prune.criteria import criterion, taylor_price, traceable
 from distillprune.prune.cut import CutResult, Cutter, Item
 from distillprune.prune.heads import HeadCut
 from distillprune.prune.history import ChannelsOp

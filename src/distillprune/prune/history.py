@@ -12,7 +12,7 @@ from torch import nn
 
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.errors import DistillpruneError
-from distillprune.prune.channels import traceable
+from distillprune.prune.criteria import traceable
 from distillprune.prune.depth import remove_block
 from distillprune.prune.heads import HeadCut
 
