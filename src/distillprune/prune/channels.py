@@ -1,26 +1,10 @@
-"""The one enumerator of what a width cut may remove: coupled channel groups and the heads of hand-written
-attention, each scored by the configured criterion, and every group that must stay whole, with the reason.
-
-A *channel group* is a set of channels that must go together (Torch-Pruning's dependency graph, the chosen
-coupling engine: a conv's outputs, the BatchNorm after it, the inputs of every consumer, and across residual adds
-every layer that adds into the same tensor). The heads of an attention written by hand (``prune.heads``) are one
-group of their own, moved a whole head at a time; Torch-Pruning's groups of the q/k/v outputs are left out (they
-cannot be cut as channels). Before anything is cut, a group is left whole and named when
-
-* it couples grouped convs with different ``groups``, or its channels do not split into its grouped conv's
-  groups (a grouped conv keeps its groups and loses the same positions in each; a depthwise conv follows its
-  producer);
-* a raw ``nn.Parameter`` in it is used by a functional op (which dimension is channels cannot be told);
-* a concat or split feeds a grouped conv through it (Torch-Pruning cannot map the joined channels onto the
-  conv's groups);
-* it holds the head channels of an attention whose Linears were not told apart, or whose head count cannot be
-  read;
-* the criterion cannot score it.
-
-The classifier and the layers ``width.layers`` leaves out are never listed. A uniform step, a planned step and
-the planner all read this list (``prune.schedule`` says how many channels each group keeps, ``prune.groups``
-cuts them through the one cutter).
-"""
+"""The one enumerator of what a width cut may remove (``docs/architecture.md``, "One way to cut"): the coupled
+channel groups of Torch-Pruning's dependency graph and the whole heads of hand-written attention
+(``prune.heads``), each scored by the criterion, and every group left whole with the reason -- grouped convs
+whose channels do not split into their groups, a raw ``nn.Parameter`` used by a functional op, a concat or split
+feeding a grouped conv, attention whose Linears were not told apart or whose head count cannot be read, a group
+the criterion cannot score. The classifier and the layers ``width.layers`` leaves out are never listed. A
+uniform step, a planned step and the planner all read it."""
 
 from __future__ import annotations
 

@@ -1,21 +1,13 @@
 """How much each channel of a group matters: one protocol for every criterion and every kind of group.
 
-A criterion is a registered class (``CRITERIA``) with two members, as Torch-Pruning's ``Importance(group)``:
-
-* ``needs_gradients``: whether ``prepare`` accumulates gradients of a loss on calibration batches first (so a
-  one-shot prune without data cannot use it);
-* ``scores(group)``: one score per channel of the group (higher: keep), for a channel group of the dependency
-  graph (``prune.channels.Group`` with its Torch-Pruning group) and for the whole heads of a hand-written
-  attention alike (its channels: ``heads * head_dim``, summed over their rows of q, k, v and their column of the
-  output projection). A criterion that cannot score a group raises :class:`CannotScore` with the reason: the
-  enumerator leaves that group whole and names it, never scoring it some other way.
-
-``family`` says which models a criterion scores: ``cnn`` (channel and head groups found in any model's graph)
-or ``encoder`` (a Hugging Face encoder's heads and FFN neurons: ``fisher``, registered by
-``distillprune.transformers``). The planner's price of a channel is the *summed* first-order Taylor term
-(:func:`taylor_price`: |w * dL/dw| summed over the group's coupled parameters, not normalised), comparable across
-groups.
-"""
+A criterion is a registered class (``CRITERIA``): ``needs_gradients`` (``prepare`` accumulates a loss's
+gradients on calibration batches first, so a one-shot prune without data cannot use it) and ``scores(group)``,
+one score per channel (higher: keep) of a channel group (Torch-Pruning's implementation) or of an attention's
+whole heads (the same quantity summed over their rows of q, k, v and their column of the output projection). A
+criterion that does not apply raises :class:`CannotScore`: the group is left whole and named, never scored some
+other way. ``family`` says which models it scores: ``cnn`` (channel and head groups of any model's graph) or
+``encoder`` (a Hugging Face encoder's heads and FFN neurons: ``fisher``, registered by
+``distillprune.transformers``). The planner's price is the *summed* Taylor term (:func:`taylor_price`)."""
 
 from __future__ import annotations
 

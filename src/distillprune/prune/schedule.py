@@ -1,21 +1,8 @@
-"""How much each step keeps: one module for every schedule, each a function of the groups' sizes (and scores)
-returning what they keep.
-
-* :func:`uniform_keep`: a uniform width step (``width.ratio``): step ``k`` of ``steps`` removes ``ratio * (k + 1)
-  / steps`` of every group's *initial* width (a linear schedule), the kept count rounded to the *nearest*
-  multiple of the group's step (``round_to``, a position of every block of a grouped conv, one head) and never
-  below one step. Rounding down would halve a 16-channel layer at any ratio above 1/16 (15 kept -> 8), so the
-  width asked for and the MACs obtained would be far apart; to the nearest, each group stays within half a step
-  of the ratio. A group already below ``1 - max_ratio`` of its initial width, or down to one channel, is not cut
-  further. With ``global_ranking`` the groups' normalised scores are ranked together instead: the lowest-scored
-  units (channels, positions, heads) go until the share is met, each group's count then rounded the same way.
-  These are Torch-Pruning's ``BasePruner`` rules (with nearest rounding), kept so that a recipe cuts what it
-  always cut.
-* :func:`planned_keep`: a planned step moves every group the share ``(k + 1) / steps`` of the way to the width
-  the plan chose (all of it on the last step).
-* :func:`encoder_heads_keep` / :func:`encoder_neurons_keep`: an encoder's heads and FFN neurons per layer.
-* :func:`cubic_sparsity`: the unstructured sparsity of step ``k`` (Zhu & Gupta 2017).
-"""
+"""How much each step keeps: every schedule is a function of the groups' sizes (and scores) returning what they
+keep. :func:`uniform_keep` is a ``width.ratio`` step (Torch-Pruning's ``BasePruner`` rules, kept so a recipe cuts
+what it always cut, with nearest rounding: rounding down would halve a 16-channel layer at any ratio above
+1/16); :func:`planned_keep` a plan's share per step; :func:`encoder_heads_keep` / :func:`encoder_neurons_keep`
+an encoder's layers; :func:`cubic_sparsity` the unstructured schedule (Zhu & Gupta 2017)."""
 
 from __future__ import annotations
 
@@ -57,15 +44,17 @@ class Initial:
 
 def _rounded(g: Group, kept_units: int) -> int:
     """Channels kept when ``g`` keeps ``kept_units`` units, rounded to its step."""
-    per = g.unit
-    return min(g.size, nearest(kept_units * per, g.step))
+    return min(g.size, nearest(kept_units * g.unit, g.step))
 
 
 def uniform_keep(
     groups: Sequence[Group], initial: Initial, ratio: float, max_ratio: float, global_ranking: bool = False
 ) -> dict[str, int]:
-    """Channels each group keeps after a uniform step that reaches ``ratio`` of the initial widths (see the
-    module docstring); a group missing from the result keeps all it has."""
+    """Channels each group keeps once ``ratio`` of the initial widths is removed (step ``k`` of a linear schedule:
+    :func:`step_ratio`); a group missing from the result keeps all it has. The kept units (channels, a position
+    of every block of a grouped conv, heads) are rounded to the nearest multiple of the group's step, at least
+    one step; a group already below ``1 - max_ratio`` of its initial width is not cut further. With
+    ``global_ranking`` the lowest normalised unit scores of all groups go until the share is met."""
     live = initial.see(groups, max_ratio)
     if global_ranking:
         return _ranked_keep(live, initial, ratio)
