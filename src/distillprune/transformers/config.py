@@ -64,7 +64,8 @@ class TransformerPruneConfig(SessionConfig):
     unpruned model. ``target`` searches layers x width for a measured speedup or a MACs ratio. ``recovery``
     (``method: lstsq``; off by default: on MiniLM, reduced, one epoch, it did not raise the cosine after
     training, docs/benchmarks.md) re-fits the attention output and FFN down projections to the dense outputs
-    after each cut (``transformers.recover``; its ridge ``damp`` defaults to 1e-4 here)."""
+    after each cut (``transformers.recover``; its ridge ``damp`` defaults to 1e-4 here, its calibration to the
+    ``calib_samples`` texts the cuts are scored on)."""
 
     heads: HeadsConfig | None = None
     ffn: FfnConfig | None = None

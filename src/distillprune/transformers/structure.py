@@ -164,7 +164,8 @@ class EncoderStructure(Structure):
         if recovery is not None and (self.heads_ratio or self.ffn_ratio):
             s = self.session
             assert s.teacher is not None
-            batches = [x for x, _ in s.calibration(recovery.calib_samples)]
+            given = "calib_samples" in recovery.model_fields_set  # else the texts the cuts were scored on
+            batches = [x for x, _ in s.calibration(recovery.calib_samples if given else self.cfg.calib_samples)]
             self._report.recovery.append(recover_encoder(s.model, s.teacher, batches, recovery))
 
     def finish(self) -> TransformerPruneReport:
