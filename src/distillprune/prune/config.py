@@ -142,7 +142,7 @@ class SessionConfig(TrainingOptions):
     )
 
     def recovery_config(self) -> RecoveryConfig | None:
-        """The recovery in force (None: off), its ridge the family's default when unset."""
+        """The recovery in force (None: off)."""
         r = self.recovery
         return None if r is None or r.method == "none" else r
 
