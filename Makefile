@@ -23,10 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The fast tier: unit and contract tests that start no subprocess, torchrun job or browser, without the
-# `slow`-marked ones (a whole pipeline, a planner search). CI runs `make test`, the full suite.
+# The fast tier: unit, contract and hostile-input tests that start no subprocess, torchrun job or browser,
+# without the `slow`-marked ones (a whole pipeline, a planner search). CI runs `make test`, the full suite.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests/unit tests/contract
+	$(PY) -m pytest -q -m "not slow" tests/unit tests/contract tests/hostile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

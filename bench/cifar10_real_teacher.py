@@ -129,6 +129,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--replan", action="store_true", help="e0 rows: plan again even if a plan is cached")
     ap.add_argument(
+        "--rank",
+        action="store_true",
+        help="e0 rows: also score every candidate the planner estimates on the test split (with --plan-recovery: "
+        "recovered, as it estimates them), for the rank correlation of its estimate with E = 0 test top-1",
+    )
+    ap.add_argument(
+        "--block-choice", default=None, help="distillprune and e0 rows: target.block_choice (kd | recoverability)"
+    )
+    ap.add_argument(
         "--fixed-plan", default=None, help="e0 rows: 'BLOCKS:PREFIX,...' instead of the planner (see _recovery_e0)"
     )
     ap.add_argument(
@@ -334,6 +343,8 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
         tgt["depth_fractions"] = a.depth_fractions
     if a.refits is not None:
         tgt["refits"] = a.refits
+    if a.block_choice is not None:
+        tgt["block_choice"] = a.block_choice
     lat = latency_cfg(a).model_dump()
     distill = {"losses": [HINTON_KD], "compile_teacher": a.gpu}
     lr = a.dp_lr or a.lr

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from distillprune.boundary import note_run, run_cli
-from distillprune.errors import DistillpruneError
+from distillprune.errors import DistillpruneError, printable
 
 app = typer.Typer(
     add_completion=False,
@@ -31,7 +31,8 @@ TRUST = typer.Option(
     False,
     "--trust-code",
     help="let checkpoints the recipe names (model.checkpoint, a teacher folder) import the Python class file "
-    "they carry (sha256 checked); without it such a checkpoint is refused",
+    "they carry (sha256 checked), and Hugging Face folders the code their auto_map names; without it such a "
+    "model is refused",
 )
 FORCE = typer.Option(
     False, "--force", help="write into a non-empty --out that is not a distillprune run folder (replacing files)"
@@ -64,9 +65,9 @@ def _run(
     report = compress(recipe, out, resume=resume, force=force, trust_code=trust_code)  # checks, locks --out first
     if _rank() == 0:
         print_table(report, wide=wide)
-        typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
+        typer.echo(f"run folder: {printable(str(out))}  (report.json, report.md, model.onnx, stages/)")
         if (out / "report.html").is_file():
-            typer.echo(f"report: {out / 'report.html'}  (open it in a browser)")
+            typer.echo(f"report: {printable(str(out / 'report.html'))}  (open it in a browser)")
 
 
 def _rank() -> int:
@@ -127,13 +128,14 @@ def validate(
     from distillprune.recipes import load_recipe
 
     r = load_recipe(recipe, set_)
-    data = load_data(r.data)
-    with code_trust(trust_code, vouched=recipe_code(r)):
+    with code_trust(trust_code, vouched=recipe_code(r)):  # a tokenizer folder's code is under the rule too
+        data = load_data(r.data)
         preflight(r, data)
-    typer.echo(
+    ok = (
         f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)}; data {tuple(data.input_shape)}, "
         f"{data.num_classes} classes)"
     )
+    typer.echo(printable(ok))
 
 
 @app.command()
@@ -154,7 +156,7 @@ def report(
 
         paths.append(write_html(rep, folder))
     print_table(rep, wide=wide)
-    typer.echo("wrote " + ", ".join(map(str, paths)))
+    typer.echo(printable("wrote " + ", ".join(map(str, paths))))
 
 
 @app.command()
@@ -169,7 +171,7 @@ def compare(
     loaded = load_runs(runs)
     path = write_compare(loaded, out)
     print_compare(loaded, wide=wide)
-    typer.echo(f"wrote {path}")
+    typer.echo(printable(f"wrote {path}"))
 
 
 @app.command()
@@ -254,6 +256,7 @@ def tune(
     validation_split: float = typer.Option(0.2, help="share of the training data trials are judged on"),
     resume: bool = typer.Option(False, help="continue the study in --out (several processes may share one)"),
     set_: list[str] = typer.Option([], "--set", help="override a value of the base recipe: a.b.c=value"),
+    trust_code: bool = TRUST,
 ) -> None:
     """Search the recipe's knobs with Optuna against validation top-1 (and measured speedup); the test set
     is read once, for the best trial(s). Writes best.yaml, tune.json and tune.html to --out."""
@@ -273,9 +276,10 @@ def tune(
         validation_split=validation_split,
         resume=resume,
         quiet=False,
+        trust_code=trust_code,
     )
-    typer.echo(rep.summary())
-    typer.echo(f"wrote {', '.join(rep.files.values())}")
+    typer.echo("\n".join(printable(line) for line in rep.summary().splitlines()))
+    typer.echo(printable(f"wrote {', '.join(rep.files.values())}"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -410,7 +410,7 @@ def test_label_free_distillation_learns_without_labels(teacher_dir):
     ids=["dkd", "ce-only", "train"],
 )
 def test_label_free_refuses_losses_that_need_labels_before_training(teacher_dir, stage, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "_epoch", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(trainer_mod._Loop, "epoch", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(DataError, match="labels"):
         execute(recipe(stage, teacher_dir=teacher_dir, labels=False), None, quiet=True)
 

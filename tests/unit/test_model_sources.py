@@ -107,8 +107,13 @@ def test_python_target_may_be_the_class_itself(tmp_path):
     dp.save_checkpoint(tmp_path / "ck", model, spec)  # the folder carries the module's file
     assert (tmp_path / "ck" / "code" / "unit_helpers.py").is_file()
     assert isinstance(dp.load_checkpoint(tmp_path / "ck", trust_code=True)[0], nn.Module)
-    with dp.code_trust(vouched=[spec.ref["sha256"]]):  # a run whose recipe names the module itself
+    with dp.code_trust(vouched={spec.ref["sha256"]: "unit_helpers"}):  # a run whose recipe names the module
         assert isinstance(stored.build(), nn.Module)
+    with (
+        dp.code_trust(vouched={spec.ref["sha256"]: "other_module"}),
+        pytest.raises(DistillpruneError, match="not this one"),
+    ):
+        stored.build()  # the stored reference names another module than the caller's: not imported
 
 
 @pytest.mark.parametrize("fmt", ["pt", "wrapped.pt", "safetensors"])

@@ -56,7 +56,7 @@ def distill(
 
     ``cfg``: a ``DistillOptions`` or its dict (``{"epochs": 10, "optimizer": {"lr": 0.05}, "distill": {"losses":
     [{"name": "kd", "temperature": 4}], "mode": "mutual"}, "generations": 2}``). From a dict, what it leaves
-    out follows the model: AdamW (lr 2e-4) for a transformer with named inputs, else SGD (0.05); the
+    out follows the model: AdamW for a transformer with named inputs, else SGD (peak lr: ``train.policy``); the
     ``embedding`` loss for an embedder, else ``kd``. ``distill.mode: mutual``: a trainable copy of the
     teacher trains with the student (DML); ``generations`` > 1 (born-again): each generation's student
     teaches the next, which restarts from a fresh initialisation, in place (seeded by
@@ -81,7 +81,10 @@ def distill(
         objective = objective_for(opts.distill, opts.label_smoothing, lambda t=frozen: t)  # type: ignore[misc]
         if g > 1:
             _reinitialise(model, ctx.loader.seed + g, spec)
-        h = train(model, objective, opts.epochs, "train" if g == 1 else f"gen{g}")
+        # a born-again generation restarts from fresh weights; the first trains the model it was given
+        h = train(
+            model, objective, opts.epochs, "train" if g == 1 else f"gen{g}", regime="finetune" if g == 1 else "scratch"
+        )
         records += h
         gens.append({"generation": g, "top1": round(h[-1]["test_acc"], 2) if h else None})
         frozen = snapshot(model)
@@ -114,10 +117,8 @@ def _options(model: nn.Module, cfg: DistillOptions | dict[str, Any] | None) -> D
     raw = dict(cfg or {})
     name = "adamw" if has_named_inputs(model) else "sgd"
     given = raw.get("optimizer")
-    if given is None or isinstance(given, dict):
-        optimizer = {"name": name, **(given or {})}
-        optimizer.setdefault("lr", DEFAULT_LR.get(str(optimizer["name"]), 0.05))
-        raw["optimizer"] = optimizer
+    if given is None or isinstance(given, dict):  # the lr it leaves out follows the regime (train.policy)
+        raw["optimizer"] = {"name": name, **(given or {})}
     block = dict(raw.get("distill") or {})
     if "losses" not in block and is_embedder(model):
         block["losses"] = [{"name": "embedding"}]

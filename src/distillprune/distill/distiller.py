@@ -144,12 +144,12 @@ class Distiller(nn.Module):
         return [s for s, _ in pairs], [t for _, t in pairs]
 
     def attach(self, model: nn.Module, probe: Batch) -> None:
+        self.detach()
         for loss in self.losses:  # losses that choose their taps from the two networks (layer mapping)
             bind = getattr(loss, "bind", None)
             if callable(bind):
                 bind(model, self.teacher[0])
         s_paths, t_paths = self._paths()
-        self.detach()
         t_root = self._teacher_for(t_paths, probe)
         self._s_taps, self._t_taps = FeatureTaps(model, s_paths), FeatureTaps(t_root, t_paths)
         was = model.training
@@ -167,10 +167,16 @@ class Distiller(nn.Module):
         probe_terms(self.terms, s_out, t_out)
 
     def detach(self) -> None:
+        """Remove the feature taps, and undo what losses did to the student when they bound to it (``release``:
+        ``mimic`` freezes the classifier while it trains)."""
         for taps in (self._s_taps, self._t_taps):
             if taps is not None:
                 taps.remove()
         self._s_taps = self._t_taps = None
+        for loss in self.losses:
+            release = getattr(loss, "release", None)
+            if callable(release):
+                release()
 
     def check_labels(self, has_labels: bool) -> None:
         check_terms(self.terms, has_labels)

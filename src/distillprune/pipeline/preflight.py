@@ -25,7 +25,8 @@ from distillprune.data.base import DataBundle
 from distillprune.errors import CheckpointError, DataError, DistillpruneError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
-from distillprune.models.user import admitted
+from distillprune.models.user import admitted, split_target
+from distillprune.pipeline.rundir import RunFolderError
 from distillprune.pipeline.state import confined
 from distillprune.recipes.schema import Recipe
 
@@ -273,3 +274,26 @@ def _memory_bytes() -> int | None:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+def check_not_inputs(p: Path, recipe: Recipe) -> None:
+    """Refuse a run folder that is, or holds, a file or folder the recipe reads (the data, a model, tokenizer
+    or teacher folder, a weights or class file): ``--force`` and starting over would replace or clear it."""
+    real = Path(os.path.realpath(p))
+    for key, path in input_paths(recipe):
+        inp = Path(os.path.realpath(Path(path).expanduser()))
+        if inp == real or real in inp.parents:
+            what = "is" if inp == real else "holds"
+            raise RunFolderError(f"--out {p} {what} {key} ({path}); choose a run folder apart from the inputs")
+
+
+def input_paths(recipe: Recipe) -> list[tuple[str, str]]:
+    """``(recipe key, path)`` of every file and folder the recipe reads."""
+    found = [("data.path", recipe.data.path), ("data.text.tokenizer", recipe.data.text.tokenizer)]
+    for where, cfg in model_configs(recipe):
+        found += [(f"{where}.{k}", getattr(cfg, k, None)) for k in ("path", "checkpoint", "weights")]
+        python = cfg.python if isinstance(cfg.python, str) else None
+        if python and ":" in python and python.rpartition(":")[0].endswith(".py"):
+            found.append((f"{where}.python", split_target(python)[0]))
+    found += list(teacher_checkpoints(recipe))
+    return [(k, str(v)) for k, v in found if isinstance(v, (str, Path)) and v and not str(v).startswith("package:")]

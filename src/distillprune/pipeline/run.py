@@ -31,9 +31,9 @@ from distillprune.measure.latency import seq_length, torch_latency
 from distillprune.measure.metrics import count_macs, count_params, layer_widths
 from distillprune.measure.quality import embedding_quality
 from distillprune.models.config import ModelConfig
-from distillprune.models.user import vouched_sha
+from distillprune.models.user import vouched_code
 from distillprune.pipeline import rundir, runlock
-from distillprune.pipeline.preflight import preflight
+from distillprune.pipeline.preflight import check_not_inputs, preflight
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES, StageOutcome
@@ -48,7 +48,10 @@ from distillprune.train.trainer import evaluate, resolve_device
 def prepare_run_dir(
     run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None, force: bool = False
 ) -> Path | None:
-    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``)."""
+    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``); a folder that is
+    or holds one of the recipe's inputs is refused first."""
+    if run_dir is not None and recipe is not None:
+        check_not_inputs(rundir.out_folder(run_dir), recipe)
     return rundir.prepare(run_dir, resume, recipe, force)
 
 
@@ -96,15 +99,15 @@ def execute(
                 runlock.release_all()
 
 
-def recipe_code(recipe: Recipe) -> list[str]:
-    """The sha256 of every class file the recipe itself names (``model.python`` of the model, students and
-    teachers): the code a run vouches for when it reloads its own checkpoints."""
-    found: list[str] = []
+def recipe_code(recipe: Recipe) -> dict[str, str]:
+    """sha256 -> place (file or module) of every class the recipe itself names (``model.python`` of the model,
+    students and teachers): the code a run vouches for when it reloads its own checkpoints."""
+    found: dict[str, str] = {}
 
     def walk(node: object) -> None:
         if isinstance(node, ModelConfig) and node.python:
-            sha = vouched_sha(node.python)
-            found.extend([sha] if sha else [])
+            code = vouched_code(node.python)
+            found.update([code] if code else [])
         if isinstance(node, BaseModel):
             for name in type(node).model_fields:
                 walk(getattr(node, name))

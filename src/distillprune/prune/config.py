@@ -105,6 +105,12 @@ class TargetConfig(SpeedTarget):
         "removes 16 of 25 blocks at full width, docs/benchmarks.md)",
     )
     refits: int = Field(2, ge=0, description="re-plans of a depth option whose measured speedup misses the band")
+    block_choice: Literal["recoverability", "kd"] = Field(
+        "kd",
+        description="which blocks go first: recoverability (the error of the best affine 1x1 map from a block's "
+        "input to its output, per millisecond its removal saves; PRACTISE) or kd (the smallest KD-loss increase "
+        "of the cut before recovery, lazy-greedy)",
+    )
     val_samples: int = Field(500, gt=0, description="training samples held out to estimate each plan's accuracy")
     calib_samples: int = Field(
         256, gt=0, description="training samples for block scores, Taylor costs and BatchNorm re-estimation"

@@ -4,8 +4,10 @@ hooks on the one target search (``prune.search``: the baseline, the measurement,
 
 For each depth option (a number of blocks, from ``target.depth_fractions``):
 
-1. the blocks are the greedy prefix of one lazy-greedy choice by KD loss (``prune.depth.BlockScorer``:
-   torch.fx with cached activations, so choosing 13 of ResNet-56's 27 blocks costs a few forwards);
+1. the blocks are a prefix of one order: by recoverability per millisecond saved (``prune.recoverability``:
+   the error of the best affine 1x1 map from a block's input to its output, over the milliseconds its removal
+   saves; ``target.block_choice: recoverability``), or the lazy-greedy choice by the KD loss of the cut before
+   recovery (``prune.depth.BlockScorer``: torch.fx with cached activations; ``block_choice: kd``);
 2. each coupled channel group is priced: its channels' first-order KD-loss cost (Taylor: |w * dL/dw|
    of the KD loss on calibration batches) against the milliseconds it saves, read from a latency lookup
    table of the layer shapes that occur (``prune.latency_table``; the MACs themselves for a MACs target);
@@ -42,6 +44,7 @@ from distillprune.prune.depth import BlockScorer, removable_blocks, remove_block
 from distillprune.prune.estimate import estimate, recalibrate_bn
 from distillprune.prune.groups import apply_widths, priced_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
+from distillprune.prune.recoverability import block_errors, by_recoverability
 from distillprune.prune.recovery import RecoveryConfig, recover_
 from distillprune.prune.search import Band, Baseline, Candidate, Measure, Option, PairedOrt, Search, measure_for
 
@@ -272,7 +275,18 @@ class _Planner:
         counts = sorted({int(round(f * len(blocks))) for f in self.target.depth_fractions})
         if not counts or counts[-1] == 0:
             return [], counts
-        scorer = BlockScorer(self.dense, blocks, [x for x, _ in self.ctx.inputs.calibration], self.t_cal)
+        batches = [x for x, _ in self.ctx.inputs.calibration]
+        if self.target.block_choice == "recoverability":
+            errors = block_errors(self.dense, blocks, batches)
+            shapes = layer_shapes(self.dense, self.measure.baseline.shape)
+            saved = {
+                b: sum(self.predictor.cost(s) for n, s in shapes.items() if layer_of(n).startswith(f"{b}."))
+                for b in blocks
+            }
+            order = by_recoverability(errors, saved)[: counts[-1]]
+            self.ctx.log(f"blocks by recoverability per unit saved: {order}")
+            return order, counts
+        scorer = BlockScorer(self.dense, blocks, batches, self.t_cal)
         order = scorer.greedy(counts[-1])
         self.ctx.log(f"blocks by KD loss: {order} ({scorer.evaluations} evaluations)")
         return order, counts

@@ -47,7 +47,7 @@ class Candidate:
     speedup: float | None = None  # measured, back to back with the dense model (median of pairs)
     spread: list[float] | None = None  # min and max of the pairs' speedups
     macs_ratio: float | None = None
-    est_top1: float | None = None  # validation top-1 (%) before fine-tuning, BN re-estimated
+    est_top1: float | None = None  # top-1 (%) before fine-tuning on held-out *training* images (optimistic)
     est_kd: float | None = None  # validation KD loss to the teacher (lower is better)
     in_band: bool = False
     chosen: bool = False
@@ -320,7 +320,8 @@ class Search:
 
 def _line(c: Candidate, estimates: bool) -> str:
     if c.est_kd is not None:
-        est = f" est top-1 {c.est_top1} kd {c.est_kd}"
+        # the teacher has fitted its training images, the estimate's: optimistic, but it ranks candidates alike
+        est = f" est top-1 {c.est_top1} (on training images: optimistic) kd {c.est_kd}"
     else:
         est = " not estimated (outside the band)" if estimates else ""
     return f"speedup {c.speedup} macs x{c.macs_ratio}{est}"

@@ -17,6 +17,7 @@ from distillprune.core.batch import NamedInputs, is_embedder
 from distillprune.core.checkpoint import ArchSpec
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp
+from distillprune.core.io import safe_mkdir
 from distillprune.data.base import DataBundle
 from distillprune.distill.modes import finetune_objective
 from distillprune.errors import QuantizationError
@@ -74,7 +75,7 @@ def make_job(
         shape = tuple(test_x.shape[1:])
     if input_shape is not None and tuple(input_shape) != shape:
         raise QuantizationError(f"input_shape {tuple(input_shape)} differs from the data's {shape}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    safe_mkdir(workdir)  # in a run folder: level by level, never through a planted link
     return QuantJob(model, shape, cfg, Path(out), workdir, batches, test_x, test_y, teacher, train, qat, train_steps)
 
 

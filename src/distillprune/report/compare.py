@@ -14,7 +14,7 @@ from pathlib import Path
 
 from distillprune.core.io import write_text
 from distillprune.core.run_files import RESERVED
-from distillprune.errors import DistillpruneError
+from distillprune.errors import DistillpruneError, printable
 from distillprune.report.page import figure, page, table
 from distillprune.report.plots import compare_svg, latency_keys, latency_label
 from distillprune.report.render import _fmt_bytes, _fmt_int, _x
@@ -214,6 +214,7 @@ def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) ->
         html = r.folder / "report.html" if r.folder else None
         if html is not None and html.is_file():
             href = os.path.relpath(html, out_dir) if out_dir else html.as_uri()
+            href = href if href.startswith((".", "/", "file:")) else f"./{href}"  # a folder 'javascript:x' is a path
             links.append(f'<li><a href="{escape(href)}">{escape(r.label)}</a>: its full report</li>')
         else:
             links.append(
@@ -286,10 +287,10 @@ def print_compare(runs: Sequence[RunData], wide: bool = False, console=None) -> 
     for c, header in cols:
         t.add_column(header, justify="left" if c in ("run", "recipe") else "right", overflow="fold")
     for row in compare_rows(runs):
-        t.add_row(*(rich_escape(row[i]) for i in pick))
+        t.add_row(*(rich_escape(printable(row[i])) for i in pick))  # text from report.json: never raw escapes
     console = console or Console()
     console.print(t)
     for d in environment_differences(runs):
-        console.print(f"[yellow]measured differently[/] {rich_escape(d)}")
+        console.print(f"[yellow]measured differently[/] {rich_escape(printable(d))}")
     for n in latency_notes(runs):
-        console.print(f"[yellow]note[/] {rich_escape(n)}")
+        console.print(f"[yellow]note[/] {rich_escape(printable(n))}")

@@ -19,6 +19,7 @@ from distillprune.report.curves import curves_svg
 from distillprune.report.page import cards, figure, page, table
 from distillprune.report.plots import (
     CANDIDATES_LABEL,
+    EST_TOP1,
     accuracy_latency_svg,
     latency_keys,
     latency_label,
@@ -101,7 +102,7 @@ def _candidates_table(report: CompressionReport) -> str:
         ]
         out.append(
             table(
-                ["candidate", "MACs", *(f"{k} ms" for k in keys), "speedup", "est. top-1 %", "chosen"],
+                ["candidate", "MACs", *(f"{k} ms" for k in keys), "speedup", EST_TOP1, "chosen"],
                 body,
                 ["chosen" if c.get("chosen") else "" for c in p.candidates],
                 text_cols=(0,),

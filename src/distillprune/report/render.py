@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distillprune.core.io import write_text
+from distillprune.errors import printable
 from distillprune.report.report import LOAD_CHECKS, CompressionReport, StageResult
 
 COLUMNS = [
@@ -185,9 +186,9 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
     extra = [(c, c) for c in names[len(COLUMNS) :]]  # quality metrics (embedders) in both views
     cols = [(c, c) for c in names] if wide else [*COMPACT, *extra]
     pick = [names.index(c) for c, _ in cols]
-    data = [[r[i] for i in pick] for r in rows(report)]
+    data = [[printable(r[i]) for i in pick] for r in rows(report)]  # names from report.json: never raw escapes
     table = Table(
-        title=f"distillprune: {report.recipe}",
+        title=f"distillprune: {escape(printable(report.recipe))}",
         caption=CAPTION + ("" if wide else "; --wide: all columns"),
     )
     for c, header in cols:
@@ -203,7 +204,7 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
     console.print(table)
     for s in report.stages:
         for f in s.flags:
-            console.print(f"[yellow]flag[/] {escape(s.name)}: {escape(f)}")
+            console.print(f"[yellow]flag[/] {escape(printable(s.name))}: {escape(printable(f))}")
 
 
 def write_markdown(report: CompressionReport, run_dir: str | Path) -> Path:

@@ -18,14 +18,18 @@ from torch import nn
 
 from distillprune.data.base import DataBundle
 from distillprune.measure.latency import LatencyConfig
+from distillprune.train import policy
 from distillprune.train.config import RuntimeConfig, Span, TrainingOptions
-from distillprune.train.trainer import FitSettings, fit, spanned
+from distillprune.train.policy import Regime
+from distillprune.train.trainer import fit
 
 __all__ = ["Context", "LoaderOptions", "Trainer", "fit_trainer"]
 
-#: ``trainer(model, objective, epochs, tag, on_step=None, span=None) -> per-epoch records``: ``tag`` names
-#: the run inside the verb ("step1", "gen2", "qat", "train"; a stage's trainer checkpoints under it);
-#: ``span`` (a ``train.config.Span``) is passed only when the run is part of a longer one (prune steps)
+#: ``trainer(model, objective, epochs, tag, on_step=None, span=None, regime="finetune") -> per-epoch records``:
+#: ``tag`` names the run inside the verb ("step1", "gen2", "qat", "train"; a stage's trainer checkpoints under
+#: it); ``span`` (a ``train.config.Span``) is passed only when the run is part of a longer one (prune steps);
+#: ``regime`` says where the model starts (``train.policy``: "scratch" for fresh weights), unless the training
+#: options name one
 Trainer = Callable[..., list[dict]]
 
 
@@ -70,9 +74,15 @@ def fit_trainer(opts: TrainingOptions, data: DataBundle, context: Context | None
     ctx = context or Context()
 
     def train(  # type: ignore[no-untyped-def]
-        model: nn.Module, objective: nn.Module, epochs: float, tag: str, on_step=None, span: Span | None = None
+        model: nn.Module,
+        objective: nn.Module,
+        epochs: float,
+        tag: str,
+        on_step=None,
+        span: Span | None = None,
+        regime: Regime = "finetune",
     ) -> list[dict]:
-        settings = FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip, *spanned(span))
+        settings = policy.settings(opts, epochs, policy.regime_of(opts, regime), span)
         lo = ctx.loader
         return fit(
             model,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,12 @@ from torch import nn
 
 from distillprune.core.batch import NamedInputs
 from distillprune.core.checkpoint import ARCH_BUILDERS, ArchSpec
-from distillprune.core.io import resolve_folder
-from distillprune.errors import DistillpruneError
+from distillprune.core.io import refuse_links_in, resolve_folder, write_text
+from distillprune.core.trust import hf_options
+from distillprune.errors import CheckpointError, DistillpruneError
 from distillprune.models.config import ModelConfig
 from distillprune.models.registry import MODEL_SOURCES
+from distillprune.models.weights import weights_only_failure
 from distillprune.transformers import hub_code
 from distillprune.transformers.hub_code import shrink_to_layout
 from distillprune.transformers.surgery import hf_of, layers, layers_path
@@ -136,18 +139,29 @@ def load_encoder(path: str, task: str, num_labels: int | None = None, normalize:
         if not num_labels:
             raise DistillpruneError("task sequence-classification needs labelled data (the number of labels)")
         kw["num_labels"] = num_labels
+    opts = hf_options(folder, "model.path")  # no code from the folder without --trust-code, never a prompt
     try:
-        config = tr.AutoConfig.from_pretrained(str(folder), local_files_only=True, **kw)
+        config = tr.AutoConfig.from_pretrained(str(folder), **opts, **kw)
         auto = _auto_class(task)
-        cls = auto._model_mapping[type(config)]
-        if getattr(config, "distillprune_layout", None):
+        # a stock architecture loads through its own class (and a pruned one through its layout, never the
+        # folder's modeling file); only an opted-in folder's own class goes through auto_map
+        cls = auto._model_mapping[type(config)] if type(config) in auto._model_mapping else auto
+        if getattr(config, "distillprune_layout", None) and cls is not auto:
             cls = pruned_class(cls)
         extra = {"add_pooling_layer": False} if task == "embedding" and _takes_pooling(cls) else {}
         with quiet_transformers():
-            hf = cls.from_pretrained(str(folder), config=config, local_files_only=True, **extra)
+            hf = cls.from_pretrained(str(folder), config=config, weights_only=True, **opts, **extra)
     except (OSError, ValueError, KeyError) as e:
-        raise DistillpruneError(f"model.path {folder}: cannot load a {task} model ({str(e).splitlines()[0]})") from None
+        raise DistillpruneError(f"model.path {folder}: cannot load a {task} model ({_first_line(e)})") from None
+    except pickle.UnpicklingError as e:  # a pickled weights file that is more than tensors: it never ran
+        raise CheckpointError(
+            f"model.path {folder}: its weights do not load with weights_only=True ({weights_only_failure(e)})"
+        ) from None
     return _finish(hf, task, normalize)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _takes_pooling(cls: type[Any]) -> bool:
@@ -184,23 +198,25 @@ def save_pretrained(model: nn.Module, folder: str | Path, tokenizer: str | Path 
 
     folder = Path(folder)
     hf = hf_of(model)
+    refuse_links_in(folder)  # transformers writes its files by name: none of them may be a planted link
     with quiet_transformers():
         hf.save_pretrained(str(folder))
         if tokenizer is not None:
             tr = require_transformers()
-            tr.AutoTokenizer.from_pretrained(
-                str(resolve_folder(str(tokenizer), "tokenizer")), local_files_only=True
-            ).save_pretrained(str(folder))
+            tok = resolve_folder(str(tokenizer), "tokenizer")
+            tr.AutoTokenizer.from_pretrained(str(tok), **hf_options(tok, "data.text.tokenizer")).save_pretrained(
+                str(folder)
+            )
     if getattr(hf.config, "distillprune_layout", None):
         base = type(hf).__name__
         code = Path(hub_code.__file__).read_text(encoding="utf-8")
         code += f"\n\nimport transformers  # noqa: E402\n\nDistillprune{base} = pruned_class(transformers.{base})\n"
-        (folder / "modeling_distillprune.py").write_text(code, encoding="utf-8")
+        write_text(folder / "modeling_distillprune.py", code)
         cfg_path = folder / "config.json"
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         auto = "AutoModel" if not base.endswith("ForSequenceClassification") else "AutoModelForSequenceClassification"
         cfg["auto_map"] = {auto: f"modeling_distillprune.Distillprune{base}"}
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        write_text(cfg_path, json.dumps(cfg, indent=2) + "\n")
     return folder
 
 

@@ -27,6 +27,6 @@ class TrainStage(StageConfig, TrainingOptions):
 
 @register_stage(TrainStage)
 def run_train(st: TrainStage, state: RunState, index: int) -> StageOutcome:
-    hist = state.fit(st, st.epochs, CrossEntropy(st.label_smoothing), index, "train")
+    hist = state.fit(st, st.epochs, CrossEntropy(st.label_smoothing), index, "train", regime="scratch")
     state.set_teacher(state.model, state.spec)  # the trained dense model is the default teacher
     return StageOutcome(TrainReport.of(hist))
