@@ -88,3 +88,30 @@ def test_a_uniform_step_and_a_target_cut_the_same_groups_the_same_way():
     a, b = uniform.state_dict(), planned.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert uniform(x).shape == (4, 10)
+
+
+def test_a_criterion_never_scores_what_it_cannot_read_some_other_way():
+    """``bn_scale`` reads BatchNorm scales: the attention's heads and the Linear groups have none, so they stay
+    whole and are named (never scored as ``l2``); the conv groups are cut."""
+    m = _model()
+    report = dp.prune_(m, {"width": {**WIDTH, "importance": "bn_scale"}}, dp.Examples(torch.randn(4, 3, 8, 8), 10))
+    reasons = {s["layer"]: s["reason"] for s in report.skipped}
+    assert "an attention's heads have none" in reasons["attn.qkv"] and m.attn.num_heads == 4
+    assert "bn_scale finds no BatchNorm in it" in reasons["embed"]
+    assert m.mid[0].out_channels < 32
+
+
+def test_an_unknown_or_foreign_criterion_is_one_line():
+    from distillprune.core.config import validate
+    from distillprune.errors import RecipeError
+
+    for name, why in (
+        ("l3", "'l3' is unknown (did you mean 'l2'?); expected one of: bn_scale, l1, l2, taylor"),
+        ("fisher", "'fisher' does not score a cnn's groups"),
+    ):
+        try:
+            validate(WidthConfig, {"importance": name}, where="width")
+        except RecipeError as e:
+            assert why in str(e) and "\n" not in str(e), str(e)
+        else:
+            raise AssertionError(f"{name} was accepted")

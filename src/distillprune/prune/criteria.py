@@ -19,7 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from distillprune.core.registry import Registry
+from distillprune.core.registry import Registry, nearest
 from distillprune.prune.heads import Attention
 
 
@@ -72,11 +72,11 @@ def register(cls: type[Criterion]) -> type[Criterion]:
 
 def check_family(name: str, family: str, field: str) -> str:
     """``name`` when it is a registered criterion of ``family``, else ``ValueError`` naming the ones that are."""
-    CRITERIA.check(name)
-    if CRITERIA.get(name).family != family:
-        fits = [n for n, c in CRITERIA.items() if c.family == family]
-        raise ValueError(f"{field} '{name}' does not score a {family}'s groups; expected one of: {', '.join(fits)}")
-    return name
+    fits = [n for n, c in CRITERIA.items() if c.family == family]
+    if name in fits:
+        return name
+    why = f"does not score a {family}'s groups" if name in CRITERIA else f"is unknown{nearest(str(name), fits)}"
+    raise ValueError(f"{field} {str(name)!r} {why}; expected one of: {', '.join(fits)}")
 
 
 class _Channels(Criterion):
