@@ -82,24 +82,24 @@ def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
     with ``r``, e.g. ``9r``: by recoverability per MAC saved, ``prune.recoverability``; or "+"-separated block
     paths) and halves every
     channel group whose root layer starts with one of the prefixes (``conv1`` is the stem)."""
+    from distillprune.prune.channels import enumerate_groups
     from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
-    from distillprune.prune.groups import channel_groups
 
     count, _, prefixes = spec.partition(":")
-    batches = [x for x, _ in s.calibration(2)]
+    batches = [x for x, _ in s.calibration(2 * s.batch_size)]
     assert s.teacher is not None and s.cfg.width is not None
     if count.isdigit():
         with torch.no_grad():
             logits = [s.teacher(x) for x in batches]
         blocks = BlockScorer(s.model, removable_blocks(s.model), batches, logits).greedy(int(count))
     elif count.endswith("r") and count[:-1].isdigit():  # by recoverability per MAC saved
-        blocks = recoverable(s, [x for x, _ in s.calibration(8)], int(count[:-1]))
+        blocks = recoverable(s, [x for x, _ in s.calibration(8 * s.batch_size)], int(count[:-1]))
     else:  # the blocks named ("+"-separated paths)
         blocks = count.split("+")
     probe = copy.deepcopy(s.model)
     remove_blocks(probe, blocks)
     by_size = s.cfg.width.model_copy(update={"importance": "l2"})  # only the groups' roots and sizes are read
-    _, groups = channel_groups(probe, batches[0][:1], by_size, s.num_classes)
+    groups = enumerate_groups(probe, batches[0][:1], by_size, s.num_classes).groups
     roots = tuple(p for p in prefixes.split(",") if p)
     widths = {g.root: [max(g.min_keep, g.size // 2), g.size] for g in groups if g.root.startswith(roots)}
     return Plan({"latency_speedup": target}, blocks=blocks, widths=widths, note=f"fixed plan {spec}")
@@ -172,7 +172,7 @@ def e0_row(target: float, ctx: dict, a, cached: dict | None, top1) -> dict:
     rank: list[dict] = []
     with ranked(ctx, top1, rank) if getattr(a, "rank", False) and not cached else nullcontext():
         s, plan_s = session(t, data, target, ctx["lat"], a, (cached or {}).get("plan"))
-    calib = [x for x, _ in s.calibration(-(-a.calib // 128))]
+    calib = [x for x, _ in s.calibration(a.calib)]
     rec: dict = {
         "rank": rank or (cached or {}).get("rank"),
         "rank_spearman": spearman([r["est_top1"] for r in rank], [r["test_top1"] for r in rank])

@@ -71,7 +71,7 @@ from distillprune.measure.latency import LatencyConfig, torch_latency
 from distillprune.pipeline import execute
 from distillprune.recipes.schema import Recipe
 from distillprune.train import RuntimeConfig, evaluate
-from distillprune.train.trainer import resolve_device
+from distillprune.train.device import resolve_device
 
 PEERS = ["tp_l2", "tp_l2_r8", "drop"]
 DP = {"dp_2x": 2.0, "dp_3x": 3.0, "dp_4x": 4.0}

@@ -125,7 +125,7 @@ def start(o: argparse.Namespace, ctx: dict, plan_json: dict):  # type: ignore[no
     if cache.exists():
         m.load_state_dict(torch.load(cache, weights_only=True))
     else:
-        calib = [x for x, _ in s.calibration(8)]
+        calib = [x for x, _ in s.calibration(8 * s.batch_size)]
         if o.recovery == "bn":
             recalibrate_bn(m, calib)
         else:

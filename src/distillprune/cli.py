@@ -186,8 +186,9 @@ def bench(
     """ONNX Runtime CPU latency, file size and accuracy of ONNX files, side by side (text models: at
     (batch, sequence) pairs; label-free text data: cosine of each file's outputs with the first file's)."""
     from distillprune.core.config import validate
-    from distillprune.measure.bench import accuracy_note, any_text, bench_onnx, load_eval_data, render_bench
+    from distillprune.measure.bench import accuracy_note, any_text, bench_onnx, render_bench
     from distillprune.measure.latency import LatencyConfig, seq_length
+    from distillprune.recipes.schema import load_eval_data
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -289,14 +290,18 @@ def stage_table() -> str:
 
 @app.command("list")
 def list_(
-    family: str = typer.Argument("all", help="models | losses | sources | importance | quantizers | stages | all"),
+    family: str = typer.Argument("all", help="a registry (models, losses, sources, importance, stages...) or all"),
     markdown: bool = typer.Option(False, "--markdown", help="stages: the README's table"),
 ) -> None:
-    """What is registered: models, losses, data sources, importance criteria, quantizers, stage types."""
-    from distillprune.registries import REGISTRIES
+    """What is registered: models, losses, data sources, importance criteria, quantizers, stage types, ..."""
+    from distillprune.registries import INTERNAL, REGISTRIES, internal
 
-    if family != "all" and family not in REGISTRIES:
-        raise DistillpruneError(f"no registry '{family}'; expected one of: all, {', '.join(REGISTRIES)}")
+    if family != "all" and family not in REGISTRIES and family not in INTERNAL:
+        names = ", ".join([*REGISTRIES, *INTERNAL])
+        raise DistillpruneError(f"no registry '{family}'; expected one of: all, {names}")
+    if family in INTERNAL:
+        typer.echo(f"{family}: {', '.join(internal(family).names())}")
+        return
     if markdown:
         if family != "stages":
             raise DistillpruneError("--markdown renders the stage table: distillprune list stages --markdown")

@@ -53,11 +53,12 @@ MODELS.declare(
     "timm",
 )
 
-#: name -> factory of a Torch-Pruning ``Importance``
-IMPORTANCE: Registry[Any] = Registry("importance criterion")
-IMPORTANCE.declare("distillprune.prune.importance", "l1", "l2", "taylor", "bn_scale")
+#: name -> ``prune.criteria.Criterion`` subclass (each says the family whose groups it scores)
+CRITERIA: Registry[Any] = Registry("importance criterion")
+CRITERIA.declare("distillprune.prune.criteria", "l1", "l2", "taylor", "bn_scale")
+CRITERIA.declare("distillprune.transformers.importance", "fisher")
 
-#: method -> ``fn(job: QuantJob) -> QuantResult``
+#: method -> the scheme's config class (a ``QuantConfig``), which carries its quantizer (``quant.registry``)
 QUANTIZERS: Registry[Any] = Registry("quantization method")
 QUANTIZERS.declare("distillprune.quant.half", "fp16", "bf16")
 QUANTIZERS.declare("distillprune.quant.ort_static", "static")
@@ -68,7 +69,27 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "models": MODELS,
     "losses": LOSSES,
     "sources": SOURCES,
-    "importance": IMPORTANCE,
+    "importance": CRITERIA,
     "quantizers": QUANTIZERS,
     "stages": STAGES,
 }
+
+#: the registries the library fills as it loads (reading one imports the library, torch included): ``distillprune
+#: list <name>`` shows one, ``list`` (all) does not, so it stays free of torch
+INTERNAL: dict[str, str] = {
+    "model_sources": "distillprune.models.registry:MODEL_SOURCES",
+    "source_examples": "distillprune.data.examples:EXAMPLES",
+    "structures": "distillprune.prune.structure:STRUCTURES",
+    "history_ops": "distillprune.core.history:HISTORY_OPS",
+    "report_kinds": "distillprune.core.reporting:DETAILS",
+    "arch_sources": "distillprune.core.checkpoint:ARCH_BUILDERS",
+}
+
+
+def internal(name: str) -> Registry[Any]:
+    """The internal registry ``name`` of ``INTERNAL`` (its module is imported)."""
+    import importlib
+
+    module, attr = INTERNAL[name].split(":")
+    reg: Registry[Any] = getattr(importlib.import_module(module), attr)
+    return reg

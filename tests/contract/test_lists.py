@@ -20,7 +20,7 @@ from distillprune.models.registry import MODEL_SOURCES
 from distillprune.pipeline.stages.distill import DistillStage
 from distillprune.pipeline.stages.prune import PruneStage
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.importance import IMPORTANCE
+from distillprune.prune.criteria import CRITERIA
 from distillprune.quant.config import QuantConfig
 from distillprune.quant.registry import QUANTIZERS
 from distillprune.registries import SOURCES
@@ -38,15 +38,25 @@ def _alternatives(description: str | None) -> set[str]:
 @pytest.mark.parametrize(
     ("field", "registry"),
     [
-        (WidthConfig.model_fields["importance"], IMPORTANCE),
         (DataConfig.model_fields["source"], SOURCES),
         (QuantConfig.model_fields["method"], QUANTIZERS),
         (ModelConfig.model_fields["source"], MODEL_SOURCES),
     ],
-    ids=["importance", "data.source", "quantize.method", "model.source"],
+    ids=["data.source", "quantize.method", "model.source"],
 )
 def test_a_field_listing_a_registry_lists_all_of_it(field, registry):
     assert _alternatives(field.description) == set(registry.names())
+
+
+def test_each_family_s_importance_field_lists_its_criteria():
+    from distillprune.transformers.config import TransformerPruneConfig
+
+    for field, family in (
+        (WidthConfig.model_fields["importance"], "cnn"),
+        (TransformerPruneConfig.model_fields["importance"], "encoder"),
+    ):
+        names = {n for n, c in CRITERIA.items() if c.family == family}
+        assert names and {p.split(":")[0] for p in _alternatives(field.description)} == names
 
 
 def _ticked(text: str) -> set[str]:
@@ -61,7 +71,8 @@ def test_the_distill_stage_and_its_readme_row_name_every_loss():
 
 
 def test_the_prune_stage_names_every_importance_criterion():
-    assert set(IMPORTANCE.names()) <= _ticked(PruneStage.__doc__ or "")
+    cnn = {n for n, c in CRITERIA.items() if c.family == "cnn"}
+    assert cnn <= _ticked(PruneStage.__doc__ or "")
 
 
 def test_the_label_free_message_names_every_loss_that_learns_from_the_teacher_alone():

@@ -51,7 +51,10 @@ def test_python_model_rebuilds_from_its_file_without_base(net_file, tmp_path):
     model, spec = dp.make_model({"python": f"{net_file}:MyNet", "kwargs": {"width": 8}}, 10, (1, 8, 8))
     assert spec.source == "python" and spec.ref["file"] == str(net_file) and len(spec.ref["sha256"]) == 64
     dp.prune_(
-        model, {"width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}}, torch.randn(4, 1, 8, 8), 10, spec=spec
+        model,
+        {"width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}},
+        dp.Examples(torch.randn(4, 1, 8, 8), 10),
+        history=spec,
     )
     dp.save_checkpoint(tmp_path / "ck", model, spec)
     assert (tmp_path / "ck" / "code" / "my_net.py").read_bytes() == net_file.read_bytes()  # the folder carries it

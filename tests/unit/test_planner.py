@@ -14,10 +14,11 @@ from distillprune.core.progress import talking
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
+from distillprune.prune.channels import enumerate_groups
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import BlockScorer, removable_blocks
 from distillprune.prune.estimate import recalibrate_bn
-from distillprune.prune.groups import apply_widths, channel_groups
+from distillprune.prune.groups import apply_widths
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
 from distillprune.prune.planner import _Predictor, greedy_widths, next_goal
 
@@ -63,7 +64,7 @@ def test_cached_block_scores_equal_full_forwards():
 # ---------------------------------------------------------------- groups and widths
 def test_groups_cut_to_planned_widths_and_replay():
     m = model()
-    dg, groups = channel_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10)
+    groups = enumerate_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10).groups
     assert groups and all(g.size >= g.min_keep >= 8 for g in groups)
     assert all(sorted(g.order) == list(range(g.size)) for g in groups)
     keep = {g.root: g.min_keep for g in groups[:3]}
@@ -74,7 +75,7 @@ def test_groups_cut_to_planned_widths_and_replay():
     op = cut.op
     spec.history.append(op)
     assert count_macs(m, SHAPE) < before
-    _, after = channel_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10)
+    after = enumerate_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10).groups
     sizes = {g.root: g.size for g in after}
     assert all(sizes.get(root, k) == k for root, k in keep.items())
     rebuilt = spec.build()
@@ -83,7 +84,7 @@ def test_groups_cut_to_planned_widths_and_replay():
 
 def test_greedy_widths_meets_the_goal_and_spends_cheap_channels_first():
     m = model()
-    dg, groups = channel_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10)
+    groups = enumerate_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10).groups
     for i, g in enumerate(groups):  # make the first group very expensive to cut
         g.cost = [1e6 if i == 0 else 1.0] * g.size
     shapes = layer_shapes(m, SHAPE)
@@ -135,7 +136,7 @@ def _session(target: dict, shape=SHAPE, recovery: dict | None = None, **cfg):
             **({"recovery": recovery} if recovery is not None else {}),
         }
     )
-    return dp.PruneSession(model(), conf, data=data, latency=FAST, batch_size=32), data
+    return dp.PruneSession(model(), conf, data, context=dp.Context(loader=dp.LoaderOptions(32), latency=FAST)), data
 
 
 def test_macs_plan_lands_in_the_band_and_is_applied():
@@ -164,9 +165,9 @@ def test_macs_plan_lands_in_the_band_and_is_applied():
 def test_planned_prune_re_estimates_batchnorm_as_the_planner_assumed():
     # without recovery (with least squares, the re-fit layers keep the dense statistics, as the planner assumed)
     s, _ = _session({"macs_ratio": 2.0, "depth_fractions": [0.0]}, recovery={"method": "none"})
-    s.run()  # bn_recalibration 0: the plan's calib_samples (64 = 2 batches of 32) re-estimate the statistics
+    s.run()  # bn_calib_samples 0: the plan's calib_samples (64 = 2 batches of 32) re-estimate the statistics
     again = copy.deepcopy(s.model)
-    recalibrate_bn(again, [x for x, _ in s.calibration(2)])
+    recalibrate_bn(again, [x for x, _ in s.calibration(2 * s.batch_size)])
     bns = [
         (a, b) for a, b in zip(s.model.modules(), again.modules(), strict=True) if isinstance(a, torch.nn.BatchNorm2d)
     ]

@@ -42,8 +42,9 @@ from distillprune.recipes.schema import Recipe, StageConfig
 from distillprune.report.render import write_markdown
 from distillprune.report.report import CompressionReport, StageResult, environment
 from distillprune.train import distributed as ddp
+from distillprune.train.device import resolve_device
 from distillprune.train.logging import RunLogger, attach_run_log
-from distillprune.train.trainer import evaluate, resolve_device
+from distillprune.train.trainer import evaluate
 
 
 def prepare_run_dir(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillprune.core.io import guard, loads, write_json
+from distillprune.core.run_files import MARKER, RESERVED, RUN_FILES, STATE
 from distillprune.errors import CheckpointError, DistillpruneError
 from distillprune.pipeline.fingerprint import difference, fingerprint
 from distillprune.pipeline.runlock import LOCK, acquire
@@ -27,13 +28,7 @@ from distillprune.pipeline.runlock import LOCK, acquire
 if TYPE_CHECKING:
     from distillprune.recipes.schema import Recipe
 
-MARKER = "run.json"
-STATE = "state.json"
 FORMAT = "distillprune-run/1"
-#: what a run writes besides the recipe's named output files (cleared when a never-completed run starts over)
-RUN_FILES = ("stages", "teacher", "tb", "metrics.jsonl", "report.json", "report.md", "report.html", STATE, "error.log")
-#: names a recipe's output ``filename`` may not take: the run's own files
-RESERVED = frozenset(RUN_FILES) | {MARKER, LOCK, "run.log", "baseline.onnx"}
 #: the empty file that shows the folder can be written (created with O_EXCL | O_NOFOLLOW, then removed)
 PROBE = ".distillprune-write-test"
 #: recipe sections that may change when resuming (how it runs and is measured, not what it computes)

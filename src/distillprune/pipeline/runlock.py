@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 from distillprune.core.io import UnsafePathError
+from distillprune.core.run_files import LOCK
 from distillprune.errors import DistillpruneError
-
-LOCK = "run.lock"
 
 _held: dict[str, int] = {}  # resolved folder -> fd of its lock file, for the runs of this process
 

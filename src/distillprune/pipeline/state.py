@@ -16,6 +16,7 @@ from torch import nn
 from distillprune.core.batch import NamedInputs, call, is_embedder
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.io import write_json
+from distillprune.core.run_files import RESERVED
 from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
@@ -23,15 +24,16 @@ from distillprune.distill.modes import Objective, build_peer, objective_for, res
 from distillprune.errors import DataError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
-from distillprune.pipeline.rundir import RESERVED, read_state
+from distillprune.pipeline.rundir import read_state
 from distillprune.report.report import CompressionReport
 from distillprune.train import distributed as ddp
 from distillprune.train import policy
 from distillprune.train.config import Span, TrainingOptions
 from distillprune.train.context import Context, LoaderOptions, Trainer
+from distillprune.train.device import resolve_device
 from distillprune.train.logging import RunLogger
 from distillprune.train.policy import Regime
-from distillprune.train.trainer import fit, resolve_device
+from distillprune.train.trainer import fit
 
 if TYPE_CHECKING:
     from distillprune.pipeline.timing import StageTimer

@@ -37,10 +37,12 @@ from torch import nn
 
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
+from distillprune.prune.channels import Group
 from distillprune.prune.config import TargetConfig, WidthConfig
+from distillprune.prune.criteria import accumulate_gradients
 from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
 from distillprune.prune.estimate import estimate, recalibrate_bn
-from distillprune.prune.groups import Group, apply_widths, gradients, priced_groups
+from distillprune.prune.groups import apply_widths, priced_groups
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_of, layer_shapes
 from distillprune.prune.recoverability import block_errors, by_recoverability
 from distillprune.prune.recovery import RecoveryConfig, recover_
@@ -214,6 +216,7 @@ class PlanContext:
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]  # the Taylor costs' loss
     latency: LatencyConfig | None = None
     recovery: RecoveryConfig | None = None
+    recalibrate: bool = True  # re-estimate BatchNorm after recovery (``PruneConfig.bn_samples``)
     log: Callable[[str], None] = lambda s: None
 
 
@@ -224,7 +227,7 @@ def plan_target(target: TargetConfig, ctx: PlanContext) -> Plan:
     order, counts = planner.block_order()
     # one backward pass on the dense model: every depth option reads its Taylor costs (and taylor importance)
     # from these gradients, restricted to the layers it keeps
-    gradients(planner.dense, ctx.inputs.calibration, ctx.loss_fn)
+    accumulate_gradients(planner.dense, ctx.inputs.calibration, ctx.loss_fn)
     offers = [planner.search.offer(_Depth(planner, d, order[:d])) for d in counts]
     return planner.finish(offers, order, t0)
 
@@ -295,7 +298,7 @@ class _Planner:
         recovery = self.ctx.recovery
         if recovery is not None:
             recover_(model, self.dense, batches, recovery)
-        if recovery is None or recovery.recalibrate():
+        if self.ctx.recalibrate:
             recalibrate_bn(model, batches)
         est_kd, est_top1 = estimate(model, self.ctx.inputs.validation, self.t_val)
         cand.est_kd = round(est_kd, 5)

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 
 from distillprune.core.io import write_text
+from distillprune.core.run_files import RESERVED
 from distillprune.errors import DistillpruneError, printable
 from distillprune.report.page import figure, page, table
 from distillprune.report.plots import compare_svg, latency_keys, latency_label
@@ -261,8 +262,6 @@ def write_compare(runs: Sequence[RunData], out: str | Path) -> Path:
 def _not_a_run_file(runs: Sequence[RunData], out: Path) -> None:
     """Refuse an ``--out`` that would overwrite a compared run's own files (report.json, run.log, its ONNX):
     inside a run folder the page may only be a new file or an earlier page (.html, not report.html)."""
-    from distillprune.pipeline.rundir import RESERVED
-
     target = out.resolve()
     for r in runs:
         if r.folder is None or not target.is_relative_to(r.folder.resolve()):

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
-from distillprune.core.compat import legacy_shape
 from distillprune.data.base import DataBundle
 from distillprune.measure.latency import LatencyConfig
 from distillprune.train import policy
@@ -70,22 +68,6 @@ class Context:
     latency: LatencyConfig | None = None
 
 
-def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
-    """``fit_trainer(cfg, data, runtime, seed, batch_size, crop_padding=0, hflip=False)``, the old shape (it
-    lived in ``prune.api``)."""
-    third = args[2] if len(args) > 2 else kwargs.get("runtime")
-    if not isinstance(third, RuntimeConfig):
-        return None
-    names = ("runtime", "seed", "batch_size", "crop_padding", "hflip")
-    old = {**dict(zip(names, args[2:], strict=False)), **{k: kwargs.pop(k) for k in names if k in kwargs}}
-    loader = LoaderOptions(
-        old.get("batch_size", 64), old.get("seed", 0), old.get("crop_padding", 0), old.get("hflip", False)
-    )
-    what = "fit_trainer(cfg, data, runtime, seed, batch_size, ...) is deprecated; pass a Context(...) third"
-    return (*args[:2], Context(old["runtime"], loader)), kwargs, what
-
-
-@legacy_shape(_legacy)
 def fit_trainer(opts: TrainingOptions, data: DataBundle, context: Context | None = None, desc: str = "") -> Trainer:
     """The library's trainer: ``fit`` with ``opts``' optimizer, schedule and grad clip, the context's
     runtime and loader (batch size, seed, crop, flip), no checkpoints."""

@@ -22,6 +22,7 @@ from torch import nn
 from distillprune.core.batch import call, is_embedder
 from distillprune.data.base import DataBundle, Split, TensorLoader, subset_indices
 from distillprune.train.config import KeepBestConfig, RuntimeConfig
+from distillprune.train.device import autocast, resolve_device
 
 #: the held-out images are drawn with this seed, not the run's: every stage of a run (every prune step) holds
 #: out the same images, so none of them is judged on images an earlier stage trained on
@@ -103,8 +104,6 @@ class KeepBest:
         return point
 
     def _evaluate(self, model: nn.Module, objective: nn.Module) -> tuple[float | None, float | None]:
-        from distillprune.train.trainer import autocast, resolve_device
-
         device = resolve_device(self.runtime)
         was = model.training
         model.eval()

@@ -18,7 +18,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -35,6 +34,7 @@ from distillprune.errors import CheckpointError, DistillpruneError, TrainingDive
 from distillprune.train import distributed as ddp
 from distillprune.train.batchnorm import renormalize, set_statistics_frozen
 from distillprune.train.config import KeepBestConfig, OptimizerConfig, RuntimeConfig, ScheduleConfig, Span
+from distillprune.train.device import autocast, resolve_device
 from distillprune.train.guard import HOLDOUT_SEED, KeepBest, holdout
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
@@ -123,18 +123,6 @@ class Window:
 def spanned(span: Span | None) -> tuple[float, tuple[float, float] | None]:
     """FitSettings' (start, schedule_span) of a session's ``span`` (None: a run of its own)."""
     return (0.0, None) if span is None else (span.start, span.schedule)
-
-
-def resolve_device(runtime: RuntimeConfig) -> torch.device:
-    if runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def autocast(runtime: RuntimeConfig, device: torch.device):
-    if runtime.amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if runtime.amp == "bf16" else torch.float16)
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -102,7 +102,7 @@ def _least_squares(
     for t, r in zip(targets, rows, strict=True):
         tick()
         try:  # a refit writes the layer's weights only once its solve is accepted: a failure leaves it as cut
-            report.layers.append(refit(pruned, t, batches, r, cfg.damp))
+            report.layers.append(refit(pruned, t, batches, r, 1e-3 if cfg.damp is None else cfg.damp))
         except UNREADABLE as e:
             why = f"recovery cannot fit it ({type(e).__name__}: {_first(e)}); left as cut"
             report.layers.append(LayerRecovery(t.path, skipped=why))
