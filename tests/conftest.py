@@ -13,6 +13,16 @@ _CEILINGS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_E
 for _var, _isa in _CEILINGS.items():
     os.environ.setdefault(_var, _isa)
 
+# The planner's per-machine latency cache (prune.latency_cache) goes to a folder of this test session, never to
+# the user's home; subprocess tests inherit it. Set before the library is imported.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+_CACHE = tempfile.mkdtemp(prefix="distillprune-test-cache-")
+os.environ["DISTILLPRUNE_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
