@@ -185,6 +185,7 @@ def _execute(
                     e.args = (f"stages.{index - 1} ({stage.type}): {e}", *e.args[1:])
                 raise
             result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
+            result.flags += outcome.flags
             if definition.measured and ddp.is_rank0():  # measured alone: other ranks would skew the latency
                 _measure(state, result)
                 if outcome.deployed is not None:

@@ -115,6 +115,7 @@ class CnnStructure(Structure):
             s.latency,
             self.cfg.recovery_config(),
             self.log,
+            progress=s.progress,
         )
         return plan_target(target, ctx)
 

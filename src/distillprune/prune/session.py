@@ -97,6 +97,7 @@ class PruneSession:
             self.example = None
         self.history = history if history is not None else []
         self.trainer, self.latency = trainer, ctx.latency
+        self.progress = ctx.runtime.progress and ddp.is_rank0()
         self.batch_size, self.seed = ctx.loader.batch_size, ctx.loader.seed
         self._teacher_given, self._peer = teacher, peer
         self.teacher: nn.Module | None = None

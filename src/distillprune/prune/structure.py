@@ -53,6 +53,7 @@ class Session(Protocol):
     latency: LatencyConfig | None
     batch_size: int
     seed: int
+    progress: bool  # the run shows progress on the console (the runtime's ``progress``)
 
     def record(self, op: HistoryOp) -> None: ...
 
