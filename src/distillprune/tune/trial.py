@@ -8,6 +8,10 @@ Early stopping: each epoch's record (``metrics.jsonl``, delivered live through `
 gives the trial an intermediate value: ``val_loss``, the stage's own objective on the validation split
 (the KD loss in distil stages), or, for an objective that cannot be evaluated apart from training, the
 validation error. The step is the epoch's position in the whole run, so trials are compared epoch by epoch.
+
+Plans: a trial's prune stage plans inside ``prune.plan_store.shared_plans(<tune folder>/plans)``, so trials whose
+planner inputs are equal (the model, the data the planner reads, the target and width options -- a drawn
+learning rate or KD temperature changes none of them) plan once and reuse that plan.
 """
 
 from __future__ import annotations
