@@ -98,7 +98,7 @@ def test_a_damaged_shared_plan_is_planned_again(tmp_path, caplog):
         (stored,) = tmp_path.glob("*.json")
         stored.write_text("{ damaged")
         plan = session({"macs_ratio": 2.0, "depth_fractions": [0.0]}).prepare()
-    assert not plan.reused and "shared plan" in caplog.text and "ignored" in caplog.text
+    assert not plan.reused and "stored cnn" in caplog.text and "ignored" in caplog.text
 
 
 def test_a_plan_outside_its_band_is_a_flag_of_the_stage():
@@ -154,3 +154,17 @@ def test_timed_candidates_record_their_predicted_and_measured_speedup():
     assert all(-0.5 < c.prediction_error < 1.0 for c in timed), [(c.predicted, c.speedup) for c in timed]
     assert all(c.speedup is None and c.latency_ms == {} for c in plan.candidates if c not in timed)
     assert plan.lut_entries + plan.lut_cached > 0
+
+
+def test_a_second_plan_of_the_same_model_reads_its_block_order_from_the_cache(tmp_path):
+    cache = {"latency_cache": str(tmp_path), "depth_fractions": [0.0, 0.25]}
+    first = session({"macs_ratio": 2.0, **cache})
+    first.prepare()
+    second = session({"macs_ratio": 1.5, **cache})
+    second.prepare()
+    assert any("evaluations on" in line for line in first.report.log)
+    assert any("scored before on these images" in line for line in second.report.log)
+    assert len(list((tmp_path / "blocks").glob("*.json"))) == 1
+    off = session({"macs_ratio": 1.5, **cache, "latency_cache": False})
+    off.prepare()  # no cache: scored again
+    assert any("evaluations on" in line for line in off.report.log)

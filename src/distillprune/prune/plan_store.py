@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from distillprune.core.io import loads, write_text
+from distillprune.core.io import guard, loads, write_text
 
 __all__ = ["PlanStore", "active_store", "plan_key", "shared_plans"]
 
@@ -38,10 +38,12 @@ MAX_BYTES = 16_000_000  # a plan file larger than this is not one of ours
 
 
 class PlanStore:
-    """Plans (as JSON) by key, in ``folder``."""
+    """Plans (or other planner results, as JSON) by key, in ``folder``; ``root``: a folder above it whose every
+    level down to a file is checked for links when writing (``core.io.guard``)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, root: str | Path | None = None) -> None:
         self.folder = Path(folder)
+        self.root = None if root is None else Path(root)
         self.hits = 0
         self.misses = 0
 
@@ -64,7 +66,7 @@ class PlanStore:
         else:
             why = "not a stored plan"
         if not isinstance(doc, dict) or doc.get("kind") != kind or doc.get("key") != key or "plan" not in doc:
-            _log.warning("shared plan %s ignored (%s); planning again", path, why)
+            _log.warning("stored %s %s ignored (%s); computed again", kind, path, why)
             self.misses += 1
             return None
         self.hits += 1
@@ -73,6 +75,9 @@ class PlanStore:
 
     def put(self, key: str, kind: str, plan: dict[str, Any]) -> None:
         doc = {"kind": kind, "key": key, "plan": plan}
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            guard(self.root)
         write_text(self.path(key), json.dumps(doc, indent=1, default=str) + "\n")
 
 

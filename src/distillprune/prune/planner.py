@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from distillprune.core.reporting import from_jsonable, to_jsonable
+from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.config import TargetConfig, WidthConfig
 from distillprune.prune.depth import BlockScorer, removable_blocks
@@ -49,7 +50,7 @@ from distillprune.prune.finalists import Depth, Proposal, confirm
 from distillprune.prune.groups import gradients
 from distillprune.prune.latency_cache import LatencyCache, cache_folder, runtime_key
 from distillprune.prune.latency_table import LatencyTable, layer_of, layer_shapes
-from distillprune.prune.plan_store import active_store, plan_key
+from distillprune.prune.plan_store import PlanStore, active_store, plan_key
 from distillprune.prune.predict import LatencyPricing, MacsPricing, Pricing
 from distillprune.prune.recoverability import block_errors, by_recoverability
 from distillprune.prune.recovery import RecoveryConfig, recover_
@@ -215,11 +216,29 @@ class _Planner:
             self.say(f"blocks by recoverability per unit saved: {order}")
             return order, counts
         xs, ts = _first_samples(batches, self.t_cal, self.target.score_samples)
+        return self._by_kd(blocks, xs, ts, counts[-1]), counts
+
+    def _by_kd(self, blocks: list[str], xs: list[torch.Tensor], ts: list[torch.Tensor], n: int) -> list[str]:
+        """The lazy-greedy KD-loss order of ``n`` blocks, read from the per-machine cache when this model was
+        scored on these images before (another target of the same model), else scored and kept there."""
+        folder = cache_folder(self.target.latency_cache)
+        store = None if folder is None else PlanStore(folder / "blocks", root=folder)
+        key = plan_key("block-order-kd-1", self.dense, blocks, xs, ts)
+        got = store.get(key, "block order") if store is not None else None
+        order = got.get("order") if isinstance(got, dict) else None
+        if store is not None and isinstance(order, list) and len(order) >= n and set(order) <= set(blocks):
+            self.say(f"blocks by KD loss: {order[:n]} (scored before on these images: read from {store.folder})")
+            return order[:n]
         scorer = BlockScorer(self.dense, blocks, xs, ts)
-        order = scorer.greedy(counts[-1])
-        n = sum(len(x) for x in xs)
-        self.say(f"blocks by KD loss: {order} ({scorer.evaluations} evaluations on {n} images)")
-        return order, counts
+        order = scorer.greedy(n)
+        count = sum(len(x) for x in xs)
+        self.say(f"blocks by KD loss: {order} ({scorer.evaluations} evaluations on {count} images)")
+        if store is not None:
+            try:
+                store.put(key, "block order", {"order": order})
+            except (OSError, DistillpruneError) as e:
+                self.ctx.log(f"block order not kept in {store.folder} ({str(e).splitlines()[0] if str(e) else e!r})")
+        return order
 
     def predict(self, order: list[str], counts: list[int]) -> list[Proposal]:
         """Every depth option's candidate, planned to the middle of the band by the pricing, built and estimated
