@@ -32,7 +32,6 @@ candidate with its predicted and (if timed) measured speedup and its estimate. W
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,8 +58,6 @@ from distillprune.prune.search import Band, Baseline, Candidate, Measure, Paired
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
 __all__ = ["Candidate", "Plan", "PlanContext", "PlanInputs", "plan_target", "say"]
-
-_console = logging.getLogger("distillprune.progress")
 
 
 @dataclass
