@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,9 @@ def test_the_folder_is_the_option_else_the_environment_else_the_user_cache(monke
 
 
 def test_the_test_suite_never_writes_the_users_cache():
-    assert os.environ[ENV] and Path(os.environ[ENV]).resolve() != (Path.home() / ".cache").resolve()
+    folder = cache_folder(True)
+    assert folder is not None and folder.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+    assert os.environ[ENV] == str(folder)
 
 
 def test_a_second_table_reads_the_entries_the_first_timed(tmp_path):

@@ -98,6 +98,7 @@ class Depth:
         apply_widths(model, ctx.inputs.example, ctx.width, ctx.num_classes, keep, onnx=False)
         model.zero_grad(set_to_none=True)
         baseline = p.measure.baseline
+        shapes = layer_shapes(model, baseline.shape)  # as cut (a group the cutter rolled back keeps its width)
         macs = count_macs(model, baseline.shape)
         cand = Candidate(self.label(attempt), self.depth, macs, macs_ratio=round(baseline.macs / max(macs, 1), 3))
         cand.predicted = round(p.pricing.ratio(shapes), 3)
