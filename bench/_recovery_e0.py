@@ -54,9 +54,10 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
             "latency_speedup": target,
             **({"depth_fractions": a.depth_fractions} if a.depth_fractions else {}),
             **({"block_choice": a.block_choice} if getattr(a, "block_choice", None) else {}),
+            "plan_recovery": bool(a.plan_recovery),  # candidates compared after least squares (else BN only)
         },
         width={"importance": "taylor", "round_to": 8},
-        recovery={"method": "lstsq" if a.plan_recovery else "none", "calib_samples": a.calib},
+        recovery={"method": "lstsq", "calib_samples": a.calib},
     )
     s = PruneSession(copy.deepcopy(teacher), cfg, data, context=Context(loader=LoaderOptions(128, 0), latency=lat))
     t0 = time.perf_counter()

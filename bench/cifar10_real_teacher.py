@@ -125,7 +125,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--positions", type=int, default=64, help="e0 rows: conv output positions per image")
     ap.add_argument("--e0-variants", default=None, help="e0 rows: comma list of variants (default: all)")
     ap.add_argument(
-        "--plan-recovery", action="store_true", help="e0 rows: the planner compares candidates after recovery"
+        "--plan-recovery",
+        action="store_true",
+        help="e0 rows: target.plan_recovery (the planner compares candidates after least squares; default: after "
+        "BatchNorm re-estimation, the chosen plan recovered once)",
     )
     ap.add_argument("--replan", action="store_true", help="e0 rows: plan again even if a plan is cached")
     ap.add_argument(

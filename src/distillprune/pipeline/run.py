@@ -204,6 +204,7 @@ def _run_stage(state: RunState, index: int, stage: StageConfig, console: Console
             e.args = (f"stages.{index - 1} ({stage.type}): {e}", *e.args[1:])
         raise
     result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
+    result.flags += outcome.flags
     note = getattr(getattr(outcome.details, "training", None), "note", None)
     if note:  # a fine-tune that never beat its start: said, not only in report.json
         result.flags.append(f"fine-tune: {note}")

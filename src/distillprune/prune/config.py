@@ -115,6 +115,25 @@ class TargetConfig(SpeedTarget):
     calib_samples: int = Field(
         256, gt=0, description="training samples for block scores, Taylor costs and BatchNorm re-estimation"
     )
+    score_samples: int = Field(
+        128, gt=0, description="of the calibration samples, how many score the blocks (block_choice: kd)"
+    )
+    finalists: int = Field(
+        2,
+        ge=1,
+        description="candidates timed end to end in the band before the plan is chosen (the best by estimated "
+        "accuracy first; the others are priced by the latency table, not timed)",
+    )
+    plan_recovery: bool = Field(
+        False,
+        description="compare candidates after the stage's recovery (least squares per candidate: slower); off: "
+        "candidates are compared after BatchNorm re-estimation, and the chosen plan is recovered once",
+    )
+    latency_cache: str | bool = Field(
+        True,
+        description="folder of the per-machine latency table cache (true: $DISTILLPRUNE_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/distillprune, else ~/.cache/distillprune; false: no cache)",
+    )
 
 
 class SessionConfig(TrainingOptions):

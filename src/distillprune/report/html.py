@@ -94,6 +94,7 @@ def _candidates_table(report: CompressionReport) -> str:
                 c.get("label", "?"),
                 _num(c.get("macs"), "{:,}"),
                 *(_num((c.get("latency_ms") or {}).get(k), "{:.3f}") for k in keys),
+                _num(c.get("predicted"), "{:.2f}x"),
                 _num(c.get("speedup"), "{:.2f}x"),
                 _num(c.get("est_top1"), "{:.2f}"),
                 "yes" if c.get("chosen") else "",
@@ -102,7 +103,7 @@ def _candidates_table(report: CompressionReport) -> str:
         ]
         out.append(
             table(
-                ["candidate", "MACs", *(f"{k} ms" for k in keys), "speedup", EST_TOP1, "chosen"],
+                ["candidate", "MACs", *(f"{k} ms" for k in keys), "predicted", "measured", EST_TOP1, "chosen"],
                 body,
                 ["chosen" if c.get("chosen") else "" for c in p.candidates],
                 text_cols=(0,),

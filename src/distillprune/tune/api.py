@@ -42,6 +42,7 @@ TUNE_FILES = (
     f"{DB}-wal",
     f"{DB}-shm",
     "trials",
+    "plans",
     "best.yaml",
     "tune.json",
     "tune.html",

@@ -8,6 +8,10 @@ Early stopping: each epoch's record (``metrics.jsonl``, delivered live through `
 gives the trial an intermediate value: ``val_loss``, the stage's own objective on the validation split
 (the KD loss in distil stages), or, for an objective that cannot be evaluated apart from training, the
 validation error. The step is the epoch's position in the whole run, so trials are compared epoch by epoch.
+
+Plans: a trial's prune stage plans inside ``prune.plan_store.shared_plans(<tune folder>/plans)``, so trials whose
+planner inputs are equal (the model, the data the planner reads, the target and width options -- a drawn
+learning rate or KD temperature changes none of them) plan once and reuse that plan.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from distillprune.errors import DistillpruneError
 from distillprune.pipeline import rundir
+from distillprune.prune.plan_store import shared_plans
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport
 from distillprune.train.logging import listen
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
     import optuna
 
 OBJECTIVES = ("top1", "speedup")
+#: the folder of the tune folder where trials share their plans
+PLANS = "plans"
 
 
 @dataclass
@@ -133,7 +140,8 @@ def run_trial(setup: Setup, trial: optuna.Trial) -> float | tuple[float, float]:
     offset = _logged_epochs(folder) if resume else 0
     first = first_searched_stage(setup.space.paths())
     reporter = Reporter(trial, prunable=len(setup.objectives) == 1, offset=offset, first_stage=first)
-    with listen(reporter):
+    # trials whose plan-affecting knobs are equal plan once (prune.plan_store): the planner's inputs are hashed
+    with listen(reporter), shared_plans(setup.trials_dir.parent / PLANS):
         report = compress(recipe, folder, resume=resume, quiet=setup.quiet, trust_code=setup.trust_code)
     return objective_values(setup, trial, report)
 

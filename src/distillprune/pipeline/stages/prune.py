@@ -28,7 +28,8 @@ class PruneStage(StageConfig, PruneConfig):
     squares to the dense outputs on calibration images, or data-free bias compensation), then train
     `epochs_per_step` with KD from the dense teacher (a fraction such as 0.25 puts several steps in one epoch;
     `lr_span: stage` runs one lr schedule over all the steps); `target` searches the plan that reaches a MACs
-    ratio or a measured speedup, comparing candidates after recovery (on by default with a target)."""
+    ratio or a measured speedup (candidates priced by a per-machine latency table, the best ones timed; the
+    chosen plan recovered)."""
 
     example: ClassVar[dict[str, Any]] = {"width": {"ratio": 0.5, "round_to": 4}, "epochs_per_step": 1}
 
@@ -80,4 +81,15 @@ def run_session(st: StageConfig, state: RunState, index: int) -> StageOutcome:
         history=state.spec.history,
         context=state.context(),
     )
-    return StageOutcome(report)
+    return StageOutcome(report, flags=plan_flags(getattr(report, "plan", None)))
+
+
+def plan_flags(plan: Any) -> list[str]:
+    """A plan that did not land in its target band, as a flag of the stage's row (said on the console and in
+    report.md, not only in report.json's plan)."""
+    note, achieved, target = (getattr(plan, k, None) for k in ("note", "achieved", "target"))
+    if not note:
+        return []
+    goal = next((f"{v:g}x" for k, v in (target or {}).items() if k in ("latency_speedup", "macs_ratio")), "?")
+    got = f"{achieved:.3g}x" if isinstance(achieved, (int, float)) else "?"
+    return [f"plan outside the target band (achieved {got} for a target of {goal}): {note}"]
