@@ -14,8 +14,9 @@ The teacher is the user's model, a trained ResNet-56 checkpoint (``--teacher``).
   e0_2x/3x   E = 0: the planned cut, then recovery only (<= ``--calib`` training images, no gradient step),
              an ablation of BatchNorm re-estimation, bias compensation and least squares (``_recovery_e0``)
 
-Every row fine-tunes for the same E epochs (``--epochs``, all training images, crop + flip, one-cycle SGD
-at ``--lr``) and is evaluated on the whole test split. Latency: each row's ONNX and the teacher's ONNX
+Every row fine-tunes for the same E epochs (``--epochs``, all training images, crop + flip) and is evaluated on
+the whole test split: the peers with one-cycle SGD at ``--lr``, the distillprune rows with what a user's recipe
+gets when it sets no optimizer key (the fine-tune regime of ``train.policy``; ``--dp-lr`` to override). Latency: each row's ONNX and the teacher's ONNX
 timed back to back in ``--pairs`` pairs on ONNX Runtime CPU (1 intra-op thread), batch 1 and 32: median
 speedup with its min-max spread. Results merge into ``OUT/results.json`` (``--rows`` runs a subset), the
 table is printed and written to ``OUT/table.md``.
@@ -148,7 +149,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="distillprune rows: prune.recovery.method (lstsq | bias | none; default: the library's)",
     )
-    ap.add_argument("--dp-lr", type=float, default=None, help="distillprune rows: peak lr (default: --lr)")
+    ap.add_argument("--dp-lr", type=float, default=None, help="distillprune rows: peak lr (default: the fine-tune regime's, train.policy)")
     ap.add_argument(
         "--dp-schedule", default=None, help="distillprune rows: onecycle | cosine | constant (default: the library's)"
     )
@@ -350,8 +351,12 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
         tgt["block_choice"] = a.block_choice
     lat = latency_cfg(a).model_dump()
     distill = {"losses": [HINTON_KD], "compile_teacher": a.gpu}
-    lr = a.dp_lr or a.lr
-    opt = {"optimizer": {"lr": lr}, **({"schedule": {"name": a.dp_schedule}} if a.dp_schedule else {})}
+    # the optimizer, schedule, keep-best and BatchNorm keys left unset: the fine-tune regime decides
+    # (train.policy), as in a user's recipe; --dp-lr / --dp-schedule set them for an ablation
+    opt = {
+        **({"optimizer": {"lr": a.dp_lr}} if a.dp_lr else {}),
+        **({"schedule": {"name": a.dp_schedule}} if a.dp_schedule else {}),
+    }
     prune: dict = {
         "type": "prune",
         "target": tgt,
