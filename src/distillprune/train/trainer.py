@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -30,6 +31,7 @@ from torch import nn
 from distillprune.core.batch import Batch, call, is_embedder
 from distillprune.core.io import atomic_write, loads, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
+from distillprune.data.views import ViewLoader
 from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
 from distillprune.train import distributed as ddp
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig, Span
@@ -261,6 +263,9 @@ def fit(
 
     Under torchrun (every rank calls it) ``batch_size`` is the global batch; see ``train.distributed``."""
     hooks = cast(ObjectiveHooks, objective)  # an nn.Module with the hooks (typing has no intersection)
+    if getattr(objective, "label_free", False):  # a self-supervised objective: no label is read, none served
+        data = data.without_labels()
+    views = getattr(objective, "views", None)  # and it may learn from two augmented views of every image
     check_labels = getattr(objective, "check_labels", None)
     if check_labels is not None:  # losses that need labels the data lacks fail before training
         check_labels(data.train.y is not None)
@@ -280,7 +285,7 @@ def fit(
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
     par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
-    loader = TensorLoader(
+    loader = (TensorLoader if views is None else partial(ViewLoader, views=views))(
         data.train,
         batch_size,
         data.mean,
