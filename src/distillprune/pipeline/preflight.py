@@ -240,6 +240,14 @@ def _forward(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> 
 
 
 def _check_output(out: Any, cfg: ModelConfig, data: DataBundle, where: str) -> None:
+    if cfg.task == "embedding":  # an embedding model: (B, D) features, of any width
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DataError(
+                f"{where}: model '{cfg.python or cfg.name}' with task: embedding outputs {got} per sample; "
+                "expected one feature vector (D,)"
+            )
+        return
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
         raise DataError(

@@ -14,6 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from distillprune.core.batch import is_embedder
 from distillprune.core.modules import LayerSelect
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import WidthConfig
@@ -24,12 +25,18 @@ from distillprune.prune.transactional import transactional_step
 
 
 def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """Layers whose outputs are the logits: pruning them would change the task."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes] + [
+    """Layers whose outputs are the logits: pruning them would change the task. An embedding model's last
+    Conv/Linear is kept too: its output width is the embedding's, which a vector index downstream (and the
+    teacher's embedding, for the losses comparing them) expects unchanged."""
+    out = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes] + [
         m
         for m in model.modules()
         if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m is list(model.modules())[-1]
     ]
+    if is_embedder(model):
+        last = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1:]
+        out += [m for m in last if m not in out]
+    return out
 
 
 def ignored(model: nn.Module, layers: LayerSelect, num_classes: int) -> list[nn.Module]:
