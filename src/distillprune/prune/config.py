@@ -11,6 +11,7 @@ from distillprune.core.modules import LayerSelect
 from distillprune.distill.config import DistillConfig
 from distillprune.prune.importance import IMPORTANCE
 from distillprune.prune.recovery.config import RecoveryConfig
+from distillprune.ssl.config import SSLOptions
 from distillprune.train.config import TrainingOptions
 
 if TYPE_CHECKING:
@@ -110,10 +111,11 @@ class TargetConfig(SpeedTarget):
     )
 
 
-class PruneConfig(TrainingOptions):
+class PruneConfig(TrainingOptions, SSLOptions):
     """Prune while distilling: ``steps`` times, prune a little then train ``epochs_per_step`` with KD from the
-    dense teacher. ``target`` searches the width ratio (and depth) that reaches a MACs ratio or a measured
-    speedup. The training options (optimizer, schedule...) apply to the epochs between steps."""
+    dense teacher (or self-supervised, ``ssl``). ``target`` searches the width ratio (and depth) that reaches a
+    MACs ratio or a measured speedup. The training options (optimizer, schedule...) apply to the epochs
+    between steps."""
 
     width: WidthConfig | None = None
     depth: DepthConfig | None = None
