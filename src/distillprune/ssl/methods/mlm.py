@@ -55,15 +55,17 @@ def mask_tokens(
 
 
 class _Given(nn.Module):
-    """Stands in for the MLM model's encoder: returns the hidden states the real encoder just computed."""
+    """Stands in for the MLM model's encoder: returns the hidden states the real encoder just computed (as the
+    encoder's output type, ``output_type``: ``transformers``' ``BaseModelOutput``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.hidden: torch.Tensor | None = None
+        self.output_type: Any = None
 
-    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
-        assert self.hidden is not None
-        return (self.hidden,)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.hidden is not None and self.output_type is not None
+        return self.output_type(last_hidden_state=self.hidden)
 
 
 @SSL_METHODS.register("mlm")
@@ -76,7 +78,9 @@ class MaskedLM(SSLMethod):
         if not 0 < mask_prob < 1:
             raise ValueError(f"mlm.mask_prob must be in (0, 1), got {mask_prob}")
         self.mask_prob, self.tokenizer = float(mask_prob), tokenizer
-        self.head = nn.ModuleDict()  # the MLM model's own modules but its encoder
+        # the head's own parameters, each once: a tied decoder shares the encoder's embedding (and BERT's
+        # decoder bias is its prediction bias), and a checkpoint must hold no tensor twice
+        self.head = nn.ParameterList()
         self._mlm: list[nn.Module] = []
         self._encoder: list[nn.Module] = []
         self._special: list[int] = []
@@ -111,10 +115,14 @@ class MaskedLM(SSLMethod):
         config = encoder.config  # type: ignore[union-attr]
         with _quiet(tr):
             mlm = tr.AutoModelForMaskedLM.from_config(config)
+        self._given.output_type = tr.modeling_outputs.BaseModelOutput
         setattr(mlm, mlm.base_model_prefix, self._given)  # the head reads the real encoder's hidden states
         if getattr(config, "tie_word_embeddings", True):
             mlm.get_output_embeddings().weight = encoder.get_input_embeddings().weight  # type: ignore[operator]
-        self.head = nn.ModuleDict({n: m for n, m in mlm.named_children() if m is not self._given}).to(device)
+        mlm.to(device)
+        shared = {id(p) for p in encoder.parameters()}
+        own = {id(p): p for n, m in mlm.named_children() if m is not self._given for p in m.parameters()}
+        self.head = nn.ParameterList([p for i, p in own.items() if i not in shared])
         self._mlm, self._encoder = [mlm], [encoder]
 
     def forward(self, model: nn.Module, x: Views | Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +145,7 @@ class MaskedLM(SSLMethod):
         return loss, embedding
 
     def trainable(self) -> Iterator[nn.Parameter]:
-        shared = {id(p) for p in self._encoder[0].parameters()} if self._encoder else set()
-        return (p for p in self.head.parameters() if p.requires_grad and id(p) not in shared)
+        return (p for p in self.head if p.requires_grad)
 
 
 @contextlib.contextmanager
