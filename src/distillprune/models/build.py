@@ -68,9 +68,9 @@ def make_model(
     if cfg.head is not None:
         skip = (_new_classifier(model, spec, n, where),)
     if cfg.task == "embedding":  # a backbone: the file's classifier (if any) is not loaded
-        op = drop_classifier(model, where)
-        spec.record(op)
-        skip = (*skip, op.path)
+        dropped = drop_classifier(model, where)
+        spec.record(dropped)
+        skip = (*skip, dropped.path)
     if cfg.weights and load_weights_file:
         load_weights(model, cfg.weights, where=f"{where}.weights", skip=skip)
         p = Path(cfg.weights).expanduser().resolve()

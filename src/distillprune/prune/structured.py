@@ -28,7 +28,8 @@ def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     """Layers whose outputs are the logits: pruning them would change the task. An embedding model's last
     Conv/Linear is kept too: its output width is the embedding's, which a vector index downstream (and the
     teacher's embedding, for the losses comparing them) expects unchanged."""
-    out = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes] + [
+    out: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    out += [
         m
         for m in model.modules()
         if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m is list(model.modules())[-1]

@@ -30,6 +30,8 @@ from distillprune.distill.losses.sequence import projection
 @LOSSES.register("seed")
 class SEEDLoss(DistillLoss):
     width_free = True
+    queue: torch.Tensor  # (K, D_t) buffers: the queued teacher embeddings and the next row to overwrite
+    ptr: torch.Tensor
 
     def __init__(
         self,

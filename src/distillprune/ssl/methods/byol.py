@@ -43,7 +43,7 @@ class BYOL(SSLMethod):
         self.momentum, self.hidden, self.out = float(momentum), int(hidden), int(out)
         self.projector: nn.Module | None = None
         self.predictor: nn.Module | None = None
-        self.target: nn.Module | None = None  # (backbone copy, projector copy): an nn.Sequential of the two
+        self.target: nn.Sequential | None = None  # (backbone copy, projector copy)
         self._online: list[nn.Module] = []  # the model being trained (not a submodule: it is not ours)
         self._step, self._steps = 0, 1
 
@@ -54,6 +54,7 @@ class BYOL(SSLMethod):
             self.projector = mlp([width, self.hidden, self.out]).to(device)
             self.predictor = mlp([self.out, self.hidden, self.out]).to(device)
         # the target starts as the online network (again after a prune step: the architecture changed)
+        assert self.projector is not None
         self.target = nn.Sequential(copy.deepcopy(model), copy.deepcopy(self.projector)).to(device)
         for p in self.target.parameters():
             p.requires_grad_(False)

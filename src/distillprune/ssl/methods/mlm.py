@@ -97,7 +97,7 @@ class MaskedLM(SSLMethod):
         self._read_tokenizer()
         if not self._mlm or self._encoder[0] is not encoder:
             self._build(encoder, embedding.device)
-        self._vocab = int(encoder.config.vocab_size)
+        self._vocab = int(getattr(encoder, "config").vocab_size)  # noqa: B009 - an HF model's config (typed Any)
 
     def _read_tokenizer(self) -> None:
         if self._special:
