@@ -222,10 +222,13 @@ def stage_table() -> str:
 
 @app.command("list")
 def list_(
-    family: str = typer.Argument("all", help="models | losses | sources | importance | quantizers | stages | all"),
+    family: str = typer.Argument(
+        "all", help="models | losses | ssl | sources | importance | quantizers | stages | all"
+    ),
     markdown: bool = typer.Option(False, "--markdown", help="stages: the README's table"),
 ) -> None:
-    """What is registered: models, losses, data sources, importance criteria, quantizers, stage types."""
+    """What is registered: models, losses, self-supervised methods, data sources, importance criteria,
+    quantizers, stage types."""
     from distillprune.registries import REGISTRIES
 
     if family != "all" and family not in REGISTRIES:

@@ -7,10 +7,12 @@ from distillprune.models import MODELS
 from distillprune.prune.importance import IMPORTANCE
 from distillprune.quant import QUANTIZERS
 from distillprune.recipes.registry import STAGES
+from distillprune.ssl import SSL_METHODS
 
 REGISTRIES: dict[str, Registry] = {
     "models": MODELS,
     "losses": LOSSES,
+    "ssl": SSL_METHODS,
     "sources": SOURCES,
     "importance": IMPORTANCE,
     "quantizers": QUANTIZERS,

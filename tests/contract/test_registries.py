@@ -32,7 +32,7 @@ def _needs(module: str | None) -> None:
 
 
 def test_every_registry_is_listed_and_non_empty():
-    assert set(REGISTRIES) == {"models", "losses", "sources", "importance", "quantizers", "stages"}
+    assert set(REGISTRIES) == {"models", "losses", "ssl", "sources", "importance", "quantizers", "stages"}
     assert all(reg.names() for reg in REGISTRIES.values())
 
 
