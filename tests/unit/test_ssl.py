@@ -245,3 +245,72 @@ def test_knn_weighs_votes_by_similarity():
     labels = torch.tensor([0, 0, 1, 1, 1])
     assert knn_top1(memory, labels, torch.tensor([[1.0, 0.0]]), torch.tensor([0]), k=5) == 100.0
     assert knn_top1(memory, labels, torch.tensor([[1.0, 0.0]]), torch.tensor([0]), k=5, temperature=100) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- no labels
+def test_an_npz_of_images_alone_is_a_data_set_without_labels(tmp_path):
+    x = np.random.default_rng(0).random((20, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "u.npz", x_train=x[:16], x_test=x[16:])
+    data = dp.load_data(dp.DataConfig(source="npz", path=str(tmp_path / "u.npz")))
+    assert data.train.y is None and data.test.y is None and data.num_classes == 0 and data.input_shape == (1, 8, 8)
+    np.savez(tmp_path / "half.npz", x_train=x[:16], x_test=x[16:], y_test=np.zeros(4, np.int64))
+    with pytest.raises(DistillpruneError, match=r"missing arrays \['y_train'\]"):
+        dp.load_data(dp.DataConfig(source="npz", path=str(tmp_path / "half.npz")))
+
+
+def test_a_self_supervised_objective_is_served_no_label():
+    data = dp.load_data(dp.DataConfig(source="digits", limit_train=128, limit_test=32))  # labelled data
+    assert data.train.y is not None
+    seen: list[object] = []
+
+    class Spy(SSLObjective):
+        def forward(self, model, x, y):  # type: ignore[no-untyped-def]
+            seen.append(y)
+            return super().forward(model, x, y)
+
+    model, _ = _digits_embedder()
+    _fit(model, Spy(SSLConfig(method="simclr", hidden=16, out=8)), data, 1.0)
+    assert seen and all(y is None for y in seen)
+
+
+class _Interrupt:
+    def __init__(self, at: int):
+        self.at, self.n = at, 0
+
+    def __call__(self, model: torch.nn.Module) -> None:
+        self.n += 1
+        if self.n == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_resume_reproduces_the_uninterrupted_self_supervised_run(method, tmp_path):
+    """The heads (and BYOL's momentum target) are in the epoch checkpoint; the views are drawn per (seed, epoch)."""
+    data = dp.load_data(dp.DataConfig(source="digits", limit_train=128, limit_test=32, labels=False))
+
+    def run(folder, resume=False, on_step=None):  # type: ignore[no-untyped-def]
+        model, _ = _digits_embedder()
+        torch.manual_seed(5)  # the heads' initialisation
+        objective = SSLObjective(SSLConfig(method=method, hidden=16, out=8))
+        settings = FitSettings(3, OptimizerConfig(name="adamw", lr=2e-3), ScheduleConfig(name="cosine"))
+        hist = fit(
+            model,
+            data,
+            settings,
+            objective,
+            runtime=QUIET,
+            seed=1,
+            batch_size=32,
+            ckpt_dir=folder,
+            resume=resume,
+            on_step=on_step,
+        )
+        return model, hist
+
+    ref, ref_hist = run(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", on_step=_Interrupt(4 + 2))  # 4 steps an epoch: in the middle of epoch 2
+    resumed, hist = run(tmp_path / "cut", resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in ref_hist], abs=1e-5)
