@@ -11,12 +11,14 @@ import torch
 
 import distillprune as dp
 from distillprune.core.batch import is_embedder
+from distillprune.core.config import validate
 from distillprune.data.base import Split
 from distillprune.data.views import ViewLoader, Views, ViewsConfig, two_views
 from distillprune.distill.losses import Outputs
 from distillprune.distill.losses.seed import SEEDLoss
-from distillprune.errors import DistillpruneError, RecipeError
+from distillprune.errors import DataError, DistillpruneError, RecipeError
 from distillprune.measure.probe import knn_top1, linear_probe_top1
+from distillprune.recipes.schema import Recipe
 from distillprune.ssl import SSLConfig, SSLObjective
 from distillprune.ssl.methods.byol import byol_loss
 from distillprune.ssl.methods.simclr import nt_xent
@@ -207,7 +209,6 @@ def test_ssl_objective_refuses_a_classifier_and_ssl_with_distill():
     with pytest.raises(DistillpruneError, match="task: embedding"):
         _fit(classifier, SSLObjective(SSLConfig(method="simclr")), data, 0.5)
     with pytest.raises(RecipeError, match="two training objectives"):
-        from distillprune.core.config import validate
         from distillprune.pipeline.stages.finetune import FinetuneStage
 
         validate(FinetuneStage, {"type": "finetune", "epochs": 1, "ssl": {"method": "simclr"}, "distill": {}})
@@ -253,6 +254,16 @@ def test_an_npz_of_images_alone_is_a_data_set_without_labels(tmp_path):
     np.savez(tmp_path / "u.npz", x_train=x[:16], x_test=x[16:])
     data = dp.load_data(dp.DataConfig(source="npz", path=str(tmp_path / "u.npz")))
     assert data.train.y is None and data.test.y is None and data.num_classes == 0 and data.input_shape == (1, 8, 8)
+    recipe = validate(
+        Recipe,
+        {
+            "model": {"name": "mlp"},
+            "data": {"source": "npz", "path": str(tmp_path / "u.npz")},
+            "stages": [{"type": "evaluate"}],
+        },
+    )
+    with pytest.raises(DataError, match="no labels, so no classes"):  # a classifier of nothing: refused up front
+        dp.compress(recipe, quiet=True)
     np.savez(tmp_path / "half.npz", x_train=x[:16], x_test=x[16:], y_test=np.zeros(4, np.int64))
     with pytest.raises(DistillpruneError, match=r"missing arrays \['y_train'\]"):
         dp.load_data(dp.DataConfig(source="npz", path=str(tmp_path / "half.npz")))

@@ -202,6 +202,11 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
     if cfg.source != "zoo":  # a folder the source loads (hf): the run's own probe checks inputs and outputs
         return
     shape, classes = tuple(data.input_shape), data.num_classes
+    if classes == 0 and cfg.task != "embedding":
+        raise DataError(
+            f"{where}: the data has no labels, so no classes for model '{cfg.python or cfg.name}' to predict: "
+            "train an embedding model on it (model.task: embedding, with an ssl objective or a teacher)"
+        )
     try:
         with torch.device("meta"):
             model = _arch(cfg, classes, shape)

@@ -250,6 +250,11 @@ def probe_shapes(model: nn.Module, data: DataBundle, name: str) -> None:
         ) from None
     if is_embedder(model):  # an embedder's width is not a class count
         return
+    if data.num_classes == 0:
+        raise DataError(
+            f"the data has no labels, so no classes for model '{name}' to predict: train an embedding model "
+            "on it (model.task: embedding, with an ssl objective or a teacher), or give labelled data"
+        )
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise DataError(
             f"model '{name}' outputs {tuple(out.shape[1:])} per sample but the data has {data.num_classes} classes"
