@@ -46,6 +46,8 @@ class SSLConfig(BaseModel):
             default = params[key].default
             if isinstance(value, bool) != isinstance(default, bool) and default is not None:
                 raise ValueError(f"ssl method '{self.method}': {key} expects {type(default).__name__}, got {value!r}")
+            if type(default) is int and not isinstance(value, int):  # widths, sizes: 1.5 is no width
+                raise ValueError(f"ssl method '{self.method}': {key} expects an integer, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"ssl method '{self.method}': {key} must be a finite number, got {value}")
         if self.views is not None and not cls.two_views:
