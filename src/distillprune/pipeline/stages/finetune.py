@@ -32,4 +32,5 @@ class FinetuneStage(StageConfig, TrainingOptions, SSLOptions):
 def run_finetune(st: FinetuneStage, state: RunState, index: int) -> StageOutcome:
     objective = state.objective(None if st.ssl else st.distill, st.label_smoothing, ssl=st.ssl)
     history = state.fit(st, st.epochs, objective, index, "finetune")
-    return StageOutcome(TrainReport.of(history, kd=st.distill is not None and st.ssl is None))
+    ssl = st.ssl.method if st.ssl else None
+    return StageOutcome(TrainReport.of(history, kd=st.distill is not None and ssl is None, ssl=ssl))

@@ -33,4 +33,4 @@ def run_train(st: TrainStage, state: RunState, index: int) -> StageOutcome:
     objective = state.objective(None, st.label_smoothing, ssl=st.ssl)  # cross-entropy without ssl
     hist = state.fit(st, st.epochs, objective, index, "train")
     state.set_teacher(state.model, state.spec)  # the trained dense model is the default teacher
-    return StageOutcome(TrainReport.of(hist))
+    return StageOutcome(TrainReport.of(hist, ssl=st.ssl.method if st.ssl else None))
