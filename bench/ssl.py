@@ -8,9 +8,9 @@
    (a) SSL distillation (the ``seed`` loss: similarity distributions over a queue of teacher embeddings),
    (b) ``embedding`` distillation (cosine to the teacher's embedding),
    (c) no distillation: plain SimCLR fine-tuning of the pruned net (the ``ssl`` objective);
-4. every row: kNN top-1 (k = 20, cosine) and linear-probe top-1 on the labelled probe (training images with
-   their labels as the memory, test images as queries), and its ONNX timed back to back with the dense
-   teacher's (median speedup of pairs, min-max).
+4. every row (and the untrained network, for reference): kNN top-1 (k = 20, cosine) and linear-probe top-1
+   on the labelled probe (training images with their labels as the memory, test images as queries), and its
+   ONNX timed back to back with the dense teacher's (median speedup of pairs, min-max).
 
 Each step is a recipe run by the pipeline (``distillprune.pipeline.execute``) in its own run folder under
 ``--out``; a step whose run folder is complete is reused, so a killed run resumes. Rows are written to
@@ -52,6 +52,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         recover_epochs=8,
         batch_size=128,
         views={"crop_scale": [0.2, 1.0]},
+        depth_fractions=[0.0, 0.34, 0.67],
+        pairs=7,
+        measure={"batch_sizes": [1], "threads": 1},
     ),
     "cifar-quick": dict(
         model={"name": "resnet20", "task": "embedding"},
@@ -62,6 +65,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         recover_epochs=1,
         batch_size=128,
         views={"crop_scale": [0.2, 1.0]},
+        depth_fractions=[0.0],
+        pairs=3,
+        measure={"batch_sizes": [1], "threads": 1, "repeats": 3, "warmup": 1, "min_window_s": 0.01},
     ),
     "digits-quick": dict(
         model={"name": "digits_cnn", "task": "embedding"},
@@ -72,6 +78,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         recover_epochs=1,
         batch_size=128,
         views={"crop_scale": [0.5, 1.0], "hflip": 0.0},
+        depth_fractions=[0.0],
+        pairs=3,
+        measure={"batch_sizes": [1], "threads": 1, "repeats": 3, "warmup": 1, "min_window_s": 0.01},
     ),
 }
 
@@ -101,7 +110,7 @@ def recipe(args: argparse.Namespace, p: dict[str, Any], name: str, model: dict[s
         "model": model,
         "data": data_block(args, p, labels=False),
         "runtime": {"progress": False, "tensorboard": False, "threads": args.threads},
-        "measure": {"batch_sizes": [1], "threads": 1},
+        "measure": p["measure"],
         "probe": {"data": data_block(args, p, labels=True, probe=True)},
         "stages": stages,
     }
@@ -160,6 +169,11 @@ def main() -> None:
         write_json(results_path, results)
         write_text(out / "table.md", table(results) + "\n")
 
+    # 0. the same network untrained: what the probes read off random features
+    rec = recipe(args, p, "ssl_random", p["model"], [{"type": "evaluate"}])
+    results["random"] = {"label": "the same net, randomly initialised (reference)", **run(out / "random", rec)}
+    save()
+
     # 1. the self-supervised teacher
     teacher_stage = {
         "type": "train",
@@ -177,7 +191,7 @@ def main() -> None:
     prune_stage = {
         "type": "prune",
         "width": {"importance": "l2", "round_to": 8},
-        "target": {"latency_speedup": 2.0, "batch_size": 1, "depth_fractions": [0.0, 0.34, 0.67]},
+        "target": {"latency_speedup": 2.0, "batch_size": 1, "depth_fractions": p["depth_fractions"]},
         "steps": 1,
         "epochs_per_step": 0,
         "distill": None,
@@ -220,7 +234,9 @@ def main() -> None:
     for key, folder in folders.items():
         if "speed" not in results[key]:
             model = load_checkpoint(stage_dir(folder))[0]
-            results[key]["speed"] = side_by_side(onnx_of(model, shape), dense, shape, batch_sizes=(1,), pairs=7)
+            results[key]["speed"] = side_by_side(
+                onnx_of(model, shape), dense, shape, batch_sizes=(1,), pairs=p["pairs"]
+            )
             save()
     print(table(results))
 
@@ -239,14 +255,14 @@ def table(results: dict[str, Any]) -> str:
         "| network | kNN top-1 % | linear probe top-1 % | speedup bs1 (min-max) | params | MACs | wall time |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key in ("dense", "pruned", "a", "b", "c"):
+    for key in ("random", "dense", "pruned", "a", "b", "c"):
         row = results.get(key)
         if row is None:
             continue
         sp = row.get("speed", {}).get("bs1")
         speed = (
             "1.00x"
-            if key == "dense"
+            if key in ("dense", "random")
             else (
                 "-"
                 if sp is None
