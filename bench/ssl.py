@@ -38,6 +38,7 @@ from _common import machine, machine_line, onnx_of, side_by_side  # noqa: E402
 from distillprune.core.checkpoint import load_checkpoint  # noqa: E402
 from distillprune.core.config import validate  # noqa: E402
 from distillprune.core.io import write_json, write_text  # noqa: E402
+from distillprune.data.config import AugmentConfig  # noqa: E402
 from distillprune.pipeline import execute  # noqa: E402
 from distillprune.recipes.schema import Recipe  # noqa: E402
 
@@ -84,6 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+AUGMENT = AugmentConfig(crop_padding=4, hflip=True)
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "a": ("(a) SSL distillation (seed)", {"distill": {"losses": [{"name": "seed"}]}}),
     "b": ("(b) embedding distillation (cosine)", {"distill": {"losses": [{"name": "embedding"}]}}),
@@ -132,6 +134,13 @@ def run(folder: Path, rec: Recipe) -> dict[str, Any]:
     return {"metrics": final["metrics"], "params": final["params"], "macs": final["macs"], "seconds": seconds}
 
 
+def keep(results: dict[str, Any], key: str, label: str, row: dict[str, Any]) -> None:
+    """Set row ``key``; a speed measured earlier for the same network (same MACs) is kept."""
+    old = results.get(key, {})
+    speed = {"speed": old["speed"]} if "speed" in old and old.get("macs") == row["macs"] else {}
+    results[key] = {"label": label, **row, **speed}
+
+
 def stage_dir(folder: Path) -> Path:
     """The checkpoint of the run's last stage."""
     return sorted((folder / "stages").glob("[0-9][0-9]_*"))[-1]
@@ -150,6 +159,13 @@ def main() -> None:
     ap.add_argument("--seed-temperature", type=float, help="seed loss: the student's temperature")
     ap.add_argument("--seed-teacher-temperature", type=float, help="seed loss: the teacher's temperature")
     ap.add_argument("--lr", type=float, default=None, help="recovery learning rate (AdamW)")
+    ap.add_argument("--augment", action="store_true", help="the recoveries' images are padded-cropped (4) and flipped")
+    ap.add_argument(
+        "--distill-views",
+        action="store_true",
+        help="the distillation arms distil on the SimCLR views (distill.views), teacher and student alike",
+    )
+    ap.add_argument("--variant", help="run the recoveries again under this name (other options), beside the first")
     args = ap.parse_args()
     if args.source == "cifar10_jpeg" and args.data is None:
         ap.error("--data PACK.npz is needed for cifar10_jpeg (or --source digits)")
@@ -171,7 +187,7 @@ def main() -> None:
 
     # 0. the same network untrained: what the probes read off random features
     rec = recipe(args, p, "ssl_random", p["model"], [{"type": "evaluate"}])
-    results["random"] = {"label": "the same net, randomly initialised (reference)", **run(out / "random", rec)}
+    keep(results, "random", "the same net, randomly initialised (reference)", run(out / "random", rec))
     save()
 
     # 1. the self-supervised teacher
@@ -183,7 +199,7 @@ def main() -> None:
         "ssl": {"method": "simclr", "views": p["views"]},
     }
     rec = recipe(args, p, "ssl_teacher", p["model"], [teacher_stage])
-    results["dense"] = {"label": "dense SimCLR teacher", **run(out / "teacher", rec)}
+    keep(results, "dense", "dense SimCLR teacher", run(out / "teacher", rec))
     save()
     teacher = stage_dir(out / "teacher")
 
@@ -197,7 +213,7 @@ def main() -> None:
         "distill": None,
     }
     rec = recipe(args, p, "ssl_prune", {"checkpoint": str(teacher)}, [prune_stage])
-    results["pruned"] = {"label": "pruned to 2x, no training (least-squares recovery only)", **run(out / "prune", rec)}
+    keep(results, "pruned", "pruned to 2x, no training (least-squares recovery only)", run(out / "prune", rec))
     save()
     pruned = stage_dir(out / "prune")
 
@@ -207,6 +223,8 @@ def main() -> None:
         objective = copy.deepcopy(objective)
         if "distill" in objective:
             objective["distill"]["teacher"] = str(teacher)
+            if args.distill_views:
+                objective["distill"]["views"] = p["views"]
             loss = objective["distill"]["losses"][0]
             if loss["name"] == "seed":
                 if args.seed_temperature:
@@ -223,14 +241,23 @@ def main() -> None:
             "schedule": {"name": "cosine", "warmup_fraction": 0.1},
             **objective,
         }
+        key = arm if args.variant is None else f"{arm}:{args.variant}"
+        if args.variant is not None:
+            label = f"{label}, {args.variant}"
         rec = recipe(args, p, f"ssl_recover_{arm}", {"checkpoint": str(pruned)}, [stage])
-        results[arm] = {"label": label, **run(out / f"recover_{arm}", rec), "objective": objective}
+        if args.augment:  # (the ssl objective draws its own views: this changes the distillation arms only)
+            rec = rec.model_copy(update={"data": rec.data.model_copy(update={"augment": AUGMENT})})
+        keep(results, key, label, {**run(out / f"recover_{key.replace(':', '-')}", rec), "objective": objective})
+        results[key].update(lr=lr, augment=args.augment, command=" ".join(sys.argv))
         save()
 
     # 4. every network's ONNX timed back to back with the dense teacher's
     shape = tuple(load_checkpoint(teacher)[1].input_shape)
     dense = onnx_of(load_checkpoint(teacher)[0], shape)
-    folders = {"pruned": out / "prune", **{arm: out / f"recover_{arm}" for arm in args.arms}}
+    folders = {"pruned": out / "prune"}
+    folders.update(
+        {k: out / f"recover_{k.replace(':', '-')}" for k in results if k[:1] in ARMS and k[1:2] in ("", ":")}
+    )
     for key, folder in folders.items():
         if "speed" not in results[key]:
             model = load_checkpoint(stage_dir(folder))[0]
@@ -255,7 +282,8 @@ def table(results: dict[str, Any]) -> str:
         "| network | kNN top-1 % | linear probe top-1 % | speedup bs1 (min-max) | params | MACs | wall time |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key in ("random", "dense", "pruned", "a", "b", "c"):
+    arms = sorted(k for k in results if k[:1] in ARMS and k[1:2] in ("", ":"))
+    for key in ["random", "dense", "pruned", *arms]:
         row = results.get(key)
         if row is None:
             continue

@@ -325,3 +325,29 @@ def test_resume_reproduces_the_uninterrupted_self_supervised_run(method, tmp_pat
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
     assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in ref_hist], abs=1e-5)
+
+
+def test_distillation_on_views_shows_teacher_and_student_the_same_views():
+    from distillprune.distill.config import DistillConfig
+    from distillprune.distill.modes import make_objective
+
+    data = dp.load_data(dp.DataConfig(source="digits", limit_train=128, limit_test=32))  # labelled: both served
+    teacher, _ = _digits_embedder()
+    student, _ = _digits_embedder()
+    cfg = DistillConfig(losses=[{"name": "seed", "queue": 64}], views={"hflip": 0.0})
+    objective = make_objective(cfg, teacher)
+    assert objective.views is not None
+    calls: list[int] = []
+    original = objective._outputs
+
+    def spy(model, x, live=False):  # type: ignore[no-untyped-def]
+        if not live:  # a training step (attach's probe batch runs live)
+            calls.append(len(x))
+        return original(model, x, live)
+
+    objective._outputs = spy  # type: ignore[method-assign]
+    history = _fit(student, objective, data, 1.0)
+    assert math.isfinite(history[-1]["loss"])
+    assert calls == [2 * 64, 2 * 64]  # both views of the 64 images of each batch, in one batch
+    with pytest.raises(ValueError, match="drop one"):
+        DistillConfig(views={}, cache=True)

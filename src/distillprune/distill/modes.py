@@ -133,7 +133,12 @@ def make_objective(
     if teacher is None:
         raise ValueError("offline distillation needs a teacher")
     return Distiller.from_specs(
-        teacher, specs, cache=cfg.cache, fold_teacher=cfg.fold_teacher, compile_teacher=cfg.compile_teacher
+        teacher,
+        specs,
+        cache=cfg.cache,
+        fold_teacher=cfg.fold_teacher,
+        compile_teacher=cfg.compile_teacher,
+        views=cfg.views,
     )
 
 
