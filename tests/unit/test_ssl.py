@@ -351,3 +351,5 @@ def test_distillation_on_views_shows_teacher_and_student_the_same_views():
     assert calls == [2 * 64, 2 * 64]  # both views of the 64 images of each batch, in one batch
     with pytest.raises(ValueError, match="drop one"):
         DistillConfig(views={}, cache=True)
+    with pytest.raises(ValueError, match="offline distillation"):
+        DistillConfig(views={}, mode="mutual")

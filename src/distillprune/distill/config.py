@@ -131,12 +131,12 @@ class DistillConfig(StrictModel):
                 raise ValueError("mode: mutual trains the teacher, so its outputs cannot be cached (cache: false)")
             if self.views is not None:
                 raise ValueError("views are for offline distillation; mode: mutual trains on the batches as they are")
-        if self.views is not None and self.cache:
-            raise ValueError("cache computes the teacher's outputs once; views draw new images every step: drop one")
             if self.teachers is not None:
                 raise ValueError(
                     "mode: mutual trains one peer network; teachers (a frozen ensemble) is for offline mode"
                 )
+        if self.views is not None and self.cache:
+            raise ValueError("cache computes the teacher's outputs once; views draw new images every step: drop one")
         return self
 
     def loss_specs(self) -> list[dict[str, Any]]:

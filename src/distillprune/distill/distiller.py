@@ -7,7 +7,8 @@ The teacher is frozen: eval mode, no gradients, forward under ``torch.no_grad`` 
 refuse), by default through a BatchNorm-folded, checked copy (``distill.fast_teacher``). Optional hooks
 the trainer calls when present: ``begin_epoch(loader, epoch, epochs)`` (schedules, teacher cache),
 ``check_labels(has_labels)`` (before training), ``trainable()`` (extra parameters to optimise), ``align(kept)``
-(the prune session's kept-channel map after a cut).
+(the prune session's kept-channel map after a cut); the attribute ``views`` asks the trainer for two augmented
+views of every image, which the teacher and the student both see.
 Online (mutual) distillation, where the teacher trains too, is ``distill.mutual.MutualDistiller``.
 """
 
