@@ -8,7 +8,7 @@ VISION  := .venv-vision
 VPY     := $(VISION)/bin/python
 VSTAMP  := $(VISION)/.installed
 
-.PHONY: demo test test-fast lint clean vision vision-env
+.PHONY: demo test test-fast lint clean vision vision-env readme
 
 $(STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 demo: $(STAMP)
 	$(VENV)/bin/distillprune demo
 
+# Run the demo and rewrite the README's (and docs/benchmarks.md's) figures from its report, and the test counts
+readme: $(STAMP)
+	$(PY) scripts/readme.py --run
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The fast tier: unit and contract tests that start no subprocess, torchrun job or browser, without the
-# `slow`-marked ones (a whole pipeline, a planner search). CI runs `make test`, the full suite.
+# The fast tier: unit, contract and hostile-input tests that start no subprocess, torchrun job or browser,
+# without the `slow`-marked ones (a whole pipeline, a planner search). CI runs `make test`, the full suite.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests/unit tests/contract
+	$(PY) -m pytest -q -m "not slow" tests/unit tests/contract tests/hostile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -49,9 +50,14 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
     """A session over a copy of the teacher, planned (or given the cached ``plan``) and cut (step 0's cut only:
     the ablation does its own recovery and BatchNorm)."""
     cfg = PruneConfig(
-        target={"latency_speedup": target, **({"depth_fractions": a.depth_fractions} if a.depth_fractions else {})},
+        target={
+            "latency_speedup": target,
+            **({"depth_fractions": a.depth_fractions} if a.depth_fractions else {}),
+            **({"block_choice": a.block_choice} if getattr(a, "block_choice", None) else {}),
+            "plan_recovery": bool(a.plan_recovery),  # candidates compared after least squares (else BN only)
+        },
         width={"importance": "taylor", "round_to": 8},
-        recovery={"method": "lstsq" if a.plan_recovery else "none", "calib_samples": a.calib},
+        recovery={"method": "lstsq", "calib_samples": a.calib},
     )
     s = PruneSession(copy.deepcopy(teacher), cfg, data, context=Context(loader=LoaderOptions(128, 0), latency=lat))
     t0 = time.perf_counter()
@@ -73,35 +79,106 @@ def session(teacher, data, target: float, lat, a, plan: dict | None) -> tuple[Pr
 
 def fixed_plan(s: PruneSession, target: float, spec: str) -> Plan:
     """A plan without the planner's search (for a loaded machine): ``"BLOCKS:PREFIX,PREFIX"`` removes BLOCKS
-    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.depth.BlockScorer``; or
-    "+"-separated block paths) and halves every
+    residual blocks (a count: the library's lazy-greedy KD-loss choice, ``prune.depth.BlockScorer``; a count
+    with ``r``, e.g. ``9r``: by recoverability per MAC saved, ``prune.recoverability``; or "+"-separated block
+    paths) and halves every
     channel group whose root layer starts with one of the prefixes (``conv1`` is the stem)."""
+    from distillprune.prune.channels import enumerate_groups
     from distillprune.prune.depth import BlockScorer, removable_blocks, remove_blocks
-    from distillprune.prune.groups import channel_groups
 
     count, _, prefixes = spec.partition(":")
-    batches = [x for x, _ in s.calibration(2)]
+    batches = [x for x, _ in s.calibration(2 * s.batch_size)]
     assert s.teacher is not None and s.cfg.width is not None
     if count.isdigit():
         with torch.no_grad():
             logits = [s.teacher(x) for x in batches]
         blocks = BlockScorer(s.model, removable_blocks(s.model), batches, logits).greedy(int(count))
+    elif count.endswith("r") and count[:-1].isdigit():  # by recoverability per MAC saved
+        blocks = recoverable(s, [x for x, _ in s.calibration(8 * s.batch_size)], int(count[:-1]))
     else:  # the blocks named ("+"-separated paths)
         blocks = count.split("+")
     probe = copy.deepcopy(s.model)
     remove_blocks(probe, blocks)
     by_size = s.cfg.width.model_copy(update={"importance": "l2"})  # only the groups' roots and sizes are read
-    _, groups = channel_groups(probe, batches[0][:1], by_size, s.num_classes)
+    groups = enumerate_groups(probe, batches[0][:1], by_size, s.num_classes).groups
     roots = tuple(p for p in prefixes.split(",") if p)
     widths = {g.root: [max(g.min_keep, g.size // 2), g.size] for g in groups if g.root.startswith(roots)}
     return Plan({"latency_speedup": target}, blocks=blocks, widths=widths, note=f"fixed plan {spec}")
 
 
+def recoverable(s: PruneSession, batches: list, count: int) -> list[str]:
+    """The first ``count`` blocks by recoverability per MAC saved (``prune.recoverability``)."""
+    from distillprune.prune.depth import removable_blocks
+    from distillprune.prune.latency_table import layer_of, layer_shapes
+    from distillprune.prune.recoverability import block_errors, by_recoverability
+
+    blocks = removable_blocks(s.model)
+    errors = block_errors(s.model, blocks, batches)
+    shapes = layer_shapes(s.model, s.input_shape)
+    saved = {b: float(sum(v.macs() for n, v in shapes.items() if layer_of(n).startswith(f"{b}."))) for b in blocks}
+    order = by_recoverability(errors, saved)
+    print("  blocks by recoverability per MAC:", ", ".join(f"{b} {errors[b]:.3f}" for b in order), flush=True)
+    return order[:count]
+
+
+@contextmanager
+def ranked(ctx: dict, top1, sink: list[dict]):
+    """While the planner runs: every candidate it estimates (recovered, BatchNorm as the session leaves it) is
+    also scored on the test split, so the benchmark can say whether the planner's estimate -- on held-out
+    *training* images, which the teacher has fitted -- ranks candidates as the test split does."""
+    from distillprune.prune import planner
+
+    original = planner._Planner.estimate
+
+    def estimate(self, cand, model):  # type: ignore[no-untyped-def]
+        original(self, cand, model)
+        test = top1(copy.deepcopy(model).eval(), ctx["data"], ctx)
+        sink.append({"label": cand.label, "est_top1": cand.est_top1, "est_kd": cand.est_kd, "test_top1": test})
+        print(f"  rank: {cand.label}: est {cand.est_top1} test {test:.2f}", flush=True)
+
+    planner._Planner.estimate = estimate  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        planner._Planner.estimate = original  # type: ignore[method-assign]
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None below three points."""
+    if len(xs) < 3:
+        return None
+
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return round(cov / var, 3) if var else None
+
+
 def e0_row(target: float, ctx: dict, a, cached: dict | None, top1) -> dict:
     t, data = ctx["teacher"], ctx["data"]
-    s, plan_s = session(t, data, target, ctx["lat"], a, (cached or {}).get("plan"))
-    calib = [x for x, _ in s.calibration(-(-a.calib // 128))]
+    rank: list[dict] = []
+    with ranked(ctx, top1, rank) if getattr(a, "rank", False) and not cached else nullcontext():
+        s, plan_s = session(t, data, target, ctx["lat"], a, (cached or {}).get("plan"))
+    calib = [x for x, _ in s.calibration(a.calib)]
     rec: dict = {
+        "rank": rank or (cached or {}).get("rank"),
+        "rank_spearman": spearman([r["est_top1"] for r in rank], [r["test_top1"] for r in rank])
+        if rank
+        else (cached or {}).get("rank_spearman"),
         "target": target,
         "fixed_plan": a.fixed_plan,
         "plan": to_jsonable(s.plan),

@@ -24,7 +24,9 @@ from distillprune.data import DataConfig, load_data
 from distillprune.distill.distiller import CrossEntropy
 from distillprune.models import build_model
 from distillprune.prune import api
+from distillprune.prune.config import PruneConfig
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, evaluate, fit
+from distillprune.train.context import Context, LoaderOptions, fit_trainer
 
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False, threads=2)
 KD = {"name": "kd", "temperature": 4.0, "alpha": 0.9}
@@ -50,7 +52,8 @@ def pruned(dense, data, ratio: float, weight: float, a: argparse.Namespace, seed
         "optimizer": {"lr": 0.05},
         "distill": {"losses": losses},
     }
-    api.prune_(model, cfg, data=data, runtime=RT, batch_size=128, train_seed=seed, crop_padding=1)
+    train = fit_trainer(PruneConfig(**cfg), data, Context(RT, LoaderOptions(128, seed, crop_padding=1)), "prune")
+    api.prune_(model, cfg, data, trainer=train, context=Context(RT, LoaderOptions(128, 0, crop_padding=1)))
     return evaluate(model, data, runtime=RT)
 
 

@@ -71,7 +71,7 @@ from distillprune.measure.latency import LatencyConfig, torch_latency
 from distillprune.pipeline import execute
 from distillprune.recipes.schema import Recipe
 from distillprune.train import RuntimeConfig, evaluate
-from distillprune.train.trainer import resolve_device
+from distillprune.train.device import resolve_device
 
 PEERS = ["tp_l2", "tp_l2_r8", "drop"]
 DP = {"dp_2x": 2.0, "dp_3x": 3.0, "dp_4x": 4.0}
@@ -125,9 +125,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--positions", type=int, default=64, help="e0 rows: conv output positions per image")
     ap.add_argument("--e0-variants", default=None, help="e0 rows: comma list of variants (default: all)")
     ap.add_argument(
-        "--plan-recovery", action="store_true", help="e0 rows: the planner compares candidates after recovery"
+        "--plan-recovery",
+        action="store_true",
+        help="e0 rows: target.plan_recovery (the planner compares candidates after least squares; default: after "
+        "BatchNorm re-estimation, the chosen plan recovered once)",
     )
     ap.add_argument("--replan", action="store_true", help="e0 rows: plan again even if a plan is cached")
+    ap.add_argument(
+        "--rank",
+        action="store_true",
+        help="e0 rows: also score every candidate the planner estimates on the test split (with --plan-recovery: "
+        "recovered, as it estimates them), for the rank correlation of its estimate with E = 0 test top-1",
+    )
+    ap.add_argument(
+        "--block-choice", default=None, help="distillprune and e0 rows: target.block_choice (kd | recoverability)"
+    )
     ap.add_argument(
         "--fixed-plan", default=None, help="e0 rows: 'BLOCKS:PREFIX,...' instead of the planner (see _recovery_e0)"
     )
@@ -334,6 +346,8 @@ def dp_recipe(target: float, a, seed: int, model_name: str) -> Recipe:
         tgt["depth_fractions"] = a.depth_fractions
     if a.refits is not None:
         tgt["refits"] = a.refits
+    if a.block_choice is not None:
+        tgt["block_choice"] = a.block_choice
     lat = latency_cfg(a).model_dump()
     distill = {"losses": [HINTON_KD], "compile_teacher": a.gpu}
     lr = a.dp_lr or a.lr

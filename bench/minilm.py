@@ -70,18 +70,13 @@ def data_config(limit_train: int | None, limit_test: int) -> DataConfig:
 
 
 def kd(student, teacher, data, epochs: int, lr: float) -> dict:
-    rep = dp.distill(
-        student,
-        teacher,
-        data,
-        epochs=epochs,
-        losses=[{"name": "embedding"}],
-        optimizer="adamw",
-        lr=lr,
-        batch_size=32,
-        cache=True,
-        runtime=RuntimeConfig(progress=True, tensorboard=False),
-    )
+    opts = {
+        "epochs": epochs,
+        "optimizer": {"name": "adamw", "lr": lr},
+        "distill": {"losses": [{"name": "embedding"}], "cache": True},
+    }
+    ctx = dp.Context(RuntimeConfig(progress=True, tensorboard=False), dp.LoaderOptions(32))
+    rep = dp.distill(student, opts, data, teacher=teacher, context=ctx)
     return {"train_seconds": rep.training.train_seconds if rep.training else 0}
 
 
@@ -159,13 +154,12 @@ def train_row(name: str, teacher, data, args) -> dict:
                 "epochs_per_step": 1,
                 "optimizer": opt,
                 "distill": {"losses": [{"name": "embedding"}], "cache": True},
-                "recovery": {"enabled": args.recovery},
+                "recovery": {"method": "lstsq"} if args.recovery else None,
             },
+            data,
             teacher=teacher,
-            data=data,
-            batch_size=32,
-            spec=spec_of(m, 0, 64, MODEL),
-            runtime=RuntimeConfig(progress=True, tensorboard=False),
+            history=spec_of(m, 0, 64, MODEL),
+            context=dp.Context(RuntimeConfig(progress=True, tensorboard=False), dp.LoaderOptions(32)),
         )
         info = {
             "dropped_layers": rep.dropped_layers,
@@ -307,7 +301,7 @@ def measure(teacher, data, args, argv) -> None:
         info = json.loads((args.out / name / "train.json").read_text())
         record(name, m, onnx_bytes(m, (64,)), info)
         if name == "dp":
-            q = dp.quantize(m, data, {"method": "dynamic"}, args.out / "dp.int8.onnx")
+            q = dp.quantize(m, {"method": "dynamic"}, data, out=args.out / "dp.int8.onnx")
             record(
                 "dp_int8",
                 m,

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--limit-train", type=int, default=1500)
     ap.add_argument("--limit-test", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--calib-batches", type=int, default=8, help="calibration batches of 32 sentences")
+    ap.add_argument("--calib-samples", type=int, default=256, help="calibration sentences (scores and re-fit)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     data = dp.load_data(data_config(a.limit_train, a.limit_test))
@@ -40,8 +40,8 @@ def main() -> None:
             "heads": {"ratio": 1 / 3},
             "ffn": {"ratio": 0.5},
             "layers": {"drop": 2},
-            "calib_batches": a.calib_batches,
-            "recovery": {"enabled": enabled},
+            "calib_samples": a.calib_samples,
+            "recovery": {"method": "lstsq", "calib_samples": a.calib_samples} if enabled else None,
         }
         dp.prune_(m, cfg, data, teacher=teacher, context=Context(loader=LoaderOptions(batch_size=32)))
         q = embedding_quality(run_torch(m.eval(), test_x), t_emb)

@@ -120,7 +120,7 @@ def digits_recipe(a: argparse.Namespace) -> dict:
     raw["runtime"]["threads"] = 2
     raw["stages"] = [s for s in raw["stages"] if s["type"] != "export"] + quant_stages(a, 2, 0.005)
     if a.smoke:
-        raw["data"].update(limit_train=200, limit_test=100)
+        raw["data"].update(limit_train=128, limit_test=64)
         raw["model"]["kwargs"] = {"widths": [8, 16, 16]}  # 2 blocks a stage, as the demo: depth pruning applies
         for st in raw["stages"]:
             for key in ("epochs", "epochs_per_step"):

@@ -6,8 +6,14 @@ recipe's, both pruned to the same measured target, both trained on all the train
 2. default: the recipe with its shipped values, trained on all the training data, test top-1 and speedup;
 3. tuned: best.yaml with the validation split and the budget removed, the same way.
 
-Full run (GPU; a trained teacher checkpoint, e.g. from bench/cifar10_real_teacher.py):
-  python bench/tune_resnet56.py --teacher TEACHER_DIR --data PACK.npz --trials 10 --epochs 1
+Trials whose plan-affecting knobs are equal (the space's learning rates and KD knobs change none) share one plan
+(``prune.plan_store``): the study plans once per drawn ``target.depth_fractions``, each plan priced by the latency
+table (kept in the per-machine cache across plans) with only its finalists timed. ``plans:`` says how many plans
+were made and reused.
+
+Full run (the shipped ResNet-56; a GPU trains faster, the CPU works):
+  python bench/tune_resnet56.py --teacher ../shared/models/cifar10-resnet56 --data ../shared/data/cifar10-jpeg.npz \
+      --trials 10 --epochs 1 --out bench_out/tune_resnet56           # add --resume to continue a killed study
 Quick (tests, CPU, seconds): a small digits net, a tiny space, 3 trials:
   python bench/tune_resnet56.py --quick --out /tmp/tq
 """
@@ -93,7 +99,9 @@ def quick_recipe(a: argparse.Namespace) -> dict[str, Any]:
             {"type": "train", "epochs": 3, "optimizer": {"lr": 0.2}},
             {
                 "type": "prune",
-                "width": {"ratio": 0.3, "importance": "l2", "round_to": 4},
+                # a MACs target: the trials plan (and share their plan, tune's plan store) without timing anything
+                "target": {"macs_ratio": 1.5, "depth_fractions": [0.0], "val_samples": 64, "calib_samples": 64},
+                "width": {"importance": "l2", "round_to": 4},
                 "steps": 1,
                 "epochs_per_step": 2,
                 "optimizer": {"lr": 0.05},
@@ -140,6 +148,21 @@ def final_run(raw: dict[str, Any], sets: list[str], out: Path) -> dict[str, Any]
     return {"test_top1": final.accuracy, "speedup": report.speedup(final, key), "seconds": time.perf_counter() - t0}
 
 
+def plans_of(search: Path) -> dict[str, Any]:
+    """How the trials planned: how many planned (and the seconds it took them), how many reused a plan another
+    trial made with the same plan-affecting knobs (``prune.plan_store``)."""
+    planned, reused, seconds = 0, 0, 0.0
+    for path in sorted((search / "trials").glob("trial-*/report.json")):
+        stages = json.loads(path.read_text())["stages"]
+        for st in stages:
+            plan = (st.get("details") or {}).get("plan") if st.get("type") == "prune" else None
+            if plan:
+                reused += bool(plan.get("reused"))
+                planned += not plan.get("reused")
+                seconds += 0.0 if plan.get("reused") else float(plan.get("seconds") or 0.0)
+    return {"planned": planned, "reused": reused, "planning_s": round(seconds, 1)}
+
+
 def main() -> int:
     a = parse()
     out = Path(a.out)
@@ -155,10 +178,15 @@ def main() -> int:
     unbudgeted = ["data.validation_split=null", "data.limit_train=null", "runtime.val_loss=false"]
     rows = {"default": final_run(raw, [], out / "default"), "tuned": final_run(tuned, unbudgeted, out / "tuned")}
     chosen = rep.trial(rep.chosen)
+    plans = plans_of(out / "search")
     result = {"search_seconds": search_s, "trials": rep.counts, "chosen": chosen.number, "params": chosen.params,
-              "validation_top1": chosen.val_top1, "rows": rows}  # fmt: skip
+              "validation_top1": chosen.val_top1, "rows": rows, "plans": plans}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
     print(f"search: {len(rep.trials)} trials ({rep.counts}) in {search_s:.0f}s; best.yaml = trial {chosen.number}")
+    print(
+        f"plans: {plans['planned']} planned in {plans['planning_s']:.0f}s, {plans['reused']} reused by trials with "
+        "the same plan-affecting knobs"
+    )
     print("| recipe | test top-1 % | measured speedup (ORT CPU bs1) | wall s |\n|---|---|---|---|")
     for name, r in rows.items():
         sp = "–" if r["speedup"] is None else f"{r['speedup']:.2f}x"

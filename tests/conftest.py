@@ -13,6 +13,17 @@ _CEILINGS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_E
 for _var, _isa in _CEILINGS.items():
     os.environ.setdefault(_var, _isa)
 
+# The planner's per-machine latency cache (prune.latency_cache) goes to a folder of this test session, never to
+# the user's home; subprocess tests inherit it. Set before the library is imported.
+import atexit  # noqa: E402
+import itertools  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+_CACHE = tempfile.mkdtemp(prefix="distillprune-test-cache-")
+os.environ["DISTILLPRUNE_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -23,6 +34,17 @@ def digits_bundle():
     from distillprune.data import DataConfig, load_data
 
     return load_data(DataConfig(source="digits"))
+
+
+_CACHES = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch):
+    """Each test starts from an empty per-machine cache of its own (latency entries, block orders), so no test
+    depends on what another one planned before it; the folder is made only when a test writes to it."""
+    monkeypatch.setenv("DISTILLPRUNE_CACHE_DIR", os.path.join(_CACHE, f"t{next(_CACHES)}"))
+    yield
 
 
 @pytest.fixture(autouse=True)

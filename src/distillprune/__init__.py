@@ -1,17 +1,21 @@
 """distillprune: knowledge distillation combined with pruning, measured, exported to ONNX.
 
-Importing the package has no side effects beyond registering its own methods (no env vars, no logging
-changes, no CUDA init); only the ``distillprune`` command's own process is set up (``distillprune._process``).
+Importing the package has no side effects (no env vars, no logging changes, no CUDA init; only the
+``distillprune`` command's own process is set up, ``distillprune._process``) and imports nothing heavy: the
+public names below load the library (``distillprune._library``: torch, ONNX Runtime, every family's
+registrations) on first use, so the command answers ``--help``, ``list`` and ``report`` at once.
 """
 
-from distillprune import _process  # noqa: F401, I001  (first: sets up the command's process, nothing else's)
-from distillprune import transformers as _transformers  # noqa: F401, I001  (registers the hf source, ops, prune_)
+# ruff: noqa: I001, F405  (_process first: it sets up the command's process before anything else; __all__ names
+# the library's names, which load on first use)
+from distillprune import _process  # noqa: F401
+import importlib
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
 from distillprune._version import __version__
-from distillprune.cluster import ClusterConfig, ClusterReport, cluster_
-from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
-from distillprune.core.trust import code_trust
-from distillprune.data import DataBundle, DataConfig, Examples, load_data
-from distillprune.distill import DistillConfig, DistillOptions, DistillReport, distill
+from distillprune.core.registry import set_library_loader
 from distillprune.errors import (
     CheckpointError,
     CompressionError,
@@ -22,25 +26,16 @@ from distillprune.errors import (
     RecipeError,
     TrainingDiverged,
 )
-from distillprune.export import export_onnx, parity
-from distillprune.lowrank import LowRankConfig, LowRankReport, lowrank_
-from distillprune.measure import measure_model
-from distillprune.models import build_model, make_model
-from distillprune.pipeline import compress
-from distillprune.prune import PruneConfig, PruneReport, PruneSession, prune_
-from distillprune.quant import (
-    BF16Config,
-    DynamicConfig,
-    FP16Config,
-    QATConfig,
-    QuantConfig,
-    QuantResult,
-    StaticConfig,
-    quantize,
-)
-from distillprune.recipes import Recipe, load_recipe
-from distillprune.report import CompressionReport
-from distillprune.train.context import Context, LoaderOptions, fit_trainer
+
+if TYPE_CHECKING:
+    from distillprune._library import *  # noqa: F403
+
+
+def _load_library() -> ModuleType:
+    return importlib.import_module("distillprune._library")
+
+
+set_library_loader(_load_library)
 
 __all__ = [
     "ArchSpec",
@@ -97,3 +92,30 @@ __all__ = [
     "lowrank_",
     "quantize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(_load_library(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(ModuleType):
+    """``distillprune.distill`` is the verb, as ``from distillprune import distill`` has always given, although
+    the ``distill`` subpackage shares the name: importing it sets this attribute, which must not hide the verb
+    (the subpackage stays in ``sys.modules``, where its own imports find it)."""
+
+    @property
+    def distill(self) -> Any:
+        return _load_library().distill
+
+    @distill.setter
+    def distill(self, subpackage: ModuleType) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -7,6 +7,8 @@ library has no side effects.
 * Ctrl-C while torch is still importing, or while the interpreter shuts down after the command, exits 130
   with the boundary's one line (Python's default would print a traceback and die of the signal, -2). While
   the command runs, the handler raises ``KeyboardInterrupt`` as Python's does, for the boundary to report.
+  ``kill`` (SIGTERM: a job scheduler, ``timeout``, torchrun stopping its workers) is handled the same way: the
+  same line with the command that resumes the run, exit 130 (Python's default dies silently, -15).
 * ``SIGXFSZ`` (a write over ``ulimit -f``) is ignored, so the write fails with ``EFBIG`` and the boundary
   says so in one line instead of the process dying of the signal with a core dump.
 * A closed stdout or stderr (``>&-``) is reopened on ``/dev/null``: Python would leave ``sys.stdout`` None,
@@ -62,6 +64,7 @@ def prepare() -> None:
         return
     state.cli = True
     signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _on_sigint)
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _reopen_closed_streams()

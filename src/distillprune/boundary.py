@@ -10,14 +10,17 @@ code   meaning
        command or option, missing argument), a NaN loss, the user's own model code raising (the line
        names their file and line; the traceback goes where a bug's would); one line saying what was
        received, what was expected and where
-130    interrupted (Ctrl-C), also while starting or exiting: one line saying how to resume; the last
-       completed checkpoint is intact
+130    interrupted (Ctrl-C or SIGTERM), also while starting or exiting: one line saying how to resume; the
+       last completed checkpoint is intact
 141    the reader of stdout went away (``distillprune list | head -c1``): nothing more is printed
 =====  ==========================================================================================
 
 A full disk or a file over ``ulimit -f`` is exit 2: "no space left on the device holding RUN", resumable.
 
-stderr carries only that line; Python warnings are printed to stdout as one ``warning: ...`` line each.
+stderr carries only that line; Python warnings are printed to stdout as one ``warning: ...`` line each. Text
+in these lines comes partly from files (a lock's contents, folder names, keys): control characters in it are
+printed escaped (``\x1b``), never raw to the terminal. A command never reads stdin: it is an empty stream while
+the command runs, so no library can stop to ask a question there.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import typer
 from pydantic import ValidationError
 
 from distillprune import _process
-from distillprune.errors import DistillpruneError
+from distillprune.errors import DistillpruneError, printable
 
 EXIT_OK, EXIT_BUG, EXIT_USER, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
 #: errno of a write the disk or the file size limit refused (ENOSPC, EFBIG, EDQUOT)
@@ -96,9 +99,12 @@ def run_cli(app: Callable[..., Any], argv: list[str] | None) -> int:
     """Run the typer ``app`` on ``argv`` (``sys.argv[1:]`` if None) inside the boundary; returns the exit code."""
     current.run_dir = current.resume_command = None
     _process.state.in_command = True
+    stdin, sys.stdin = sys.stdin, open(os.devnull, encoding="utf-8")  # noqa: SIM115 - closed below
     try:
         return _run(app, argv)
     finally:
+        sys.stdin.close()
+        sys.stdin = stdin
         _process.state.in_command = False
 
 
@@ -182,6 +188,7 @@ def _say(line: str, code: int) -> int:
     except (OSError, ValueError):
         pass
     rank = os.environ.get("RANK", "0")  # under torchrun every rank reports; rank 0 without a prefix
+    line = printable(line)
     print(line if rank == "0" else f"rank {rank}: {line}", file=sys.stderr, flush=True)
     return code
 
@@ -232,8 +239,9 @@ def _internal(e: BaseException) -> int:
 def _write_trace(text: str) -> Path | None:
     run = current.run_dir
     if run is not None and (run / "run.json").is_file():  # a run folder of ours, not any folder
-        try:
-            with open(run / "error.log", "a", encoding="utf-8") as f:
+        try:  # never through a link planted at error.log (O_NOFOLLOW): then a temporary file below
+            fd = os.open(run / "error.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
                 f.write(text)
             return run / "error.log"
         except OSError:
@@ -262,7 +270,7 @@ class _warnings_to_stdout:
             line: str | None = None,
         ) -> None:
             try:
-                print(f"warning: {one_line(str(message))}", file=sys.stdout, flush=True)
+                print(f"warning: {printable(one_line(str(message)))}", file=sys.stdout, flush=True)
             except (OSError, ValueError):
                 pass
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from distillprune.boundary import note_run, run_cli
-from distillprune.errors import DistillpruneError
+from distillprune.errors import DistillpruneError, printable
 
 app = typer.Typer(
     add_completion=False,
@@ -31,7 +31,8 @@ TRUST = typer.Option(
     False,
     "--trust-code",
     help="let checkpoints the recipe names (model.checkpoint, a teacher folder) import the Python class file "
-    "they carry (sha256 checked); without it such a checkpoint is refused",
+    "they carry (sha256 checked), and Hugging Face folders the code their auto_map names; without it such a "
+    "model is refused",
 )
 FORCE = typer.Option(
     False, "--force", help="write into a non-empty --out that is not a distillprune run folder (replacing files)"
@@ -49,7 +50,7 @@ def _run(
     force: bool = False,
 ) -> None:
     from distillprune.pipeline import compress
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
     from distillprune.report import print_table
 
     recipe = load_recipe(recipe_path, overrides)
@@ -64,9 +65,9 @@ def _run(
     report = compress(recipe, out, resume=resume, force=force, trust_code=trust_code)  # checks, locks --out first
     if _rank() == 0:
         print_table(report, wide=wide)
-        typer.echo(f"run folder: {out}  (report.json, report.md, model.onnx, stages/)")
+        typer.echo(f"run folder: {printable(str(out))}  (report.json, report.md, model.onnx, stages/)")
         if (out / "report.html").is_file():
-            typer.echo(f"report: {out / 'report.html'}  (open it in a browser)")
+            typer.echo(f"report: {printable(str(out / 'report.html'))}  (open it in a browser)")
 
 
 def _rank() -> int:
@@ -124,16 +125,17 @@ def validate(
     from distillprune.data.sources import load_data
     from distillprune.pipeline.preflight import preflight
     from distillprune.pipeline.run import recipe_code
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
 
     r = load_recipe(recipe, set_)
-    data = load_data(r.data)
-    with code_trust(trust_code, vouched=recipe_code(r)):
+    with code_trust(trust_code, vouched=recipe_code(r)):  # a tokenizer folder's code is under the rule too
+        data = load_data(r.data)
         preflight(r, data)
-    typer.echo(
+    ok = (
         f"ok: {recipe} ({r.name}: {' -> '.join(s.type for s in r.stages)}; data {tuple(data.input_shape)}, "
         f"{data.num_classes} classes)"
     )
+    typer.echo(printable(ok))
 
 
 @app.command()
@@ -154,7 +156,7 @@ def report(
 
         paths.append(write_html(rep, folder))
     print_table(rep, wide=wide)
-    typer.echo("wrote " + ", ".join(map(str, paths)))
+    typer.echo(printable("wrote " + ", ".join(map(str, paths))))
 
 
 @app.command()
@@ -169,7 +171,7 @@ def compare(
     loaded = load_runs(runs)
     path = write_compare(loaded, out)
     print_compare(loaded, wide=wide)
-    typer.echo(f"wrote {path}")
+    typer.echo(printable(f"wrote {path}"))
 
 
 @app.command()
@@ -184,8 +186,9 @@ def bench(
     """ONNX Runtime CPU latency, file size and accuracy of ONNX files, side by side (text models: at
     (batch, sequence) pairs; label-free text data: cosine of each file's outputs with the first file's)."""
     from distillprune.core.config import validate
-    from distillprune.measure.bench import accuracy_note, any_text, bench_onnx, load_eval_data, render_bench
+    from distillprune.measure.bench import accuracy_note, any_text, bench_onnx, render_bench
     from distillprune.measure.latency import LatencyConfig, seq_length
+    from distillprune.recipes.schema import load_eval_data
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -212,6 +215,71 @@ def bench(
     )
 
 
+SOURCE = typer.Argument(
+    ...,
+    help="a run folder (its final model), a stage checkpoint folder, a Hugging Face model folder, or an ONNX "
+    "file a run exported",
+)
+ONE_STEP_DATA = typer.Option(
+    None,
+    "--data",
+    help="the inputs: a recipe YAML (its data block), an .npz, or for a text model a text file or folder "
+    "(default: the data the checkpoint was made with)",
+)
+
+
+def _one_step(raw: dict, out: Path, trust_code: bool) -> object:
+    """Say the recipe, run it, say what it wrote (``pipeline.oneshot``)."""
+    import yaml
+
+    from distillprune.pipeline.oneshot import run_one_step
+
+    typer.echo("running this recipe (save it as a .yaml to repeat or extend it with `distillprune run`):")
+    typer.echo("  " + yaml.safe_dump(raw, sort_keys=False).rstrip().replace("\n", "\n  "))
+    _, details = run_one_step(raw, out, trust_code=trust_code)
+    return details
+
+
+@app.command("export")
+def export_(
+    source: Path = SOURCE,
+    out: Path = typer.Argument(..., help="the ONNX file to write"),
+    data: Path | None = ONE_STEP_DATA,
+    trust_code: bool = TRUST,
+    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+) -> None:
+    """ONNX of a model in one line: builds the recipe (the model, its data, an export stage with its parity
+    check against torch), prints it and runs it."""
+    from distillprune.pipeline.oneshot import check_out, one_step_recipe
+
+    check_out(out, force)
+    details = _one_step(one_step_recipe(source, {"type": "export", "filename": "model.onnx"}, data), out, trust_code)
+    diff = getattr(details, "max_abs_diff", None)
+    typer.echo(f"wrote {out}" + (f"  (parity with torch: max abs diff {diff:.2e})" if diff is not None else ""))
+
+
+@app.command("quantize")
+def quantize_(
+    source: Path = SOURCE,
+    out: Path = typer.Argument(..., help="the quantized ONNX file to write"),
+    data: Path | None = ONE_STEP_DATA,
+    method: str = typer.Option("static", help="static | dynamic | fp16 | bf16 (ONNX Runtime int8, or half precision)"),
+    trust_code: bool = TRUST,
+    force: bool = typer.Option(False, "--force", help="replace OUT if it exists"),
+) -> None:
+    """Quantize a model in one line: builds the recipe (the model, its data for calibration and the parity
+    check, a quantize stage), prints it and runs it."""
+    from distillprune.pipeline.oneshot import check_out, one_step_recipe
+
+    if method == "qat":
+        raise DistillpruneError("--method qat trains: write a recipe with a quantize stage (method: qat) instead")
+    check_out(out, force)
+    stage = {"type": "quantize", "filename": "model.quantized.onnx", "method": method}
+    details = _one_step(one_step_recipe(source, stage, data), out, trust_code)
+    render = getattr(details, "render", None)
+    typer.echo(f"wrote {out}" + (f"  ({render()})" if callable(render) else ""))
+
+
 def stage_table() -> str:
     """The README's stage table, from the stage registry (each stage config's docstring)."""
     from distillprune.recipes.registry import STAGES
@@ -222,17 +290,19 @@ def stage_table() -> str:
 
 @app.command("list")
 def list_(
-    family: str = typer.Argument(
-        "all", help="models | losses | ssl | sources | importance | quantizers | stages | all"
-    ),
+    family: str = typer.Argument("all", help="a registry (models, losses, ssl, sources, importance, stages...) or all"),
     markdown: bool = typer.Option(False, "--markdown", help="stages: the README's table"),
 ) -> None:
     """What is registered: models, losses, self-supervised methods, data sources, importance criteria,
-    quantizers, stage types."""
-    from distillprune.registries import REGISTRIES
+    quantizers, stage types, ..."""
+    from distillprune.registries import INTERNAL, REGISTRIES, internal
 
-    if family != "all" and family not in REGISTRIES:
-        raise DistillpruneError(f"no registry '{family}'; expected one of: all, {', '.join(REGISTRIES)}")
+    if family != "all" and family not in REGISTRIES and family not in INTERNAL:
+        names = ", ".join([*REGISTRIES, *INTERNAL])
+        raise DistillpruneError(f"no registry '{family}'; expected one of: all, {names}")
+    if family in INTERNAL:
+        typer.echo(f"{family}: {', '.join(internal(family).names())}")
+        return
     if markdown:
         if family != "stages":
             raise DistillpruneError("--markdown renders the stage table: distillprune list stages --markdown")
@@ -256,10 +326,11 @@ def tune(
     validation_split: float = typer.Option(0.2, help="share of the training data trials are judged on"),
     resume: bool = typer.Option(False, help="continue the study in --out (several processes may share one)"),
     set_: list[str] = typer.Option([], "--set", help="override a value of the base recipe: a.b.c=value"),
+    trust_code: bool = TRUST,
 ) -> None:
     """Search the recipe's knobs with Optuna against validation top-1 (and measured speedup); the test set
     is read once, for the best trial(s). Writes best.yaml, tune.json and tune.html to --out."""
-    from distillprune.recipes import load_recipe
+    from distillprune.recipes.schema import load_recipe
     from distillprune.tune import tune as tune_
 
     goals = tuple(o.strip() for o in objectives.split(",") if o.strip())
@@ -275,9 +346,10 @@ def tune(
         validation_split=validation_split,
         resume=resume,
         quiet=False,
+        trust_code=trust_code,
     )
-    typer.echo(rep.summary())
-    typer.echo(f"wrote {', '.join(rep.files.values())}")
+    typer.echo("\n".join(printable(line) for line in rep.summary().splitlines()))
+    typer.echo(printable(f"wrote {', '.join(rep.files.values())}"))
 
 
 def main(argv: list[str] | None = None) -> int:

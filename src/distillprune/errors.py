@@ -31,3 +31,10 @@ class CompressionError(DistillpruneError):
 
 class ExportError(DistillpruneError):
     """A model that cannot be exported to ONNX, or an ONNX file that ONNX Runtime cannot load or run."""
+
+
+def printable(text: object) -> str:
+    """``text`` with every character a terminal would act on (ESC, BEL, CR, bidi overrides...) written as its
+    Python escape (``\\x1b``): text from files (a lock's contents, folder names, keys) may be printed in a
+    message, never obeyed by the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

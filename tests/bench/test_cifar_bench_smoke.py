@@ -1,4 +1,7 @@
-"""The CIFAR-10 benchmark script cannot rot: its --smoke mode runs on a generated cifar-like .npz."""
+"""The CIFAR-10 benchmark script cannot rot: its --smoke mode runs on a generated cifar-like .npz.
+
+Load-proof: small data, no wall-clock limit (a loaded CI machine is slower, not wrong) and no speed asserted (the
+smoke's latency-target row aims at a band any machine's timing lands in)."""
 
 from __future__ import annotations
 
@@ -20,10 +23,10 @@ def test_cifar_bench_smoke(tmp_path: Path):
     data = tmp_path / "tiny.npz"
     np.savez(
         data,
-        x_train=rng.integers(0, 255, (256, 32, 32, 3), dtype=np.uint8),
-        y_train=rng.integers(0, 10, 256),
-        x_test=rng.integers(0, 255, (128, 32, 32, 3), dtype=np.uint8),
-        y_test=rng.integers(0, 10, 128),
+        x_train=rng.integers(0, 255, (128, 32, 32, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 128),
+        x_test=rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 64),
     )
     out = tmp_path / "out"
     res = subprocess.run(
@@ -45,7 +48,6 @@ def test_cifar_bench_smoke(tmp_path: Path):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert res.returncode == 0, res.stderr[-2000:]
@@ -76,7 +78,6 @@ def test_cifar_bench_smoke(tmp_path: Path):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert res.returncode == 0, res.stderr[-2000:]

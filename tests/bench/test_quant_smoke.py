@@ -1,4 +1,6 @@
-"""bench/quant_cluster.py --smoke runs end to end and prints every table (numbers meaningless at this size)"""
+"""bench/quant_cluster.py --smoke runs end to end and prints every table (numbers meaningless at this size).
+
+Load-proof: no wall-clock limit (a loaded CI machine is slower, not wrong) and nothing about speed asserted."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ def test_quant_cluster_smoke(tmp_path: Path):
         [sys.executable, str(ROOT / "bench" / "quant_cluster.py"), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,7 +81,7 @@ def test_quant_cluster_starts_from_a_kept_teacher(tmp_path: Path):
         "--out",
         str(out),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("| static int8 (minmax) |") == 1
     stages = json.loads((out / "cifar10" / "quant" / "report.json").read_text())["stages"]
@@ -91,7 +92,6 @@ def test_quant_cluster_starts_from_a_kept_teacher(tmp_path: Path):
         cmd[:-4] + ["--teacher", str(tmp_path / "nowhere"), "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
         cwd=ROOT,
     )
     assert bad.returncode == 2 and "no distillprune checkpoint" in bad.stderr

@@ -1,5 +1,5 @@
-"""Interrupting the real command: Ctrl-C exits 130 with one line that says how to resume, and a run killed
-(SIGKILL) at random points, then resumed, ends bit-identical to the uninterrupted run."""
+"""Interrupting the real command: Ctrl-C or SIGTERM exits 130 with one line that says how to resume, and a run
+killed (SIGKILL) at random points, then resumed, ends bit-identical to the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path: Path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path: Path, sig: signal.Signals):
     recipe = tmp_path / "r.yaml"
     long = {**RECIPE, "stages": [{"type": "train", "epochs": 12}, {"type": "evaluate"}]}
     recipe.write_text(yaml.safe_dump(long))
@@ -56,7 +57,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(tmp_path: Path):
     proc = start_cli("run", str(recipe), "--out", str(out))
     ckpt = out / "stages" / "01_train" / "train" / "last.safetensors"
     _wait_for(ckpt, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, stderr)
     lines = [ln for ln in stderr.splitlines() if ln.strip()]

@@ -12,7 +12,7 @@ import torch
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.config import validate
 from distillprune.data import DataConfig, load_data
-from distillprune.data.base import TensorLoader
+from distillprune.data.base import Examples, TensorLoader
 from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import Distiller
 from distillprune.distill.ensemble import TeacherEnsemble
@@ -353,7 +353,7 @@ def test_reinitialised_keeps_a_pruned_architecture(data):
 
     model = tiny(TEACHER_KW, 0)
     spec = ArchSpec("digits_cnn", 10, [1, 8, 8], TEACHER_KW)
-    prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, torch.zeros(1, 1, 8, 8), 10, spec=spec)
+    prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, Examples(torch.zeros(1, 1, 8, 8), 10), history=spec)
     fresh = reinitialised(model, 5, spec)
     assert [p.shape for p in fresh.parameters()] == [p.shape for p in model.parameters()]
     assert not torch.equal(fresh.conv1.weight, model.conv1.weight)
@@ -410,7 +410,7 @@ def test_label_free_distillation_learns_without_labels(teacher_dir):
     ids=["dkd", "ce-only", "train"],
 )
 def test_label_free_refuses_losses_that_need_labels_before_training(teacher_dir, stage, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "_epoch", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(trainer_mod._Loop, "epoch", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(DataError, match="labels"):
         execute(recipe(stage, teacher_dir=teacher_dir, labels=False), None, quiet=True)
 

@@ -11,7 +11,6 @@ import pytest
 
 import distillprune as dp
 from distillprune.data.config import DataConfig
-from distillprune.data.registry import SOURCES
 from distillprune.distill.distiller import check_terms, label_free_losses
 from distillprune.distill.losses.base import LOSSES
 from distillprune.distill.schedule import build_term
@@ -22,9 +21,10 @@ from distillprune.pipeline.stages.distill import DistillStage
 from distillprune.pipeline.stages.prune import PruneStage
 from distillprune.pipeline.stages.train import TrainStage
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.importance import IMPORTANCE
+from distillprune.prune.criteria import CRITERIA
 from distillprune.quant.config import QuantConfig
 from distillprune.quant.registry import QUANTIZERS
+from distillprune.registries import SOURCES
 from distillprune.ssl import SSL_METHODS, SSLConfig
 
 pytest.importorskip("distillprune.transformers")  # registers the hf source
@@ -40,16 +40,26 @@ def _alternatives(description: str | None) -> set[str]:
 @pytest.mark.parametrize(
     ("field", "registry"),
     [
-        (WidthConfig.model_fields["importance"], IMPORTANCE),
         (DataConfig.model_fields["source"], SOURCES),
         (QuantConfig.model_fields["method"], QUANTIZERS),
         (ModelConfig.model_fields["source"], MODEL_SOURCES),
         (SSLConfig.model_fields["method"], SSL_METHODS),
     ],
-    ids=["importance", "data.source", "quantize.method", "model.source", "ssl.method"],
+    ids=["data.source", "quantize.method", "model.source", "ssl.method"],
 )
 def test_a_field_listing_a_registry_lists_all_of_it(field, registry):
     assert _alternatives(field.description) == set(registry.names())
+
+
+def test_each_family_s_importance_field_lists_its_criteria():
+    from distillprune.transformers.config import TransformerPruneConfig
+
+    for field, family in (
+        (WidthConfig.model_fields["importance"], "cnn"),
+        (TransformerPruneConfig.model_fields["importance"], "encoder"),
+    ):
+        names = {n for n, c in CRITERIA.items() if c.family == family}
+        assert names and {p.split(":")[0] for p in _alternatives(field.description)} == names
 
 
 def _ticked(text: str) -> set[str]:
@@ -70,7 +80,8 @@ def test_the_train_stage_and_its_readme_row_name_every_ssl_method():
 
 
 def test_the_prune_stage_names_every_importance_criterion():
-    assert set(IMPORTANCE.names()) <= _ticked(PruneStage.__doc__ or "")
+    cnn = {n for n, c in CRITERIA.items() if c.family == "cnn"}
+    assert cnn <= _ticked(PruneStage.__doc__ or "")
 
 
 def test_the_label_free_message_names_every_loss_that_learns_from_the_teacher_alone():

@@ -46,8 +46,8 @@ def test_every_quantizer_has_a_threshold_here():
 def test_quantizer_contract(method: str, trained_mlp, tmp_path: Path):
     model, data = trained_mlp
     out = tmp_path / f"m.{method}.onnx"
-    qat = {"epochs": 1, "optimizer": {"lr": 0.01}} if method == "qat" else None
-    res = dp.quantize(copy.deepcopy(model), data, {"method": method}, out, qat=qat)
+    cfg = {"method": method, **({"qat": {"epochs": 1, "optimizer": {"lr": 0.01}}} if method == "qat" else {})}
+    res = dp.quantize(copy.deepcopy(model), cfg, data, out=out)
     assert res.method == method and Path(res.path) == out and out.stat().st_size == res.bytes
     assert res.agreement >= AGREEMENT[method], res.render()
     assert res.accuracy is not None and res.float_accuracy is not None

@@ -17,13 +17,12 @@ from distillprune.core.batch import NamedInputs, call
 from distillprune.core.reporting import Details
 from distillprune.data.config import DataConfig
 from distillprune.data.examples import EXAMPLES
-from distillprune.data.registry import SOURCES
 from distillprune.export.onnx import onnx_bytes, parity
 from distillprune.measure.metrics import count_macs, count_params
 from distillprune.models.registry import MODELS, example_of
-from distillprune.prune.importance import IMPORTANCE
+from distillprune.prune.criteria import CRITERIA
 from distillprune.recipes.registry import STAGES
-from distillprune.registries import REGISTRIES
+from distillprune.registries import INTERNAL, REGISTRIES, SOURCES, internal
 
 
 def _needs(module: str | None) -> None:
@@ -32,8 +31,22 @@ def _needs(module: str | None) -> None:
 
 
 def test_every_registry_is_listed_and_non_empty():
-    assert set(REGISTRIES) == {"models", "losses", "ssl", "sources", "importance", "quantizers", "stages"}
-    assert all(reg.names() for reg in REGISTRIES.values())
+    import importlib
+    import pkgutil
+
+    from distillprune.core.registry import Registry
+
+    found = {}
+    for info in pkgutil.walk_packages(dp.__path__, "distillprune."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional extra's module (its registries register through core modules)
+            continue
+        found.update({id(v): f"{info.name}.{k}" for k, v in vars(module).items() if isinstance(v, Registry)})
+    everyone = [*REGISTRIES.values(), *(internal(n) for n in INTERNAL)]
+    listed = {id(r) for r in everyone}
+    assert set(found) <= listed, [found[i] for i in set(found) - listed]
+    assert all(reg.names() for reg in everyone)
 
 
 # ---------------------------------------------------------------- models
@@ -50,7 +63,9 @@ def test_model_builds_runs_exports_and_prunes(name: str):
     assert parity(model, onnx_bytes(model, ex.input_shape), x)["max_abs_diff"] < 1e-4 * scale
     before = count_macs(model, ex.input_shape)
     spec = dp.ArchSpec(name, 10, list(ex.input_shape), dict(ex.kwargs))
-    dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, torch.zeros(1, *ex.input_shape), 10, spec=spec)
+    dp.prune_(
+        model, {"width": {"ratio": 0.5, "round_to": 4}}, dp.Examples(torch.zeros(1, *ex.input_shape), 10), history=spec
+    )
     assert count_macs(model, ex.input_shape) < before
     assert model(x).shape == (2, 10)
     rebuilt = spec.build()  # the history replays on a fresh build
@@ -83,14 +98,14 @@ def test_source_loads_its_example(name: str, tmp_path: Path):
 
 
 # ---------------------------------------------------------------- importance criteria
-@pytest.mark.parametrize("name", IMPORTANCE.names())
+@pytest.mark.parametrize("name", [n for n, c in CRITERIA.items() if c.family == "cnn"])
 def test_importance_criterion_prunes_while_distilling(name: str, digits_bundle):
     data = dp.load_data(DataConfig(source="digits", limit_train=128, limit_test=64))
     torch.manual_seed(0)
     model = dp.build_model("digits_cnn", 10, (1, 8, 8), widths=[8, 16, 16], blocks=[1, 1, 1])
     spec = dp.ArchSpec("digits_cnn", 10, [1, 8, 8], {"widths": [8, 16, 16], "blocks": [1, 1, 1]})
     params = count_params(model)
-    report = dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4, "importance": name}}, data=data, spec=spec)
+    report = dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4, "importance": name}}, data, history=spec)
     assert count_params(model) < params and report.channels_removed
     assert [op.op for op in spec.history] == ["channels"]
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -18,6 +18,7 @@ from distillprune.measure import latency
 from distillprune.prune import prune_
 from distillprune.train import RuntimeConfig
 from distillprune.train import distributed as ddp
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.transformers import load_encoder, surgery
 from distillprune.transformers.testing import tiny_bert_folder, tiny_sentiment
 
@@ -49,7 +50,7 @@ def main(out: Path) -> None:
         )
     )
     model = load_encoder(str(out / "bert"), "sequence-classification", 2)
-    report = prune_(model, CFG, data=data, runtime=RT, batch_size=16)
+    report = prune_(model, CFG, data, context=Context(RT, LoaderOptions(16)))
     res = {
         "rank": rank,
         "world": ddp.world_size(),

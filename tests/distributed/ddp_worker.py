@@ -17,6 +17,7 @@ from distillprune.prune import prune_
 from distillprune.prune.depth import remove_block
 from distillprune.train import distributed as ddp
 from distillprune.train import fit
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.syncbn import SyncBatchNorm
 
 
@@ -99,7 +100,7 @@ def main(out: Path) -> None:
         )
 
     m = H.model(1)
-    report = prune_(m, H.PRUNE, data=data, runtime=H.RT, batch_size=H.BATCH, seed=0)
+    report = prune_(m, H.PRUNE, data, context=Context(H.RT, LoaderOptions(H.BATCH, 0)))
     res["prune"] = {
         "history": [op.to_dict() for op in report.history],
         "removed_blocks": report.removed_blocks,

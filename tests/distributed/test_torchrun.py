@@ -30,6 +30,7 @@ from distillprune.prune import prune_
 from distillprune.recipes import load_recipe
 from distillprune.recipes.schema import apply_overrides, read_yaml
 from distillprune.train import fit
+from distillprune.train.context import Context, LoaderOptions
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
@@ -113,7 +114,7 @@ def test_pruning_history_equals_one_process(worker, one_thread):
     out, (r0, r1) = worker
     assert r0["prune"] == r1["prune"]  # the ranks hold one history, one report, one architecture
     m = H.model(1)
-    report = prune_(m, H.PRUNE, data=H.small_digits(), runtime=H.RT, batch_size=H.BATCH, seed=0)
+    report = prune_(m, H.PRUNE, H.small_digits(), context=Context(H.RT, LoaderOptions(H.BATCH, 0)))
     assert r0["prune"]["history"] == [op.to_dict() for op in report.history]
     assert [op["op"] for op in r0["prune"]["history"]] == ["remove_block", "channels", "channels"]
     assert r0["prune"]["removed_blocks"] == report.removed_blocks

@@ -88,16 +88,10 @@ def test_prune_verb_reproduces_the_recipe_stage(tmp_path: Path):
     model, spec, _ = dp.load_checkpoint(tmp_path / "recipe" / "stages" / "01_train")  # the dense model
     data = dp.load_data(recipe.data)
     stage = recipe.stages[1]
-    out = dp.prune_(
-        model,
-        stage,
-        data=data,
-        spec=spec,
-        seed=recipe.seed,
-        train_seed=recipe.seed + 2,
-        batch_size=recipe.data.batch_size,
-        crop_padding=1,
-    )
+    loader = dp.LoaderOptions(recipe.data.batch_size, recipe.seed, crop_padding=1)  # calibration batches
+    trained = dp.LoaderOptions(recipe.data.batch_size, recipe.seed + 2, crop_padding=1)  # as the run seeds stage 2
+    trainer = dp.fit_trainer(stage, data, dp.Context(loader=trained), desc="prune")
+    out = dp.prune_(model, stage, data, trainer=trainer, history=spec, context=dp.Context(loader=loader))
     assert [op.to_dict() for op in spec.history] == [op.to_dict() for op in recipe_spec.history]
     assert out.removed_blocks == report.stages[1].details.removed_blocks
     assert round(evaluate(model, data), 2) == report.stages[1].accuracy

@@ -110,3 +110,31 @@ def test_cluster_verb_with_fine_tuning_and_packing_reproduces_the_stage(tmp_path
     assert all(torch.equal(back[k], v.cpu()) for k, v in model.state_dict().items())
     assert rep.sizes == details.sizes and rep.clustered == details.clustered and rep.ratio == details.ratio
     assert [op.to_dict() for op in spec.history] == [{"op": "cluster", "k": 8, "layers": len(rep.clustered)}]
+
+
+def test_prune_verb_with_a_checkpoint_teacher_reproduces_the_stage(tmp_path: Path):
+    """The stage calls the verb, and the verb resolves ``distill.teacher`` itself: a checkpoint teacher (a
+    network trained from another seed) scores the Taylor cuts and teaches between them, as in the run."""
+    other = recipe({"type": "train", "epochs": 1}).model_copy(update={"seed": SEED + 10})
+    dp.compress(other, tmp_path / "teacher", quiet=True)
+    teacher = tmp_path / "teacher" / "stages" / "02_train"
+    stage = {
+        "type": "prune",
+        "width": {"ratio": 0.5, "round_to": 4, "importance": "taylor"},
+        "steps": 2,
+        "epochs_per_step": 1,
+        "optimizer": {"lr": 0.05},
+        "distill": {"teacher": str(teacher), "losses": [{"name": "kd", "temperature": 2.0}]},
+    }
+    r, details, model, spec, data = run(stage, tmp_path / "run")
+    _, run_spec, _ = dp.load_checkpoint(tmp_path / "run" / "stages" / "02_prune")
+    st = r.stages[1]
+    out = dp.prune_(model, st, data, trainer=trainer(r, st, data), history=spec, context=context(r, r.seed))
+    assert_same_weights(model, tmp_path / "run" / "stages" / "02_prune")
+    assert [op.to_dict() for op in spec.history] == [op.to_dict() for op in run_spec.history]
+    assert out.channels_removed == details.channels_removed and out.training.final_loss == details.training.final_loss
+    # and it is the checkpoint that taught: the unpruned self as the teacher cuts other channels
+    dense, dense_spec, _ = dp.load_checkpoint(tmp_path / "run" / "stages" / "01_train")
+    auto = st.model_copy(update={"distill": st.distill.model_copy(update={"teacher": "auto"})})
+    dp.prune_(dense, auto, data, trainer=trainer(r, auto, data), history=dense_spec, context=context(r, r.seed))
+    assert [op.to_dict() for op in dense_spec.history] != [op.to_dict() for op in spec.history]

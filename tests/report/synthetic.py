@@ -178,6 +178,7 @@ def synthetic_report(name: str = "synthetic", faster: float = 1.0) -> Compressio
             details={"plan": PLAN, "removed_blocks": ["layer1.1"], "steps": 2, "epochs": 4},
             speedups={"ort_bs1": 2.22},
             latency_spread={"ort_bs1": [2.05, 2.40]},
+            load={"before": {"load1": 6.1, "runnable": 9}, "after": {"load1": 7.3, "runnable": 11}},
         )
     )
     rep.add(
@@ -275,7 +276,7 @@ def old_report_dict() -> dict:
     """report.json as distillprune wrote it before per-layer widths, environment details or plans."""
     d = synthetic_report("old").to_dict()
     for s in d["stages"]:
-        for k in ("widths", "speedups", "latency_spread", "timing", "float_model"):
+        for k in ("widths", "speedups", "latency_spread", "timing", "float_model", "load"):
             s.pop(k, None)
         if s.get("details"):
             s["details"].pop("plan", None)

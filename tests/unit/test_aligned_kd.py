@@ -6,18 +6,17 @@ import copy
 
 import pytest
 import torch
-from unit_helpers import random_bundle, randomise_bn, tiny_resnet
+from unit_helpers import random_bundle, randomise_bn, tiny_resnet, uniform_cut
 
 from distillprune.distill.distiller import Distiller
 from distillprune.distill.losses.aligned import AlignedFeatureLoss, stages
 from distillprune.errors import DistillpruneError
-from distillprune.prune import api
 from distillprune.prune.alignment import kept_channels
 from distillprune.prune.config import PruneConfig, WidthConfig
 from distillprune.prune.history import ChannelsOp
 from distillprune.prune.session import PruneSession
-from distillprune.prune.structured import prune_step, width_pruner
 from distillprune.train.config import RuntimeConfig
+from distillprune.train.context import Context, LoaderOptions, fit_trainer
 
 SHAPE = (3, 8, 8)
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False)
@@ -30,8 +29,7 @@ def dense(seed: int = 0) -> torch.nn.Module:
 def cut(model: torch.nn.Module, ratio: float, steps: int = 1) -> list[ChannelsOp]:
     """``steps`` width steps by L2 norm of random weights (so the kept channels are not the first ones)."""
     cfg = WidthConfig(ratio=ratio, importance="l2", round_to=None)
-    pruner = width_pruner(model, torch.zeros(1, *SHAPE), cfg, 10, steps)
-    return [ChannelsOp(prune_step(pruner)) for _ in range(steps)]
+    return uniform_cut(model, cfg, torch.zeros(1, *SHAPE), steps)
 
 
 def distiller(teacher, pairs, kept=None) -> Distiller:
@@ -118,7 +116,8 @@ def test_prune_session_aligns_after_every_cut():
         epochs_per_step=1,
         distill={"losses": [{"name": "kd"}, {"name": "aligned", "weight": 0.5}]},
     )
-    session = PruneSession(model, cfg, data=data, trainer=api.fit_trainer(cfg, data, RT, 0, 16), batch_size=16)
+    ctx = Context(RT, LoaderOptions(16, 0))
+    session = PruneSession(model, cfg, data, trainer=fit_trainer(cfg, data, ctx), context=ctx)
     report = session.run()
     assert report.training is not None and report.training.epochs == 2
     loss = session.objective.losses[1]

@@ -264,3 +264,56 @@ def test_a_stage_s_own_dry_run_runs_in_preflight_and_its_traits_steer_the_run(tm
         assert [s.name for s in state.report.stages][:2] == ["0:input", "1:dry"]  # dry does not measure its input
     finally:
         STAGES.unregister("dry")
+
+
+def test_every_public_name_loads_from_the_lazy_package():
+    """``import distillprune`` imports no family; each name of ``__all__`` loads the library on first use."""
+    import distillprune._library as lib
+
+    for name in dp.__all__:
+        assert getattr(dp, name) is getattr(lib, name, getattr(dp, name)), name  # the verb, not a subpackage
+    assert callable(dp.distill) and dp.distill is lib.distill  # (``distillprune.distill`` is also a subpackage)
+    assert set(dp.__all__) <= set(dir(dp))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        dp.not_a_name  # noqa: B018
+
+
+def _folder(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (SRC / parts[1]).is_dir()) else ""
+
+
+def test_no_folder_level_import_loops():
+    """Between folders (families) the imports -- lazy ones included -- form no loop: ``measure`` reading a
+    recipe, or ``report`` reading the pipeline's run-folder rules, would tie two families into one."""
+    graph: dict[str, set[str]] = {}
+    for mod, path in MODULES.items():
+        src = _folder(mod)
+        if not src:
+            continue
+        deps = {_folder(d) for d in _imports(path, top_level_only=False)}
+        graph.setdefault(src, set()).update(d for d in deps if d and d != src)
+    loops = []
+    for a, deps in graph.items():
+        for b in deps:
+            if a in _reach(graph, b):
+                loops.append(f"{a} -> {b} -> ... -> {a}")
+    assert not loops, loops
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        n = todo.pop()
+        for d in graph.get(n, ()):
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+def test_docs_architecture_names_every_file_of_prune():
+    """docs/architecture.md stays true to ``prune/``: every file under it is named there (``prune/<path>``)."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    files = sorted(p.relative_to(SRC).as_posix() for p in (SRC / "prune").rglob("*.py"))
+    assert files and [f for f in files if f"`{f}`" not in doc] == []

@@ -11,11 +11,11 @@ from distillprune.core.config import validate
 from distillprune.data.base import DataBundle
 from distillprune.distill.distiller import CrossEntropy
 from distillprune.errors import DistillpruneError, RecipeError
-from distillprune.prune import api
 from distillprune.prune.config import PruneConfig
 from distillprune.prune.session import PruneSession, step_span
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
 from distillprune.train.config import Span
+from distillprune.train.context import Context, LoaderOptions, fit_trainer
 from distillprune.train.schedules import lr_factor
 
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False)
@@ -124,12 +124,13 @@ def test_four_prune_steps_inside_one_epoch(small):
     model = tiny_digits_cnn(seed=0)
     cfg = PruneConfig(width={"ratio": 0.5, "round_to": None}, steps=4, epochs_per_step=0.25)
     c = Count()
-    trainer = api.fit_trainer(cfg, small, RT, 0, BATCH)
+    ctx = Context(RT, LoaderOptions(BATCH, 0))
+    trainer = fit_trainer(cfg, small, ctx)
 
     def counted(model, objective, epochs, tag, on_step, span=None):
         return trainer(model, objective, epochs, tag, c, span)
 
-    report = PruneSession(model, cfg, data=small, trainer=counted, batch_size=BATCH).run()
+    report = PruneSession(model, cfg, small, trainer=counted, context=ctx).run()
     assert c.n == PER_EPOCH  # four quarters: one epoch of batches in all
     assert report.training is not None and report.training.epochs == 4
     assert model.fc.in_features < 16

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from unit_helpers import randomise_bn
+from unit_helpers import randomise_bn, uniform_cut
 
 from distillprune.core.checkpoint import FORMAT, ArchSpec, load_checkpoint, read_meta, save_checkpoint
 from distillprune.core.history import op_from_dict, replay
@@ -19,7 +19,6 @@ from distillprune.models import build_model
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import remove_block
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
-from distillprune.prune.structured import prune_step, width_pruner
 
 KW = {"widths": [8, 16, 16], "blocks": [2, 1, 1]}
 SHAPE = [1, 8, 8]
@@ -32,9 +31,7 @@ def pruned_model() -> tuple[nn.Module, ArchSpec]:
     spec = ArchSpec("digits_cnn", 10, list(SHAPE), copy.deepcopy(KW))
     remove_block(model, "layer1.1")
     spec.history.append(RemoveBlockOp("layer1.1"))
-    pruner = width_pruner(model, torch.zeros(1, *SHAPE), WidthConfig(ratio=0.5, round_to=4), 10, steps=2)
-    for _ in range(2):
-        spec.history.append(ChannelsOp(prune_step(pruner)))
+    spec.history += uniform_cut(model, WidthConfig(ratio=0.5, round_to=4), torch.zeros(1, *SHAPE), steps=2)
     spec.history.append(SparsityOp(0.0))  # recorded, nothing to rebuild
     # perturb the weights as training would, so loading must really restore them
     with torch.no_grad():

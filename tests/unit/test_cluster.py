@@ -26,7 +26,7 @@ def test_kmeans_finds_separated_clusters():
 
 def test_each_layer_holds_at_most_k_values_and_pruned_zeros_stay():
     model = trained()
-    dp.prune_(model, {"unstructured": {"sparsity": 0.5}}, torch.zeros(1, 1, 8, 8), 10)
+    dp.prune_(model, {"unstructured": {"sparsity": 0.5}}, dp.Examples(torch.zeros(1, 1, 8, 8), 10))
     zeros = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     wc = WeightClustering(model, dp.ClusterConfig(k=16))
     wc.apply()
@@ -70,7 +70,7 @@ def test_bit_packing(k: int, bits: int):
 
 def test_packed_file_round_trips_and_is_8x_smaller(tmp_path: Path):
     model = dp.build_model("resnet20", 10, (3, 16, 16))
-    dp.prune_(model, {"unstructured": {"sparsity": 0.5}}, torch.zeros(1, 3, 16, 16), 10)
+    dp.prune_(model, {"unstructured": {"sparsity": 0.5}}, dp.Examples(torch.zeros(1, 3, 16, 16), 10))
     clustered = dp.cluster_(model, {"k": 16}).clustered
     sd = model.state_dict()
     info = save_packed(tmp_path / "m.xz", sd, clustered)

@@ -156,6 +156,47 @@ def test_registry_decorator_returns_the_object():
     assert reg.get("k") is K
 
 
+def test_declared_names_are_listed_and_checked_before_their_module_is_imported(monkeypatch):
+    imported = []
+    reg: Registry[int] = Registry("widget")
+    reg.declare("some.module", "beta", "alpha")
+    reg.register("gamma")(3)
+
+    def import_module(module: str) -> None:  # the module registers alpha only, once (a second import is a no-op)
+        if module not in imported:
+            reg.register("alpha")(1)
+        imported.append(module)
+
+    monkeypatch.setattr("importlib.import_module", import_module)
+    assert reg.names() == ["alpha", "beta", "gamma"] and reg.in_order() == ["beta", "alpha", "gamma"]
+    assert reg.check("alpha") == "alpha" and "beta" in reg and not reg.loaded("alpha") and reg.loaded("gamma")
+    assert imported == []
+    assert reg.get("alpha") == 1 and imported == ["some.module"] and reg.loaded("alpha")
+    assert reg.in_order() == ["beta", "alpha", "gamma"]  # a registration keeps its declared place
+    with pytest.raises(ValueError, match="did not register widget 'beta'"):
+        reg.get("beta")  # the module registered alpha only: a wrong declaration is a bug, said so
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("alpha")(2)
+    with pytest.raises(ValueError, match="already declared or registered"):
+        reg.declare("other.module", "gamma")
+
+
+def test_a_registry_filled_across_the_library_loads_it_on_first_read(monkeypatch):
+    from distillprune.core import registry as registry_module
+
+    calls = []
+    lib = registry_module._Library()
+    lib.loader = lambda: calls.append("load")
+    monkeypatch.setattr(registry_module, "library", lib)
+    plain: Registry[int] = Registry("widget")
+    plain.names()
+    assert calls == []  # a toy registry does not import the library
+    spread: Registry[int] = Registry("op", loads_library=True)
+    spread.register("x")(1)
+    assert spread.get("x") == 1 and "x" in spread and spread.names() == ["x"]
+    assert calls == ["load"]  # once per process
+
+
 def test_nearest():
     assert nearest("ratoi", ["ratio", "round_to"]) == " (did you mean 'ratio'?)"
     assert nearest("xyz", ["ratio"]) == ""

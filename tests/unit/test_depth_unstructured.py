@@ -11,9 +11,10 @@ from unit_helpers import randomise_bn, tiny_digits_cnn, tiny_resnet
 
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
+from distillprune.prune.channels import classifier_layers
 from distillprune.prune.depth import choose_blocks, removable_blocks, remove_block
-from distillprune.prune.structured import classifier_layers
-from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity, prunable_weights
+from distillprune.prune.schedule import cubic_sparsity
+from distillprune.prune.unstructured import MagnitudeMasks, prunable_weights
 
 
 def resnet33():

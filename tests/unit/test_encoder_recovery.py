@@ -14,8 +14,8 @@ from distillprune.data.config import DataConfig
 
 transformers = pytest.importorskip("transformers")
 
+from distillprune.prune.recovery import RecoveryConfig  # noqa: E402
 from distillprune.transformers import load_encoder  # noqa: E402
-from distillprune.transformers.config import EncoderRecoveryConfig  # noqa: E402
 from distillprune.transformers.hub_code import part  # noqa: E402
 from distillprune.transformers.recover import recover_encoder  # noqa: E402
 from distillprune.transformers.surgery import apply_heads, apply_neurons, layers  # noqa: E402
@@ -62,7 +62,7 @@ def test_recovery_never_increases_the_calibration_error(folders, data):
     cut(student)
     xs = batches(data)
     before = output_error(student, teacher, xs)
-    report = recover_encoder(student, teacher, xs, EncoderRecoveryConfig(enabled=True))
+    report = recover_encoder(student, teacher, xs, RecoveryConfig())
     assert [(r.layer, r.part) for r in report.refits] == [
         (0, "attention_output"),
         (0, "ffn_output"),
@@ -115,7 +115,7 @@ def test_a_cut_of_duplicated_inputs_reconstructs_to_float_precision(folders, dat
         apply_neurons(student, li, list(range(32)))
     xs = batches(data)
     cut_error = output_error(student, teacher, xs)
-    report = recover_encoder(student, teacher, xs, EncoderRecoveryConfig(enabled=True, damp=1e-12))
+    report = recover_encoder(student, teacher, xs, RecoveryConfig(damp=1e-12))
     assert all(r.status == "refit" and r.error_after < 1e-9 for r in report.refits), report.refits
     after = output_error(student, teacher, xs)
     assert cut_error > 1e-6 and after < 1e-6 * cut_error, (cut_error, after)
@@ -124,8 +124,9 @@ def test_a_cut_of_duplicated_inputs_reconstructs_to_float_precision(folders, dat
 def test_session_reports_recovery_and_it_can_be_switched_off(folders, data):
     def run(enabled: bool):
         m = encoder(folders)
-        cfg = {"heads": {"ratio": 0.5}, "ffn": {"ratio": 0.5, "round_to": 8}, "recovery": {"enabled": enabled}}
-        return m, dp.prune_(m, cfg, data=data, batch_size=16)
+        recovery = {"method": "lstsq"} if enabled else None
+        cfg = {"heads": {"ratio": 0.5}, "ffn": {"ratio": 0.5, "round_to": 8}, "recovery": recovery}
+        return m, dp.prune_(m, cfg, data, context=dp.Context(loader=dp.LoaderOptions(16)))
 
     teacher = encoder(folders)
     on, rep_on = run(True)
@@ -136,4 +137,6 @@ def test_session_reports_recovery_and_it_can_be_switched_off(folders, data):
     xs = batches(data)
     assert output_error(on, teacher, xs) < output_error(off, teacher, xs)
     with pytest.raises(dp.DistillpruneError, match="damp"):
-        dp.prune_(encoder(folders), {"heads": {"ratio": 0.5}, "recovery": {"damp": 0}}, data=data)
+        dp.prune_(encoder(folders), {"heads": {"ratio": 0.5}, "recovery": {"damp": -1}}, data=data)
+    with pytest.raises(dp.DistillpruneError, match="least squares"):  # data-free compensation is a CNN's
+        dp.prune_(encoder(folders), {"heads": {"ratio": 0.5}, "recovery": {"method": "bias"}}, data=data)

@@ -8,13 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from unit_helpers import TINY_DIGITS, randomise_bn
+from unit_helpers import TINY_DIGITS, randomise_bn, uniform_cut
 
 from distillprune.export.onnx import export_onnx, onnx_bytes, parity, session
 from distillprune.models import build_model
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import remove_block
-from distillprune.prune.structured import prune_step, width_pruner
 
 
 def digits_cnn():
@@ -30,7 +29,7 @@ def mlp():
 def pruned_digits_cnn():
     m = digits_cnn()
     remove_block(m, "layer1.1")
-    prune_step(width_pruner(m, torch.zeros(1, 1, 8, 8), WidthConfig(ratio=0.5, round_to=4), 10))
+    uniform_cut(m, WidthConfig(ratio=0.5, round_to=4), torch.zeros(1, 1, 8, 8))
     return m.eval()
 
 

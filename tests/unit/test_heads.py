@@ -14,9 +14,10 @@ from torch import nn
 
 from distillprune.core.history import op_from_dict
 from distillprune.export.onnx import onnx_bytes, parity
+from distillprune.prune.channels import dependency_graph, enumerate_groups
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.cut import Cutter
-from distillprune.prune.groups import apply_widths, channel_groups, dependency_graph
+from distillprune.prune.groups import apply_widths
 from distillprune.prune.heads import HeadCut, find_attentions
 
 DIM, HEADS, TOKENS = 32, 4, 5
@@ -132,11 +133,9 @@ def _zeroed_values(model: Net, heads: list[int]) -> torch.Tensor:
     ref = copy.deepcopy(model)
     att = find_attentions(ref)[0]
     cut = HeadCut.of(att, heads)
-    name, rows = cut.value_rows()
     with torch.no_grad():
-        ref.get_submodule(name).weight[rows] = 0
-        if ref.get_submodule(name).bias is not None:
-            ref.get_submodule(name).bias[rows] = 0
+        for t, rows in cut.silenced(ref):  # the value Linear's weight and bias rows of the heads
+            t[rows] = 0
         return ref(X)
 
 
@@ -168,7 +167,7 @@ def test_timm_s_attention_width_attribute_is_lowered_with_the_heads():
 def test_a_planned_cut_replays_from_its_history_op():
     model = _net(Fused)
     width = WidthConfig(round_to=4)
-    _, groups = channel_groups(model, X, width, 10)
+    groups = enumerate_groups(model, X, width, 10).groups
     heads = next(g for g in groups if g.attention is not None)
     assert (heads.root, heads.size, heads.step, heads.min_keep, heads.fanout) == ("attn.qkv", 32, 8, 8, {"attn.qkv": 3})
     cut = apply_widths(model, X, width, 10, {heads.root: 16, "embed": 24})
@@ -199,8 +198,8 @@ def test_an_attention_called_twice_is_cut_for_both_uses():
 )
 def test_an_attention_whose_head_count_cannot_be_read_is_left_whole_and_named(kind, why):
     model = _net(kind)
-    skipped = []
-    _, groups = channel_groups(model, X, WidthConfig(round_to=4), 10, skipped=skipped)
+    found = enumerate_groups(model, X, WidthConfig(round_to=4), 10)
+    groups, skipped = found.groups, found.skipped
     assert [g.root for g in groups] == ["embed"]  # the residual width only: no head group, no q/k/v channels
     [s] = skipped
     assert s.layer == "attn.qkv" and why in s.reason and "attention `attn`" in s.reason and "left whole" in s.reason
@@ -241,14 +240,16 @@ def test_a_forward_whose_heads_do_not_drop_is_rolled_back():
     assert "does not drop the removed heads" in s.reason and model.attn.num_heads == 4
 
 
-def test_a_uniform_width_step_leaves_heads_whole_and_names_them():
+def test_a_uniform_width_step_cuts_whole_heads_like_a_plan():
+    """One path: a uniform step cuts the attention's whole heads (the nearest whole head to the ratio), as a
+    target's plan does, instead of leaving them whole."""
     import distillprune as dp
 
     model = _net(Separate)
-    report = dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, X, 10)
-    [s] = [s for s in report.skipped if s["layer"] == "attn.to_q"]
-    assert "the head channels of the attention `attn`: a uniform width step cuts channels, not heads" in s["reason"]
-    assert (model.attn.heads, model.attn.to_q.out_features, model.attn.to_out[0].in_features) == (4, DIM, DIM)
+    report = dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, dp.Examples(X, 10))
+    assert not [s for s in report.skipped if s["layer"] == "attn.to_q"]
+    assert (model.attn.heads, model.attn.to_q.out_features, model.attn.to_out[0].in_features) == (2, 16, 16)
+    assert report.channels_removed["attn.to_q"] == 16 and report.history[0].heads
     assert model.embed.out_features < DIM and model(X).shape == (3, 10)
 
 
@@ -272,6 +273,6 @@ def test_an_attention_cut_to_one_head_is_still_read_and_not_cut_again():
     Cutter(model, dependency_graph(model, X), X).cut([HeadCut.of(find_attentions(model)[0], [0, 1, 2])])
     [att] = find_attentions(model)
     assert (att.heads, att.head_dim, att.count, att.why) == (1, 8, "num_heads", None)
-    skipped = []
-    _, groups = channel_groups(model, X, WidthConfig(round_to=4), 10, skipped=skipped)
+    found = enumerate_groups(model, X, WidthConfig(round_to=4), 10)
+    groups, skipped = found.groups, found.skipped
     assert [g.root for g in groups] == ["embed"] and skipped == []

@@ -62,7 +62,9 @@ def test_plan_skips_layers_that_would_not_save_macs():
 def test_lowrank_history_rebuilds_the_checkpoint(tmp_path: Path):
     model = dp.build_model("resnet20", 10, (3, 16, 16))
     spec = dp.ArchSpec("resnet20", 10, [3, 16, 16])
-    report = dp.lowrank_(model, (3, 16, 16), {"rank_by": "ratio", "ratio": 0.5}, spec.history)
+    report = dp.lowrank_(
+        model, {"rank_by": "ratio", "ratio": 0.5}, dp.Examples(torch.zeros(1, 3, 16, 16)), history=spec.history
+    )
     assert spec.history and all(op.op == "lowrank" for op in spec.history)
     assert len(spec.history) == len(report.factorized) and all(p.skipped for p in report.skipped)
     dp.save_checkpoint(tmp_path / "ck", model, spec)
@@ -76,15 +78,15 @@ def test_lowrank_keeps_a_trained_model_close():
     model = trained()
     x = torch.randn(16, 1, 8, 8)
     ref = model(x)
-    dp.lowrank_(model, (1, 8, 8), {"energy": 0.99, "round_to": 4})
+    dp.lowrank_(model, {"energy": 0.99, "round_to": 4}, dp.Examples(torch.zeros(1, 1, 8, 8)))
     assert (model(x).argmax(1) == ref.argmax(1)).float().mean() >= 0.8
 
 
 def test_bad_layers_are_refused():
     model = trained()
     with pytest.raises(CompressionError, match="'bn1' is a BatchNorm2d"):
-        dp.lowrank_(model, (1, 8, 8), {"layers": {"include": ["bn1"]}})
+        dp.lowrank_(model, {"layers": {"include": ["bn1"]}}, dp.Examples(torch.zeros(1, 1, 8, 8)))
     with pytest.raises(CompressionError, match="no layer 'conv9'"):
-        dp.lowrank_(model, (1, 8, 8), {"layers": {"include": ["conv9"]}})
+        dp.lowrank_(model, {"layers": {"include": ["conv9"]}}, dp.Examples(torch.zeros(1, 1, 8, 8)))
     with pytest.raises(RecipeError, match="overrides"):
-        dp.lowrank_(model, (1, 8, 8), {"overrides": {"conv1": 1.5}})
+        dp.lowrank_(model, {"overrides": {"conv1": 1.5}}, dp.Examples(torch.zeros(1, 1, 8, 8)))

@@ -51,7 +51,10 @@ def test_python_model_rebuilds_from_its_file_without_base(net_file, tmp_path):
     model, spec = dp.make_model({"python": f"{net_file}:MyNet", "kwargs": {"width": 8}}, 10, (1, 8, 8))
     assert spec.source == "python" and spec.ref["file"] == str(net_file) and len(spec.ref["sha256"]) == 64
     dp.prune_(
-        model, {"width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}}, torch.randn(4, 1, 8, 8), 10, spec=spec
+        model,
+        {"width": {"ratio": 0.5, "round_to": 4}, "depth": {"blocks": 1}},
+        dp.Examples(torch.randn(4, 1, 8, 8), 10),
+        history=spec,
     )
     dp.save_checkpoint(tmp_path / "ck", model, spec)
     assert (tmp_path / "ck" / "code" / "my_net.py").read_bytes() == net_file.read_bytes()  # the folder carries it
@@ -104,8 +107,13 @@ def test_python_target_may_be_the_class_itself(tmp_path):
     dp.save_checkpoint(tmp_path / "ck", model, spec)  # the folder carries the module's file
     assert (tmp_path / "ck" / "code" / "unit_helpers.py").is_file()
     assert isinstance(dp.load_checkpoint(tmp_path / "ck", trust_code=True)[0], nn.Module)
-    with dp.code_trust(vouched=[spec.ref["sha256"]]):  # a run whose recipe names the module itself
+    with dp.code_trust(vouched={spec.ref["sha256"]: "unit_helpers"}):  # a run whose recipe names the module
         assert isinstance(stored.build(), nn.Module)
+    with (
+        dp.code_trust(vouched={spec.ref["sha256"]: "other_module"}),
+        pytest.raises(DistillpruneError, match="not this one"),
+    ):
+        stored.build()  # the stored reference names another module than the caller's: not imported
 
 
 @pytest.mark.parametrize("fmt", ["pt", "wrapped.pt", "safetensors"])

@@ -28,7 +28,7 @@ BASE = {
         {
             "type": "prune",
             "width": {"ratio": 0.5, "round_to": 4},
-            "depth": {"blocks": 1, "calib_batches": 1},
+            "depth": {"blocks": 1, "calib_samples": 64},
             "steps": 2,
             "epochs_per_step": 1,
             "optimizer": {"lr": 0.05},

@@ -10,15 +10,17 @@ import torch
 from unit_helpers import random_bundle, randomise_bn, tiny_resnet
 
 import distillprune as dp
+from distillprune.core.progress import talking
 from distillprune.errors import DistillpruneError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.metrics import count_macs
+from distillprune.prune.channels import enumerate_groups
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.depth import BlockScorer, removable_blocks
 from distillprune.prune.estimate import recalibrate_bn
-from distillprune.prune.groups import apply_widths, channel_groups
+from distillprune.prune.groups import apply_widths
 from distillprune.prune.latency_table import LatencyTable, LayerShape, layer_shapes
-from distillprune.prune.planner import _Predictor, greedy_widths, next_goal
+from distillprune.prune.predict import LatencyPricing, MacsPricing, Pricing, greedy_widths, next_goal
 
 SHAPE = (3, 8, 8)
 WIDTH = WidthConfig(ratio=None, round_to=8)
@@ -62,7 +64,7 @@ def test_cached_block_scores_equal_full_forwards():
 # ---------------------------------------------------------------- groups and widths
 def test_groups_cut_to_planned_widths_and_replay():
     m = model()
-    dg, groups = channel_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10)
+    groups = enumerate_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10).groups
     assert groups and all(g.size >= g.min_keep >= 8 for g in groups)
     assert all(sorted(g.order) == list(range(g.size)) for g in groups)
     keep = {g.root: g.min_keep for g in groups[:3]}
@@ -73,7 +75,7 @@ def test_groups_cut_to_planned_widths_and_replay():
     op = cut.op
     spec.history.append(op)
     assert count_macs(m, SHAPE) < before
-    _, after = channel_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10)
+    after = enumerate_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10).groups
     sizes = {g.root: g.size for g in after}
     assert all(sizes.get(root, k) == k for root, k in keep.items())
     rebuilt = spec.build()
@@ -82,36 +84,63 @@ def test_groups_cut_to_planned_widths_and_replay():
 
 def test_greedy_widths_meets_the_goal_and_spends_cheap_channels_first():
     m = model()
-    dg, groups = channel_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10)
+    groups = enumerate_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10).groups
     for i, g in enumerate(groups):  # make the first group very expensive to cut
         g.cost = [1e6 if i == 0 else 1.0] * g.size
     shapes = layer_shapes(m, SHAPE)
-    macs = _Predictor(SHAPE)
+    macs = MacsPricing.of(count_macs(m, SHAPE), shapes)
     total = macs.total(shapes)
-    keep, predicted = greedy_widths(groups, shapes, macs, total / 2)
+    keep, after = greedy_widths(groups, shapes, macs, total / 2)
+    predicted = macs.total(after)
     assert predicted <= total / 2
     assert keep[groups[0].root] == groups[0].size  # the expensive group is untouched
     pruned = copy.deepcopy(m)
     apply_widths(pruned, torch.zeros(1, *SHAPE), WIDTH, 10, keep)
-    assert count_macs(pruned, SHAPE) == pytest.approx(predicted, rel=0.02)  # the MAC predictor is exact for convs
+    assert layer_shapes(pruned, SHAPE) == after  # the shapes the greedy priced are the ones the cut makes
+    assert count_macs(pruned, SHAPE) == pytest.approx(macs.model(after), rel=0.02)  # exact for convs
+    assert macs.ratio(after) == pytest.approx(count_macs(m, SHAPE) / count_macs(pruned, SHAPE), rel=0.02)
+
+
+def test_a_cut_that_saves_nothing_alone_is_priced_with_the_next_steps_of_its_group():
+    class Step(Pricing):  # a layer is as fast at 24 channels as at 32, and twice as fast at 16
+        def cost(self, shape: LayerShape) -> float:
+            return 32.0 if shape.cout > 16 else float(shape.cout)
+
+    m = model()
+    groups = enumerate_groups(m, torch.zeros(1, *SHAPE), WIDTH, 10).groups
+    shapes = layer_shapes(m, SHAPE)
+    pricing = Step(0.0, 0.0)
+    group = next(g for g in groups if g.size == 32 and len(g.outputs) == 1)
+    group.cost = [1.0] * group.size
+    keep, after = greedy_widths([group], shapes, pricing, pricing.total(shapes) - 1)
+    assert keep[group.root] == 16  # 32 -> 24 saves nothing here, 32 -> 16 does: cut two steps at once
+    assert pricing.total(after) < pricing.total(shapes)
 
 
 def test_refit_goal_gives_back_cost_when_too_fast_and_cuts_more_when_too_slow():
-    # dense 12 ms, 1 ms per unit of cost; aim 2x = 6 ms
-    assert next_goal(100.0, achieved=3.0, aim=2.0, dense_ms=12.0, slope=1.0) == pytest.approx(102.0)  # 4 ms: keep more
-    assert next_goal(100.0, achieved=1.5, aim=2.0, dense_ms=12.0, slope=1.0) == pytest.approx(98.0)  # 8 ms: cut more
-    assert next_goal(100.0, achieved=2.0, aim=2.0, dense_ms=12.0, slope=0.5) == pytest.approx(100.0)
+    class Flat(Pricing):  # the candidate's layers are predicted at 6 ms of a dense 12 ms: 2x
+        def total(self, shapes) -> float:
+            return 6.0
+
+    p = Flat(12.0, 0.0)
+    assert next_goal(p, {}, achieved=3.0, aim=2.0) == pytest.approx(8.0)  # measured 4 ms: keep 2 ms more
+    assert next_goal(p, {}, achieved=1.5, aim=2.0) == pytest.approx(4.0)  # measured 8 ms: cut 2 ms more
+    assert next_goal(p, {}, achieved=2.0, aim=2.0) == pytest.approx(6.0)
 
 
-def test_latency_table_fits_measurements():
+def test_latency_pricing_is_fitted_to_the_dense_model_and_refitted_to_each_timing():
     table = LatencyTable(FAST, 1)
-    a = table.ms(LayerShape("conv", 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8)))
-    b = table.ms(LayerShape("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8)))
-    assert 0 < a and 0 < b and table.measured == 2
-    table.fit(10.0, 5.0)
-    assert table.predict(10.0) == pytest.approx(5.0)
-    table.fit(20.0, 8.0)
-    assert table.predict(10.0) == pytest.approx(5.0) and table.predict(20.0) == pytest.approx(8.0)
+    a = LayerShape("conv", 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8))
+    b = LayerShape("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, (8, 8))
+    assert table.ms(a) > 0 and table.ms(b) > table.ms(a) and table.measured == 2
+    dense = {"a": a, "b": b}
+    dense_ms = 2 * (table.ms(a) + table.ms(b)) + table.overhead  # the network runs its layers at half speed
+    pricing = LatencyPricing(table, dense, dense_ms)
+    assert pricing.model(dense) == pytest.approx(dense_ms) and pricing.k == pytest.approx(2.0)
+    assert pricing.ratio({"a": a}) == pytest.approx(dense_ms / (2 * table.ms(a) + table.overhead))
+    pricing.observe({"a": a}, achieved=dense_ms / (4 * table.ms(a) + table.overhead))  # a alone: 4x its entry
+    assert 2.0 < pricing.k < 4.0  # least squares over both timings
+    assert table.measured == 2  # nothing timed again
 
 
 def test_bn_recalibration_matches_the_inputs():
@@ -134,14 +163,25 @@ def _session(target: dict, shape=SHAPE, recovery: dict | None = None, **cfg):
             **({"recovery": recovery} if recovery is not None else {}),
         }
     )
-    return dp.PruneSession(model(), conf, data=data, latency=FAST, batch_size=32), data
+    return dp.PruneSession(model(), conf, data, context=dp.Context(loader=dp.LoaderOptions(32), latency=FAST)), data
 
 
 def test_macs_plan_lands_in_the_band_and_is_applied():
     s, _ = _session({"macs_ratio": 2.0, "depth_fractions": [0.0, 0.25]})
     before = count_macs(copy.deepcopy(s.model), SHAPE)
-    report = s.run()
+    said: list[str] = []
+    with talking("2:prune", first_after=0.0, every=1e9, write=said.append):  # every phase says when it ends
+        report = s.run()
     plan = report.plan
+    # the run said, as it went, each candidate, the chosen one, and the end of each long phase
+    chosen = next(c for c in plan.candidates if c.chosen)
+    assert [ln for ln in said if "chosen:" in ln] == [f"2:prune  {ln}" for ln in report.log if ln.startswith("chosen:")]
+    assert any(ln.startswith(f"chosen: candidate {chosen.label}: ") for ln in report.log)
+    assert sum(("predicted " in ln or " candidate " in ln) and ln.startswith("2:prune  ") for ln in said) >= len(
+        plan.candidates
+    )  # one line per candidate as it is predicted or timed
+    for what in ("scoring blocks", "recovery", "target search", "cut 1/1"):
+        assert any(ln.startswith(f"2:prune  {what}: done in ") for ln in said), (what, said)
     assert 2.0 <= plan.achieved <= 2.2 and plan.est_kd is not None
     assert len(plan.candidates) >= 2 and sum(c.chosen for c in plan.candidates) == 1
     assert before / count_macs(s.model, SHAPE) == pytest.approx(plan.macs_ratio, rel=1e-3)
@@ -154,9 +194,9 @@ def test_macs_plan_lands_in_the_band_and_is_applied():
 def test_planned_prune_re_estimates_batchnorm_as_the_planner_assumed():
     # without recovery (with least squares, the re-fit layers keep the dense statistics, as the planner assumed)
     s, _ = _session({"macs_ratio": 2.0, "depth_fractions": [0.0]}, recovery={"method": "none"})
-    s.run()  # bn_recalibration 0: the plan's calib_samples (64 = 2 batches of 32) re-estimate the statistics
+    s.run()  # bn_calib_samples 0: the plan's calib_samples (64 = 2 batches of 32) re-estimate the statistics
     again = copy.deepcopy(s.model)
-    recalibrate_bn(again, [x for x, _ in s.calibration(2)])
+    recalibrate_bn(again, [x for x, _ in s.calibration(2 * s.batch_size)])
     bns = [
         (a, b) for a, b in zip(s.model.modules(), again.modules(), strict=True) if isinstance(a, torch.nn.BatchNorm2d)
     ]
@@ -174,11 +214,10 @@ def test_latency_plan_is_measured_against_the_dense_model():
     assert plan.speedup is not None and plan.speedup >= 1.3
     chosen = next(c for c in plan.candidates if c.chosen)
     assert chosen.spread[0] <= chosen.speedup <= chosen.spread[1]
-    assert plan.lut_entries > 0 and plan.seconds > 0
-    # only the candidate kept for each depth is recovered and estimated (the costly step); the rest missed the band
-    assert chosen.est_kd is not None
-    assert all(not c.in_band and not c.chosen for c in plan.candidates if c.est_kd is None)
-    assert len({c.blocks for c in plan.candidates if c.est_kd is not None}) == len({c.blocks for c in plan.candidates})
+    assert plan.lut_entries + plan.lut_cached > 0 and plan.seconds > 0
+    # every candidate is priced and estimated (no least squares: plan_recovery is off); only finalists are timed
+    assert all(c.est_kd is not None and c.predicted is not None for c in plan.candidates)
+    assert 1 <= plan.timed <= len(plan.candidates) and chosen.latency_ms
 
 
 def test_an_unreachable_target_is_a_clear_error():

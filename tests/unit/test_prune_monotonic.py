@@ -10,13 +10,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from unit_helpers import uniform_cut
 
 from distillprune.core.config import validate
+from distillprune.data.base import Examples
 from distillprune.errors import DistillpruneError, RecipeError
 from distillprune.models import build_model
 from distillprune.prune.config import PruneConfig, WidthConfig
 from distillprune.prune.session import PruneSession
-from distillprune.prune.structured import prune_step, width_pruner
 
 
 def _params(m: torch.nn.Module) -> int:
@@ -25,7 +26,7 @@ def _params(m: torch.nn.Module) -> int:
 
 def _pruned_params(model: torch.nn.Module, shape: tuple[int, ...], cfg: WidthConfig) -> int:
     m = copy.deepcopy(model)
-    prune_step(width_pruner(m, torch.zeros(1, *shape), cfg, 10))
+    uniform_cut(m, cfg, torch.zeros(1, *shape))
     assert m(torch.zeros(2, *shape)).shape == (2, 10)
     return _params(m)
 
@@ -72,7 +73,7 @@ def test_a_ratio_near_one_without_rounding_prunes(ratio):
     kept = _pruned_params(model, (1, 4, 4), WidthConfig(ratio=ratio, round_to=None, max_ratio=1.0))
     assert kept < _params(model) / 4
     m = copy.deepcopy(model)
-    prune_step(width_pruner(m, torch.zeros(1, 1, 4, 4), WidthConfig(ratio=ratio, round_to=None, max_ratio=1.0), 10))
+    uniform_cut(m, WidthConfig(ratio=ratio, round_to=None, max_ratio=1.0), torch.zeros(1, 1, 4, 4))
     assert all(layer.out_features >= 1 for layer in m.modules() if isinstance(layer, torch.nn.Linear))
 
 
@@ -87,4 +88,4 @@ def test_a_width_request_that_removes_nothing_is_an_error():
     model = build_model("mlp", 10, (1, 4, 4), hidden=[16])
     cfg = PruneConfig(width={"ratio": 0.02, "round_to": 8}, distill=None)
     with pytest.raises(DistillpruneError, match="removes no channel"):
-        PruneSession(model, cfg, example_inputs=torch.zeros(1, 1, 4, 4), num_classes=10).run()
+        PruneSession(model, cfg, Examples(torch.zeros(1, 1, 4, 4), 10)).run()

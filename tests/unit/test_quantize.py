@@ -27,9 +27,9 @@ def test_static_int8_agrees_with_float(tmp_path: Path, calib: str):
     model = trained()
     res = dp.quantize(
         model,
-        digits(),
         {"method": "static", "calibration": {"method": calib, "samples": 128}},
-        tmp_path / "m.int8.onnx",
+        digits(),
+        out=tmp_path / "m.int8.onnx",
     )
     assert res.agreement >= 0.95, res.render()
     assert abs(res.accuracy - res.float_accuracy) <= 2.0
@@ -51,7 +51,7 @@ def test_static_writes_the_phases(tmp_path: Path):
 
 
 def test_dynamic_int8_on_an_mlp(tmp_path: Path):
-    res = dp.quantize(trained("mlp"), digits(), {"method": "dynamic"}, tmp_path / "mlp.onnx")
+    res = dp.quantize(trained("mlp"), {"method": "dynamic"}, digits(), out=tmp_path / "mlp.onnx")
     assert res.agreement >= 0.97, res.render()
     assert res.details["integer_nodes"] >= 2
     assert "MatMulInteger" in _ops(tmp_path / "mlp.onnx")
@@ -61,7 +61,7 @@ def test_dynamic_int8_on_an_mlp(tmp_path: Path):
 def test_half_precision_export(tmp_path: Path, kind: str):
     from onnx import TensorProto
 
-    res = dp.quantize(trained(), digits(), {"method": kind}, tmp_path / f"m.{kind}.onnx")
+    res = dp.quantize(trained(), {"method": kind}, digits(), out=tmp_path / f"m.{kind}.onnx")
     assert res.agreement >= 0.97, res.render()
     m = onnx.load(str(tmp_path / f"m.{kind}.onnx"))
     want = TensorProto.FLOAT16 if kind == "fp16" else TensorProto.BFLOAT16
@@ -75,9 +75,8 @@ def test_qat_trains_with_kd_and_exports_int8(tmp_path: Path):
     model = trained()
     before = model.layer1[0].conv1.weight.detach().clone()
     small = dp.DataBundle(data.train.subset(256), data.test, 10, data.classes, data.mean, data.std)
-    res = dp.quantize(
-        model, small, {"method": "qat"}, tmp_path / "qat.onnx", qat={"epochs": 1, "optimizer": {"lr": 0.01}}
-    )
+    cfg = {"method": "qat", "qat": {"epochs": 1, "optimizer": {"lr": 0.01}}}
+    res = dp.quantize(model, cfg, small, out=tmp_path / "qat.onnx")
     assert res.method == "qat" and res.reference.startswith("QAT model")
     assert res.agreement >= 0.95, res.render()
     assert res.accuracy >= 85
@@ -134,9 +133,9 @@ def test_qat_trains_through_a_live_batchnorm():
 )
 def test_pruned_model_quantizes_without_hand_fixes(tmp_path: Path, prune: dict):
     model = trained()
-    report = dp.prune_(model, prune, torch.zeros(1, 1, 8, 8), 10)
+    report = dp.prune_(model, prune, dp.Examples(torch.zeros(1, 1, 8, 8), 10))
     assert report.history
-    res = dp.quantize(model, digits(), {"method": "static"}, tmp_path / "pruned.int8.onnx")
+    res = dp.quantize(model, {"method": "static"}, digits(), out=tmp_path / "pruned.int8.onnx")
     assert res.agreement >= 0.9, res.render()
 
 
@@ -145,16 +144,16 @@ def test_pruned_model_quantizes_without_hand_fixes(tmp_path: Path, prune: dict):
 
 def test_empty_calibration_set(tmp_path: Path):
     with pytest.raises(QuantizationError, match="calibration set is empty"):
-        dp.quantize(trained(), digits(), {"method": "static"}, tmp_path / "q.onnx", calibration=[])
+        dp.quantize(trained(), {"method": "static"}, digits(), out=tmp_path / "q.onnx", calibration=[])
 
 
 def test_calibration_batches_of_the_wrong_shape(tmp_path: Path):
     with pytest.raises(QuantizationError, match="does not fit the model"):
         dp.quantize(
             trained(),
-            digits(),
             {"method": "static"},
-            tmp_path / "q.onnx",
+            digits(),
+            out=tmp_path / "q.onnx",
             calibration=[torch.zeros(4, 3, 8, 8)],
         )
 
@@ -165,24 +164,24 @@ def test_nothing_to_quantize(tmp_path: Path):
             return x.flatten(1)[:, :10] * 2
 
     with pytest.raises(QuantizationError, match="nothing to quantize"):
-        dp.quantize(Pool(), digits(), {"method": "static"}, tmp_path / "q.onnx")
+        dp.quantize(Pool(), {"method": "static"}, digits(), out=tmp_path / "q.onnx")
 
 
 def test_unsupported_op_type_is_a_recipe_error():
     with pytest.raises(RecipeError, match="cannot be quantized by ONNX Runtime.*did you mean 'Softmax'"):
-        dp.quantize(trained(), digits(), {"op_types": ["Conv", "Softmaxx"]})
+        dp.quantize(trained(), {"op_types": ["Conv", "Softmaxx"]}, digits())
 
 
 def test_exclude_that_matches_nothing(tmp_path: Path):
     with pytest.raises(QuantizationError, match="match no layer"):
-        dp.quantize(trained(), digits(), {"layers": {"exclude": ["layer9.*"]}}, tmp_path / "q.onnx")
-    res = dp.quantize(trained(), digits(), {"layers": {"exclude": ["conv1", "fc"]}}, tmp_path / "q.onnx")
+        dp.quantize(trained(), {"layers": {"exclude": ["layer9.*"]}}, digits(), out=tmp_path / "q.onnx")
+    res = dp.quantize(trained(), {"layers": {"exclude": ["conv1", "fc"]}}, digits(), out=tmp_path / "q.onnx")
     assert res.agreement >= 0.95
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     kept_float = [n for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] not in dequantized]
     assert {module_path(n.name) for n in kept_float} == {"conv1", "fc"}  # excluded layers keep float weights
-    only = dp.quantize(trained(), digits(), {"layers": {"include": ["layer1"]}}, tmp_path / "q1.onnx")
+    only = dp.quantize(trained(), {"layers": {"include": ["layer1"]}}, digits(), out=tmp_path / "q1.onnx")
     assert only.details["quantized_nodes"] < res.details["quantized_nodes"]
 
 
@@ -199,11 +198,11 @@ def test_qat_needs_a_traceable_model(tmp_path: Path):
             return self.fc(y.flatten(1))
 
     with pytest.raises(QuantizationError, match="torch.fx"):
-        dp.quantize(Branchy(), digits(), {"method": "qat"}, tmp_path / "q.onnx", qat={"epochs": 1})
+        dp.quantize(Branchy(), {"method": "qat", "qat": {"epochs": 1}}, digits(), out=tmp_path / "q.onnx")
 
 
 def test_low_agreement_is_an_error(tmp_path: Path):
     # activation ranges from 8 samples, clipped at the 90.5th percentile: far too narrow
     cfg = {"min_agreement": 1.0, "calibration": {"method": "percentile", "percentile": 90.5, "samples": 8}}
     with pytest.raises(QuantizationError, match="min_agreement 100%"):
-        dp.quantize(trained(), digits(), cfg, tmp_path / "q.onnx")
+        dp.quantize(trained(), cfg, digits(), out=tmp_path / "q.onnx")

@@ -18,6 +18,7 @@ from distillprune.prune.recovery.capture import capture
 from distillprune.prune.recovery.channels import kept_channels
 from distillprune.prune.recovery.compensate import relu_gaussian_mean
 from distillprune.prune.session import PruneSession
+from distillprune.train.context import Context, LoaderOptions
 
 LSTSQ = RecoveryConfig(damp=1e-9, positions_per_image=1000)
 
@@ -66,9 +67,10 @@ def test_removed_channels_that_are_combinations_of_kept_ones_reconstruct_exactly
 def _cut_resnet(seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """A small trained-like ResNet (random BN affine, real running stats) and its planned cut (one block
     removed, every group halved)."""
+    from distillprune.prune.channels import enumerate_groups
     from distillprune.prune.config import WidthConfig
     from distillprune.prune.depth import remove_blocks
-    from distillprune.prune.groups import apply_widths, channel_groups
+    from distillprune.prune.groups import apply_widths
 
     torch.manual_seed(seed)
     m = ResNet((8, 16), (2, 2), 10)
@@ -81,7 +83,7 @@ def _cut_resnet(seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     dense = copy.deepcopy(m.eval())
     w = WidthConfig(ratio=0.5, round_to=4, importance="l2")
     remove_blocks(m, ["layer1.1"])
-    _, groups = channel_groups(m, x[:1], w, 10)
+    groups = enumerate_groups(m, x[:1], w, 10).groups
     apply_widths(m, x[:1], w, 10, {g.root: g.size // 2 for g in groups})
     return m, dense, x
 
@@ -205,7 +207,7 @@ def test_capture_stops_after_the_requested_layer():
 
 def _session(recovery: dict | None, model: nn.Module) -> PruneSession:
     cfg = PruneConfig(width={"ratio": 0.5, "round_to": 4, "importance": "l2"}, recovery=recovery)
-    return PruneSession(model, cfg, data=random_bundle(shape=(3, 8, 8)), batch_size=32)
+    return PruneSession(model, cfg, random_bundle(shape=(3, 8, 8)), context=Context(loader=LoaderOptions(32)))
 
 
 def test_the_session_recovers_after_a_cut_as_the_verb_does():
@@ -217,7 +219,7 @@ def test_the_session_recovers_after_a_cut_as_the_verb_does():
     assert any(line.startswith("recovery (lstsq)") for line in report.log)
     plain = _session({"method": "none"}, copy.deepcopy(dense))
     plain.run()
-    calib = [x for x, _ in plain.calibration(2)]  # the session's seeded batches (BN off: lstsq keeps them)
+    calib = [x for x, _ in plain.calibration(64)]  # the session's seeded batches (BN off: lstsq keeps them)
     recover_(plain.model, dense, calib, RecoveryConfig(**cfg), seed=0)
     for k, v in s.model.state_dict().items():
         torch.testing.assert_close(v, plain.model.state_dict()[k], msg=k)

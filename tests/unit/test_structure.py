@@ -33,9 +33,9 @@ def test_a_second_structure_for_one_config_is_refused():
     class Other(Structure):
         pass
 
-    with pytest.raises(ValueError, match="already has a structure: CnnStructure"):
+    with pytest.raises(ValueError, match="'PruneConfig' is already registered by .*CnnStructure"):
         structure_for_config(PruneConfig)(Other)
-    assert STRUCTURES[PruneConfig] is CnnStructure
+    assert STRUCTURES.get("PruneConfig") is CnnStructure and CnnStructure.config is PruneConfig
 
 
 def test_dicts_go_to_the_first_family_holding_all_their_keys():
@@ -64,4 +64,4 @@ def test_the_session_refuses_an_encoder_config_for_a_cnn_in_one_line():
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
     cfg = transformers_cfg.TransformerPruneConfig(heads={"ratio": 0.5})
     with pytest.raises(DistillpruneError, match="pass data"):
-        dp.PruneSession(model, cfg, example_inputs=torch.zeros(1, 1, 8, 8), num_classes=3)
+        dp.PruneSession(model, cfg, dp.Examples(torch.zeros(1, 1, 8, 8), 3))

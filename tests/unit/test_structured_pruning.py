@@ -1,4 +1,5 @@
-"""Structured (channel) pruning: physically pruned == masked, replayable history, classifier kept."""
+"""Structured (channel) pruning through the one path (enumerator -> uniform schedule -> cutter): physically
+pruned == masked, replayable history, classifier kept, nearest rounding."""
 
 from __future__ import annotations
 
@@ -9,19 +10,14 @@ import pytest
 import torch
 import torch_pruning as tp
 from torch import nn
-from unit_helpers import randomise_bn, tiny_resnet
+from unit_helpers import randomise_bn, tiny_resnet, uniform_cut, uniform_steps
 
 from distillprune.errors import DistillpruneError
 from distillprune.measure.metrics import count_params
+from distillprune.prune.channels import classifier_layers
 from distillprune.prune.config import WidthConfig
-from distillprune.prune.structured import (
-    accumulate_gradients,
-    classifier_layers,
-    prune_step,
-    replay_channels,
-    width_pruner,
-    zero_group,
-)
+from distillprune.prune.criteria import accumulate_gradients
+from distillprune.prune.history import ChannelsOp, replay_channels
 
 EX = torch.zeros(1, 3, 8, 8)
 
@@ -38,28 +34,38 @@ def shapes(model: nn.Module) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def masked_step(pruner: tp.pruner.BasePruner, masked: nn.Module) -> int:
-    """One interactive pruning step: each group is zeroed on ``masked`` (same architecture as the pruner's model
-    before the step, built through its own dependency graph), then physically pruned. Returns the group count."""
+@torch.no_grad()
+def zero_group(group: tp.Group) -> None:
+    """Zero what removing ``group``'s channels would remove (out-channel weights, biases and BN affine): with BN
+    in eval mode the zeroed channels output exactly 0 downstream, so the masked model computes what the
+    physically pruned one does."""
+    for dep, idxs in group:
+        layer = dep.target.module
+        if getattr(dep.handler, "__name__", "") != "prune_out_channels":
+            continue  # removing input channels needs nothing zeroed: those inputs are zero already
+        idx = torch.as_tensor(list(idxs), dtype=torch.long)
+        if isinstance(layer, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            layer.weight[idx] = 0
+            if layer.bias is not None:
+                layer.bias[idx] = 0
+
+
+def mask_like(op: ChannelsOp, masked: nn.Module) -> int:
+    """Zero on ``masked`` (the architecture the step cut) each group the step removed, through its own
+    dependency graph; returns the group count."""
     dg = tp.DependencyGraph().build_dependency(masked, example_inputs=EX)
-    mods = dict(masked.named_modules())
-    n = 0
-    for group in pruner.step(interactive=True):
-        dep, idxs = group[0]
-        name = pruner.DG._module2name[dep.target.module]
-        mod = mods[name]
-        handler = dg.get_pruner_of_module(mod)
-        fn = (
-            handler.prune_out_channels
-            if pruner.DG.is_out_channel_pruning_fn(dep.handler)
-            else handler.prune_in_channels
-        )
-        twin = dg.get_pruning_group(mod, fn, [int(i) for i in idxs])
-        assert len(twin) == len(group)  # the same coupled layers on both copies
+    roots = [(name, idxs) for name, is_out, idxs in op.entries if is_out]
+    for name, idxs in roots:
+        mod = masked.get_submodule(name)
+        twin = dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, idxs)
         zero_group(twin)
-        group.prune()
-        n += 1
-    return n
+    return len(roots)
+
+
+def masked_step(pruned: nn.Module, cfg: WidthConfig, masked: nn.Module) -> int:
+    """One uniform step on ``pruned``, its groups zeroed on ``masked``."""
+    [op] = uniform_cut(pruned, cfg, EX)
+    return mask_like(op, masked)
 
 
 CASES = {
@@ -75,8 +81,7 @@ def test_physically_pruned_equals_masked(case):
     cfg = CASES[case]
     original = base_model()
     pruned, masked = copy.deepcopy(original), copy.deepcopy(original)
-    pruner = width_pruner(pruned, EX, cfg, num_classes=10, steps=1)
-    groups = masked_step(pruner, masked)
+    groups = masked_step(pruned, cfg, masked)
     assert groups >= 2  # the stem/stage-1 group, stage-2 group, and the inner convs of the blocks
 
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -104,7 +109,7 @@ def test_round_to_changes_the_count():
     # 16 * (1 - 0.4) = 9.6 kept without rounding -> 9; with round_to=8 -> 8
     for round_to, want in ((None, 9), (8, 8)):
         m = base_model()
-        prune_step(width_pruner(m, EX, WidthConfig(ratio=0.4, round_to=round_to), 10))
+        uniform_cut(m, WidthConfig(ratio=0.4, round_to=round_to), EX)
         assert m.conv1.out_channels == want
         assert m.layer1[0].conv1.out_channels == want
 
@@ -119,7 +124,7 @@ def test_round_to_changes_the_count():
 )
 def test_round_to_rounds_to_the_nearest_multiple(ratio, want16, want32):
     m = base_model()
-    prune_step(width_pruner(m, EX, WidthConfig(ratio=ratio, round_to=8, max_ratio=0.95), 10))
+    uniform_cut(m, WidthConfig(ratio=ratio, round_to=8, max_ratio=0.95), EX)
     assert m.layer1[0].conv1.out_channels == want16
     assert m.layer2[0].conv1.out_channels == want32
     assert m(torch.randn(2, 3, 8, 8)).shape == (2, 10)
@@ -129,15 +134,16 @@ def test_two_step_schedule_each_step_equals_masked():
     original = base_model(seed=3)
     pruned = copy.deepcopy(original)
     cfg = WidthConfig(ratio=0.5, round_to=4)
-    pruner = width_pruner(pruned, EX, cfg, num_classes=10, steps=2)
     x = torch.randn(8, 3, 8, 8)
     widths = [pruned.conv1.out_channels]
-    for _ in range(2):
-        masked = copy.deepcopy(pruned)
-        masked_step(pruner, masked)
+    masked = copy.deepcopy(pruned)
+    for op in uniform_steps(pruned, cfg, EX, steps=2):  # (each step runs when the loop asks for it)
+        assert op is not None
+        mask_like(op, masked)
         with torch.no_grad():
             torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=0)
         widths.append(pruned.conv1.out_channels)
+        masked = copy.deepcopy(pruned)
     # the linear schedule removes about half after the first step and all of the ratio after the second
     assert widths[0] > widths[1] > widths[2]
     assert widths[2] == 8 and pruned.layer2[0].conv2.out_channels == 16
@@ -146,8 +152,9 @@ def test_two_step_schedule_each_step_equals_masked():
 def test_prune_step_history_replays_to_identical_model():
     original = base_model(seed=5)
     work = copy.deepcopy(original)
-    pruner = width_pruner(work, EX, WidthConfig(ratio=0.5, round_to=4, importance="l1"), 10, steps=2)
-    steps = [prune_step(pruner), prune_step(pruner)]
+    ops = uniform_cut(work, WidthConfig(ratio=0.5, round_to=4, importance="l1"), EX, steps=2)
+    steps = [op.entries for op in ops]
+    assert len(steps) == 2
     for entries in steps:
         assert entries, "each step removes something"
         for name, is_out, idxs in entries:
@@ -182,8 +189,7 @@ def test_replay_on_a_model_that_does_not_fit_raises():
 def test_classifier_is_never_pruned():
     m = base_model()
     assert classifier_layers(m, 10) == [m.fc]
-    pruner = width_pruner(m, EX, WidthConfig(ratio=0.8, round_to=None, global_pruning=True), 10)
-    prune_step(pruner)
+    uniform_cut(m, WidthConfig(ratio=0.8, round_to=None, global_pruning=True), EX)
     assert m.fc.out_features == 10
     assert m(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
@@ -191,7 +197,7 @@ def test_classifier_is_never_pruned():
 def test_exclude_patterns_keep_layers():
     m = base_model()
     cfg = WidthConfig(ratio=0.5, round_to=None, layers={"exclude": ["layer1.*.conv1"]})
-    prune_step(width_pruner(m, EX, cfg, 10))
+    uniform_cut(m, cfg, EX)
     assert m.layer1[0].conv1.out_channels == 16 and m.layer1[1].conv1.out_channels == 16
     assert m.layer2[0].conv1.out_channels == 16  # not excluded: pruned from 32
 
@@ -199,10 +205,10 @@ def test_exclude_patterns_keep_layers():
 def test_include_patterns_and_parents():
     m = base_model()
     cfg = WidthConfig(ratio=0.5, round_to=None, layers={"include": ["layer2"]})  # a parent covers its children
-    prune_step(width_pruner(m, EX, cfg, 10))
+    uniform_cut(m, cfg, EX)
     assert m.layer1[0].conv1.out_channels == 16 and m.layer2[0].conv1.out_channels == 16
     with pytest.raises(DistillpruneError, match="'layer9' matches no layer"):
-        width_pruner(base_model(), EX, WidthConfig(ratio=0.5, layers={"exclude": ["layer9"]}), 10)
+        uniform_cut(base_model(), WidthConfig(ratio=0.5, layers={"exclude": ["layer9"]}), EX)
 
 
 def test_taylor_importance_with_accumulated_gradients():
@@ -212,7 +218,13 @@ def test_taylor_importance_with_accumulated_gradients():
     accumulate_gradients(m, batches, lambda model, x, y: nn.functional.cross_entropy(model(x), y))
     assert m.training  # restored
     assert m.conv1.weight.grad is not None
-    prune_step(width_pruner(m.eval(), EX, WidthConfig(ratio=0.5, importance="taylor", round_to=None), 10))
+    from distillprune.prune.channels import enumerate_groups
+    from distillprune.prune.groups import apply_widths
+    from distillprune.prune.schedule import Initial, uniform_keep
+
+    cfg = WidthConfig(ratio=0.5, importance="taylor", round_to=None)
+    found = enumerate_groups(m.eval(), EX, cfg, 10)  # scored from the gradients accumulated above
+    apply_widths(m, EX, cfg, 10, uniform_keep(found.groups, Initial(), 0.5, cfg.max_ratio), groups=found)
     assert m.conv1.out_channels == 8
     assert m(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 

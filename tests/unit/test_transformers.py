@@ -129,11 +129,11 @@ def test_onnx_has_dynamic_batch_and_sequence_and_times_at_stated_pairs(folders):
 
 def test_dynamic_int8_stores_embedding_tables_and_judges_embedders_by_cosine(tmp_path, folders, data):
     m = load_encoder(str(folders["emb"]), "embedding")
-    res = dp.quantize(m, data, {"method": "dynamic"}, tmp_path / "q.onnx")
+    res = dp.quantize(m, {"method": "dynamic"}, data, out=tmp_path / "q.onnx")
     assert "Gather" in res.details["op_types"] and res.cosine is not None and res.cosine > 0.95
     assert res.bytes < res.float_bytes
     with pytest.raises(dp.QuantizationError, match="cosine"):
-        dp.quantize(m, data, {"method": "dynamic", "min_cosine": 1.0}, tmp_path / "q2.onnx")
+        dp.quantize(m, {"method": "dynamic", "min_cosine": 1.0}, data, out=tmp_path / "q2.onnx")
 
 
 def test_prune_heads_ffn_layers_while_distilling(folders, data):
@@ -156,9 +156,9 @@ def test_prune_heads_ffn_layers_while_distilling(folders, data):
                 ]
             },
         },
-        data=data,
-        spec=spec,
-        batch_size=16,
+        data,
+        history=spec,
+        context=dp.Context(loader=dp.LoaderOptions(16)),
     )
     assert len(rep.dropped_layers) == 1 and sum(rep.heads_after) == 4 and rep.ffn_after == [32, 32]
     assert rep.training is not None and rep.training.epochs == 2
@@ -176,17 +176,23 @@ def test_width_pruning_of_an_encoder_is_refused_in_one_line(folders, data):
 
 
 def test_fisher_scores_and_layer_choice(folders, data):
-    from distillprune.transformers.importance import choose_layers, fisher_scores
+    from distillprune.prune.criteria import criterion
+    from distillprune.transformers.importance import EncoderGroup
 
     m = load_encoder(str(folders["emb"]), "embedding")
     batches = [
         x for (x, _), _ in zip(dp.data.TensorLoader(data.train, 16, data.mean, data.std), range(2), strict=False)
     ]
-    heads, ffn = fisher_scores(m, batches)
+    fisher = criterion("fisher")
+    assert fisher.needs_gradients and fisher.family == "encoder"
+    fisher.prepare(m, batches)
+    heads = [fisher.scores(EncoderGroup(i, "heads")) for i in range(3)]
+    ffn = [fisher.scores(EncoderGroup(i, "ffn")) for i in range(3)]
     assert [h.shape[0] for h in heads] == [4, 4, 4] and [f.shape[0] for f in ffn] == [64, 64, 64]
     assert all(bool((h >= 0).all()) and float(h.sum()) > 0 for h in heads)
-    chosen = choose_layers(m, m, batches, 2)
-    assert len(chosen) == 2 and len(surgery.layers(m)) == 3  # scoring removes nothing
+    # the layers go by the block scorer (KD loss when skipped), through the session
+    rep = dp.prune_(m, {"layers": {"drop": 2}}, data, context=dp.Context(loader=dp.LoaderOptions(16)))
+    assert len(rep.dropped_layers) == 2 and len(surgery.layers(m)) == 1 and rep.heads_after == [4]
 
 
 def test_target_plan_meets_a_macs_ratio(folders):
@@ -236,14 +242,14 @@ def test_distill_defaults_to_adamw_and_the_embedding_loss_for_an_embedder(folder
         return float(torch.nn.functional.cosine_similarity(call(m.eval(), x), call(teacher, x)).mean())
 
     before = cosine()
-    rep = dp.distill(m, teacher, data.without_labels(), epochs=3, batch_size=16, lr=1e-3)
+    opts = {"epochs": 3, "optimizer": {"lr": 1e-3}}
+    rep = dp.distill(m, opts, data.without_labels(), teacher=teacher, context=dp.Context(loader=dp.LoaderOptions(16)))
     assert rep.losses == ["embedding"] and cosine() > before
 
 
 def test_static_int8_calibrates_on_named_batches(tmp_path, folders, data):
     m = load_encoder(str(folders["cls"]), "sequence-classification", 2)
-    res = dp.quantize(
-        m, data, {"method": "static", "min_agreement": 0.0, "calibration": {"samples": 32}}, tmp_path / "s.onnx"
-    )
+    cfg = {"method": "static", "min_agreement": 0.0, "calibration": {"samples": 32}}
+    res = dp.quantize(m, cfg, data, out=tmp_path / "s.onnx")
     assert res.details["calibration_samples"] == 32 and res.details["quantized_nodes"] > 0
     assert res.cosine is not None and res.cosine > 0.9

@@ -9,6 +9,7 @@ from torch import nn
 
 from distillprune.core.batch import NamedInputs
 from distillprune.core.reporting import details_from_dict
+from distillprune.data.base import Examples
 from distillprune.errors import CompressionError, DistillpruneError, QuantizationError
 
 
@@ -34,7 +35,7 @@ def test_prune_without_data_needs_num_classes():
 
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
     with pytest.raises(DistillpruneError, match="num_classes"):  # was: AttributeError on None.num_classes
-        PruneSession(model, PruneConfig(width={"ratio": 0.5}), example_inputs=torch.zeros(1, 1, 8, 8))
+        PruneSession(model, PruneConfig(width={"ratio": 0.5}), Examples(torch.zeros(1, 1, 8, 8)))
 
 
 @pytest.mark.parametrize(("padding", "same_as"), [("same", 1), ("valid", 0)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import typing
-import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from distillprune.core.reporting import Details
 from distillprune.data import DataConfig, load_data
 from distillprune.models import build_model
 from distillprune.prune.session import PruneSession
-from distillprune.quant import QUANT_CONFIGS, QUANTIZERS, scheme_config
+from distillprune.quant import QUANTIZERS, scheme_config
 from distillprune.train import context as context_mod
 from distillprune.train.config import RuntimeConfig
 
@@ -58,11 +57,19 @@ def test_prune_entry_points_take_at_most_eight_parameters():
         assert n <= 8, f"{fn.__qualname__} takes {n} parameters"
 
 
-def test_every_quantizer_has_its_config_class_and_the_type_dispatches():
-    assert set(QUANT_CONFIGS.names()) == set(QUANTIZERS.names())
+def test_every_scheme_has_its_config_class_and_the_type_dispatches():
+    from distillprune.quant.registry import quantizer_for, quantizer_of
+
+    runners = set()
     for name in QUANTIZERS.names():
-        cls = QUANT_CONFIGS.get(name)
+        cls = QUANTIZERS.get(name)
         assert cls().method == name and type(scheme_config({"method": name})) is cls
+        runners.add(quantizer_of(cls()))
+    assert len(runners) == len(QUANTIZERS.names())  # one quantizer per scheme, found by the config's type
+    with pytest.raises(ValueError, match="already has a quantizer"):
+        quantizer_for(dp.StaticConfig)(lambda job: None)
+    with pytest.raises(dp.QuantizationError, match="no quantizer runs a QuantConfig"):
+        quantizer_of(dp.QuantConfig())
     assert type(scheme_config(dp.QuantConfig(method="dynamic"))) is dp.DynamicConfig
     assert type(scheme_config(None)) is dp.StaticConfig
     qat = dp.QATConfig(qat={"epochs": 2})
@@ -158,32 +165,44 @@ def test_qat_trains_with_the_context_s_augmentation(data, tmp_path: Path):
     assert calls[0]["crop_padding"] == 1 and calls[0]["hflip"] is True and calls[0]["batch_size"] == 32
 
 
-# ---------------------------------------------------------------- the old shapes, deprecated
-def _warns(fn):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = fn()
-    assert any(issubclass(w.category, DeprecationWarning) for w in caught), [str(w.message) for w in caught]
-    return out
+def test_a_deprecation_warning_from_distillprune_is_an_error():
+    """The library keeps no deprecated shapes: pytest turns a DeprecationWarning raised from distillprune into an
+    error (pyproject's filterwarnings), while third-party ones stay ignored."""
+    import warnings
+
+    with pytest.raises(DeprecationWarning):
+        warnings.warn_explicit("an old shape", DeprecationWarning, "api.py", 1, module="distillprune.prune.api")
+    warnings.warn_explicit("theirs", DeprecationWarning, "x.py", 1, module="somepackage.x")
 
 
-def test_old_call_shapes_still_work_with_a_warning(data, tmp_path: Path):
-    spec = dp.ArchSpec("digits_cnn", 10, [1, 8, 8], KW)
-    model = tiny()
-    rep = _warns(
-        lambda: dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, torch.zeros(1, 1, 8, 8), 10, spec=spec)
-    )
-    assert rep.history and spec.history == rep.history
-    rep = _warns(lambda: dp.distill(tiny(), tiny(1), data, epochs=1, batch_size=32, lr=0.05))
-    assert rep.losses == ["kd"] and rep.training.epochs == 1
-    ops: list = []
-    _warns(lambda: dp.lowrank_(tiny(), (1, 8, 8), {"rank_by": "ratio", "ratio": 0.5, "round_to": 4}, ops))
-    assert ops and ops[0].op == "lowrank"
-    ops = []
-    _warns(lambda: dp.cluster_(tiny(), {"k": 8}, ops))
-    assert ops[0].op == "cluster"
-    res = _warns(lambda: dp.quantize(tiny(), data, {"method": "dynamic", "min_agreement": 0.0}, tmp_path / "q.onnx"))
-    assert res.method == "dynamic" and (tmp_path / "q.onnx").exists()
+# ---------------------------------------------------------------- prune_ resolves its teacher like the others
+@pytest.mark.parametrize("mode", ["checkpoint", "ensemble", "mutual peer"])
+def test_prune_resolves_its_distill_block_s_teacher(data, tmp_path: Path, mode: str):
+    from distillprune.prune import api as prune_api
+
+    stored = tiny(1)
+    dp.save_checkpoint(tmp_path / "teacher", stored, dp.ArchSpec("digits_cnn", 10, [1, 8, 8], KW))
+    block = {
+        "checkpoint": {"teacher": str(tmp_path / "teacher")},
+        "ensemble": {"teachers": [str(tmp_path / "teacher"), "auto"]},
+        "mutual peer": {"mode": "mutual", "peer": {"name": "digits_cnn", "kwargs": KW}},
+    }[mode]
+    seen = {}
+
+    class Spy(PruneSession):
+        def __init__(self, *args, **kwargs):
+            seen.update(teacher=kwargs["teacher"], peer=kwargs["peer"])
+            super().__init__(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prune_api, "PruneSession", Spy)
+        dp.prune_(tiny(), {"width": {"ratio": 0.5, "round_to": 4}, "distill": block}, data, context=CTX)
+    if mode == "checkpoint":
+        assert all(torch.equal(seen["teacher"].state_dict()[k], v) for k, v in stored.state_dict().items())
+    elif mode == "ensemble":
+        assert len(seen["teacher"].members) == 2 and seen["peer"] is None
+    else:  # the session's teacher stays the unpruned self (it scores the cuts); the peer trains beside
+        assert seen["teacher"] is None and isinstance(seen["peer"], torch.nn.Module)
 
 
 def test_the_verb_teaches_with_its_distill_block_s_teacher(data, tmp_path: Path):

@@ -49,3 +49,29 @@ def random_bundle(
     return DataBundle(
         Split(xtr, ytr), Split(xte, yte), num_classes, [str(i) for i in range(num_classes)], mean, std, "random"
     )
+
+
+def uniform_steps(model: torch.nn.Module, width, example: torch.Tensor, steps: int = 1, num_classes: int = 10):
+    """Uniform width steps (``width``: a WidthConfig or its dict) on ``model`` in place, one-shot: yields each
+    step's ChannelsOp (None when the step cut nothing), as the prune session cuts them."""
+    from distillprune.data.base import Examples
+    from distillprune.prune.config import PruneConfig
+    from distillprune.prune.session import PruneSession
+
+    history: list = []
+    cfg = PruneConfig(width=width, steps=steps, distill=None)
+    session = PruneSession(model, cfg, Examples(example, num_classes), history=history)
+    session.prepare()
+    for k in range(steps):
+        before = len(history)
+        try:
+            session.step(k)
+        except Exception as e:  # the last step of a request that removes nothing raises after cutting nothing
+            if "removes no channel" not in str(e):
+                raise
+        yield history[before] if len(history) > before else None
+
+
+def uniform_cut(model: torch.nn.Module, width, example: torch.Tensor, steps: int = 1, num_classes: int = 10) -> list:
+    """All of :func:`uniform_steps` at once: the ChannelsOps of the steps that cut something."""
+    return [op for op in uniform_steps(model, width, example, steps, num_classes) if op is not None]

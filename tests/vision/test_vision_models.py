@@ -53,7 +53,9 @@ def test_width_and_depth_pruned_run_export_and_replay(source, arch, tmp_path):
     model, spec = build(source, arch)
     model.eval()
     before = count_macs(model, SHAPE)
-    report = dp.prune_(model, {"width": {"ratio": 0.3}, "depth": {"blocks": 2}}, torch.randn(4, *SHAPE), 10, spec=spec)
+    report = dp.prune_(
+        model, {"width": {"ratio": 0.3}, "depth": {"blocks": 2}}, dp.Examples(torch.randn(4, *SHAPE), 10), history=spec
+    )
     assert len(report.removed_blocks) == 2 and report.channels_removed and report.skipped == []
     assert count_macs(model, SHAPE) < before
     x = torch.randn(2, *SHAPE)
@@ -122,7 +124,7 @@ def test_a_2x_target_plans_a_model_that_exports_and_reloads(source, arch, target
     model.eval()
     cfg = {"width": {"round_to": 8}, "target": {**target, "depth_fractions": [0.0, 0.25], "refits": 1}}
     try:
-        report = dp.prune_(model, cfg, torch.randn(16, *SHAPE), 10, spec=spec)
+        report = dp.prune_(model, cfg, dp.Examples(torch.randn(16, *SHAPE), 10), history=spec)
     except dp.DistillpruneError as e:
         assert "\n" not in str(e) and "the cuttable layers cannot reach" in str(e)
         return
@@ -147,7 +149,7 @@ def test_a_timm_vit_loses_whole_heads_under_a_2x_macs_target(tmp_path):
     model, spec = dp.make_model({"name": "timm", "kwargs": kwargs}, 10, SHAPE)
     model.eval()
     cfg = {"width": {"round_to": 8}, "target": {"macs_ratio": 2.0, "depth_fractions": [0.0], "refits": 1}}
-    report = dp.prune_(model, cfg, torch.randn(16, *SHAPE), 10, spec=spec)
+    report = dp.prune_(model, cfg, dp.Examples(torch.randn(16, *SHAPE), 10), history=spec)
     assert 2.0 <= report.plan.achieved <= 2.0 * 1.25
     heads = [b.attn.num_heads for b in model.blocks]
     assert sum(heads) < 3 * len(heads)

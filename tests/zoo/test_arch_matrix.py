@@ -56,7 +56,7 @@ def run(name: str, target: dict, tmp_path):
     model, spec = build(name)
     cfg = {"width": {"round_to": 4}, "target": {**target, "depth_fractions": [0.0, 0.5], "refits": 1}}
     x = torch.randn(16, *SHAPE)
-    return model, spec, dp.prune_(model, cfg, x, 10, spec=spec)
+    return model, spec, dp.prune_(model, cfg, dp.Examples(x, 10), history=spec)
 
 
 def check(model, spec, report, name, tmp_path) -> None:

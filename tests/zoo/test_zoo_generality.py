@@ -14,7 +14,6 @@ from distillprune.errors import DistillpruneError
 from distillprune.export.onnx import onnx_bytes, parity
 from distillprune.measure.metrics import count_macs
 from distillprune.prune.depth import removable_blocks
-from distillprune.prune.safety import WidthPruningError
 
 SHAPE = (3, 16, 16)
 
@@ -46,16 +45,18 @@ def check_result(model, spec, macs_before: int, tmp_path) -> None:
 def test_width_pruning_cuts_or_says_why(name, tmp_path):
     model, spec = build(name)
     before = count_macs(model, SHAPE)
-    report = dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, torch.zeros(1, *SHAPE), 10, spec=spec)
+    report = dp.prune_(
+        model, {"width": {"ratio": 0.5, "round_to": 4}}, dp.Examples(torch.zeros(1, *SHAPE), 10), history=spec
+    )
     assert report.channels_removed
     if name == "concat_grouped":  # the pattern Torch-Pruning cuts wrongly: skipped before cutting, with the reason
         assert {s["layer"] for s in report.skipped} == {"a.0", "b.0"}
         assert all("concat feeding a grouped conv at `g.0`" in s["reason"] for s in report.skipped)
         assert model.a[0].out_channels == 16 and model.b[0].out_channels == 16
-    elif name == "mlp_mixer":  # token mixing (a Linear across transposed tokens): Torch-Pruning fails on the
-        # embedding-width group; the step is undone, that group skipped with the error, the rest pruned
+    elif name == "mlp_mixer":  # token mixing (a Linear across transposed tokens): Torch-Pruning fails scoring the
+        # embedding-width group; the enumerator leaves it whole with the error, the rest is pruned
         assert [s["layer"] for s in report.skipped] == ["blocks.1.mlp.2"]
-        assert "Torch-Pruning failed on it (IndexError" in report.skipped[0]["reason"]
+        assert "Torch-Pruning cannot score it (IndexError" in report.skipped[0]["reason"]
         assert model.embed.out_channels == 32 and model.blocks[0].mlp[0].out_features < 64
     else:
         assert report.skipped == []
@@ -69,36 +70,26 @@ def test_depth_pruning_finds_residuals_in_the_graph(name, tmp_path):
     cfg = {"depth": {"blocks": 1}}
     if not RESIDUALS[name]:
         with pytest.raises(DistillpruneError, match="no identity residual y = x \\+ f\\(x\\) found"):
-            dp.prune_(model, cfg, torch.randn(8, *SHAPE), 10, spec=spec)
+            dp.prune_(model, cfg, dp.Examples(torch.randn(8, *SHAPE), 10), history=spec)
         return
     before = count_macs(model, SHAPE)
-    report = dp.prune_(model, cfg, torch.randn(8, *SHAPE), 10, spec=spec)
+    report = dp.prune_(model, cfg, dp.Examples(torch.randn(8, *SHAPE), 10), history=spec)
     assert len(report.removed_blocks) == 1 and report.removed_blocks[0] in RESIDUALS[name]
     assert report.removed_blocks[0] not in removable_blocks(model)
     check_result(model, spec, before, tmp_path)
 
 
-def _unchecked_pruner(monkeypatch, model, cutter_check: bool = True):
-    import distillprune.prune.cut as cut
-    import distillprune.prune.structured as structured
-    from distillprune.prune.config import WidthConfig
-
-    monkeypatch.setattr(structured, "skip_unsupported", lambda pruner, model: [])  # the pre-check off
-    if not cutter_check:  # and the cutter's own check of each group: Torch-Pruning runs into the pattern
-        monkeypatch.setattr(cut, "unsupported", lambda group, names: None)
-    return structured.width_pruner(model, torch.zeros(1, *SHAPE), WidthConfig(ratio=0.5, round_to=4), 10)
-
-
 def test_a_group_that_fails_inside_torch_pruning_is_skipped_and_reported(monkeypatch):
-    """Without the pre-checks, Torch-Pruning cuts the group wrongly: the cutter rolls that group back, names it
-    with what broke, and cuts the rest."""
-    import distillprune.prune.structured as structured
+    """Without the enumerator's pre-check, Torch-Pruning cuts the concat-into-grouped-conv group wrongly: the
+    cutter rolls that group back, names it with what broke, and cuts the rest."""
+    import distillprune.prune.channels as channels
 
+    monkeypatch.setattr(channels, "joined_into_grouped", lambda group, names: None)  # the pre-check off
     model, _ = build("concat_grouped")
-    pruner = _unchecked_pruner(monkeypatch, model, cutter_check=False)
-    entries = structured.prune_step(pruner)
-    assert entries and all(name != "a.0" for name, _, _ in entries)
-    reasons = {s.layer: s.reason for s in pruner.skipped}
+    report = dp.prune_(model, {"width": {"ratio": 0.5, "round_to": 4}}, dp.Examples(torch.zeros(1, *SHAPE), 10))
+    [op] = report.history
+    assert op.entries and all(name != "a.0" for name, _, _ in op.entries)
+    reasons = {s["layer"]: s["reason"] for s in report.skipped}
     assert "a.0" in reasons and set(reasons) <= {"a.0", "b.0"}
     assert all(
         r.startswith(f"cutting {layer} + ") and ("Torch-Pruning failed on it" in r or "no longer runs" in r)
@@ -108,26 +99,35 @@ def test_a_group_that_fails_inside_torch_pruning_is_skipped_and_reported(monkeyp
     assert model(torch.zeros(2, *SHAPE)).shape == (2, 10)
 
 
-def test_width_pruning_is_all_or_nothing(monkeypatch):
-    """When it may not skip (no retries), a failing step restores the model exactly and one line names the
-    group, the pattern and the fix."""
-    from distillprune.prune.transactional import transactional_step
+def test_a_step_that_fails_midway_restores_the_model_exactly():
+    """All or nothing: when building the step's groups fails after some were cut, the cutter restores the model
+    (weights, sizes, the dependency graph's history) and the error reaches the caller."""
+    from distillprune.prune.channels import enumerate_groups
+    from distillprune.prune.config import WidthConfig
+    from distillprune.prune.cut import Cutter
 
     model, _ = build("concat_grouped")
-    pruner = _unchecked_pruner(monkeypatch, model)
+    x = torch.zeros(1, *SHAPE)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(WidthPruningError) as err:
-        transactional_step(pruner, model, torch.zeros(1, *SHAPE), retries=0)
-    msg = str(err.value)
-    assert "\n" not in msg and "concat feeding a grouped conv at `g.0`" in msg and "restored" in msg
-    assert "width.layers.exclude" in msg
+    found = enumerate_groups(model, x, WidthConfig(round_to=4), 10)
+    dg = found.dg
+
+    def items():
+        for g in found.groups[:2]:
+            root = model.get_submodule(g.root)
+            yield dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, g.order[: g.step])
+        raise RuntimeError("the third group could not be built")
+
+    with pytest.raises(RuntimeError, match="third group"):
+        Cutter(model, dg, x).cut(items())
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert model(torch.zeros(1, *SHAPE)).shape == (1, 10)
-    assert pruner.pruning_history() == []
+    assert dg.pruning_history() == [] and model(x).shape == (1, 10)
 
 
 def test_a_selection_that_leaves_nothing_to_prune_is_an_error():
     model, _ = build("depthwise")
     with pytest.raises(DistillpruneError, match="leaves none of the .* prunable layer groups"):
-        dp.prune_(model, {"width": {"ratio": 0.5, "layers": {"include": ["head"]}}}, torch.zeros(1, *SHAPE), 10)
+        dp.prune_(
+            model, {"width": {"ratio": 0.5, "layers": {"include": ["head"]}}}, dp.Examples(torch.zeros(1, *SHAPE), 10)
+        )

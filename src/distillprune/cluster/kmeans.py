@@ -20,7 +20,6 @@ from torch.nn.utils import parametrize
 from distillprune.cluster.config import ClusterConfig
 from distillprune.cluster.pack import load_packed, save_packed, sizes
 from distillprune.core.checkpoint import ArchSpec, history_list
-from distillprune.core.compat import legacy_shape
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.core.modules import first_match, get_module
@@ -175,18 +174,6 @@ class WeightClustering:
         return {f"{name}.weight": k for name, k in self.k.items()}
 
 
-def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
-    """``cluster_(model, cfg=None, history=None)``: the history list third, the old shape."""
-    if len(args) > 2 and isinstance(args[2], list):
-        return (
-            (*args[:2],),
-            {**kwargs, "history": args[2]},
-            "history is keyword-only now: cluster_(model, cfg, history=...)",
-        )
-    return None
-
-
-@legacy_shape(_legacy)
 def cluster_(
     model: nn.Module,
     cfg: ClusterConfig | dict[str, Any] | None = None,

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from distillprune.core.history import HistoryOp, op_from_dict, replay
-from distillprune.core.io import atomic_write, check_finite, loads, write_json
+from distillprune.core.io import atomic_write, loads, read_safetensors, write_json
 from distillprune.core.registry import Registry
 from distillprune.core.trust import code_trust
 from distillprune.errors import CheckpointError, DistillpruneError
@@ -27,7 +26,7 @@ from distillprune.errors import CheckpointError, DistillpruneError
 FORMAT = "distillprune/1"
 
 #: source name -> builder of the unpruned base model of a spec (the model zoo registers "zoo")
-ARCH_BUILDERS: Registry[Callable[[ArchSpec], nn.Module]] = Registry("architecture source")
+ARCH_BUILDERS: Registry[Callable[[ArchSpec], nn.Module]] = Registry("architecture source", loads_library=True)
 
 
 @dataclass
@@ -166,11 +165,7 @@ def load_checkpoint(
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:  # damaged history
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{folder}: the architecture does not rebuild from model.json ({first})") from None
-    try:
-        state = load_file(str(folder / "model.safetensors"))
-    except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"{folder / 'model.safetensors'}: corrupt or unreadable ({e})") from None
-    check_finite(state, str(folder / "model.safetensors"))
+    state = read_safetensors(folder / "model.safetensors", str(folder / "model.safetensors"))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -125,6 +125,6 @@ def registered(registry: Registry[Any]) -> Any:
     """A ``str`` field type whose value must be a name in ``registry`` (checked when validated, so the
     error carries the field's location and the nearest registered name)::
 
-        importance: registered(IMPORTANCE) = "l2"
+        method: registered(QUANTIZERS) = "static"
     """
     return Annotated[str, AfterValidator(registry.check)]

@@ -33,7 +33,8 @@ class HistoryOp:
         return {"op": self.op, **dataclasses.asdict(self)}
 
 
-HISTORY_OPS: Registry[type[HistoryOp]] = Registry("history op")
+#: op name -> class; ops register from the families that cut (the first lookup imports the library)
+HISTORY_OPS: Registry[type[HistoryOp]] = Registry("history op", loads_library=True)
 
 
 def history_op(cls: type[HistoryOp]) -> type[HistoryOp]:

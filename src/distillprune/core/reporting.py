@@ -52,6 +52,7 @@ class Deployed:
     speedups: dict[str, float] = dataclasses.field(default_factory=dict)  # paired with the dense model
     spread: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     metrics: dict[str, float] | None = None  # task quality of the artefact (embedders: cosine to the teacher)
+    load: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # the machine's, while timing it
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from distillprune.core.config import StrictModel, registered
-from distillprune.data.registry import SOURCES
+from distillprune.registries import SOURCES
 
 if TYPE_CHECKING:
     SourceName = str
@@ -61,6 +61,9 @@ class DataConfig(StrictModel):
         "digits", description="digits | npz | cifar10_jpeg | cifar10_bin | imagefolder | torchvision | hf | text"
     )
     path: str | None = Field(None, description="file or folder for npz / cifar10_* / imagefolder / hf")
+    made_by: str | None = Field(
+        None, description="the command that makes the files at data.path (said when they are missing)"
+    )
     name: str | None = Field(None, description="data set name for torchvision / hf")
     image_size: int | None = Field(None, gt=0, le=8192, description="imagefolder: resize images to this square size")
     batch_size: int = Field(
@@ -86,3 +89,8 @@ class DataConfig(StrictModel):
         None, description="the mean/std your model was trained with (default: computed from the training split)"
     )
     text: TextConfig = Field(default_factory=TextConfig, description="text sources: reading and tokenisation")
+
+
+def path_not_found(cfg: DataConfig, path: object) -> str:
+    """The error for a ``data.path`` that does not exist, with the command that makes it when the recipe names one."""
+    return f"data.path not found: {path}" + (f"; make it with: {cfg.made_by}" if cfg.made_by else "")

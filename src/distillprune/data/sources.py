@@ -19,9 +19,9 @@ import torch
 from distillprune.core.extras import import_extra
 from distillprune.data.base import DataBundle, Split, channel_stats, subset_indices
 from distillprune.data.checks import check_bundle, check_inputs, class_count, labels_to_int
-from distillprune.data.config import DataConfig
-from distillprune.data.registry import SOURCES
+from distillprune.data.config import DataConfig, path_not_found
 from distillprune.errors import DataError
+from distillprune.registries import SOURCES
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
@@ -77,7 +77,7 @@ def _need_path(cfg: DataConfig) -> Path:
         raise DataError(f"data source '{cfg.source}' needs data.path")
     p = Path(cfg.path).expanduser()
     if not p.exists():
-        raise DataError(f"data.path not found: {p}")
+        raise DataError(path_not_found(cfg, p))
     return p
 
 

@@ -20,10 +20,11 @@ import torch
 
 from distillprune.core.batch import NamedInputs
 from distillprune.core.io import loads, resolve_folder
+from distillprune.core.trust import hf_options
 from distillprune.data.base import DataBundle, Split
-from distillprune.data.config import DataConfig, TextConfig
-from distillprune.data.registry import SOURCES
+from distillprune.data.config import DataConfig, TextConfig, path_not_found
 from distillprune.errors import DataError
+from distillprune.registries import SOURCES
 
 SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 Rows = list[dict[str, Any]]
@@ -127,7 +128,7 @@ def read_splits(cfg: DataConfig) -> tuple[Rows, Rows]:
         raise DataError("data source 'text' needs data.path (a file or a folder)")
     p = Path(cfg.path).expanduser()
     if not p.exists():
-        raise DataError(f"data.path not found: {p}")
+        raise DataError(path_not_found(cfg, p))
     t = cfg.text
     if p.is_dir():
         pairs = {
@@ -161,8 +162,9 @@ def load_tokenizer(cfg: TextConfig) -> Any:
         from transformers import AutoTokenizer
     except ImportError:
         raise DataError("text data needs the optional extra: pip install 'distillprune[hf]'") from None
+    opts = hf_options(folder, "data.text.tokenizer")  # no code from the folder without --trust-code, no prompt
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(folder), **opts)
     except (OSError, ValueError) as e:
         raise DataError(f"data.text.tokenizer {folder}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
 

@@ -11,7 +11,6 @@ from torch import nn
 
 from distillprune.core.batch import has_named_inputs, is_embedder
 from distillprune.core.checkpoint import ArchSpec
-from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp
 from distillprune.core.reporting import Details, details_type
@@ -22,8 +21,8 @@ from distillprune.distill.ensemble import TeacherEnsemble
 from distillprune.distill.modes import objective_for, reinitialised, teacher_of
 from distillprune.distill.mutual import MutualDistiller
 from distillprune.errors import DistillpruneError
-from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig, TrainSummary
-from distillprune.train.context import Context, LoaderOptions, Trainer, fit_trainer
+from distillprune.train.config import TrainSummary
+from distillprune.train.context import Context, Trainer, fit_trainer
 from distillprune.train.trainer import evaluate
 
 
@@ -42,53 +41,6 @@ class DistillReport(Details):
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-OLD = ("epochs", "losses", "lr", "batch_size", "runtime", "seed", "cache", "optimizer", "schedule", "grad_clip")
-OLD_LOADER = ("crop_padding", "hflip")
-
-
-def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
-    """``distill(student, teacher, data, epochs=10, losses=None, lr=None, batch_size=64, runtime=None, seed=0,
-    cache=False, optimizer="auto", schedule="onecycle", grad_clip=None, crop_padding=0, hflip=False)``."""
-    second = args[1] if len(args) > 1 else None
-    old_teacher = isinstance(second, (nn.Module, list, tuple))
-    positional = OLD + OLD_LOADER
-    extra = dict(zip(positional, args[3:], strict=False)) if old_teacher else {}
-    old = {**extra, **pop_known(kwargs, OLD + OLD_LOADER)}
-    if not old_teacher and not old:
-        return None
-    model = args[0] if args else kwargs.pop("model")
-    teacher = second if old_teacher else kwargs.pop("teacher", None)
-    data = args[2] if len(args) > 2 else kwargs.pop("data", None)
-    optimizer = old.get("optimizer", "auto")
-    if optimizer == "auto":
-        optimizer = "adamw" if has_named_inputs(model) else "sgd"
-    sched = old.get("schedule", "onecycle")
-    raw: dict[str, Any] = {
-        "epochs": old.get("epochs", 10),
-        "optimizer": _optimizer(optimizer, old.get("lr")),
-        "schedule": validate(ScheduleConfig, {"name": sched} if isinstance(sched, str) else sched, where="schedule")
-        if not isinstance(sched, ScheduleConfig)
-        else sched,
-        "grad_clip": old.get("grad_clip"),
-        "distill": {
-            "losses": old.get("losses") or [{"name": "embedding" if is_embedder(model) else "kd"}],
-            "cache": old.get("cache", False),
-        },
-    }
-    loader = LoaderOptions(
-        old.get("batch_size", 64), old.get("seed", 0), old.get("crop_padding", 0), old.get("hflip", False)
-    )
-    ctx = Context(old.get("runtime") or RuntimeConfig(progress=False), loader)
-    kwargs.update(teacher=teacher, context=ctx)
-    new = "distill(model, DistillOptions(epochs=..., distill={'losses': [...]}), data, *, teacher=..., context=...)"
-    return (
-        (model, validate(DistillOptions, raw, where="distill options"), data),
-        kwargs,
-        f"the old shape is deprecated; call {new}",
-    )
-
-
-@legacy_shape(_legacy)
 def distill(
     model: nn.Module,
     cfg: DistillOptions | dict[str, Any] | None = None,
@@ -104,7 +56,7 @@ def distill(
 
     ``cfg``: a ``DistillOptions`` or its dict (``{"epochs": 10, "optimizer": {"lr": 0.05}, "distill": {"losses":
     [{"name": "kd", "temperature": 4}], "mode": "mutual"}, "generations": 2}``). From a dict, what it leaves
-    out follows the model: AdamW (lr 2e-4) for a transformer with named inputs, else SGD (0.05); the
+    out follows the model: AdamW for a transformer with named inputs, else SGD (peak lr: ``train.policy``); the
     ``embedding`` loss for an embedder, else ``kd``. ``distill.mode: mutual``: a trainable copy of the
     teacher trains with the student (DML); ``generations`` > 1 (born-again): each generation's student
     teaches the next, which restarts from a fresh initialisation, in place (seeded by
@@ -129,7 +81,10 @@ def distill(
         objective = objective_for(opts.distill, opts.label_smoothing, lambda t=frozen: t)  # type: ignore[misc]
         if g > 1:
             _reinitialise(model, ctx.loader.seed + g, spec)
-        h = train(model, objective, opts.epochs, "train" if g == 1 else f"gen{g}")
+        # a born-again generation restarts from fresh weights; the first trains the model it was given
+        h = train(
+            model, objective, opts.epochs, "train" if g == 1 else f"gen{g}", regime="finetune" if g == 1 else "scratch"
+        )
         records += h
         gens.append({"generation": g, "top1": round(h[-1]["test_acc"], 2) if h else None})
         frozen = snapshot(model)
@@ -162,10 +117,8 @@ def _options(model: nn.Module, cfg: DistillOptions | dict[str, Any] | None) -> D
     raw = dict(cfg or {})
     name = "adamw" if has_named_inputs(model) else "sgd"
     given = raw.get("optimizer")
-    if given is None or isinstance(given, dict):
-        optimizer = {"name": name, **(given or {})}
-        optimizer.setdefault("lr", DEFAULT_LR.get(str(optimizer["name"]), 0.05))
-        raw["optimizer"] = optimizer
+    if given is None or isinstance(given, dict):  # the lr it leaves out follows the regime (train.policy)
+        raw["optimizer"] = {"name": name, **(given or {})}
     block = dict(raw.get("distill") or {})
     if "losses" not in block and is_embedder(model):
         block["losses"] = [{"name": "embedding"}]
@@ -174,13 +127,3 @@ def _options(model: nn.Module, cfg: DistillOptions | dict[str, Any] | None) -> D
 
 
 DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-4}
-
-
-def _optimizer(optimizer: str | OptimizerConfig | dict[str, Any], lr: float | None) -> OptimizerConfig:
-    if isinstance(optimizer, OptimizerConfig):
-        return optimizer if lr is None else optimizer.model_copy(update={"lr": lr})
-    raw: dict[str, Any] = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
-    if lr is not None:
-        raw["lr"] = lr
-    raw.setdefault("lr", DEFAULT_LR.get(str(raw.get("name", "sgd")), 0.05))
-    return validate(OptimizerConfig, raw, where="optimizer")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from distillprune.core.batch import Batch, NamedInputs, call
+from distillprune.core.progress import expect, phase, tick
 from distillprune.core.taps import FeatureTaps
 from distillprune.distill.losses.base import Outputs
 from distillprune.errors import DistillpruneError
@@ -49,6 +50,7 @@ class TeacherCache:
         self._pos, self._verify = 0, True
 
     @torch.no_grad()
+    @phase("caching the teacher's outputs", unit="samples")
     def _build(self, teacher: nn.Module, taps: FeatureTaps, loader) -> None:
         t0 = time.perf_counter()
         was = teacher.training
@@ -61,7 +63,9 @@ class TeacherCache:
                 "the teacher cache holds logits only for text inputs (feature taps have a "
                 "sequence length per batch): set distill.cache: false with feature losses"
             )
+        expect(len(x_all))
         for i in range(0, len(x_all), self.chunk):
+            tick(min(self.chunk, len(x_all) - i))
             taps.clear()
             logits.append(call(teacher, loader.prepare(x_all[i : i + self.chunk])))
             for k, v in taps.features.items():

@@ -156,12 +156,12 @@ class Distiller(nn.Module):
         return [s for s, _ in pairs], [t for _, t in pairs]
 
     def attach(self, model: nn.Module, probe: Batch) -> None:
+        self.detach()
         for loss in self.losses:  # losses that choose their taps from the two networks (layer mapping)
             bind = getattr(loss, "bind", None)
             if callable(bind):
                 bind(model, self.teacher[0])
         s_paths, t_paths = self._paths()
-        self.detach()
         t_root = self._teacher_for(t_paths, probe)
         self._s_taps, self._t_taps = FeatureTaps(model, s_paths), FeatureTaps(t_root, t_paths)
         was = model.training
@@ -179,10 +179,16 @@ class Distiller(nn.Module):
         probe_terms(self.terms, s_out, t_out)
 
     def detach(self) -> None:
+        """Remove the feature taps, and undo what losses did to the student when they bound to it (``release``:
+        ``mimic`` freezes the classifier while it trains)."""
         for taps in (self._s_taps, self._t_taps):
             if taps is not None:
                 taps.remove()
         self._s_taps = self._t_taps = None
+        for loss in self.losses:
+            release = getattr(loss, "release", None)
+            if callable(release):
+                release()
 
     def check_labels(self, has_labels: bool) -> None:
         check_terms(self.terms, has_labels)
@@ -243,6 +249,10 @@ class Distiller(nn.Module):
 
     def trainable(self) -> Iterator[nn.Parameter]:
         return self.losses.parameters()
+
+    def reference(self) -> nn.Module:
+        """The frozen teacher (what a fine-tune's ``trainable: near_cuts`` compares the student's layers with)."""
+        return self.teacher[0]
 
     def to_device(self, device: torch.device) -> Distiller:
         self.teacher[0].to(device)

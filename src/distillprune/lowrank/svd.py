@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from distillprune.core.checkpoint import ArchSpec, history_list
-from distillprune.core.compat import legacy_shape
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.core.modules import first_match, get_module, set_module
@@ -242,19 +241,6 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> list[LowRankOp]:
     return ops
 
 
-def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
-    """``lowrank_(model, input_shape, cfg=None, history=None)``, the old shape."""
-    if len(args) < 2 or not isinstance(args[1], (tuple, list)):
-        return None
-    shape, rest = tuple(args[1]), list(args[2:])
-    if len(rest) > 1:
-        kwargs["history"] = rest[1]
-    cfg = rest[0] if rest else kwargs.pop("cfg", None)
-    what = "lowrank_(model, input_shape, cfg, history) is deprecated; call lowrank_(model, cfg, data, history=...)"
-    return (args[0], cfg, Examples(torch.zeros(1, *shape))), kwargs, what
-
-
-@legacy_shape(_legacy)
 def lowrank_(
     model: nn.Module,
     cfg: LowRankConfig | dict[str, Any] | None = None,

@@ -108,20 +108,6 @@ def any_text(paths: Sequence[str | Path]) -> bool:
     return any(Path(p).is_file() and is_text(onnx.load(str(p), load_external_data=False)) for p in paths)
 
 
-def load_eval_data(spec: str | Path) -> DataBundle:
-    """A recipe's data (``.yaml``/``.yml``) or an ``.npz`` with x_train, y_train, x_test, y_test."""
-    from distillprune.data import DataConfig, load_data
-
-    p = Path(spec)
-    if p.suffix in (".yaml", ".yml"):
-        from distillprune.recipes import load_recipe
-
-        return load_data(load_recipe(p).data)
-    if p.suffix == ".npz":
-        return load_data(DataConfig(source="npz", path=str(p)))
-    raise DistillpruneError(f"--data expects a recipe (.yaml) or an .npz file, got {p.name!r}")
-
-
 def bench_onnx(
     paths: Sequence[str | Path],
     data: DataBundle | None = None,
@@ -216,7 +202,6 @@ __all__ = [
     "any_text",
     "input_shape",
     "is_text",
-    "load_eval_data",
     "onnx_kind",
     "render_bench",
 ]

@@ -1,20 +1,23 @@
-"""The model registry: name -> builder ``(num_classes, input_shape, **kwargs) -> nn.Module``."""
+"""The model registries: the zoo (``MODELS``, name -> builder ``(num_classes, input_shape, **kwargs) -> nn.Module``,
+declared in ``distillprune.registries``) and where a recipe's model comes from (``MODEL_SOURCES``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from distillprune.core.registry import Registry
+from distillprune.registries import MODELS
 
-Builder = Callable[..., nn.Module]
-MODELS: Registry[Builder] = Registry("model")
+if TYPE_CHECKING:
+    from torch import nn
+
+Builder = Callable[..., "nn.Module"]
 #: where a recipe's model comes from (``model.source``): name -> ``fn(cfg: ModelConfig, num_classes, input_shape)
-#: -> (model, ArchSpec)``; "zoo" builds ``model.name`` from MODELS, "hf" loads a Hugging Face folder
-MODEL_SOURCES: Registry[Callable[..., Any]] = Registry("model source")
+#: -> (model, ArchSpec)``; "zoo" builds ``model.name`` from MODELS, "hf" loads a Hugging Face folder (the
+#: transformers family registers it: the first lookup imports the library)
+MODEL_SOURCES: Registry[Callable[..., Any]] = Registry("model source", loads_library=True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,18 @@ def _is_file(where: str) -> bool:
     return where.endswith(".py") or "/" in where or "\\" in where
 
 
+@contextmanager
+def no_bytecode() -> Iterator[None]:
+    """No ``__pycache__`` written while the block imports: not beside a user's class file, not inside a
+    checkpoint's ``code/`` folder (their folders are theirs; a checkpoint stays the files it was saved with)."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
 def _import_file(path: Path, sha: str) -> Any:
     key = (str(path), sha)
     if key in _LOADED:
@@ -51,7 +64,8 @@ def _import_file(path: Path, sha: str) -> Any:
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     sys.path.insert(0, str(path.parent))  # the file's own sibling imports
     try:
-        spec.loader.exec_module(module)
+        with no_bytecode():
+            spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - the user's file may raise anything
         sys.modules.pop(name, None)
         raise DistillpruneError(f"model.python: importing {path} failed: {type(e).__name__}: {e}") from None
@@ -73,7 +87,8 @@ def resolve(target: str) -> tuple[Callable[..., nn.Module], dict[str, str]]:
         ref = {"file": str(path), "attr": attr, "sha256": sha}
     else:
         try:
-            module = importlib.import_module(where)
+            with no_bytecode():
+                module = importlib.import_module(where)
         except ImportError as e:
             raise DistillpruneError(f"model.python: cannot import module '{where}' ({e})") from None
         file = getattr(module, "__file__", None)
@@ -140,19 +155,21 @@ def python_model(
     return model, spec
 
 
-def vouched_sha(target: str) -> str | None:
-    """The sha256 of the code a ``model.python`` target names (no import for a file; a module is found
-    through its package), for a run to vouch for its own class when it reloads its checkpoints."""
+def vouched_code(target: str) -> tuple[str, str] | None:
+    """``(sha256, place)`` of the code a ``model.python`` target names -- ``place`` is the absolute file, or the
+    installed module's name -- for a run to vouch for its own class when it reloads its checkpoints (no
+    import for a file; a module is found through its package)."""
     where, _ = split_target(target)
     if _is_file(where):
         path = Path(where).expanduser().resolve()
-        return file_sha256(path) if path.is_file() else None
+        return (file_sha256(path), str(path)) if path.is_file() else None
     try:
-        found = importlib.util.find_spec(where)
+        with no_bytecode():
+            found = importlib.util.find_spec(where)
     except (ImportError, ValueError):
         return None
     origin = getattr(found, "origin", None)
-    return file_sha256(origin) if origin and Path(origin).is_file() else None
+    return (file_sha256(origin), where) if origin and Path(origin).is_file() else None
 
 
 CODE_DIR = "code"  # a checkpoint's copy of the user's class file: <folder>/code/<file name>
@@ -201,14 +218,12 @@ def admitted(spec: ArchSpec) -> tuple[str, Path | None]:
             "loading it would run that code. If you trust this checkpoint, pass --trust-code "
             "(trust_code=True in Python); or pass base=<the unpruned model> to load_checkpoint",
         )
-    if sha in trust.vouched and ref.get("module") is not None:
-        return "module", None  # the caller's own recipe names this installed module
+    if sha in trust.vouched:
+        return _vouched(spec, trust.vouched[sha])
     places: list[Path] = []
     if spec.folder is not None:
         inside = _inside(spec.folder, ref.get("bundled"))
         places += [inside] if inside is not None else []
-    if sha in trust.vouched and ref.get("module") is None and isinstance(ref.get("file"), str):
-        places.append(Path(ref["file"]))  # the caller's own file, where it recorded it
     for place in places:
         if place.is_file() and file_sha256(place) == sha:
             return "file", place
@@ -221,6 +236,24 @@ def admitted(spec: ArchSpec) -> tuple[str, Path | None]:
     )
 
 
+def _vouched(spec: ArchSpec, place: str) -> tuple[str, Path | None]:
+    """Where to import code the caller vouches for: the place the caller's own config names (its module, or
+    its file when that still has the sha256), never a module or file the stored reference names; a reference
+    that names other code than the caller's is refused."""
+    ref = spec.ref or {}
+    module = ref.get("module")
+    if _is_file(place):
+        if module is not None:
+            raise _refuse(spec, f"the run's recipe names the file {place}, not a module; it is not imported")
+        path = Path(place)
+        if path.is_file() and file_sha256(path) == ref.get("sha256"):
+            return "file", path
+        raise _refuse(spec, f"{place} no longer has the recorded sha256; restore it or pass base=<the unpruned model>")
+    if module != place:
+        raise _refuse(spec, f"the run's recipe names the module {place!r}, not this one; it is not imported")
+    return "module", None
+
+
 @ARCH_BUILDERS.register("python")
 def _from_spec(spec: ArchSpec) -> nn.Module:
     ref = spec.ref or {}
@@ -230,7 +263,7 @@ def _from_spec(spec: ArchSpec) -> nn.Module:
         return call(factory, dict(spec.kwargs), spec.num_classes, f"{where}:{ref.get('attr')}")
     kind, path = admitted(spec)
     attr = str(ref["attr"])
-    if kind == "module":
+    if kind == "module":  # the module the caller's own recipe names (admitted checked ref["module"] is it)
         factory, got = resolve(f"{ref['module']}:{attr}")
         if got.get("sha256") != ref["sha256"]:
             raise _refuse(spec, "the installed module's file differs from the one recorded (sha256); not used")

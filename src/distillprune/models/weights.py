@@ -4,13 +4,14 @@ never unpickling code) or ``.safetensors``, loaded into a model with one line na
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from distillprune.core.io import check_finite
+from distillprune.core.io import check_tensors, read_safetensors
 from distillprune.errors import CheckpointError
 
 SHOWN = 3  # keys named per kind of mismatch
@@ -30,23 +31,27 @@ def read_state_dict(path: str | Path, where: str = "weights") -> dict[str, torch
     if not p.is_file():
         raise CheckpointError(f"{where}: file not found: {p}")
     if p.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj: object = load_file(str(p))
-        except (OSError, SafetensorError) as e:
-            raise CheckpointError(f"{where}: {p}: not a readable safetensors file ({e})") from None
+        obj: object = read_safetensors(p, f"{where}: {p}")
     else:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch.load raises UnpicklingError, RuntimeError, EOFError...
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CheckpointError(
                 f"{where}: {p}: not a state_dict that loads with weights_only=True "
-                f"({first}); save it with torch.save(model.state_dict(), path)"
+                f"({weights_only_failure(e)}); save it with torch.save(model.state_dict(), path)"
             ) from None
     return _tensors(obj, p, where)
+
+
+def weights_only_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words: the global the pickle asked for
+    (it never ran), without torch's advice to load it with ``weights_only=False`` (that would run it)."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"(Unsupported global|Trying to load unsupported)[^.\n]*", text)
+        return "a pickle of more than tensors, never unpickled" + (f": {found.group(0)}" if found else "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def _tensors(obj: object, p: Path, where: str) -> dict[str, torch.Tensor]:
@@ -71,7 +76,7 @@ def _tensors(obj: object, p: Path, where: str) -> dict[str, torch.Tensor]:
     state = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    check_finite(state, f"{where}: {p}")
+    check_tensors(state, f"{where}: {p}")
     return state
 
 

@@ -9,6 +9,7 @@ Each failure is one ``DistillpruneError`` line naming the recipe key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -19,18 +20,23 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from distillprune.core.checkpoint import ArchSpec, read_meta
 from distillprune.data.base import DataBundle
 from distillprune.errors import CheckpointError, DataError, DistillpruneError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
-from distillprune.models.user import admitted
+from distillprune.models.user import admitted, split_target
+from distillprune.pipeline.rundir import RunFolderError
 from distillprune.pipeline.state import confined
 from distillprune.recipes.schema import Recipe
 
 #: models with more parameters than this are not built on the CPU when the meta device cannot run them
 CPU_FALLBACK_PARAMS = 50_000_000
+#: models up to this size are run on the CPU straight away: building and running one costs less than the meta
+#: device's first forward, which imports torch's compiler (torch._dynamo and sympy: seconds, `validate`'s most)
+CPU_CHECK_PARAMS = 5_000_000
 
 
 def preflight(recipe: Recipe, data: DataBundle, *, base_model: bool = True) -> None:
@@ -72,9 +78,28 @@ def _buildable(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
     return None if cfg.checkpoint or cfg.source != "zoo" else _cpu_model(cfg, data)
 
 
+class _NoRandomInit(TorchFunctionMode):
+    """Random initialisation of a meta tensor does nothing (it has no values), so skip it: torch would route it
+    through its reference implementations, whose first call imports torch's compiler."""
+
+    RANDOM = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_})
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self.RANDOM and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _on_meta() -> Iterator[None]:
+    """Build modules on the meta device: shapes only, no memory, no time spent initialising weights."""
+    with torch.device("meta"), _NoRandomInit():
+        yield
+
+
 def _cpu_model(cfg: ModelConfig, data: DataBundle) -> nn.Module | None:
     try:
-        with torch.device("meta"):
+        with _on_meta():
             n = _params(_arch(cfg, data.num_classes, tuple(data.input_shape)))
     except Exception:  # noqa: BLE001 - check_model has judged this model already
         n = 0
@@ -193,7 +218,8 @@ def _arch(cfg: ModelConfig, classes: int, shape: tuple[int, ...]) -> nn.Module:
 
 
 def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
-    """``cfg`` builds and maps the data's inputs to one logit per class (meta device first, else CPU)."""
+    """``cfg`` builds and maps the data's inputs to one logit per class (a small model on the CPU; a larger one on
+    the meta device first, else the CPU)."""
     if cfg.checkpoint:
         check_checkpoint(cfg.checkpoint, data, f"{where}.checkpoint")
         return
@@ -208,7 +234,7 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
             "train an embedding model on it (model.task: embedding, with an ssl objective or a teacher)"
         )
     try:
-        with torch.device("meta"):
+        with _on_meta():
             model = _arch(cfg, classes, shape)
     except DistillpruneError as e:
         raise RecipeError(f"{where}: {e}") from None
@@ -216,6 +242,7 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
         model = None
     if model is not None:
         _check_size(model, cfg, where)
+    if model is not None and _params(model) > CPU_CHECK_PARAMS:
         try:
             out = _forward(model, shape, torch.device("meta"))
         except Exception:  # noqa: BLE001 - an op without a meta kernel, or a real mismatch: the CPU decides
@@ -286,3 +313,26 @@ def _memory_bytes() -> int | None:
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+def check_not_inputs(p: Path, recipe: Recipe) -> None:
+    """Refuse a run folder that is, or holds, a file or folder the recipe reads (the data, a model, tokenizer
+    or teacher folder, a weights or class file): ``--force`` and starting over would replace or clear it."""
+    real = Path(os.path.realpath(p))
+    for key, path in input_paths(recipe):
+        inp = Path(os.path.realpath(Path(path).expanduser()))
+        if inp == real or real in inp.parents:
+            what = "is" if inp == real else "holds"
+            raise RunFolderError(f"--out {p} {what} {key} ({path}); choose a run folder apart from the inputs")
+
+
+def input_paths(recipe: Recipe) -> list[tuple[str, str]]:
+    """``(recipe key, path)`` of every file and folder the recipe reads."""
+    found = [("data.path", recipe.data.path), ("data.text.tokenizer", recipe.data.text.tokenizer)]
+    for where, cfg in model_configs(recipe):
+        found += [(f"{where}.{k}", getattr(cfg, k, None)) for k in ("path", "checkpoint", "weights")]
+        python = cfg.python if isinstance(cfg.python, str) else None
+        if python and ":" in python and python.rpartition(":")[0].endswith(".py"):
+            found.append((f"{where}.python", split_target(python)[0]))
+    found += list(teacher_checkpoints(recipe))
+    return [(k, str(v)) for k, v in found if isinstance(v, (str, Path)) and v and not str(v).startswith("package:")]

@@ -20,6 +20,7 @@ from torch import nn
 
 from distillprune.core.batch import NamedInputs, is_embedder
 from distillprune.core.checkpoint import ArchSpec
+from distillprune.core.progress import phase, talking
 from distillprune.core.reporting import Deployed
 from distillprune.core.trust import code_trust
 from distillprune.data.base import DataBundle
@@ -31,25 +32,29 @@ from distillprune.measure.latency import seq_length, torch_latency
 from distillprune.measure.metrics import count_macs, count_params, layer_widths
 from distillprune.measure.quality import embedding_quality
 from distillprune.models.config import ModelConfig
-from distillprune.models.user import vouched_sha
+from distillprune.models.user import vouched_code
 from distillprune.pipeline import rundir, runlock
-from distillprune.pipeline.preflight import preflight
+from distillprune.pipeline.preflight import check_not_inputs, preflight
 from distillprune.pipeline.probe import load_probe
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES, StageOutcome
-from distillprune.recipes.schema import Recipe
+from distillprune.recipes.schema import Recipe, StageConfig
 from distillprune.report.render import write_markdown
 from distillprune.report.report import CompressionReport, StageResult, environment
 from distillprune.train import distributed as ddp
+from distillprune.train.device import resolve_device
 from distillprune.train.logging import RunLogger, attach_run_log
-from distillprune.train.trainer import evaluate, resolve_device
+from distillprune.train.trainer import evaluate
 
 
 def prepare_run_dir(
     run_dir: str | Path | None, resume: bool, recipe: Recipe | None = None, force: bool = False
 ) -> Path | None:
-    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``)."""
+    """Check, create and lock the run folder before any work (rules in ``pipeline.rundir``); a folder that is
+    or holds one of the recipe's inputs is refused first."""
+    if run_dir is not None and recipe is not None:
+        check_not_inputs(rundir.out_folder(run_dir), recipe)
     return rundir.prepare(run_dir, resume, recipe, force)
 
 
@@ -97,15 +102,15 @@ def execute(
                 runlock.release_all()
 
 
-def recipe_code(recipe: Recipe) -> list[str]:
-    """The sha256 of every class file the recipe itself names (``model.python`` of the model, students and
-    teachers): the code a run vouches for when it reloads its own checkpoints."""
-    found: list[str] = []
+def recipe_code(recipe: Recipe) -> dict[str, str]:
+    """sha256 -> place (file or module) of every class the recipe itself names (``model.python`` of the model,
+    students and teachers): the code a run vouches for when it reloads its own checkpoints."""
+    found: dict[str, str] = {}
 
     def walk(node: object) -> None:
         if isinstance(node, ModelConfig) and node.python:
-            sha = vouched_sha(node.python)
-            found.extend([sha] if sha else [])
+            code = vouched_code(node.python)
+            found.update([code] if code else [])
         if isinstance(node, BaseModel):
             for name in type(node).model_fields:
                 walk(getattr(node, name))
@@ -169,35 +174,17 @@ def _execute(
         state.timer.restore(state.report.baseline.name)
     detach = attach_run_log(run_path) if ddp.is_rank0() else (lambda: None)
     ddp.barrier()  # every rank has read the run folder before rank 0 writes to it again
+    # the long phases of each stage (scoring, planning, the cut, recovery, evaluation, export, timing) say
+    # how they go on rank 0, as training does (core.progress)
+    talk = recipe.runtime.progress and ddp.is_rank0() and not quiet
     try:
         if done == 0 and not recipe.stages[0].measures_input:
-            _measure_input(state, console)
+            with talking("0:input", enabled=talk):
+                _measure_input(state, console)
         for index, stage in enumerate(recipe.stages, start=1):
-            if index <= done:
-                continue
-            t0 = time.perf_counter()
-            definition = STAGES.get(stage.type)
-            every_rank = stage.changes_model()  # else rank 0 alone: export, evaluate, post-training quantization
-            try:
-                outcome = definition.run(stage, state, index) if every_rank or ddp.is_rank0() else StageOutcome()
-            except DistillpruneError as e:  # say which stage: names in a message may be the stage's
-                if not str(e).startswith("stages."):
-                    e.args = (f"stages.{index - 1} ({stage.type}): {e}", *e.args[1:])
-                raise
-            result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
-            if definition.measured and ddp.is_rank0():  # measured alone: other ranks would skew the latency
-                _measure(state, result)
-                if outcome.deployed is not None:
-                    _stand_for(result, outcome.deployed)  # quantize/cluster rows measure the shipped file
-            result.seconds = round(time.perf_counter() - t0, 2)
-            state.report.add(result)
-            state.complete(index, stage.type)
-            ddp.barrier()
-            ddp.check_same_architecture(state.model, state.spec.history, f"after stage {result.name}")
-            console.print(
-                f"[green]done[/] {result.name} in {result.seconds:.1f}s"
-                + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else "")
-            )
+            if index > done:
+                with talking(f"{index}:{stage.type}", enabled=talk):
+                    _run_stage(state, index, stage, console)
     finally:
         state.logger.close()
         detach()
@@ -206,6 +193,37 @@ def _execute(
         write_markdown(state.report, run_path)
         _write_html(state.report, run_path, console)
     return state
+
+
+def _run_stage(state: RunState, index: int, stage: StageConfig, console: Console) -> None:
+    """Run stage ``index`` (1-based) and measure the model it leaves; its row joins the report."""
+    t0 = time.perf_counter()
+    definition = STAGES.get(stage.type)
+    every_rank = stage.changes_model()  # else rank 0 alone: export, evaluate, post-training quantization
+    try:
+        outcome = definition.run(stage, state, index) if every_rank or ddp.is_rank0() else StageOutcome()
+    except DistillpruneError as e:  # say which stage: names in a message may be the stage's
+        if not str(e).startswith("stages."):
+            e.args = (f"stages.{index - 1} ({stage.type}): {e}", *e.args[1:])
+        raise
+    result = StageResult(index, f"{index}:{stage.type}", stage.type, 0.0, details=outcome.details)
+    result.flags += outcome.flags
+    note = getattr(getattr(outcome.details, "training", None), "note", None)
+    if note:  # a fine-tune that never beat its start: said, not only in report.json
+        result.flags.append(f"fine-tune: {note}")
+    if definition.measured and ddp.is_rank0():  # measured alone: other ranks would skew the latency
+        _measure(state, result)
+        if outcome.deployed is not None:
+            _stand_for(result, outcome.deployed)  # quantize/cluster rows measure the shipped file
+    result.seconds = round(time.perf_counter() - t0, 2)
+    state.report.add(result)
+    state.complete(index, stage.type)
+    ddp.barrier()
+    ddp.check_same_architecture(state.model, state.spec.history, f"after stage {result.name}")
+    console.print(
+        f"[green]done[/] {result.name} in {result.seconds:.1f}s"
+        + (f"  top-1 {result.accuracy:.2f}%" if result.accuracy is not None else "")
+    )
 
 
 def _measure_input(state: RunState, console: Console) -> None:
@@ -237,17 +255,19 @@ def _measure(state: RunState, result: StageResult) -> None:
     """Accuracy, params, MACs, ONNX size and latency (back to back with the dense model) of the current model."""
     model = state.model.eval()
     embedder = is_embedder(model)
-    acc = (
-        evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime)
-        if state.data.test.y is not None and not embedder
-        else None
-    )
-    if embedder:  # the quality of an embedder is its agreement with the teacher's embeddings
-        result.metrics = embedding_metrics(state, run_torch(model, state.data.inputs("test")))
-    if state.probe is not None:  # ... and how well its features classify with a few labels (kNN, linear)
-        result.metrics.update(state.probe.scores(lambda x: run_torch(model, x)))
+    with phase(f"evaluating on {len(state.data.test)} test samples"):
+        acc = (
+            evaluate(model, state.data, batch_size=state.recipe.data.eval_batch_size, runtime=state.recipe.runtime)
+            if state.data.test.y is not None and not embedder
+            else None
+        )
+        if embedder:  # the quality of an embedder is its agreement with the teacher's embeddings
+            result.metrics = embedding_metrics(state, run_torch(model, state.data.inputs("test")))
+        if state.probe is not None:  # ... and how well its features classify with a few labels (kNN, linear)
+            result.metrics.update(state.probe.scores(lambda x: run_torch(model, x)))
     cpu, shape = model.cpu(), tuple(state.data.input_shape)
-    blob = onnx_bytes(cpu, shape)
+    with phase("exporting ONNX (to measure it)"):
+        blob = onnx_bytes(cpu, shape)
     result.accuracy = None if acc is None else round(acc, 2)
     result.params, result.nonzero_params = count_params(cpu), count_params(cpu, nonzero=True)
     result.macs, result.onnx_bytes = count_macs(cpu, shape), len(blob)
@@ -255,7 +275,7 @@ def _measure(state: RunState, result: StageResult) -> None:
     assert timer is not None  # set by the runner before any stage is measured
     timing = timer.time(blob, result.name, architecture_key(cpu))
     result.latency_ms, result.speedups, result.latency_spread = timing.latency_ms, timing.speedups, timing.spread
-    result.timing = timing.how or None
+    result.timing, result.load = timing.how or None, timing.load
     m = state.recipe.measure
     if m.enabled and torch.cuda.is_available():
         for mode in ("eager", "graph"):
@@ -282,6 +302,7 @@ def _stand_for(result: StageResult, dep: Deployed) -> None:
     if dep.latency_ms is not None:
         result.latency_ms, result.speedups, result.latency_spread = dep.latency_ms, dep.speedups, dep.spread
         result.timing = "the deployed file, paired with the dense model" if dep.speedups else None
+        result.load = dep.load
     if dep.accuracy is not None:
         result.accuracy = round(dep.accuracy, 2)
     if dep.metrics is not None:

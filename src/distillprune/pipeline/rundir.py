@@ -7,6 +7,9 @@ completes, resumable after.
   leftovers are cleared and it starts again). A folder with completed stages needs ``--resume``.
 * ``--resume`` continues after the last completed stage, with the recipe the run started with (stages not
   started yet may be changed or appended; ``name``, ``runtime`` and ``measure`` may change).
+* Nothing is written through a symbolic link: ``--out`` itself may not be one, a link where the run writes
+  (anywhere in a run folder of ours) is refused before any write, and every later write below the folder is
+  checked level by level (``core.io.guard``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distillprune.core.io import loads, write_json
+from distillprune.core.io import guard, loads, write_json
+from distillprune.core.run_files import MARKER, RESERVED, RUN_FILES, STATE
 from distillprune.errors import CheckpointError, DistillpruneError
 from distillprune.pipeline.fingerprint import difference, fingerprint
 from distillprune.pipeline.runlock import LOCK, acquire
@@ -24,13 +28,9 @@ from distillprune.pipeline.runlock import LOCK, acquire
 if TYPE_CHECKING:
     from distillprune.recipes.schema import Recipe
 
-MARKER = "run.json"
-STATE = "state.json"
 FORMAT = "distillprune-run/1"
-#: what a run writes besides the recipe's named output files (cleared when a never-completed run starts over)
-RUN_FILES = ("stages", "teacher", "tb", "metrics.jsonl", "report.json", "report.md", "report.html", STATE, "error.log")
-#: names a recipe's output ``filename`` may not take: the run's own files
-RESERVED = frozenset(RUN_FILES) | {MARKER, LOCK, "run.log", "baseline.onnx"}
+#: the empty file that shows the folder can be written (created with O_EXCL | O_NOFOLLOW, then removed)
+PROBE = ".distillprune-write-test"
 #: recipe sections that may change when resuming (how it runs and is measured, not what it computes)
 MAY_CHANGE = ("name", "runtime", "measure")
 
@@ -45,7 +45,7 @@ def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = No
     folder that is not a distillprune run (its files of the names a run writes are replaced)."""
     if run_dir is None:
         return None
-    p = Path(run_dir)
+    p = out_folder(run_dir)
     if p.exists() and not p.is_dir():
         raise RunFolderError(f"--out {p} is a file; expected a run folder (new, empty, or a run to --resume)")
     if resume:
@@ -60,6 +60,8 @@ def prepare(run_dir: str | Path | None, resume: bool, recipe: Recipe | None = No
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunFolderError(f"cannot create run folder {p}: {e.strerror or e}") from None
+    guard(p)  # every write below p from now on: level by level, never through a link
+    refuse_links(p, None if is_ours(p) or resume else _written_names(recipe))
     _check_writable(p)
     acquire(p)  # before anything is cleared or written: a second run into p stops here
     if resume and recipe is not None:
@@ -111,6 +113,21 @@ def completed(p: Path) -> int:
         return int(loads((p / STATE).read_text(encoding="utf-8"))["completed"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def completed_stage(run_dir: Path) -> Path:
+    """The checkpoint folder of the last stage ``state.json`` says completed (without the recipe: its name is
+    checked to be one of ours, ``stages/NN_kind``, never a path read from the file)."""
+    f = run_dir / STATE
+    try:
+        done = loads(f.read_text(encoding="utf-8"))
+        index, kind = done["completed"], done["kind"]
+        ok = isinstance(index, int) and not isinstance(index, bool) and 0 < index < 100
+        if not ok or not isinstance(kind, str) or not kind.isidentifier():
+            raise TypeError(f"expected {{'completed': 1..99, 'kind': <a stage type>}}, got {done!r}"[:200])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f}: corrupt run state ({e})") from None
+    return run_dir / "stages" / f"{index:02d}_{kind}"
 
 
 def read_state(run_dir: Path, recipe: Recipe) -> tuple[int, str] | None:
@@ -203,9 +220,62 @@ def _clear(p: Path) -> None:
 
 
 def _check_writable(p: Path) -> None:
-    probe = p / ".distillprune-write-test"
+    probe = p / PROBE
     try:
-        probe.write_bytes(b"")
+        if probe.is_file() and not probe.is_symlink():
+            probe.unlink()  # left by a run killed between the two lines below
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
         probe.unlink()
     except OSError as e:
         raise RunFolderError(f"run folder {p} is not writable: {e.strerror or e}") from None
+
+
+def out_folder(run_dir: str | Path) -> Path:
+    """The folder ``--out`` names, refusing one that is a symbolic link (``--force`` would write through it
+    into the folder it points to). A path with ``..`` is resolved first, as the operating system would once
+    its folders exist (``runs/none/../../fx`` is ``fx``), so the checks judge the folder the run would fill."""
+    p = Path(run_dir)
+    if ".." in p.parts:
+        p = Path(os.path.realpath(p)) if p.name == ".." else Path(os.path.realpath(p.parent)) / p.name
+    if p.is_symlink():
+        raise RunFolderError(
+            f"--out {p} is a symbolic link (to {os.readlink(p)}); give the folder itself, a run never writes "
+            "through a link"
+        )
+    return p
+
+
+def _written_names(recipe: Recipe | None) -> list[str]:
+    """The top-level names a run writes in its folder (checked for links in a folder that is not ours)."""
+    names = [*RESERVED, PROBE, "hf"]
+    for st in recipe.stages if recipe is not None else []:
+        out = st.output_file()
+        if out:
+            names.append(Path(out).parts[0])
+    return names
+
+
+def refuse_links(p: Path, names: list[str] | None, what: str = "run folder") -> None:
+    """No symbolic link where a run writes: at ``names`` (and anything below them) in ``p``, or with
+    ``names=None`` (a run folder of ours) anywhere in it. One :class:`RunFolderError` line naming the link."""
+    tops = [p / n for n in names] if names is not None else [p]
+    for top in tops:
+        if top.is_symlink():
+            raise _planted(p, top, what)
+        if top != p and not top.is_dir():
+            continue
+        for folder, dirs, files in os.walk(top):
+            for name in dirs + files:
+                if os.path.islink(os.path.join(folder, name)):
+                    raise _planted(p, Path(folder) / name, what)
+
+
+def _planted(p: Path, link: Path, what: str) -> RunFolderError:
+    try:
+        to = os.readlink(link)
+    except OSError:
+        to = "?"
+    return RunFolderError(
+        f"{what} {p}: {link.relative_to(p)} is a symbolic link (to {to}); distillprune never writes through "
+        "a link: remove it or choose another --out"
+    )

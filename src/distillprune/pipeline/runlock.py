@@ -8,6 +8,7 @@ system drops the lock when the holder exits, however it exits, so a crashed run 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -15,9 +16,9 @@ import socket
 import time
 from pathlib import Path
 
+from distillprune.core.io import UnsafePathError
+from distillprune.core.run_files import LOCK
 from distillprune.errors import DistillpruneError
-
-LOCK = "run.lock"
 
 _held: dict[str, int] = {}  # resolved folder -> fd of its lock file, for the runs of this process
 
@@ -31,7 +32,15 @@ def acquire(folder: Path) -> None:
     key = str(folder.resolve())
     if key in _held:
         return
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # never through a link planted as run.lock (dangling or not): O_NOFOLLOW
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise UnsafePathError(
+            f"run folder {folder}: {LOCK} is a symbolic link (to {os.readlink(folder / LOCK)}); a run never "
+            "writes through a link: remove it or choose another --out"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -62,6 +71,6 @@ def release_all() -> None:
 def _holder(fd: int) -> str:
     try:
         who = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
-        return f"pid {who['pid']} on host {who['host']}, started {who['started']}"
+        return f"pid {who['pid']} on host {who['host']}, started {who['started']}"[:200]  # text from a file
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that has not yet said who it is"

@@ -16,6 +16,7 @@ from torch import nn
 from distillprune.core.batch import NamedInputs, call, is_embedder
 from distillprune.core.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from distillprune.core.io import write_json
+from distillprune.core.run_files import RESERVED
 from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillConfig
 from distillprune.distill.distiller import snapshot
@@ -24,14 +25,17 @@ from distillprune.errors import DataError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
 from distillprune.pipeline.probe import Probe
-from distillprune.pipeline.rundir import RESERVED, read_state
+from distillprune.pipeline.rundir import read_state
 from distillprune.report.report import CompressionReport
 from distillprune.ssl.config import SSLConfig
 from distillprune.train import distributed as ddp
+from distillprune.train import policy
 from distillprune.train.config import Span, TrainingOptions
 from distillprune.train.context import Context, LoaderOptions, Trainer
+from distillprune.train.device import resolve_device
 from distillprune.train.logging import RunLogger
-from distillprune.train.trainer import FitSettings, fit, resolve_device, spanned
+from distillprune.train.policy import Regime
+from distillprune.train.trainer import fit
 
 if TYPE_CHECKING:
     from distillprune.pipeline.timing import StageTimer
@@ -137,11 +141,17 @@ class RunState:
         under ``stages/<index>_<kind>/<tag>``, for ``--resume``)."""
 
         def train(  # type: ignore[no-untyped-def]
-            model: nn.Module, objective: nn.Module, epochs: float, tag: str, on_step=None, span: Span | None = None
+            model: nn.Module,
+            objective: nn.Module,
+            epochs: float,
+            tag: str,
+            on_step=None,
+            span: Span | None = None,
+            regime: Regime = "finetune",
         ) -> list[dict]:
             if model is not self.model:
                 raise RecipeError(f"stage {index} ({kind}): the verb trains another model than the run's")
-            return self.fit(opts, epochs, objective, index, kind, sub=tag, on_step=on_step, span=span)
+            return self.fit(opts, epochs, objective, index, kind, sub=tag, on_step=on_step, span=span, regime=regime)
 
         return train
 
@@ -155,15 +165,17 @@ class RunState:
         sub: str = "train",
         on_step: Callable[[nn.Module], None] | None = None,
         span: Span | None = None,
+        regime: Regime = "finetune",
     ) -> list[dict]:
         """Train the current model with the recipe's data and runtime; checkpoints every epoch under the
-        stage's folder, so ``--resume`` continues inside a stage."""
+        stage's folder, so ``--resume`` continues inside a stage. ``regime``: where the model starts, unless the
+        options name one (``train.policy``: scratch, or a fine-tune of trained weights)."""
         r, d = self.recipe, self.recipe.data
         ckpt = self.stage_dir(index, tag)
         return fit(
             self.model,
             self.data,
-            FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip, *spanned(span)),
+            policy.settings(opts, epochs, policy.regime_of(opts, regime), span),
             objective,
             runtime=r.runtime,
             seed=r.seed + index,

@@ -6,6 +6,10 @@ stage, and every deployed artefact (an int8 file), is timed in pairs alternating
 row's speedup is the median of the pairs' ratios, with their min-max spread. A stage that did not change
 the architecture (fine-tuning, sparsity, clustering: the same dense kernels) reuses the previous timing
 instead of reporting noise as a "stage speedup".
+
+Each timing records the machine's load before and after it (``machine_load``: the 1-minute load average and
+the processes runnable at that moment, from ``/proc/loadavg``), so a reader can tell afterwards why a timing
+was noisy.
 """
 
 from __future__ import annotations
@@ -17,7 +21,18 @@ from pathlib import Path
 from torch import nn
 
 from distillprune.core.io import atomic_write
+from distillprune.core.progress import phase, tick
 from distillprune.measure.latency import LatencyConfig, OrtTimer, ort_latency
+
+
+def machine_load(loadavg: str | Path = "/proc/loadavg") -> dict[str, float] | None:
+    """``{"load1": 1-minute load average, "runnable": processes runnable now}`` (this one included: it is
+    running to read the file), or None where the kernel offers no ``/proc/loadavg``."""
+    try:
+        fields = Path(loadavg).read_text().split()
+        return {"load1": float(fields[0]), "runnable": int(fields[3].split("/")[0])}
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def architecture_key(model: nn.Module) -> str:
@@ -33,6 +48,7 @@ class Timing:
     speedups: dict[str, float] = field(default_factory=dict)
     spread: dict[str, list[float]] = field(default_factory=dict)
     how: str = ""
+    load: dict[str, dict[str, float]] = field(default_factory=dict)  # {"before": machine_load(), "after": ...}
 
 
 class StageTimer:
@@ -52,9 +68,25 @@ class StageTimer:
             self.baseline, self.baseline_name = f.read_bytes(), baseline_name
 
     def time(self, onnx: bytes, name: str, arch: str | None = None) -> Timing:
-        """The timing of a stage's ONNX graph (``arch``: its architecture key, for reuse)."""
+        """The timing of a stage's ONNX graph (``arch``: its architecture key, for reuse), with the machine's
+        load before and after it."""
         if not self.cfg.enabled:
             return Timing()
+        reused = self.baseline is not None and self._reuses(arch)  # (keeps the load of the timing it reuses)
+        before = None if reused else machine_load()
+        with phase("timing (ONNX Runtime)", unit="batch sizes", total=len(self.cfg.batch_sizes)):
+            t = self._time(onnx, name, arch)
+        after = None if reused else machine_load()
+        if before is not None and after is not None:
+            t.load = {"before": before, "after": after}
+        if arch is not None:
+            self.last = (arch, t, name)
+        return t
+
+    def _reuses(self, arch: str | None) -> bool:
+        return arch is not None and self.last is not None and self.last[0] == arch
+
+    def _time(self, onnx: bytes, name: str, arch: str | None) -> Timing:
         if self.baseline is None:
             self.baseline, self.baseline_name = onnx, name
             if self.run_dir is not None:
@@ -62,13 +94,15 @@ class StageTimer:
             t = Timing(
                 {f"ort_bs{k[2:]}": v for k, v in ort_latency(onnx, self.input_shape, self.cfg).items()}, how="baseline"
             )
-        elif arch is not None and self.last is not None and self.last[0] == arch:
+        elif self._reuses(arch):
+            assert self.last is not None
             prev = self.last[1]
             t = Timing(
                 dict(prev.latency_ms),
                 dict(prev.speedups),
                 dict(prev.spread),
                 f"reused from {self.last[2]} (same architecture)",
+                {k: dict(v) for k, v in prev.load.items()},
             )
         else:
             t = Timing(how=f"paired with {self.baseline_name} ({self.cfg.pairs} pairs)")
@@ -78,8 +112,7 @@ class StageTimer:
                 t.latency_ms[key] = round(p.ms, 4)
                 t.speedups[key] = round(p.speedup, 4)
                 t.spread[key] = [round(v, 4) for v in p.spread]
-        if arch is not None:
-            self.last = (arch, t, name)
+                tick()
         return t
 
     def flags(self, t: Timing, mac_ratio: float | None) -> list[str]:

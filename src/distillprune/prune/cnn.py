@@ -12,7 +12,6 @@ unstructured magnitude masks, cut for :class:`~distillprune.prune.session.PruneS
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,30 +22,28 @@ from torch import nn
 
 from distillprune.core.batch import Batch, NamedInputs, call, has_named_inputs
 from distillprune.core.history import HistoryOp
+from distillprune.core.progress import note
 from distillprune.core.reporting import Details, details_type
 from distillprune.data.base import normalize, standard_layout
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
+from distillprune.prune.channels import classifier_layers, enumerate_groups
 from distillprune.prune.config import DepthConfig, PruneConfig, WidthConfig
+from distillprune.prune.criteria import criterion
 from distillprune.prune.depth import choose_blocks, remove_blocks
 from distillprune.prune.estimate import recalibrate_bn
-from distillprune.prune.groups import apply_widths
+from distillprune.prune.groups import WidthCut, apply_widths
 from distillprune.prune.history import ChannelsOp, RemoveBlockOp, SparsityOp
-from distillprune.prune.importance import NEEDS_GRADIENTS
 from distillprune.prune.planner import Plan, PlanContext, PlanInputs, plan_target
 from distillprune.prune.recovery import RecoveryConfig, RecoveryReport, recover_
+from distillprune.prune.schedule import Initial, cubic_sparsity, planned_keep, step_ratio, uniform_keep
 from distillprune.prune.structure import Session, Structure, structure_for_config
-from distillprune.prune.structured import accumulate_gradients, classifier_layers, prune_step, width_pruner
-from distillprune.prune.unstructured import MagnitudeMasks, cubic_sparsity
+from distillprune.prune.unstructured import MagnitudeMasks
 from distillprune.train.config import TrainSummary
 
 if TYPE_CHECKING:
-    import torch_pruning as tp
-
     from distillprune.data.base import DataBundle
-
-_log = logging.getLogger("distillprune.prune")
 
 
 @details_type
@@ -77,13 +74,14 @@ class CnnStructure(Structure):
 
     def __init__(self, session: Session) -> None:
         super().__init__(session)
-        cfg: PruneConfig = session.cfg
+        cfg = session.cfg
+        assert isinstance(cfg, PruneConfig)  # registered for PruneConfig (and its subclasses)
         self.cfg = cfg
         self.width: WidthConfig | None = cfg.width
         self.depth: DepthConfig | None = cfg.depth
         self.plan_: Plan | None = None
         self._report = PruneReport(cfg.steps)
-        self._pruner: tp.pruner.BasePruner | None = None
+        self._initial = Initial()  # the groups' widths when a uniform step first met them
         self._masks: MagnitudeMasks | None = None
         self._recovery: RecoveryConfig | None = None  # in force for the step being cut
         self._before: nn.Module | None = None  # the model as the cut found it (what recovery matches)
@@ -92,7 +90,7 @@ class CnnStructure(Structure):
     def check(cls, model: nn.Module, cfg: BaseModel, data: DataBundle | None) -> None:
         assert isinstance(cfg, PruneConfig)  # this structure is registered for PruneConfig (and its subclasses)
         refuse_named_width(model, cfg)
-        if cfg.width is not None and cfg.width.importance in NEEDS_GRADIENTS and data is None:
+        if cfg.width is not None and criterion(cfg.width.importance).needs_gradients and data is None:
             raise DistillpruneError(f"importance '{cfg.width.importance}' needs gradients: pass data=...")
 
     @property
@@ -114,6 +112,7 @@ class CnnStructure(Structure):
             taylor_loss(s.teacher),
             s.latency,
             self.cfg.recovery_config(),
+            self.cfg.bn_samples(planned=True) > 0,
             self.log,
         )
         return plan_target(target, ctx)
@@ -129,9 +128,9 @@ class CnnStructure(Structure):
         if k == 0 and self.depth:
             self._remove_blocks(self.depth)
         if self.width:
-            self._width_step()
+            self._width_step(k)
             if k == self.cfg.steps - 1 and not any(self._report.channels_removed.values()):
-                raise DistillpruneError(nothing_removed(self.width))
+                raise NothingRemoved(nothing_removed(self.width))
 
     def before_cut(self, k: int) -> None:
         structural = self.plan_ is not None or self.width or (k == 0 and self.depth)
@@ -143,13 +142,9 @@ class CnnStructure(Structure):
         recovery, before, self._before = self._recovery, self._before, None
         if recovery is not None and before is not None:  # the same seeded batches on every rank: same weights
             self._recover(before, recovery)
-        recal = cfg.bn_recalibration
-        if self.plan_ is not None and not recal and cfg.target is not None:  # the planner's estimate assumed it
-            recal = max(1, -(-cfg.target.calib_samples // s.batch_size))
-        if recovery is not None and not recovery.recalibrate():
-            recal = 0  # the re-fit layers match the dense pre-BN outputs its kept statistics normalise
-        if recal and (self.plan_ is not None or self.width or (k == 0 and self.depth)):
-            recalibrate_bn(s.model, [x for x, _ in self._calibration(recal)])  # same seeded batches on every rank
+        samples = cfg.bn_samples(planned=self.plan_ is not None)
+        if samples and (self.plan_ is not None or self.width or (k == 0 and self.depth)):
+            recalibrate_bn(s.model, [x for x, _ in self._calibration(samples)])  # same seeded batches on every rank
         if cfg.unstructured:  # magnitude masks: the weights, hence the masks, are the same on every rank
             self._sparsity_step(k)
 
@@ -165,23 +160,22 @@ class CnnStructure(Structure):
 
     # -- pieces ----------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """A planner decision: in the report, and as it happens in ``run.log`` (the ``distillprune.prune``
-        logger)."""
+        """A planner decision: in the report, and as it happens on stdout and in ``run.log``
+        (``core.progress.note``)."""
         self._report.log.append(message)
-        _log.info(message)
+        note(message)
 
     def _recover(self, before: nn.Module, cfg: RecoveryConfig) -> None:
         """Re-fit the cut model toward ``before`` (``prune.recovery.recover_``), on seeded training batches."""
         s = self.session
-        n = -(-cfg.calib_samples // s.batch_size)
-        calib = [x for x, _ in self._calibration(n)] if s.data is not None else None
+        calib = [x for x, _ in self._calibration(cfg.calib_samples)] if s.data is not None else None
         example = None if s.example is None else s.example.to(s.device)
         rep = recover_(s.model, before, calib, cfg, seed=s.seed, example=example)
         self._report.recovery.append(rep)
         self.log(rep.summary())
 
-    def _calibration(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        return [(tensor_inputs(x), y) for x, y in self.session.calibration(n)]
+    def _calibration(self, samples: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return [(tensor_inputs(x), y) for x, y in self.session.calibration(samples)]
 
     def plan_inputs(self) -> PlanInputs:
         """Calibration batches and a disjoint validation split, both from the training data (never the test
@@ -222,17 +216,27 @@ class CnnStructure(Structure):
             for p in plan.blocks:
                 s.record(RemoveBlockOp(p))
             self._report.removed_blocks += plan.blocks
-        frac, step = (k + 1) / self.cfg.steps, width.round_to or 1
-        keep = {}
-        for root, (kept, size) in plan.widths.items():
-            want = size - (size - kept) * frac
-            keep[root] = kept if k + 1 == self.cfg.steps else max(kept, int(round(want / step)) * step)
-        if width.importance in NEEDS_GRADIENTS:
-            accumulate_gradients(s.model, self._calibration(width.taylor_batches), taylor_loss(s.teacher))
+        keep = planned_keep(plan.widths, k, self.cfg.steps, width.round_to or 1)
+        self._cut_widths(lambda groups: keep)
+
+    def _cut_widths(self, keep_of: Callable[[list], dict[str, int]]) -> None:
+        """Enumerate the groups (scored, with the KD loss's gradients when the criterion needs them), cut each to
+        the width ``keep_of(groups)`` gives it, through the one cutter, and record the cut."""
+        s, width = self.session, self.cfg.width
+        assert width is not None and s.teacher is not None
+        crit = criterion(width.importance)
+        if crit.needs_gradients:
+            crit.prepare(s.model, self._calibration(width.calib_samples), taylor_loss(s.teacher))
         example = torch.zeros(1, *s.input_shape, device=s.device)
-        cut = apply_widths(s.model, example, width, s.num_classes, keep)
+        found = enumerate_groups(s.model, example, width, s.num_classes, crit)
+        cut = apply_widths(s.model, example, width, s.num_classes, keep_of(found.groups), groups=found)
         s.model.zero_grad(set_to_none=True)
-        self._report.skipped = [g.to_dict() for g in cut.skipped]
+        self._note(cut)
+
+    def _note(self, cut: WidthCut) -> None:
+        """The cut's op and the groups left whole (each named once over the steps)."""
+        named = {(g["layer"], g["reason"]) for g in self._report.skipped}
+        self._report.skipped += [g.to_dict() for g in cut.skipped if (g.layer, g.reason) not in named]
         if cut.op is not None:
             self._count(cut.op)
 
@@ -244,24 +248,18 @@ class CnnStructure(Structure):
     def _remove_blocks(self, depth: DepthConfig) -> None:
         s = self.session
         assert s.teacher is not None
-        batches = [x for x, _ in self._calibration(depth.calib_batches)]
+        batches = [x for x, _ in self._calibration(depth.calib_samples)]
         chosen = choose_blocks(s.model, s.teacher, batches, depth.blocks)
         for p in chosen:
             s.record(RemoveBlockOp(p))
         self._report.removed_blocks += chosen
 
-    def _width_step(self) -> None:
-        s = self.session
-        assert self.width is not None and s.teacher is not None
-        if self._pruner is None:
-            example = torch.zeros(1, *s.input_shape, device=s.device)
-            self._pruner = width_pruner(s.model, example, self.width, s.num_classes, self.cfg.steps)
-        if self.width.importance in NEEDS_GRADIENTS:
-            accumulate_gradients(s.model, self._calibration(self.width.taylor_batches), taylor_loss(s.teacher))
-        op = ChannelsOp(prune_step(self._pruner))
-        self._report.skipped = [g.to_dict() for g in self._pruner.skipped]
-        self._count(op)
-        s.model.zero_grad(set_to_none=True)
+    def _width_step(self, k: int) -> None:
+        """Step ``k`` of a uniform width prune (``prune.schedule.uniform_keep``)."""
+        w = self.width
+        assert w is not None and w.ratio is not None
+        ratio = step_ratio(w.ratio, k, self.cfg.steps)
+        self._cut_widths(lambda groups: uniform_keep(groups, self._initial, ratio, w.max_ratio, w.global_pruning))
 
     def _sparsity_step(self, k: int) -> None:
         u, s = self.cfg.unstructured, self.session
@@ -269,6 +267,10 @@ class CnnStructure(Structure):
         if self._masks is None:
             self._masks = MagnitudeMasks(s.model, u.scope, classifier_layers(s.model, s.num_classes), u.layers)
         self._masks.update(u.sparsity if u.schedule == "oneshot" else cubic_sparsity(k + 1, self.cfg.steps, u.sparsity))
+
+
+class NothingRemoved(DistillpruneError):
+    """A width request that removed no channel (the recipe's preflight checks it before training)."""
 
 
 def nothing_removed(width: WidthConfig) -> str:

@@ -1,23 +1,24 @@
-"""Pruning options: the ``prune`` stage of a recipe and ``distillprune.prune_`` take the same PruneConfig."""
+"""Pruning options: the ``prune`` stage of a recipe and ``distillprune.prune_`` take the same PruneConfig; the
+session's share of it (``SessionConfig``) is what every family's config extends."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from distillprune.core.config import StrictModel, registered
+from distillprune.core.config import StrictModel
 from distillprune.core.modules import LayerSelect
 from distillprune.distill.config import DistillConfig
-from distillprune.prune.importance import IMPORTANCE
+from distillprune.prune.criteria import check_family
 from distillprune.prune.recovery.config import RecoveryConfig
 from distillprune.ssl.config import SSLOptions
 from distillprune.train.config import TrainingOptions
 
 if TYPE_CHECKING:
     ImportanceName = str
-else:
-    ImportanceName = registered(IMPORTANCE)
+else:  # a registered criterion that scores a CNN's channel and head groups
+    ImportanceName = Annotated[str, AfterValidator(lambda n: check_family(n, "cnn", "width.importance"))]
 
 
 class WidthConfig(StrictModel):
@@ -38,7 +39,7 @@ class WidthConfig(StrictModel):
         default_factory=LayerSelect, description="layers that may lose channels (the classifier is always kept)"
     )
     max_ratio: float = Field(0.9, gt=0, le=1, description="never remove more than this share of a layer")
-    taylor_batches: int = Field(4, gt=0, description="batches of gradients for taylor importance")
+    calib_samples: int = Field(512, gt=0, description="training samples whose gradients score taylor importance")
 
     @model_validator(mode="after")
     def _within_max(self) -> WidthConfig:
@@ -54,7 +55,7 @@ class DepthConfig(StrictModel):
     """Remove whole residual blocks, chosen by the smallest KD-loss increase when skipped."""
 
     blocks: int = Field(..., ge=1, description="number of residual blocks to remove")
-    calib_batches: int = Field(4, gt=0)
+    calib_samples: int = Field(512, gt=0, description="training samples scoring the blocks (KD loss when skipped)")
 
 
 class UnstructuredConfig(StrictModel):
@@ -105,24 +106,45 @@ class TargetConfig(SpeedTarget):
         "removes 16 of 25 blocks at full width, docs/benchmarks.md)",
     )
     refits: int = Field(2, ge=0, description="re-plans of a depth option whose measured speedup misses the band")
+    block_choice: Literal["recoverability", "kd"] = Field(
+        "kd",
+        description="which blocks go first: recoverability (the error of the best affine 1x1 map from a block's "
+        "input to its output, per millisecond its removal saves; PRACTISE) or kd (the smallest KD-loss increase "
+        "of the cut before recovery, lazy-greedy)",
+    )
     val_samples: int = Field(500, gt=0, description="training samples held out to estimate each plan's accuracy")
     calib_samples: int = Field(
         256, gt=0, description="training samples for block scores, Taylor costs and BatchNorm re-estimation"
     )
-
-
-class PruneConfig(TrainingOptions, SSLOptions):
-    """Prune while distilling: ``steps`` times, prune a little then train ``epochs_per_step`` with KD from the
-    dense teacher (or self-supervised, ``ssl``). ``target`` searches the width ratio (and depth) that reaches a
-    MACs ratio or a measured speedup. The training options (optimizer, schedule...) apply to the epochs
-    between steps."""
-
-    width: WidthConfig | None = None
-    depth: DepthConfig | None = None
-    unstructured: UnstructuredConfig | None = None
-    target: TargetConfig | None = Field(
-        None, description="search width ratio (and depth) to reach a MACs ratio or a measured ORT speedup"
+    score_samples: int = Field(
+        128, gt=0, description="of the calibration samples, how many score the blocks (block_choice: kd)"
     )
+    finalists: int = Field(
+        2,
+        ge=1,
+        description="candidates timed end to end in the band before the plan is chosen (the best by estimated "
+        "accuracy first; the others are priced by the latency table, not timed)",
+    )
+    plan_recovery: bool = Field(
+        False,
+        description="compare candidates after the stage's recovery (least squares per candidate: slower); off: "
+        "candidates are compared after BatchNorm re-estimation, and the chosen plan is recovered once",
+    )
+    latency_cache: str | bool = Field(
+        True,
+        description="folder of the per-machine latency table cache (true: $DISTILLPRUNE_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/distillprune, else ~/.cache/distillprune; false: no cache)",
+    )
+
+
+class SessionConfig(TrainingOptions):
+    """What the prune-while-distilling session (``prune.session``) reads of every family's config: ``steps``
+    times cut a little, re-fit what the cut disturbed (``recovery``), then train ``epochs_per_step`` with KD
+    (``distill``); ``target`` searches what to cut for a MACs ratio or a measured speedup. A family's config
+    (``PruneConfig``, ``TransformerPruneConfig``) adds what it cuts. The training options (optimizer,
+    schedule...) apply to the epochs between steps."""
+
+    target: SpeedTarget | None = None
     steps: int = Field(1, ge=1)
     epochs_per_step: float = Field(
         0,
@@ -136,26 +158,55 @@ class PruneConfig(TrainingOptions, SSLOptions):
         description="step: the lr schedule runs its course in every step's training; stage: one schedule over "
         "all the steps (one warm-up, one decay: for short budgets cut into many steps)",
     )
-    bn_recalibration: int = Field(
-        0,
-        ge=0,
-        description="after each cut, re-estimate BatchNorm statistics on "
-        "this many training batches (0: off; with a target, "
-        "the planner's calib_samples)",
-    )
     distill: DistillConfig | None = Field(
         default_factory=DistillConfig, description="KD between steps (null: cross-entropy)"
     )
     recovery: RecoveryConfig | None = Field(
         None,
-        description="re-fit the layers a cut disturbed, before training (prune.recovery); unset: least squares "
-        "with a target (the planner compares its candidates after recovery), off otherwise",
+        description="re-fit the layers a cut disturbed, before training (prune.recovery); unset: the family's "
+        "default (a CNN: least squares with a target, off otherwise; an encoder: off)",
+    )
+
+    def recovery_config(self) -> RecoveryConfig | None:
+        """The recovery in force (None: off)."""
+        r = self.recovery
+        return None if r is None or r.method == "none" else r
+
+
+class PruneConfig(SessionConfig, SSLOptions):
+    """Prune a CNN while distilling: ``steps`` times remove residual blocks (``depth``, on the first step) and a
+    share of channels (``width``), or raise a magnitude sparsity (``unstructured``), then train
+    ``epochs_per_step`` with KD from the dense teacher (or self-supervised, ``ssl``). ``target`` searches the
+    blocks and each channel group's width that reach a MACs ratio or a measured speedup."""
+
+    width: WidthConfig | None = None
+    depth: DepthConfig | None = None
+    unstructured: UnstructuredConfig | None = None
+    target: TargetConfig | None = Field(
+        None, description="search width ratio (and depth) to reach a MACs ratio or a measured ORT speedup"
+    )
+    bn_calib_samples: int = Field(
+        0,
+        ge=0,
+        description="after each cut, re-estimate BatchNorm statistics on this many training samples (0: off; "
+        "with a target, the target's calib_samples)",
     )
 
     def recovery_config(self) -> RecoveryConfig | None:
         """The recovery in force: the one given, else least squares with a target, else none."""
         r = self.recovery if self.recovery is not None else (RecoveryConfig() if self.target is not None else None)
         return None if r is None or r.method == "none" else r
+
+    def bn_samples(self, planned: bool) -> int:
+        """The one BatchNorm re-estimation rule: training samples BatchNorm statistics are re-estimated on after a
+        structural cut (0: kept) -- ``bn_calib_samples``, or with a plan the target's ``calib_samples`` (the
+        planner's estimate assumed it), unless a least-squares recovery matched the dense pre-BatchNorm outputs
+        the kept statistics normalise (``recovery.bn_after``)."""
+        samples = self.bn_calib_samples
+        if planned and not samples and self.target is not None:
+            samples = self.target.calib_samples
+        r = self.recovery_config()
+        return 0 if r is not None and not r.recalibrate() else samples
 
     @model_validator(mode="after")
     def _something(self) -> PruneConfig:

@@ -1,86 +1,124 @@
-"""The one channel cutter: every width cut (a uniform ratio step or a planned step) goes through it.
+"""The one cutter: every structural width cut goes through it -- the channel groups of a CNN (a uniform step or a
+planned one), the whole heads of a hand-written attention, an encoder's heads and FFN neurons.
 
-Groups are cut one at a time, each as a transaction: the group is checked for the patterns Torch-Pruning is
-known to mishandle (a concat or split feeding a grouped conv, a raw ``nn.Parameter`` whose channel dimension
-cannot be told), cut, and the model must still be whole afterwards -- every conv's ``groups`` dividing its
-channels (a depthwise conv keeps ``groups == channels``), every weight matching its layer's sizes, and a
-forward pass giving the output shape it gave before. A group that fails is rolled back and named, with the
-reason, in the result's ``skipped``; the others stay cut.
+Items are cut one at a time, each as a transaction: cut, and the model must still be whole afterwards -- every
+conv's ``groups`` dividing its channels (a depthwise conv keeps ``groups == channels``), every weight matching
+its layer's sizes, and a forward pass giving the output shape it gave before. A structural cut (:class:`Cut`:
+heads, neurons) must also compute what the model computed with the removed parts' value rows zeroed (those
+heads or neurons then add exactly nothing). An item that fails is rolled back and named, with the reason, in
+the result's ``skipped``; the others stay cut. What may be cut at all was decided before (``prune.channels``:
+the enumerator and its pre-checks), so the cutter checks results, not patterns.
 
 An ONNX export (and an ONNX Runtime run) catches what a PyTorch forward accepts but a deployed graph does
 not; it costs far more than a forward, so it runs once per step, after all groups. Only when it fails is the
 step replayed on prefixes of the kept groups (bisection: ~log2(n) exports) to find the group that broke it,
-which is skipped; the rest is cut again and checked again.
-
-Attention heads are cut the same way, as an item of their own (:class:`prune.heads.HeadCut`: whole heads out of
-q, k, v and the output projection, the head count attribute lowered), checked against the model with those
-heads' values zeroed, then like any group; a module called more than once is cut once for every use, so its
-cut must pass the checks of the whole model -- otherwise it is rolled back and named with the number of calls.
+which is skipped; the rest is cut again and checked again. A module called more than once is cut once for
+every use, so its cut must pass the checks of the whole model -- otherwise it is rolled back and named with
+the number of calls.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from distillprune.prune.heads import HeadCut, checked_cut
-from distillprune.prune.safety import SkippedGroup, describe, names_of, unsupported
+from distillprune.core.batch import Batch, call
+from distillprune.prune.channels import SkippedGroup, describe, names_of
+from distillprune.prune.heads import HeadCut
 
-#: what a cutter is fed: a group to cut, whole attention heads to cut, or a group that already failed before it
-#: could be built (named)
-Item: TypeAlias = tp.Group | HeadCut | SkippedGroup
-#: a cut the cutter kept: the group or heads, and Torch-Pruning's history entries it added (none for heads)
-Kept: TypeAlias = tuple[tp.Group | HeadCut, list[list]]
+
+class Cut(Protocol):
+    """A cut the cutter applies itself (not a Torch-Pruning group): whole heads of a hand-written attention
+    (``prune.heads.HeadCut``), an encoder layer's heads or FFN neurons (``transformers.surgery.LayerCut``).
+    ``layer`` is named when it is left whole; ``noun`` and ``what()`` say what it removes; ``touched`` lists the
+    modules it changes (their state is kept to roll it back); ``silenced`` the parameters and rows whose zeroing
+    makes the model compute what it computes after the cut."""
+
+    @property
+    def layer(self) -> str: ...
+    @property
+    def noun(self) -> str: ...
+    def what(self) -> str: ...
+    def touched(self, model: nn.Module) -> list[nn.Module]: ...
+    def silenced(self, model: nn.Module) -> list[tuple[torch.Tensor, list[int]]]: ...
+    def apply(self, model: nn.Module) -> None: ...
+
+
+#: what a cutter is fed: a group to cut, a cut of its own, or a group that already failed before it could be
+#: built (named)
+Item: TypeAlias = tp.Group | Cut | SkippedGroup
+#: an item the cutter kept, and Torch-Pruning's history entries it added (none for a ``Cut``)
+Kept: TypeAlias = tuple[tp.Group | Cut, list[list]]
 
 
 @dataclass
 class CutResult:
-    """What a step cut: the history entries of the kept groups, what was left whole and why, and the cost."""
+    """What a step cut: the history entries of the kept groups, the cuts kept, what was left whole and why, and
+    the cost."""
 
     entries: list[list] = field(default_factory=list)
-    heads: list[dict[str, Any]] = field(default_factory=list)  # HeadCut.to_dict() of the heads cut
+    cuts: list[Any] = field(default_factory=list)  # the ``Cut`` items kept, in order
     skipped: list[SkippedGroup] = field(default_factory=list)
     forwards: int = 0
     exports: int = 0
     seconds: float = 0.0
 
-
-class StepFailed(Exception):
-    """A step the cutter rolled back whole: why, and the group that failed when known."""
-
-    def __init__(self, error: str, group: tp.Group | None = None):
-        super().__init__(error)
-        self.error, self.group = error, group
+    @property
+    def heads(self) -> list[dict[str, Any]]:
+        """``HeadCut.to_dict()`` of the hand-written attention heads cut (what ``ChannelsOp.heads`` replays)."""
+        return [c.to_dict() for c in self.cuts if isinstance(c, HeadCut)]
 
 
 def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def raw_parameter(group: tp.Group) -> str | None:
-    """Why a bare ``nn.Parameter`` in ``group`` cannot be cut safely, or None. Torch-Pruning cuts such a
-    parameter along its last non-singleton dimension: right for a per-channel scale ``(C,)`` / ``(C, 1, 1)``
-    and a broadcast token ``(1, N, C)``, wrong for a weight used through ``F.conv2d`` / ``F.linear``
-    (``(out, in, kh, kw)``), whose channel dimension is not the last."""
-    dg = group._DG
-    for dep, _ in group:
-        p = dep.target.module
-        if not isinstance(p, nn.Parameter):
-            continue
-        wide = [d for d in p.shape if d > 1]
-        if len(wide) <= 1 or (p.dim() >= 3 and p.shape[0] == 1):
-            continue
-        name = dg._param_to_name.get(p, "?")
+def outputs(model: nn.Module, example: Batch) -> torch.Tensor | None:
+    """The model's output on ``example`` in eval mode, without gradients (None: not a tensor)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = call(model, example)
+    finally:
+        model.train(was)
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def checked_cut(model: nn.Module, cut: Cut, example: Batch | None) -> str | None:
+    """Apply ``cut`` and check that the model computes what it computed with the cut's silenced rows set to
+    zero; why not (the cut is then still applied: the caller rolls it back), or None."""
+    reference = None
+    if example is not None:
+        saved = [(t, rows, t[rows].clone()) for t, rows in cut.silenced(model)]
+        with torch.no_grad():
+            for t, rows, _ in saved:
+                t[rows] = 0
+        try:
+            reference = outputs(model, example)
+        finally:
+            with torch.no_grad():
+                for t, rows, old in saved:
+                    t[rows] = old
+    cut.apply(model)
+    if reference is None or example is None:
+        return None
+    out = outputs(model, example)  # (raises when the forward no longer runs: the caller names it)
+    if out is None or out.shape != reference.shape:
+        return f"the output changed shape ({tuple(reference.shape)} -> {None if out is None else tuple(out.shape)})"
+    scale = float(reference.abs().max()) or 1.0
+    err = float((out.float() - reference.float()).abs().max())
+    if err > 1e-4 * scale + 1e-6:
         return (
-            f"raw parameter `{name}` {tuple(p.shape)} is used by a functional op (F.conv2d, matmul...): which of "
-            "its dimensions are channels cannot be told"
+            f"the forward does not drop the removed {cut.noun} (max difference {err:.3g} from the model with their "
+            "values zeroed): it does not split them by the sizes it holds"
         )
     return None
 
@@ -151,7 +189,9 @@ class _State:
     node_modules: list[tuple[Any, Any]]  # (Torch-Pruning's Node, the module or parameter it stands for)
 
     @classmethod
-    def of(cls, modules: list[nn.Module], dg: tp.DependencyGraph) -> _State:
+    def of(cls, modules: list[nn.Module], dg: tp.DependencyGraph | None) -> _State:
+        if dg is None:
+            return cls(snapshot(modules), 0, {}, {}, [])
         nodes = dict(dg.module2node)
         return cls(
             snapshot(modules),
@@ -161,8 +201,10 @@ class _State:
             [(n, n.module) for n in nodes.values()],
         )
 
-    def restore(self, dg: tp.DependencyGraph) -> None:
+    def restore(self, dg: tp.DependencyGraph | None) -> None:
         restore(self.modules)
+        if dg is None:
+            return
         del dg._pruning_history[self.history :]
         dg.module2node.clear()
         dg.module2node.update(self.nodes)
@@ -173,9 +215,10 @@ class _State:
 
 
 class Cutter:
-    """Cuts groups of one dependency graph on ``model`` transactionally (see the module docstring)."""
+    """Cuts items of one model transactionally (see the module docstring): the groups of one dependency graph
+    ``dg`` (None when only ``Cut`` items come), checked on ``example`` (one ONNX check per step with ``onnx``)."""
 
-    def __init__(self, model: nn.Module, dg: tp.DependencyGraph, example: torch.Tensor | None, onnx: bool = True):
+    def __init__(self, model: nn.Module, dg: tp.DependencyGraph | None, example: Batch | None, onnx: bool = True):
         self.model, self.dg, self.example, self.onnx = model, dg, example, onnx
         self.names = names_of(model)
         self.depthwise: set[nn.Module] = {
@@ -186,10 +229,10 @@ class Cutter:
         self.result = CutResult()
 
     def _modules(self) -> list[nn.Module]:
-        return list({**dict.fromkeys(self.model.modules()), **dict.fromkeys(self._dg_ops())})
-
-    def _dg_ops(self) -> Iterator[nn.Module]:
-        return (m for m in self.dg.module2node if isinstance(m, nn.Module) and not isinstance(m, nn.Parameter))
+        if self.dg is None:
+            return list(self.model.modules())
+        ops = (m for m in self.dg.module2node if isinstance(m, nn.Module) and not isinstance(m, nn.Parameter))
+        return list({**dict.fromkeys(self.model.modules()), **dict.fromkeys(ops)})
 
     def _forward(self, count_calls: bool = False) -> tuple[int, ...] | None:
         if self.example is None:
@@ -198,16 +241,12 @@ class Cutter:
         if count_calls:  # which modules run more than once (a shared layer): named when their cut fails
             for m in self.model.modules():
                 hooks.append(m.register_forward_hook(self._count))
-        was = self.model.training
-        self.model.eval()
         try:
-            with torch.no_grad():
-                out = self.model(self.example)
+            out = outputs(self.model, self.example)
         finally:
             for h in hooks:
                 h.remove()
-            self.model.train(was)
-        return tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        return None if out is None else tuple(out.shape)
 
     def _count(self, m: nn.Module, _inputs: object, _output: object) -> None:
         self.calls[m] = self.calls.get(m, 0) + 1
@@ -224,12 +263,10 @@ class Cutter:
                 return f"the output changed shape ({self.out_shape} -> {shape})"
         return fault
 
-    def _modules_of(self, item: tp.Group | HeadCut) -> list[nn.Module]:
-        if isinstance(item, HeadCut):
-            return [self.model.get_submodule(n) for n in (item.attention, *item.qkv, item.proj)]
-        return [dep.target.module for dep, _ in item]
+    def _modules_of(self, item: tp.Group | Cut) -> list[nn.Module]:
+        return [dep.target.module for dep, _ in item] if isinstance(item, tp.Group) else item.touched(self.model)
 
-    def _reason(self, item: tp.Group | HeadCut, why: str) -> str:
+    def _reason(self, item: tp.Group | Cut, why: str) -> str:
         for m in self._modules_of(item):
             n = self.calls.get(m, 0)
             if n > 1:
@@ -237,33 +274,29 @@ class Cutter:
                 return f"{why}; `{name}` is called {n} times and its cut must fit every use"
         return why
 
-    def _skip(self, item: tp.Group | HeadCut, reason: str) -> None:
-        name = item.qkv[0] if isinstance(item, HeadCut) else self.names.get(item[0].dep.target.module, "?")
+    def _what(self, item: tp.Group | Cut) -> str:
+        return describe(item, self.names) if isinstance(item, tp.Group) else item.what()
+
+    def _skip(self, item: tp.Group | Cut, reason: str) -> None:
+        name = self.names.get(item[0].dep.target.module, "?") if isinstance(item, tp.Group) else item.layer
         self.result.skipped.append(SkippedGroup(name, reason + ", so it was left whole"))
 
-    @staticmethod
-    def _what(item: HeadCut) -> str:
-        return f"heads {item.removed} of the {item.heads} of the attention `{item.attention}`"
-
-    def try_heads(self, cut: HeadCut) -> bool:
-        """Cut whole heads or roll them back (named in ``skipped``); whether they stay cut."""
+    def try_cut(self, cut: Cut) -> bool:
+        """Apply a cut of its own or roll it back (named in ``skipped``); whether it stays."""
         state = _State.of(self._modules(), self.dg)
         try:
             fault = checked_cut(self.model, cut, self.example) or self._fault()
-        except Exception as e:  # noqa: BLE001 - a cut attention's forward raises anything
+        except Exception as e:  # noqa: BLE001 - a cut model's forward raises anything
             fault = f"the model no longer runs ({_error(e)})"
         if fault is None:
             return True
         state.restore(self.dg)
-        self._skip(cut, self._reason(cut, f"cutting {self._what(cut)}: {fault}"))
+        self._skip(cut, self._reason(cut, f"cutting {cut.what()}: {fault}"))
         return False
 
     def try_group(self, group: tp.Group) -> list[list] | None:
         """Cut one group or roll it back (named in ``skipped``); the history entries it added, or None."""
-        pattern = unsupported(group, self.names) or raw_parameter(group)
-        if pattern is not None:
-            self._skip(group, pattern)
-            return None
+        assert self.dg is not None
         if not self.dg.check_pruning_group(group):
             self._skip(group, "the cut would empty one of its layers")
             return None
@@ -280,12 +313,9 @@ class Cutter:
         self._skip(group, self._reason(group, f"cutting {describe(group, self.names)}: {fault}"))
         return None
 
-    def cut(self, items: Iterable[Item], max_skips: int | None = None) -> CutResult:
-        """Cut every item in turn (each kept or rolled back), then check the whole step once through ONNX.
-
-        All or nothing around that: when iterating ``items`` raises (Torch-Pruning's pruner scores every group
-        before it yields one), or more than ``max_skips`` groups fail, the whole step is rolled back and
-        :class:`StepFailed` raised."""
+    def cut(self, items: Iterable[Item]) -> CutResult:
+        """Cut every item in turn (each kept or rolled back), then check the whole step once through ONNX. When
+        iterating ``items`` raises, the whole step is rolled back and the error raised."""
         t0 = time.perf_counter()
         before = _State.of(self._modules(), self.dg)
         kept: list[Kept] = []
@@ -293,29 +323,26 @@ class Cutter:
             for item in items:
                 if isinstance(item, SkippedGroup):
                     self.result.skipped.append(item)
-                    continue
-                if isinstance(item, HeadCut):
-                    entries: list[list] | None = [] if self.try_heads(item) else None
-                else:
-                    entries = self.try_group(item) or None
-                if entries is not None:
-                    kept.append((item, entries))
-                elif max_skips is not None and len(self.result.skipped) > max_skips:
-                    raise StepFailed(self.result.skipped[-1].reason, item)
-        except Exception as e:
+                elif isinstance(item, tp.Group):
+                    entries = self.try_group(item)
+                    if entries:
+                        kept.append((item, entries))
+                elif self.try_cut(item):
+                    kept.append((item, []))
+        except Exception:
             self._replay([], before)
-            raise e if isinstance(e, StepFailed) else StepFailed(_error(e)) from e
+            raise
         if kept and self.onnx and self.example is not None:
             kept = self._onnx_checked(kept, before)
         self.result.entries = [e for _, entries in kept for e in entries]
-        self.result.heads = [item.to_dict() for item, _ in kept if isinstance(item, HeadCut)]
+        self.result.cuts = [item for item, _ in kept if not isinstance(item, tp.Group)]
         self.result.seconds = round(time.perf_counter() - t0, 3)
         return self.result
 
     def _onnx_fault(self) -> str | None:
         from distillprune.export.onnx import onnx_bytes, session
 
-        assert self.example is not None
+        assert isinstance(self.example, torch.Tensor)
         self.result.exports += 1
         x = self.example[:1].detach().float().cpu()
         try:
@@ -331,16 +358,17 @@ class Cutter:
         """Back to the model before the step, then the cuts of ``kept`` again (their recorded root indices)."""
         before.restore(self.dg)
         for item, entries in kept:
-            if isinstance(item, HeadCut):
+            if not isinstance(item, tp.Group):
                 item.apply(self.model)
             for name, out, idxs in entries:
+                assert self.dg is not None
                 module = self.model.get_submodule(name)
                 fns = self.dg.get_pruner_of_module(module)
                 fn = fns.prune_out_channels if out else fns.prune_in_channels
                 self.dg.get_pruning_group(module, fn, idxs).prune()
 
     def _onnx_checked(self, kept: list[Kept], before: _State) -> list[Kept]:
-        """``kept`` less the groups whose cut breaks the ONNX graph, found by bisection on prefixes."""
+        """``kept`` less the items whose cut breaks the ONNX graph, found by bisection on prefixes."""
         while kept:
             fault = self._onnx_fault()
             if fault is None:
@@ -360,7 +388,6 @@ class Cutter:
                     self._replay(kept, before)
                     return kept
             item, _ = kept.pop(hi - 1)
-            what = self._what(item) if isinstance(item, HeadCut) else describe(item, self.names)
-            self._skip(item, self._reason(item, f"cutting {what}: {fault}"))
+            self._skip(item, self._reason(item, f"cutting {self._what(item)}: {fault}"))
             self._replay(kept, before)
         return kept

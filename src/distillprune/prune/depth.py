@@ -20,7 +20,7 @@ Models torch.fx cannot trace fall back to full forwards with the block replaced 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.fx as fx
@@ -28,6 +28,7 @@ from torch import nn
 
 from distillprune.core.batch import call
 from distillprune.core.modules import set_module
+from distillprune.core.progress import phase, tick
 from distillprune.distill.losses.kd import soft_kl
 from distillprune.errors import DistillpruneError
 from distillprune.prune.residual import ZeroBranch, find_residuals, residual_at
@@ -87,9 +88,28 @@ class _Tracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
+#: ``skip(model, blocks) -> undo``: take ``blocks`` out of ``model`` for a forward; ``undo()`` puts them back
+Skip = Callable[[nn.Module, Sequence[str]], Callable[[], None]]
+
+
+def skip_blocks(model: nn.Module, paths: Sequence[str]) -> Callable[[], None]:
+    """Remove the residual blocks at ``paths`` (:func:`remove_block`); the returned call puts them back."""
+    kept: dict[str, nn.Module] = {}
+    for p in paths:
+        kept.update(_affected(model, p))
+        remove_block(model, p)
+
+    def undo() -> None:
+        for p, m in kept.items():
+            set_module(model, p, m)
+
+    return undo
+
+
 class BlockScorer:
     """KD loss (T=1, vs the teacher's logits, averaged over fixed batches) of ``model`` with a set of blocks
-    skipped."""
+    skipped. ``skip`` and ``distance`` serve other kinds of block (an encoder's layers, scored by full forwards
+    with the task's distance)."""
 
     def __init__(
         self,
@@ -97,13 +117,17 @@ class BlockScorer:
         blocks: Sequence[str],
         batches: Sequence[torch.Tensor],
         teacher_logits: Sequence[torch.Tensor],
+        skip: Skip | None = None,
+        distance: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     ):
         self.model, self.blocks = model, list(blocks)
         self.batches, self.t = list(batches), list(teacher_logits)
         self.removed: list[str] = []
         self.evaluations = 0
         self.gm: fx.GraphModule | None = None
-        if any((r := residual_at(model, b)) is not None and r.kind != "module" for b in self.blocks):
+        self.skip = skip or skip_blocks
+        self.distance = distance or (lambda o, t: float(soft_kl(o, t, 1.0)))
+        if skip is not None or any((r := residual_at(model, b)) is not None and r.kind != "module" for b in blocks):
             return  # a residual branch inside a parent's forward is not one node of the graph: full forwards
         try:
             graph = _Tracer(set(blocks)).trace(model)
@@ -186,21 +210,18 @@ class BlockScorer:
     def score(self, block: str) -> float:
         """KD loss with ``block`` skipped on top of the blocks removed so far."""
         self.evaluations += 1
+        tick()
         skip = set(self.removed) | {block}
         if self.gm is None:
-            kept: dict[str, nn.Module] = {}
-            for p in skip:
-                kept.update(_affected(self.model, p))
-                remove_block(self.model, p)
+            undo = self.skip(self.model, sorted(skip))
             try:
                 outs = [call(self.model, x) for x in self.batches]
             finally:
-                for p, m in kept.items():
-                    set_module(self.model, p, m)
+                undo()
         else:
             i = self.block_at[block]
             outs = [self._run(j, i, self.cache[j][block], skip) for j in range(len(self.batches))]
-        return sum(float(soft_kl(o, t, 1.0)) for o, t in zip(outs, self.t, strict=True)) / len(outs)
+        return sum(self.distance(o, t) for o, t in zip(outs, self.t, strict=True)) / len(outs)
 
     def commit(self, block: str) -> None:
         self.removed.append(block)
@@ -209,6 +230,7 @@ class BlockScorer:
             for j in range(len(self.batches)):
                 self._run(j, i, self.cache[j][block], set(self.removed), refresh=True)
 
+    @phase("scoring blocks", unit="evaluations")
     def greedy(self, count: int) -> list[str]:
         """Lazy-greedy: ``count`` more blocks, each the one whose removal raises the KD loss least."""
         was = self.model.training

@@ -11,10 +11,11 @@ name. A cut removes whole heads: their rows in each of q, k and v, their columns
 the head count attribute (and an attribute holding the attention's width, such as timm's ``attn_dim``) is
 lowered to match. The head size is unchanged, so the softmax scale stays what it was.
 
-A cut is checked against what it should compute: the model before the cut with the removed heads' value rows
-set to zero (those heads then add exactly nothing to the projection). A forward that does not agree -- a head
-count written in the code, a reshape by the input's width, heads that mix -- is a cut that does not fit the
-forward, and the cutter rolls it back and names it. An attention whose head count cannot be read is never cut.
+A cut is checked against what it should compute (``prune.cut.checked_cut``): the model before the cut with the
+removed heads' value rows set to zero (those heads then add exactly nothing to the projection). A forward that
+does not agree -- a head count written in the code, a reshape by the input's width, heads that mix -- is a cut
+that does not fit the forward, and the cutter rolls it back and names it. An attention whose head count cannot
+be read is never cut.
 """
 
 from __future__ import annotations
@@ -189,13 +190,29 @@ class HeadCut:
         d = self.head_dim
         return [h * d + i for h in range(self.heads) if h not in gone for i in range(d)]
 
-    def value_rows(self) -> tuple[str, list[int]]:
-        """The value Linear and its rows of the removed heads."""
+    # -- what the cutter reads (``prune.cut.Cut``) ---------------------------------------------------------
+    @property
+    def layer(self) -> str:
+        return self.qkv[0]
+
+    noun = "heads"
+
+    def what(self) -> str:
+        return f"heads {self.removed} of the {self.heads} of the attention `{self.attention}`"
+
+    def touched(self, model: nn.Module) -> list[nn.Module]:
+        return [model.get_submodule(n) for n in (self.attention, *self.qkv, self.proj)]
+
+    def silenced(self, model: nn.Module) -> list[tuple[torch.Tensor, list[int]]]:
+        """The value Linear's weight and bias rows of the removed heads."""
         d = self.head_dim
         rows = [h * d + i for h in self.removed for i in range(d)]
+        name = self.qkv[0] if len(self.qkv) == 1 else self.qkv[2]
         if len(self.qkv) == 1:
-            return self.qkv[0], [2 * self.heads * d + r for r in rows]
-        return self.qkv[2], rows
+            rows = [2 * self.heads * d + r for r in rows]
+        v = model.get_submodule(name)
+        assert isinstance(v, nn.Linear)
+        return [(t, rows) for t in (v.weight, v.bias) if t is not None]
 
     def apply(self, model: nn.Module) -> None:
         """Remove the heads (rows of q, k, v; columns of the projection) and lower the attributes."""
@@ -242,87 +259,3 @@ def _keep_columns(layer: nn.Module, cols: list[int]) -> None:
     layer.weight = _param(layer.weight[:, idx], layer.weight)
     layer.weight.grad = None if grad is None else grad[:, idx].clone()
     layer.in_features = len(cols)
-
-
-def _outputs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(example)
-    finally:
-        model.train(was)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model returns {type(out).__name__}, not a tensor")
-    return out
-
-
-def checked_cut(model: nn.Module, cut: HeadCut, example: torch.Tensor | None) -> str | None:
-    """Apply ``cut`` and check that the model computes what it computed with the removed heads' values set to
-    zero; why not (the cut is then still applied: the caller rolls it back), or None."""
-    reference = None
-    if example is not None:
-        name, rows = cut.value_rows()
-        v = model.get_submodule(name)
-        assert isinstance(v, nn.Linear)
-        saved = [(t, t[rows].clone()) for t in (v.weight, v.bias) if t is not None]
-        with torch.no_grad():
-            for t, _ in saved:
-                t[rows] = 0
-        try:
-            reference = _outputs(model, example)
-        finally:
-            with torch.no_grad():
-                for t, old in saved:
-                    t[rows] = old
-    cut.apply(model)
-    if reference is None or example is None:
-        return None
-    out = _outputs(model, example)  # (raises when the forward no longer runs: the caller names it)
-    if out.shape != reference.shape:
-        return f"the output changed shape ({tuple(reference.shape)} -> {tuple(out.shape)})"
-    scale = float(reference.abs().max()) or 1.0
-    err = float((out - reference).abs().max())
-    if err > 1e-4 * scale + 1e-6:
-        return (
-            f"the forward does not drop the removed heads (max difference {err:.3g} from the model with their "
-            "values zeroed): it does not split heads by the attribute it holds"
-        )
-    return None
-
-
-@torch.no_grad()
-def channel_scores(model: nn.Module, att: Attention, kind: str) -> torch.Tensor:
-    """A score per channel of the attention's width (``heads * head_dim``), summed over its rows of q, k, v and
-    its column of the output projection: ``l1`` |w|, ``taylor`` |w * dL/dw| (zero where no gradient was
-    accumulated), otherwise ``l2`` w^2 (a criterion read from BatchNorm has no BatchNorm here)."""
-    width = att.width
-
-    def score(p: torch.Tensor | None) -> torch.Tensor | None:
-        if p is None:
-            return None
-        if kind == "taylor":
-            return None if p.grad is None else (p * p.grad).abs()
-        return p.abs() if kind == "l1" else p.pow(2)
-
-    total = torch.zeros(width, dtype=torch.float64)
-    for name in att.qkv:
-        layer = model.get_submodule(name)
-        assert isinstance(layer, nn.Linear)
-        for p in (layer.weight, layer.bias):
-            s = score(p)
-            if s is not None:
-                rows = s.reshape(s.shape[0], -1).sum(1).double().cpu()
-                total += rows.view(-1, width).sum(0) if att.fused else rows
-    proj = model.get_submodule(att.proj)
-    assert isinstance(proj, nn.Linear)
-    s = score(proj.weight)
-    if s is not None:
-        total += s.sum(0).double().cpu()
-    return total
-
-
-def head_order(scores: torch.Tensor, head_dim: int) -> list[int]:
-    """Channel order that moves whole heads, least important head first (its channels' scores summed)."""
-    per_head = scores.view(-1, head_dim).sum(1)
-    return [h * head_dim + i for h in torch.argsort(per_head).tolist() for i in range(head_dim)]

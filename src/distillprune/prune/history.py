@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from distillprune.core.history import HistoryOp, history_op
 from distillprune.errors import DistillpruneError
+from distillprune.prune.criteria import traceable
 from distillprune.prune.depth import remove_block
 from distillprune.prune.heads import HeadCut
-from distillprune.prune.structured import replay_channels
 
 
 @history_op
@@ -46,6 +47,16 @@ class ChannelsOp(HistoryOp):
             for name, n in HeadCut(**cut).channels_removed().items():
                 out[name] = out.get(name, 0) + n
         return out
+
+
+def replay_channels(model: nn.Module, example: torch.Tensor, entries: list[list]) -> None:
+    """Redo recorded channel removals on ``model`` (same architecture as when they were recorded)."""
+    with traceable(model):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    try:
+        dg.load_pruning_history([(n, o, list(idx)) for n, o, idx in entries])
+    except (AttributeError, IndexError, KeyError) as e:
+        raise DistillpruneError(f"pruning history does not fit this model: {e}") from None
 
 
 @history_op

@@ -1,17 +1,15 @@
 """A latency lookup table for planning: the measured ONNX Runtime time of every Conv/Linear layer shape a
 plan can produce, so the planner prices a candidate without exporting and timing it.
 
-Each entry is one layer (Conv + ReLU, as ORT fuses them, or a Gemm) built directly as a one-node ONNX model
-and timed on the target runtime (ORT CPU provider, the run's thread count, the target batch size), minus
-the cost of running an empty model; entries are measured on first use and memoised. A model's latency is
-predicted as ``c0 + k * sum(layer entries)``: ``k`` and ``c0`` are fitted to end-to-end measurements
-(the dense model first, then each measured candidate), because a whole graph is not exactly the sum of its
-layers (memory traffic, the non-conv operators, per-node overhead).
+Each entry is one layer's kernel time on the target runtime (ORT CPU provider, the run's thread count, the
+target batch size), timed in context (``prune.latency_probe``) on first use, memoised, and kept in a
+per-machine cache (``prune.latency_cache``) so that the next plan on the machine reads it instead. The
+planner turns the entries into a model's latency with a per-model correction fitted to the dense model's own
+profile and to every candidate it times end to end (``prune.predict``).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from distillprune.measure.latency import LatencyConfig, windows
+from distillprune.measure.latency import LatencyConfig
 from distillprune.prune.heads import find_attentions
+from distillprune.prune.latency_cache import LatencyCache, shape_key
+from distillprune.prune.latency_probe import LAYER, empty_onnx, layer_onnx, node_times, session_ms
 
 
 @dataclass(frozen=True)
@@ -134,95 +134,66 @@ def _layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerSh
     return shapes
 
 
-def _layer_onnx(shape: LayerShape, batch: int) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    if shape.kind == "conv":
-        w = rng.standard_normal((shape.cout, shape.cin // shape.groups, *shape.kernel)).astype(np.float32) * 0.1
-        b = np.zeros(shape.cout, np.float32)
-        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, shape.cin, *shape.hw])
-        nodes = [
-            helper.make_node(
-                "Conv",
-                ["input", "w", "b"],
-                ["c"],
-                kernel_shape=list(shape.kernel),
-                strides=list(shape.stride),
-                dilations=list(shape.dilation),
-                pads=[shape.padding[0], shape.padding[1]] * 2,
-                group=shape.groups,
-            ),
-            helper.make_node("Relu", ["c"], ["out"]),
-        ]
-    else:
-        w = rng.standard_normal((shape.cout, shape.cin)).astype(np.float32) * 0.1
-        b = np.zeros(shape.cout, np.float32)
-        x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch * shape.hw[0], shape.cin])
-        nodes = [helper.make_node("Gemm", ["input", "w", "b"], ["out"], transB=1)]
-    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
-    graph = helper.make_graph(
-        nodes, "layer", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _empty_onnx(batch: int) -> bytes:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1])
-    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["out"])], "empty", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
 class LatencyTable:
-    """Per-layer ORT latency (ms) at one batch size, measured on demand; a fitted whole-model predictor."""
+    """Per-layer ORT latency (ms) at one batch size: each entry timed on first use (``prune.latency_probe``: the
+    layer's kernel time in context), read from and written to the per-machine cache (``prune.latency_cache``)
+    when there is one. ``measured``: entries this table timed; ``cached``: entries it read from the cache."""
 
-    def __init__(self, cfg: LatencyConfig, batch_size: int):
-        self.cfg, self.batch = cfg, batch_size
+    def __init__(self, cfg: LatencyConfig, batch_size: int, cache: LatencyCache | None = None):
+        self.cfg, self.batch, self.cache = cfg, batch_size, cache
         self._ms: dict[LayerShape, float] = {}
-        self.measured = 0  # entries timed (for the plan's report)
-        self.k, self.c0 = 1.0, 0.0
-        self._points: list[tuple[float, float]] = []  # (sum of entries, measured ms)
-        self._overhead = self._time(_empty_onnx(batch_size), (batch_size, 1))
-
-    def _time(self, blob: bytes, shape: tuple[int, ...]) -> float:
-        from distillprune.export.onnx import session
-
-        sess = session(blob, threads=self.cfg.threads)
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        # the fastest of a few short windows: on a loaded machine the minimum is the stable statistic
-        return min(windows(lambda: sess.run(None, {"input": x}), warmup=3, repeats=5, min_window_s=0.004))
+        self.measured = 0
+        self.cached = 0
+        over = cache.overhead if cache is not None else None
+        if over is None:
+            over = session_ms(empty_onnx(batch_size), {"input": _zeros((batch_size, 1))}, cfg.threads)
+            if cache is not None:
+                cache.set_overhead(over)
+        self.overhead = over  # the session's per-run overhead (ms)
 
     def ms(self, shape: LayerShape) -> float:
-        if shape not in self._ms:
-            dims = (self.batch, shape.cin, *shape.hw) if shape.kind == "conv" else (self.batch * shape.hw[0], shape.cin)
-            self._ms[shape] = max(self._time(_layer_onnx(shape, self.batch), dims) - self._overhead, 1e-4)
+        got = self._ms.get(shape)
+        if got is not None:
+            return got
+        key = shape_key(shape)
+        got = self.cache.get(key) if self.cache is not None else None
+        if got is not None:
+            self.cached += 1
+        else:
+            got = self._time(shape)
             self.measured += 1
-        return self._ms[shape]
+            if self.cache is not None:
+                self.cache.put(key, got)
+        self._ms[shape] = got
+        return got
+
+    def _time(self, shape: LayerShape) -> float:
+        dims = (self.batch, shape.cin, *shape.hw) if shape.kind == "conv" else (self.batch * shape.hw[0], shape.cin)
+        blob, feeds = layer_onnx(shape.kind, shape, self.batch), {"input": _zeros(dims)}
+        nodes = node_times(blob, feeds, self.cfg.threads)
+        mine = [ms for name, (_, ms) in nodes.items() if name.startswith(LAYER)]
+        if mine:
+            return max(sum(mine), 1e-4)
+        # no profile: the whole session, less its per-run overhead and the two 1x1 convs' share (a rough bound)
+        return max(session_ms(blob, feeds, self.cfg.threads) - self.overhead, 1e-4)
 
     def raw(self, shapes: Iterable[LayerShape]) -> float:
         return sum(self.ms(s) for s in shapes)
 
-    def predict(self, raw: float) -> float:
-        return self.c0 + self.k * raw
+    def model_ms(self, blob: bytes, input_shape: tuple[int, ...]) -> float:
+        """A whole model's time at the table's batch size in the entries' statistic: the sum of its nodes' fastest
+        kernel times plus the session's per-run overhead (the fastest whole call without a profile)."""
+        feeds = {"input": _zeros((self.batch, *input_shape))}
+        nodes = node_times(blob, feeds, self.cfg.threads, min_runs=30, min_s=0.2)
+        if nodes:
+            return sum(ms for _, ms in nodes.values()) + self.overhead
+        return session_ms(blob, feeds, self.cfg.threads, min_s=0.2)
 
-    def fit(self, raw: float, measured_ms: float) -> None:
-        """Add an end-to-end measurement and refit ``c0 + k * raw`` (through the origin with one point,
-        least squares with more, never a negative intercept or slope)."""
-        self._points.append((raw, measured_ms))
-        if len(self._points) == 1 or len({r for r, _ in self._points}) == 1:
-            self.k, self.c0 = measured_ms / max(raw, 1e-9), 0.0
-            return
-        xs, ys = zip(*self._points, strict=True)
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        k = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-        c0 = my - k * mx
-        if k <= 0 or c0 < 0:
-            k, c0 = sum(ys) / sum(xs), 0.0
-        self.k, self.c0 = k, c0
+    def flush(self) -> None:
+        """Write new entries to the cache (if any)."""
+        if self.cache is not None:
+            self.cache.flush()
+
+
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)

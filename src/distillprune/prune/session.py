@@ -23,23 +23,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from torch import nn
 
 from distillprune.core.batch import Batch
-from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.history import HistoryOp
+from distillprune.core.progress import phase
 from distillprune.core.reporting import Details, from_jsonable, to_jsonable
 from distillprune.data.base import DataBundle, Examples, TensorLoader
 from distillprune.distill.distiller import snapshot
 from distillprune.distill.modes import Objective, objective_for
 from distillprune.errors import DistillpruneError
 from distillprune.prune.alignment import kept_channels
+from distillprune.prune.config import SessionConfig
 from distillprune.prune.structure import Structure, structure_type
 from distillprune.train import distributed as ddp
 from distillprune.train.config import Span, TrainSummary
-from distillprune.train.context import Context, LoaderOptions, Trainer
-from distillprune.train.trainer import resolve_device
+from distillprune.train.context import Context, Trainer
+from distillprune.train.device import resolve_device
 
 __all__ = ["PruneSession", "Trainer"]
 
@@ -57,11 +57,10 @@ class PruneSession:
     network, when it is not a copy of the teacher.
     """
 
-    @legacy_shape(lambda a, k: legacy_context(a, k, 3))
     def __init__(
         self,
         model: nn.Module,
-        cfg: BaseModel,
+        cfg: SessionConfig,
         data: DataBundle | Examples | None = None,
         *,
         teacher: nn.Module | None = None,
@@ -77,7 +76,7 @@ class PruneSession:
             raise DistillpruneError(
                 "prune needs data: a DataBundle, or Examples(inputs, num_classes) for one-shot pruning"
             )
-        if getattr(cfg, "epochs_per_step", 0) and trainer is None:
+        if cfg.epochs_per_step and trainer is None:
             raise DistillpruneError("epochs_per_step > 0 needs training data: pass data=... (or a trainer)")
         if isinstance(data, Examples) and data.num_classes is None:
             raise DistillpruneError(
@@ -86,7 +85,7 @@ class PruneSession:
             )
         ctx = context or Context()
         self.model, self.data = model, bundle
-        self.cfg: Any = cfg  # the family's config: its structure reads its own fields
+        self.cfg = cfg  # the family's config: its structure reads its own fields
         self.device = resolve_device(ctx.runtime)
         if isinstance(data, Examples):
             assert data.num_classes is not None  # checked above
@@ -124,12 +123,11 @@ class PruneSession:
         distill = self.structure.distill_config()
         ssl = getattr(cfg, "ssl", None)  # a self-supervised objective instead of KD (no teacher, no labels)
         self.objective = objective_for(distill, cfg.label_smoothing, lambda: teacher, self._peer, ssl)
-        if getattr(cfg, "target", None) is not None:
+        if cfg.target is not None:
             plan_type: Any = self.structure.plan_type
             # measured on rank 0 alone under torchrun, and shared: every rank follows one plan
-            self.plan = ddp.once(
-                self.structure.plan, to_jsonable, lambda d: None if d is None else from_jsonable(plan_type, d)
-            )
+            search = phase("target search")(self.structure.plan)
+            self.plan = ddp.once(search, to_jsonable, lambda d: None if d is None else from_jsonable(plan_type, d))
             self.structure.use_plan(self.plan)
         return self.plan
 
@@ -142,7 +140,8 @@ class PruneSession:
         cfg = self.cfg
         self.structure.before_cut(k)
         # under torchrun rank 0 decides the cut (scores, latency) and the other ranks replay its history ops
-        ddp.replicate(lambda: self.structure.cut(k), self.history, self._replay, self.report)
+        cut = phase(f"cut {k + 1}/{cfg.steps}")(self.structure.cut)
+        ddp.replicate(lambda: cut(k), self.history, self._replay, self.report)
         ddp.check_same_architecture(self.model, self.history, f"after prune step {k + 1}")
         align = getattr(self.objective, "align", None)
         if callable(align):  # losses that compare kept channels with the teacher's (distill.losses.aligned)
@@ -154,7 +153,7 @@ class PruneSession:
             assert self.trainer is not None
             on_step = self.structure.on_train_step()
             args = (self.model, self.objective, cfg.epochs_per_step, f"step{k + 1}", on_step)
-            span = step_span(cfg.epochs_per_step, cfg.steps, getattr(cfg, "lr_span", "step"), k)
+            span = step_span(cfg.epochs_per_step, cfg.steps, cfg.lr_span, k)
             self._records += self.trainer(*args) if span is None else self.trainer(*args, span)
         self._done += 1
 
@@ -183,8 +182,10 @@ class PruneSession:
         self.history.append(op)
         self.report.history.append(op)  # type: ignore[attr-defined]
 
-    def calibration(self, n: int) -> list[tuple[Batch, torch.Tensor | None]]:
-        """``n`` shuffled, normalised training batches (seeded), or the example inputs without data."""
+    def calibration(self, samples: int) -> list[tuple[Batch, torch.Tensor | None]]:
+        """Shuffled, normalised training batches (seeded) holding at least ``samples`` inputs (whole batches), or
+        the example inputs without data."""
+        n = max(1, -(-samples // self.batch_size))
         if self.data is None:
             assert self.example is not None
             return [(self.example.to(self.device), None)]
@@ -193,43 +194,6 @@ class PruneSession:
             d.train, self.batch_size, d.mean, d.std, shuffle=True, seed=self.seed + 1, device=self.device
         )
         return [(x, y) for _, (x, y) in zip(range(n), loader, strict=False)]
-
-
-OLD_KEYWORDS = ("example_inputs", "num_classes", "latency", "device", "batch_size", "seed")
-
-
-def legacy_context(
-    args: tuple[Any, ...], kwargs: dict[str, Any], data_at: int
-) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
-    """The old call shape (``example_inputs=``, ``num_classes=``, ``latency=``, ``device=``, ``batch_size=``,
-    ``seed=``; ``data`` at ``data_at`` in ``args``) in the new one: ``Examples`` and a ``Context``."""
-    old = pop_known(kwargs, OLD_KEYWORDS)
-    if not old:
-        return None
-    args = list(args)  # type: ignore[assignment]
-    data = args[data_at] if len(args) > data_at else kwargs.pop("data", None)
-    if "example_inputs" in old and data is None:
-        data = Examples(old["example_inputs"], old.get("num_classes"))
-    elif isinstance(data, Examples) and "num_classes" in old:
-        data = Examples(data.inputs, old["num_classes"])
-    if len(args) > data_at:
-        args[data_at] = data  # type: ignore[index]
-    else:
-        kwargs["data"] = data
-    base = kwargs.get("context") or Context()
-    device = old.get("device")
-    runtime = base.runtime
-    if device is not None:
-        runtime = runtime.model_copy(update={"device": "cuda" if torch.device(device).type == "cuda" else "cpu"})
-    loader = LoaderOptions(
-        old.get("batch_size", base.loader.batch_size),
-        old.get("seed", base.loader.seed),
-        base.loader.crop_padding,
-        base.loader.hflip,
-    )
-    kwargs["context"] = Context(runtime, loader, old.get("latency", base.latency))
-    new = "data=Examples(inputs, num_classes), context=Context(runtime, LoaderOptions(batch_size, seed), latency)"
-    return tuple(args), kwargs, f"{', '.join(f'{k}=' for k in old)} are deprecated; pass {new}"
 
 
 def step_span(epochs_per_step: float, steps: int, lr_span: str, k: int) -> Span | None:

@@ -13,9 +13,9 @@ is cut and how:
   re-estimation, magnitude masks);
 * ``finish()``: the family's report.
 
-A family registers its structure by its config type with ``@structure_for_config(Config)``; ``prune_``,
-the stage and the session find it with :func:`structure_type` (a stage's config subclasses the family's, so
-the lookup walks the class's MRO).
+A family registers its structure by its config type with ``@structure_for_config(Config)`` (``STRUCTURES``, keyed
+by the config class's name); ``prune_``, the stage and the session find it with :func:`structure_type` (a stage's
+config subclasses the family's, so the lookup walks the class's MRO).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from distillprune.core.config import validate
+from distillprune.core.registry import Registry
 from distillprune.core.reporting import Details
 from distillprune.errors import DistillpruneError
 
@@ -37,13 +38,14 @@ if TYPE_CHECKING:
     from distillprune.data.base import DataBundle
     from distillprune.distill.config import DistillConfig
     from distillprune.measure.latency import LatencyConfig
+    from distillprune.prune.config import SessionConfig
 
 
 class Session(Protocol):
     """What a structure may use of the session (``prune.session.PruneSession``)."""
 
     model: nn.Module
-    cfg: Any  # the family's config
+    cfg: SessionConfig  # the family's config (a structure narrows it to its own type)
     data: DataBundle | None
     example: torch.Tensor | None  # the calibration batch without data
     teacher: nn.Module | None
@@ -56,7 +58,7 @@ class Session(Protocol):
 
     def record(self, op: HistoryOp) -> None: ...
 
-    def calibration(self, n: int) -> list[tuple[Batch, torch.Tensor | None]]: ...
+    def calibration(self, samples: int) -> list[tuple[Batch, torch.Tensor | None]]: ...
 
 
 class Structure:
@@ -64,6 +66,8 @@ class Structure:
 
     #: the dataclass ``plan()`` returns (rebuilt from JSON on the ranks that did not plan)
     plan_type: ClassVar[type | None] = None
+    #: the config type it is registered for (``structure_for_config``)
+    config: ClassVar[type[BaseModel]]
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -74,7 +78,7 @@ class Structure:
 
     def distill_config(self) -> DistillConfig | None:
         """The KD options of the objective (a family may pick a task's default loss)."""
-        return self.session.cfg.distill  # type: ignore[no-any-return]
+        return self.session.cfg.distill
 
     def plan(self) -> Any | None:
         """With a target, the plan that reaches it (rank 0 only); None without one."""
@@ -104,17 +108,16 @@ class Structure:
         raise NotImplementedError
 
 
-#: config type -> the structure that prunes it (CNN channels and blocks; encoder heads, FFN and layers)
-STRUCTURES: dict[type[BaseModel], type[Structure]] = {}
+#: config class name -> the structure that prunes it (CNN channels and blocks; encoder heads, FFN and layers)
+STRUCTURES: Registry[type[Structure]] = Registry("prune structure")
 
 
 def structure_for_config(config: type[BaseModel]) -> Callable[[type[Structure]], type[Structure]]:
     """Register a structure for ``config`` (and its subclasses, e.g. the stage's config); a clash is an error."""
 
     def register(cls: type[Structure]) -> type[Structure]:
-        if config in STRUCTURES and STRUCTURES[config] is not cls:
-            raise ValueError(f"{config.__name__} already has a structure: {STRUCTURES[config].__name__}")
-        STRUCTURES[config] = cls
+        STRUCTURES.register(config.__name__)(cls)
+        cls.config = config
         return cls
 
     return register
@@ -123,14 +126,14 @@ def structure_for_config(config: type[BaseModel]) -> Callable[[type[Structure]],
 def structure_type(cfg: BaseModel) -> type[Structure]:
     """The registered structure of ``cfg``'s type (or of the nearest registered base class)."""
     for klass in type(cfg).__mro__:
-        if klass in STRUCTURES:
-            return STRUCTURES[klass]
+        if klass.__name__ in STRUCTURES and STRUCTURES.get(klass.__name__).config is klass:
+            return STRUCTURES.get(klass.__name__)
     raise DistillpruneError(
-        f"no structure prunes a {type(cfg).__name__}: registered are {', '.join(c.__name__ for c in STRUCTURES)}"
+        f"no structure prunes a {type(cfg).__name__}: registered are {', '.join(STRUCTURES.in_order())}"
     )
 
 
-def config_of(cfg: BaseModel | dict[str, Any], default: type[BaseModel]) -> BaseModel:
+def config_of(cfg: BaseModel | dict[str, Any], default: type[BaseModel]) -> Any:
     """A config as given, or a dict validated by the first registered config that has all its keys.
 
     The CNN's ``PruneConfig`` registers first, so a dict that fits both families (only shared keys such
@@ -138,6 +141,6 @@ def config_of(cfg: BaseModel | dict[str, Any], default: type[BaseModel]) -> Base
     ``default``, whose error names the nearest valid key."""
     if isinstance(cfg, BaseModel):
         return cfg
-    fitting = [c for c in STRUCTURES if set(cfg) <= set(c.model_fields)]
-    klass = fitting[0] if fitting else default
-    return validate(klass, cfg, where="prune config")  # type: ignore[no-any-return]
+    configs = [STRUCTURES.get(n).config for n in STRUCTURES.in_order()]
+    fitting = [c for c in configs if set(cfg) <= set(c.model_fields)]
+    return validate(fitting[0] if fitting else default, cfg, where="prune config")

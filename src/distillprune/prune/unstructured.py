@@ -14,11 +14,6 @@ from torch import nn
 from distillprune.core.modules import LayerSelect
 
 
-def cubic_sparsity(step: int, steps: int, final: float) -> float:
-    t = min(max(step, 0), steps) / max(steps, 1)
-    return final * (1.0 - (1.0 - t) ** 3)
-
-
 def prunable_weights(
     model: nn.Module, skip: list[nn.Module], layers: LayerSelect | None = None
 ) -> dict[str, torch.Tensor]:

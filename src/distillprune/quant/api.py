@@ -1,5 +1,6 @@
 """``distillprune.quantize``: one entry point, dispatched by the config's type (one class per scheme:
-``StaticConfig``, ``DynamicConfig``, ``QATConfig``, ``FP16Config``, ``BF16Config``; ``QUANT_CONFIGS``)."""
+``StaticConfig``, ``DynamicConfig``, ``QATConfig``, ``FP16Config``, ``BF16Config``; ``QUANTIZERS``), each run by
+its own quantizer (``quant.registry.quantizer_of``)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,18 @@ from torch import nn
 
 from distillprune.core.batch import NamedInputs, is_embedder
 from distillprune.core.checkpoint import ArchSpec
-from distillprune.core.compat import legacy_shape, pop_known
 from distillprune.core.config import validate
 from distillprune.core.history import HistoryOp
+from distillprune.core.io import safe_mkdir
 from distillprune.data.base import DataBundle
 from distillprune.distill.modes import finetune_objective
 from distillprune.errors import QuantizationError
-from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult
+from distillprune.quant.base import QuantJob, QuantResult
 from distillprune.quant.calibration import bundle_batches, tensor_batches
 from distillprune.quant.config import QATOptions, QuantConfig
-from distillprune.quant.registry import QUANT_CONFIGS
-from distillprune.train.config import RuntimeConfig
-from distillprune.train.context import Context, LoaderOptions, Trainer, fit_trainer
+from distillprune.quant.qat import QATConfig
+from distillprune.quant.registry import QUANTIZERS, quantizer_of
+from distillprune.train.context import Context, Trainer, fit_trainer
 
 SUFFIX = {"static": "int8", "dynamic": "int8-dynamic", "qat": "int8-qat", "fp16": "fp16", "bf16": "bf16"}
 
@@ -74,14 +75,14 @@ def make_job(
         shape = tuple(test_x.shape[1:])
     if input_shape is not None and tuple(input_shape) != shape:
         raise QuantizationError(f"input_shape {tuple(input_shape)} differs from the data's {shape}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    safe_mkdir(workdir)  # in a run folder: level by level, never through a planted link
     return QuantJob(model, shape, cfg, Path(out), workdir, batches, test_x, test_y, teacher, train, qat, train_steps)
 
 
 def scheme_config(cfg: QuantConfig | dict[str, Any] | None) -> QuantConfig:
     """The scheme's own config class for ``cfg``: a scheme config as it is; a plain ``QuantConfig`` (or a
     stage's) or a dict through the class registered for its ``method`` (default ``static``)."""
-    if isinstance(cfg, QuantConfig) and type(cfg) is QUANT_CONFIGS.get(cfg.method):
+    if isinstance(cfg, QuantConfig) and type(cfg) is QUANTIZERS.get(cfg.method):
         return cfg
     if isinstance(cfg, QuantConfig):
         raw = cfg.model_dump(include=set(QuantConfig.model_fields))
@@ -93,39 +94,9 @@ def scheme_config(cfg: QuantConfig | dict[str, Any] | None) -> QuantConfig:
     method = raw.get("method", "static")
     if not isinstance(method, str):
         raise QuantizationError(f"quantize config: method must be a name, received method={method!r}")
-    return validate(QUANT_CONFIGS.get(method), raw, where="quantize config")
+    return validate(QUANTIZERS.get(method), raw, where="quantize config")
 
 
-def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
-    """``quantize(model, data=None, config=None, out=None, *, calibration=, teacher=, qat=, runtime=,
-    batch_size=, seed=)``, the old shape."""
-    old_positional = len(args) > 1 and (isinstance(args[1], DataBundle) or len(args) > 3)
-    old = pop_known(kwargs, ("config", "qat", "runtime", "batch_size", "seed"))
-    if not old_positional and not old:
-        return None
-    model, rest = args[0], list(args[1:])
-    data = rest[0] if old_positional and rest else kwargs.pop("data", None)
-    config = rest[1] if old_positional and len(rest) > 1 else old.get("config")
-    if old_positional and len(rest) > 2:
-        kwargs["out"] = rest[2]
-    if not old_positional and rest:  # new positional cfg with old keywords
-        config = rest[0]
-        data = rest[1] if len(rest) > 1 else data
-    cfg = scheme_config(config)
-    if "qat" in old and old["qat"] is not None:
-        if cfg.method != "qat":
-            raise QuantizationError(f"qat options given but method is {cfg.method!r}")
-        opts = (
-            old["qat"] if isinstance(old["qat"], QATOptions) else validate(QATOptions, old["qat"], where="qat options")
-        )
-        cfg = cfg.model_copy(update={"qat": opts})
-    runtime = old.get("runtime") or RuntimeConfig(progress=False, tensorboard=False, device="cpu")
-    kwargs["context"] = Context(runtime, LoaderOptions(old.get("batch_size", 64), old.get("seed", 0)))
-    new = "quantize(model, QATConfig(qat=...) | StaticConfig(...) | ..., data, *, context=..., out=...)"
-    return (model, cfg, data), kwargs, f"the old shape is deprecated; call {new}"
-
-
-@legacy_shape(_legacy)
 def quantize(
     model: nn.Module,
     cfg: QuantConfig | dict[str, Any] | None = None,
@@ -158,10 +129,10 @@ def quantize(
     out = Path(out) if out is not None else Path(default_filename(conf.method))
     model = model.float().cpu().eval()
     train, steps, opts = None, 0, None
-    if conf.method == "qat":
+    if isinstance(conf, QATConfig):
         if not isinstance(data, DataBundle):
             raise QuantizationError("method=qat trains the model: pass data (a DataBundle)")
-        opts = getattr(conf, "qat", None) or QATOptions()
+        opts = conf.qat or QATOptions()
         fit = trainer or fit_trainer(opts, data, ctx, "quantize")
         objective = finetune_objective(opts.distill, opts.label_smoothing, model, teacher, ctx.loader.seed, data)
         train, steps = qat_trainer(data, opts, objective, fit, ctx)
@@ -178,7 +149,7 @@ def quantize(
             qat=opts,
             train_steps=steps,
         )
-        return QUANTIZERS.get(conf.method)(job)
+        return quantizer_of(conf)(job)
 
 
 def qat_trainer(

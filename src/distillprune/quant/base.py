@@ -1,7 +1,7 @@
 """What every quantizer shares: the registry, the job it gets, the result it returns, and the
 helpers around ONNX Runtime (float export + pre-processing, parity, accuracy of an ONNX file).
 
-A quantizer is ``fn(job: QuantJob) -> QuantResult``, registered by name in ``QUANTIZERS``.
+A quantizer is ``fn(job: QuantJob) -> QuantResult``, the one of its scheme's config class (``quantizer_for``).
 """
 
 from __future__ import annotations

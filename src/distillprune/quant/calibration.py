@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from onnxruntime.quantization import CalibrationDataReader
 
 from distillprune.core.batch import NamedInputs
 from distillprune.data.base import DataBundle, normalize
@@ -51,8 +50,12 @@ def tensor_batches(items: Iterable[torch.Tensor | np.ndarray]) -> Batches:
     return batches
 
 
-class BatchReader(CalibrationDataReader):
-    """ONNX Runtime's calibration interface over our batches; refuses an empty calibration set."""
+class BatchReader:
+    """ONNX Runtime's calibration interface over our batches; refuses an empty calibration set.
+
+    It is a ``CalibrationDataReader`` by that class's own ``__subclasshook__`` (it has ``get_next``), and it
+    iterates like one; not deriving from it keeps ``onnxruntime.quantization`` (and ``onnx``) out of the
+    imports until a quantizer runs."""
 
     def __init__(self, batches: Batches, input_name: str = "input", names: list[str] | None = None):
         self.batches, self.input_name, self.names = batches, input_name, names
@@ -77,6 +80,15 @@ class BatchReader(CalibrationDataReader):
             feeds = x.numpy()
             return {k: v for k, v in feeds.items() if self.names is None or k in self.names}
         return {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    def __iter__(self) -> BatchReader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        feeds = self.get_next()
+        if feeds is None:
+            raise StopIteration
+        return feeds
 
     def rewind(self) -> None:
         self._it, self.count = None, 0

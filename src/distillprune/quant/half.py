@@ -24,7 +24,7 @@ from distillprune.quant.base import (
     run_torch,
 )
 from distillprune.quant.config import QuantConfig
-from distillprune.quant.registry import QUANT_CONFIGS
+from distillprune.quant.registry import quantizer_for
 
 # inputs that ONNX requires in float32 whatever the compute type: (op, input index)
 FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
@@ -129,25 +129,25 @@ def _half(job: QuantJob, kind: str) -> QuantResult:
     return res
 
 
-@QUANT_CONFIGS.register("fp16")
+@QUANTIZERS.register("fp16")
 class FP16Config(QuantConfig):
     """A float16 ONNX file (for GPUs)."""
 
     method: Literal["fp16"] = "fp16"
 
 
-@QUANT_CONFIGS.register("bf16")
+@QUANTIZERS.register("bf16")
 class BF16Config(QuantConfig):
     """A bfloat16 ONNX file (for GPUs)."""
 
     method: Literal["bf16"] = "bf16"
 
 
-@QUANTIZERS.register("fp16")
+@quantizer_for(FP16Config)
 def fp16(job: QuantJob) -> QuantResult:
     return _half(job, "fp16")
 
 
-@QUANTIZERS.register("bf16")
+@quantizer_for(BF16Config)
 def bf16(job: QuantJob) -> QuantResult:
     return _half(job, "bf16")

@@ -25,19 +25,19 @@ from distillprune.quant.base import (
 )
 from distillprune.quant.config import QuantConfig
 from distillprune.quant.ort_static import qtype, require_weighted_ops
-from distillprune.quant.registry import QUANT_CONFIGS
+from distillprune.quant.registry import quantizer_for
 
 LINEAR_OPS = ["MatMul", "Gemm"]
 
 
-@QUANT_CONFIGS.register("dynamic")
+@QUANTIZERS.register("dynamic")
 class DynamicConfig(QuantConfig):
     """int8 weights, activations quantized at run time (no calibration): for Linear-heavy models."""
 
     method: Literal["dynamic"] = "dynamic"
 
 
-@QUANTIZERS.register("dynamic")
+@quantizer_for(DynamicConfig)
 def dynamic(job: QuantJob) -> QuantResult:
     from onnxruntime.quantization import quantize_dynamic
 

@@ -34,7 +34,7 @@ from distillprune.quant.base import (
 )
 from distillprune.quant.calibration import BatchReader
 from distillprune.quant.config import QuantConfig
-from distillprune.quant.registry import QUANT_CONFIGS
+from distillprune.quant.registry import quantizer_for
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 
@@ -182,14 +182,14 @@ def static_int8(
     return res
 
 
-@QUANT_CONFIGS.register("static")
+@QUANTIZERS.register("static")
 class StaticConfig(QuantConfig):
     """int8 QDQ through ONNX Runtime, activation ranges calibrated on training inputs (``calibration``)."""
 
     method: Literal["static"] = "static"
 
 
-@QUANTIZERS.register("static")
+@quantizer_for(StaticConfig)
 def static(job: QuantJob) -> QuantResult:
     res = static_int8(job)
     check_agreement(

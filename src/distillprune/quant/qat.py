@@ -31,7 +31,7 @@ from distillprune.core.modules import set_module
 from distillprune.errors import QuantizationError
 from distillprune.quant.base import QUANTIZERS, QuantJob, QuantResult, check_agreement, run_torch
 from distillprune.quant.config import QATOptions, QuantConfig
-from distillprune.quant.registry import QUANT_CONFIGS
+from distillprune.quant.registry import quantizer_for
 
 
 class ActQuant(nn.Module):
@@ -240,7 +240,7 @@ class FakeQuant:
         self.model.train(was)
 
 
-@QUANT_CONFIGS.register("qat")
+@QUANTIZERS.register("qat")
 class QATConfig(QuantConfig):
     """Quantization-aware training with KD (``qat``: epochs, optimizer, distill), exported to int8 QDQ."""
 
@@ -248,7 +248,7 @@ class QATConfig(QuantConfig):
     qat: QATOptions = Field(default_factory=QATOptions, description="epochs, optimizer, distill")
 
 
-@QUANTIZERS.register("qat")
+@quantizer_for(QATConfig)
 def qat(job: QuantJob) -> QuantResult:
     from distillprune.quant.ort_static import static_int8
 

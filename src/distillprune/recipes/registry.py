@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from distillprune.core.config import StrictModel, register_union_tags
@@ -19,11 +19,13 @@ from distillprune.core.reporting import Deployed, Details
 
 @dataclass
 class StageOutcome:
-    """What a stage runner returns: its typed report, and the artefact it ships when that is not the float
-    model (its report row then measures the artefact)."""
+    """What a stage runner returns: its typed report, the artefact it ships when that is not the float model
+    (its report row then measures the artefact), and flags for its report row (said on the console and in
+    report.md's flags, e.g. a plan outside its target band)."""
 
     details: Details | None = None
     deployed: Deployed | None = None
+    flags: list[str] = field(default_factory=list)
 
 
 #: ``run(stage_config, state, index) -> StageOutcome``; ``state`` is the pipeline's ``RunState``, a layer above
@@ -46,6 +48,21 @@ class StageDef:
 
 
 STAGES: Registry[StageDef] = Registry("stage")
+#: the built-in stages, one module each, in pipeline order (the order of ``distillprune list stages`` and of the
+#: README's table): declared, so listing them or reading a recipe's stage names imports none of them
+for _stage in (
+    "train",
+    "distill",
+    "prune",
+    "prune_transformer",
+    "finetune",
+    "lowrank",
+    "cluster",
+    "quantize",
+    "evaluate",
+    "export",
+):
+    STAGES.declare(f"distillprune.pipeline.stages.{_stage}", _stage)
 
 
 def stage_name(config: type[StrictModel]) -> str:

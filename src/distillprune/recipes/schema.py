@@ -18,7 +18,7 @@ from distillprune.core.config import StrictModel, validate
 from distillprune.core.registry import nearest
 from distillprune.data.base import DataBundle
 from distillprune.data.config import DataConfig
-from distillprune.errors import RecipeError
+from distillprune.errors import DistillpruneError, RecipeError
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.probe import ProbeConfig
 from distillprune.models.config import ModelConfig
@@ -159,3 +159,15 @@ def read_yaml(path: str | Path) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     raw = apply_overrides(read_yaml(path), overrides or [])
     return validate(Recipe, raw, where=str(path))
+
+
+def load_eval_data(spec: str | Path) -> DataBundle:
+    """A recipe's data (``.yaml``/``.yml``) or an ``.npz`` with x_train, y_train, x_test, y_test."""
+    from distillprune.data import load_data
+
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml"):
+        return load_data(load_recipe(p).data)
+    if p.suffix == ".npz":
+        return load_data(DataConfig(source="npz", path=str(p)))
+    raise DistillpruneError(f"--data expects a recipe (.yaml) or an .npz file, got {p.name!r}")

@@ -13,10 +13,11 @@ from html import escape
 from pathlib import Path
 
 from distillprune.core.io import write_text
-from distillprune.errors import DistillpruneError
+from distillprune.core.run_files import RESERVED
+from distillprune.errors import DistillpruneError, printable
 from distillprune.report.page import figure, page, table
 from distillprune.report.plots import compare_svg, latency_keys, latency_label
-from distillprune.report.render import _fmt_bytes, _fmt_int, _x
+from distillprune.report.render import _fmt_bytes, _fmt_int, _x, compact_table, fit_labels
 from distillprune.report.report import QUALITY
 from distillprune.report.run_folder import RunData, load_run, run_folder
 
@@ -217,6 +218,7 @@ def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) ->
         html = r.folder / "report.html" if r.folder else None
         if html is not None and html.is_file():
             href = os.path.relpath(html, out_dir) if out_dir else html.as_uri()
+            href = href if href.startswith((".", "/", "file:")) else f"./{href}"  # a folder 'javascript:x' is a path
             links.append(f'<li><a href="{escape(href)}">{escape(r.label)}</a>: its full report</li>')
         else:
             links.append(
@@ -264,8 +266,6 @@ def write_compare(runs: Sequence[RunData], out: str | Path) -> Path:
 def _not_a_run_file(runs: Sequence[RunData], out: Path) -> None:
     """Refuse an ``--out`` that would overwrite a compared run's own files (report.json, run.log, its ONNX):
     inside a run folder the page may only be a new file or an earlier page (.html, not report.html)."""
-    from distillprune.pipeline.rundir import RESERVED
-
     target = out.resolve()
     for r in runs:
         if r.folder is None or not target.is_relative_to(r.folder.resolve()):
@@ -278,23 +278,30 @@ def _not_a_run_file(runs: Sequence[RunData], out: Path) -> None:
 
 
 def print_compare(runs: Sequence[RunData], wide: bool = False, console=None) -> None:
+    """The runs side by side: the compact columns fitted to the terminal (at most 80 columns, run labels
+    shortened with a footnote, numbers never wrapped), or every column with ``wide``."""
     from rich.console import Console
     from rich.markup import escape as rich_escape
     from rich.table import Table
 
-    cols = [(c, c) for c in COLUMNS] if wide else COMPACT
-    pick = [COLUMNS.index(c) for c, _ in cols]
-    t = Table(
-        title=f"distillprune: {len(runs)} runs, final stage vs each run's dense model",
-        caption=None if wide else "speedup: ORT bs1; real/MAC: best speedup / MAC ratio; --wide: all columns",
-    )
-    for c, header in cols:
-        t.add_column(header, justify="left" if c in ("run", "recipe") else "right", overflow="fold")
-    for row in compare_rows(runs):
-        t.add_row(*(rich_escape(row[i]) for i in pick))
     console = console or Console()
-    console.print(t)
+    title = f"distillprune: {len(runs)} runs, final stage vs each run's dense model"
+    if wide:
+        t = Table(title=title)
+        for c in COLUMNS:
+            t.add_column(c, justify="left" if c in ("run", "recipe") else "right", overflow="fold")
+        for row in compare_rows(runs):
+            t.add_row(*(rich_escape(printable(c)) for c in row))  # text from report.json: never raw escapes
+        console.print(t)
+    else:
+        width = min(console.width, 80)
+        pick = [COLUMNS.index(c) for c, _ in COMPACT]
+        data = [[row[i] for i in pick] for row in compare_rows(runs)]
+        data, footnotes = fit_labels([h for _, h in COMPACT], data, [None] * len(data), width)
+        console.print(compact_table(title, [h for _, h in COMPACT], data))
+        for line in [*footnotes, "speedup: ORT bs1; real/MAC: best speedup / MAC ratio; --wide: all columns"]:
+            console.print(rich_escape(printable(line)), highlight=False, width=width)
     for d in environment_differences(runs):
-        console.print(f"[yellow]measured differently[/] {rich_escape(d)}")
+        console.print(f"[yellow]measured differently[/] {rich_escape(printable(d))}")
     for n in latency_notes(runs):
-        console.print(f"[yellow]note[/] {rich_escape(n)}")
+        console.print(f"[yellow]note[/] {rich_escape(printable(n))}")

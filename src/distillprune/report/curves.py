@@ -30,6 +30,8 @@ class Curve:
     x: list[float] = field(default_factory=list)  # epochs, cumulative over the stage's phases
     series: dict[str, list[float | None]] = field(default_factory=dict)
     phases: list[tuple[str, float]] = field(default_factory=list)  # (phase name, x where it starts)
+    checks: list[tuple[float, float]] = field(default_factory=list)  # keep-best: (x, held-out top-1)
+    kept: list[tuple[float, float]] = field(default_factory=list)  # keep-best: the point each run ended on
 
 
 def _stage_key(stage: str) -> tuple[int, str]:
@@ -60,14 +62,36 @@ def training_curves(records: list[dict[str, Any]]) -> list[Curve]:
                     for k in keys:
                         v = r.get(k)
                         c.series.setdefault(k, []).append(float(v) if isinstance(v, (int, float)) else None)
+                _held_out(c, r, offset)
             offset += float(recs[-1]["step"])
         c.series = {k: v for k, v in c.series.items() if any(x is not None for x in v)}
         curves.append(c)
     return curves
 
 
+def _held_out(c: Curve, r: dict[str, Any], offset: float) -> None:
+    """A run's keep-best checks (its last record holds them), placed on the stage's epoch axis."""
+    first = None
+    for p in r.get("checks") or []:
+        if (
+            isinstance(p, dict)
+            and isinstance(p.get("val_top1"), (int, float))
+            and isinstance(p.get("epoch"), float | int)
+        ):
+            first = p["epoch"] if first is None else first
+            c.checks.append((offset + float(p["epoch"]) - first, float(p["val_top1"])))
+    kept = r.get("kept")
+    if first is not None and isinstance(kept, dict) and isinstance(kept.get("val_top1"), (int, float)):
+        at = kept.get("epoch", first)
+        c.kept.append((offset + float(first if at is None else at) - first, float(kept["val_top1"])))
+
+
 def _panel(ax, c: Curve, title: str, keys: tuple[str, ...], ylabel: str) -> None:
     drawn = False
+    if "test_acc" in keys and c.checks:  # the fine-tune's held-out checks and the point it kept
+        ax.plot([p[0] for p in c.checks], [p[1] for p in c.checks], ":.", ms=3, lw=1, color="#CC79A7", label="held-out")
+        ax.plot([p[0] for p in c.kept], [p[1] for p in c.kept], "*", ms=9, color="#CC79A7", label="kept")
+        drawn = True
     for k in keys:
         if k in c.series:
             pts = [(x, y) for x, y in zip(c.x, c.series[k], strict=True) if y is not None]

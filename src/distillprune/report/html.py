@@ -19,6 +19,7 @@ from distillprune.report.curves import curves_svg
 from distillprune.report.page import cards, figure, page, table
 from distillprune.report.plots import (
     CANDIDATES_LABEL,
+    EST_TOP1,
     accuracy_latency_svg,
     latency_keys,
     latency_label,
@@ -26,7 +27,7 @@ from distillprune.report.plots import (
     plans,
     stage_bars_svg,
 )
-from distillprune.report.render import columns, rows
+from distillprune.report.render import columns, flag_lines, load_note, rows
 from distillprune.report.report import QUALITY, CompressionReport
 from distillprune.report.run_folder import RunData, read_metrics, read_recipe
 from distillprune.report.widths import layer_rows, removed_blocks, widths_svg
@@ -90,6 +91,7 @@ def _candidates_table(report: CompressionReport) -> str:
                 c.get("label", "?"),
                 _num(c.get("macs"), "{:,}"),
                 *(_num((c.get("latency_ms") or {}).get(k), "{:.3f}") for k in keys),
+                _num(c.get("predicted"), "{:.2f}x"),
                 _num(c.get("speedup"), "{:.2f}x"),
                 _num(c.get("est_top1"), "{:.2f}"),
                 "yes" if c.get("chosen") else "",
@@ -98,7 +100,7 @@ def _candidates_table(report: CompressionReport) -> str:
         ]
         out.append(
             table(
-                ["candidate", "MACs", *(f"{k} ms" for k in keys), "speedup", "est. top-1 %", "chosen"],
+                ["candidate", "MACs", *(f"{k} ms" for k in keys), "predicted", "measured", EST_TOP1, "chosen"],
                 body,
                 ["chosen" if c.get("chosen") else "" for c in p.candidates],
                 text_cols=(0,),
@@ -147,7 +149,7 @@ def _has_spread(report: CompressionReport, key: str) -> bool:
 
 
 def _stages_section(report: CompressionReport) -> str:
-    flags = [(s.name, f) for s in report.stages for f in s.flags]
+    flags = flag_lines(report)
     flag_html = (
         (
             "<h3>Flags</h3><ul>"
@@ -218,7 +220,9 @@ def _curves_section(metrics: list[dict[str, Any]]) -> str:
         curves_svg(metrics),
         "Per epoch of each training stage (metrics.jsonl): training loss (the "
         "stage's objective, e.g. KD + CE), train and test top-1, learning rate. Dotted lines separate "
-        "a stage's phases (prune steps, born-again generations).",
+        "a stage's phases (prune steps, born-again generations). A fine-tune of trained weights also shows its "
+        "held-out checks (top-1 on images held out of the training split, the start included) and, as a star, "
+        "the point it kept.",
         "No training curves: this run folder has no metrics.jsonl records (no training stage ran, "
         "or the run was not given a folder).",
     )
@@ -257,8 +261,21 @@ def _environment_section(report: CompressionReport, recipe: dict[str, Any] | Non
         else '<p class="note">The recipe as run is not in this run folder (the stage '
         "checkpoints carry it; none was found).</p>"
     )
+    loads = [
+        [s.name, note.removeprefix("machine load while timing: ")]
+        for s in report.stages
+        if (note := load_note(report, s))
+    ]
+    load_html = (
+        "<h3>Machine load while timing</h3>" + table(["stage", "load (from /proc/loadavg)"], loads, text_cols=(0, 1))
+        if loads
+        else ""
+    )
     return (
-        table(["", "value"], rows_, text_cols=(0, 1)) + "<h3>Recipe as run (resolved, with defaults)</h3>" + recipe_html
+        table(["", "value"], rows_, text_cols=(0, 1))
+        + load_html
+        + "<h3>Recipe as run (resolved, with defaults)</h3>"
+        + recipe_html
     )
 
 

@@ -11,11 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distillprune.errors import DistillpruneError
 from distillprune.report.report import QUALITY, CompressionReport, StageResult
 from distillprune.report.svg import colour, new_figure, styled, to_svg
 
-CANDIDATES_LABEL = "candidates: estimated validation top-1 before fine-tuning"
-CANDIDATES_LEGEND = "candidates: estimated validation top-1\nbefore fine-tuning"
+CANDIDATES_LABEL = "candidates: top-1 estimated on held-out training images (optimistic), before fine-tuning"
+CANDIDATES_LEGEND = "candidates: top-1 estimated on training\nimages (optimistic), before fine-tuning"
+#: the column of a plan's candidates: the teacher has fitted its training images, so the estimate is optimistic
+EST_TOP1 = "est. top-1 % (training images, optimistic)"
 
 
 def latency_label(key: str) -> str:
@@ -115,6 +118,8 @@ class Plan:
 
 
 def plans(report: CompressionReport) -> list[Plan]:
+    """The plans of the report's prune stages; a plan whose target is not a mapping of numbers is one
+    ``DistillpruneError`` line (report.json is data: it may have been edited)."""
     out = []
     for s in report.stages:
         p = s.details_dict().get("plan")
@@ -122,8 +127,24 @@ def plans(report: CompressionReport) -> list[Plan]:
             cands = [c for c in p.get("candidates") or [] if isinstance(c, dict)]
             # older plans name no ``achieved``: their measured speedup, else their MAC ratio
             achieved = p["achieved"] if "achieved" in p else (p.get("speedup") or p.get("macs_ratio"))
-            out.append(Plan(s.name, dict(p.get("target") or {}), achieved, cands))
+            out.append(Plan(s.name, _target(p.get("target"), s.name), achieved if _number(achieved) else None, cands))
     return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _target(t: Any, stage: str) -> dict[str, Any]:
+    if t is None:
+        return {}
+    numeric = ("latency_speedup", "macs_ratio", "batch_size")
+    if not isinstance(t, dict) or any(t.get(k) is not None and not _number(t[k]) for k in numeric):
+        raise DistillpruneError(
+            f"report.json: stage {stage!r:.60}: details.plan.target is {t!r:.80}; expected a mapping of numbers "
+            f"({', '.join(numeric)})"
+        )
+    return dict(t)
 
 
 def target_latency(report: CompressionReport, plan: Plan, key: str) -> float | None:
@@ -243,8 +264,8 @@ def _draw_candidates(ax, report: CompressionReport, key: str) -> None:
             (c["latency_ms"][key], c["est_top1"], bool(c.get("chosen")))
             for c in plan.candidates
             if isinstance(c.get("latency_ms"), dict)
-            and key in c["latency_ms"]
-            and isinstance(c.get("est_top1"), (int, float))
+            and _number(c["latency_ms"].get(key))
+            and _number(c.get("est_top1"))
         ]
         suffix = f" ({plan.stage})" if len(all_plans) > 1 else ""
         if pts:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from distillprune.core.io import write_text
+from distillprune.errors import printable
 from distillprune.report.report import LOAD_CHECKS, QUALITY, CompressionReport, StageResult
 
 COLUMNS = [
@@ -150,7 +152,7 @@ def render_markdown(report: CompressionReport) -> str:
         "|" + "---|" * len(columns(report)),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
-    flags = [(s.name, f) for s in report.stages for f in s.flags]
+    flags = flag_lines(report)
     if flags:
         lines += ["", "## Flags", ""] + [f"- **{n}**: {f}" for n, f in flags]
     details = [(s.name, s.details_dict()) for s in report.stages if s.details]
@@ -160,6 +162,32 @@ def render_markdown(report: CompressionReport) -> str:
             shown = {k: v for k, v in d.items() if v not in (None, [], {})}
             lines.append(f"- **{n}**: " + "; ".join(f"{k}: {_short(v)}" for k, v in shown.items()))
     return "\n".join(lines) + "\n"
+
+
+def load_note(report: CompressionReport, s: StageResult) -> str | None:
+    """How busy the machine was while ``s`` was timed (``StageResult.load``), or None when the report does not
+    say (written before it was recorded, or timed where there is no /proc/loadavg)."""
+    try:
+        (b1, br), (a1, ar) = ((s.load[k]["load1"], s.load[k]["runnable"]) for k in ("before", "after"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    cores = report.environment.get("cpu_count")
+    on = f" for {cores} cores" if isinstance(cores, int) else ""
+    return (
+        f"machine load while timing: 1-min load average {b1:.2f} before, {a1:.2f} after; "
+        f"{br:.0f} then {ar:.0f} runnable processes{on} (the timing one included)"
+    )
+
+
+def flag_lines(report: CompressionReport) -> list[tuple[str, str]]:
+    """(stage, text) for every flag, each flagged stage's timing followed by the machine's load while it ran."""
+    out = []
+    for s in report.stages:
+        out += [(s.name, f) for f in s.flags]
+        note = load_note(report, s) if s.flags else None
+        if note:
+            out.append((s.name, note))
+    return out
 
 
 def _sequence_note(env: dict) -> list[str]:
@@ -176,7 +204,7 @@ def _short(v: object) -> str:
 
 
 # The default console table: what fits an 80-column terminal. (column in COLUMNS, its short header)
-COMPACT = [
+COMPACT: list[tuple[str, str]] = [
     ("stage", "stage"),
     ("top-1 %", "top-1"),
     ("Δ top-1 pp", "Δ pp"),
@@ -186,6 +214,15 @@ COMPACT = [
     ("speedup bs1", "speedup"),
     ("realised/MAC", "real/MAC"),
 ]
+#: the quality metrics' short headers in the compact table
+COMPACT_METRICS = {
+    "cosine to teacher": "cosine",
+    "top-10 overlap %": "top10 %",
+    "kNN top-1 %": "kNN %",
+    "linear probe top-1 %": "linear %",
+}
+GAP = 2  # spaces between the compact table's columns (it draws no vertical rules)
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 #: what the console table's figures are: the ms of two rows were timed at different moments, so their ratio is
@@ -196,24 +233,110 @@ CAPTION = (
 )
 
 
-def print_table(report: CompressionReport, wide: bool = False, console=None) -> None:
-    """The report as a console table: the compact columns, or all of them with ``wide``.
+def fit_labels(
+    headers: list[str], rows: list[list[str]], notes: list[str | None], width: int
+) -> tuple[list[list[str]], list[str]]:
+    """The rows with their first cell (the label) shortened so that the table, its columns ``GAP`` apart, fits
+    ``width`` terminal columns while every other cell keeps its whole width (a number is never wrapped or
+    cut). A label that had to be shortened, or that has a note (the file a row measures), gets a marker and
+    a footnote: '5:cluster¹' and '¹ 5:cluster measures model.cluster.xz (lzma)'."""
+    others = sum(max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers) if i) if rows else 0
+    budget = max(len(headers[0]), 6, width - others - GAP * (len(headers) - 1))
+    out: list[list[str]] = []
+    footnotes: list[str] = []
+    for row, note in zip(rows, notes, strict=True):
+        label = row[0]
+        if note is None and len(label) <= budget:
+            out.append(row)
+            continue
+        mark = str(len(footnotes) + 1).translate(_SUPERSCRIPT)
+        room = budget - len(mark)
+        shown = label if len(label) <= room else label[: max(1, room - 1)] + "…"
+        out.append([shown + mark, *row[1:]])
+        footnotes.append(f"{mark} {label}" + (f" measures {note}" if note else ""))
+    return out, footnotes
 
-    Rich fits the table to the terminal's width (wrapping cells when it must); nothing is forced."""
+
+#: the compact table's columns that give way, in this order (then the rightmost ones), when the figures would
+#: not leave a stage label MIN_LABEL columns (``--wide`` shows them all)
+GIVE_WAY = ("realised/MAC", "Δ top-1 pp", "MACs", "params")
+MIN_LABEL = 12
+
+
+def compact_view(report: CompressionReport, width: int) -> tuple[list[str], list[list[str]], list[str]]:
+    """The compact table's headers, rows and footnotes for a ``width``-column terminal: the COMPACT columns and
+    the quality metrics, less those with no value in any row (top-1 of a label-free encoder) and those that
+    must give way (``GIVE_WAY``), the stage labels fitted to what the figures leave (``fit_labels``)."""
+    names, table, short = columns(report), rows(report), renamed(report)
+    keys = COLUMNS + metric_keys(report)  # what each column is; ``names`` holds their headers, in the same order
+    metrics = [(k, COMPACT_METRICS.get(h, h)) for k, h in zip(keys[len(COLUMNS) :], names[len(COLUMNS) :], strict=True)]
+    compact = [(c, short.get(h, h)) for c, h in COMPACT]  # an embedding model's top-1 columns read kNN top-1
+    cols = [(c, h) for c, h in [*compact, *metrics] if c == "stage" or any(r[keys.index(c)] != "-" for r in table)]
+
+    def figures() -> int:
+        return sum(max(len(h), *(len(r[keys.index(c)]) for r in table)) + GAP for c, h in cols[1:])
+
+    for c in GIVE_WAY:
+        if table and figures() + MIN_LABEL > width:
+            cols = [col for col in cols if col[0] != c]
+    while table and len(cols) > 2 and figures() + MIN_LABEL > width:
+        cols.pop()  # the last resort: the rightmost columns go before a figure would be cut
+    data = [[r[keys.index(c)] for c, _ in cols] for r in table]
+    notes = [s.artefact for s in report.stages if s.measured]
+    for r, note in zip(data, notes, strict=True):  # the file goes to the footnote, the label keeps the stage
+        r[0] = r[0].removesuffix(f" [{note}]") if note else r[0]
+    data, footnotes = fit_labels([h for _, h in cols], data, notes, width)
+    return [h for _, h in cols], data, footnotes
+
+
+def print_table(report: CompressionReport, wide: bool = False, console=None) -> None:
+    """The report as a console table: the compact columns fitted to the terminal (at most 80 columns, numbers
+    never wrapped, long labels shortened with a footnote), or all of them with ``wide``."""
     from rich.console import Console
+    from rich.markup import escape
+
+    console = console or Console()
+    if not wide:
+        headers, data, footnotes = compact_view(report, min(console.width, 80))
+        width = min(console.width, 80)
+        console.print(compact_table(f"distillprune: {report.recipe}", headers, data))
+        for line in [*footnotes, CAPTION + "; --wide: all columns"]:  # under the table, as wide as a terminal
+            console.print(escape(printable(line)), highlight=False, width=width)
+    else:
+        _print_wide(report, console)
+    for name, f in flag_lines(report):  # names from report.json: never raw escapes
+        console.print(f"[yellow]flag[/] {escape(printable(name))}: {escape(printable(f))}")
+
+
+def compact_table(title: str, headers: list[str], data: list[list[str]], caption: str | None = None) -> Any:
+    """A rich table that is exactly as wide as its cells and ``GAP``: no vertical rules, no cell wrapped."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    names, short = columns(report), renamed(report)
-    keys = COLUMNS + metric_keys(report)  # what each column is; ``names`` holds their headers, in the same order
-    extra = [(k, names[len(COLUMNS) + i]) for i, k in enumerate(metric_keys(report))]  # in both views
-    cols = list(zip(keys, names, strict=True)) if wide else [*((c, short.get(h, h)) for c, h in COMPACT), *extra]
-    pick = [keys.index(c) for c, _ in cols]
-    data = [[r[i] for i in pick] for r in rows(report)]
     table = Table(
-        title=f"distillprune: {report.recipe}",
-        caption=CAPTION + ("" if wide else "; --wide: all columns"),
+        title=escape(printable(title)),
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 0, 0, 1),
     )
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="right" if i else "left", no_wrap=True)
+    for r in data:  # '[model.int8.onnx]' is text, not rich markup; text from report.json: never raw escapes
+        table.add_row(*(escape(printable(c)) for c in r))
+    return table
+
+
+def _print_wide(report: CompressionReport, console: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    names = columns(report)
+    cols = [(c, c) for c in names]
+    data = rows(report)
+    table = Table(title=escape(printable(f"distillprune: {report.recipe}")), caption=CAPTION)
     for c, header in cols:
         # "fold": on a narrow terminal a cell wraps, it is never cut short with an ellipsis; a stage name is
         # never wrapped ("1:evaluat" / "e"): the other columns give way
@@ -221,13 +344,10 @@ def print_table(report: CompressionReport, wide: bool = False, console=None) -> 
         table.add_column(header, justify="left" if stage else "right", overflow="fold", no_wrap=stage)
     at = [c for c, _ in cols].index("stage")
     for r in data:
+        r = [printable(c) for c in r]  # text from report.json: never raw escapes
         r[at] = r[at].replace(" [", "\n[", 1)  # the deployed file under its stage: the name column stays narrow
         table.add_row(*(escape(c) for c in r))  # '[model.int8.onnx]' is text, not rich markup
-    console = console or Console()
     console.print(table)
-    for s in report.stages:
-        for f in s.flags:
-            console.print(f"[yellow]flag[/] {escape(s.name)}: {escape(f)}")
 
 
 def write_markdown(report: CompressionReport, run_dir: str | Path) -> Path:

@@ -45,12 +45,15 @@ class StageResult:
     timing: str | None = None  # how the latency was obtained ("paired with 0:input", "reused from 2:prune" ...)
     widths: dict[str, int] = field(default_factory=dict)  # out-channels/-features of each Conv/Linear, by name
     metrics: dict[str, float] = field(default_factory=dict)  # task quality besides top-1 (embedders: cosine...)
+    #: the machine while the row was timed: {"before": {"load1": 1-minute load average, "runnable": processes
+    #: runnable, the timing one included}, "after": {...}} (empty in reports written before it was recorded)
+    load: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def details_dict(self) -> dict[str, Any]:
-        """The details as a plain mapping (for rendering), whatever their type."""
-        if isinstance(self.details, Details):
-            return {k: v for k, v in self.details.to_dict().items() if k != "kind"}
-        return dict(self.details or {})
+        """The details as a plain mapping (for rendering), whatever their type: typed, or the mapping of a kind
+        whose module is not loaded (``distillprune report`` imports no torch), the same either way."""
+        d = self.details.to_dict() if isinstance(self.details, Details) else dict(self.details or {})
+        return {k: v for k, v in d.items() if k != "kind"}
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

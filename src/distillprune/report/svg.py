@@ -41,6 +41,7 @@ RC: dict[RcKeyType, Any] = {
     "grid.linewidth": 0.6,
     "svg.fonttype": "path",
     "svg.hashsalt": "distillprune",
+    "text.parse_math": False,  # stage names and keys come from report.json: "$...$" is text, not mathtext
 }  # fixed salt: the same report renders to the same bytes
 
 
@@ -65,10 +66,19 @@ def new_figure(width_in: float, height_in: float, **kwargs: Any) -> Figure:
 
 
 _ID = re.compile(r'\bid="([^"]+)"')
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def safe_id(text: str) -> str:
+    """``text`` as an XML/HTML id: letters, digits, ``_ . -``; anything else (markup, quotes, spaces from a
+    report's keys) becomes ``_``."""
+    return _UNSAFE_ID.sub("_", str(text)) or "_"
 
 
 def to_svg(fig: Figure, name: str, label: str) -> str:
-    """``fig`` as an ``<svg>`` element: ids prefixed with ``name``, scalable, labelled for screen readers."""
+    """``fig`` as an ``<svg>`` element: ids prefixed with ``name`` (made a safe id: names hold report keys),
+    scalable, labelled for screen readers."""
+    name = safe_id(name)
     buf = io.StringIO()
     with rc_context(RC):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "distillprune"})
@@ -77,7 +87,7 @@ def to_svg(fig: Figure, name: str, label: str) -> str:
     ids = set(_ID.findall(text))
     if ids:
         alternation = "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True))
-        text = re.sub(rf'(id="|#)({alternation})(?=["\)])', lambda m: f"{m.group(1)}{name}-{m.group(2)}", text)
+        text = re.sub(rf'(id="|#)({alternation})(?=["\)])', lambda m: f"{m.group(1)}{name}-{safe_id(m.group(2))}", text)
     width = re.search(r'<svg[^>]*?\bwidth="([\d.]+)pt"', text)
     max_w = f"max-width:{float(width.group(1)) * 4 / 3:.0f}px;" if width else ""
     text = re.sub(r'(<svg[^>]*?)\s(width|height)="[^"]*"', r"\1", text, count=1)

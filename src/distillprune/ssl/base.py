@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from distillprune.core.batch import Batch
-from distillprune.core.registry import Registry
 from distillprune.data.views import Views
+from distillprune.registries import SSL_METHODS  # noqa: F401  (each method registers into it; names declared there)
 
 
 class SSLMethod(nn.Module):
@@ -67,6 +67,3 @@ def views_of(x: Views | Batch, method: str) -> Views:
     if not isinstance(x, Views):
         raise TypeError(f"ssl method '{method}' learns from two views of every image; got a {type(x).__name__}")
     return x
-
-
-SSL_METHODS: Registry[type[SSLMethod]] = Registry("self-supervised method")

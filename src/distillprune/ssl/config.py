@@ -15,7 +15,6 @@ from distillprune.core.config import StrictModel, registered
 from distillprune.core.registry import nearest
 from distillprune.data.views import ViewsConfig
 from distillprune.ssl.base import SSL_METHODS, SSLMethod
-from distillprune.ssl.methods import byol as _byol  # noqa: F401  (registers the methods)
 
 if TYPE_CHECKING:
     MethodName = str

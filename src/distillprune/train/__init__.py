@@ -1,6 +1,7 @@
 """The one training loop."""
 
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
-from distillprune.train.trainer import FitSettings, evaluate, fit, resolve_device
+from distillprune.train.device import resolve_device
+from distillprune.train.trainer import FitSettings, evaluate, fit
 
 __all__ = ["OptimizerConfig", "RuntimeConfig", "ScheduleConfig", "FitSettings", "evaluate", "fit", "resolve_device"]

@@ -13,21 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
-from distillprune.core.compat import legacy_shape
 from distillprune.data.base import DataBundle
 from distillprune.measure.latency import LatencyConfig
+from distillprune.train import policy
 from distillprune.train.config import RuntimeConfig, Span, TrainingOptions
-from distillprune.train.trainer import FitSettings, fit, spanned
+from distillprune.train.policy import Regime
+from distillprune.train.trainer import fit
 
 __all__ = ["Context", "LoaderOptions", "Trainer", "fit_trainer"]
 
-#: ``trainer(model, objective, epochs, tag, on_step=None, span=None) -> per-epoch records``: ``tag`` names
-#: the run inside the verb ("step1", "gen2", "qat", "train"; a stage's trainer checkpoints under it);
-#: ``span`` (a ``train.config.Span``) is passed only when the run is part of a longer one (prune steps)
+#: ``trainer(model, objective, epochs, tag, on_step=None, span=None, regime="finetune") -> per-epoch records``:
+#: ``tag`` names the run inside the verb ("step1", "gen2", "qat", "train"; a stage's trainer checkpoints under
+#: it); ``span`` (a ``train.config.Span``) is passed only when the run is part of a longer one (prune steps);
+#: ``regime`` says where the model starts (``train.policy``: "scratch" for fresh weights), unless the training
+#: options name one
 Trainer = Callable[..., list[dict]]
 
 
@@ -66,31 +68,21 @@ class Context:
     latency: LatencyConfig | None = None
 
 
-def _legacy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], str] | None:
-    """``fit_trainer(cfg, data, runtime, seed, batch_size, crop_padding=0, hflip=False)``, the old shape (it
-    lived in ``prune.api``)."""
-    third = args[2] if len(args) > 2 else kwargs.get("runtime")
-    if not isinstance(third, RuntimeConfig):
-        return None
-    names = ("runtime", "seed", "batch_size", "crop_padding", "hflip")
-    old = {**dict(zip(names, args[2:], strict=False)), **{k: kwargs.pop(k) for k in names if k in kwargs}}
-    loader = LoaderOptions(
-        old.get("batch_size", 64), old.get("seed", 0), old.get("crop_padding", 0), old.get("hflip", False)
-    )
-    what = "fit_trainer(cfg, data, runtime, seed, batch_size, ...) is deprecated; pass a Context(...) third"
-    return (*args[:2], Context(old["runtime"], loader)), kwargs, what
-
-
-@legacy_shape(_legacy)
 def fit_trainer(opts: TrainingOptions, data: DataBundle, context: Context | None = None, desc: str = "") -> Trainer:
     """The library's trainer: ``fit`` with ``opts``' optimizer, schedule and grad clip, the context's
     runtime and loader (batch size, seed, crop, flip), no checkpoints."""
     ctx = context or Context()
 
     def train(  # type: ignore[no-untyped-def]
-        model: nn.Module, objective: nn.Module, epochs: float, tag: str, on_step=None, span: Span | None = None
+        model: nn.Module,
+        objective: nn.Module,
+        epochs: float,
+        tag: str,
+        on_step=None,
+        span: Span | None = None,
+        regime: Regime = "finetune",
     ) -> list[dict]:
-        settings = FitSettings(epochs, opts.optimizer, opts.schedule, opts.grad_clip, *spanned(span))
+        settings = policy.settings(opts, epochs, policy.regime_of(opts, regime), span)
         lo = ctx.loader
         return fit(
             model,

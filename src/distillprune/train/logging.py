@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from distillprune.core.io import open_append, safe_mkdir
 from distillprune.train.distributed import is_rank0
 
 #: called with (tag, step, values) for every record logged, in the order registered (see ``listen``)
@@ -35,12 +36,12 @@ class RunLogger:
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir else None
         self._tb = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            safe_mkdir(self.path.parent)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self._tb = SummaryWriter(str(self.path.parent / "tb"))
+                    self._tb = SummaryWriter(str(safe_mkdir(self.path.parent / "tb")))
                 except ImportError:  # tensorboard is a dependency, but a trimmed install may lack it
                     self._tb = None
 
@@ -53,7 +54,7 @@ class RunLogger:
         if self.path is None:
             return
         rec = {"time": round(time.time(), 3), "tag": tag, "step": step, **values}
-        with open(self.path, "a", encoding="utf-8") as f:
+        with open_append(self.path) as f:  # never through a link planted as metrics.jsonl
             f.write(json.dumps(rec) + "\n")
         if self._tb is not None:
             for k, v in values.items():
@@ -78,7 +79,7 @@ def attach_run_log(run_dir: str | Path | None) -> Callable[[], None]:
     if run_dir is None:
         return lambda: None
     lib = logging.getLogger("distillprune")
-    handler = logging.FileHandler(Path(run_dir) / "run.log", encoding="utf-8")
+    handler = logging.StreamHandler(open_append(Path(run_dir) / "run.log"))  # never through a planted link
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     level = lib.level
     lib.addHandler(handler)
@@ -88,5 +89,6 @@ def attach_run_log(run_dir: str | Path | None) -> Callable[[], None]:
         lib.removeHandler(handler)
         lib.setLevel(level)
         handler.close()
+        handler.stream.close()
 
     return detach

@@ -1,11 +1,14 @@
 """Training progress a person can follow: a rich bar on a terminal; elsewhere (``nohup``, CI, a pipe) a plain
 line -- stage, step/total, loss, img/s, ETA -- every ~30 s or 5 % of the steps, on stdout and in ``run.log``
 (the ``distillprune.progress`` logger); and, either way, loss / lr / img/s as TensorBoard scalars every
-``scalar_every`` steps. Disabled (tests, library calls), it does nothing."""
+``scalar_every`` steps. Disabled (tests, library calls), it does nothing.
+
+Rate and ETA count from the end of the first step: the set-up before it (data to the device, the teacher
+cache, a compile) and the first step's own warm-up are not training speed. The first line says how long the
+wait for the first step was. (The other long phases of a run speak through ``core.progress``.)"""
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,15 +16,11 @@ from contextlib import contextmanager
 
 import torch
 
-log = logging.getLogger("distillprune.progress")
+from distillprune.core.progress import clock_text as _clock
+from distillprune.core.progress import say
 
 #: ``scalars(tag, step, {"loss": ..., "lr": ..., "img_s": ...})``: where per-step scalars go (TensorBoard)
 Scalars = Callable[[str, int, dict[str, float]], None]
-
-
-def _clock(seconds: float) -> str:
-    s = int(max(seconds, 0))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class Tracker:
@@ -44,17 +43,21 @@ class Tracker:
         self.desc, self.total, self.done, self.start = desc, total, done, done
         self.plain, self.scalars, self.scalar_every = plain, scalars, max(1, scalar_every)
         self.every_s, self.share = every_s, share
-        self.write = write or _print_and_log
+        self.write = write or say
         self.clock = clock
         self.t0 = self.last_t = self._mark_t = clock()
         self.last_step, self._mark_step = done, done
         self.images, self._mark_images = 0, 0
+        self.first: tuple[float, int, int] | None = None  # (time, steps, images) at the end of the first step
         self.loss: float | None = None
         self.bar: Callable[[int], None] | None = None  # a terminal's rich bar, advanced with every step
 
     def __call__(self, n: int = 1, loss: torch.Tensor | float | None = None, lr: float | None = None, images: int = 0):
         self.done += n
         self.images += images
+        if self.first is None:
+            self.first = (self.clock(), self.done, self.images)
+            self._mark_t, self._mark_images = self.first[0], self.images
         if self.bar is not None:
             self.bar(n)
         due_line = self.plain and self._line_due()
@@ -80,20 +83,15 @@ class Tracker:
         return (self.images - images) / max(self.clock() - t, 1e-9)
 
     def line(self) -> str:
-        ran = self.done - self.start
-        elapsed = self.clock() - self.t0
-        eta = elapsed / ran * (self.total - self.done) if ran else float("nan")
+        now = self.clock()
+        elapsed = now - self.t0
         loss = "" if self.loss is None else f"  loss {self.loss:.4f}"
-        return (
-            f"{self.desc}  step {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%){loss}"
-            f"  {self._rate(self.t0, 0):.0f} img/s  elapsed {_clock(elapsed)}"
-            f"  ETA {'?' if eta != eta else _clock(eta)}"
-        )
-
-
-def _print_and_log(line: str) -> None:
-    print(line, flush=True)
-    log.info(line)
+        head = f"{self.desc}  step {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%){loss}"
+        if self.first is None or self.done == self.first[1]:  # nothing timed yet but the wait for a first step
+            return f"{head}  first step after {_clock(elapsed)} (set-up included)  img/s and ETA from the next line"
+        t1, done1, images1 = self.first
+        eta = (now - t1) / (self.done - done1) * (self.total - self.done)
+        return f"{head}  {self._rate(t1, images1):.0f} img/s  elapsed {_clock(elapsed)}  ETA {_clock(eta)}"
 
 
 @contextmanager

@@ -12,16 +12,16 @@ evaluation is split between them, and only rank 0 writes checkpoints and logs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -34,9 +34,13 @@ from distillprune.data.base import DataBundle, Split, TensorLoader
 from distillprune.data.views import ViewLoader
 from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
 from distillprune.train import distributed as ddp
-from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig, Span
+from distillprune.train.batchnorm import renormalize, set_statistics_frozen
+from distillprune.train.config import KeepBestConfig, OptimizerConfig, RuntimeConfig, ScheduleConfig, Span
+from distillprune.train.device import autocast, resolve_device
+from distillprune.train.guard import HOLDOUT_SEED, KeepBest, holdout
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
+from distillprune.train.trainable import first_parameters
 
 
 class ObjectiveHooks(Protocol):
@@ -53,10 +57,17 @@ class ObjectiveHooks(Protocol):
 class FitSettings:
     """How long and how ``fit`` trains. ``epochs`` may be fractional (that share of an epoch's batches).
 
-    ``start``: where in the stream of epochs this run begins (a prune step after others: 0.25 starts a
-    quarter into epoch 0's shuffle, so quarter-epoch steps together see every sample once per epoch).
-    ``schedule_span``: ``(offset, length)`` in epochs of the learning-rate schedule this run is part of
-    (one schedule over several runs); None: the schedule spans this run alone."""
+        ``keep_best``: hold out training images and end on the best point judged on them, the start included
+        (``train.guard``; None: off). ``bn_renormalize``: re-normalise BatchNorm before the first step, keeping the
+        function (``train.batchnorm``). ``bn_frozen``: the share of the run's batches with BatchNorm statistics
+        frozen. ``trainable_first``: the parameters that train during the first ``trainable_share`` of the run (``all``,
+    ``norms``, ``near_cuts``: ``train.trainable``). ``train.policy.settings`` fills these from a stage's training
+    options and regime.
+
+        ``start``: where in the stream of epochs this run begins (a prune step after others: 0.25 starts a
+        quarter into epoch 0's shuffle, so quarter-epoch steps together see every sample once per epoch).
+        ``schedule_span``: ``(offset, length)`` in epochs of the learning-rate schedule this run is part of
+        (one schedule over several runs); None: the schedule spans this run alone."""
 
     epochs: float
     optimizer: OptimizerConfig
@@ -64,11 +75,23 @@ class FitSettings:
     grad_clip: float | None = None
     start: float = 0.0
     schedule_span: tuple[float, float] | None = None
+    keep_best: KeepBestConfig | None = None
+    bn_renormalize: bool = False
+    bn_frozen: float = 0.0
+    trainable_first: str = "all"
+    trainable_share: float = 0.25
 
     def __post_init__(self) -> None:
         values = [self.epochs, self.start, *(self.schedule_span or ())]
         if not all(math.isfinite(v) and v >= 0 for v in values):
             raise DistillpruneError(f"training epochs, start and schedule span must be finite and >= 0, got {values}")
+        if self.optimizer.lr is None:
+            raise DistillpruneError(
+                "FitSettings needs a peak learning rate (optimizer.lr); train.policy.settings derives one from "
+                "the training options and the regime"
+            )
+        if not 0.0 <= self.bn_frozen <= 1.0:
+            raise DistillpruneError(f"bn_frozen is a share of the run in [0, 1], got {self.bn_frozen}")
 
     def batches(self, per_epoch: int) -> tuple[int, int]:
         """The run's global batch indices ``[first, last)`` in the epoch stream (``per_epoch`` batches each)."""
@@ -96,6 +119,7 @@ class Window:
     last: int
     lr_offset: int
     lr_total: int
+    per_epoch: int = 1
 
 
 def spanned(span: Span | None) -> tuple[float, tuple[float, float] | None]:
@@ -103,23 +127,13 @@ def spanned(span: Span | None) -> tuple[float, tuple[float, float] | None]:
     return (0.0, None) if span is None else (span.start, span.schedule)
 
 
-def resolve_device(runtime: RuntimeConfig) -> torch.device:
-    if runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def autocast(runtime: RuntimeConfig, device: torch.device):
-    if runtime.amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if runtime.amp == "bf16" else torch.float16)
-
-
 def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     # no weight decay on BN/bias (1-d) parameters: standard practice, and it keeps BN scales meaningful
     decay = [p for p in params if p.dim() > 1]
     rest = [p for p in params if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if cfg.lr is None:  # the regime's default is filled in by train.policy.settings before a fit
+        raise DistillpruneError("train.optimizer.lr is unset: settings() fills the regime's default")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -179,7 +193,13 @@ def validation_loss(
 
 
 def _save(
-    ckpt_dir: Path, epoch: int, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer, history: list[dict]
+    ckpt_dir: Path,
+    epoch: int,
+    model: nn.Module,
+    objective: nn.Module,
+    opt: torch.optim.Optimizer,
+    history: list[dict],
+    guard: KeepBest | None = None,
 ) -> None:
     if not ddp.is_rank0():  # under torchrun the ranks hold one model; rank 0 writes it
         return
@@ -196,7 +216,10 @@ def _save(
         for k, v in st.items():
             if torch.is_tensor(v):
                 tensors[f"opt.{pid}.{k}"] = v.detach().contiguous()
-    meta = {"epoch": epoch, "history": history, "param_groups": sd["param_groups"]}
+    meta: dict = {"epoch": epoch, "history": history, "param_groups": sd["param_groups"]}
+    if guard is not None:  # the keep-best points so far and the best weights travel with the epoch
+        tensors.update(guard.tensors())
+        meta["guard"] = guard.meta()
     # the metadata travels inside the one atomically written file: a kill between two files would pair
     # epoch k+1's weights with epoch k's record (last.json is a readable copy)
     atomic_write(
@@ -206,7 +229,9 @@ def _save(
     write_json(ckpt_dir / "last.json", meta)
 
 
-def _load(ckpt_dir: Path, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list]:
+def _load(
+    ckpt_dir: Path, model: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer, guard: KeepBest | None = None
+) -> tuple[int, list]:
     try:
         meta = _meta(ckpt_dir)
         tensors = load_file(str(ckpt_dir / "last.safetensors"))
@@ -218,6 +243,8 @@ def _load(ckpt_dir: Path, model: nn.Module, objective: nn.Module, opt: torch.opt
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        if guard is not None:
+            guard.load(meta.get("guard") or {}, tensors)
         return int(meta["epoch"]), list(meta["history"])
     except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError, SafetensorError) as e:
         raise CheckpointError(f"cannot resume from {ckpt_dir}: corrupt or mismatched checkpoint ({e})") from None
@@ -261,8 +288,10 @@ def fit(
 ) -> list[dict]:
     """Train ``model`` in place for ``settings.epochs``; returns one record per epoch.
 
+    With ``settings.keep_best`` the run holds out images of the training split, judges the start and a few
+    points per epoch on them, and ends on the best (``train.guard``); the last record carries the curve. With
+    ``settings.bn_renormalize`` the BatchNorms are re-normalised before the first step (``train.batchnorm``).
     Under torchrun (every rank calls it) ``batch_size`` is the global batch; see ``train.distributed``."""
-    hooks = cast(ObjectiveHooks, objective)  # an nn.Module with the hooks (typing has no intersection)
     if getattr(objective, "label_free", False):  # a self-supervised objective: no label is read, none served
         data = data.without_labels()
     views = getattr(objective, "views", None)  # and it may learn from two augmented views of every image
@@ -277,162 +306,242 @@ def fit(
     to_device = getattr(objective, "to_device", None)
     if to_device is not None:
         to_device(device)
-    if runtime.channels_last and device.type != "cuda":
-        # torch 2.13's oneDNN channels-last conv backward corrupts memory on pruned shapes
-        # (1x1 stride-2, in_channels % 8 != 0); channels_last buys nothing on the CPU anyway
-        warnings.warn("runtime.channels_last is ignored on the CPU", stacklevel=2)
-        runtime = runtime.model_copy(update={"channels_last": False})
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
+    runtime = _cpu_layout(runtime, device, model)
+    train_data, val = (data, None) if settings.keep_best is None else _held_out(data, settings.keep_best.samples)
     par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
     loader = (TensorLoader if views is None else partial(ViewLoader, views=views))(
-        data.train,
+        train_data.train,
         batch_size,
         data.mean,
         data.std,
         shuffle=True,
         crop_padding=crop_padding,
         hflip=hflip,
-        drop_last=len(data.train) > batch_size,
+        drop_last=len(train_data.train) > batch_size,
         seed=seed,
         device=device,
         rank=par.rank,
         world_size=par.world,
     )
-    hooks.attach(model, loader.prepare(data.train.x[: min(8, len(data.train))].to(device)))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise DistillpruneError(
-            f"{type(model).__name__} has no trainable parameters (requires_grad is off "
-            "everywhere: a frozen teacher or a copy of one?)"
-        )
-    trainable = getattr(objective, "trainable", None)
-    extra: list[nn.Parameter] = list(trainable()) if trainable is not None else []
-    opt = make_optimizer(params + extra, settings.optimizer)
-    n = len(loader)
-    first, last = settings.batches(n)
-    window = Window(first, last, *settings.lr_steps(n, first, last))
-    start = first // n  # epochs are numbered in the stream: a checkpoint records the next one
-    history: list[dict] = []
-    if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
-        start, history = _load(ckpt_dir, model, objective, opt)
-    wrapped = par.start()  # DDP around the model under torchrun, else the model
-    fwd = torch.compile(wrapped) if runtime.compile else wrapped
-    scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
-    from distillprune.train.progress import progress_bar
-
-    scalars = logger.scalars if logger is not None else None
-    done = min(max(start * n - first, 0), last - first)
-    with progress_bar(runtime.progress and ddp.is_rank0(), desc, last - first, done, scalars) as bar:
-        for epoch in range(start, -(-last // n)):
-            torch.manual_seed(seed * 7919 + epoch + 1_000_003 * par.rank)  # ranks draw their own dropout
-            loader.set_epoch(epoch)
-            begin_epoch = getattr(objective, "begin_epoch", None)
-            if begin_epoch is not None:  # schedules, teacher-output cache (distill objectives)
-                begin_epoch(loader, epoch - first // n, settings.epochs)
-            rec = _epoch(
-                fwd,
-                model,
-                loader,
-                objective,
-                opt,
-                scaler,
-                settings,
-                runtime,
-                device,
-                epoch,
-                on_step,
-                bar,
-                par,
-                extra,
-                window,
-            )
-            par.sync_buffers()
-            scored = data.test.y is not None and not is_embedder(model)
-            rec["test_acc"] = evaluate(model, data, runtime=runtime, shard=True) if scored else float("nan")
-            if runtime.val_loss and hasattr(objective, "eval_loss"):
-                rec["val_loss"] = validation_loss(model, objective, data.test, data, runtime)
-            history.append(rec)
-            if logger:
-                logger.log(desc, epoch + 1, rec)
-            if ckpt_dir is not None:
-                _save(ckpt_dir, epoch + 1, model, objective, opt, history)
+    probe = train_data.train.x[: min(8, len(train_data.train))].to(device)
+    cast(ObjectiveHooks, objective).attach(model, loader.prepare(probe))
+    loop = _Loop.start(model, objective, loader, settings, runtime, device, par)
+    loop.seed, loop.on_step, loop.logger, loop.desc = seed, on_step, logger, desc
+    if val is not None:
+        loop.guard = KeepBest.plan(settings.keep_best, val, data, runtime, loop.window)  # type: ignore[arg-type]
+    resumed = resume and ckpt_dir is not None and has_checkpoint(ckpt_dir)
+    if resumed:
+        loop.first_epoch, loop.history = _load(ckpt_dir, model, objective, loop.opt, loop.guard)  # type: ignore[arg-type]
+    else:
+        loop.begin(train_data)
+    loop.run(data, ckpt_dir)
     par.finish()  # the model's own BatchNorms back (runtime.sync_bn)
-    hooks.detach()
+    cast(ObjectiveHooks, objective).detach()
     model.eval()
-    return history
+    return loop.history
 
 
-def _epoch(
-    fwd,
-    model,
-    loader,
-    objective,
-    opt,
-    scaler,
-    settings,
-    runtime,
-    device,
-    epoch,
-    on_step,
-    bar,
-    par: ddp.DataParallel,
-    extra: list[nn.Parameter],
-    window: Window,
-) -> dict:
-    model.train()
-    t0, seen, labelled = time.perf_counter(), 0, 0
-    # running sums stay on the device: reading them every step would synchronise a GPU every step
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    check_every = 1 if device.type == "cpu" else 25
-    steps = len(loader)
-    lo, hi = max(window.first - epoch * steps, 0), min(window.last - epoch * steps, steps)
-    peak = settings.optimizer.lr
-    for i, (x, y) in enumerate(loader):
-        if i < lo:  # drawn all the same: the augmentation of batch i depends on the batches before it
-            continue
-        if i >= hi:
-            break
-        f = lr_factor(settings.schedule, window.lr_offset + epoch * steps + i - window.first, window.lr_total)
-        for g in opt.param_groups:
-            g["lr"] = peak * f
-        if runtime.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+def _cpu_layout(runtime: RuntimeConfig, device: torch.device, model: nn.Module) -> RuntimeConfig:
+    """channels_last on CUDA; ignored (with a warning) on the CPU."""
+    if runtime.channels_last and device.type != "cuda":
+        # torch 2.13's oneDNN channels-last conv backward corrupts memory on pruned shapes
+        # (1x1 stride-2, in_channels % 8 != 0); channels_last buys nothing on the CPU anyway
+        warnings.warn("runtime.channels_last is ignored on the CPU", stacklevel=3)
+        return runtime.model_copy(update={"channels_last": False})
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
+    return runtime
+
+
+def _held_out(data: DataBundle, samples: int) -> tuple[DataBundle, Split]:
+    """The bundle to train on (its training split without the held-out images) and the held-out images."""
+    train, val = holdout(data.train, samples)
+    return dataclasses.replace(data, train=train), val
+
+
+@dataclass
+class _Loop:
+    """One ``fit`` run: the model, its objective and optimizer, the batches it trains on (``window``), and what
+    runs beside the steps (BatchNorm policy, the keep-best checks, logs, checkpoints)."""
+
+    model: nn.Module
+    fwd: Callable[..., Any]  # the model's forward as trained: DDP-wrapped and/or compiled
+    objective: nn.Module
+    loader: TensorLoader
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    settings: FitSettings
+    runtime: RuntimeConfig
+    device: torch.device
+    par: ddp.DataParallel
+    extra: list[nn.Parameter]
+    window: Window
+    first_epoch: int = 0
+    seed: int = 0
+    history: list[dict] = field(default_factory=list)
+    guard: KeepBest | None = None
+    first_params: set[int] | None = None  # ids of the parameters that train first (None: all)
+    on_step: Callable[[nn.Module], None] | None = None
+    logger: RunLogger | None = None
+    desc: str = "train"
+
+    @classmethod
+    def start(cls, model, objective, loader, settings, runtime, device, par) -> _Loop:  # type: ignore[no-untyped-def]
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise DistillpruneError(
+                f"{type(model).__name__} has no trainable parameters (requires_grad is off "
+                "everywhere: a frozen teacher or a copy of one?)"
+            )
+        trainable = getattr(objective, "trainable", None)
+        extra: list[nn.Parameter] = list(trainable()) if trainable is not None else []
+        opt = make_optimizer(params + extra, settings.optimizer)
+        n = len(loader)
+        first, last = settings.batches(n)
+        lr_offset, lr_total = settings.lr_steps(n, first, last)
+        window = Window(first, last, lr_offset, lr_total, per_epoch=n)
+        wrapped = par.start()  # DDP around the model under torchrun, else the model
+        fwd = torch.compile(wrapped) if runtime.compile else wrapped
+        scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16" and device.type == "cuda")
+        loop = cls(model, fwd, objective, loader, opt, scaler, settings, runtime, device, par, extra, window)
+        loop.first_epoch = first // n  # epochs are numbered in the stream: a checkpoint records the next one
+        reference = getattr(objective, "reference", None)
+        chosen = first_parameters(model, settings.trainable_first, reference() if callable(reference) else None)
+        loop.first_params = None if chosen is None else {id(p) for p in chosen}
+        return loop
+
+    def begin(self, data: DataBundle) -> None:
+        """Before the first step of a fresh (not resumed) run: BatchNorm re-normalisation, the start judged."""
+        if self.settings.bn_renormalize:  # on batches drawn (and augmented) as the training batches are
+            ld = self.loader
+            calib = TensorLoader(
+                data.train,
+                256,
+                data.mean,
+                data.std,
+                shuffle=True,
+                crop_padding=ld.crop_padding,
+                hflip=ld.hflip,
+                seed=HOLDOUT_SEED,
+                device=self.device,
+            )
+            renormalize(self.model, [x for _, (x, _) in zip(range(8), calib, strict=False)])
+        if self.guard is not None:
+            self.guard.check(self.model, self.objective, self.window.first - 1)
+
+    def run(self, data: DataBundle, ckpt_dir: Path | None) -> None:
+        """The epochs of the window, each followed by its record, its log line and its checkpoint."""
+        from distillprune.train.progress import progress_bar
+
+        w, n = self.window, len(self.loader)
+        scalars = self.logger.scalars if self.logger is not None else None
+        done = min(max(self.first_epoch * n - w.first, 0), w.last - w.first)
+        with progress_bar(self.runtime.progress and ddp.is_rank0(), self.desc, w.last - w.first, done, scalars) as bar:
+            for epoch in range(self.first_epoch, -(-w.last // n)):
+                torch.manual_seed(self.seed_of(epoch))  # ranks draw their own dropout
+                self.loader.set_epoch(epoch)
+                begin_epoch = getattr(self.objective, "begin_epoch", None)
+                if begin_epoch is not None:  # schedules, teacher-output cache (distill objectives)
+                    begin_epoch(self.loader, epoch - w.first // n, self.settings.epochs)
+                rec = self.epoch(epoch, bar)
+                self.par.sync_buffers()
+                self.close_epoch(rec, data, last=epoch == -(-w.last // n) - 1)
+                if ckpt_dir is not None:
+                    _save(ckpt_dir, epoch + 1, self.model, self.objective, self.opt, self.history, self.guard)
+
+    def seed_of(self, epoch: int) -> int:
+        return self.seed * 7919 + epoch + 1_000_003 * self.par.rank
+
+    def close_epoch(self, rec: dict, data: DataBundle, last: bool) -> None:
+        """The epoch's record: test top-1 (or NaN), the validation loss if asked, and on the last epoch the
+        keep-best curve (the best point's weights restored first)."""
+        if last and self.guard is not None:
+            if self.guard.restore(self.model):
+                self.par.sync_buffers()
+            rec.update(self.guard.summary())
+        scored = data.test.y is not None and not is_embedder(self.model)
+        rec["test_acc"] = evaluate(self.model, data, runtime=self.runtime, shard=True) if scored else float("nan")
+        if self.runtime.val_loss and hasattr(self.objective, "eval_loss"):
+            rec["val_loss"] = validation_loss(self.model, self.objective, data.test, data, self.runtime)
+        self.history.append(rec)
+        if self.logger:
+            self.logger.log(self.desc, rec["epoch"], rec)
+
+    def epoch(self, epoch: int, bar) -> dict:  # type: ignore[no-untyped-def]
+        """One epoch's steps inside the window; returns the epoch's record."""
+        model, w, steps = self.model, self.window, len(self.loader)
+        model.train()
+        t0, seen, labelled = time.perf_counter(), 0, 0
+        # running sums stay on the device: reading them every step would synchronise a GPU every step
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        lo, hi = max(w.first - epoch * steps, 0), min(w.last - epoch * steps, steps)
+        for i, (x, y) in enumerate(self.loader):
+            if i < lo:  # drawn all the same: the augmentation of batch i depends on the batches before it
+                continue
+            if i >= hi:
+                break
+            g = epoch * steps + i  # the global batch index
+            loss, logits, lr = self.step(g, x, y)
+            loss_sum += loss.detach().float() * len(x)
+            if self.device.type == "cpu" or (i + 1) % 25 == 0 or i + 1 == hi:
+                _check_finite(loss_sum, epoch, i, self.opt, exact=self.device.type == "cpu")
+            seen += len(x)
+            if y is not None:
+                correct += (logits.argmax(1) == y).sum()
+                labelled += len(y)
+            bar(1, loss=loss_sum / max(seen, 1), lr=lr, images=len(x))
+            if self.guard is not None and g in self.guard.at and g + 1 < w.last:
+                self.par.sync_buffers()  # under torchrun every rank judges the same weights
+                self.guard.check(model, self.objective, g)  # the last check runs after the epoch's sync
+                model.train()
+        if self.guard is not None and w.last - 1 < (epoch + 1) * steps:
+            self.par.sync_buffers()
+            self.guard.check(model, self.objective, w.last - 1)
+        return self.record(
+            epoch, time.perf_counter() - t0, [float(loss_sum), float(correct), float(seen), float(labelled)]
+        )
+
+    def step(self, g: int, x, y) -> tuple[torch.Tensor, torch.Tensor, float]:  # type: ignore[no-untyped-def]
+        """One optimizer step on global batch ``g``; returns (loss, logits, lr)."""
+        w, s = self.window, self.settings
+        lr = s.optimizer.lr * lr_factor(s.schedule, w.lr_offset + g - w.first, w.lr_total)  # type: ignore[operator]
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        set_statistics_frozen(self.model, g - w.first < s.bn_frozen * (w.last - w.first))
+        if self.runtime.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(runtime, device):
-            loss, logits = objective(fwd, x, y)
-        loss_sum += loss.detach().float() * len(x)
-        if (i + 1) % check_every == 0 or i + 1 == hi:
-            _check_finite(loss_sum, epoch, i, opt, exact=check_every == 1)
-        opt.zero_grad(set_to_none=True)
-        if par.active:  # DDP averages per-rank losses: weigh each by its share of the global batch
-            loss = loss * par.loss_scale(len(x), loader.batch_len(i))
-        scaler.scale(loss).backward()
-        par.average_grads(extra)
-        if settings.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], settings.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        if on_step is not None:
-            on_step(model)
-        seen += len(x)
-        if y is not None:
-            correct += (logits.argmax(1) == y).sum()
-            labelled += len(y)
-        bar(1, loss=loss_sum / max(seen, 1), lr=peak * f, images=len(x))
-    dt = time.perf_counter() - t0
-    sums = [float(loss_sum), float(correct), float(seen), float(labelled)]
-    loss_total, correct_total, n, n_labelled = ddp.all_reduce_sum(sums) if par.active else sums
-    seen = int(n)
-    return {
-        "epoch": epoch + 1,
-        "loss": loss_total / max(seen, 1),
-        "train_acc": 100.0 * correct_total / n_labelled if n_labelled else float("nan"),
-        "lr": opt.param_groups[0]["lr"],
-        "seconds": dt,
-        "images_per_s": seen / max(dt, 1e-9),
-    }
+        with autocast(self.runtime, self.device):
+            loss, logits = self.objective(self.fwd, x, y)
+        self.opt.zero_grad(set_to_none=True)
+        if self.par.active:  # DDP averages per-rank losses: weigh each by its share of the global batch
+            loss = loss * self.par.loss_scale(len(x), self.loader.batch_len(g % len(self.loader)))
+        self.scaler.scale(loss).backward()
+        self.par.average_grads(self.extra)
+        if self.first_params is not None and g - w.first < s.trainable_share * (w.last - w.first):
+            for p in self.model.parameters():  # a parameter without a gradient is not stepped (nor decayed)
+                if id(p) not in self.first_params:
+                    p.grad = None
+        if s.grad_clip:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_([p for grp in self.opt.param_groups for p in grp["params"]], s.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if self.on_step is not None:
+            self.on_step(self.model)
+        return loss, logits, lr
+
+    def record(self, epoch: int, dt: float, sums: list[float]) -> dict:
+        loss_total, correct_total, n, n_labelled = ddp.all_reduce_sum(sums) if self.par.active else sums
+        seen = int(n)
+        return {
+            "epoch": epoch + 1,
+            "loss": loss_total / max(seen, 1),
+            "train_acc": 100.0 * correct_total / n_labelled if n_labelled else float("nan"),
+            "lr": self.opt.param_groups[0]["lr"],
+            "seconds": dt,
+            "images_per_s": seen / max(dt, 1e-9),
+        }
 
 
 def _check_finite(

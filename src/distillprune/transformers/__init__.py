@@ -9,7 +9,7 @@ loaded.
 
 from distillprune.transformers.config import FfnConfig, HeadsConfig, LayersConfig, TransformerPruneConfig
 from distillprune.transformers.model import TextEncoder, load_encoder, save_pretrained
-from distillprune.transformers.structure import EncoderStructure, TransformerPruneReport, prune_transformer_
+from distillprune.transformers.structure import EncoderStructure, TransformerPruneReport
 from distillprune.transformers.surgery import DropLayersOp, HeadsOp, NeuronsOp
 
 __all__ = [
@@ -24,6 +24,5 @@ __all__ = [
     "TransformerPruneConfig",
     "TransformerPruneReport",
     "load_encoder",
-    "prune_transformer_",
     "save_pretrained",
 ]

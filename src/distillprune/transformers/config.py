@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from distillprune.core.config import StrictModel
 from distillprune.distill.config import DistillConfig
-from distillprune.prune.config import SpeedTarget
-from distillprune.train.config import OptimizerConfig, TrainingOptions
+from distillprune.prune.config import SessionConfig, SpeedTarget
+from distillprune.prune.criteria import check_family
+from distillprune.train.config import OptimizerConfig
+from distillprune.transformers import importance as _importance  # noqa: F401  (registers the fisher criterion)
+
+if TYPE_CHECKING:
+    CriterionName = str
+else:  # a registered criterion that scores an encoder's heads and FFN neurons
+    CriterionName = Annotated[str, AfterValidator(lambda n: check_family(n, "encoder", "importance"))]
 
 
 class TransformerTargetConfig(SpeedTarget):
@@ -45,45 +52,32 @@ class FfnConfig(StrictModel):
     round_to: int = Field(64, gt=0, description="kept neurons per layer: nearest multiple (hardware-friendly)")
 
 
-class EncoderRecoveryConfig(StrictModel):
-    """After every head / FFN cut, re-fit the attention output and FFN down projections by least squares to
-    the dense model's outputs on the calibration tokens (``transformers.recover``)."""
-
-    enabled: bool = Field(
-        False,
-        description="re-fit after every cut; off by default: on MiniLM (reduced, one epoch) it did not raise the "
-        "cosine after training (docs/benchmarks.md)",
-    )
-    damp: float = Field(1e-4, gt=0, lt=1, description="ridge, relative to the mean diagonal of X^T X")
-
-
 class LayersConfig(StrictModel):
     """Drop whole encoder layers, chosen greedily by the smallest increase of the KD loss when skipped."""
 
     drop: int = Field(..., ge=1, description="number of layers removed")
 
 
-class TransformerPruneConfig(TrainingOptions):
+class TransformerPruneConfig(SessionConfig):
     """Prune an encoder while distilling: ``steps`` times remove heads / FFN neurons (Fisher mask importance,
     Kwon et al. 2022) -- layers on the first step -- then train ``epochs_per_step`` with KD from the
-    unpruned model. ``target`` searches layers x width for a measured speedup or a MACs ratio."""
+    unpruned model. ``target`` searches layers x width for a measured speedup or a MACs ratio. ``recovery``
+    (``method: lstsq``; off by default: on MiniLM, reduced, one epoch, it did not raise the cosine after
+    training, docs/benchmarks.md) re-fits the attention output and FFN down projections to the dense outputs
+    after each cut (``transformers.recover``; its ridge ``damp`` defaults to 1e-4 here, its calibration to the
+    ``calib_samples`` texts the cuts are scored on)."""
 
     heads: HeadsConfig | None = None
     ffn: FfnConfig | None = None
     layers: LayersConfig | None = None
-    importance: Literal["fisher"] = Field(
+    importance: CriterionName = Field(
         "fisher", description="fisher: squared mask gradients of the output likelihood (Kwon et al. 2022)"
     )
-    calib_batches: int = Field(8, gt=0, description="batches scoring heads, neurons and layers")
+    calib_samples: int = Field(256, gt=0, description="training samples scoring heads, neurons and layers")
     target: TransformerTargetConfig | None = Field(
         None,
         description="search layers to drop and the heads/FFN ratio that reach a measured ORT speedup or a MACs ratio",
     )
-    recovery: EncoderRecoveryConfig = Field(
-        default_factory=EncoderRecoveryConfig, description="least-squares re-fit of the projections after each cut"
-    )
-    steps: int = Field(1, ge=1)
-    epochs_per_step: int = Field(0, ge=0)
     distill: DistillConfig | None = Field(
         default_factory=DistillConfig,
         description="KD between steps (default loss: embedding for embedders, kd for classifiers; null: cross-entropy)",
@@ -103,4 +97,8 @@ class TransformerPruneConfig(TrainingOptions):
                     raise ValueError(f"{name}.ratio is required unless the stage has a target")
         elif self.layers is not None:
             raise ValueError("with a target, layers are searched: use target.depth_fractions instead of layers")
+        if self.recovery is not None and self.recovery.method == "bias":
+            raise ValueError(
+                "recovery.method: an encoder re-fits its projections by least squares (lstsq) or not (none)"
+            )
         return self

@@ -11,13 +11,17 @@ embedders. It is the curvature of the KD loss around the teacher: removing m_j r
 I(m_j) / 2. (Michel et al. 2019's first-order KD-loss gradient is zero while the student is still the
 teacher.) One random draw per sample, summed over the batch, estimates the per-sample sum without bias.
 
-Layers: greedily, the layer whose skipping raises the KD loss least (1 - cosine to the teacher for
-embedders, KL for classifiers).
+The criterion is registered as ``fisher`` (``prune.criteria``, family ``encoder``): ``prepare`` runs the
+calibration batches once for every layer's masks, ``scores(group)`` reads one layer's heads or neurons
+(:class:`EncoderGroup`). Layers are chosen by the block scorer (``prune.depth.BlockScorer``) with the
+:func:`kd_distance` of the task (1 - cosine to the teacher for embedders, KL for classifiers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +29,7 @@ from torch import nn
 
 from distillprune.core.batch import Batch, call, is_embedder
 from distillprune.distill.losses.kd import soft_kl
+from distillprune.prune.criteria import Criterion, LossFn, register
 from distillprune.transformers.hub_code import PARTS, layer_family, linear_at
 from distillprune.transformers.surgery import head_dim, layers
 
@@ -76,44 +81,37 @@ def fisher_scores(
     return sums[:n], sums[n:]
 
 
-class _Skip(nn.Module):
-    """A layer that passes its hidden states through (the layer, removed)."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        return hidden_states
-
-
 def kd_distance(student: torch.Tensor, teacher: torch.Tensor, embedding: bool) -> float:
+    """How far a student's outputs are from the teacher's: 1 - cosine (embedders), KL at T=1 (classifiers)."""
     if embedding:
         return float((1 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean())
     return float(soft_kl(student, teacher, 1.0))
 
 
-@torch.no_grad()
-def choose_layers(model: nn.Module, teacher: nn.Module, batches: Sequence[Batch], count: int) -> list[int]:
-    """Greedily pick ``count`` layers whose skipping raises the KD loss least; returns their indices (in the
-    model as it is; nothing is removed)."""
-    ls = layers(model)
-    embedding = is_embedder(model)
-    was = model.training
-    model.eval()
-    targets = [call(teacher, x) for x in batches]
-    chosen: list[int] = []
-    try:
-        for _ in range(count):
-            scores = {}
-            for i in range(len(ls)):
-                if i in chosen:
-                    continue
-                saved = [(j, ls[j]) for j in chosen + [i]]
-                for j, _m in saved:
-                    ls[j] = _Skip()
-                scores[i] = sum(
-                    kd_distance(call(model, x), t, embedding) for x, t in zip(batches, targets, strict=True)
-                ) / len(batches)
-                for j, m in saved:
-                    ls[j] = m
-            chosen.append(min(scores, key=scores.__getitem__))
-    finally:
-        model.train(was)
-    return sorted(chosen)
+@dataclass(frozen=True)
+class EncoderGroup:
+    """One encoder layer's attention heads (``part="heads"``) or FFN neurons (``part="ffn"``)."""
+
+    layer: int
+    part: str
+
+
+@register
+class Fisher(Criterion):
+    """Fisher information of head and neuron masks (see the module docstring)."""
+
+    name = "fisher"
+    needs_gradients = True
+    family = "encoder"
+
+    def __init__(self) -> None:
+        self.heads: list[torch.Tensor] = []
+        self.ffn: list[torch.Tensor] = []
+
+    def prepare(self, model: nn.Module, batches: Sequence[Any], loss: LossFn | None = None, seed: int = 0) -> None:
+        """Sum the squared mask gradients over ``batches`` (labels drawn from the model, seeded by ``seed``)."""
+        self.heads, self.ffn = fisher_scores(model, batches, seed)
+
+    def scores(self, group: Any) -> torch.Tensor:
+        assert isinstance(group, EncoderGroup)
+        return (self.heads if group.part == "heads" else self.ffn)[group.layer]

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from distillprune.core.batch import Batch, call
+from distillprune.core.progress import expect, phase, tick
 from distillprune.distill.losses.base import sequence_mask
-from distillprune.prune.recovery import Gram
-from distillprune.transformers.config import EncoderRecoveryConfig
+from distillprune.prune.recovery import Gram, RecoveryConfig
 from distillprune.transformers.hub_code import PARTS, layer_family
 from distillprune.transformers.surgery import layers
 
@@ -162,21 +162,26 @@ def _origin(t_layers: nn.ModuleList, layer: nn.Module, index: int) -> nn.Module 
     return None
 
 
+@phase("recovery", unit="layers")
 def recover_encoder(
-    student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], cfg: EncoderRecoveryConfig
+    student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], cfg: RecoveryConfig
 ) -> EncoderRecoveryReport:
-    """Re-fit, layer by layer, the projections of ``student`` whose inputs a cut removed (see the module doc).
+    """Re-fit, layer by layer, the projections of ``student`` whose inputs a cut removed (see the module doc),
+    with ``cfg.damp`` (default here: 1e-4).
 
     ``teacher`` is the dense model the student was cut from; a student layer is matched with the teacher
     layer it came from (``dp_origin`` after layer drops)."""
     report = EncoderRecoveryReport()
-    if not cfg.enabled or not batches:
+    if cfg.method == "none" or not batches:
         return report
+    damp = 1e-4 if cfg.damp is None else cfg.damp
     was = student.training
     student.eval()
     t_layers = layers(teacher)
+    expect(len(layers(student)))
     try:
         for li, layer in enumerate(layers(student)):
+            tick()
             t_layer = _origin(t_layers, layer, li)
             if t_layer is None:
                 report.refits += [
@@ -191,7 +196,7 @@ def recover_encoder(
                 if s_proj.out_features != t_proj.out_features:
                     report.refits.append(Refit(li, name, "skipped", "its output width differs from the teacher's"))
                     continue
-                before, after, rows = _refit(student, teacher, layer, t_layer, i, batches, cfg.damp)
+                before, after, rows = _refit(student, teacher, layer, t_layer, i, batches, damp)
                 report.tokens = rows
                 status = "refit" if after < before else "kept"
                 reason = "" if status == "refit" else "the solve did not lower the calibration error"

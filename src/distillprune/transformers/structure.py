@@ -6,10 +6,12 @@ or the ``prune_transformer`` stage).
   for classifiers).
 * ``plan``: with a ``target``, the layers to drop and the heads / FFN ratios from measured candidates
   (``transformers.plan``: the encoder's hooks on the one target search, ``prune.search``).
-* ``cut(k)``: on the first step drop the layers whose skipping raises the KD loss least; then score heads
-  and FFN neurons (Fisher mask importance) and remove them down to step k's share (linear schedule).
-* ``settle(k)``: with ``recovery.enabled``, re-fit the projections that lost inputs to the dense outputs by
-  least squares (``transformers.recover``).
+* ``cut(k)``: on the first step drop the layers whose skipping raises the KD loss least (the block scorer,
+  ``prune.depth.BlockScorer``); then score heads and FFN neurons (the ``importance`` criterion, Fisher mask
+  importance) and cut each layer down to step k's share (``prune.schedule``) through the one cutter
+  (``prune.cut.Cutter``: checked, rolled back and named when a cut does not fit the forward).
+* ``settle(k)``: with ``recovery`` (``method: lstsq``), re-fit the projections that lost inputs to the dense
+  outputs by least squares (``transformers.recover``).
 * ``finish``: a :class:`TransformerPruneReport`.
 
 Every change is a history op (``prune_heads``, ``prune_ffn``, ``drop_layers``) and the HF config follows.
@@ -17,45 +19,41 @@ Every change is a history op (``prune_heads``, ``prune_ffn``, ``drop_layers``) a
 
 from __future__ import annotations
 
-import logging
-import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from pydantic import BaseModel
 from torch import nn
 
-from distillprune.core.batch import Batch, is_embedder
-from distillprune.core.checkpoint import ArchSpec
-from distillprune.core.config import validate
+from distillprune.core.batch import Batch, call, is_embedder
 from distillprune.core.history import HistoryOp
+from distillprune.core.progress import note
 from distillprune.core.reporting import Details, details_type
-from distillprune.data.base import DataBundle, Examples
+from distillprune.data.base import DataBundle
 from distillprune.distill.config import DistillConfig, LossSpec
 from distillprune.errors import DistillpruneError
-from distillprune.measure.latency import LatencyConfig
-from distillprune.prune.api import prune_
+from distillprune.prune.criteria import criterion
+from distillprune.prune.cut import Cutter
+from distillprune.prune.depth import BlockScorer
+from distillprune.prune.schedule import encoder_heads_keep, encoder_neurons_keep
 from distillprune.prune.structure import Session, Structure, structure_for_config
-from distillprune.train.config import RuntimeConfig, TrainSummary
-from distillprune.train.context import Context, LoaderOptions, fit_trainer
+from distillprune.train.config import TrainSummary
 from distillprune.transformers.config import TransformerPruneConfig
-from distillprune.transformers.importance import choose_layers, fisher_scores
+from distillprune.transformers.importance import EncoderGroup, kd_distance
 from distillprune.transformers.plan import TransformerPlan, plan_encoder
 from distillprune.transformers.recover import EncoderRecoveryReport, recover_encoder
 from distillprune.transformers.surgery import (
     DropLayersOp,
-    HeadsOp,
-    NeuronsOp,
-    apply_heads,
-    apply_neurons,
+    LayerCut,
     drop_layers,
+    head_dim,
     heads,
     layers,
+    layers_path,
     neurons,
+    sync_config,
 )
-
-_log = logging.getLogger("distillprune.prune")
 
 
 @details_type
@@ -74,6 +72,7 @@ class TransformerPruneReport(Details):
     training: TrainSummary | None = None
     recovery: list[EncoderRecoveryReport] = field(default_factory=list)  # one per step that cut heads / FFN
     log: list[str] = field(default_factory=list)  # what the target search decided, step by step
+    skipped: list[dict[str, str]] = field(default_factory=list)  # layer cuts the cutter left whole, and why
 
     def __post_init__(self) -> None:
         self.history: list[HistoryOp] = []
@@ -95,7 +94,8 @@ class EncoderStructure(Structure):
 
     def __init__(self, session: Session) -> None:
         super().__init__(session)
-        cfg: TransformerPruneConfig = session.cfg
+        cfg = session.cfg
+        assert isinstance(cfg, TransformerPruneConfig)  # registered for it (and its subclasses)
         model = session.model
         self.cfg = cfg
         self.heads_ratio = cfg.heads.ratio if cfg.heads else None
@@ -140,22 +140,31 @@ class EncoderStructure(Structure):
         model = self.session.model
         if self._base is None:
             self._base = (heads(model), neurons(model))
+        if not (self.heads_ratio or self.ffn_ratio):
+            return
+        crit = criterion(self.cfg.importance)
+        crit.prepare(model, batches, seed=self.session.seed + k)
+        scores = {p: [crit.scores(EncoderGroup(i, p)) for i in range(len(layers(model)))] for p in ("heads", "ffn")}
         share = (k + 1) / self.cfg.steps
-        if self.heads_ratio or self.ffn_ratio:
-            head_scores, ffn_scores = fisher_scores(model, batches, self.session.seed + k)
-            if self.heads_ratio:
-                self._prune_heads(head_scores, self.heads_ratio * share)
-            if self.ffn_ratio:
-                self._prune_ffn(ffn_scores, self.ffn_ratio * share)
+        cuts = self._head_cuts(scores["heads"], share) + self._neuron_cuts(scores["ffn"], share)
+        example = batches[0][:8] if batches else None
+        result = Cutter(model, None, example, onnx=False).cut(cuts)
+        sync_config(model)  # (a cut rolled back left the HF config describing it)
+        for c in result.cuts:
+            self.session.record(c.op())
+        self._report.skipped += [g.to_dict() for g in result.skipped]
 
     def settle(self, k: int) -> None:
-        """With ``recovery.enabled``, re-fit the projections that lost inputs to the dense outputs
+        """With ``recovery`` in force, re-fit the projections that lost inputs to the dense outputs
         (``transformers.recover``). On every rank, from the same seeded calibration batches, so the ranks
         keep equal weights (the cut itself is rank 0's and replayed)."""
-        if self.cfg.recovery.enabled and (self.heads_ratio or self.ffn_ratio):
+        recovery = self.cfg.recovery_config()
+        if recovery is not None and (self.heads_ratio or self.ffn_ratio):
             s = self.session
             assert s.teacher is not None
-            self._report.recovery.append(recover_encoder(s.model, s.teacher, self.calibration(), self.cfg.recovery))
+            given = "calib_samples" in recovery.model_fields_set  # else the texts the cuts were scored on
+            batches = [x for x, _ in s.calibration(recovery.calib_samples if given else self.cfg.calib_samples)]
+            self._report.recovery.append(recover_encoder(s.model, s.teacher, batches, recovery))
 
     def finish(self) -> TransformerPruneReport:
         model = self.session.model
@@ -164,122 +173,81 @@ class EncoderStructure(Structure):
 
     # -- pieces ----------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """A target-search decision: in the report, and as it happens in ``run.log`` (the ``distillprune.prune``
-        logger)."""
+        """A target-search decision: in the report, and as it happens on stdout and in ``run.log``
+        (``core.progress.note``)."""
         self._report.log.append(message)
-        _log.info(message)
+        note(message)
 
     def calibration(self) -> list[Batch]:
-        return [x for x, _ in self.session.calibration(self.cfg.calib_batches)]
+        return [x for x, _ in self.session.calibration(self.cfg.calib_samples)]
 
     def _drop_layers(self, batches: list[Batch]) -> None:
+        """Drop the layers whose skipping raises the KD loss least (lazy-greedy, ``prune.depth.BlockScorer``)."""
         s = self.session
         assert s.teacher is not None
-        n = len(layers(s.model))
-        if self.drop >= n:
-            raise DistillpruneError(f"layers.drop={self.drop} but the encoder has {n} layers")
-        chosen = choose_layers(s.model, s.teacher, batches, self.drop)
-        origins = [getattr(layers(s.model)[i], "dp_origin", i) for i in chosen]
+        ls = layers(s.model)
+        if self.drop >= len(ls):
+            raise DistillpruneError(f"layers.drop={self.drop} but the encoder has {len(ls)} layers")
+        embedding = is_embedder(s.model)
+        was = s.model.training
+        s.model.eval()
+        with torch.no_grad():
+            targets = [call(s.teacher, x) for x in batches]
+            scorer = BlockScorer(
+                s.model,
+                [str(i) for i in range(len(ls))],
+                batches,  # type: ignore[arg-type]  # named inputs: the scorer only calls the model on them
+                targets,
+                skip=lambda _m, chosen: _skip_layers(ls, chosen),
+                distance=lambda o, t: kd_distance(o, t, embedding),
+            )
+            chosen = sorted(int(i) for i in scorer.greedy(self.drop))
+        s.model.train(was)
+        origins = [getattr(ls[i], "dp_origin", i) for i in chosen]
         drop_layers(s.model, chosen)
         s.record(DropLayersOp(chosen))
         self._report.dropped_layers += origins
 
-    def _prune_heads(self, scores: list[torch.Tensor], ratio: float) -> None:
-        assert self.cfg.heads is not None or self.cfg.target is not None
-        model, hc = self.session.model, self.cfg.heads
-        minimum = hc.min_per_layer if hc else 1
-        base = self._base[0] if self._base else heads(model)
-        current = heads(model)
-        if hc is None or hc.global_ranking:
-            plan = _global_heads(scores, base, current, minimum, ratio)
-        else:
-            plan = {}
-            for li, (b, c) in enumerate(zip(base, current, strict=True)):
-                k = max(minimum, round(b * (1 - ratio)))
-                if k < c:
-                    order = torch.argsort(scores[li], descending=True)[:k]
-                    plan[li] = sorted(int(i) for i in order)
-        for li, keep in sorted(plan.items()):
-            apply_heads(model, li, keep)
-            self.session.record(HeadsOp(li, keep))
+    def _layer_cut(self, i: int, part: str, keep: list[int], total: int) -> LayerCut:
+        model = self.session.model
+        return LayerCut(i, part, keep, total, head_dim(model), f"{layers_path(model)}.{i}")
 
-    def _prune_ffn(self, scores: list[torch.Tensor], ratio: float) -> None:
-        model, fc = self.session.model, self.cfg.ffn
-        round_to = fc.round_to if fc else 64
-        base = self._base[1] if self._base else neurons(model)
-        current = neurons(model)
-        if fc is not None and fc.global_ranking:
-            flat = torch.cat([s.flatten() for s in scores])
-            keep_total = max(1, round(sum(base) * (1 - ratio)))
-            threshold = torch.sort(flat, descending=True).values[min(keep_total, len(flat)) - 1]
-            wanted = [int((s >= threshold).sum()) for s in scores]
-        else:
-            wanted = [round(b * (1 - ratio)) for b in base]
-        for li, (w, c) in enumerate(zip(wanted, current, strict=True)):
-            k = min(c, max(round_to, int(w / round_to + 0.5) * round_to))
-            if k < c:
-                keep = sorted(int(i) for i in torch.argsort(scores[li], descending=True)[:k])
-                apply_neurons(model, li, keep)
-                self.session.record(NeuronsOp(li, keep))
+    def _head_cuts(self, scores: list[torch.Tensor], share: float) -> list[LayerCut]:
+        if not self.heads_ratio:
+            return []
+        hc, current = self.cfg.heads, heads(self.session.model)
+        base = self._base[0] if self._base else current
+        ranked = hc is None or hc.global_ranking
+        plan = encoder_heads_keep(
+            scores, base, current, self.heads_ratio * share, hc.min_per_layer if hc else 1, ranked
+        )
+        return [self._layer_cut(i, "heads", keep, current[i]) for i, keep in sorted(plan.items())]
+
+    def _neuron_cuts(self, scores: list[torch.Tensor], share: float) -> list[LayerCut]:
+        if not self.ffn_ratio:
+            return []
+        fc, current = self.cfg.ffn, neurons(self.session.model)
+        base = self._base[1] if self._base else current
+        round_to, ranked = (fc.round_to, fc.global_ranking) if fc else (64, False)
+        plan = encoder_neurons_keep(scores, base, current, self.ffn_ratio * share, round_to, ranked)
+        return [self._layer_cut(i, "ffn", keep, current[i]) for i, keep in sorted(plan.items())]
 
 
-def _global_heads(
-    scores: list[torch.Tensor], base: list[int], current: list[int], minimum: int, ratio: float
-) -> dict[int, list[int]]:
-    """Heads kept per layer when ranked across layers: the lowest-scored go first, every layer keeps
-    ``minimum``, until ``ratio`` of the base count is gone."""
-    keep_total = max(minimum * len(current), round(sum(base) * (1 - ratio)))
-    remove = sum(current) - keep_total
-    ranked = sorted((float(s), li, h) for li, sc in enumerate(scores) for h, s in enumerate(sc))
-    counts = list(current)
-    gone: dict[int, set[int]] = {}
-    for _s, li, h in ranked:
-        if remove <= 0:
-            break
-        if counts[li] > minimum:
-            gone.setdefault(li, set()).add(h)
-            counts[li] -= 1
-            remove -= 1
-    return {li: [h for h in range(current[li]) if h not in g] for li, g in gone.items()}
+class _Skip(nn.Module):
+    """A layer that passes its hidden states through (the layer, removed)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return hidden_states
 
 
-def prune_transformer_(
-    model: nn.Module,
-    cfg: TransformerPruneConfig | dict[str, Any],
-    example_inputs: Any = None,
-    num_classes: int | None = None,
-    *,
-    data: DataBundle | None = None,
-    teacher: nn.Module | None = None,
-    spec: ArchSpec | None = None,
-    runtime: RuntimeConfig | None = None,
-    latency: LatencyConfig | None = None,
-    batch_size: int = 32,
-    seed: int = 0,
-    train_seed: int | None = None,
-) -> TransformerPruneReport:
-    """Deprecated: ``distillprune.prune_(model, cfg, data=...)`` prunes an encoder for a
-    ``TransformerPruneConfig`` (or its dict); this alias forwards to it."""
-    warnings.warn(
-        "prune_transformer_ is deprecated: call distillprune.prune_(model, cfg, data=...)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    where = "transformer prune config"
-    conf = cfg if isinstance(cfg, TransformerPruneConfig) else validate(TransformerPruneConfig, cfg, where=where)
-    rt = runtime or RuntimeConfig(progress=False, tensorboard=False)
-    ctx = Context(rt, LoaderOptions(batch_size, seed), latency)
-    trainer = None
-    if data is not None and conf.epochs_per_step and train_seed is not None:
-        trainer = fit_trainer(conf, data, Context(rt, LoaderOptions(batch_size, train_seed), latency), desc="prune")
-    report = prune_(
-        model,
-        conf,
-        data if data is not None else Examples(example_inputs, num_classes),
-        teacher=teacher,
-        trainer=trainer,
-        history=spec,
-        context=ctx,
-    )
-    assert isinstance(report, TransformerPruneReport)  # the structure of a TransformerPruneConfig
-    return report
+def _skip_layers(ls: nn.ModuleList, chosen: Sequence[str]) -> Callable[[], None]:
+    """Replace the layers at ``chosen`` (indices) by pass-throughs; the returned call puts them back."""
+    saved = [(int(j), ls[int(j)]) for j in chosen]
+    for j, _ in saved:
+        ls[j] = _Skip()
+
+    def undo() -> None:
+        for j, m in saved:
+            ls[j] = m
+
+    return undo

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -159,6 +160,52 @@ class DropLayersOp(HistoryOp):
 
     def replay(self, model: nn.Module, input_shape: Sequence[int]) -> None:
         drop_layers(model, self.layers)
+
+
+@dataclass
+class LayerCut:
+    """The heads (``part="heads"``) or FFN neurons (``part="ffn"``) one encoder layer keeps, as the one cutter
+    (``prune.cut.Cutter``) applies, checks and rolls back a cut: the model must compute what it computed with
+    the removed heads' value rows (the removed neurons' input rows) set to zero."""
+
+    index: int
+    part: str
+    keep: list[int]
+    total: int  # heads or neurons before the cut
+    head_dim: int
+    path: str  # the layer's module path (named when the cut is left whole)
+
+    @property
+    def layer(self) -> str:
+        return self.path
+
+    @property
+    def noun(self) -> str:
+        return "heads" if self.part == "heads" else "FFN neurons"
+
+    def removed(self) -> list[int]:
+        kept = set(self.keep)
+        return [i for i in range(self.total) if i not in kept]
+
+    def what(self) -> str:
+        return f"{self.noun} {self.removed()} of the {self.total} of encoder layer {self.index}"
+
+    def touched(self, model: nn.Module) -> list[nn.Module]:
+        return list(_layer(model, self.index).modules())
+
+    def silenced(self, model: nn.Module) -> list[tuple[torch.Tensor, list[int]]]:
+        layer, d = _layer(model, self.index), self.head_dim
+        if self.part == "heads":
+            lin, rows = part(layer, 2), [h * d + j for h in self.removed() for j in range(d)]
+        else:
+            lin, rows = part(layer, 4), self.removed()
+        return [(t, rows) for t in (lin.weight, lin.bias) if t is not None]
+
+    def apply(self, model: nn.Module) -> None:
+        (apply_heads if self.part == "heads" else apply_neurons)(model, self.index, self.keep)
+
+    def op(self) -> HistoryOp:
+        return (HeadsOp if self.part == "heads" else NeuronsOp)(self.index, self.keep)
 
 
 def summary(model: nn.Module) -> dict[str, Any]:

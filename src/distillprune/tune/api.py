@@ -8,18 +8,25 @@ stopped) is retried with the same values in its own run folder, continuing where
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillprune.core.extras import import_extra
+from distillprune.core.io import guard
+from distillprune.core.trust import code_trust
 from distillprune.errors import DistillpruneError
+from distillprune.pipeline.rundir import out_folder, refuse_links
 from distillprune.recipes.schema import Recipe, read_yaml
 from distillprune.tune.report import TuneReport
 from distillprune.tune.results import finish
 from distillprune.tune.space import Space, build, check_space, load_space
-from distillprune.tune.trial import OBJECTIVES, Setup, run_trial
+from distillprune.tune.trial import OBJECTIVES, Setup, is_trial_folder, run_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -27,6 +34,20 @@ if TYPE_CHECKING:
 SAMPLERS = ("tpe", "nsga2")
 PRUNERS = ("halving", "hyperband", "none")
 STUDY = "distillprune-tune"
+DB = "study.db"
+#: what tune writes in its folder (SQLite's side files included): checked for planted links before it starts
+TUNE_FILES = (
+    DB,
+    f"{DB}-journal",
+    f"{DB}-wal",
+    f"{DB}-shm",
+    "trials",
+    "plans",
+    "best.yaml",
+    "tune.json",
+    "tune.html",
+    "test.json",
+)
 #: a trial whose process sent no heartbeat for this long is failed, then retried (RetryHeartbeatStaleTrialCallback)
 HEARTBEAT_S, GRACE_S = 20, 60
 
@@ -48,6 +69,7 @@ def tune(
     validation_split: float = 0.2,
     resume: bool = False,
     quiet: bool = True,
+    trust_code: bool = False,
 ) -> TuneReport:
     """Run (or continue) a search of ``trials`` finished trials over ``space``; writes ``best.yaml``,
     ``tune.json`` and ``tune.html`` to ``out`` and returns the report.
@@ -55,30 +77,35 @@ def tune(
     ``budget_fraction`` F: each trial trains on a seeded, class-balanced share F of the training samples
     left after the validation split (``data.limit_train``), for the recipe's full epochs (so the pruner
     compares trials at the same epochs). The test set is read only after the search, for the best trials.
+    ``trust_code``: as for ``compress`` (checkpoints and Hugging Face folders the recipe names may run the
+    code they carry).
     """
     optuna = import_extra("optuna", "tune", "distillprune tune")
     objectives = tuple(objectives)
     _check_options(trials, objectives, sampler, pruner, budget_fraction, validation_split)
     raw, where = _base(recipe)
     base = build(raw, [], where)
-    if "speedup" in objectives and not base.measure.enabled:
-        raise TuneError("the speedup objective needs measured latency; the recipe sets measure.enabled: false")
-    space = space if isinstance(space, Space) else load_space(space)
-    fixed = _fixed_sets(base, budget_fraction, validation_split)
-    check_space(space, raw, fixed, where)  # every drawable value builds a valid recipe, before any trial
-    folder = Path(out)
-    speed_key = f"ort_bs{base.measure.batch_sizes[0]}"
-    setup = Setup(raw, where, space, fixed, objectives, folder / "trials", speed_key, quiet)
-    identity = {
-        "recipe": raw,
-        "space": space.to_dict(),
-        "objectives": list(objectives),
-        "budget_fraction": budget_fraction,
-        "validation_split": validation_split,
-    }
-    study = _open_study(optuna, folder, resume, identity, objectives, sampler, pruner, base.seed)
-    _optimize(optuna, study, setup, trials, quiet)
-    return finish(study, setup, base, folder, sampler, pruner, identity)
+    from distillprune.pipeline.run import recipe_code
+
+    with code_trust(trust_code, vouched=recipe_code(base)):  # the trials, and reading their checkpoints after
+        if "speedup" in objectives and not base.measure.enabled:
+            raise TuneError("the speedup objective needs measured latency; the recipe sets measure.enabled: false")
+        space = space if isinstance(space, Space) else load_space(space)
+        fixed = _fixed_sets(base, budget_fraction, validation_split)
+        check_space(space, raw, fixed, where)  # every drawable value builds a valid recipe, before any trial
+        folder = tune_folder(out, resume)
+        speed_key = f"ort_bs{base.measure.batch_sizes[0]}"
+        setup = Setup(raw, where, space, fixed, objectives, folder / "trials", speed_key, quiet, trust_code)
+        identity = {
+            "recipe": raw,
+            "space": space.to_dict(),
+            "objectives": list(objectives),
+            "budget_fraction": budget_fraction,
+            "validation_split": validation_split,
+        }
+        study = _open_study(optuna, folder, resume, identity, objectives, sampler, pruner, base.seed)
+        _optimize(optuna, study, setup, trials, quiet)
+        return finish(study, setup, base, folder, sampler, pruner, identity)
 
 
 def _check_options(
@@ -130,38 +157,91 @@ def _open_study(
     pruner: str,
     seed: int,
 ) -> optuna.Study:
-    db = folder / "study.db"
-    if resume and not db.is_file():
-        raise TuneError(f"--resume: no study to resume in {folder} (no study.db)")
-    if not resume and db.exists():
-        raise TuneError(f"{folder} already holds a study (study.db); pass --resume to continue it, or another --out")
-    if folder.exists() and not folder.is_dir():
-        raise TuneError(f"--out {folder} is a file; expected a tune folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; the retry needs them
+    db = folder / DB
+    with warnings.catch_warnings(), quiet_optuna(optuna):  # heartbeats are "experimental" in Optuna since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{db.resolve()}",
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=STUDY,
-        directions=["minimize"] if len(objectives) == 1 else ["maximize", "maximize"],
-        sampler=_sampler(optuna, sampler, seed),
-        pruner=_pruner(optuna, pruner),
-        load_if_exists=True,
-    )
+        try:
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{db.resolve()}",
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+            if resume and STUDY not in optuna.study.get_all_study_names(storage):
+                raise TuneError(f"--resume: {db} holds no distillprune tune study; it is not a study of this command")
+            study = optuna.create_study(
+                storage=storage,
+                study_name=STUDY,
+                directions=["minimize"] if len(objectives) == 1 else ["maximize", "maximize"],
+                sampler=_sampler(optuna, sampler, seed),
+                pruner=_pruner(optuna, pruner),
+                load_if_exists=True,
+            )
+        except TuneError:
+            raise
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors on a damaged or foreign database
+            if not resume:
+                raise  # a new database in an empty folder: a full disk or the like, as it is
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise TuneError(f"--resume: {db} is not a readable study database ({type(e).__name__}: {why})") from None
     plain = json.loads(json.dumps(identity, default=str))  # as the storage keeps it (JSON)
     stored = study.user_attrs.get("identity")
-    if stored is None:
+    if stored is None:  # a new study (or one a process sharing it has just created)
         study.set_user_attr("identity", plain)
+    elif not isinstance(stored, dict):
+        raise TuneError(f"--resume: {db} records no search setup of this command (its identity is {stored!r:.60})")
     elif stored != plain:
         changed = [k for k in plain if stored.get(k) != plain[k]]
         raise TuneError(f"--resume: the study in {folder} searched another setup ({', '.join(changed)} differ)")
+    check_trial_folders(study, db)
     return study
+
+
+def tune_folder(out: str | Path, resume: bool) -> Path:
+    """The tune folder ``--out``, checked: not a link, a new or empty folder (a study to ``--resume``: one
+    holding this command's ``study.db``), no link where tune writes; guarded from then on (``core.io``)."""
+    folder = out_folder(out)
+    if folder.exists() and not folder.is_dir():
+        raise TuneError(f"--out {folder} is a file; expected a tune folder")
+    db = folder / DB
+    if resume:
+        if folder.is_dir():
+            refuse_links(folder, list(TUNE_FILES), "tune folder")
+        if not db.is_file():
+            raise TuneError(f"--resume: no study to resume in {folder} (no {DB})")
+        with open(db, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise TuneError(f"--resume: {db} is not a study database (not an SQLite file)")
+    elif db.exists() or db.is_symlink():
+        raise TuneError(f"{folder} already holds a study ({DB}); pass --resume to continue it, or another --out")
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise TuneError(f"--out {folder} is not empty and holds no study; a tune folder must be new or empty")
+    folder.mkdir(parents=True, exist_ok=True)
+    guard(folder)
+    return folder
+
+
+def check_trial_folders(study: optuna.Study, db: Path) -> None:
+    """Every run folder a stored trial names is a ``trial-NNNN`` folder under ``trials/`` (a study database
+    is data: a folder ``../../x`` would put a retried trial's run outside the tune folder)."""
+    for t in study.get_trials(deepcopy=False):
+        name = t.user_attrs.get("folder")
+        if name is not None and not is_trial_folder(name):
+            raise TuneError(
+                f"--resume: {db}: trial {t.number} names its run folder {str(name)!r:.80}; expected trial-NNNN "
+                "(a folder under trials/)"
+            )
+
+
+@contextmanager
+def quiet_optuna(optuna: Any) -> Iterator[None]:
+    """Optuna's INFO lines off while the study opens ("Using an existing study ...")."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _sampler(optuna: Any, name: str, seed: int) -> Any:
@@ -191,6 +271,11 @@ def _optimize(optuna: Any, study: optuna.Study, setup: Setup, trials: int, quiet
     verbosity = optuna.logging.get_verbosity()
     if quiet:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the command's stderr holds only its error line: Optuna's per-trial lines (a failed trial's reason
+    # included) go to stdout, like the command's warnings
+    optuna.logging.disable_default_handler()
+    to_stdout = logging.StreamHandler(sys.stdout)
+    optuna.logging.get_logger("optuna").addHandler(to_stdout)
     try:
         study.optimize(
             lambda t: run_trial(setup, t),
@@ -199,4 +284,6 @@ def _optimize(optuna: Any, study: optuna.Study, setup: Setup, trials: int, quiet
             callbacks=[MaxTrialsCallback(trials, states=done)],  # other processes count towards it too
         )
     finally:
+        optuna.logging.get_logger("optuna").removeHandler(to_stdout)
+        optuna.logging.enable_default_handler()
         optuna.logging.set_verbosity(verbosity)

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from distillprune.core.io import write_json, write_text
+from distillprune.core.io import loads, write_json, write_text
 from distillprune.errors import DistillpruneError
 from distillprune.recipes.schema import Recipe, apply_overrides, load_recipe
 from distillprune.tune.report import TrialRecord, TuneReport
-from distillprune.tune.trial import Setup
+from distillprune.tune.trial import Setup, is_trial_folder
 
 if TYPE_CHECKING:
     import optuna
@@ -45,7 +45,9 @@ def finish(
         _chosen(records, best),
     )
     rep.importances, rep.importance_note = importances(study)
-    folders = {t.number: t.folder or f"trial-{t.number:04d}" for t in records}
+    folders = {
+        t.number: t.folder if t.folder and is_trial_folder(t.folder) else f"trial-{t.number:04d}" for t in records
+    }
     tested = test_top1(base, setup, folder, best, folders)  # the one place the test set is read
     for n, acc in tested.items():
         rep.trial(n).test_top1 = acc
@@ -125,7 +127,7 @@ def test_top1(base: Recipe, setup: Setup, folder: Path, best: list[int], folders
     kept in ``<out>/test.json`` so a resumed search does not read the test set again for the same trial.
     ``folders``: each trial's run folder under ``trials/`` (a retried trial runs in the killed one's)."""
     cache_path = folder / "test.json"
-    cache: dict[str, float] = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
+    cache = _read_cache(cache_path)
     todo = [n for n in best if str(n) not in cache]
     if todo:
         from distillprune.data.sources import load_data
@@ -138,12 +140,30 @@ def test_top1(base: Recipe, setup: Setup, folder: Path, best: list[int], folders
     return {n: cache[str(n)] for n in best if str(n) in cache}
 
 
+def _read_cache(path: Path) -> dict[str, float]:
+    """``test.json``: trial number -> test top-1, as this module writes it; anything else is one line."""
+    if not path.is_file():
+        return {}
+    try:
+        cache = loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in cache.items()
+        ):
+            raise ValueError("expected a mapping of trial numbers to top-1 percentages")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DistillpruneError(
+            f"{path}: corrupt ({e}); delete it to evaluate the best trial(s) on the test set again"
+        ) from None
+    return cache
+
+
 def _evaluate_trial(run: Path, data: Any, base: Recipe) -> float:
     from distillprune.core.checkpoint import load_checkpoint
+    from distillprune.pipeline.rundir import completed_stage
     from distillprune.train.trainer import evaluate
 
-    state = json.loads((run / "state.json").read_text(encoding="utf-8"))
-    model, _, _ = load_checkpoint(run / "stages" / f"{int(state['completed']):02d}_{state['kind']}")
+    model, _, _ = load_checkpoint(completed_stage(run))
     return round(evaluate(model, data, batch_size=base.data.eval_batch_size, runtime=base.runtime), 2)
 
 

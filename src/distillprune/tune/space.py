@@ -151,18 +151,45 @@ def _numeric(path: str, kind: str, spec: dict[str, Any], where: str) -> Param:
     if not ok or any(isinstance(b, bool) or not isinstance(b, number) for b in bounds):
         raise SpaceError(f"{where}: {kind} expects [low, high] of {kind}s; got {bounds!r}")
     low, high = bounds
-    if not all(math.isfinite(b) for b in bounds) or low >= high:
-        raise SpaceError(f"{where}: {kind} expects finite low < high; got [{low}, {high}]")
+    if not all(_representable(b, kind) for b in bounds) or low >= high or not math.isfinite(float(high) - float(low)):
+        raise SpaceError(
+            f"{where}: {kind} expects finite low < high{' within +-2^53' if kind == 'int' else ''}; "
+            f"got [{_short(low)}, {_short(high)}]"
+        )
     if not isinstance(log, bool):
         raise SpaceError(f"{where}: log expects true or false; got {log!r}")
     if log and low <= 0:
         raise SpaceError(f"{where}: a log distribution needs low > 0; got {low}")
     if step is not None:
-        if isinstance(step, bool) or not isinstance(step, number) or step <= 0:
-            raise SpaceError(f"{where}: step expects a {kind} > 0; got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, number) or not _representable(step, kind) or step <= 0:
+            raise SpaceError(f"{where}: step expects a finite {kind} > 0; got {_short(step)}")
+        if step > float(high) - float(low):
+            raise SpaceError(f"{where}: step {step} is larger than the range [{low}, {high}]")
         if log and (kind == "float" or step != 1):
             raise SpaceError(f"{where}: step and log cannot be combined (Optuna samples one or the other)")
     return Param(path, kind, float(low), float(high), log, None if step is None else float(step))
+
+
+#: Optuna keeps every number as a float: integers beyond this lose their last digits
+MAX_INT = 2**53
+
+
+def _representable(x: Any, kind: str) -> bool:
+    """A finite number Optuna keeps exactly (an int bound within +-2^53; no float overflow)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    if isinstance(x, int) and kind == "int":
+        return abs(x) <= MAX_INT
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def _short(x: Any) -> str:
+    """A bound for a message: a 400-digit integer is not printed whole."""
+    text = repr(x) if not isinstance(x, int) or abs(x) < 10**20 else f"an integer of {len(str(abs(x)))} digits"
+    return text[:60]
 
 
 def _spec(p: Param) -> dict[str, Any]:

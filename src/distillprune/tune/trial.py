@@ -8,16 +8,23 @@ Early stopping: each epoch's record (``metrics.jsonl``, delivered live through `
 gives the trial an intermediate value: ``val_loss``, the stage's own objective on the validation split
 (the KD loss in distil stages), or, for an objective that cannot be evaluated apart from training, the
 validation error. The step is the epoch's position in the whole run, so trials are compared epoch by epoch.
+
+Plans: a trial's prune stage plans inside ``prune.plan_store.shared_plans(<tune folder>/plans)``, so trials whose
+planner inputs are equal (the model, the data the planner reads, the target and width options -- a drawn
+learning rate or KD temperature changes none of them) plan once and reuse that plan.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distillprune.errors import DistillpruneError
 from distillprune.pipeline import rundir
+from distillprune.prune.plan_store import shared_plans
 from distillprune.recipes.schema import Recipe
 from distillprune.report.report import CompressionReport
 from distillprune.train.logging import listen
@@ -27,6 +34,8 @@ if TYPE_CHECKING:
     import optuna
 
 OBJECTIVES = ("top1", "speedup")
+#: the folder of the tune folder where trials share their plans
+PLANS = "plans"
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Setup:
     trials_dir: Path
     speed_key: str  # the latency the speedup objective reads ("bs1")
     quiet: bool = True
+    trust_code: bool = False  # as compress's: checkpoints and HF folders the recipe names may run their code
 
     def recipe(self, values: dict[str, Any]) -> Recipe:
         return build(self.raw, [*self.fixed, *overrides(values)], self.where)
@@ -51,8 +61,19 @@ class Setup:
 
 def folder_of(trials_dir: Path, trial: optuna.Trial) -> Path:
     """A trial's run folder. A retried trial (its process was killed; Optuna's RetryHeartbeatStaleTrialCallback
-    copies the values and user attributes) continues in the original's folder."""
-    return trials_dir / str(trial.user_attrs.get("folder") or f"trial-{trial.number:04d}")
+    copies the values and user attributes) continues in the original's folder, when the study names one of
+    ours (the study database is data: a name like ``../../x`` is refused)."""
+    name = trial.user_attrs.get("folder") or f"trial-{trial.number:04d}"
+    if not is_trial_folder(name):
+        raise DistillpruneError(
+            f"trial {trial.number}: the study names its run folder {str(name)!r:.80}; expected trial-NNNN"
+        )
+    return trials_dir / name
+
+
+def is_trial_folder(name: object) -> bool:
+    """Whether ``name`` is a run folder name tune gives a trial (``trial-0007``): one plain name, no path."""
+    return isinstance(name, str) and re.fullmatch(r"trial-\d{4,9}", name) is not None
 
 
 class Reporter:
@@ -119,8 +140,9 @@ def run_trial(setup: Setup, trial: optuna.Trial) -> float | tuple[float, float]:
     offset = _logged_epochs(folder) if resume else 0
     first = first_searched_stage(setup.space.paths())
     reporter = Reporter(trial, prunable=len(setup.objectives) == 1, offset=offset, first_stage=first)
-    with listen(reporter):
-        report = compress(recipe, folder, resume=resume, quiet=setup.quiet)
+    # trials whose plan-affecting knobs are equal plan once (prune.plan_store): the planner's inputs are hashed
+    with listen(reporter), shared_plans(setup.trials_dir.parent / PLANS):
+        report = compress(recipe, folder, resume=resume, quiet=setup.quiet, trust_code=setup.trust_code)
     return objective_values(setup, trial, report)
 
 
@@ -133,8 +155,6 @@ def _logged_epochs(folder: Path) -> int:
 
 def objective_values(setup: Setup, trial: optuna.Trial, report: CompressionReport) -> float | tuple[float, float]:
     """Validation top-1 (and the measured speedup) of the run's last measured row, kept on the trial."""
-    from distillprune.errors import DistillpruneError
-
     final = report.final
     if final is None or final.accuracy is None:
         raise DistillpruneError("the trial's run measured no top-1: the recipe needs labelled data and a stage")

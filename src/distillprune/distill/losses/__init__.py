@@ -11,6 +11,7 @@ from distillprune.distill.losses import (  # noqa: F401
     feature,
     hidden,
     kd,
+    mimic,
     minilm,
     pkt,
     rkd,

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from distillprune.core.registry import Registry
 from distillprune.errors import DistillpruneError
+from distillprune.registries import LOSSES  # noqa: F401  (each loss registers into it; names declared there)
 
 
 @dataclass
@@ -107,6 +107,3 @@ def tapped(out: Outputs, path: str | None) -> torch.Tensor:
     """The tapped feature flattened to (B, D), or the logits when no tap is set."""
     x = out.logits if path is None else out.features[path]
     return x.float().flatten(1)
-
-
-LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")

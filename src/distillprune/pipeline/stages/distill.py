@@ -37,14 +37,17 @@ class DistillStage(StageConfig, DistillOptions):
 def run_distill(st: DistillStage, state: RunState, index: int) -> StageOutcome:
     """The verb on the run's model (or a new ``student``), teacher and checkpointing trainer."""
     teacher = state.teacher_for(st.distill)  # resolved before a new student replaces the model
+    cfg = st
     if st.student is not None:
         state.model, state.spec = state.new_model(st.student)
+        if st.regime == "auto":  # a new student starts from fresh weights
+            cfg = st.model_copy(update={"regime": "scratch"})
     report = distill(
         state.model,
-        st,
+        cfg,
         state.data,
         teacher=teacher,
-        trainer=state.trainer(st, index, "distill"),
+        trainer=state.trainer(cfg, index, "distill"),
         history=state.spec,
         context=state.context(),
     )

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from distillprune.core.progress import phase
 from distillprune.core.reporting import Details, details_type
 from distillprune.errors import ExportError
 from distillprune.export.onnx import export_onnx, parity
@@ -46,8 +47,10 @@ def run_export(st: ExportStage, state: RunState, index: int) -> StageOutcome:
     path = state.output_path(st.filename, f"stages.{index - 1}.filename")
     if path is None:
         return StageOutcome()
-    export_onnx(state.model, state.data.input_shape, path)
-    par = parity(state.model, path, state.data.inputs("test", st.parity_samples))
+    phase("exporting ONNX")(export_onnx)(state.model, state.data.input_shape, path)
+    par = phase("checking the ONNX file against torch")(parity)(
+        state.model, path, state.data.inputs("test", st.parity_samples)
+    )
     if par["max_abs_diff"] > st.max_abs_diff:
         raise ExportError(f"ONNX parity failed: max abs diff {par['max_abs_diff']:.2e} > {st.max_abs_diff}")
     hf_folder = None

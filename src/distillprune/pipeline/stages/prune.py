@@ -1,5 +1,5 @@
-"""``prune``: prune a CNN while distilling (``prune.PruneSession``), with the pipeline's checkpointing trainer;
-``run_session`` is every family's prune stage runner."""
+"""``prune``: prune a CNN while distilling, through the verb ``prune_`` (``prune.PruneSession``), with the
+pipeline's checkpointing trainer; ``run_session`` is every family's prune stage runner."""
 
 from __future__ import annotations
 
@@ -9,27 +9,27 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from distillprune.data.base import DataBundle
+from distillprune.data.base import DataBundle, Examples
 from distillprune.errors import DistillpruneError, RecipeError
 from distillprune.pipeline.state import RunState
-from distillprune.prune.cnn import nothing_removed
-from distillprune.prune.config import PruneConfig
+from distillprune.prune.api import prune_
+from distillprune.prune.cnn import NothingRemoved, nothing_removed
+from distillprune.prune.config import PruneConfig, SessionConfig
 from distillprune.prune.depth import removable_blocks
-from distillprune.prune.session import PruneSession
-from distillprune.prune.structured import prune_step, width_pruner
 from distillprune.recipes.registry import StageOutcome, register_stage
 from distillprune.recipes.schema import StageConfig
 
 
 class PruneStage(StageConfig, PruneConfig):
     """`steps` times: prune a little (`depth`: remove residual blocks chosen by the smallest KD-loss
-     increase; `width`: Torch-Pruning dependency-graph channel removal, importance `l1`/`l2`/`taylor`/`bn_scale`
-    , uniform or global, `round_to: 8` by default; or `unstructured`: global/layer magnitude
-     masks on a cubic schedule), `recovery` re-fits the layers each cut disturbed (least squares to the dense
-     outputs on calibration images, or data-free bias compensation), then train `epochs_per_step` with KD from
-     the dense teacher (a fraction such as 0.25 puts several steps in one epoch; `lr_span: stage` runs one lr
-     schedule over all the steps); `target` searches the plan that reaches a MACs ratio or a measured speedup,
-     comparing candidates after recovery (on by default with a target)."""
+    increase; `width`: channel groups of the dependency graph and whole heads of hand-written attention, scored
+    by `l1`/`l2`/`taylor`/`bn_scale`, uniform or global, `round_to: 8` by default; or `unstructured`:
+    global/layer magnitude masks on a cubic schedule), `recovery` re-fits the layers each cut disturbed (least
+    squares to the dense outputs on calibration images, or data-free bias compensation), then train
+    `epochs_per_step` with KD from the dense teacher (a fraction such as 0.25 puts several steps in one epoch;
+    `lr_span: stage` runs one lr schedule over all the steps); `target` searches the plan that reaches a MACs
+    ratio or a measured speedup (candidates priced by a per-machine latency table, the best ones timed; the
+    chosen plan recovered)."""
 
     example: ClassVar[dict[str, Any]] = {"width": {"ratio": 0.5, "round_to": 4}, "epochs_per_step": 1}
 
@@ -52,14 +52,14 @@ class PruneStage(StageConfig, PruneConfig):
             )
         width = self.width
         if width is not None and width.ratio is not None:
-            cfg = width.model_copy(update={"importance": "l1"})  # the count does not depend on the scores
+            # the steps' uniform cuts, one-shot on the fresh model (the count does not depend on the scores)
+            cfg = PruneConfig(width=width.model_copy(update={"importance": "l1"}), steps=self.steps, distill=None)
             try:
-                pruner = width_pruner(net, torch.zeros(1, *data.input_shape), cfg, data.num_classes, self.steps)
-                removed = any(entry[2] for _ in range(self.steps) for entry in prune_step(pruner))
+                prune_(net, cfg, Examples(torch.zeros(1, *data.input_shape), data.num_classes))
+            except NothingRemoved:
+                raise RecipeError(f"{where}.width: {nothing_removed(width)} (checked on model '{name}')") from None
             except DistillpruneError as e:  # e.g. a width.layers pattern that names no layer
                 raise RecipeError(f"{where} ({self.type}): {e}") from None
-            if not removed:
-                raise RecipeError(f"{where}.width: {nothing_removed(width)} (checked on model '{name}')")
 
 
 @register_stage(PruneStage)
@@ -68,19 +68,28 @@ def run_prune(st: PruneStage, state: RunState, index: int) -> StageOutcome:
 
 
 def run_session(st: StageConfig, state: RunState, index: int) -> StageOutcome:
-    """Any family's prune stage: the session with the run's teacher, peer and checkpointing trainer (the
-    stage's config type picks the structure)."""
-    cfg: Any = st
-    teacher = state.resolve_teacher(cfg.distill) if cfg.distill else None  # None: the unpruned self
-    peer = state.peer(cfg.distill) if cfg.distill else None
-    session = PruneSession(
+    """Any family's prune stage: the verb ``prune_`` with the stage's config, the run's data, teacher,
+    checkpointing trainer, history and context (the stage's config type picks the structure)."""
+    assert isinstance(st, SessionConfig)
+    teacher = state.resolve_teacher(st.distill) if st.distill else None  # None: the unpruned self
+    report = prune_(
         state.model,
         st,
         state.data,
         teacher=teacher,
-        peer=peer,
-        trainer=state.trainer(cfg, index, cfg.type),
+        trainer=state.trainer(st, index, st.type),
         history=state.spec.history,
         context=state.context(),
     )
-    return StageOutcome(session.run())
+    return StageOutcome(report, flags=plan_flags(getattr(report, "plan", None)))
+
+
+def plan_flags(plan: Any) -> list[str]:
+    """A plan that did not land in its target band, as a flag of the stage's row (said on the console and in
+    report.md, not only in report.json's plan)."""
+    note, achieved, target = (getattr(plan, k, None) for k in ("note", "achieved", "target"))
+    if not note:
+        return []
+    goal = next((f"{v:g}x" for k, v in (target or {}).items() if k in ("latency_speedup", "macs_ratio")), "?")
+    got = f"{achieved:.3g}x" if isinstance(achieved, (int, float)) else "?"
+    return [f"plan outside the target band (achieved {got} for a target of {goal}): {note}"]

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from distillprune.core.batch import is_embedder
 from distillprune.core.io import atomic_write
+from distillprune.core.progress import phase
 from distillprune.core.reporting import Deployed
 from distillprune.export.onnx import onnx_accuracy, run_onnx
 from distillprune.pipeline.run import embedding_metrics
@@ -63,7 +64,7 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
         workdir = (state.stage_dir(index, "quantize") if state.writes else None) or Path(tmp)
         final = state.output_path(name, f"stages.{index - 1}.filename")
         out = Path(tmp) / Path(name).name  # moved into the run folder once it has passed its checks
-        res = quantize(
+        res = phase(f"quantizing ({st.method})")(quantize)(
             state.model,
             cfg,
             state.data,
@@ -79,7 +80,11 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
         on_ort = res.details.get("runner", "onnxruntime") == "onnxruntime"
         embedder = is_embedder(state.model)
         labels = None if embedder else state.data.labels("test")
-        acc = onnx_accuracy(out, state.data.inputs("test"), labels) if on_ort else res.accuracy
+        acc = (
+            phase(f"evaluating {name}")(onnx_accuracy)(out, state.data.inputs("test"), labels)
+            if on_ort
+            else res.accuracy
+        )
         metrics = embedding_metrics(state, run_onnx(out, state.data.inputs("test"))) if embedder and on_ort else None
         if state.probe is not None and on_ort:  # the deployed file's features, probed like every row
             metrics = {**(metrics or {}), **state.probe.scores(lambda x: run_onnx(out, x))}
@@ -96,5 +101,6 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
         timing.speedups if timing else {},
         timing.spread if timing else {},
         metrics,
+        timing.load if timing else {},
     )
     return StageOutcome(res, deployed)

@@ -31,6 +31,6 @@ class TrainStage(StageConfig, TrainingOptions, SSLOptions):
 @register_stage(TrainStage)
 def run_train(st: TrainStage, state: RunState, index: int) -> StageOutcome:
     objective = state.objective(None, st.label_smoothing, ssl=st.ssl)  # cross-entropy without ssl
-    hist = state.fit(st, st.epochs, objective, index, "train")
+    hist = state.fit(st, st.epochs, objective, index, "train", regime="scratch")
     state.set_teacher(state.model, state.spec)  # the trained dense model is the default teacher
     return StageOutcome(TrainReport.of(hist, ssl=st.ssl.method if st.ssl else None))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from distillprune.core.progress import expect, phase, tick
 from distillprune.errors import DistillpruneError
 from distillprune.prune.recovery.compensate import compensate
 from distillprune.prune.recovery.config import RecoveryConfig
@@ -40,6 +41,7 @@ def calibration_batches(calib: Calibration, limit: int, batch_size: int = 128) -
 
 
 @torch.no_grad()
+@phase("recovery", unit="layers")
 def recover_(
     pruned: nn.Module,
     dense: nn.Module,
@@ -96,9 +98,11 @@ def _least_squares(
         why = f"recovery cannot read the dense outputs ({type(e).__name__}: {_first(e)}); left as cut"
         report.layers += [LayerRecovery(t.path, skipped=why) for t in targets]
         return
+    expect(len(targets))
     for t, r in zip(targets, rows, strict=True):
+        tick()
         try:  # a refit writes the layer's weights only once its solve is accepted: a failure leaves it as cut
-            report.layers.append(refit(pruned, t, batches, r, cfg.damp))
+            report.layers.append(refit(pruned, t, batches, r, 1e-3 if cfg.damp is None else cfg.damp))
         except UNREADABLE as e:
             why = f"recovery cannot fit it ({type(e).__name__}: {_first(e)}); left as cut"
             report.layers.append(LayerRecovery(t.path, skipped=why))

@@ -1,4 +1,5 @@
-"""Options of the recovery engine: ``prune.recovery`` in a recipe, ``recover_(..., cfg)`` in the library."""
+"""Options of the recovery engine: ``prune.recovery`` (and ``prune_transformer.recovery``) in a recipe,
+``recover_(..., cfg)`` in the library: one type for every family."""
 
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ class RecoveryConfig(StrictModel):
     positions_per_image: int = Field(
         64, gt=0, description="conv rows per image: output positions sampled (seeded) to bound memory"
     )
-    damp: float = Field(1e-3, ge=0, description="ridge, relative to the mean diagonal of X^T X")
+    damp: float | None = Field(
+        None,
+        ge=0,
+        description="ridge, relative to the mean diagonal of X^T X (unset: 1e-3 for a CNN's layers, 1e-4 for an "
+        "encoder's projections)",
+    )
     bn_after: bool = Field(
         False,
         description="lstsq: re-estimate BatchNorm statistics afterwards too (off: each re-fit layer matches the "
