@@ -284,6 +284,32 @@ def test_a_self_supervised_objective_is_served_no_label():
     assert seen and all(y is None for y in seen)
 
 
+def test_a_self_supervised_fine_tune_trains_to_the_end():
+    """Keep-best judges by top-1 or a held-out loss; a self-supervised run has neither (no labels, an embedder),
+    so its checks would keep the start: a fine-tune's default keep-best is off for it, and asking for it is
+    refused."""
+    from distillprune.pipeline.stages.finetune import FinetuneStage
+    from distillprune.train.config import KeepBestConfig
+
+    data = dp.load_data(dp.DataConfig(source="digits", limit_train=256, limit_test=32, labels=False))
+    model, _ = _digits_embedder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = FitSettings(
+        1.0,
+        OptimizerConfig(name="adamw", lr=1e-3),
+        ScheduleConfig(name="constant"),
+        keep_best=KeepBestConfig(samples=20),
+    )
+    history = fit(model, data, settings, SSLObjective(SSLConfig(method="simclr", hidden=16, out=8)), runtime=QUIET)
+    assert "checks" not in history[-1] and "kept" not in history[-1]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # not the start, restored
+    with pytest.raises(RecipeError, match="keep_best has nothing to judge"):
+        validate(
+            FinetuneStage,
+            {"type": "finetune", "epochs": 1, "ssl": {"method": "simclr"}, "keep_best": {"enabled": True}},
+        )
+
+
 class _Interrupt:
     def __init__(self, at: int):
         self.at, self.n = at, 0

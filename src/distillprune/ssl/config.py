@@ -89,4 +89,10 @@ class SSLOptions(StrictModel):
                 "ssl and distill are two training objectives: give one (with ssl, distill is off; for "
                 "self-supervised distillation from a teacher use distill with the seed or embedding loss)"
             )
+        keep = getattr(self, "keep_best", None)
+        if self.ssl is not None and keep is not None and keep.enabled:
+            raise ValueError(
+                "keep_best has nothing to judge a self-supervised run by (no labels, no held-out loss): drop "
+                "keep_best.enabled (the stage trains to the end)"
+            )
         return self

@@ -307,7 +307,8 @@ def fit(
     if to_device is not None:
         to_device(device)
     runtime = _cpu_layout(runtime, device, model)
-    train_data, val = (data, None) if settings.keep_best is None else _held_out(data, settings.keep_best.samples)
+    keep = settings.keep_best if _judged(model, objective, data) else None
+    train_data, val = (data, None) if keep is None else _held_out(data, keep.samples)
     par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
     loader = (TensorLoader if views is None else partial(ViewLoader, views=views))(
         train_data.train,
@@ -328,7 +329,7 @@ def fit(
     loop = _Loop.start(model, objective, loader, settings, runtime, device, par)
     loop.seed, loop.on_step, loop.logger, loop.desc = seed, on_step, logger, desc
     if val is not None:
-        loop.guard = KeepBest.plan(settings.keep_best, val, data, runtime, loop.window)  # type: ignore[arg-type]
+        loop.guard = KeepBest.plan(keep, val, data, runtime, loop.window)  # type: ignore[arg-type]
     resumed = resume and ckpt_dir is not None and has_checkpoint(ckpt_dir)
     if resumed:
         loop.first_epoch, loop.history = _load(ckpt_dir, model, objective, loop.opt, loop.guard)  # type: ignore[arg-type]
@@ -351,6 +352,13 @@ def _cpu_layout(runtime: RuntimeConfig, device: torch.device, model: nn.Module) 
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
     return runtime
+
+
+def _judged(model: nn.Module, objective: nn.Module, data: DataBundle) -> bool:
+    """Whether held-out checks can tell points apart: by top-1 (labels, a classifier) or by the objective's
+    held-out loss. A self-supervised objective offers neither (no labels, an embedder, no ``eval_loss``): the
+    checks would keep the start, so a fine-tune's default keep-best is off for it."""
+    return (data.train.y is not None and not is_embedder(model)) or hasattr(objective, "eval_loss")
 
 
 def _held_out(data: DataBundle, samples: int) -> tuple[DataBundle, Split]:
