@@ -290,10 +290,11 @@ def stage_table() -> str:
 
 @app.command("list")
 def list_(
-    family: str = typer.Argument("all", help="a registry (models, losses, sources, importance, stages...) or all"),
+    family: str = typer.Argument("all", help="a registry (models, losses, ssl, sources, importance, stages...) or all"),
     markdown: bool = typer.Option(False, "--markdown", help="stages: the README's table"),
 ) -> None:
-    """What is registered: models, losses, data sources, importance criteria, quantizers, stage types, ..."""
+    """What is registered: models, losses, self-supervised methods, data sources, importance criteria,
+    quantizers, stage types, ..."""
     from distillprune.registries import INTERNAL, REGISTRIES, internal
 
     if family != "all" and family not in REGISTRIES and family not in INTERNAL:

@@ -38,8 +38,15 @@ for _loss, _module in [
     ("minilm", "minilm"),
     ("pkt", "pkt"),
     ("rkd", "rkd"),
+    ("seed", "seed"),
 ]:
     LOSSES.declare(f"distillprune.distill.losses.{_module}", _loss)
+
+#: name -> ``ssl.SSLMethod`` subclass (a self-supervised objective: SimCLR, BYOL, masked language modelling)
+SSL_METHODS: Registry[Any] = Registry("self-supervised method")
+SSL_METHODS.declare("distillprune.ssl.methods.simclr", "simclr")
+SSL_METHODS.declare("distillprune.ssl.methods.byol", "byol")
+SSL_METHODS.declare("distillprune.ssl.methods.mlm", "mlm")
 
 #: name -> builder ``(num_classes, input_shape, **kwargs) -> nn.Module``
 MODELS: Registry[Any] = Registry("model")
@@ -68,6 +75,7 @@ QUANTIZERS.declare("distillprune.quant.qat", "qat")
 REGISTRIES: dict[str, Registry[Any]] = {
     "models": MODELS,
     "losses": LOSSES,
+    "ssl": SSL_METHODS,
     "sources": SOURCES,
     "importance": CRITERIA,
     "quantizers": QUANTIZERS,

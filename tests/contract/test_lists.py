@@ -19,11 +19,13 @@ from distillprune.models.config import ModelConfig
 from distillprune.models.registry import MODEL_SOURCES
 from distillprune.pipeline.stages.distill import DistillStage
 from distillprune.pipeline.stages.prune import PruneStage
+from distillprune.pipeline.stages.train import TrainStage
 from distillprune.prune.config import WidthConfig
 from distillprune.prune.criteria import CRITERIA
 from distillprune.quant.config import QuantConfig
 from distillprune.quant.registry import QUANTIZERS
 from distillprune.registries import SOURCES
+from distillprune.ssl import SSL_METHODS, SSLConfig
 
 pytest.importorskip("distillprune.transformers")  # registers the hf source
 
@@ -41,8 +43,9 @@ def _alternatives(description: str | None) -> set[str]:
         (DataConfig.model_fields["source"], SOURCES),
         (QuantConfig.model_fields["method"], QUANTIZERS),
         (ModelConfig.model_fields["source"], MODEL_SOURCES),
+        (SSLConfig.model_fields["method"], SSL_METHODS),
     ],
-    ids=["data.source", "quantize.method", "model.source"],
+    ids=["data.source", "quantize.method", "model.source", "ssl.method"],
 )
 def test_a_field_listing_a_registry_lists_all_of_it(field, registry):
     assert _alternatives(field.description) == set(registry.names())
@@ -68,6 +71,12 @@ def test_the_distill_stage_and_its_readme_row_name_every_loss():
     assert set(LOSSES.names()) <= _ticked(doc), set(LOSSES.names()) - _ticked(doc)
     row = next(line for line in README.splitlines() if line.startswith("| `distill` |"))
     assert set(LOSSES.names()) <= _ticked(row)
+
+
+def test_the_train_stage_and_its_readme_row_name_every_ssl_method():
+    assert set(SSL_METHODS.names()) <= _ticked(TrainStage.__doc__ or "")
+    row = next(line for line in README.splitlines() if line.startswith("| `train` |"))
+    assert set(SSL_METHODS.names()) <= _ticked(row)
 
 
 def test_the_prune_stage_names_every_importance_criterion():

@@ -59,7 +59,11 @@ def test_digits_recipe_runs(path: Path, tmp_path: Path):
     assert (tmp_path / "run" / "report.json").exists()
     assert (tmp_path / "run" / "report.md").exists()
     measured = [s for s in report.stages if s.measured]
-    assert measured and all(s.accuracy is not None and 0 <= s.accuracy <= 100 for s in measured)
+    # a classifier's top-1; an embedding model (no classifier) is judged by kNN top-1 on the recipe's probe
+    quality = "knn_top1" if recipe.model.task == "embedding" else "accuracy"
+    assert measured and all(s.quality(quality) is not None and 0 <= s.quality(quality) <= 100 for s in measured)
+    if quality == "knn_top1":
+        assert recipe.probe is not None and all(s.accuracy is None for s in measured)
     if any(st.type == "export" for st in recipe.stages):
         assert (tmp_path / "run" / "model.onnx").exists()
         exp = next(s for s in report.stages if s.type == "export")

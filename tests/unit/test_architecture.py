@@ -30,6 +30,7 @@ FAMILIES = {
     "quant",
     "recipes",
     "report",
+    "ssl",
     "train",
 }
 

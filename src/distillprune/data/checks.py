@@ -61,9 +61,11 @@ def class_count(max_label: int, where: str) -> int:
 
 def check_bundle(bundle: DataBundle, where: str = "data") -> None:
     """Finite inputs and labels in range for every split (the one check every source goes through). Text
-    (named token inputs, padded per batch) is checked for its labels; label-free text has no classes."""
+    (named token inputs, padded per batch) is checked for its labels; a data set without labels (label-free
+    text, unlabelled images) has no classes."""
     text = isinstance(bundle.train.x, NamedInputs)
-    if (not text or bundle.train.y is not None) and not 1 <= bundle.num_classes <= MAX_CLASSES:
+    labelled = bundle.train.y is not None or (not text and bundle.test.y is not None)
+    if labelled and not 1 <= bundle.num_classes <= MAX_CLASSES:
         raise DataError(
             f"{where}: {bundle.num_classes} classes; expected 1 .. {MAX_CLASSES} "
             "(labels are class indices 0 .. num_classes - 1)"

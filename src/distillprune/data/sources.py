@@ -132,21 +132,27 @@ def digits(cfg: DataConfig) -> DataBundle:
 
 @SOURCES.register("npz")
 def npz(cfg: DataConfig) -> DataBundle:
-    """An .npz with x_train, y_train, x_test, y_test (optional 'classes'); images NHWC or NCHW."""
+    """An .npz with x_train, y_train, x_test, y_test (optional 'classes'); images NHWC or NCHW. Without
+    y_train and y_test, a data set without labels (self-supervised training, label-free distillation)."""
     p = _need_path(cfg)
     with open_npz(p) as d:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(d.files)
+        unlabelled = not {"y_train", "y_test"} & set(d.files)
+        need = {"x_train", "x_test"} | (set() if unlabelled else {"y_train", "y_test"})
+        missing = need - set(d.files)
         if missing:
             raise DataError(f"{p}: missing arrays {sorted(missing)}; found {sorted(d.files)}")
-        arrs = {k: npz_array(d, k, p) for k in ("x_train", "y_train", "x_test", "y_test")}
+        arrs = {k: npz_array(d, k, p) for k in sorted(need)}
         classes = [str(c) for c in npz_array(d, "classes", p).reshape(-1)] if "classes" in d.files else None
     for split in ("train", "test"):
-        x, y = arrs[f"x_{split}"], arrs[f"y_{split}"]
+        x = arrs[f"x_{split}"]
         check_inputs(x, f"{p}: x_{split}")
-        if y.ndim != 1 or len(y) != len(x):
+        y = arrs.get(f"y_{split}")
+        if y is not None and (y.ndim != 1 or len(y) != len(x)):
             raise DataError(
                 f"{p}: y_{split} has shape {y.shape}; expected one label per sample of x_{split} ({len(x)},)"
             )
+    if unlabelled:
+        return _bundle(to_nchw(arrs["x_train"]), None, to_nchw(arrs["x_test"]), None, classes or [], p.stem)
     ytr, yte = (torch.from_numpy(labels_to_int(arrs[k], f"{p}: {k}")) for k in ("y_train", "y_test"))
     n = class_count(int(max(ytr.max(), yte.max())), str(p))
     if classes is not None and len(classes) < n:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distillprune.core.config import StrictModel
 from distillprune.core.registry import nearest
+from distillprune.data.views import ViewsConfig
 from distillprune.distill.losses import LOSSES
 from distillprune.distill.schedule import build_term
 from distillprune.errors import DistillpruneError
@@ -90,6 +91,12 @@ class DistillConfig(StrictModel):
         None, description="mutual: a fresh network to train with the student (default: the teacher itself)"
     )
     cache: bool = Field(False, description="compute the teacher's outputs once (no random augmentation)")
+    views: ViewsConfig | None = Field(
+        None,
+        description="images: distil on two augmented views of every image (random resized crop, colour jitter, "
+        "flip), the teacher and the student seeing the same views -- more of the teacher's function from few "
+        "images (Beyer et al. 2022, consistent teaching); what self-supervised teachers were trained on",
+    )
     fold_teacher: bool = Field(
         True,
         description="run a checked copy of the frozen teacher with its BatchNorm "
@@ -122,10 +129,14 @@ class DistillConfig(StrictModel):
         if self.mode == "mutual":
             if self.cache:
                 raise ValueError("mode: mutual trains the teacher, so its outputs cannot be cached (cache: false)")
+            if self.views is not None:
+                raise ValueError("views are for offline distillation; mode: mutual trains on the batches as they are")
             if self.teachers is not None:
                 raise ValueError(
                     "mode: mutual trains one peer network; teachers (a frozen ensemble) is for offline mode"
                 )
+        if self.views is not None and self.cache:
+            raise ValueError("cache computes the teacher's outputs once; views draw new images every step: drop one")
         return self
 
     def loss_specs(self) -> list[dict[str, Any]]:

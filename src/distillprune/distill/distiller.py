@@ -7,7 +7,8 @@ The teacher is frozen: eval mode, no gradients, forward under ``torch.no_grad`` 
 refuse), by default through a BatchNorm-folded, checked copy (``distill.fast_teacher``). Optional hooks
 the trainer calls when present: ``begin_epoch(loader, epoch, epochs)`` (schedules, teacher cache),
 ``check_labels(has_labels)`` (before training), ``trainable()`` (extra parameters to optimise), ``align(kept)``
-(the prune session's kept-channel map after a cut).
+(the prune session's kept-channel map after a cut); the attribute ``views`` asks the trainer for two augmented
+views of every image, which the teacher and the student both see.
 Online (mutual) distillation, where the teacher trains too, is ``distill.mutual.MutualDistiller``.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from distillprune.core.batch import Batch, call
 from distillprune.core.taps import FeatureTaps
+from distillprune.data.views import Views, ViewsConfig
 from distillprune.distill.cache import TeacherCache
 from distillprune.distill.fast_teacher import TeacherSpeed, fast_teacher
 from distillprune.distill.losses import Outputs
@@ -107,8 +109,10 @@ class Distiller(nn.Module):
         cache: bool = False,
         fold_teacher: bool = True,
         compile_teacher: bool = False,
+        views: ViewsConfig | None = None,
     ):
         super().__init__()
+        self.views = views  # the trainer then serves two augmented views of every image (data.views)
         self.teacher = [freeze(teacher)]  # a list: keep the teacher out of this module's parameters
         self.terms = [t if isinstance(t, Term) else Term(type(t[1]).__name__, t[1], t[0]) for t in losses]
         self.losses = nn.ModuleList(t.loss for t in self.terms)
@@ -121,8 +125,16 @@ class Distiller(nn.Module):
         self._fast: list = []  # [(key, module to call, module the taps attach to)], built once per device
 
     @classmethod
-    def from_specs(cls, teacher: nn.Module, specs: list[dict], *, cache: bool = False, **speed: bool) -> Distiller:
-        return cls(teacher, [build_term(s) for s in specs], cache=cache, **speed)
+    def from_specs(
+        cls,
+        teacher: nn.Module,
+        specs: list[dict],
+        *,
+        cache: bool = False,
+        views: ViewsConfig | None = None,
+        **speed: bool,
+    ) -> Distiller:
+        return cls(teacher, [build_term(s) for s in specs], cache=cache, views=views, **speed)
 
     def _teacher_for(self, t_paths: list[str], probe: Batch) -> nn.Module:
         """The module the teacher's taps attach to (built once per tap set and device)."""
@@ -212,11 +224,14 @@ class Distiller(nn.Module):
         s = Outputs(call(model, x), dict(self._s_taps.features), mask)
         return s, t
 
-    def __call__(self, model: nn.Module, x: Batch, y: torch.Tensor | None):
+    def __call__(self, model: nn.Module, x: Batch | Views, y: torch.Tensor | None):
         progress = self.clock.tick()
+        n = len(x)
+        if isinstance(x, Views):  # both views in one batch: the teacher and the student see the same images
+            x, y = x.both(), None if y is None else y.repeat(2)
         s, t = self._outputs(model, x)
         total = sum(term.weight_at(progress) * term.loss(s, t, y) for term in self.terms)
-        return total, s.logits
+        return total, s.logits[:n]
 
     @torch.no_grad()
     def eval_loss(self, model: nn.Module, x: Batch, y: torch.Tensor | None) -> torch.Tensor:

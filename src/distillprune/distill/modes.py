@@ -10,6 +10,8 @@
   next student restarting from a fresh initialisation (``reinitialised``).
 - label-free: any of the above on data without labels; losses that need labels fail before
   training (``check_labels``).
+- self-supervised: no teacher and no labels, a stage's ``ssl`` block (``ssl.SSLObjective``: SimCLR, BYOL,
+  masked LM); it takes the place of the ``distill`` block.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from distillprune.distill.mutual import MutualDistiller
 from distillprune.errors import DistillpruneError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
+from distillprune.ssl.config import SSLConfig
+from distillprune.ssl.objective import SSLObjective
 
-Objective = CrossEntropy | Distiller | MutualDistiller
+Objective = CrossEntropy | Distiller | MutualDistiller | SSLObjective
 
 
 def resolve_teacher(
@@ -58,10 +62,18 @@ def _teacher(ref: str | ModelConfig, num_classes: int | None, input_shape: Seque
 
 
 def objective_for(
-    cfg: DistillConfig | None, label_smoothing: float, teacher: Callable[[], nn.Module], peer: nn.Module | None = None
+    cfg: DistillConfig | None,
+    label_smoothing: float,
+    teacher: Callable[[], nn.Module],
+    peer: nn.Module | None = None,
+    ssl: SSLConfig | None = None,
+    tokenizer: str | None = None,
 ) -> Objective:
-    """Cross-entropy when ``cfg`` is None, else the distillation objective of ``cfg``; ``teacher`` is called
-    only when the objective needs one."""
+    """The self-supervised objective of ``ssl`` when given (no teacher, no labels; ``tokenizer``: masked
+    LM's), else cross-entropy when ``cfg`` is None, else the distillation objective of ``cfg``; ``teacher``
+    is called only when the objective needs one."""
+    if ssl is not None:
+        return SSLObjective(ssl, tokenizer)
     if cfg is None:
         return CrossEntropy(label_smoothing)
     return make_objective(cfg, teacher() if peer is None else None, peer)
@@ -121,7 +133,12 @@ def make_objective(
     if teacher is None:
         raise ValueError("offline distillation needs a teacher")
     return Distiller.from_specs(
-        teacher, specs, cache=cfg.cache, fold_teacher=cfg.fold_teacher, compile_teacher=cfg.compile_teacher
+        teacher,
+        specs,
+        cache=cfg.cache,
+        fold_teacher=cfg.fold_teacher,
+        compile_teacher=cfg.compile_teacher,
+        views=cfg.views,
     )
 
 

@@ -36,8 +36,7 @@ def topk_overlap(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float
 
 
 def embedding_quality(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> dict[str, float]:
-    """{"cosine": mean cosine to the teacher, "top10_overlap": share of common top-k neighbours}."""
-    return {
-        "cosine": round(mean_cosine(student, teacher), 5),
-        f"top{k}_overlap": round(topk_overlap(student, teacher, k), 4),
-    }
+    """{"cosine": mean cosine to the teacher, "top10_overlap": share of common top-k neighbours}; the cosine
+    only when the two embeddings have one width (a student of another width is compared by neighbours)."""
+    out = {"cosine": round(mean_cosine(student, teacher), 5)} if student.shape == teacher.shape else {}
+    return {**out, f"top{k}_overlap": round(topk_overlap(student, teacher, k), 4)}

@@ -15,7 +15,7 @@ from distillprune.core.config import validate
 from distillprune.core.modules import get_module, set_module
 from distillprune.errors import DistillpruneError
 from distillprune.models.config import ModelConfig
-from distillprune.models.head import ClassifierOp, classifier_path, fold_small_pool
+from distillprune.models.head import ClassifierOp, classifier_path, drop_classifier, fold_small_pool
 from distillprune.models.registry import MODEL_SOURCES
 from distillprune.models.user import python_model, target_of
 from distillprune.models.weights import file_sha256, load_weights
@@ -47,6 +47,7 @@ def make_model(
     itself in Python), ``{"checkpoint": "runs/x/stages/02_prune"}``; ``head: {}`` replaces the classifier
     by a fresh one for ``num_classes`` (the file's classifier is not loaded) and folds an enlarging pool.
     ``load_weights_file=False`` builds the architecture only (checks before a run, the meta device).
+    ``task: embedding`` drops the classifier (``models.head.EmbeddingOp``): the model outputs its features.
     """
     cfg = as_config(cfg, where)
     if cfg.checkpoint:
@@ -55,6 +56,8 @@ def make_model(
     if cfg.source != "zoo":  # another registered source (hf: a local Hugging Face folder)
         return MODEL_SOURCES.get(cfg.source)(cfg, num_classes, tuple(input_shape))
     n = cfg.head.num_classes if cfg.head is not None and cfg.head.num_classes else num_classes
+    if cfg.task == "embedding":  # a data set without labels has no classes: the classifier is dropped anyway
+        n = n or 1
     shape = tuple(input_shape)
     if cfg.python:
         model, spec = python_model(cfg.python, n, shape, cfg.kwargs)
@@ -64,6 +67,10 @@ def make_model(
     skip: tuple[str, ...] = ()
     if cfg.head is not None:
         skip = (_new_classifier(model, spec, n, where),)
+    if cfg.task == "embedding":  # a backbone: the file's classifier (if any) is not loaded
+        dropped = drop_classifier(model, where)
+        spec.record(dropped)
+        skip = (*skip, dropped.path)
     if cfg.weights and load_weights_file:
         load_weights(model, cfg.weights, where=f"{where}.weights", skip=skip)
         p = Path(cfg.weights).expanduser().resolve()

@@ -49,13 +49,19 @@ class ModelConfig(StrictModel):
         "package:NAME/sub for a folder inside an installed package",
     )
     task: Literal["sequence-classification", "embedding"] | None = Field(
-        None, description="hf: sequence-classification (logits) or embedding (mean pooling + L2 norm)"
+        None,
+        description="hf: sequence-classification (logits) or embedding (mean pooling + L2 norm); zoo: embedding "
+        "(the classifier dropped: the model outputs the features it read, e.g. a self-supervised backbone)",
     )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if self.source == "zoo" and (self.path is not None or self.task is not None):
-            raise ValueError("path and task are options of source: hf")
+        if self.source == "zoo" and self.path is not None:
+            raise ValueError("path is an option of source: hf")
+        if self.source == "zoo" and self.task not in (None, "embedding"):
+            raise ValueError(f"task {self.task} is an option of source: hf; a zoo model takes task: embedding only")
+        if self.task == "embedding" and self.head is not None:
+            raise ValueError("head (a new classifier) and task: embedding (no classifier) exclude each other")
         if self.source != "zoo" and not self.path and not self.checkpoint:
             raise ValueError(f"source: {self.source} needs path (a local model folder)")
         if self.source != "zoo" and (self.python is not None or self.weights is not None or self.head is not None):

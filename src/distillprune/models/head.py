@@ -1,5 +1,6 @@
 """Adapting a pretrained network to new data (transfer learning): a new classifier for the data's classes,
-and small inputs without a huge classifier.
+small inputs without a huge classifier, and no classifier at all (an embedding model: a self-supervised
+backbone outputs the features its classifier would have read).
 
 torchvision's VGG/AlexNet pool the features to a fixed 7x7 (6x6) grid before their first Linear: at 32x32
 the features are 1x1, the pool repeats them 49 times, and the 25088x4096 Linear holds 49 copies' worth of
@@ -52,6 +53,34 @@ class ClassifierOp(HistoryOp):
         old = get_module(model, self.path)
         bias = getattr(old, "bias", None) is not None
         set_module(model, self.path, nn.Linear(self.in_features, self.out_features, bias=bias))
+
+
+@history_op
+@dataclass(frozen=True)
+class EmbeddingOp(HistoryOp):
+    """The classifier at ``path`` dropped (an identity in its place): the model outputs the features the
+    classifier read -- a backbone's representation -- and says so with ``output_kind = "embedding"``, so it
+    is judged by kNN / linear probes and distilled by embedding losses, and pruning keeps its output width."""
+
+    op = "embedding"
+    path: str
+
+    def replay(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        set_module(model, self.path, nn.Identity())
+        object.__setattr__(model, "output_kind", "embedding")  # read by core.batch.is_embedder
+
+
+def drop_classifier(model: nn.Module, where: str = "model") -> EmbeddingOp:
+    """Make ``model`` an embedding model in place (its classifier dropped); the op records it."""
+    path = classifier_path(model)
+    if path is None:
+        raise DistillpruneError(
+            f"{where}.task embedding: {type(model).__name__} has no Linear classifier to drop (an embedding model "
+            "outputs the features its classifier reads); give a model whose forward already returns features"
+        )
+    op = EmbeddingOp(path)
+    op.replay(model, ())
+    return op
 
 
 @history_op

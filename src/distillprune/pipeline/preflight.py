@@ -228,6 +228,11 @@ def check_model(cfg: ModelConfig, data: DataBundle, where: str) -> None:
     if cfg.source != "zoo":  # a folder the source loads (hf): the run's own probe checks inputs and outputs
         return
     shape, classes = tuple(data.input_shape), data.num_classes
+    if classes == 0 and cfg.task != "embedding":
+        raise DataError(
+            f"{where}: the data has no labels, so no classes for model '{cfg.python or cfg.name}' to predict: "
+            "train an embedding model on it (model.task: embedding, with an ssl objective or a teacher)"
+        )
     try:
         with _on_meta():
             model = _arch(cfg, classes, shape)
@@ -267,6 +272,14 @@ def _forward(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> 
 
 
 def _check_output(out: Any, cfg: ModelConfig, data: DataBundle, where: str) -> None:
+    if cfg.task == "embedding":  # an embedding model: (B, D) features, of any width
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DataError(
+                f"{where}: model '{cfg.python or cfg.name}' with task: embedding outputs {got} per sample; "
+                "expected one feature vector (D,)"
+            )
+        return
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
         raise DataError(

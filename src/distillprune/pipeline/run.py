@@ -35,6 +35,7 @@ from distillprune.models.config import ModelConfig
 from distillprune.models.user import vouched_code
 from distillprune.pipeline import rundir, runlock
 from distillprune.pipeline.preflight import check_not_inputs, preflight
+from distillprune.pipeline.probe import load_probe
 from distillprune.pipeline.state import RunState, probe_shapes, restore
 from distillprune.pipeline.timing import StageTimer, architecture_key
 from distillprune.recipes.registry import STAGES, StageOutcome
@@ -165,6 +166,8 @@ def _execute(
     else:
         state.model, state.spec = state.new_model(recipe.model)
     probe_shapes(state.model, data, recipe.model.name if model is None else type(model).__name__)
+    if ddp.is_rank0():  # the rank that measures
+        state.probe = load_probe(recipe.probe, recipe.data, data)
     state.timer = StageTimer(recipe.measure, tuple(data.input_shape), run_path)
     done = restore(state) if (resume and run_path) else 0
     if done and state.report.baseline is not None:
@@ -260,6 +263,8 @@ def _measure(state: RunState, result: StageResult) -> None:
         )
         if embedder:  # the quality of an embedder is its agreement with the teacher's embeddings
             result.metrics = embedding_metrics(state, run_torch(model, state.data.inputs("test")))
+        if state.probe is not None:  # ... and how well its features classify with a few labels (kNN, linear)
+            result.metrics.update(state.probe.scores(lambda x: run_torch(model, x)))
     cpu, shape = model.cpu(), tuple(state.data.input_shape)
     with phase("exporting ONNX (to measure it)"):
         blob = onnx_bytes(cpu, shape)

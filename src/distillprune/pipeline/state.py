@@ -24,8 +24,10 @@ from distillprune.distill.modes import Objective, build_peer, objective_for, res
 from distillprune.errors import DataError, RecipeError
 from distillprune.models.build import make_model
 from distillprune.models.config import ModelConfig
+from distillprune.pipeline.probe import Probe
 from distillprune.pipeline.rundir import read_state
 from distillprune.report.report import CompressionReport
+from distillprune.ssl.config import SSLConfig
 from distillprune.train import distributed as ddp
 from distillprune.train import policy
 from distillprune.train.config import Span, TrainingOptions
@@ -53,6 +55,7 @@ class RunState:
     teacher: nn.Module | None = None
     teacher_spec: ArchSpec | None = None
     timer: StageTimer | None = None  # set by the runner: times every stage against the dense baseline
+    probe: Probe | None = None  # the recipe's probe data (kNN / linear-probe top-1 of every measured stage)
 
     @property
     def device(self) -> torch.device:
@@ -95,16 +98,27 @@ class RunState:
         return build_peer(cfg, self.recipe.seed, self.data.num_classes, self.data.input_shape)
 
     def objective(
-        self, cfg: DistillConfig | None, label_smoothing: float, teacher: nn.Module | None = None
+        self,
+        cfg: DistillConfig | None,
+        label_smoothing: float,
+        teacher: nn.Module | None = None,
+        ssl: SSLConfig | None = None,
     ) -> Objective:
-        """The training objective of a stage's ``distill`` block (cross-entropy when it is null)."""
+        """The training objective of a stage's ``distill`` block (cross-entropy when it is null), or of its
+        ``ssl`` block (self-supervised: no teacher, no labels)."""
         peer = self.peer(cfg) if cfg is not None else None
         return objective_for(
             cfg,
             label_smoothing,
             (lambda: teacher) if teacher is not None else (lambda: self.resolve_teacher(cfg)),  # type: ignore[arg-type]
             peer,
+            ssl,
+            self.tokenizer(),
         )
+
+    def tokenizer(self) -> str | None:
+        """The run's tokenizer folder (text data), for objectives that read token ids (masked LM)."""
+        return self.recipe.data.text.tokenizer
 
     def teacher_for(self, cfg: DistillConfig | None) -> nn.Module | None:
         """What a stage passes a verb as ``teacher=`` for its ``distill`` block: None without one; in mutual mode
@@ -248,6 +262,11 @@ def probe_shapes(model: nn.Module, data: DataBundle, name: str) -> None:
         ) from None
     if is_embedder(model):  # an embedder's width is not a class count
         return
+    if data.num_classes == 0:
+        raise DataError(
+            f"the data has no labels, so no classes for model '{name}' to predict: train an embedding model "
+            "on it (model.task: embedding, with an ssl objective or a teacher), or give labelled data"
+        )
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise DataError(
             f"model '{name}' outputs {tuple(out.shape[1:])} per sample but the data has {data.num_classes} classes"

@@ -15,6 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from distillprune.core.batch import is_embedder
 from distillprune.core.modules import LayerSelect
 from distillprune.errors import DistillpruneError
 from distillprune.prune.config import WidthConfig
@@ -77,12 +78,16 @@ class Groups:
 
 
 def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """Layers whose outputs are the logits: pruning them would change the task."""
+    """Layers whose outputs are the logits: pruning them would change the task. An embedding model's last
+    Conv/Linear is kept too: its output width is the embedding's, which a vector index downstream (and the
+    teacher's embedding, for the losses comparing them) expects unchanged."""
     last = list(model.modules())[-1]
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    return linears + [
-        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m is last
-    ]
+    out: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    out += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m is last]
+    if is_embedder(model):
+        final = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1:]
+        out += [m for m in final if m not in out]
+    return out
 
 
 def ignored(model: nn.Module, layers: LayerSelect, num_classes: int) -> list[nn.Module]:

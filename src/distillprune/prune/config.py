@@ -12,6 +12,7 @@ from distillprune.core.modules import LayerSelect
 from distillprune.distill.config import DistillConfig
 from distillprune.prune.criteria import check_family
 from distillprune.prune.recovery.config import RecoveryConfig
+from distillprune.ssl.config import SSLOptions
 from distillprune.train.config import TrainingOptions
 
 if TYPE_CHECKING:
@@ -172,11 +173,11 @@ class SessionConfig(TrainingOptions):
         return None if r is None or r.method == "none" else r
 
 
-class PruneConfig(SessionConfig):
+class PruneConfig(SessionConfig, SSLOptions):
     """Prune a CNN while distilling: ``steps`` times remove residual blocks (``depth``, on the first step) and a
     share of channels (``width``), or raise a magnitude sparsity (``unstructured``), then train
-    ``epochs_per_step`` with KD from the dense teacher. ``target`` searches the blocks and each channel group's
-    width that reach a MACs ratio or a measured speedup."""
+    ``epochs_per_step`` with KD from the dense teacher (or self-supervised, ``ssl``). ``target`` searches the
+    blocks and each channel group's width that reach a MACs ratio or a measured speedup."""
 
     width: WidthConfig | None = None
     depth: DepthConfig | None = None

@@ -121,7 +121,8 @@ class PruneSession:
         self._aligned_from = len(self.history) if same_shapes(teacher, self.model) else 0
         cfg = self.cfg
         distill = self.structure.distill_config()
-        self.objective = objective_for(distill, cfg.label_smoothing, lambda: teacher, self._peer)
+        ssl = getattr(cfg, "ssl", None)  # a self-supervised objective instead of KD (no teacher, no labels)
+        self.objective = objective_for(distill, cfg.label_smoothing, lambda: teacher, self._peer, ssl)
         if cfg.target is not None:
             plan_type: Any = self.structure.plan_type
             # measured on rank 0 alone under torchrun, and shared: every rank follows one plan

@@ -20,6 +20,7 @@ from distillprune.data.base import DataBundle
 from distillprune.data.config import DataConfig
 from distillprune.errors import DistillpruneError, RecipeError
 from distillprune.measure.latency import LatencyConfig
+from distillprune.measure.probe import ProbeConfig
 from distillprune.models.config import ModelConfig
 from distillprune.recipes.registry import STAGES
 from distillprune.recipes.yaml_io import parse_yaml, read_text
@@ -64,6 +65,11 @@ class Recipe(StrictModel):
     data: DataConfig = DataConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     measure: LatencyConfig = LatencyConfig()
+    probe: ProbeConfig | None = Field(
+        None,
+        description="evaluation without a classifier: kNN (and linear-probe) top-1 of every measured stage on "
+        "labelled probe data (embedding models, self-supervised runs)",
+    )
     stages: list[SerializeAsAny[StageConfig]] = Field(..., min_length=1)
 
     @model_validator(mode="before")

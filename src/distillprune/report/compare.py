@@ -18,6 +18,7 @@ from distillprune.errors import DistillpruneError, printable
 from distillprune.report.page import figure, page, table
 from distillprune.report.plots import compare_svg, latency_keys, latency_label
 from distillprune.report.render import _fmt_bytes, _fmt_int, _x, compact_table, fit_labels
+from distillprune.report.report import QUALITY
 from distillprune.report.run_folder import RunData, load_run, run_folder
 
 COLUMNS = [
@@ -77,7 +78,9 @@ def compare_rows(runs: Sequence[RunData]) -> list[list[str]]:
     for run in runs:
         rep = run.report
         base, final = rep.baseline, rep.final
-        acc0, acc1 = (None if s is None else s.accuracy for s in (base, final))
+        key = rep.quality_key  # top-1, or an embedding model's kNN top-1 (marked)
+        acc0, acc1 = (None if s is None else s.quality(key) for s in (base, final))
+        tag = "" if key == "accuracy" else f" ({QUALITY[key][1]})"
         sp1 = rep.speedup(final, "ort_bs1") if final else None
         sp32 = rep.speedup(final, "ort_bs32") if final else None
         mr = rep.mac_ratio(final) if final else None
@@ -87,8 +90,8 @@ def compare_rows(runs: Sequence[RunData]) -> list[list[str]]:
                 run.label,
                 rep.recipe,
                 str(sum(s.measured for s in rep.stages)),
-                "-" if acc0 is None else f"{acc0:.2f}",
-                "-" if acc1 is None else f"{acc1:.2f}",
+                "-" if acc0 is None else f"{acc0:.2f}{tag}",
+                "-" if acc1 is None else f"{acc1:.2f}{tag}",
                 "-" if acc0 is None or acc1 is None else f"{acc1 - acc0:+.2f}",
                 _fmt_int(final.params if final else None),
                 _fmt_int(final.macs if final else None),
@@ -200,8 +203,9 @@ def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) ->
     figs = [
         figure(
             compare_svg(pairs, k),
-            f"Top-1 against measured latency, {escape(latency_label(k))}: each run's "
-            "stages joined in run order (square: its dense model, large dot: its final stage).",
+            f"Top-1 (kNN top-1 for embedding models probed without a classifier) against measured latency, "
+            f"{escape(latency_label(k))}: each run's stages joined in run order (square: its dense model, "
+            "large dot: its final stage).",
             f"No run has a stage with both accuracy and {k} latency.",
         )
         for k in _keys(runs)

@@ -27,8 +27,8 @@ from distillprune.report.plots import (
     plans,
     stage_bars_svg,
 )
-from distillprune.report.render import COLUMNS, flag_lines, load_note, rows
-from distillprune.report.report import CompressionReport
+from distillprune.report.render import columns, flag_lines, load_note, rows
+from distillprune.report.report import QUALITY, CompressionReport
 from distillprune.report.run_folder import RunData, read_metrics, read_recipe
 from distillprune.report.widths import layer_rows, removed_blocks, widths_svg
 
@@ -42,13 +42,10 @@ def summary_cards(report: CompressionReport) -> list[tuple[str, str]]:
     if base is None or final is None:
         return []
     items = []
-    if base.accuracy is not None and final.accuracy is not None:
-        items.append(
-            (
-                "top-1: dense → final (pp)",
-                f"{base.accuracy:.2f} → {final.accuracy:.2f}% ({final.accuracy - base.accuracy:+.2f})",
-            )
-        )
+    key = report.quality_key
+    q0, q1 = base.quality(key), final.quality(key)
+    if q0 is not None and q1 is not None:
+        items.append((f"{QUALITY[key][0]}: dense → final (pp)", f"{q0:.2f} → {q1:.2f}% ({q1 - q0:+.2f})"))
     for key in latency_keys(report):
         sp = report.speedup(final, key)
         if sp is not None:
@@ -120,8 +117,9 @@ def _pareto_section(report: CompressionReport) -> str:
     figs = [
         figure(
             accuracy_latency_svg(report, k),
-            f"Top-1 against measured latency, {escape(latency_label(k))}. Dashed: the Pareto front of the "
-            "stages (no other stage is both faster and more accurate). Top axis: speedup over the dense model."
+            f"{QUALITY[report.quality_key][0].capitalize()} against measured latency, {escape(latency_label(k))}. "
+            "Dashed: the Pareto front of the stages (no other stage is both faster and more accurate). Top axis: "
+            "speedup over the dense model."
             + (" Error bars: fastest and slowest timed window." if _has_spread(report, k) else ""),
             f"No stage has both an accuracy and a {k} latency.",
         )
@@ -165,12 +163,12 @@ def _stages_section(report: CompressionReport) -> str:
         figure(
             stage_bars_svg(report),
             "Per measured stage, in run order (colours as in the scatter plots). "
-            "Top-1 change is relative to the dense model.",
+            f"{QUALITY[report.quality_key][0].capitalize()} change is relative to the dense model.",
             "No measured stage.",
         )
         + '<h3>All columns</h3><p class="note">Δ top-1, size gain and stage speedup are relative to the '
         "previous row; a row marked [file] measures that deployed file (int8 ONNX, packed weights).</p>"
-        + table(COLUMNS, rows(report), text_cols=(0,))
+        + table(columns(report), rows(report), text_cols=(0,))
         + flag_html
     )
 

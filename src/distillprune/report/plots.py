@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distillprune.errors import DistillpruneError
-from distillprune.report.report import CompressionReport, StageResult
+from distillprune.report.report import QUALITY, CompressionReport, StageResult
 from distillprune.report.svg import colour, new_figure, styled, to_svg
 
 CANDIDATES_LABEL = "candidates: top-1 estimated on held-out training images (optimistic), before fine-tuning"
@@ -157,11 +157,25 @@ def target_latency(report: CompressionReport, plan: Plan, key: str) -> float | N
 
 
 def _points(report: CompressionReport, key: str) -> list[tuple[StageResult, float, float]]:
+    """(stage, latency on ``key``, quality) of every measured stage with both: the quality is top-1, or an
+    embedding model's kNN top-1 (``report.quality_key``)."""
+    q = report.quality_key
     return [
-        (s, s.latency_ms[key], s.accuracy)
+        (s, s.latency_ms[key], s.quality(q))  # type: ignore[misc]  # None filtered below
         for s in report.stages
-        if s.measured and s.accuracy is not None and key in s.latency_ms
+        if s.measured and s.quality(q) is not None and key in s.latency_ms
     ]
+
+
+def _tag(report: CompressionReport) -> str:
+    """'' for top-1, else the short name of the figure that stands for it ('kNN ')."""
+    return "" if report.quality_key == "accuracy" else f"{QUALITY[report.quality_key][1]} "
+
+
+def quality_label(reports: Sequence[CompressionReport]) -> str:
+    """The y axis of reports plotted together: "top-1 %", "kNN top-1 %", or both when they are mixed."""
+    labels = list(dict.fromkeys(QUALITY[r.quality_key][0] for r in reports))
+    return " / ".join(labels) + " %"
 
 
 NICE_SPEEDUPS = (0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 100)
@@ -225,7 +239,7 @@ def accuracy_latency_svg(report: CompressionReport, key: str) -> str | None:
     draw_front(ax, [(lat, acc) for _, lat, acc in pts], "Pareto front (stages)", zorder=2)
     _draw_candidates(ax, report, key)
     ax.set_xlabel(f"measured latency, ms ({latency_label(key)})")
-    ax.set_ylabel("top-1 %")
+    ax.set_ylabel(quality_label([report]))
     ax.margins(x=0.12, y=0.15)
     base = report.baseline
     if base is not None and key in base.latency_ms:
@@ -239,7 +253,8 @@ def accuracy_latency_svg(report: CompressionReport, key: str) -> str | None:
     fig.legend(
         [handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=2, frameon=False
     )
-    return to_svg(fig, f"pareto-{key}", f"top-1 against measured latency, {latency_label(key)}")
+    what = QUALITY[report.quality_key][0]
+    return to_svg(fig, f"pareto-{key}", f"{what} against measured latency, {latency_label(key)}")
 
 
 def _draw_candidates(ax, report: CompressionReport, key: str) -> None:
@@ -315,11 +330,13 @@ def _bar_panels(
         panels.append(
             (f"{short_latency_label(key)} latency, ms", lambda s, k=key: s.latency_ms.get(k), lambda v: f"{v:.3g}")
         )
-    if base is not None and base.accuracy is not None:
+    q = report.quality_key
+    dense = None if base is None else base.quality(q)
+    if dense is not None:
         panels.append(
             (
-                "top-1 change vs dense, pp",
-                lambda s: None if s.accuracy is None else s.accuracy - base.accuracy,
+                f"{QUALITY[q][0]} change vs dense, pp",
+                lambda s: None if s.quality(q) is None else s.quality(q) - dense,
                 lambda v: f"{v:+.2f}",
             )
         )
@@ -381,7 +398,15 @@ def compare_svg(runs: Sequence[tuple[str, CompressionReport]], key: str) -> str 
         s0, lat0, acc0 = pts[0]
         ax.plot([lat0], [acc0], "s", color=c, ms=7, mfc="white", zorder=4)
         _, lat, acc = pts[-1]
-        ax.plot([lat], [acc], "o", color=c, ms=9, zorder=5, label=f"{label} (final {acc:.2f}%, {lat:.3g} ms)")
+        ax.plot(
+            [lat],
+            [acc],
+            "o",
+            color=c,
+            ms=9,
+            zorder=5,
+            label=f"{label} (final {_tag(rep)}{acc:.2f}%, {lat:.3g} ms)",
+        )
         everything += [(p[1], p[2]) for p in pts]
     if not everything:
         return None
@@ -398,7 +423,8 @@ def compare_svg(runs: Sequence[tuple[str, CompressionReport]], key: str) -> str 
             label="Pareto front (all stages of all runs)",
         )
     ax.set_xlabel(f"measured latency, ms ({latency_label(key)})")
-    ax.set_ylabel("top-1 %")
+    ax.set_ylabel(quality_label([r for _, r in runs]))
     ax.margins(x=0.12, y=0.15)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=1, frameon=False)
-    return to_svg(fig, f"compare-{key}", f"runs compared: top-1 against measured latency, {latency_label(key)}")
+    what = quality_label([r for _, r in runs]).removesuffix(" %")
+    return to_svg(fig, f"compare-{key}", f"runs compared: {what} against measured latency, {latency_label(key)}")

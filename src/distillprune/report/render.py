@@ -7,7 +7,7 @@ from typing import Any
 
 from distillprune.core.io import write_text
 from distillprune.errors import printable
-from distillprune.report.report import LOAD_CHECKS, CompressionReport, StageResult
+from distillprune.report.report import LOAD_CHECKS, QUALITY, CompressionReport, StageResult
 
 COLUMNS = [
     "stage",
@@ -50,37 +50,58 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-METRICS = {"cosine": "cosine to teacher", "top10_overlap": "top-10 overlap %"}
+METRICS = {
+    "cosine": "cosine to teacher",
+    "top10_overlap": "top-10 overlap %",
+    "knn_top1": "kNN top-1 %",
+    "linear_top1": "linear probe top-1 %",
+}
+PERCENT = {"knn_top1", "linear_top1"}  # metrics stored in % (the others are fractions)
 
 
 def metric_keys(report: CompressionReport) -> list[str]:
-    """Quality metrics some stage reports (embedders: cosine to the teacher, top-10 retrieval overlap)."""
-    return list(dict.fromkeys(k for s in report.stages for k in s.metrics))
+    """Quality metrics some stage reports (embedders: cosine to the teacher, top-10 retrieval overlap; a probe:
+    kNN and linear-probe top-1), but the one that stands in the top-1 columns (``report.quality_key``)."""
+    key = report.quality_key
+    return list(dict.fromkeys(k for s in report.stages for k in s.metrics if k != key))
+
+
+def renamed(report: CompressionReport) -> dict[str, str]:
+    """Headers of the top-1 columns when the report's quality is another figure (an embedding model's kNN
+    top-1), the compact table's short header included."""
+    key = report.quality_key
+    if key == "accuracy":
+        return {}
+    label, short = QUALITY[key]
+    return {"top-1 %": f"{label} %", "Δ top-1 pp": f"Δ {label} pp", "top-1": short, "Δ pp": f"Δ {short} pp"}
 
 
 def columns(report: CompressionReport) -> list[str]:
-    return COLUMNS + [METRICS.get(k, k) for k in metric_keys(report)]
+    names = renamed(report)
+    return [names.get(c, c) for c in COLUMNS] + [METRICS.get(k, k) for k in metric_keys(report)]
 
 
 def rows(report: CompressionReport) -> list[list[str]]:
     """One row per measured stage; Δ top-1, size gain and stage speedup are relative to the previous row."""
     out = []
     prev: StageResult | None = None
+    key = report.quality_key  # top-1, or an embedding model's kNN top-1
     for s in report.stages:
         if not s.measured:
             continue
         sp1, sp32 = report.speedup(s, "ort_bs1"), report.speedup(s, "ort_bs32")
         mr = report.mac_ratio(s)
         best = max((v for v in (sp1, sp32) if v is not None), default=None)
+        quality = s.quality(key)
         delta = None
-        if prev is not None and prev.accuracy is not None and s.accuracy is not None:
-            delta = s.accuracy - prev.accuracy
+        if prev is not None and prev.quality(key) is not None and quality is not None:
+            delta = quality - prev.quality(key)  # type: ignore[operator]
         prev_sp = None if prev is None else report.speedup(prev, "ort_bs1")
         stage_sp = None if prev is None or sp1 is None or prev_sp is None else sp1 / prev_sp
         out.append(
             [
                 s.name + (f" [{s.artefact}]" if s.artefact else ""),
-                "-" if s.accuracy is None else f"{s.accuracy:.2f}",
+                "-" if quality is None else f"{quality:.2f}",
                 "-" if delta is None else f"{delta:+.2f}",
                 _fmt_int(s.params),
                 _fmt_int(s.macs),
@@ -102,7 +123,9 @@ def rows(report: CompressionReport) -> list[list[str]]:
 
 def _metric(s: StageResult, key: str) -> str:
     v = s.metrics.get(key)
-    return "-" if v is None else (f"{100 * v:.1f}" if key == "top10_overlap" else f"{v:.4f}")
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if key == "top10_overlap" else (f"{v:.2f}" if key in PERCENT else f"{v:.4f}")
 
 
 def _ms(s: StageResult, key: str) -> str:
@@ -192,7 +215,12 @@ COMPACT: list[tuple[str, str]] = [
     ("realised/MAC", "real/MAC"),
 ]
 #: the quality metrics' short headers in the compact table
-COMPACT_METRICS = {"cosine to teacher": "cosine", "top-10 overlap %": "top10 %"}
+COMPACT_METRICS = {
+    "cosine to teacher": "cosine",
+    "top-10 overlap %": "top10 %",
+    "kNN top-1 %": "kNN %",
+    "linear probe top-1 %": "linear %",
+}
 GAP = 2  # spaces between the compact table's columns (it draws no vertical rules)
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -239,19 +267,21 @@ def compact_view(report: CompressionReport, width: int) -> tuple[list[str], list
     """The compact table's headers, rows and footnotes for a ``width``-column terminal: the COMPACT columns and
     the quality metrics, less those with no value in any row (top-1 of a label-free encoder) and those that
     must give way (``GIVE_WAY``), the stage labels fitted to what the figures leave (``fit_labels``)."""
-    names, table = columns(report), rows(report)
-    metrics = [(c, COMPACT_METRICS.get(c, c)) for c in names[len(COLUMNS) :]]
-    cols = [(c, h) for c, h in [*COMPACT, *metrics] if c == "stage" or any(r[names.index(c)] != "-" for r in table)]
+    names, table, short = columns(report), rows(report), renamed(report)
+    keys = COLUMNS + metric_keys(report)  # what each column is; ``names`` holds their headers, in the same order
+    metrics = [(k, COMPACT_METRICS.get(h, h)) for k, h in zip(keys[len(COLUMNS) :], names[len(COLUMNS) :], strict=True)]
+    compact = [(c, short.get(h, h)) for c, h in COMPACT]  # an embedding model's top-1 columns read kNN top-1
+    cols = [(c, h) for c, h in [*compact, *metrics] if c == "stage" or any(r[keys.index(c)] != "-" for r in table)]
 
     def figures() -> int:
-        return sum(max(len(h), *(len(r[names.index(c)]) for r in table)) + GAP for c, h in cols[1:])
+        return sum(max(len(h), *(len(r[keys.index(c)]) for r in table)) + GAP for c, h in cols[1:])
 
     for c in GIVE_WAY:
         if table and figures() + MIN_LABEL > width:
             cols = [col for col in cols if col[0] != c]
     while table and len(cols) > 2 and figures() + MIN_LABEL > width:
         cols.pop()  # the last resort: the rightmost columns go before a figure would be cut
-    data = [[r[names.index(c)] for c, _ in cols] for r in table]
+    data = [[r[keys.index(c)] for c, _ in cols] for r in table]
     notes = [s.artefact for s in report.stages if s.measured]
     for r, note in zip(data, notes, strict=True):  # the file goes to the footnote, the label keeps the stage
         r[0] = r[0].removesuffix(f" [{note}]") if note else r[0]

@@ -19,6 +19,11 @@ from distillprune.errors import DistillpruneError
 LOAD_CHECKS: list[Callable[[CompressionReport], object]] = []
 
 
+#: what a stage's quality is read as, by key: a classifier's top-1 (``accuracy``), or for an embedding model
+#: without one its kNN top-1 on the recipe's probe data (``metrics.knn_top1``); (label, short label)
+QUALITY = {"accuracy": ("top-1", "top-1"), "knn_top1": ("kNN top-1", "kNN")}
+
+
 @dataclass
 class StageResult:
     index: int
@@ -69,6 +74,10 @@ class StageResult:
     def measured(self) -> bool:
         return self.macs is not None
 
+    def quality(self, key: str = "accuracy") -> float | None:
+        """The stage's quality figure ``key`` (a key of ``QUALITY``), in %."""
+        return self.accuracy if key == "accuracy" else self.metrics.get(key)
+
 
 @dataclass
 class CompressionReport:
@@ -86,6 +95,15 @@ class CompressionReport:
     def final(self) -> StageResult | None:
         measured = [s for s in self.stages if s.measured]
         return measured[-1] if measured else None
+
+    @property
+    def quality_key(self) -> str:
+        """What the report plots and compares like top-1: ``accuracy`` when a stage has a top-1, else
+        ``knn_top1`` when a stage has one (an embedding model probed without a classifier)."""
+        measured = [s for s in self.stages if s.measured]
+        if any(s.accuracy is not None for s in measured):
+            return "accuracy"
+        return "knn_top1" if any(s.metrics.get("knn_top1") is not None for s in measured) else "accuracy"
 
     def add(self, result: StageResult) -> None:
         if result.measured and self.baseline_index is None:

@@ -55,7 +55,9 @@ class KeepBestConfig(StrictModel):
     test split) several times per epoch, the start included, and keep the best point."""
 
     enabled: bool | None = Field(
-        None, description="unset: on when fine-tuning trained weights (regime finetune), off from scratch"
+        None,
+        description="unset: on when fine-tuning trained weights (regime finetune), off from scratch and for a "
+        "self-supervised objective (nothing to judge it by)",
     )
     per_epoch: int = Field(4, ge=1, le=1000, description="evaluations per epoch of training (at least one per run)")
     samples: int = Field(

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -30,6 +31,7 @@ from torch import nn
 from distillprune.core.batch import Batch, call, is_embedder
 from distillprune.core.io import atomic_write, loads, write_json
 from distillprune.data.base import DataBundle, Split, TensorLoader
+from distillprune.data.views import ViewLoader
 from distillprune.errors import CheckpointError, DistillpruneError, TrainingDiverged
 from distillprune.train import distributed as ddp
 from distillprune.train.batchnorm import renormalize, set_statistics_frozen
@@ -290,6 +292,9 @@ def fit(
     points per epoch on them, and ends on the best (``train.guard``); the last record carries the curve. With
     ``settings.bn_renormalize`` the BatchNorms are re-normalised before the first step (``train.batchnorm``).
     Under torchrun (every rank calls it) ``batch_size`` is the global batch; see ``train.distributed``."""
+    if getattr(objective, "label_free", False):  # a self-supervised objective: no label is read, none served
+        data = data.without_labels()
+    views = getattr(objective, "views", None)  # and it may learn from two augmented views of every image
     check_labels = getattr(objective, "check_labels", None)
     if check_labels is not None:  # losses that need labels the data lacks fail before training
         check_labels(data.train.y is not None)
@@ -302,9 +307,10 @@ def fit(
     if to_device is not None:
         to_device(device)
     runtime = _cpu_layout(runtime, device, model)
-    train_data, val = (data, None) if settings.keep_best is None else _held_out(data, settings.keep_best.samples)
+    keep = settings.keep_best if _judged(model, objective, data) else None
+    train_data, val = (data, None) if keep is None else _held_out(data, keep.samples)
     par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
-    loader = TensorLoader(
+    loader = (TensorLoader if views is None else partial(ViewLoader, views=views))(
         train_data.train,
         batch_size,
         data.mean,
@@ -323,7 +329,7 @@ def fit(
     loop = _Loop.start(model, objective, loader, settings, runtime, device, par)
     loop.seed, loop.on_step, loop.logger, loop.desc = seed, on_step, logger, desc
     if val is not None:
-        loop.guard = KeepBest.plan(settings.keep_best, val, data, runtime, loop.window)  # type: ignore[arg-type]
+        loop.guard = KeepBest.plan(keep, val, data, runtime, loop.window)  # type: ignore[arg-type]
     resumed = resume and ckpt_dir is not None and has_checkpoint(ckpt_dir)
     if resumed:
         loop.first_epoch, loop.history = _load(ckpt_dir, model, objective, loop.opt, loop.guard)  # type: ignore[arg-type]
@@ -346,6 +352,13 @@ def _cpu_layout(runtime: RuntimeConfig, device: torch.device, model: nn.Module) 
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
     return runtime
+
+
+def _judged(model: nn.Module, objective: nn.Module, data: DataBundle) -> bool:
+    """Whether held-out checks can tell points apart: by top-1 (labels, a classifier) or by the objective's
+    held-out loss. A self-supervised objective offers neither (no labels, an embedder, no ``eval_loss``): the
+    checks would keep the start, so a fine-tune's default keep-best is off for it."""
+    return (data.train.y is not None and not is_embedder(model)) or hasattr(objective, "eval_loss")
 
 
 def _held_out(data: DataBundle, samples: int) -> tuple[DataBundle, Split]:

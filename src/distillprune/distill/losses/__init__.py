@@ -15,6 +15,7 @@ from distillprune.distill.losses import (  # noqa: F401
     minilm,
     pkt,
     rkd,
+    seed,
 )
 from distillprune.distill.losses.base import LOSSES, DistillLoss, Outputs
 

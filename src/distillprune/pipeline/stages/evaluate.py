@@ -10,7 +10,7 @@ from distillprune.recipes.schema import StageConfig
 
 
 class EvaluateStage(StageConfig):
-    """Measure only (accuracy, params, MACs, file size, latency)."""
+    """Measure only (accuracy, params, MACs, file size, latency; kNN and linear-probe top-1 with a `probe`)."""
 
     keeps_layers: ClassVar[bool] = True
     measures_input: ClassVar[bool] = True

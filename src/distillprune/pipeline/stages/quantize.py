@@ -86,6 +86,8 @@ def run_quantize(st: QuantizeStage, state: RunState, index: int) -> StageOutcome
             else res.accuracy
         )
         metrics = embedding_metrics(state, run_onnx(out, state.data.inputs("test"))) if embedder and on_ort else None
+        if state.probe is not None and on_ort:  # the deployed file's features, probed like every row
+            metrics = {**(metrics or {}), **state.probe.scores(lambda x: run_onnx(out, x))}
         if final is not None:
             atomic_write(final, lambda t: shutil.copyfile(out, t))
     if cfg.method in HALF:
