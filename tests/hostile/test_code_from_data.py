@@ -111,7 +111,7 @@ def test_a_command_never_reads_stdin(tmp_path, capsys, monkeypatch, answer_yes):
 
         raise DistillpruneError("stop here")
 
-    monkeypatch.setattr("distillprune.recipes.load_recipe", load_recipe)
+    monkeypatch.setattr("distillprune.recipes.schema.load_recipe", load_recipe)  # what `validate` calls
     refused(capsys, "validate", tmp_path / "r.yaml", match="stop here")
     assert seen == [""] and answer_yes.read() == "y\ny\ny\n"
 

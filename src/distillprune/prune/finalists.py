@@ -21,25 +21,42 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from torch import nn
 
 from distillprune.measure.metrics import count_macs
+from distillprune.prune.config import TargetConfig
 from distillprune.prune.depth import remove_blocks
 from distillprune.prune.groups import apply_widths, priced_groups
 from distillprune.prune.latency_table import layer_shapes
-from distillprune.prune.predict import Shapes, greedy_widths, next_goal
-from distillprune.prune.search import Candidate
-
-if TYPE_CHECKING:
-    from distillprune.prune.planner import _Planner
+from distillprune.prune.predict import Pricing, Shapes, greedy_widths, next_goal
+from distillprune.prune.search import Candidate, Measure, Search
 
 __all__ = ["TOLERANCE", "Depth", "Proposal", "confirm"]
 
 #: a predicted speedup further than this from the measured one is a miss: more is timed
 TOLERANCE = 0.05
 Offer = tuple[Candidate, dict[str, list[int]]]
+
+
+class _Planner(Protocol):
+    """What the depth options and the confirmation read of the plan being made (``prune.planner._Planner``;
+    a protocol, so this module does not import the planner that imports it)."""
+
+    target: TargetConfig
+    ctx: Any  # prune.planner.PlanContext
+    dense: nn.Module
+    search: Search
+    pricing: Pricing
+    plan: Any  # prune.planner.Plan
+
+    @property
+    def measure(self) -> Measure: ...
+
+    def estimate(self, cand: Candidate, model: nn.Module) -> None: ...
+
+    def say(self, line: str) -> None: ...
 
 
 @dataclass
