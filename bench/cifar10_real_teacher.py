@@ -18,8 +18,8 @@ Every row fine-tunes for the same E epochs (``--epochs``, all training images, c
 the whole test split: the peers with one-cycle SGD at ``--lr``, the distillprune rows with what a user's recipe
 gets when it sets no optimizer key (the fine-tune regime of ``train.policy``; ``--dp-lr`` to override).
 Latency: each row's ONNX and the teacher's ONNX timed back to back in ``--pairs`` pairs on ONNX Runtime CPU
-(1 intra-op thread), batch 1 and 32: median speedup with its min-max spread. Results merge into ``OUT/results.json`` (``--rows`` runs a subset), the
-table is printed and written to ``OUT/table.md``.
+(1 intra-op thread), batch 1 and 32: median speedup with its min-max spread. Results merge into
+``OUT/results.json`` (``--rows`` runs a subset), the table is printed and written to ``OUT/table.md``.
 
   python bench/cifar10_real_teacher.py                      # everything, E = 1, CPU
   python bench/cifar10_real_teacher.py --rows teacher,trainer,tp_l2,tp_l2_r8,drop
