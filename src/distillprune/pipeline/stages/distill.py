@@ -16,15 +16,15 @@ from distillprune.recipes.schema import StageConfig
 
 
 class DistillStage(StageConfig, DistillOptions):
-    """Distillation into the current model or a new `student`: losses `kd` (optionally with logit
-    standardisation), `fitnet` (automatic adapters), `aligned` (a pruned student's stage outputs on the
-    teacher's kept channels, no adapters; in a prune stage), `mimic` (MiR: a compressed student's stage outputs
-    and pre-pooling map matched to the teacher's, its classifier frozen), `at`, `rkd`, `pkt`, `dkd`, `dist`,
-    `crd`, `ce`, and for encoders `hidden` (TinyBERT), `minilm` (self-attention relations), `embedding`
-    (sentence embeddings), and for embedding models `seed` (similarity distributions over a queue of teacher embeddings, self-supervised), as
-    weighted sums whose weights and temperatures can follow linear/cosine ramps; modes: `teachers: [...]`
-    (weighted multi-teacher), `mode: mutual` (online, both nets train), `generations: N` (born-again),
-    `cache: true` (teacher outputs computed once), label-free (`data.labels: false`)."""
+    """Distillation into the current model or a new `student`: losses `kd` (optionally with logit standardisation),
+    `fitnet` (automatic adapters), `aligned` (a pruned student's stage outputs on the teacher's kept channels, no
+    adapters; in a prune stage), `mimic` (MiR: a compressed student's stage outputs and pre-pooling map matched to the
+    teacher's, its classifier frozen), `at`, `rkd`, `pkt`, `dkd`, `dist`, `crd`, `ce`, and for encoders `hidden`
+    (TinyBERT), `minilm` (self-attention relations), `embedding` (sentence embeddings), and for embedding models `seed`
+    (similarity distributions over a queue of teacher embeddings, self-supervised), as weighted sums whose weights and
+    temperatures can follow linear/cosine ramps; modes: `teachers: [...]` (weighted multi-teacher), `mode: mutual`
+    (online, both nets train), `generations: N` (born-again), `cache: true` (teacher outputs computed once), label-free
+    (`data.labels: false`)."""
 
     example: ClassVar[dict[str, Any]] = {"epochs": 1}
 
