@@ -9,7 +9,9 @@ import logging
 import pytest
 import torch
 
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.progress import Tracker, progress_bar
+from distillprune.train.trainer import FitRun
 
 
 class Clock:
@@ -91,10 +93,8 @@ def test_training_writes_step_scalars_and_plain_lines_outside_a_terminal(digits_
         data,
         settings,
         CrossEntropy(),
-        runtime=rt,
-        batch_size=32,
-        logger=logger,
-        desc="1:train",
+        context=Context(rt, LoaderOptions(batch_size=32)),
+        run=FitRun(logger=logger, desc="1:train"),
     )
     assert [s for _, s, _ in got] == [50]  # 13 epochs x 4 steps: one scalar record at step 50
     tag, _, values = got[0]
