@@ -160,10 +160,7 @@ def _fit_kd(data, cache: bool, losses=None, epochs=2, **kw):
         data,
         FitSettings(epochs, OptimizerConfig(lr=0.05), ScheduleConfig()),
         d,
-        runtime=QUIET,
-        seed=3,
-        batch_size=64,
-        **kw,
+        context=Context(QUIET, LoaderOptions(batch_size=64, seed=3, **kw)),
     )
     return student, hist, d
 
