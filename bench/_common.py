@@ -33,6 +33,7 @@ from distillprune.export.onnx import onnx_bytes
 from distillprune.measure.latency import LatencyConfig, ort_latency
 from distillprune.measure.metrics import count_macs, count_params
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
+from distillprune.train.context import Context, LoaderOptions
 
 HINTON_KD = {"name": "kd", "temperature": 4.0, "alpha": 0.9}  # Hinton et al. 2015; the CE term keeps 0.1
 
@@ -102,11 +103,7 @@ def train_or_load_teacher(
         data,
         FitSettings(epochs, OptimizerConfig(lr=lr), ScheduleConfig(name="onecycle")),
         CrossEntropy(0.1),
-        runtime=runtime,
-        seed=seed,
-        batch_size=batch_size,
-        crop_padding=4,
-        hflip=True,
+        context=Context(runtime, LoaderOptions(batch_size=batch_size, seed=seed, crop_padding=4, hflip=True)),
     )
     save_checkpoint(folder, model.cpu(), spec, train={"epochs": epochs})
     return model.eval(), spec
@@ -135,11 +132,7 @@ def kd_finetune(
         data,
         FitSettings(epochs, OptimizerConfig(lr=lr), ScheduleConfig(name="onecycle")),
         objective,
-        runtime=runtime,
-        seed=seed,
-        batch_size=batch_size,
-        crop_padding=4,
-        hflip=True,
+        context=Context(runtime, LoaderOptions(batch_size=batch_size, seed=seed, crop_padding=4, hflip=True)),
     )
     seconds = sum(h["seconds"] for h in hist)
     images = sum(h["images_per_s"] * h["seconds"] for h in hist)

@@ -26,7 +26,8 @@ from distillprune.models import build_model
 from distillprune.prune import api
 from distillprune.prune.config import PruneConfig
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, evaluate, fit
-from distillprune.train.context import Context, LoaderOptions, fit_trainer
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.trainers import fit_trainer
 
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False, threads=2)
 KD = {"name": "kd", "temperature": 4.0, "alpha": 0.9}
@@ -36,7 +37,7 @@ def teacher(data) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model("digits_cnn", 10, (1, 8, 8))
     settings = FitSettings(10, OptimizerConfig(lr=0.2), ScheduleConfig())
-    fit(model, data, settings, CrossEntropy(), runtime=RT, batch_size=128, crop_padding=1)
+    fit(model, data, settings, CrossEntropy(), context=Context(RT, LoaderOptions(batch_size=128, crop_padding=1)))
     return model.eval()
 
 

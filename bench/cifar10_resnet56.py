@@ -35,6 +35,7 @@ from distillprune.distill.distiller import CrossEntropy, Distiller
 from distillprune.measure import LatencyConfig, count_macs, measure_model
 from distillprune.pipeline import execute
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, evaluate, fit
+from distillprune.train.context import Context, LoaderOptions
 
 SIZES = {  # mode -> teacher, small net (the "ResNet-20" of the row set)
     "full": (("resnet56", {}), ("resnet20", {})),
@@ -118,11 +119,7 @@ def teacher_model(a, data, bs: int) -> tuple[torch.nn.Module, dict]:
         data,
         settings(a.teacher_epochs, 0.2),
         CrossEntropy(0.1),
-        runtime=runtime(),
-        seed=0,
-        batch_size=bs,
-        crop_padding=4,
-        hflip=True,
+        context=Context(runtime(), LoaderOptions(batch_size=bs, seed=0, crop_padding=4, hflip=True)),
     )
     info = {
         "epochs": a.teacher_epochs,
@@ -144,11 +141,7 @@ def train_row(model, data, a, bs: int, teacher=None, seed: int = 0) -> dict:
         data,
         settings(a.epochs, 0.1),
         objective,
-        runtime=runtime(),
-        seed=seed,
-        batch_size=bs,
-        crop_padding=4,
-        hflip=True,
+        context=Context(runtime(), LoaderOptions(batch_size=bs, seed=seed, crop_padding=4, hflip=True)),
     )
     return {"train_s": sum(h["seconds"] for h in hist), "img_s": sum(h["images_per_s"] for h in hist) / len(hist)}
 
@@ -263,7 +256,11 @@ def throughput_row(a, data, teacher, bs: int) -> dict:
     model, _ = build(SIZES[a.mode][1], data)
     objective = Distiller.from_specs(teacher, [{"name": "kd", "temperature": 4.0, "alpha": 0.9}])
     hist = fit(
-        model, sub, settings(2, 0.05), objective, runtime=runtime(), seed=0, batch_size=bs, crop_padding=4, hflip=True
+        model,
+        sub,
+        settings(2, 0.05),
+        objective,
+        context=Context(runtime(), LoaderOptions(batch_size=bs, seed=0, crop_padding=4, hflip=True)),
     )
     ours = hist[-1]["images_per_s"]  # the second epoch: after warm-up (and compilation)
     return {"plain_img_s": plain, "dp_kd_img_s": ours, "ratio": ours / plain, "batch": bs, "steps": steps}

@@ -46,7 +46,8 @@ from distillprune.export.onnx import onnx_bytes, run_torch
 from distillprune.measure.latency import LatencyConfig
 from distillprune.measure.quality import embedding_quality
 from distillprune.train.config import RuntimeConfig
-from distillprune.train.context import Context, LoaderOptions, fit_trainer
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.trainers import fit_trainer
 from distillprune.transformers import load_encoder, surgery
 from distillprune.transformers.config import TransformerPruneConfig
 

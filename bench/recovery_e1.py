@@ -48,6 +48,7 @@ from distillprune.prune.estimate import recalibrate_bn  # noqa: E402
 from distillprune.prune.recovery import RecoveryConfig, recover_  # noqa: E402
 from distillprune.train import policy  # noqa: E402
 from distillprune.train.config import TrainingOptions  # noqa: E402
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.trainer import FitSettings, fit  # noqa: E402
 
 KNOBS = ("recovery", "lr", "schedule", "warmup", "batch_size", "keep_best", "bn_renorm", "bn_frozen", "aligned")
@@ -152,11 +153,7 @@ def row(o: argparse.Namespace, ctx: dict, plan_json: dict) -> dict:
             data,
             settings,
             objective,
-            runtime=ctx["rt"],
-            seed=o.seed,
-            batch_size=o.batch_size,
-            crop_padding=4,
-            hflip=True,
+            context=Context(ctx["rt"], LoaderOptions(batch_size=o.batch_size, seed=o.seed, crop_padding=4, hflip=True)),
         )
     except TrainingDiverged as e:  # the row says so (frozen BatchNorm at a fine-tune's lr can diverge)
         return {"before": round(before, 2), "top1": None, "error": str(e), "settings": _settings(settings)}

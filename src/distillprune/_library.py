@@ -30,4 +30,5 @@ from distillprune.quant import (
 )
 from distillprune.recipes.schema import Recipe, load_recipe
 from distillprune.report import CompressionReport
-from distillprune.train.context import Context, LoaderOptions, fit_trainer
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.trainers import fit_trainer

@@ -27,6 +27,8 @@ from distillprune.pipeline.state import RunState
 from distillprune.recipes.schema import Recipe
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
 from distillprune.train import trainer as trainer_mod
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.trainer import FitRun
 
 TEACHER_KW = {"widths": [8, 16, 16], "blocks": [1, 1, 1]}
 STUDENT_KW = {"widths": [8, 8, 16], "blocks": [1, 1, 1]}
@@ -52,9 +54,7 @@ def teacher_dir(tmp_path_factory, data):
         data,
         FitSettings(8, OptimizerConfig(lr=0.1), ScheduleConfig()),
         _ce(),
-        runtime=QUIET,
-        seed=0,
-        batch_size=32,
+        context=Context(QUIET, LoaderOptions(batch_size=32, seed=0)),
     )
     folder = tmp_path_factory.mktemp("teacher")
     save_checkpoint(folder, model, ArchSpec("digits_cnn", 10, [1, 8, 8], TEACHER_KW))
@@ -140,8 +140,7 @@ def test_temperature_and_weight_ramp_over_a_stage(data):
         data,
         FitSettings(2, OptimizerConfig(lr=0.05), ScheduleConfig()),
         d,
-        runtime=QUIET,
-        batch_size=64,
+        context=Context(QUIET, LoaderOptions(batch_size=64)),
     )
     temps = [v for k, v in seen if k == "T"][1:]  # [0] is attach's probe
     weights = [v for k, v in seen if k == "w"]
@@ -161,10 +160,7 @@ def _fit_kd(data, cache: bool, losses=None, epochs=2, **kw):
         data,
         FitSettings(epochs, OptimizerConfig(lr=0.05), ScheduleConfig()),
         d,
-        runtime=QUIET,
-        seed=3,
-        batch_size=64,
-        **kw,
+        context=Context(QUIET, LoaderOptions(batch_size=64, seed=3, **kw)),
     )
     return student, hist, d
 
@@ -235,8 +231,7 @@ def test_cache_speeds_up_training(data):
         data,
         FitSettings(2, OptimizerConfig(lr=0.05), ScheduleConfig()),
         d,
-        runtime=QUIET,
-        batch_size=64,
+        context=Context(QUIET, LoaderOptions(batch_size=64)),
     )
     chunks = -(-len(data.train) // d.cache.chunk)
     assert len(calls) == 1 + chunks + 2  # probe, the cache build, one check per epoch (8 steps run)
@@ -278,11 +273,8 @@ def test_mutual_resume_reproduces_the_uninterrupted_run(data, tmp_path):
             data,
             FitSettings(2, OptimizerConfig(lr=0.05), ScheduleConfig()),
             d,
-            runtime=QUIET,
-            batch_size=64,
-            ckpt_dir=ckpt,
-            resume=not stop_after_epoch1,
-            on_step=stop,
+            context=Context(QUIET, LoaderOptions(batch_size=64)),
+            run=FitRun(ckpt_dir=ckpt, resume=not stop_after_epoch1, on_step=stop),
         )
         return student, peer
 
@@ -316,7 +308,7 @@ def test_born_again_generations(teacher_dir, monkeypatch):
     from distillprune.distill import api as distill_api
 
     seen = {"teachers": [], "starts": [], "ends": []}
-    real_objective, real_train = distill_api.objective_for, RunState.fit
+    real_objective, real_train = distill_api.objective_for, RunState.fit_with
 
     def objective(cfg, ls, teacher):  # the verb builds each generation's objective from its teacher
         seen["teachers"].append(copy.deepcopy(teacher().state_dict()))
@@ -329,7 +321,7 @@ def test_born_again_generations(teacher_dir, monkeypatch):
         return out
 
     monkeypatch.setattr(distill_api, "objective_for", objective)
-    monkeypatch.setattr(RunState, "fit", train)
+    monkeypatch.setattr(RunState, "fit_with", train)
     state = execute(
         recipe(distill_stage({"losses": [{"name": "kd"}]}, generations=3), teacher_dir=teacher_dir),
         None,

@@ -1,6 +1,6 @@
-"""Small functions in ``prune/`` (issue 18: one engine per concern): no function over 60 lines, none over 8
-parameters (``self`` / ``cls`` not counted; ``*args`` and ``**kwargs`` count one each). Read from the source
-with ``ast``, so a new long function fails here instead of in review."""
+"""Small functions everywhere in ``src/distillprune`` (issue 18 for ``prune/``, issue 28 for the rest): no function
+over 60 lines, none over 8 parameters (``self`` / ``cls`` not counted; ``*args`` and ``**kwargs`` count one each).
+Read from the source with ``ast``, so a new long function fails here instead of in review."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ from pathlib import Path
 
 import distillprune as dp
 
-PRUNE = Path(dp.__file__).parent / "prune"
+SRC = Path(dp.__file__).parent
 MAX_LINES = 60
 MAX_PARAMS = 8
 
-#: functions allowed to break the rule (none today); an entry that no longer breaks it fails the test below,
-#: so the list only shrinks
-KNOWN: set[str] = set()
+#: functions allowed to break the rule, as ``path/under/src.py::Class.function``; an entry that no longer breaks
+#: it fails the test below, so the list only shrinks
+KNOWN: set[str] = {
+    "cli.py::tune",  # a typer command: its parameters are the command's options
+    "data/base.py::TensorLoader.__init__",
+    "quant/api.py::make_job",
+    "quant/api.py::quantize",
+    "tune/api.py::tune",
+}
 
 
 def _functions(tree: ast.AST, prefix: str = ""):
@@ -35,21 +41,21 @@ def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 
 def _too_big() -> dict[str, str]:
     out = {}
-    for path in sorted(PRUNE.rglob("*.py")):
+    for path in sorted(SRC.rglob("*.py")):
         for name, fn in _functions(ast.parse(path.read_text(), str(path))):
             lines = (fn.end_lineno or fn.lineno) - fn.lineno + 1  # from the def line to the last, docstring included
             params = _params(fn)
             if lines > MAX_LINES or params > MAX_PARAMS:
-                out[f"{path.relative_to(PRUNE).as_posix()}::{name}"] = f"{lines} lines, {params} parameters"
+                out[f"{path.relative_to(SRC).as_posix()}::{name}"] = f"{lines} lines, {params} parameters"
     return out
 
 
-def test_no_function_in_prune_is_over_60_lines_or_8_parameters():
+def test_no_function_in_src_is_over_60_lines_or_8_parameters():
     found = _too_big()
     new = {k: v for k, v in found.items() if k not in KNOWN}
     assert not new, (
-        f"functions in prune/ over {MAX_LINES} lines or {MAX_PARAMS} parameters: {new}; split the function, or "
-        "group its parameters into one object (a config, a context dataclass)"
+        f"functions in src/distillprune over {MAX_LINES} lines or {MAX_PARAMS} parameters: {new}; split the "
+        "function, or group its parameters into one object (a config, a context dataclass)"
     )
     stale = KNOWN - set(found)
     assert not stale, f"{sorted(stale)} now keep the rule: remove them from KNOWN"

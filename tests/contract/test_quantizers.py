@@ -17,6 +17,7 @@ from distillprune.measure.bench import bench_onnx
 from distillprune.measure.latency import LatencyConfig
 from distillprune.quant import QUANTIZERS
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.trainer import FitSettings, fit
 
 AGREEMENT = {"static": 0.95, "dynamic": 0.97, "qat": 0.95, "fp16": 0.98, "bf16": 0.95}
@@ -32,8 +33,7 @@ def trained_mlp():
         data,
         FitSettings(3, OptimizerConfig(lr=0.1), ScheduleConfig()),
         CrossEntropy(),
-        runtime=RuntimeConfig(device="cpu", progress=False, tensorboard=False),
-        batch_size=64,
+        context=Context(RuntimeConfig(device="cpu", progress=False, tensorboard=False), LoaderOptions(batch_size=64)),
     )
     return model.eval(), data
 

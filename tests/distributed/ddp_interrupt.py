@@ -3,6 +3,7 @@ Ctrl-C) after ``step`` optimizer steps of the stage tagged ``tag``; the test the
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from distillprune.pipeline import compress
@@ -15,14 +16,14 @@ def main(recipe: str, out: str, tag: str, step: int) -> None:
     seen = [0]
 
     def fit(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if kwargs.get("desc", "").endswith(tag):
+        if kwargs["run"].desc.endswith(tag):
 
             def stop(_model):  # type: ignore[no-untyped-def]
                 seen[0] += 1
                 if seen[0] == step:
                     raise KeyboardInterrupt
 
-            kwargs["on_step"] = stop
+            kwargs["run"] = dataclasses.replace(kwargs["run"], on_step=stop)
         return real_fit(*args, **kwargs)
 
     state_mod.fit = fit

@@ -88,7 +88,11 @@ def main(out: Path) -> None:
     m, obj = H.model(), H.kd_fitnet()
     torch.manual_seed(123)  # the adapter's initialisation
     res["fit"] = fit(
-        m, data, H.fit_settings(), obj, runtime=H.RT, seed=3, batch_size=H.BATCH, crop_padding=1, hflip=True
+        m,
+        data,
+        H.fit_settings(),
+        obj,
+        context=Context(H.RT, LoaderOptions(batch_size=H.BATCH, seed=3, crop_padding=1, hflip=True)),
     )
     if rank == 0:
         save_file(

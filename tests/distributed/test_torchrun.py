@@ -94,7 +94,13 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(worker
     assert [[h[k] for k in keys] for h in r0["fit"]] == [[h[k] for k in keys] for h in r1["fit"]]
     data, m, obj = H.small_digits(), H.model(), H.kd_fitnet()
     torch.manual_seed(123)
-    hist = fit(m, data, H.fit_settings(), obj, runtime=H.RT, seed=3, batch_size=H.BATCH, crop_padding=1, hflip=True)
+    hist = fit(
+        m,
+        data,
+        H.fit_settings(),
+        obj,
+        context=Context(H.RT, LoaderOptions(batch_size=H.BATCH, seed=3, crop_padding=1, hflip=True)),
+    )
     two = load_file(str(out / "fit.safetensors"))
     _close(
         {f"model.{k}": v for k, v in m.state_dict().items()}

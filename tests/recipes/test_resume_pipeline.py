@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,14 @@ def test_resume_mid_stage_matches_uninterrupted(tmp_path: Path, monkeypatch):
     calls = {"n": 0}
 
     def flaky_fit(*args, **kwargs):
-        if kwargs.get("desc", "").endswith("finetune"):
+        if kwargs["run"].desc.endswith("finetune"):
 
             def boom(_model):
                 calls["n"] += 1
                 if calls["n"] == 6:  # 4 steps an epoch: this is inside the second epoch
                     raise KeyboardInterrupt
 
-            kwargs["on_step"] = boom
+            kwargs["run"] = dataclasses.replace(kwargs["run"], on_step=boom)
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(state_mod, "fit", flaky_fit)

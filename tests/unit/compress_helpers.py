@@ -15,6 +15,7 @@ from distillprune.data import DataConfig, load_data
 from distillprune.distill.distiller import CrossEntropy
 from distillprune.models import build_model
 from distillprune.train.config import OptimizerConfig, RuntimeConfig, ScheduleConfig
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.trainer import FitSettings, evaluate, fit
 
 SMALL = {"widths": (8, 16, 16), "blocks": (1, 1, 1)}
@@ -37,8 +38,7 @@ def _trained(name: str, epochs: int) -> tuple[torch.nn.Module, float]:
         data,
         FitSettings(epochs, OptimizerConfig(lr=0.1), ScheduleConfig()),
         CrossEntropy(),
-        runtime=CPU,
-        batch_size=64,
+        context=Context(CPU, LoaderOptions(batch_size=64)),
     )
     return model.eval(), evaluate(model, data)
 

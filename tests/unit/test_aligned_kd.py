@@ -16,7 +16,8 @@ from distillprune.prune.config import PruneConfig, WidthConfig
 from distillprune.prune.history import ChannelsOp
 from distillprune.prune.session import PruneSession
 from distillprune.train.config import RuntimeConfig
-from distillprune.train.context import Context, LoaderOptions, fit_trainer
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.trainers import fit_trainer
 
 SHAPE = (3, 8, 8)
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False)

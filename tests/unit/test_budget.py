@@ -15,8 +15,10 @@ from distillprune.prune.config import PruneConfig
 from distillprune.prune.session import PruneSession, step_span
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
 from distillprune.train.config import Span
-from distillprune.train.context import Context, LoaderOptions, fit_trainer
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.schedules import lr_factor
+from distillprune.train.trainer import FitRun
+from distillprune.train.trainers import fit_trainer
 
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False)
 BATCH, N_TRAIN = 32, 256  # 8 batches an epoch (drop_last)
@@ -50,13 +52,8 @@ def train(data, epochs, start=0.0, span=None, on_step=None, ckpt=None, resume=Fa
         data,
         settings,
         CrossEntropy(),
-        runtime=RT,
-        seed=3,
-        batch_size=BATCH,
-        crop_padding=1,
-        on_step=on_step,
-        ckpt_dir=ckpt,
-        resume=resume,
+        context=Context(RT, LoaderOptions(batch_size=BATCH, seed=3, crop_padding=1)),
+        run=FitRun(ckpt_dir=ckpt, resume=resume, on_step=on_step),
     )
     return model, hist
 

@@ -14,6 +14,7 @@ from distillprune.distill.distiller import Distiller
 from distillprune.distill.fast_teacher import conv_bn_pairs, fast_teacher, fold_batchnorm
 from distillprune.models import build_model
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
+from distillprune.train.context import Context, LoaderOptions
 
 QUIET = RuntimeConfig(progress=False, tensorboard=False, threads=1)
 
@@ -123,10 +124,7 @@ def test_the_teacher_never_receives_gradients(teacher, tmp_path):
         data,
         FitSettings(1, OptimizerConfig(lr=0.05), ScheduleConfig()),
         d,
-        runtime=QUIET,
-        batch_size=32,
-        crop_padding=2,
-        hflip=True,
+        context=Context(QUIET, LoaderOptions(batch_size=32, crop_padding=2, hflip=True)),
     )
     assert d.teacher_speed.folded
     fast_params = list(d._fast[0][1].parameters())

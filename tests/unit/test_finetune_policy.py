@@ -18,8 +18,9 @@ from distillprune.errors import DistillpruneError
 from distillprune.train import policy
 from distillprune.train.batchnorm import norms, renormalize, set_statistics_frozen
 from distillprune.train.config import KeepBestConfig, OptimizerConfig, RuntimeConfig, ScheduleConfig, TrainingOptions
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.guard import HOLDOUT_SEED, holdout
-from distillprune.train.trainer import FitSettings, fit
+from distillprune.train.trainer import FitRun, FitSettings, fit
 
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False)
 
@@ -34,7 +35,13 @@ def small(digits_bundle) -> DataBundle:
 def trained(small):
     """A tiny digits CNN trained to well above chance (the start a fine-tune must not lose)."""
     model = tiny_digits_cnn(seed=0)
-    fit(model, small, FitSettings(4, OptimizerConfig(lr=0.1), ScheduleConfig()), CrossEntropy(), runtime=RT, seed=1)
+    fit(
+        model,
+        small,
+        FitSettings(4, OptimizerConfig(lr=0.1), ScheduleConfig()),
+        CrossEntropy(),
+        context=Context(RT, LoaderOptions(seed=1)),
+    )
     return model.eval()
 
 
@@ -99,7 +106,7 @@ def test_frozen_statistics_do_not_move_but_scales_train(small):
     model = tiny_digits_cnn(seed=0)
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     settings = FitSettings(1, OptimizerConfig(lr=0.1), ScheduleConfig(), bn_frozen=1.0)
-    fit(model, small, settings, CrossEntropy(), runtime=RT, seed=0)
+    fit(model, small, settings, CrossEntropy(), context=Context(RT, LoaderOptions(seed=0)))
     now = model.state_dict()
     assert all(torch.equal(v, now[k]) for k, v in stats.items())
     bn = norms(model)[0]
@@ -127,7 +134,7 @@ def test_a_fine_tune_that_only_hurts_ends_on_its_start(small, trained):
     model = copy.deepcopy(trained)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     settings = FitSettings(1, OptimizerConfig(lr=0.5), ScheduleConfig(name="constant"), keep_best=_keep())
-    hist = fit(model, small, settings, Ascent(), runtime=RT, seed=0)
+    hist = fit(model, small, settings, Ascent(), context=Context(RT, LoaderOptions(seed=0)))
     last = hist[-1]
     assert len(last["checks"]) == 1 + 4  # the start, then four points in the epoch
     assert last["kept"]["step"] == 0 and "never beat its start" in last["note"]
@@ -138,7 +145,7 @@ def test_a_fine_tune_that_only_hurts_ends_on_its_start(small, trained):
 def test_keep_best_keeps_a_later_point_when_training_helps(small):
     model = tiny_digits_cnn(seed=0)
     settings = FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig(), keep_best=_keep(per_epoch=2))
-    hist = fit(model, small, settings, CrossEntropy(), runtime=RT, seed=0)
+    hist = fit(model, small, settings, CrossEntropy(), context=Context(RT, LoaderOptions(seed=0)))
     checks = hist[-1]["checks"]
     assert [c["step"] for c in checks][0] == 0 and len(checks) == 5
     assert hist[-1]["kept"]["step"] > 0 and "note" not in hist[-1]
@@ -168,7 +175,14 @@ def test_keep_best_survives_a_resume(small, trained, tmp_path):
                 raise KeyboardInterrupt
 
         settings = FitSettings(2, OptimizerConfig(lr=0.5), ScheduleConfig(name="constant"), keep_best=_keep(2))
-        hist = fit(model, small, settings, Ascent(), runtime=RT, seed=0, ckpt_dir=ckpt, resume=resume, on_step=on_step)
+        hist = fit(
+            model,
+            small,
+            settings,
+            Ascent(),
+            context=Context(RT, LoaderOptions(seed=0)),
+            run=FitRun(ckpt_dir=ckpt, resume=resume, on_step=on_step),
+        )
         return model, hist
 
     whole, hist = run(None, False)
@@ -183,7 +197,13 @@ def test_keep_best_survives_a_resume(small, trained, tmp_path):
 # ---------------------------------------------------------------------------------------- mimic
 def test_mimic_reduces_the_stage_error_and_freezes_the_head(small):
     teacher = tiny_digits_cnn(seed=0)
-    fit(teacher, small, FitSettings(3, OptimizerConfig(lr=0.1), ScheduleConfig()), CrossEntropy(), runtime=RT, seed=1)
+    fit(
+        teacher,
+        small,
+        FitSettings(3, OptimizerConfig(lr=0.1), ScheduleConfig()),
+        CrossEntropy(),
+        context=Context(RT, LoaderOptions(seed=1)),
+    )
     teacher.eval()
     student = copy.deepcopy(teacher)
     with torch.no_grad():
@@ -203,7 +223,7 @@ def test_mimic_reduces_the_stage_error_and_freezes_the_head(small):
 
     before = error()
     settings = FitSettings(2, OptimizerConfig(lr=0.02), ScheduleConfig(name="cosine"))
-    fit(student, small, settings, objective, runtime=RT, seed=0)
+    fit(student, small, settings, objective, context=Context(RT, LoaderOptions(seed=0)))
     assert error() < 0.5 * before
     assert all(torch.equal(v, student.fc.state_dict()[k]) for k, v in head.items())  # the head did not train
     assert all(p.requires_grad for p in student.fc.parameters())  # ... and trains again after the run
@@ -268,7 +288,7 @@ def test_trainable_first_keeps_other_layers_until_its_share_is_spent(small, trai
     settings = FitSettings(
         1, OptimizerConfig(lr=0.05), ScheduleConfig(name="constant"), trainable_first="norms", trainable_share=1.0
     )
-    fit(model, small, settings, CrossEntropy(), runtime=RT, seed=0)
+    fit(model, small, settings, CrossEntropy(), context=Context(RT, LoaderOptions(seed=0)))
     norm_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     for n, p in model.named_parameters():
         moved = not torch.equal(p, before[n])

@@ -10,6 +10,7 @@ import distillprune as dp
 from distillprune.distill.distiller import Distiller, snapshot
 from distillprune.measure.latency import LatencyConfig, torch_latency
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
+from distillprune.train.context import Context, LoaderOptions
 
 pytestmark = pytest.mark.gpu
 
@@ -24,8 +25,7 @@ def test_kd_training_on_cuda_with_bf16_and_channels_last(digits_bundle):
         digits_bundle,
         FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig()),
         Distiller.from_specs(snapshot(teacher), [{"name": "kd"}]),
-        runtime=runtime,
-        batch_size=128,
+        context=Context(runtime, LoaderOptions(batch_size=128)),
     )
     assert next(student.parameters()).device.type == "cuda"
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist) and hist[-1]["test_acc"] > 20

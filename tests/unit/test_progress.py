@@ -9,7 +9,9 @@ import logging
 import pytest
 import torch
 
-from distillprune.train.progress import Tracker, progress_bar
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.progress import Cadence, Tracker, progress_bar
+from distillprune.train.trainer import FitRun
 
 
 class Clock:
@@ -47,7 +49,9 @@ def test_slow_steps_give_a_line_every_thirty_seconds():
 
 def test_scalars_every_n_steps_read_the_loss_only_then():
     clock, got = Clock(), []
-    t = Tracker("s", 200, scalars=lambda tag, step, v: got.append((tag, step, v)), scalar_every=50, clock=clock)
+    t = Tracker(
+        "s", 200, scalars=lambda tag, step, v: got.append((tag, step, v)), cadence=Cadence(scalar_every=50), clock=clock
+    )
     for _ in range(200):
         clock.t += 0.1
         t(1, loss=torch.tensor(0.5), lr=0.01, images=10)
@@ -91,10 +95,8 @@ def test_training_writes_step_scalars_and_plain_lines_outside_a_terminal(digits_
         data,
         settings,
         CrossEntropy(),
-        runtime=rt,
-        batch_size=32,
-        logger=logger,
-        desc="1:train",
+        context=Context(rt, LoaderOptions(batch_size=32)),
+        run=FitRun(logger=logger, desc="1:train"),
     )
     assert [s for _, s, _ in got] == [50]  # 13 epochs x 4 steps: one scalar record at step 50
     tag, _, values = got[0]
@@ -209,7 +211,7 @@ def test_a_run_says_each_long_phase_on_stdout_and_in_run_log(tmp_path, capsys, m
                 {
                     "type": "prune",
                     "width": {"ratio": 0.5, "round_to": 4},
-                    "depth": {"blocks": 1, "calib_batches": 1},
+                    "depth": {"blocks": 1, "calib_samples": 64},
                     "epochs_per_step": 1,
                     "distill": {"losses": [{"name": "kd"}], "cache": True},
                     "recovery": {"method": "lstsq"},

@@ -29,6 +29,8 @@ from distillprune.recipes import load_recipe
 from distillprune.recipes.schema import Recipe
 from distillprune.recipes.yaml_io import parse_yaml
 from distillprune.report.report import CompressionReport
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.trainer import FitRun
 
 TINY = {
     "name": "tiny",
@@ -478,7 +480,14 @@ def test_epoch_checkpoint_carries_its_own_record(tmp_path):
         torch.manual_seed(0)
         m = build_model("mlp", 10, (1, 8, 8), hidden=[8])
         s = settings if epochs_done is None else FitSettings(epochs_done, settings.optimizer, settings.schedule)
-        fit(m, data, s, CrossEntropy(), runtime=rt, ckpt_dir=ckpt, resume=True, batch_size=16)
+        fit(
+            m,
+            data,
+            s,
+            CrossEntropy(),
+            context=Context(rt, LoaderOptions(batch_size=16)),
+            run=FitRun(ckpt_dir=ckpt, resume=True),
+        )
         return m
 
     full = run(tmp_path / "full")

@@ -23,6 +23,8 @@ from distillprune.ssl import SSLConfig, SSLObjective
 from distillprune.ssl.methods.byol import byol_loss
 from distillprune.ssl.methods.simclr import nt_xent
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, fit
+from distillprune.train.context import Context, LoaderOptions
+from distillprune.train.trainer import FitRun
 
 QUIET = RuntimeConfig(progress=False, tensorboard=False)
 
@@ -177,7 +179,7 @@ def _digits_embedder():
 
 def _fit(model, objective, data, epochs=1.0):
     settings = FitSettings(epochs, OptimizerConfig(name="adamw", lr=1e-3), ScheduleConfig(name="constant"))
-    return fit(model, data, settings, objective, runtime=QUIET, batch_size=64)
+    return fit(model, data, settings, objective, context=Context(QUIET, LoaderOptions(batch_size=64)))
 
 
 @pytest.mark.parametrize("method", ["simclr", "byol"])
@@ -300,7 +302,9 @@ def test_a_self_supervised_fine_tune_trains_to_the_end():
         ScheduleConfig(name="constant"),
         keep_best=KeepBestConfig(samples=20),
     )
-    history = fit(model, data, settings, SSLObjective(SSLConfig(method="simclr", hidden=16, out=8)), runtime=QUIET)
+    history = fit(
+        model, data, settings, SSLObjective(SSLConfig(method="simclr", hidden=16, out=8)), context=Context(QUIET)
+    )
     assert "checks" not in history[-1] and "kept" not in history[-1]
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # not the start, restored
     with pytest.raises(RecipeError, match="keep_best has nothing to judge"):
@@ -335,12 +339,8 @@ def test_resume_reproduces_the_uninterrupted_self_supervised_run(method, tmp_pat
             data,
             settings,
             objective,
-            runtime=QUIET,
-            seed=1,
-            batch_size=32,
-            ckpt_dir=folder,
-            resume=resume,
-            on_step=on_step,
+            context=Context(QUIET, LoaderOptions(batch_size=32, seed=1)),
+            run=FitRun(ckpt_dir=folder, resume=resume, on_step=on_step),
         )
         return model, hist
 

@@ -14,8 +14,10 @@ from distillprune.distill.distiller import CrossEntropy, Distiller
 from distillprune.errors import CheckpointError, DataError, TrainingDiverged
 from distillprune.models import build_model
 from distillprune.train import FitSettings, OptimizerConfig, RuntimeConfig, ScheduleConfig, evaluate, fit
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.logging import RunLogger
 from distillprune.train.schedules import lr_factor
+from distillprune.train.trainer import FitRun
 
 RT = RuntimeConfig(device="cpu", progress=False, tensorboard=False)
 BATCH = 32
@@ -57,14 +59,8 @@ def run(data, ckpt_dir=None, resume=False, on_step=None, kind="ce", epochs=4):
         data,
         settings(epochs),
         obj,
-        runtime=RT,
-        seed=3,
-        batch_size=BATCH,
-        crop_padding=1,
-        hflip=True,
-        ckpt_dir=ckpt_dir,
-        resume=resume,
-        on_step=on_step,
+        context=Context(RT, LoaderOptions(batch_size=BATCH, seed=3, crop_padding=1, hflip=True)),
+        run=FitRun(ckpt_dir=ckpt_dir, resume=resume, on_step=on_step),
     )
     return model, hist, obj
 
@@ -139,8 +135,7 @@ def test_training_learns_and_history_is_complete(digits_bundle):
         digits_bundle,
         FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig()),
         CrossEntropy(),
-        runtime=RT,
-        batch_size=BATCH,
+        context=Context(RT, LoaderOptions(batch_size=BATCH)),
     )
     assert len(hist) == 2
     for h in hist:
@@ -155,7 +150,13 @@ def test_training_learns_and_history_is_complete(digits_bundle):
 def test_nan_loss_raises_training_diverged(small):
     model = tiny_digits_cnn()
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        fit(model, small, settings(3, lr=1e30, schedule="constant"), CrossEntropy(), runtime=RT, batch_size=BATCH)
+        fit(
+            model,
+            small,
+            settings(3, lr=1e30, schedule="constant"),
+            CrossEntropy(),
+            context=Context(RT, LoaderOptions(batch_size=BATCH)),
+        )
 
     class NaNNet(nn.Module):
         def __init__(self):
@@ -166,7 +167,7 @@ def test_nan_loss_raises_training_diverged(small):
             return self.fc(x.flatten(1)) * float("nan")
 
     with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
-        fit(NaNNet(), small, settings(1), CrossEntropy(), runtime=RT, batch_size=BATCH)
+        fit(NaNNet(), small, settings(1), CrossEntropy(), context=Context(RT, LoaderOptions(batch_size=BATCH)))
 
 
 def test_adamw_and_grad_clip(small):
@@ -175,7 +176,7 @@ def test_adamw_and_grad_clip(small):
     fs = FitSettings(
         1, OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01), ScheduleConfig(name="constant"), grad_clip=0.5
     )
-    hist = fit(model, small, fs, CrossEntropy(), runtime=RT, batch_size=BATCH)
+    hist = fit(model, small, fs, CrossEntropy(), context=Context(RT, LoaderOptions(batch_size=BATCH)))
     assert hist[0]["lr"] == pytest.approx(1e-3)
     assert not torch.equal(model.fc.weight, before)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -183,13 +184,26 @@ def test_adamw_and_grad_clip(small):
 
 def test_labelled_training_needs_labels(small):
     with pytest.raises(DataError, match="labels"):
-        fit(tiny_digits_cnn(), small.without_labels(), settings(1), CrossEntropy(), runtime=RT, batch_size=BATCH)
+        fit(
+            tiny_digits_cnn(),
+            small.without_labels(),
+            settings(1),
+            CrossEntropy(),
+            context=Context(RT, LoaderOptions(batch_size=BATCH)),
+        )
 
 
 def test_run_logger_writes_jsonl(small, tmp_path):
     logger = RunLogger(tmp_path / "run", tensorboard=False)
     model = tiny_digits_cnn()
-    fit(model, small, settings(2), CrossEntropy(), runtime=RT, batch_size=BATCH, logger=logger, desc="t")
+    fit(
+        model,
+        small,
+        settings(2),
+        CrossEntropy(),
+        context=Context(RT, LoaderOptions(batch_size=BATCH)),
+        run=FitRun(logger=logger, desc="t"),
+    )
     logger.close()
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["tag"], r["step"]) for r in recs] == [("t", 1), ("t", 2)]
@@ -244,8 +258,7 @@ def test_trainer_applies_the_schedule(small):
         small,
         FitSettings(2, OptimizerConfig(lr=0.1), ScheduleConfig(name="cosine", final_lr_fraction=0.0)),
         CrossEntropy(),
-        runtime=RT,
-        batch_size=BATCH,
+        context=Context(RT, LoaderOptions(batch_size=BATCH)),
     )
     total = 2 * STEPS
     assert hist[0]["lr"] == pytest.approx(

@@ -18,7 +18,7 @@ from distillprune.data import DataConfig, load_data
 from distillprune.models import build_model
 from distillprune.prune.session import PruneSession
 from distillprune.quant import QUANTIZERS, scheme_config
-from distillprune.train import context as context_mod
+from distillprune.train import trainers as trainers_mod
 from distillprune.train.config import RuntimeConfig
 
 VERBS = [dp.prune_, dp.distill, dp.quantize, dp.lowrank_, dp.cluster_]
@@ -82,14 +82,14 @@ def test_born_again_through_the_verb(data):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = dp.DistillOptions(epochs=1, generations=2, optimizer={"lr": 0.05})
     seen = []
-    real = context_mod.fit
+    real = trainers_mod.fit
 
     def fit(m, *a, **kw):
         seen.append({k: v.clone() for k, v in m.state_dict().items()})
         return real(m, *a, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(context_mod, "fit", fit)
+        mp.setattr(trainers_mod, "fit", fit)
         rep = dp.distill(model, cfg, data, teacher=tiny(1), context=CTX)
     assert [g["generation"] for g in rep.generations] == [1, 2] and rep.training.epochs == 2
     assert all(torch.equal(seen[0][k], before[k]) for k in before)  # generation 1 starts from the model
@@ -102,14 +102,14 @@ def test_born_again_rebuilds_from_the_spec_when_given(data):
     model = tiny()
     cfg = dp.DistillOptions(epochs=1, generations=2, optimizer={"lr": 0.05})
     seen = []
-    real = context_mod.fit
+    real = trainers_mod.fit
 
     def fit(m, *a, **kw):
         seen.append({k: v.clone() for k, v in m.state_dict().items()})
         return real(m, *a, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(context_mod, "fit", fit)
+        mp.setattr(trainers_mod, "fit", fit)
         dp.distill(model, cfg, data, history=spec, context=CTX)
     torch.manual_seed(CTX.loader.seed + 2)
     fresh = spec.build().state_dict()
@@ -149,7 +149,7 @@ def test_lowrank_fine_tunes_through_the_verb(data):
 
 def test_qat_trains_with_the_context_s_augmentation(data, tmp_path: Path):
     calls = []
-    real = context_mod.fit
+    real = trainers_mod.fit
 
     def fit(*a, **kw):
         calls.append(kw)
@@ -157,12 +157,13 @@ def test_qat_trains_with_the_context_s_augmentation(data, tmp_path: Path):
 
     ctx = dp.Context(CTX.runtime, dp.LoaderOptions(batch_size=32, crop_padding=1, hflip=True))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(context_mod, "fit", fit)
+        mp.setattr(trainers_mod, "fit", fit)
         res = dp.quantize(
             tiny(), dp.QATConfig(qat={"epochs": 1}, min_agreement=0.0), data, context=ctx, out=tmp_path / "q.onnx"
         )
     assert res.method == "qat" and len(calls) == 1
-    assert calls[0]["crop_padding"] == 1 and calls[0]["hflip"] is True and calls[0]["batch_size"] == 32
+    lo = calls[0]["context"].loader
+    assert lo.crop_padding == 1 and lo.hflip is True and lo.batch_size == 32
 
 
 def test_a_deprecation_warning_from_distillprune_is_an_error():

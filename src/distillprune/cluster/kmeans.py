@@ -28,7 +28,8 @@ from distillprune.data.base import DataBundle
 from distillprune.distill.modes import finetune_objective
 from distillprune.errors import CompressionError
 from distillprune.train.config import TrainSummary
-from distillprune.train.context import Context, Trainer, fit_trainer
+from distillprune.train.context import Context
+from distillprune.train.trainers import Trainer, fit_trainer
 
 
 def kmeans_1d(
@@ -202,7 +203,7 @@ def cluster_(
         train = trainer or fit_trainer(conf, data, context, desc="cluster")
     wc = WeightClustering(model, conf)
     ks = wc.apply()
-    records = train(model, objective, conf.epochs, "train", wc.keep_zero) if train else []
+    records = train(model, objective, conf.epochs, "train", wc.keep_zero) if train and objective is not None else []
     clustered = wc.finalize()
     ops = history_list(history)
     if ops is not None:

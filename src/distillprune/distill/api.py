@@ -22,8 +22,9 @@ from distillprune.distill.modes import objective_for, reinitialised, teacher_of
 from distillprune.distill.mutual import MutualDistiller
 from distillprune.errors import DistillpruneError
 from distillprune.train.config import TrainSummary
-from distillprune.train.context import Context, Trainer, fit_trainer
+from distillprune.train.context import Context
 from distillprune.train.trainer import evaluate
+from distillprune.train.trainers import Trainer, fit_trainer
 
 
 @details_type

@@ -29,7 +29,8 @@ from distillprune.distill.modes import finetune_objective
 from distillprune.errors import CompressionError, DistillpruneError
 from distillprune.lowrank.config import LowRankConfig
 from distillprune.train.config import TrainSummary
-from distillprune.train.context import Context, Trainer, fit_trainer
+from distillprune.train.context import Context
+from distillprune.train.trainers import Trainer, fit_trainer
 
 
 @dataclass
@@ -281,6 +282,6 @@ def lowrank_(
     if recorded is not None:
         recorded.extend(ops)
     report = LowRankReport([p for p in plans if not p.skipped], [p for p in plans if p.skipped])
-    if train is not None:
+    if train is not None and objective is not None:  # both are set when the config fine-tunes
         report.training = TrainSummary.of(train(model, objective, conf.epochs, "train"))
     return report

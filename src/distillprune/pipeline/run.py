@@ -140,6 +140,39 @@ def _execute(
         encode=lambda p: p and str(p),
         decode=lambda p: p and Path(p),
     )
+    state = _new_state(recipe, run_path, resume, model, data)
+    state.timer = timer = StageTimer(recipe.measure, tuple(state.data.input_shape), run_path)
+    done = restore(state) if (resume and run_path) else 0
+    if done and state.report.baseline is not None:
+        timer.restore(state.report.baseline.name)
+    detach = attach_run_log(run_path) if ddp.is_rank0() else (lambda: None)
+    ddp.barrier()  # every rank has read the run folder before rank 0 writes to it again
+    # the long phases of each stage (scoring, planning, the cut, recovery, evaluation, export, timing) say
+    # how they go on rank 0, as training does (core.progress)
+    talk = recipe.runtime.progress and ddp.is_rank0() and not quiet
+    try:
+        if done == 0 and not recipe.stages[0].measures_input:
+            with talking("0:input", enabled=talk):
+                _measure_input(state, console)
+        for index, stage in enumerate(recipe.stages, start=1):
+            if index > done:
+                with talking(f"{index}:{stage.type}", enabled=talk):
+                    _run_stage(state, index, stage, console)
+    finally:
+        state.logger.close()
+        detach()
+    if run_path and ddp.is_rank0():
+        state.report.save(run_path)
+        write_markdown(state.report, run_path)
+        _write_html(state.report, run_path, console)
+    return state
+
+
+def _new_state(
+    recipe: Recipe, run_path: Path | None, resume: bool, model: nn.Module | None, data: DataBundle | None
+) -> RunState:
+    """The run's state before its first stage: the data loaded (or checked), the recipe checked against it, the
+    model built (or the one passed), the report's environment and the probe."""
     torch.manual_seed(recipe.seed)
     if data is None:
         data = load_data(recipe.data)
@@ -168,30 +201,6 @@ def _execute(
     probe_shapes(state.model, data, recipe.model.name if model is None else type(model).__name__)
     if ddp.is_rank0():  # the rank that measures
         state.probe = load_probe(recipe.probe, recipe.data, data)
-    state.timer = StageTimer(recipe.measure, tuple(data.input_shape), run_path)
-    done = restore(state) if (resume and run_path) else 0
-    if done and state.report.baseline is not None:
-        state.timer.restore(state.report.baseline.name)
-    detach = attach_run_log(run_path) if ddp.is_rank0() else (lambda: None)
-    ddp.barrier()  # every rank has read the run folder before rank 0 writes to it again
-    # the long phases of each stage (scoring, planning, the cut, recovery, evaluation, export, timing) say
-    # how they go on rank 0, as training does (core.progress)
-    talk = recipe.runtime.progress and ddp.is_rank0() and not quiet
-    try:
-        if done == 0 and not recipe.stages[0].measures_input:
-            with talking("0:input", enabled=talk):
-                _measure_input(state, console)
-        for index, stage in enumerate(recipe.stages, start=1):
-            if index > done:
-                with talking(f"{index}:{stage.type}", enabled=talk):
-                    _run_stage(state, index, stage, console)
-    finally:
-        state.logger.close()
-        detach()
-    if run_path and ddp.is_rank0():
-        state.report.save(run_path)
-        write_markdown(state.report, run_path)
-        _write_html(state.report, run_path, console)
     return state
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,11 +31,12 @@ from distillprune.ssl.config import SSLConfig
 from distillprune.train import distributed as ddp
 from distillprune.train import policy
 from distillprune.train.config import Span, TrainingOptions
-from distillprune.train.context import Context, LoaderOptions, Trainer
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.device import resolve_device
 from distillprune.train.logging import RunLogger
 from distillprune.train.policy import Regime
-from distillprune.train.trainer import fit
+from distillprune.train.trainer import FitRun, FitSettings, fit
+from distillprune.train.trainers import Trainer
 
 if TYPE_CHECKING:
     from distillprune.pipeline.timing import StageTimer
@@ -137,21 +138,22 @@ class RunState:
         )
 
     def trainer(self, opts: TrainingOptions, index: int, kind: str) -> Trainer:
-        """A verb's trainer inside stage ``index``: ``fit`` as ``RunState.fit`` runs it (checkpoints every epoch
-        under ``stages/<index>_<kind>/<tag>``, for ``--resume``)."""
+        """A verb's trainer inside stage ``index``: ``fit`` as ``RunState.fit`` runs it (``fit_with``: checkpoints
+        every epoch under ``stages/<index>_<kind>/<tag>``, for ``--resume``)."""
 
-        def train(  # type: ignore[no-untyped-def]
+        def train(
             model: nn.Module,
             objective: nn.Module,
             epochs: float,
             tag: str,
-            on_step=None,
+            on_step: Callable[[nn.Module], None] | None = None,
             span: Span | None = None,
             regime: Regime = "finetune",
         ) -> list[dict]:
             if model is not self.model:
                 raise RecipeError(f"stage {index} ({kind}): the verb trains another model than the run's")
-            return self.fit(opts, epochs, objective, index, kind, sub=tag, on_step=on_step, span=span, regime=regime)
+            settings = policy.settings(opts, epochs, policy.regime_of(opts, regime), span)
+            return self.fit_with(settings, objective, index, self.fit_run(index, kind, tag, on_step))
 
         return train
 
@@ -162,32 +164,29 @@ class RunState:
         objective: nn.Module,
         index: int,
         tag: str,
-        sub: str = "train",
-        on_step: Callable[[nn.Module], None] | None = None,
-        span: Span | None = None,
         regime: Regime = "finetune",
     ) -> list[dict]:
         """Train the current model with the recipe's data and runtime; checkpoints every epoch under the
         stage's folder, so ``--resume`` continues inside a stage. ``regime``: where the model starts, unless the
         options name one (``train.policy``: scratch, or a fine-tune of trained weights)."""
-        r, d = self.recipe, self.recipe.data
+        settings = policy.settings(opts, epochs, policy.regime_of(opts, regime), None)
+        return self.fit_with(settings, objective, index, self.fit_run(index, tag))
+
+    def fit_run(
+        self, index: int, tag: str, sub: str = "train", on_step: Callable[[nn.Module], None] | None = None
+    ) -> FitRun:
+        """What a run adds to a ``fit`` inside stage ``index``: a checkpoint every epoch under
+        ``stages/<index>_<tag>/<sub>``, ``--resume``, the run's logger, ``on_step`` and the run's name."""
         ckpt = self.stage_dir(index, tag)
-        return fit(
-            self.model,
-            self.data,
-            policy.settings(opts, epochs, policy.regime_of(opts, regime), span),
-            objective,
-            runtime=r.runtime,
-            seed=r.seed + index,
-            batch_size=d.batch_size,
-            crop_padding=d.augment.crop_padding,
-            hflip=d.augment.hflip,
-            ckpt_dir=ckpt / sub if ckpt else None,
-            resume=self.resume,
-            logger=self.logger,
-            on_step=on_step,
-            desc=f"{index}:{tag}" + (f"/{sub}" if sub != "train" else ""),
-        )
+        desc = f"{index}:{tag}" + (f"/{sub}" if sub != "train" else "")
+        return FitRun(ckpt / sub if ckpt else None, self.resume, self.logger, on_step, desc)
+
+    def fit_with(self, settings: FitSettings, objective: nn.Module, index: int, run: FitRun) -> list[dict]:
+        """Every training of the run: ``fit`` on the current model with the run's data and context, the stage's
+        own seed (each stage shuffles and crops its own stream) and ``run`` (``fit_run``)."""
+        ctx = self.context()
+        ctx = replace(ctx, loader=replace(ctx.loader, seed=self.recipe.seed + index))
+        return fit(self.model, self.data, settings, objective, context=ctx, run=run)
 
     def steps_per_epoch(self) -> int:
         n, bs = len(self.data.train), self.recipe.data.batch_size

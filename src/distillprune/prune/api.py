@@ -21,8 +21,9 @@ from distillprune.prune.config import PruneConfig, SessionConfig
 from distillprune.prune.session import PruneSession
 from distillprune.prune.structure import config_of
 from distillprune.train import distributed as ddp
-from distillprune.train.context import Context, Trainer, fit_trainer
+from distillprune.train.context import Context
 from distillprune.train.device import resolve_device
+from distillprune.train.trainers import Trainer, fit_trainer
 
 __all__ = ["prune_"]
 

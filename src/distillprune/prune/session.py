@@ -38,8 +38,9 @@ from distillprune.prune.config import SessionConfig
 from distillprune.prune.structure import Structure, structure_type
 from distillprune.train import distributed as ddp
 from distillprune.train.config import Span, TrainSummary
-from distillprune.train.context import Context, Trainer
+from distillprune.train.context import Context
 from distillprune.train.device import resolve_device
+from distillprune.train.trainers import Trainer
 
 __all__ = ["PruneSession", "Trainer"]
 
@@ -51,7 +52,7 @@ class PruneSession:
     ``data``: calibration batches (block / layer scores, importance) and the training data; or
     ``Examples(inputs, num_classes)``: the first batch of ``inputs`` is the only calibration batch and
     nothing trains (``epochs_per_step`` must be 0). ``trainer``: how to train between steps (a
-    ``train.context.Trainer``; required when ``epochs_per_step`` > 0). ``history``: a list that receives
+    ``train.trainers.Trainer``; required when ``epochs_per_step`` > 0). ``history``: a list that receives
     the typed ops (an ArchSpec's). ``context``: the device (``runtime``), the calibration batches' size and
     seed (``loader``) and how a latency target is timed (``latency``). ``peer``: mutual mode's second
     network, when it is not a copy of the teacher.

@@ -26,7 +26,8 @@ from distillprune.quant.calibration import bundle_batches, tensor_batches
 from distillprune.quant.config import QATOptions, QuantConfig
 from distillprune.quant.qat import QATConfig
 from distillprune.quant.registry import QUANTIZERS, quantizer_of
-from distillprune.train.context import Context, Trainer, fit_trainer
+from distillprune.train.context import Context
+from distillprune.train.trainers import Trainer, fit_trainer
 
 SUFFIX = {"static": "int8", "dynamic": "int8-dynamic", "qat": "int8-qat", "fp16": "fp16", "bf16": "bf16"}
 

@@ -187,6 +187,20 @@ def _keys(runs: Sequence[RunData]) -> list[str]:
     return keys
 
 
+def _link(r: RunData, out_dir: Path | None) -> str:
+    """A list item linking run ``r``'s own report.html (relative to ``out_dir`` when given), or saying how to
+    render it."""
+    html = r.folder / "report.html" if r.folder else None
+    if html is None or not html.is_file():
+        return (
+            f"<li>{escape(r.label)}: no report.html (render it with <code>distillprune report "
+            f"{escape(str(r.folder))} --html</code>)</li>"
+        )
+    href = os.path.relpath(html, out_dir) if out_dir else html.as_uri()
+    href = href if href.startswith((".", "/", "file:")) else f"./{href}"  # a folder 'javascript:x' is a path
+    return f'<li><a href="{escape(href)}">{escape(r.label)}</a>: its full report</li>'
+
+
 def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) -> str:
     pairs = [(r.label, r.report) for r in runs]
     diffs = environment_differences(runs)
@@ -213,18 +227,7 @@ def render_compare_html(runs: Sequence[RunData], out_dir: Path | None = None) ->
     overlay = warn + (
         f'<div class="grid">{"".join(figs)}</div>' if figs else '<p class="note">No run has measured latency.</p>'
     )
-    links = []
-    for r in runs:
-        html = r.folder / "report.html" if r.folder else None
-        if html is not None and html.is_file():
-            href = os.path.relpath(html, out_dir) if out_dir else html.as_uri()
-            href = href if href.startswith((".", "/", "file:")) else f"./{href}"  # a folder 'javascript:x' is a path
-            links.append(f'<li><a href="{escape(href)}">{escape(r.label)}</a>: its full report</li>')
-        else:
-            links.append(
-                f"<li>{escape(r.label)}: no report.html (render it with <code>distillprune report "
-                f"{escape(str(r.folder))} --html</code>)</li>"
-            )
+    links = [_link(r, out_dir) for r in runs]
     runs_html = (
         table(COLUMNS, compare_rows(runs), text_cols=(0, 1))
         + '<p class="note">Final = each run\'s last measured stage; speedups and MAC ratio against the '

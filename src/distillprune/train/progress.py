@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +22,16 @@ from distillprune.core.progress import say
 
 #: ``scalars(tag, step, {"loss": ..., "lr": ..., "img_s": ...})``: where per-step scalars go (TensorBoard)
 Scalars = Callable[[str, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """How often a ``Tracker`` speaks: a plain line every ``every_s`` seconds or each ``share`` of the run,
+    a TensorBoard scalar every ``scalar_every`` steps."""
+
+    scalar_every: int = 50
+    every_s: float = 30.0
+    share: float = 0.05
 
 
 class Tracker:
@@ -34,15 +45,14 @@ class Tracker:
         *,
         plain: bool = False,
         scalars: Scalars | None = None,
-        scalar_every: int = 50,
-        every_s: float = 30.0,
-        share: float = 0.05,
+        cadence: Cadence | None = None,
         write: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.desc, self.total, self.done, self.start = desc, total, done, done
-        self.plain, self.scalars, self.scalar_every = plain, scalars, max(1, scalar_every)
-        self.every_s, self.share = every_s, share
+        c = cadence or Cadence()
+        self.plain, self.scalars, self.scalar_every = plain, scalars, max(1, c.scalar_every)
+        self.every_s, self.share = c.every_s, c.share
         self.write = write or say
         self.clock = clock
         self.t0 = self.last_t = self._mark_t = clock()

@@ -36,6 +36,7 @@ from distillprune.errors import CheckpointError, DistillpruneError, TrainingDive
 from distillprune.train import distributed as ddp
 from distillprune.train.batchnorm import renormalize, set_statistics_frozen
 from distillprune.train.config import KeepBestConfig, OptimizerConfig, RuntimeConfig, ScheduleConfig, Span
+from distillprune.train.context import Context, LoaderOptions
 from distillprune.train.device import autocast, resolve_device
 from distillprune.train.guard import HOLDOUT_SEED, KeepBest, holdout
 from distillprune.train.logging import RunLogger
@@ -43,10 +44,17 @@ from distillprune.train.schedules import lr_factor
 from distillprune.train.trainable import first_parameters
 
 
-class ObjectiveHooks(Protocol):
-    """What ``fit`` calls on its objective (an nn.Module, see distill.distiller) besides ``objective(model, x,
-    y) -> (loss, logits)``; the optional hooks (check_labels, to_device, trainable, begin_epoch) are looked
-    up by name."""
+class Objective(Protocol):
+    """What ``fit`` trains with (an ``nn.Module``: ``distill.distiller``, ``ssl.objective``): ``objective(model,
+    x, y) -> (loss, logits)`` on every batch, ``attach(model, probe)`` before the first step (taps, heads sized
+    from the probe batch) and ``detach()`` after the last.
+
+    Optional, read when present: ``label_free`` (no label is read, none served), ``views`` (two augmented views
+    of every image, ``data.views``), ``check_labels(has_labels)`` (fails before training), ``to_device(device)``,
+    ``trainable()`` (parameters trained beside the model's), ``reference()`` (the model ``trainable_first``
+    compares with), ``begin_epoch(loader, epoch, epochs)`` and ``eval_loss(model, x, y)`` (held-out loss)."""
+
+    def __call__(self, model: Any, x: Batch, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def attach(self, model: nn.Module, probe: Batch) -> None: ...
 
@@ -269,77 +277,100 @@ def has_checkpoint(ckpt_dir: Path) -> bool:
     return (ckpt_dir / "last.safetensors").exists()
 
 
+@dataclass(frozen=True)
+class FitRun:
+    """What a pipeline run adds to a ``fit``: ``ckpt_dir`` (an atomic checkpoint after every epoch; None: none),
+    ``resume`` (continue after the last completed epoch checkpointed there), ``logger`` (JSONL/TensorBoard
+    records), ``on_step`` (called with the model after every optimizer step: QAT, masks) and ``desc`` (the run's
+    name in the progress bar and the logs)."""
+
+    ckpt_dir: Path | None = None
+    resume: bool = False
+    logger: RunLogger | None = None
+    on_step: Callable[[nn.Module], None] | None = None
+    desc: str = "train"
+
+
 def fit(
     model: nn.Module,
     data: DataBundle,
     settings: FitSettings,
     objective: nn.Module,
     *,
-    runtime: RuntimeConfig,
-    seed: int = 0,
-    batch_size: int = 64,
-    crop_padding: int = 0,
-    hflip: bool = False,
-    ckpt_dir: Path | None = None,
-    resume: bool = False,
-    logger: RunLogger | None = None,
-    on_step: Callable[[nn.Module], None] | None = None,
-    desc: str = "train",
+    context: Context,
+    run: FitRun | None = None,
 ) -> list[dict]:
     """Train ``model`` in place for ``settings.epochs``; returns one record per epoch.
 
+    ``context``: the runtime (device, AMP, threads) and the loader options (batch size, seed, crop, flip; its
+    ``latency`` is not read); ``run``: checkpoints, resume, logs, a per-step hook (None: none of them).
     With ``settings.keep_best`` the run holds out images of the training split, judges the start and a few
     points per epoch on them, and ends on the best (``train.guard``); the last record carries the curve. With
     ``settings.bn_renormalize`` the BatchNorms are re-normalised before the first step (``train.batchnorm``).
-    Under torchrun (every rank calls it) ``batch_size`` is the global batch; see ``train.distributed``."""
-    if getattr(objective, "label_free", False):  # a self-supervised objective: no label is read, none served
-        data = data.without_labels()
-    views = getattr(objective, "views", None)  # and it may learn from two augmented views of every image
-    check_labels = getattr(objective, "check_labels", None)
-    if check_labels is not None:  # losses that need labels the data lacks fail before training
-        check_labels(data.train.y is not None)
-    device = resolve_device(runtime)
+    Under torchrun (every rank calls it) the batch size is the global batch; see ``train.distributed``."""
+    run = run or FitRun()
+    hooks = cast(Objective, objective)
+    data = _served(data, objective)
+    device = resolve_device(context.runtime)
     ddp.setup(device)  # joins torchrun's process group if there is one and nobody joined it yet
-    if runtime.threads:
-        torch.set_num_threads(runtime.threads)
+    if context.runtime.threads:
+        torch.set_num_threads(context.runtime.threads)
     model.to(device)
     to_device = getattr(objective, "to_device", None)
     if to_device is not None:
         to_device(device)
-    runtime = _cpu_layout(runtime, device, model)
+    runtime = _cpu_layout(context.runtime, device, model)
     keep = settings.keep_best if _judged(model, objective, data) else None
     train_data, val = (data, None) if keep is None else _held_out(data, keep.samples)
     par = ddp.DataParallel(model, objective, device, runtime.sync_bn)  # inactive in a single process
-    loader = (TensorLoader if views is None else partial(ViewLoader, views=views))(
-        train_data.train,
-        batch_size,
+    loader = _loader(train_data, objective, context.loader, device, par)
+    hooks.attach(model, loader.prepare(train_data.train.x[: min(8, len(train_data.train))].to(device)))
+    loop = _Loop.start(model, objective, loader, settings, runtime, device, par)
+    loop.seed, loop.on_step, loop.logger, loop.desc = context.loader.seed, run.on_step, run.logger, run.desc
+    if val is not None:
+        loop.guard = KeepBest.plan(keep, val, data, runtime, loop.window)  # type: ignore[arg-type]
+    if run.resume and run.ckpt_dir is not None and has_checkpoint(run.ckpt_dir):
+        loop.first_epoch, loop.history = _load(run.ckpt_dir, model, objective, loop.opt, loop.guard)
+    else:
+        loop.begin(train_data)
+    loop.run(data, run.ckpt_dir)
+    par.finish()  # the model's own BatchNorms back (runtime.sync_bn)
+    hooks.detach()
+    model.eval()
+    return loop.history
+
+
+def _served(data: DataBundle, objective: nn.Module) -> DataBundle:
+    """The data as the objective reads it: without labels for a self-supervised (``label_free``) objective;
+    losses that need labels the data lacks fail here, before training (``check_labels``)."""
+    if getattr(objective, "label_free", False):
+        data = data.without_labels()
+    check_labels = getattr(objective, "check_labels", None)
+    if check_labels is not None:
+        check_labels(data.train.y is not None)
+    return data
+
+
+def _loader(
+    data: DataBundle, objective: nn.Module, opts: LoaderOptions, device: torch.device, par: ddp.DataParallel
+) -> TensorLoader:
+    """The training batches of ``data``: shuffled and augmented per ``opts``, this rank's share under torchrun,
+    two augmented views of every image when the objective learns from ``views``."""
+    views = getattr(objective, "views", None)
+    return (TensorLoader if views is None else partial(ViewLoader, views=views))(
+        data.train,
+        opts.batch_size,
         data.mean,
         data.std,
         shuffle=True,
-        crop_padding=crop_padding,
-        hflip=hflip,
-        drop_last=len(train_data.train) > batch_size,
-        seed=seed,
+        crop_padding=opts.crop_padding,
+        hflip=opts.hflip,
+        drop_last=len(data.train) > opts.batch_size,
+        seed=opts.seed,
         device=device,
         rank=par.rank,
         world_size=par.world,
     )
-    probe = train_data.train.x[: min(8, len(train_data.train))].to(device)
-    cast(ObjectiveHooks, objective).attach(model, loader.prepare(probe))
-    loop = _Loop.start(model, objective, loader, settings, runtime, device, par)
-    loop.seed, loop.on_step, loop.logger, loop.desc = seed, on_step, logger, desc
-    if val is not None:
-        loop.guard = KeepBest.plan(keep, val, data, runtime, loop.window)  # type: ignore[arg-type]
-    resumed = resume and ckpt_dir is not None and has_checkpoint(ckpt_dir)
-    if resumed:
-        loop.first_epoch, loop.history = _load(ckpt_dir, model, objective, loop.opt, loop.guard)  # type: ignore[arg-type]
-    else:
-        loop.begin(train_data)
-    loop.run(data, ckpt_dir)
-    par.finish()  # the model's own BatchNorms back (runtime.sync_bn)
-    cast(ObjectiveHooks, objective).detach()
-    model.eval()
-    return loop.history
 
 
 def _cpu_layout(runtime: RuntimeConfig, device: torch.device, model: nn.Module) -> RuntimeConfig:
