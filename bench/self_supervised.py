@@ -16,9 +16,9 @@ Each step is a recipe run by the pipeline (``distillprune.pipeline.execute``) in
 ``--out``; a step whose run folder is complete is reused, so a killed run resumes. Rows are written to
 ``OUT/results.json`` and the table to ``OUT/table.md`` as they finish.
 
-    python bench/self_supervised.py --data ../shared/data/cifar10-jpeg.npz --out bench_out/ssl            # the CPU budget
-    python bench/self_supervised.py --data ../shared/data/cifar10-jpeg.npz --out bench_out/ssl-q --quick  # a smoke run
-    python bench/self_supervised.py --source digits --out /tmp/ssl-digits --quick                          # no pack needed
+    python bench/self_supervised.py --data ../shared/data/cifar10-jpeg.npz --out bench_out/ssl        # the CPU budget
+    python bench/self_supervised.py --data ../shared/data/cifar10-jpeg.npz --out bench_out/ssl-q --quick  # smoke
+    python bench/self_supervised.py --source digits --out /tmp/ssl-digits --quick                     # no pack
 """
 
 from __future__ import annotations

@@ -18,7 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_ssl_bench_quick(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "self_supervised.py"), "--source", "digits", "--quick", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "self_supervised.py"),
+            "--source",
+            "digits",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env=env,
