@@ -188,8 +188,8 @@ def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     head = (
         "| E | lr | schedule | batch | keep best | BN renorm | BN frozen | aligned | mimic | seed "
-        "| top-1 after the cut % | top-1 after E % | point kept (held-out top-1) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| top-1 after the cut % | top-1 after E % | held-out top-1 at each check (start first) | point kept |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = ""
     for r in rows:
@@ -197,11 +197,13 @@ def table(path: Path) -> str:
         sch = st["schedule"]
         kept = r.get("kept") or {}
         kept_s = f"epoch {kept['epoch']:g} ({kept.get('val_top1', '-')})" if kept else "-"
+        checks = " ".join(f"{c['val_top1']:g}" for c in r.get("checks") or [] if c.get("val_top1") is not None) or "-"
         body += (
             f"| {r['epochs']:g} | {st['lr']:g} | {sch['name']} (warm-up {sch['warmup_fraction']:g}) | "
             f"{r['batch_size']} | {'yes' if st['keep_best'] else 'no'} | {'yes' if st['bn_renormalize'] else 'no'} | "
             f"{st['bn_frozen']:g} | {r['aligned']:g} | {r.get('mimic', 0):g} | {r.get('seed', 0)} | "
-            f"{_pct(r['before'])} | {_pct(r['top1']) if r['top1'] is not None else 'diverged'} | {kept_s} |\n"
+            f"{_pct(r['before'])} | {_pct(r['top1']) if r['top1'] is not None else 'diverged'} | {checks} | "
+            f"{kept_s} |\n"
         )
     return head + body
 
