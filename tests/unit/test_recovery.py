@@ -225,12 +225,10 @@ def test_the_session_recovers_after_a_cut_as_the_verb_does():
         torch.testing.assert_close(v, plain.model.state_dict()[k], msg=k)
 
 
-def test_recovery_config_is_strict_and_defaults_to_least_squares():
+def test_recovery_config_is_strict_and_defaults_to_on_with_a_target():
     with pytest.raises(DistillpruneError):
         validate(PruneConfig, {"width": {"ratio": 0.5}, "recovery": {"methd": "lstsq"}}, where="test")
-    uniform = PruneConfig(width={"ratio": 0.5})
-    assert uniform.recovery_config() is not None and uniform.recovery_config().method == "lstsq"
-    assert PruneConfig(width={"ratio": 0.5}, recovery={"method": "none"}).recovery_config() is None
+    assert PruneConfig(width={"ratio": 0.5}).recovery_config() is None
     planned = PruneConfig(width={"importance": "l2"}, target={"macs_ratio": 2.0})
     assert planned.recovery_config() is not None and planned.recovery_config().method == "lstsq"
 

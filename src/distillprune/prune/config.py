@@ -164,7 +164,7 @@ class SessionConfig(TrainingOptions):
     recovery: RecoveryConfig | None = Field(
         None,
         description="re-fit the layers a cut disturbed, before training (prune.recovery); unset: the family's "
-        "default (a CNN: least squares after every structural cut; an encoder: off)",
+        "default (a CNN: least squares with a target, off otherwise; an encoder: off)",
     )
 
     def recovery_config(self) -> RecoveryConfig | None:
@@ -193,9 +193,10 @@ class PruneConfig(SessionConfig, SSLOptions):
     )
 
     def recovery_config(self) -> RecoveryConfig | None:
-        """The recovery in force: the one given, else least squares (a structural cut re-fit to the dense outputs
-        before any training: the fine-tune regime's gentle learning rate assumes a start close to the teacher)."""
-        r = self.recovery if self.recovery is not None else RecoveryConfig()
+        """The recovery in force: the one given, else least squares with a target, else none (a recipe without a
+        target names `recovery: {method: lstsq}`: the fine-tune regime's gentle lr assumes a start close to the
+        teacher, docs/fine-tuning.md)."""
+        r = self.recovery if self.recovery is not None else (RecoveryConfig() if self.target is not None else None)
         return None if r is None or r.method == "none" else r
 
     def bn_samples(self, planned: bool) -> int:
