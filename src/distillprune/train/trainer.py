@@ -553,9 +553,10 @@ class _Loop:
         with autocast(self.runtime, self.device):
             loss, logits = self.objective(self.fwd, x, y)
         self.opt.zero_grad(set_to_none=True)
+        scaled = loss  # (the epoch's record sums the loss itself; the scaled one only drives the gradients)
         if self.par.active:  # DDP averages per-rank losses: weigh each by its share of the global batch
-            loss = loss * self.par.loss_scale(len(x), self.loader.batch_len(g % len(self.loader)))
-        self.scaler.scale(loss).backward()
+            scaled = loss * self.par.loss_scale(len(x), self.loader.batch_len(g % len(self.loader)))
+        self.scaler.scale(scaled).backward()
         self.par.average_grads(self.extra)
         if self.first_params is not None and g - w.first < s.trainable_share * (w.last - w.first):
             for p in self.model.parameters():  # a parameter without a gradient is not stepped (nor decayed)
