@@ -152,7 +152,7 @@ class RunState:
         ) -> list[dict]:
             if model is not self.model:
                 raise RecipeError(f"stage {index} ({kind}): the verb trains another model than the run's")
-            settings = policy.settings(opts, epochs, policy.regime_of(opts, regime), span)
+            settings = policy.settings(opts, epochs, regime, span)
             return self.fit_with(settings, objective, index, self.fit_run(index, kind, tag, on_step))
 
         return train
@@ -169,7 +169,7 @@ class RunState:
         """Train the current model with the recipe's data and runtime; checkpoints every epoch under the
         stage's folder, so ``--resume`` continues inside a stage. ``regime``: where the model starts, unless the
         options name one (``train.policy``: scratch, or a fine-tune of trained weights)."""
-        settings = policy.settings(opts, epochs, policy.regime_of(opts, regime), None)
+        settings = policy.settings(opts, epochs, regime, None)
         return self.fit_with(settings, objective, index, self.fit_run(index, tag))
 
     def fit_run(

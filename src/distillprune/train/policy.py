@@ -38,8 +38,9 @@ def regime_of(opts: TrainingOptions, default: Regime) -> Regime:
 
 
 def settings(opts: TrainingOptions, epochs: float, regime: Regime, span: Span | None = None) -> FitSettings:
-    """``fit``'s settings for ``epochs`` of training with ``opts`` in ``regime`` (see the module docstring)."""
-    tune = regime == "finetune"
+    """``fit``'s settings for ``epochs`` of training with ``opts`` in their regime (see the module docstring):
+    the one the options name, else ``regime`` (the caller's: where its model starts)."""
+    tune = regime_of(opts, regime) == "finetune"
     lr = opts.optimizer.lr
     if lr is None:
         lr = (FINETUNE_LR if tune else SCRATCH_LR)[opts.optimizer.name]

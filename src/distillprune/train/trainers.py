@@ -59,7 +59,7 @@ def fit_trainer(opts: TrainingOptions, data: DataBundle, context: Context | None
         span: Span | None = None,
         regime: Regime = "finetune",
     ) -> list[dict]:
-        settings = policy.settings(opts, epochs, policy.regime_of(opts, regime), span)
+        settings = policy.settings(opts, epochs, regime, span)
         run = FitRun(on_step=on_step, desc=f"{desc}/{tag}" if desc else tag)
         return fit(model, data, settings, objective, context=ctx, run=run)
 
